@@ -1,0 +1,56 @@
+import matplotlib
+import matplotlib.image
+import numpy as np
+import pytest
+
+from gradreg.metrics import reliability_bins
+from gradreg.plots import write_reliability_diagram
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_bins(seed: int, sharpness: float = 1.0):
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.ones(3), size=400) ** sharpness
+    probs /= probs.sum(axis=1, keepdims=True)
+    labels = rng.integers(0, 3, size=400)
+    return reliability_bins(probs, labels, n_bins=10)
+
+
+def assert_is_readable_png(path) -> None:
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    image = matplotlib.image.imread(path)
+    height, width = image.shape[:2]
+    assert 400 <= height <= 800
+    assert 400 <= width <= 800
+
+
+def test_writes_single_series_png_and_creates_parent_dirs(tmp_path) -> None:
+    backend_before = matplotlib.get_backend()
+    target = tmp_path / "nested" / "dir" / "reliability.png"
+    returned = write_reliability_diagram(str(target), make_bins(0), title="one model")
+    assert returned == target
+    assert_is_readable_png(target)
+    assert matplotlib.get_backend() == backend_before
+
+
+def test_writes_overlay_of_three_series(tmp_path) -> None:
+    series = {"map": make_bins(1, 3.0), "vl": make_bins(2), "ensemble": make_bins(3, 0.5)}
+    target = write_reliability_diagram(tmp_path / "overlay.png", series)
+    assert_is_readable_png(target)
+
+
+def test_rejects_non_png_suffix(tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"\.png.*diagram\.pdf"):
+        write_reliability_diagram(tmp_path / "diagram.pdf", make_bins(0))
+    assert not (tmp_path / "diagram.pdf").exists()
+
+
+def test_rejects_empty_mapping(tmp_path) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        write_reliability_diagram(tmp_path / "empty.png", {})
+
+
+def test_rejects_wrong_series_type(tmp_path) -> None:
+    with pytest.raises(TypeError, match=r"series\['a'\] must be a ReliabilityBins"):
+        write_reliability_diagram(tmp_path / "bad.png", {"a": [0.1, 0.2]})
