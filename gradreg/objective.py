@@ -156,10 +156,11 @@ class VariationalLaplace(nn.Module):
         ]
 
     @property
-    def noise_scale(self) -> float:
-        if not isinstance(self.posterior, UniformVariance):
-            raise AttributeError("noise_scale exists only for variance='uniform'")
-        return self.posterior.noise_scale
+    def noise_scale(self) -> float | None:
+        """σ of every weight for ``variance='uniform'``; None for the diagonal family."""
+        if isinstance(self.posterior, UniformVariance):
+            return self.posterior.noise_scale
+        return None
 
     def variance_summary(self) -> dict[str, dict[str, float]]:
         """Per-parameter σ statistics (mean, min, max of σ), for diagnostics."""
