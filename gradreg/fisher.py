@@ -59,6 +59,8 @@ def check_estimator(estimator: str) -> str:
 def sample_labels(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """One label per row drawn from softmax(logits); not differentiable."""
     probs = torch.softmax(logits.detach().float(), dim=-1)
+    if not bool(torch.isfinite(probs).all()):
+        raise FloatingPointError("the model returned non-finite logits; cannot sample labels")
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 

@@ -73,7 +73,7 @@ class UniformVariance(nn.Module):
 
     @property
     def noise_scale(self) -> float:
-        return float((0.5 * self.log_variance).exp())
+        return float((0.5 * self.log_variance.detach()).exp())
 
     def variances(self) -> list[Tensor]:
         """One 0-d tensor per parameter tensor (broadcasts against it)."""

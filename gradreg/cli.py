@@ -1,0 +1,249 @@
+"""Command line: ``python -m gradreg train | data``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from gradreg.config import METHODS, TrainConfig
+from gradreg.data import available_datasets, load_dataset
+from gradreg.fisher import ESTIMATORS
+from gradreg.models import available_models
+from gradreg.objective import PREDICT_MODES
+from gradreg.posterior import VARIANCE_FAMILIES
+
+TABLE_METRICS = ("accuracy", "nll", "ece", "aece", "brier")
+
+
+def parse_option_value(text: str) -> Any:
+    """'3' → 3, '0.5' → 0.5, 'true' → True, '128,128' → [128, 128], else the string."""
+    if "," in text:
+        return [parse_option_value(part) for part in text.split(",") if part]
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _key_values(pairs: Sequence[str], flag: str) -> dict[str, Any]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} takes KEY=VALUE, got {pair!r}")
+        options[key] = parse_option_value(value)
+    return options
+
+
+def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    data = p.add_argument_group("data")
+    data.add_argument(
+        "--dataset",
+        default=defaults.dataset,
+        help="one of: %(choices)s",
+        choices=sorted(available_datasets()),
+        metavar="NAME",
+    )
+    data.add_argument(
+        "--dataset-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dataset option, e.g. n_samples=2000 (repeatable)",
+    )
+    data.add_argument("--split-seed", type=int, default=defaults.split_seed)
+    data.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
+    data.add_argument("--test-fraction", type=float, default=defaults.test_fraction)
+    model = p.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        default=defaults.model,
+        choices=sorted(available_models()),
+        metavar="NAME",
+        help="one of: %(choices)s",
+    )
+    model.add_argument(
+        "--hidden",
+        type=int,
+        nargs="*",
+        metavar="WIDTH",
+        help="hidden widths of the mlp, e.g. --hidden 128 128",
+    )
+    model.add_argument(
+        "--model-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model option, e.g. channels=16,32 or width=16 (repeatable)",
+    )
+    vl = p.add_argument_group("method and posterior")
+    vl.add_argument("--method", default=defaults.method, choices=METHODS)
+    vl.add_argument("--variance", default=defaults.variance, choices=VARIANCE_FAMILIES)
+    vl.add_argument("--noise-scale", type=float, help="σ of every weight (uniform variance)")
+    vl.add_argument("--learn-noise-scale", action="store_true")
+    vl.add_argument("--init-variance", type=float, help="starting σ² (diagonal variance)")
+    vl.add_argument("--prior-variance", type=float, default=defaults.prior_variance)
+    vl.add_argument("--kl-weight", type=float, default=defaults.kl_weight)
+    vl.add_argument("--fisher", default=defaults.fisher, choices=ESTIMATORS)
+    vl.add_argument(
+        "--empirical-fisher",
+        action="store_true",
+        help="use the true labels in the Fisher instead of model samples",
+    )
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--lr", type=float, default=defaults.lr)
+    opt.add_argument("--variance-lr", type=float, help="default: 10 × lr")
+    opt.add_argument("--epochs", type=int, default=defaults.epochs)
+    opt.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    opt.add_argument("--seed", type=int, default=defaults.seed)
+    opt.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
+    opt.add_argument("--bf16", action="store_true", help="bf16 autocast (Fisher kept in fp32)")
+    ev = p.add_argument_group("evaluation and output")
+    ev.add_argument("--predict", default=defaults.predict, choices=PREDICT_MODES)
+    ev.add_argument(
+        "--n-samples",
+        type=int,
+        default=defaults.n_samples,
+        help="weight samples for --predict sample",
+    )
+    ev.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    ev.add_argument("--out", metavar="DIR", help="write metrics, history and reliability diagram")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    model_options = _key_values(args.model_option, "--model-option")
+    if args.hidden is not None:
+        model_options["hidden"] = list(args.hidden)
+    return TrainConfig(
+        dataset=args.dataset,
+        dataset_options=_key_values(args.dataset_option, "--dataset-option"),
+        split_seed=args.split_seed,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        model=args.model,
+        model_options=model_options,
+        method=args.method,
+        variance=args.variance,
+        noise_scale=args.noise_scale,
+        learn_noise_scale=args.learn_noise_scale,
+        init_variance=args.init_variance,
+        prior_variance=args.prior_variance,
+        kl_weight=args.kl_weight,
+        fisher=args.fisher,
+        empirical_fisher=args.empirical_fisher,
+        lr=args.lr,
+        variance_lr=args.variance_lr,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        predict=args.predict,
+        n_samples=args.n_samples,
+        seed=args.seed,
+        device=args.device,
+        bf16=args.bf16,
+    )
+
+
+def format_table(rows: dict[str, dict[str, float]]) -> str:
+    """Rows are splits (val, test), columns the calibration metrics."""
+    header = f"{'split':<6}" + "".join(f"{m:>10}" for m in TABLE_METRICS)
+    lines = [header, "-" * len(header)]
+    for split, values in rows.items():
+        lines.append(f"{split:<6}" + "".join(f"{values[m]:>10.4f}" for m in TABLE_METRICS))
+    return "\n".join(lines)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from gradreg.artifacts import result_summary, write_run_artifacts
+    from gradreg.train import fit
+
+    config = config_from_args(args)
+    bar = tqdm(
+        total=config.epochs,
+        desc="epochs",
+        unit="epoch",
+        disable=args.quiet,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+
+    def on_epoch(report) -> None:
+        m = report.metrics
+        bar.set_postfix(
+            loss=f"{m['train_loss']:.4g}",
+            val_acc=f"{m['val_accuracy']:.3f}",
+            val_nll=f"{m['val_nll']:.3f}",
+        )
+        bar.update(1)
+
+    try:
+        result = fit(config, on_epoch)
+    finally:
+        bar.close()
+    written = write_run_artifacts(result, args.out) if args.out else []
+    if args.json:
+        summary = result_summary(result)
+        summary["files"] = [str(p) for p in written]
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+    final = result.metrics
+    rows = {s: {m: final[f"{s}_{m}"] for m in TABLE_METRICS} for s in ("val", "test")}
+    print(
+        f"{config.method} ({config.variance} variance, {config.fisher} Fisher) on "
+        f"{config.dataset} with {config.model}, {len(result.history)} epochs"
+    )
+    print(format_table(rows))
+    if written:
+        print(f"wrote {', '.join(p.name for p in written)} to {args.out}")
+    return 0
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    if args.data_command == "list":
+        for name, description in sorted(available_datasets().items()):
+            print(f"{name:<14} {description}")
+        return 0
+    data = load_dataset(args.name, split_seed=args.split_seed)
+    print(json.dumps(data.summary(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gradreg", description="Variational Laplace for Bayesian neural networks"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train one model and report calibration")
+    _add_train_arguments(train)
+    data = commands.add_parser("data", help="list or inspect the offline datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    data_commands.add_parser("list", help="the datasets and what they are")
+    show = data_commands.add_parser("show", help="sizes, classes and shape of one dataset")
+    show.add_argument("name", choices=sorted(available_datasets()), metavar="NAME")
+    show.add_argument("--split-seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return _run_train(args)
+        return _run_data(args)
+    except (ValueError, TypeError) as error:
+        print(f"gradreg: error: {error}", file=sys.stderr)
+        return 2
+    except FloatingPointError as error:
+        print(f"gradreg: {error}", file=sys.stderr)
+        return 1

@@ -1,0 +1,232 @@
+"""fit(): the one training loop that the CLI, the sweeps and the benchmarks all use."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gradreg.config import TrainConfig
+from gradreg.data import Dataset, load_dataset
+from gradreg.device import resolve_device
+from gradreg.metrics import ReliabilityBins, classification_metrics, reliability_bins
+from gradreg.models import build_model
+from gradreg.objective import VariationalLaplace
+
+EVAL_CHUNK = 2048
+STATE_VERSION = 1
+
+
+@dataclass
+class EpochReport:
+    """What ``on_epoch`` receives after every epoch.
+
+    ``metrics`` uses the project's metric names (``train_loss``, ``val_nll``, ``epoch``, …);
+    ``state_dict()`` is a checkpoint that ``fit(config, resume=...)`` continues from.
+    """
+
+    epoch: int
+    metrics: dict[str, float]
+    _state: Callable[[], dict[str, Any]] = field(repr=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._state()
+
+
+@dataclass
+class FitResult:
+    config: TrainConfig
+    history: list[dict[str, float]]
+    posterior: VariationalLaplace
+    dataset: dict[str, Any]
+    test_bins: ReliabilityBins
+    stopped_early: bool
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The last epoch's metrics."""
+        return self.history[-1]
+
+
+EpochCallback = Callable[[EpochReport], bool | None]
+
+
+def build_posterior(config: TrainConfig, data: Dataset) -> VariationalLaplace:
+    model = build_model(config.model, data.input_shape, data.n_classes, **config.model_options)
+    return VariationalLaplace(
+        model,
+        n_data=data.n_train,
+        prior_variance=config.prior_variance,
+        variance=config.variance,
+        noise_scale=config.noise_scale,
+        init_variance=config.init_variance,
+        fisher=config.fisher,
+        kl_weight=config.kl_weight,
+        learn_noise_scale=config.learn_noise_scale,
+        empirical_fisher=config.empirical_fisher,
+    )
+
+
+def load_config_dataset(config: TrainConfig) -> Dataset:
+    return load_dataset(
+        config.dataset,
+        split_seed=config.split_seed,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+        **config.dataset_options,
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    posterior: VariationalLaplace,
+    x: Tensor,
+    y: Tensor,
+    config: TrainConfig,
+    prefix: str,
+    generator: torch.Generator | None = None,
+) -> tuple[dict[str, float], ReliabilityBins]:
+    """Metrics of the predictive chosen by ``config.predict`` on (x, y)."""
+    log_probs = torch.cat(
+        [
+            posterior.predictive_log_probs(chunk, config.predict, config.n_samples, generator)
+            for chunk in x.split(EVAL_CHUNK)
+        ]
+    )
+    probs, labels = log_probs.exp().cpu(), y.cpu()
+    return classification_metrics(probs, labels, prefix), reliability_bins(probs, labels)
+
+
+def fit(
+    config: TrainConfig | Mapping[str, Any],
+    on_epoch: EpochCallback | None = None,
+    *,
+    resume: Mapping[str, Any] | None = None,
+) -> FitResult:
+    """Train ``config`` with the VL objective; report after every epoch.
+
+    ``on_epoch(report)`` may return True to stop after that epoch (a cooperative stop).
+    ``resume`` is a ``report.state_dict()`` from an earlier run of the same config; training
+    continues after its epoch with the same random streams, so results match an
+    uninterrupted run.
+    """
+    if not isinstance(config, TrainConfig):
+        config = TrainConfig.from_dict(dict(config))
+    device = resolve_device(config.device)
+    data = load_config_dataset(config)
+    torch.manual_seed(config.seed)
+    posterior = build_posterior(config, data).to(device)
+    optimiser = torch.optim.Adam(posterior.param_groups(config.lr, config.variance_lr))
+    shuffle = torch.Generator().manual_seed(config.seed)
+    sampling = torch.Generator(device=device).manual_seed(config.seed + 1)
+    history: list[dict[str, float]] = []
+    start = 0
+    if resume is not None:
+        start, history = _restore(resume, config, posterior, optimiser, shuffle, sampling)
+
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    x_val, y_val = data.x_val.to(device), data.y_val.to(device)
+    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        if config.bf16
+        else nullcontext()
+    )
+
+    def state() -> dict[str, Any]:
+        return copy.deepcopy(
+            {
+                "version": STATE_VERSION,
+                "config": config.to_dict(),
+                "epoch": history[-1]["epoch"] if history else 0,
+                "history": history,
+                "posterior": posterior.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "shuffle_rng": shuffle.get_state(),
+                "sampling_rng": sampling.get_state(),
+            }
+        )
+
+    stopped_early = False
+    test_bins = None
+    for epoch in range(start + 1, config.epochs + 1):
+        posterior.train()
+        started = time.perf_counter()
+        sums = {"train_loss": 0.0, "train_nll": 0.0, "train_sqgrad": 0.0, "train_kl": 0.0}
+        order = torch.randperm(data.n_train, generator=shuffle).to(device)
+        for step, index in enumerate(order.split(config.batch_size), start=1):
+            try:
+                with autocast:
+                    terms = posterior.loss(x_train[index], y_train[index], generator=sampling)
+                values = terms.as_floats()
+                if not math.isfinite(values["train_loss"]):
+                    raise FloatingPointError(f"train_loss={values['train_loss']}")
+            except FloatingPointError as error:
+                raise FloatingPointError(
+                    f"training diverged in epoch {epoch}, step {step}: {error} (lr={config.lr}, "
+                    f"noise_scale={config.noise_scale}, init_variance={config.init_variance}); "
+                    "lower the learning rate or the variances"
+                ) from error
+            optimiser.zero_grad(set_to_none=True)
+            terms.loss.backward()
+            optimiser.step()
+            for key, value in values.items():
+                sums[key] += value * len(index)
+        train_seconds = time.perf_counter() - started
+        record: dict[str, float] = {"epoch": epoch}
+        record.update({key: total / data.n_train for key, total in sums.items()})
+        posterior.eval()
+        val_metrics, _ = evaluate(posterior, x_val, y_val, config, "val_", sampling)
+        test_metrics, test_bins = evaluate(posterior, x_test, y_test, config, "test_", sampling)
+        record.update(val_metrics)
+        record.update(test_metrics)
+        record["posterior_std_mean"] = _mean_std(posterior)
+        record["train_seconds"] = train_seconds
+        history.append(record)
+        if on_epoch is not None and on_epoch(EpochReport(epoch, dict(record), state)):
+            stopped_early = epoch < config.epochs
+            break
+
+    if test_bins is None:  # resumed from a finished run: evaluate once for the bins
+        posterior.eval()
+        _, test_bins = evaluate(posterior, x_test, y_test, config, "test_", sampling)
+    return FitResult(config, history, posterior, data.summary(), test_bins, stopped_early)
+
+
+def _mean_std(posterior: VariationalLaplace) -> float:
+    variances = posterior.variances()
+    total = sum(float(v.sqrt().sum()) for v in variances)
+    return total / sum(v.numel() for v in variances)
+
+
+def _restore(
+    state: Mapping[str, Any],
+    config: TrainConfig,
+    posterior: VariationalLaplace,
+    optimiser: torch.optim.Optimizer,
+    shuffle: torch.Generator,
+    sampling: torch.Generator,
+) -> tuple[int, list[dict[str, float]]]:
+    if state.get("version") != STATE_VERSION:
+        raise ValueError(
+            f"resume state has version {state.get('version')!r}; this gradreg reads {STATE_VERSION}"
+        )
+    if state["config"] != config.to_dict():
+        changed = sorted(k for k, v in config.to_dict().items() if state["config"].get(k) != v)
+        if changed != ["epochs"]:
+            raise ValueError(
+                "resume state was written by a different config (differs in "
+                f"{', '.join(changed)}); only epochs may change when resuming"
+            )
+    posterior.load_state_dict(state["posterior"])
+    optimiser.load_state_dict(state["optimiser"])
+    shuffle.set_state(state["shuffle_rng"])
+    sampling.set_state(state["sampling_rng"])
+    return int(state["epoch"]), [dict(r) for r in state["history"]]

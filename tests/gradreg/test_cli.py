@@ -1,0 +1,104 @@
+"""python -m gradreg: train table, --json, --out files, data listing, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from gradreg.cli import main, parse_option_value
+from gradreg.metrics import ReliabilityBins
+
+FAST = ["--dataset", "iris", "--hidden", "8", "--epochs", "2", "--device", "cpu", "--quiet"]
+
+
+def test_train_prints_a_table_of_val_and_test_metrics(capsys):
+    assert main(["train", *FAST, "--variance", "uniform", "--noise-scale", "0.01"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "vl (uniform variance, sampled Fisher) on iris with mlp, 2 epochs" in lines[0]
+    assert lines[1].split() == ["split", "accuracy", "nll", "ece", "aece", "brier"]
+    assert lines[3].startswith("val") and lines[4].startswith("test")
+    assert all(0.0 <= float(v) <= 10 for v in lines[4].split()[1:])
+
+
+def test_json_output_and_out_directory(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            *FAST,
+            "--fisher",
+            "per_example",
+            "--json",
+            "--out",
+            str(out_dir),
+            "--model-option",
+            "activation=tanh",
+        ]
+    )
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["config"]["model_options"] == {"activation": "tanh", "hidden": [8]}
+    assert summary["config"]["fisher"] == "per_example"
+    assert summary["epochs_run"] == 2
+    assert set(summary["posterior"]) == {"1.weight", "1.bias", "3.weight", "3.bias"}
+    names = {p.name for p in out_dir.iterdir()}
+    assert names == {
+        "metrics.json",
+        "history.json",
+        "reliability_bins.json",
+        "config.json",
+        "reliability.png",
+    }
+    assert (out_dir / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bins = ReliabilityBins.from_dict(json.loads((out_dir / "reliability_bins.json").read_text()))
+    assert bins.ece == pytest.approx(summary["metrics"]["test_ece"])
+    history = json.loads((out_dir / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_bad_settings_exit_2_with_the_reason(capsys):
+    assert main(["train", *FAST, "--variance", "uniform"]) == 2
+    assert "needs noise_scale" in capsys.readouterr().err
+    assert main(["train", *FAST, "--model-option", "width"]) == 2
+    assert "--model-option takes KEY=VALUE, got 'width'" in capsys.readouterr().err
+    assert main(["train", *FAST, "--model-option", "depth=3"]) == 2
+    assert "depth" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--dataset", "imagenet"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'imagenet'" in capsys.readouterr().err
+
+
+def test_data_list_and_show(capsys):
+    assert main(["data", "list"]) == 0
+    listing = capsys.readouterr().out
+    for name in ("digits", "iris", "wine", "breast_cancer", "mnist1d", "moons", "blobs"):
+        assert name in listing
+    assert main(["data", "show", "wine"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["n_classes"] == 3 and shown["input_shape"] == [13]
+    assert shown["n_train"] + shown["n_val"] + shown["n_test"] == 178
+
+
+def test_option_values_are_parsed():
+    assert parse_option_value("3") == 3
+    assert parse_option_value("0.5") == 0.5
+    assert parse_option_value("True") is True
+    assert parse_option_value("16,32") == [16, 32]
+    assert parse_option_value("relu") == "relu"
+
+
+def test_module_entry_point_runs_as_a_program():
+    done = subprocess.run(
+        [sys.executable, "-m", "gradreg", "train", *FAST, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["metrics"]["epoch"] == 2
