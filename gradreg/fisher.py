@@ -242,7 +242,7 @@ def _per_layer_fisher(
     log_probs: Tensor,
     labels: Tensor | None,
     create_graph: bool,
-) -> list[Tensor]:
+) -> Tensor:
     """Per-layer identities for `per_example` (labels given) or `exact` (labels None)."""
     probes = [layer.probe for layer in capture.layers]
     totals: dict[int, Tensor] = {}
@@ -262,12 +262,22 @@ def _per_layer_fisher(
             for layer, grad_out in zip(capture.layers, grads, strict=True):
                 for key, value in _layer_squares(layer, grad_out, weights).items():
                     totals[key] = totals[key] + value if key in totals else value
-    return [totals[id(p)].to(p.dtype) for p in params]
+    return _flat([totals[id(p)] for p in params], params)
+
+
+def _flat(tensors: Sequence[Tensor], params: Sequence[nn.Parameter]) -> Tensor:
+    return torch.cat([t.reshape(-1).to(p.dtype) for t, p in zip(tensors, params, strict=True)])
+
+
+def unflatten(flat: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
+    """Split a concatenation over ``params`` back into tensors shaped like them."""
+    pieces = flat.split([p.numel() for p in params])
+    return [piece.view(p.shape) for piece, p in zip(pieces, params, strict=True)]
 
 
 def _brute_force_exact(
     params: Sequence[nn.Parameter], log_probs: Tensor, create_graph: bool
-) -> list[Tensor]:
+) -> Tensor:
     """One backward per (example, class): exact for any architecture, slow."""
     totals = [torch.zeros_like(p) for p in params]
     n, n_classes = log_probs.shape
@@ -278,17 +288,17 @@ def _brute_force_exact(
                 log_probs[i, c], params, retain_graph=True, create_graph=create_graph
             )
             totals = [t + probs[i, c] * g.square() for t, g in zip(totals, grads, strict=True)]
-    return totals
+    return _flat(totals, params)
 
 
 def _sampled_fisher(
     params: Sequence[nn.Parameter], log_probs: Tensor, labels: Tensor, create_graph: bool
-) -> list[Tensor]:
+) -> Tensor:
     objective = log_probs.gather(1, labels[:, None]).sum()
     grads = torch.autograd.grad(
         objective, params, create_graph=create_graph, retain_graph=create_graph
     )
-    return [g.square() for g in grads]
+    return torch.cat([g.reshape(-1) for g in grads]).square()
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,6 +347,18 @@ class FisherPass:
         generator: torch.Generator | None = None,
         create_graph: bool = False,
     ) -> list[Tensor]:
+        """The batch-sum Fisher, one tensor per trainable parameter."""
+        flat = self.estimate_flat(labels, generator=generator, create_graph=create_graph)
+        return unflatten(flat, self.params)
+
+    def estimate_flat(
+        self,
+        labels: Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        create_graph: bool = False,
+    ) -> Tensor:
+        """The same, concatenated over the parameters in order (fewer small tensor ops)."""
         if self._logits is None or self.log_probs is None:
             raise RuntimeError("FisherPass.estimate() needs forward(x) first")
         logits, log_probs = self._logits, self.log_probs

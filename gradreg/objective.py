@@ -11,6 +11,7 @@ differentiable in μ, and KL(q‖p) between q = N(μ, diag σ²) and the prior N
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -134,19 +135,24 @@ class VariationalLaplace(nn.Module):
             assert log_probs is not None
             batch = logits.shape[0]
             nll = -log_probs.gather(1, y[:, None]).mean()
-            fisher = fisher_pass.estimate(
+            fisher = fisher_pass.estimate_flat(
                 y if self.empirical_fisher else None, generator=generator, create_graph=True
             )
-            variances = self.posterior.variances()
-            weighted = sum((v * f).sum() for v, f in zip(variances, fisher, strict=True))
+            weighted, kl_variance = self.posterior.regulariser_terms(fisher, self.prior_variance)
             sqgrad = weighted / (2 * batch)
-            kl = (self.kl_weight / self.n_data) * gaussian_kl(
-                variances, fisher_pass.params, self.prior_variance
+            kl_mean = sum(mu.square().sum() for mu in fisher_pass.params) / (
+                2 * self.prior_variance
             )
+            kl = (self.kl_weight / self.n_data) * (kl_variance + kl_mean)
             total = nll + sqgrad + kl
         return LossTerms(total, nll.detach(), sqgrad.detach(), kl.detach(), logits.detach())
 
     # ---------------------------------------------------------------- posterior
+    def kl(self, means: Sequence[Tensor] | None = None) -> Tensor:
+        """KL(q‖p) in full (not divided by N); ``means`` defaults to the model's parameters."""
+        means = trainable_parameters(self.model) if means is None else means
+        return gaussian_kl(self.posterior.variances(), means, self.prior_variance)
+
     def variances(self) -> list[Tensor]:
         """σ² for every trainable parameter, shaped like it."""
         params = trainable_parameters(self.model)

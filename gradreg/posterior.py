@@ -41,20 +41,36 @@ def gaussian_kl(
 
 
 class DiagonalVariance(nn.Module):
-    """One learned σ² per weight."""
+    """One learned σ² per weight, held as one flat log σ² vector over all parameters."""
 
     learnable = True
 
     def __init__(self, params: Sequence[Tensor], init_variance: float) -> None:
         super().__init__()
         init_variance = check_positive("init_variance", init_variance)
-        self.log_variance = nn.ParameterList(
-            nn.Parameter(torch.full_like(p, math.log(init_variance), requires_grad=True))
-            for p in params
+        self._shapes = [p.shape for p in params]
+        total = sum(p.numel() for p in params)
+        self.log_variance = nn.Parameter(
+            torch.full(
+                (total,), math.log(init_variance), dtype=params[0].dtype, device=params[0].device
+            )
         )
 
     def variances(self) -> list[Tensor]:
-        return [lv.exp() for lv in self.log_variance]
+        pieces = self.log_variance.exp().split([math.prod(s) for s in self._shapes])
+        return [piece.view(shape) for piece, shape in zip(pieces, self._shapes, strict=True)]
+
+    def regulariser_terms(self, fisher: Tensor, prior_variance: float) -> tuple[Tensor, Tensor]:
+        """(Σ_λ σ_λ² F_λ, Σ_λ [σ²/(2s²) − ½ − ½ log(σ²/s²)]) for a flat Fisher vector.
+
+        Both share one exp of log σ²: on small models these elementwise passes over every
+        weight are a visible part of a step.
+        """
+        log_var = self.log_variance
+        var = log_var.exp()
+        n, log_s2 = log_var.numel(), math.log(prior_variance)
+        kl_part = 0.5 * (var.sum() / prior_variance - n - log_var.sum() + n * log_s2)
+        return torch.dot(var, fisher), kl_part
 
 
 class UniformVariance(nn.Module):
@@ -63,13 +79,16 @@ class UniformVariance(nn.Module):
     def __init__(self, params: Sequence[Tensor], noise_scale: float, learn: bool = False) -> None:
         super().__init__()
         noise_scale = check_positive("noise_scale", noise_scale)
-        log_variance = torch.tensor(2 * math.log(noise_scale), dtype=params[0].dtype)
+        log_variance = torch.tensor(
+            2 * math.log(noise_scale), dtype=params[0].dtype, device=params[0].device
+        )
         if learn:
             self.log_variance = nn.Parameter(log_variance)
         else:
             self.register_buffer("log_variance", log_variance)
         self.learnable = learn
-        self._n = len(params)
+        self._n_tensors = len(params)
+        self._n_weights = sum(p.numel() for p in params)
 
     @property
     def noise_scale(self) -> float:
@@ -78,4 +97,10 @@ class UniformVariance(nn.Module):
     def variances(self) -> list[Tensor]:
         """One 0-d tensor per parameter tensor (broadcasts against it)."""
         var = self.log_variance.exp()
-        return [var] * self._n
+        return [var] * self._n_tensors
+
+    def regulariser_terms(self, fisher: Tensor, prior_variance: float) -> tuple[Tensor, Tensor]:
+        """(σ² Σ_λ F_λ, n · [σ²/(2s²) − ½ − ½ log(σ²/s²)]) for a flat Fisher vector."""
+        shifted = self.log_variance - math.log(prior_variance)
+        kl_part = self._n_weights * 0.5 * (shifted.exp() - 1.0 - shifted)
+        return self.log_variance.exp() * fisher.sum(), kl_part

@@ -12,6 +12,7 @@ from torch.distributions import Normal, kl_divergence
 from torch.func import functional_call, grad, vmap
 
 from gradreg import VariationalLaplace
+from gradreg.fisher import unflatten
 from gradreg.posterior import gaussian_kl
 from tests.gradreg.oracles import inputs_for, jacobian_fisher, tiny_cnn2d, tiny_mlp
 
@@ -78,18 +79,16 @@ def test_diagonal_loss_and_gradients_match_reference(make_model, fisher, empiric
         empirical_fisher=empirical,
     ).double()
     with torch.no_grad():  # distinct variances per weight, so a mix-up would show
-        for lv in vl.posterior.log_variance:
-            lv.uniform_(-4.0, -1.0, generator=torch.Generator().manual_seed(7))
+        vl.posterior.log_variance.uniform_(-4.0, -1.0, generator=torch.Generator().manual_seed(7))
     seed = 11
     terms = vl.loss(x, y, generator=torch.Generator().manual_seed(seed))
     terms.loss.backward()
 
     names = [n for n, _ in model.named_parameters()]
     params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
-    log_var = {
-        n: lv.detach().clone().requires_grad_()
-        for n, lv in zip(names, vl.posterior.log_variance, strict=True)
-    }
+    flat_log_var = vl.posterior.log_variance.detach()
+    pieces = unflatten(flat_log_var, list(model.parameters()))
+    log_var = {n: lv.clone().requires_grad_() for n, lv in zip(names, pieces, strict=True)}
     if fisher == "exact":
         fisher_labels = None
     elif empirical:
@@ -101,7 +100,8 @@ def test_diagonal_loss_and_gradients_match_reference(make_model, fisher, empiric
         assert torch.allclose(got, want.detach(), rtol=1e-10, atol=1e-14)
     total = nll + sqgrad + kl
     grads = torch.autograd.grad(total, [*params.values(), *log_var.values()], retain_graph=True)
-    got_grads = [p.grad for p in model.parameters()] + [lv.grad for lv in vl.posterior.log_variance]
+    got_grads = [p.grad for p in model.parameters()]
+    got_grads += unflatten(vl.posterior.log_variance.grad, list(model.parameters()))
     for got, want in zip(got_grads, grads, strict=True):
         assert torch.allclose(got, want, rtol=1e-8, atol=1e-12)
     # The regulariser's gradient in μ is not zero: F̂ stayed differentiable.
@@ -316,3 +316,24 @@ def test_bad_arguments_are_named():
         vl.predict(x, mode="sample", n_samples=0)
     with pytest.raises(ValueError, match="lr must be a positive finite number"):
         vl.param_groups(lr=0.0)
+
+
+@pytest.mark.parametrize("variance", ["diagonal", "uniform"])
+def test_loss_kl_term_equals_the_reference_kl(variance):
+    model = tiny_mlp()
+    x, y = _batch(model)
+    vl = VariationalLaplace(
+        model,
+        n_data=N_DATA,
+        prior_variance=PRIOR,
+        variance=variance,
+        kl_weight=0.5,
+        noise_scale=0.1 if variance == "uniform" else None,
+    )
+    if variance == "diagonal":
+        with torch.no_grad():
+            vl.posterior.log_variance.uniform_(
+                -6.0, 0.0, generator=torch.Generator().manual_seed(3)
+            )
+    terms = vl.loss(x, y)
+    assert torch.allclose(terms.kl, 0.5 * vl.kl().detach() / N_DATA, rtol=1e-10)

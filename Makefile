@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` trains on digits, `make test` runs the checks.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --constraint constraints.txt --editable '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PY) -m gradreg train --dataset digits --method vl --variance uniform \
+		--noise-scale 0.01 --epochs 20 --out runs/demo
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: lint
+	$(PY) -m pytest
+
+bench: install
+	$(PY) benchmarks/step_cost.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache
