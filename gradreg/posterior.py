@@ -1,7 +1,9 @@
-"""Variance families of the factorised Gaussian posterior q(w) = N(μ, diag σ²).
+"""The factorised Gaussian posterior q(w) = N(μ, diag σ²) over a model's weights.
 
-The means μ are the model's own parameters; these modules hold only the variances, as
-log σ² so that every value an optimiser can reach is a valid variance.
+The means μ are the model's own parameters. Variance families hold only the variances, as
+log σ² so that every value an optimiser can reach is a valid variance. `GaussianPosterior`
+is what every method shares (VL, MAP, sampling VI, Laplace): the prior, the KL, optimiser
+groups and prediction at the mean or averaged over weight samples.
 """
 
 from __future__ import annotations
@@ -11,8 +13,14 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
+
+from gradreg.fisher import trainable_parameters
 
 VARIANCE_FAMILIES = ("diagonal", "uniform")
+PREDICT_MODES = ("mean", "sample")
+DEFAULT_VARIANCE_LR_FACTOR = 10.0
+DEFAULT_INIT_VARIANCE_FACTOR = 1e-4
 
 
 def check_positive(name: str, value: float | None) -> float:
@@ -21,6 +29,14 @@ def check_positive(name: str, value: float | None) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     return float(value)
+
+
+def check_count(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive integer, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+    return value
 
 
 def gaussian_kl(
@@ -41,20 +57,24 @@ def gaussian_kl(
 
 
 class DiagonalVariance(nn.Module):
-    """One learned σ² per weight, held as one flat log σ² vector over all parameters."""
+    """One σ² per weight, held as one flat log σ² vector over all parameters.
 
-    learnable = True
+    Learned by default; ``learn=False`` keeps it fixed (the post-hoc Laplace posterior).
+    """
 
-    def __init__(self, params: Sequence[Tensor], init_variance: float) -> None:
+    def __init__(self, params: Sequence[Tensor], init_variance: float, learn: bool = True) -> None:
         super().__init__()
         init_variance = check_positive("init_variance", init_variance)
         self._shapes = [p.shape for p in params]
         total = sum(p.numel() for p in params)
-        self.log_variance = nn.Parameter(
-            torch.full(
-                (total,), math.log(init_variance), dtype=params[0].dtype, device=params[0].device
-            )
+        log_variance = torch.full(
+            (total,), math.log(init_variance), dtype=params[0].dtype, device=params[0].device
         )
+        if learn:
+            self.log_variance = nn.Parameter(log_variance)
+        else:
+            self.register_buffer("log_variance", log_variance)
+        self.learnable = learn
 
     def variances(self) -> list[Tensor]:
         pieces = self.log_variance.exp().split([math.prod(s) for s in self._shapes])
@@ -104,3 +124,198 @@ class UniformVariance(nn.Module):
         shifted = self.log_variance - math.log(prior_variance)
         kl_part = self._n_weights * 0.5 * (shifted.exp() - 1.0 - shifted)
         return self.log_variance.exp() * fisher.sum(), kl_part
+
+
+class PointMass(nn.Module):
+    """σ = 0: the posterior is μ itself (MAP). Its KL is infinite, so only the μ-part counts."""
+
+    learnable = False
+
+    def __init__(self, params: Sequence[Tensor]) -> None:
+        super().__init__()
+        self._zeros = [torch.zeros((), dtype=p.dtype, device=p.device) for p in params]
+
+    def variances(self) -> list[Tensor]:
+        return list(self._zeros)
+
+    def regulariser_terms(self, fisher: Tensor, prior_variance: float) -> tuple[Tensor, Tensor]:
+        zero = fisher.new_zeros(())
+        return zero, zero
+
+
+VarianceFamily = DiagonalVariance | UniformVariance | PointMass
+
+
+def make_variance_family(
+    params: Sequence[Tensor],
+    variance: str,
+    *,
+    prior_variance: float,
+    noise_scale: float | None = None,
+    init_variance: float | None = None,
+    learn_noise_scale: bool = False,
+) -> DiagonalVariance | UniformVariance:
+    """The named family, with the settings that belong to it and nothing else."""
+    if variance == "diagonal":
+        if noise_scale is not None or learn_noise_scale:
+            raise ValueError(
+                "noise_scale and learn_noise_scale belong to variance='uniform'; "
+                "the diagonal posterior starts from init_variance"
+            )
+        if init_variance is None:
+            init_variance = DEFAULT_INIT_VARIANCE_FACTOR * prior_variance
+        return DiagonalVariance(params, init_variance)
+    if variance == "uniform":
+        if init_variance is not None:
+            raise ValueError(
+                "init_variance belongs to variance='diagonal'; with variance='uniform' "
+                "σ² = noise_scale²"
+            )
+        if noise_scale is None:
+            raise ValueError("variance='uniform' needs noise_scale (σ of every weight), e.g. 0.01")
+        return UniformVariance(params, noise_scale, learn=learn_noise_scale)
+    raise ValueError(
+        f"unknown variance family {variance!r}; accepted: {', '.join(VARIANCE_FAMILIES)}"
+    )
+
+
+class GaussianPosterior(nn.Module):
+    """q(w) = N(μ, diag σ²) over ``model``'s trainable weights with prior N(0, s² I).
+
+    Subclasses define ``loss(x, y, generator=...)``, the per-datapoint training objective.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        n_data: int,
+        prior_variance: float = 1.0,
+        kl_weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.n_data = check_count("n_data", n_data)
+        self.prior_variance = check_positive("prior_variance", prior_variance)
+        if isinstance(kl_weight, bool) or not isinstance(kl_weight, int | float):
+            raise TypeError(f"kl_weight must be a number, got {kl_weight!r}")
+        if not math.isfinite(kl_weight) or kl_weight < 0:
+            raise ValueError(f"kl_weight must be finite and >= 0, got {kl_weight!r}")
+        self.kl_weight = float(kl_weight)
+        self._names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.family: VarianceFamily = PointMass(trainable_parameters(model))
+
+    # ---------------------------------------------------------------- posterior
+    def kl(self, means: Sequence[Tensor] | None = None) -> Tensor:
+        """KL(q‖p) in full (not divided by N); for σ = 0 only its μ-part, Σμ²/(2s²)."""
+        means = trainable_parameters(self.model) if means is None else means
+        if isinstance(self.family, PointMass):
+            return weight_decay(means, self.prior_variance)
+        return gaussian_kl(self.family.variances(), means, self.prior_variance)
+
+    def variances(self) -> list[Tensor]:
+        """σ² for every trainable parameter, shaped like it."""
+        params = trainable_parameters(self.model)
+        return [
+            v.detach().expand_as(p).clone()
+            for v, p in zip(self.family.variances(), params, strict=True)
+        ]
+
+    @property
+    def noise_scale(self) -> float | None:
+        """σ of every weight for ``variance='uniform'``; None for the other families."""
+        if isinstance(self.family, UniformVariance):
+            return self.family.noise_scale
+        return None
+
+    def variance_summary(self) -> dict[str, dict[str, float]]:
+        """Per-parameter σ statistics (mean, min, max of σ), for diagnostics."""
+        summary = {}
+        for name, var in zip(self._names, self.variances(), strict=True):
+            std = var.sqrt()
+            summary[name] = {
+                "std_mean": float(std.mean()),
+                "std_min": float(std.min()),
+                "std_max": float(std.max()),
+            }
+        return summary
+
+    def param_groups(self, lr: float, variance_lr: float | None = None) -> list[dict]:
+        """Optimiser groups: the means at ``lr``, learned variances at ``variance_lr``.
+
+        ``variance_lr`` defaults to 10 × ``lr``: variances converge slowly (Unlu & Aitchison).
+        """
+        lr = check_positive("lr", lr)
+        groups = [{"params": trainable_parameters(self.model), "lr": lr, "name": "means"}]
+        if self.family.learnable:
+            variance_lr = (
+                DEFAULT_VARIANCE_LR_FACTOR * lr
+                if variance_lr is None
+                else check_positive("variance_lr", variance_lr)
+            )
+            params = list(self.family.parameters())
+            groups.append({"params": params, "lr": variance_lr, "name": "variances"})
+        elif variance_lr is not None:
+            raise ValueError("variance_lr was given but this posterior learns no variances")
+        return groups
+
+    def loss(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None):
+        raise NotImplementedError
+
+    def after_epoch(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> None:
+        """Work a method does once per epoch on the training set (post-hoc fits); none here."""
+
+    # ---------------------------------------------------------------- prediction
+    @torch.no_grad()
+    def predictive_log_probs(
+        self,
+        x: Tensor,
+        mode: str = "mean",
+        n_samples: int = 32,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """log p(y|x) in float64: at μ (``mean``) or averaged over weights drawn from q.
+
+        With σ = 0 (MAP) both modes are the network at μ.
+        """
+        if mode not in PREDICT_MODES:
+            raise ValueError(f"unknown predict mode {mode!r}; accepted: {', '.join(PREDICT_MODES)}")
+        check_count("n_samples", n_samples)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            if mode == "mean" or isinstance(self.family, PointMass):
+                return torch.log_softmax(self.model(x).double(), dim=-1)
+            draws = []
+            for _ in range(n_samples):
+                logits = functional_call(self.model, self.sample_weights(generator), (x,))
+                draws.append(torch.log_softmax(logits.double(), dim=-1))
+            return torch.logsumexp(torch.stack(draws), dim=0) - math.log(n_samples)
+        finally:
+            self.model.train(was_training)
+
+    def sample_weights(self, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """One draw w = μ + σ ε for every trainable parameter, by name (differentiable)."""
+        means = trainable_parameters(self.model)
+        return {
+            name: mu
+            + var.sqrt()
+            * torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+            for name, mu, var in zip(self._names, means, self.family.variances(), strict=True)
+        }
+
+    def predict(
+        self,
+        x: Tensor,
+        mode: str = "mean",
+        n_samples: int = 32,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Class probabilities in the model's dtype: ``mean`` at μ, ``sample`` averaged over q."""
+        dtype = trainable_parameters(self.model)[0].dtype
+        return self.predictive_log_probs(x, mode, n_samples, generator).exp().to(dtype)
+
+
+def weight_decay(means: Sequence[Tensor], prior_variance: float) -> Tensor:
+    """Σ_λ μ_λ²/(2s²): the μ-part of the KL to the prior N(0, s² I)."""
+    return sum(mu.square().sum() for mu in means) / (2 * prior_variance)

@@ -79,14 +79,14 @@ def test_diagonal_loss_and_gradients_match_reference(make_model, fisher, empiric
         empirical_fisher=empirical,
     ).double()
     with torch.no_grad():  # distinct variances per weight, so a mix-up would show
-        vl.posterior.log_variance.uniform_(-4.0, -1.0, generator=torch.Generator().manual_seed(7))
+        vl.family.log_variance.uniform_(-4.0, -1.0, generator=torch.Generator().manual_seed(7))
     seed = 11
     terms = vl.loss(x, y, generator=torch.Generator().manual_seed(seed))
     terms.loss.backward()
 
     names = [n for n, _ in model.named_parameters()]
     params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
-    flat_log_var = vl.posterior.log_variance.detach()
+    flat_log_var = vl.family.log_variance.detach()
     pieces = unflatten(flat_log_var, list(model.parameters()))
     log_var = {n: lv.clone().requires_grad_() for n, lv in zip(names, pieces, strict=True)}
     if fisher == "exact":
@@ -101,7 +101,7 @@ def test_diagonal_loss_and_gradients_match_reference(make_model, fisher, empiric
     total = nll + sqgrad + kl
     grads = torch.autograd.grad(total, [*params.values(), *log_var.values()], retain_graph=True)
     got_grads = [p.grad for p in model.parameters()]
-    got_grads += unflatten(vl.posterior.log_variance.grad, list(model.parameters()))
+    got_grads += unflatten(vl.family.log_variance.grad, list(model.parameters()))
     for got, want in zip(got_grads, grads, strict=True):
         assert torch.allclose(got, want, rtol=1e-8, atol=1e-12)
     # The regulariser's gradient in μ is not zero: F̂ stayed differentiable.
@@ -225,7 +225,7 @@ def test_learned_variances_reach_the_laplace_value_when_means_are_fixed():
     vl = VariationalLaplace(
         model, n_data=8, prior_variance=PRIOR, fisher="exact", init_variance=0.01
     ).double()
-    optimiser = torch.optim.Adam(vl.posterior.parameters(), lr=0.1)
+    optimiser = torch.optim.Adam(vl.family.parameters(), lr=0.1)
     for _ in range(300):
         optimiser.zero_grad()
         vl.loss(x, y).loss.backward()
@@ -332,8 +332,6 @@ def test_loss_kl_term_equals_the_reference_kl(variance):
     )
     if variance == "diagonal":
         with torch.no_grad():
-            vl.posterior.log_variance.uniform_(
-                -6.0, 0.0, generator=torch.Generator().manual_seed(3)
-            )
+            vl.family.log_variance.uniform_(-6.0, 0.0, generator=torch.Generator().manual_seed(3))
     terms = vl.loss(x, y)
     assert torch.allclose(terms.kl, 0.5 * vl.kl().detach() / N_DATA, rtol=1e-10)
