@@ -31,7 +31,8 @@ def write_run_artifacts(result: FitResult, directory: str | Path) -> list[Path]:
     """Write the run's files into ``directory`` (created if missing); return their paths."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    label = f"{result.config.method}-{result.config.variance} (test)"
+    method = result.config.method
+    label = f"{method}-{result.config.variance} (test)" if result.config.variance else method
     files = {
         METRICS_FILE: result_summary(result),
         HISTORY_FILE: result.history,

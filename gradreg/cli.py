@@ -86,14 +86,28 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="model option, e.g. channels=16,32 or width=16 (repeatable)",
     )
     vl = p.add_argument_group("method and posterior")
-    vl.add_argument("--method", default=defaults.method, choices=METHODS)
-    vl.add_argument("--variance", default=defaults.variance, choices=VARIANCE_FAMILIES)
+    vl.add_argument(
+        "--method",
+        default=defaults.method,
+        choices=METHODS,
+        help="vl (Variational Laplace), map, mcvi (sampling VI) or laplace (post hoc)",
+    )
+    vl.add_argument(
+        "--variance",
+        choices=VARIANCE_FAMILIES,
+        help="vl and mcvi: posterior variance family (default diagonal)",
+    )
     vl.add_argument("--noise-scale", type=float, help="σ of every weight (uniform variance)")
     vl.add_argument("--learn-noise-scale", action="store_true")
     vl.add_argument("--init-variance", type=float, help="starting σ² (diagonal variance)")
     vl.add_argument("--prior-variance", type=float, default=defaults.prior_variance)
     vl.add_argument("--kl-weight", type=float, default=defaults.kl_weight)
-    vl.add_argument("--fisher", default=defaults.fisher, choices=ESTIMATORS)
+    vl.add_argument(
+        "--fisher",
+        choices=ESTIMATORS,
+        help="vl: estimator in the objective (default sampled); laplace: default exact",
+    )
+    vl.add_argument("--mc-samples", type=int, help="mcvi: weight samples per step (default 1)")
     vl.add_argument(
         "--empirical-fisher",
         action="store_true",
@@ -141,6 +155,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         kl_weight=args.kl_weight,
         fisher=args.fisher,
         empirical_fisher=args.empirical_fisher,
+        mc_samples=args.mc_samples,
         lr=args.lr,
         variance_lr=args.variance_lr,
         epochs=args.epochs,
@@ -151,6 +166,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         device=args.device,
         bf16=args.bf16,
     )
+
+
+def describe_method(config: TrainConfig) -> str:
+    details = []
+    if config.variance:
+        details.append(f"{config.variance} variance")
+    if config.fisher:
+        details.append(f"{config.fisher} Fisher")
+    if config.mc_samples:
+        details.append(f"{config.mc_samples} samples/step")
+    return config.method + (f" ({', '.join(details)})" if details else "")
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
@@ -200,8 +226,8 @@ def _run_train(args: argparse.Namespace) -> int:
     final = result.metrics
     rows = {s: {m: final[f"{s}_{m}"] for m in TABLE_METRICS} for s in ("val", "test")}
     print(
-        f"{config.method} ({config.variance} variance, {config.fisher} Fisher) on "
-        f"{config.dataset} with {config.model}, {len(result.history)} epochs"
+        f"{describe_method(config)} on {config.dataset} with {config.model}, "
+        f"{len(result.history)} epochs, {config.predict} predictive"
     )
     print(format_table(rows))
     if written:

@@ -13,7 +13,16 @@ from gradreg.models import available_models
 from gradreg.objective import PREDICT_MODES
 from gradreg.posterior import VARIANCE_FAMILIES
 
-METHODS = ("vl",)
+METHODS = ("vl", "map", "mcvi", "laplace")
+# Settings that only some methods use, with the default each of those methods gets.
+METHOD_SETTINGS: dict[str, dict[str, object]] = {
+    "vl": {"variance": "diagonal", "fisher": "sampled"},
+    "map": {},
+    "mcvi": {"variance": "diagonal", "mc_samples": 1},
+    "laplace": {"fisher": "exact"},
+}
+VARIANCE_SETTINGS = ("noise_scale", "learn_noise_scale", "init_variance", "variance_lr")
+FISHER_SETTINGS = ("empirical_fisher",)
 
 
 @dataclass(frozen=True)
@@ -28,14 +37,15 @@ class TrainConfig:
     model: str = "mlp"
     model_options: dict[str, Any] = field(default_factory=dict)
     method: str = "vl"
-    variance: str = "diagonal"
+    variance: str | None = None
     noise_scale: float | None = None
     learn_noise_scale: bool = False
     init_variance: float | None = None
     prior_variance: float = 1.0
     kl_weight: float = 1.0
-    fisher: str = "sampled"
+    fisher: str | None = None
     empirical_fisher: bool = False
+    mc_samples: int | None = None
     lr: float = 1e-3
     variance_lr: float | None = None
     epochs: int = 20
@@ -50,8 +60,13 @@ class TrainConfig:
         _choice("dataset", self.dataset, tuple(available_datasets()))
         _choice("model", self.model, tuple(available_models()))
         _choice("method", self.method, METHODS)
-        _choice("variance", self.variance, VARIANCE_FAMILIES)
-        _choice("fisher", self.fisher, ESTIMATORS)
+        self._resolve_method_settings()
+        if self.variance is not None:
+            _choice("variance", self.variance, VARIANCE_FAMILIES)
+        if self.fisher is not None:
+            _choice("fisher", self.fisher, ESTIMATORS)
+        if self.mc_samples is not None:
+            _integer("mc_samples", self.mc_samples, minimum=1)
         _choice("predict", self.predict, PREDICT_MODES)
         for name in ("dataset_options", "model_options"):
             if not isinstance(getattr(self, name), dict):
@@ -86,6 +101,25 @@ class TrainConfig:
             raise TypeError(
                 f"device must be a string such as 'auto', 'cpu' or 'cuda', got {self.device!r}"
             )
+
+    def _resolve_method_settings(self) -> None:
+        """Give method-specific settings their defaults; refuse those the method ignores."""
+        own = METHOD_SETTINGS[self.method]
+        unused = [name for name in ("variance", "fisher", "mc_samples") if name not in own]
+        if "variance" not in own:
+            unused += VARIANCE_SETTINGS
+        if "fisher" not in own:
+            unused += FISHER_SETTINGS
+        given = [name for name in unused if getattr(self, name) not in (None, False)]
+        if given:
+            raise ValueError(
+                f"method {self.method!r} does not use {', '.join(given)}; remove "
+                f"{'it' if len(given) == 1 else 'them'} (settings it uses: "
+                f"{', '.join(own) or 'none beyond the common ones'})"
+            )
+        for name, default in own.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

@@ -177,7 +177,7 @@ def capture_layers(model: nn.Module) -> Iterator[LayerCapture]:
 # Per-layer identities: Σ_i w_i (per-example gradient)² from layer inputs and output gradients.
 
 
-def _fp32(t: Tensor) -> Tensor:
+def at_least_fp32(t: Tensor) -> Tensor:
     return t.float() if t.dtype in _LOW_PRECISION else t
 
 
@@ -188,7 +188,7 @@ def _weighted_batch_sum(squares: Tensor, weights: Tensor | None) -> Tensor:
 
 
 def _linear_squares(a: Tensor, g: Tensor, weights: Tensor | None, has_bias: bool) -> list[Tensor]:
-    a, g = _fp32(a), _fp32(g)
+    a, g = at_least_fp32(a), at_least_fp32(g)
     if a.dim() == 2:
         gw = g.square() if weights is None else g.square() * weights.to(g.dtype)[:, None]
         out = [gw.t() @ a.square()]
@@ -207,7 +207,7 @@ def _linear_squares(a: Tensor, g: Tensor, weights: Tensor | None, has_bias: bool
 def _conv_squares(
     module: nn.Conv1d | nn.Conv2d, a: Tensor, g: Tensor, weights: Tensor | None
 ) -> list[Tensor]:
-    a, g = _fp32(a), _fp32(g)
+    a, g = at_least_fp32(a), at_least_fp32(g)
     if isinstance(module, nn.Conv1d):
         a = a.unsqueeze(2)
         kernel, stride = (1, *module.kernel_size), (1, *module.stride)
@@ -337,7 +337,7 @@ class FisherPass:
         else:
             logits = self.model(x)
         self._logits = check_logits(logits)
-        self.log_probs = torch.log_softmax(_fp32(logits), dim=-1)
+        self.log_probs = torch.log_softmax(at_least_fp32(logits), dim=-1)
         return logits
 
     def estimate(

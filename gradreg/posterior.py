@@ -294,14 +294,20 @@ class GaussianPosterior(nn.Module):
         finally:
             self.model.train(was_training)
 
-    def sample_weights(self, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """One draw w = μ + σ ε for every trainable parameter, by name (differentiable)."""
+    def sample_weights(
+        self, generator: torch.Generator | None = None, skip: frozenset[int] = frozenset()
+    ) -> dict[str, Tensor]:
+        """One draw w = μ + σ ε per trainable parameter, by name (differentiable).
+
+        Parameters whose ``id`` is in ``skip`` are left out (they keep their mean).
+        """
         means = trainable_parameters(self.model)
         return {
             name: mu
             + var.sqrt()
             * torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
             for name, mu, var in zip(self._names, means, self.family.variances(), strict=True)
+            if id(mu) not in skip
         }
 
     def predict(

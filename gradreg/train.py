@@ -13,12 +13,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gradreg.baselines import MAP, Laplace, SamplingVI
 from gradreg.config import TrainConfig
 from gradreg.data import Dataset, load_dataset
 from gradreg.device import resolve_device
 from gradreg.metrics import ReliabilityBins, classification_metrics, reliability_bins
 from gradreg.models import build_model
 from gradreg.objective import VariationalLaplace
+from gradreg.posterior import GaussianPosterior
 
 EVAL_CHUNK = 2048
 STATE_VERSION = 1
@@ -44,7 +46,7 @@ class EpochReport:
 class FitResult:
     config: TrainConfig
     history: list[dict[str, float]]
-    posterior: VariationalLaplace
+    posterior: GaussianPosterior
     dataset: dict[str, Any]
     test_bins: ReliabilityBins
     stopped_early: bool
@@ -58,20 +60,33 @@ class FitResult:
 EpochCallback = Callable[[EpochReport], bool | None]
 
 
-def build_posterior(config: TrainConfig, data: Dataset) -> VariationalLaplace:
+def build_posterior(config: TrainConfig, data: Dataset) -> GaussianPosterior:
+    """The method's posterior around a fresh model (seed the RNG first for reproducibility)."""
     model = build_model(config.model, data.input_shape, data.n_classes, **config.model_options)
-    return VariationalLaplace(
-        model,
-        n_data=data.n_train,
-        prior_variance=config.prior_variance,
+    common = dict(
+        n_data=data.n_train, prior_variance=config.prior_variance, kl_weight=config.kl_weight
+    )
+    variance = dict(
         variance=config.variance,
         noise_scale=config.noise_scale,
         init_variance=config.init_variance,
-        fisher=config.fisher,
-        kl_weight=config.kl_weight,
         learn_noise_scale=config.learn_noise_scale,
-        empirical_fisher=config.empirical_fisher,
     )
+    if config.method == "vl":
+        return VariationalLaplace(
+            model,
+            **common,
+            **variance,
+            fisher=config.fisher,
+            empirical_fisher=config.empirical_fisher,
+        )
+    if config.method == "mcvi":
+        return SamplingVI(model, **common, **variance, mc_samples=config.mc_samples)
+    if config.method == "laplace":
+        return Laplace(
+            model, **common, fisher=config.fisher, empirical_fisher=config.empirical_fisher
+        )
+    return MAP(model, **common)
 
 
 def load_config_dataset(config: TrainConfig) -> Dataset:
@@ -86,7 +101,7 @@ def load_config_dataset(config: TrainConfig) -> Dataset:
 
 @torch.no_grad()
 def evaluate(
-    posterior: VariationalLaplace,
+    posterior: GaussianPosterior,
     x: Tensor,
     y: Tensor,
     config: TrainConfig,
@@ -110,7 +125,7 @@ def fit(
     *,
     resume: Mapping[str, Any] | None = None,
 ) -> FitResult:
-    """Train ``config`` with the VL objective; report after every epoch.
+    """Train ``config`` with its method's objective; report after every epoch.
 
     ``on_epoch(report)`` may return True to stop after that epoch (a cooperative stop).
     ``resume`` is a ``report.state_dict()`` from an earlier run of the same config; training
@@ -179,6 +194,7 @@ def fit(
             optimiser.step()
             for key, value in values.items():
                 sums[key] += value * len(index)
+        posterior.after_epoch(x_train, y_train, generator=sampling)
         train_seconds = time.perf_counter() - started
         record: dict[str, float] = {"epoch": epoch}
         record.update({key: total / data.n_train for key, total in sums.items()})
@@ -200,7 +216,7 @@ def fit(
     return FitResult(config, history, posterior, data.summary(), test_bins, stopped_early)
 
 
-def _mean_std(posterior: VariationalLaplace) -> float:
+def _mean_std(posterior: GaussianPosterior) -> float:
     variances = posterior.variances()
     total = sum(float(v.sqrt().sum()) for v in variances)
     return total / sum(v.numel() for v in variances)
@@ -209,7 +225,7 @@ def _mean_std(posterior: VariationalLaplace) -> float:
 def _restore(
     state: Mapping[str, Any],
     config: TrainConfig,
-    posterior: VariationalLaplace,
+    posterior: GaussianPosterior,
     optimiser: torch.optim.Optimizer,
     shuffle: torch.Generator,
     sampling: torch.Generator,

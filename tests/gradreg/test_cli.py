@@ -18,7 +18,10 @@ def test_train_prints_a_table_of_val_and_test_metrics(capsys):
     assert main(["train", *FAST, "--variance", "uniform", "--noise-scale", "0.01"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert "vl (uniform variance, sampled Fisher) on iris with mlp, 2 epochs" in lines[0]
+    assert (
+        lines[0]
+        == "vl (uniform variance, sampled Fisher) on iris with mlp, 2 epochs, mean predictive"
+    )
     assert lines[1].split() == ["split", "accuracy", "nll", "ece", "aece", "brier"]
     assert lines[3].startswith("val") and lines[4].startswith("test")
     assert all(0.0 <= float(v) <= 10 for v in lines[4].split()[1:])
