@@ -245,6 +245,154 @@ def _run_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _method_settings(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
+    settings: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        target, sep, value = pair.partition("=")
+        method, dot, key = target.partition(".")
+        if not sep or not dot or not method or not key:
+            raise ValueError(
+                f"--set takes METHOD.KEY=VALUE (e.g. vl-uniform.noise_scale=0.02), got {pair!r}"
+            )
+        settings.setdefault(method, {})[key] = parse_option_value(value)
+    return settings
+
+
+def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
+    from gradreg.compare import METHOD_PRESETS, CompareSpec
+
+    defaults = CompareSpec()
+    p.add_argument(
+        "--dataset", default=defaults.dataset, choices=sorted(available_datasets()), metavar="NAME"
+    )
+    p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--model", default=defaults.model, choices=sorted(available_models()), metavar="NAME"
+    )
+    p.add_argument("--hidden", type=int, nargs="*", metavar="WIDTH")
+    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--methods", default=",".join(METHOD_PRESETS), help="comma-separated, from: %(default)s"
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=defaults.seeds,
+        help="seeds 0..N-1; seed s fixes both the split and the initialisation",
+    )
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument(
+        "--n-samples",
+        type=int,
+        default=defaults.n_samples,
+        help="weight samples for the sample predictive",
+    )
+    p.add_argument(
+        "--fisher",
+        choices=ESTIMATORS,
+        help="Fisher estimator for vl-* and laplace (default: each method's own)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="a hyperparameter for one method, e.g. vl-uniform.noise_scale=0.02",
+    )
+    p.add_argument(
+        "--search",
+        action="store_true",
+        help="choose prior variance (and VL's noise scale) by seed-0 validation NLL",
+    )
+    p.add_argument("--device", default=defaults.device)
+    p.add_argument("--out", metavar="DIR", help="write CSV, JSON and reliability diagrams")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from gradreg.compare import (
+        CompareSpec,
+        format_paired,
+        format_summary,
+        json_safe,
+        plan_size,
+        run_comparison,
+        write_comparison,
+    )
+
+    model_options = _key_values(args.model_option, "--model-option")
+    if args.hidden is not None:
+        model_options["hidden"] = list(args.hidden)
+    spec = CompareSpec(
+        dataset=args.dataset,
+        dataset_options=_key_values(args.dataset_option, "--dataset-option"),
+        model=args.model,
+        model_options=model_options,
+        methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+        seeds=args.seeds,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        n_samples=args.n_samples,
+        fisher=args.fisher,
+        overrides=_method_settings(args.set),
+        search=args.search,
+        device=args.device,
+    )
+    bar = tqdm(
+        total=plan_size(spec),
+        desc="runs",
+        unit="run",
+        disable=args.quiet,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+
+    def tick(label: str) -> None:
+        bar.set_postfix_str(label)
+        bar.update(1)
+
+    try:
+        comparison = run_comparison(spec, tick)
+    finally:
+        bar.close()
+    written = write_comparison(comparison, args.out) if args.out else []
+    if args.json:
+        print(
+            json.dumps(
+                json_safe(
+                    {
+                        "chosen_hyperparameters": comparison.chosen,
+                        "summary": comparison.summary_rows(),
+                        "paired": comparison.paired_rows(),
+                        "files": [str(p) for p in written],
+                    }
+                ),
+                indent=2,
+            )
+        )
+        return 0
+    selection = "chosen by seed-0 validation NLL" if spec.search else "given"
+    print(
+        f"{spec.dataset} with {spec.model}: {spec.seeds} seeds × {spec.epochs} epochs; "
+        f"test metrics, mean ± standard error over seeds; hyperparameters {selection}"
+    )
+    for method, values in comparison.chosen.items():
+        if values:
+            print(f"  {method}: {', '.join(f'{k}={v}' for k, v in values.items())}")
+    print(format_summary(comparison))
+    print()
+    print(format_paired(comparison))
+    if written:
+        print(f"wrote {', '.join(p.name for p in written)} to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gradreg", description="Variational Laplace for Bayesian neural networks"
@@ -252,6 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train one model and report calibration")
     _add_train_arguments(train)
+    compare = commands.add_parser(
+        "compare", help="VL against MAP, sampling VI and Laplace over several seeds"
+    )
+    _add_compare_arguments(compare)
     data = commands.add_parser("data", help="list or inspect the offline datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     data_commands.add_parser("list", help="the datasets and what they are")
@@ -266,6 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _run_train(args)
+        if args.command == "compare":
+            return _run_compare(args)
         return _run_data(args)
     except (ValueError, TypeError) as error:
         print(f"gradreg: error: {error}", file=sys.stderr)

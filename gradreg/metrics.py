@@ -229,3 +229,22 @@ def classification_metrics(probs: Array, labels: Array, prefix: str = "") -> dic
         f"{prefix}aece": _adaptive_ece(p, y, 15),
         f"{prefix}brier": _brier(p, y),
     }
+
+
+def pool_reliability_bins(parts: list[ReliabilityBins]) -> ReliabilityBins:
+    """Bins of the union of several evaluations (e.g. seeds) with identical bin edges."""
+    if not parts:
+        raise ValueError("pool_reliability_bins needs at least one ReliabilityBins")
+    first = parts[0]
+    if any(p.n_bins != first.n_bins or not np.array_equal(p.upper, first.upper) for p in parts):
+        raise ValueError("pool_reliability_bins needs bins with identical edges")
+    count = np.sum([p.count for p in parts], axis=0)
+
+    def weighted(field: str) -> np.ndarray:
+        sums = np.sum([np.nan_to_num(getattr(p, field)) * p.count for p in parts], axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(count > 0, sums / np.maximum(count, 1), np.nan)
+
+    return ReliabilityBins(
+        first.lower, first.upper, count, weighted("confidence"), weighted("accuracy")
+    )

@@ -281,3 +281,20 @@ def test_n_bins_validation(function) -> None:
     with pytest.raises(ValueError, match=r"positive int, got -3"):
         function(PROBS, LABELS, n_bins=-3)
     assert function(PROBS, LABELS, n_bins=np.int64(5)) is not None
+
+
+def test_pooled_bins_equal_the_bins_of_the_concatenation():
+    from gradreg.metrics import pool_reliability_bins, reliability_bins
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(4), size=60)
+    labels = rng.integers(0, 4, size=60)
+    parts = [reliability_bins(probs[:25], labels[:25]), reliability_bins(probs[25:], labels[25:])]
+    pooled = pool_reliability_bins(parts)
+    whole = reliability_bins(probs, labels)
+    np.testing.assert_array_equal(pooled.count, whole.count)
+    np.testing.assert_allclose(pooled.confidence, whole.confidence, equal_nan=True)
+    np.testing.assert_allclose(pooled.accuracy, whole.accuracy, equal_nan=True)
+    assert pooled.ece == pytest.approx(whole.ece)
+    with pytest.raises(ValueError, match="identical edges"):
+        pool_reliability_bins([whole, reliability_bins(probs, labels, n_bins=5)])
