@@ -62,7 +62,12 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     data.add_argument("--split-seed", type=int, default=defaults.split_seed)
     data.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
-    data.add_argument("--test-fraction", type=float, default=defaults.test_fraction)
+    data.add_argument(
+        "--test-fraction",
+        type=float,
+        default=defaults.test_fraction,
+        help="default 0.2; datasets with an official test split use it instead",
+    )
     model = p.add_argument_group("model")
     model.add_argument(
         "--model",
@@ -240,7 +245,18 @@ def _run_data(args: argparse.Namespace) -> int:
         for name, description in sorted(available_datasets().items()):
             print(f"{name:<14} {description}")
         return 0
-    data = load_dataset(args.name, split_seed=args.split_seed)
+    if args.data_command == "download":
+        from gradreg.datafiles import DownloadError, download, resolve_data_dir
+
+        try:
+            paths = download(args.name, resolve_data_dir(args.dir), base_url=args.mirror)
+        except DownloadError as error:
+            print(f"gradreg: {error}", file=sys.stderr)
+            return 1
+        print(f"{args.name}: {len(paths)} files under {resolve_data_dir(args.dir)}")
+        return 0
+    options = {"data_dir": args.dir} if args.dir else {}
+    data = load_dataset(args.name, split_seed=args.split_seed, **options)
     print(json.dumps(data.summary(), indent=2))
     return 0
 
@@ -410,6 +426,17 @@ def build_parser() -> argparse.ArgumentParser:
     show = data_commands.add_parser("show", help="sizes, classes and shape of one dataset")
     show.add_argument("name", choices=sorted(available_datasets()), metavar="NAME")
     show.add_argument("--split-seed", type=int, default=0)
+    show.add_argument(
+        "--dir", help="data directory of a file dataset (mnist, fashion_mnist, cifar10)"
+    )
+    from gradreg.datafiles import DATA_DIR_ENV, downloadable
+
+    fetch = data_commands.add_parser(
+        "download", help="fetch a file dataset (needs internet; offline: says what to place where)"
+    )
+    fetch.add_argument("name", choices=downloadable(), metavar="NAME", help="one of: %(choices)s")
+    fetch.add_argument("--dir", help=f"data directory (default ${DATA_DIR_ENV} or ./data)")
+    fetch.add_argument("--mirror", help="base URL of a mirror holding the same files")
     return parser
 
 
@@ -421,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "compare":
             return _run_compare(args)
         return _run_data(args)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"gradreg: error: {error}", file=sys.stderr)
         return 2
     except FloatingPointError as error:

@@ -33,7 +33,7 @@ class TrainConfig:
     dataset_options: dict[str, Any] = field(default_factory=dict)
     split_seed: int = 0
     val_fraction: float = 0.15
-    test_fraction: float = 0.2
+    test_fraction: float | None = None  # None: the dataset's default (its official split)
     model: str = "mlp"
     model_options: dict[str, Any] = field(default_factory=dict)
     method: str = "vl"

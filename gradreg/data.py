@@ -21,7 +21,10 @@ import torch
 from sklearn import datasets as sk_datasets
 from sklearn.model_selection import train_test_split
 
+from gradreg import datafiles
+
 Arrays = tuple[np.ndarray, np.ndarray]
+_DEFAULT_TEST_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
@@ -62,11 +65,23 @@ class Dataset:
 @dataclass(frozen=True)
 class _DatasetSpec:
     description: str
-    generate: Callable[..., Arrays]
+    # Returns one pool (features, labels) to split, or with `official_test_split`
+    # (x_train, y_train, x_test, y_test).
+    generate: Callable[..., tuple[np.ndarray, ...]]
     defaults: dict[str, Any]
-    # Per-example shape for image-like data (standardised with one global mean/std);
-    # None means tabular, standardised per feature.
+    # Per-example shape for image-like data (standardised with one global mean/std unless
+    # per_channel); None means tabular, standardised per feature.
     image_shape: tuple[int, ...] | None = None
+    # The dataset brings its own test set; validation is carved from its train set.
+    official_test_split: bool = False
+    # Standardise each image channel (the first axis of image_shape) on its own.
+    per_channel: bool = False
+
+    @property
+    def standardisation(self) -> str:
+        if self.image_shape is None:
+            return "feature"
+        return "channel" if self.per_channel else "global"
 
 
 # ---------------------------------------------------------------- option checks
@@ -194,6 +209,21 @@ def _load_mnist1d(data_seed: int) -> Arrays:
     return arrays
 
 
+def _image_files(name: str) -> Callable[..., tuple[np.ndarray, ...]]:
+    def generate(data_dir: str | os.PathLike[str] | None) -> tuple[np.ndarray, ...]:
+        x_train, y_train, x_test, y_test = datafiles.load_official_splits(name, data_dir)
+        return _unit_pixels(x_train), y_train, _unit_pixels(x_test), y_test
+
+    return generate
+
+
+def _unit_pixels(images: np.ndarray) -> np.ndarray:
+    """uint8 images as float32 rows in [0, 1]."""
+    pixels = images.reshape(len(images), -1).astype(np.float32)
+    pixels /= 255
+    return pixels
+
+
 _DATASETS: dict[str, _DatasetSpec] = {
     "digits": _DatasetSpec(
         "sklearn handwritten digits: 1797 8x8 grey images, 10 classes",
@@ -232,6 +262,31 @@ _DATASETS: dict[str, _DatasetSpec] = {
         _make_blobs,
         {"n_samples": 1000, "n_classes": 3, "n_features": 2, "cluster_std": 1.0, "data_seed": 0},
     ),
+    "mnist": _DatasetSpec(
+        "MNIST handwritten digits from IDX files in DATA_DIR/mnist: 60000 train + 10000 "
+        "official test 28x28 grey images, 10 classes",
+        _image_files("mnist"),
+        {"data_dir": None},
+        image_shape=(1, 28, 28),
+        official_test_split=True,
+    ),
+    "fashion_mnist": _DatasetSpec(
+        "Fashion-MNIST clothing from IDX files in DATA_DIR/fashion_mnist: 60000 train + "
+        "10000 official test 28x28 grey images, 10 classes",
+        _image_files("fashion_mnist"),
+        {"data_dir": None},
+        image_shape=(1, 28, 28),
+        official_test_split=True,
+    ),
+    "cifar10": _DatasetSpec(
+        "CIFAR-10 from python batches in DATA_DIR/cifar10: 50000 train + 10000 official "
+        "test 32x32 colour images, 10 classes",
+        _image_files("cifar10"),
+        {"data_dir": None},
+        image_shape=(3, 32, 32),
+        official_test_split=True,
+        per_channel=True,
+    ),
 }
 
 
@@ -251,6 +306,35 @@ def _check_fraction(option: str, value: Any) -> float:
     return float(value)
 
 
+def _check_split_sizes(sizes: dict[str, int], n_classes: int, knobs: str) -> None:
+    n_total = sum(sizes.values())
+    for split, size in sizes.items():
+        if size < n_classes:
+            raise ValueError(
+                f"the {split} split would hold {size} of {n_total} examples, fewer than the "
+                f"{n_classes} classes; use more data or change {knobs}"
+            )
+
+
+def _check_rarest_class(labels: np.ndarray, n_classes: int, splits: list[str]) -> None:
+    counts = np.bincount(labels, minlength=n_classes)
+    smallest = int(np.argmin(counts))
+    if counts[smallest] < len(splits):
+        raise ValueError(
+            f"class {smallest} has only {counts[smallest]} example(s); every class needs at "
+            f"least {len(splits)} to appear in the {', '.join(splits[:-1])} and {splits[-1]} "
+            "splits"
+        )
+
+
+def _check_train_has_every_class(train_labels: np.ndarray, n_classes: int, knobs: str) -> None:
+    missing = np.setdiff1d(np.arange(n_classes), train_labels)
+    if len(missing):
+        raise ValueError(
+            f"the train split would hold no example of class(es) {missing.tolist()}; lower {knobs}"
+        )
+
+
 def _stratified_split(
     labels: np.ndarray, n_classes: int, split_seed: int, val_fraction: float, test_fraction: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -259,19 +343,8 @@ def _stratified_split(
     n_test = round(test_fraction * n_total)
     n_val = round(val_fraction * n_total)
     sizes = {"train": n_total - n_test - n_val, "val": n_val, "test": n_test}
-    for split, size in sizes.items():
-        if size < n_classes:
-            raise ValueError(
-                f"the {split} split would hold {size} of {n_total} examples, fewer than the "
-                f"{n_classes} classes; use more data or change val_fraction/test_fraction"
-            )
-    counts = np.bincount(labels, minlength=n_classes)
-    smallest = int(np.argmin(counts))
-    if counts[smallest] < 3:
-        raise ValueError(
-            f"class {smallest} has only {counts[smallest]} example(s); every class needs at "
-            "least 3 to appear in the train, val and test splits"
-        )
+    _check_split_sizes(sizes, n_classes, "val_fraction/test_fraction")
+    _check_rarest_class(labels, n_classes, list(sizes))
     indices = np.arange(n_total)
     rest, test = train_test_split(
         indices, test_size=n_test, stratify=labels, random_state=split_seed
@@ -279,41 +352,84 @@ def _stratified_split(
     train, val = train_test_split(
         rest, test_size=n_val, stratify=labels[rest], random_state=split_seed
     )
-    missing = np.setdiff1d(np.arange(n_classes), labels[train])
-    if len(missing):
-        raise ValueError(
-            f"the train split would hold no example of class(es) {missing.tolist()}; "
-            "lower val_fraction/test_fraction"
-        )
+    _check_train_has_every_class(labels[train], n_classes, "val_fraction/test_fraction")
     return train, val, test
 
 
+def _carve_validation(
+    labels: np.ndarray, n_classes: int, split_seed: int, val_fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of train and val examples within an official train set, stratified by label."""
+    n_total = len(labels)
+    n_val = round(val_fraction * n_total)
+    sizes = {"train": n_total - n_val, "val": n_val}
+    _check_split_sizes(sizes, n_classes, "val_fraction")
+    _check_rarest_class(labels, n_classes, list(sizes))
+    train, val = train_test_split(
+        np.arange(n_total), test_size=n_val, stratify=labels, random_state=split_seed
+    )
+    _check_train_has_every_class(labels[train], n_classes, "val_fraction")
+    return train, val
+
+
+_STATISTICS_AXES: dict[str, int | tuple[int, ...] | None] = {
+    "feature": 0,
+    "global": None,
+    "channel": (0, 2),
+}
+
+
 def _standardise(
-    x_train: np.ndarray, others: list[np.ndarray], per_feature: bool
+    x_train: np.ndarray, others: list[np.ndarray], mode: str, n_channels: int = 1
 ) -> list[np.ndarray]:
-    """Centre and scale every split with the train split's statistics."""
-    if per_feature:
-        mean, scale = x_train.mean(axis=0), x_train.std(axis=0)
-        scale[np.ptp(x_train, axis=0) == 0] = 1.0  # constant feature: centre only
-    else:
-        mean, scale = x_train.mean(), x_train.std()
-        scale = scale if scale > 0 else 1.0
+    """Centre and scale every split with the train split's statistics.
+
+    `mode` is "feature" (per column), "global" (one mean/std) or "channel" (one per channel
+    of rows laid out channel by channel).
+    """
+    if mode == "channel":
+        x_train = x_train.reshape(len(x_train), n_channels, -1)
+        others = [x.reshape(len(x), n_channels, -1) for x in others]
+    axes = _STATISTICS_AXES[mode]
+    mean = x_train.mean(axis=axes, dtype=np.float64, keepdims=True)
+    scale = x_train.std(axis=axes, dtype=np.float64, keepdims=True)
+    scale[np.ptp(x_train, axis=axes, keepdims=True) == 0] = 1.0  # constant: centre only
+    # statistics in float64, the transform in the data's own precision (float32 images)
+    mean, scale = mean.astype(x_train.dtype), scale.astype(x_train.dtype)
     return [(x - mean) / scale for x in [x_train, *others]]
 
 
-def load_dataset(
-    name: str,
-    *,
-    split_seed: int = 0,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.2,
-    **options: Any,
-) -> Dataset:
-    """Load dataset `name`, split it stratified by label and standardise it with train stats.
+Splits = list[Arrays]  # (x, y) of train, val, test
 
-    `options` are dataset-specific (see `available_datasets()`; e.g. `data_seed` for the
-    synthetic sets and mnist1d). `split_seed` only controls the split, not the data.
-    """
+
+def _split_pool(
+    features: np.ndarray,
+    labels: np.ndarray,
+    split_seed: int,
+    val_fraction: float,
+    test_fraction: float,
+) -> Splits:
+    features = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+    labels = np.asarray(labels, dtype=np.int64)
+    n_classes = int(labels.max()) + 1
+    indices = _stratified_split(labels, n_classes, split_seed, val_fraction, test_fraction)
+    return [(features[split], labels[split]) for split in indices]
+
+
+def _split_official(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    split_seed: int,
+    val_fraction: float,
+) -> Splits:
+    n_classes = int(max(y_train.max(), y_test.max(initial=0))) + 1
+    train, val = _carve_validation(y_train, n_classes, split_seed, val_fraction)
+    return [(x_train[train], y_train[train]), (x_train[val], y_train[val]), (x_test, y_test)]
+
+
+def _spec_for(name: str, options: dict[str, Any]) -> _DatasetSpec:
     if name not in _DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(sorted(_DATASETS))}")
     spec = _DATASETS[name]
@@ -323,37 +439,73 @@ def load_dataset(
         raise TypeError(
             f"unknown option(s) {', '.join(unknown)} for dataset {name!r}; accepted: {accepted}"
         )
-    split_seed = _check_int("split_seed", split_seed, 0)
-    val_fraction = _check_fraction("val_fraction", val_fraction)
+    return spec
+
+
+def _resolve_test_fraction(
+    name: str, spec: _DatasetSpec, val_fraction: float, test_fraction: float | None
+) -> float | None:
+    """The test fraction to split off, or None when the dataset brings its own test set."""
+    if spec.official_test_split:
+        if test_fraction is not None:
+            raise ValueError(
+                f"dataset {name!r} has an official test split, which is used as the test set; "
+                f"leave test_fraction unset (got {test_fraction})"
+            )
+        return None
+    if test_fraction is None:
+        test_fraction = _DEFAULT_TEST_FRACTION
     test_fraction = _check_fraction("test_fraction", test_fraction)
     if val_fraction + test_fraction >= 1:
         raise ValueError(
             f"val_fraction + test_fraction must be < 1 to leave training data, got "
             f"{val_fraction} + {test_fraction}"
         )
+    return test_fraction
 
-    features, labels = spec.generate(**{**spec.defaults, **options})
-    features = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
-    labels = np.asarray(labels, dtype=np.int64)
-    n_classes = int(labels.max()) + 1
 
-    splits = _stratified_split(labels, n_classes, split_seed, val_fraction, test_fraction)
+def load_dataset(
+    name: str,
+    *,
+    split_seed: int = 0,
+    val_fraction: float = 0.15,
+    test_fraction: float | None = None,
+    **options: Any,
+) -> Dataset:
+    """Load dataset `name`, split it stratified by label and standardise it with train stats.
+
+    `options` are dataset-specific (see `available_datasets()`; e.g. `data_seed` for the
+    synthetic sets and mnist1d, `data_dir` for the image files). `split_seed` only controls
+    the split, not the data. Datasets with an official test split (mnist, fashion_mnist,
+    cifar10) use it as the test set and carve validation from their train set; the others
+    hold out `test_fraction` (None: 0.2) of their examples.
+    """
+    spec = _spec_for(name, options)
+    split_seed = _check_int("split_seed", split_seed, 0)
+    val_fraction = _check_fraction("val_fraction", val_fraction)
+    test_fraction = _resolve_test_fraction(name, spec, val_fraction, test_fraction)
+
+    generated = spec.generate(**{**spec.defaults, **options})
+    if test_fraction is None:
+        splits = _split_official(*generated, split_seed, val_fraction)
+    else:
+        splits = _split_pool(*generated, split_seed, val_fraction, test_fraction)
+    n_channels = spec.image_shape[0] if spec.image_shape else 1
     x_train, x_val, x_test = _standardise(
-        features[splits[0]],
-        [features[splits[1]], features[splits[2]]],
-        per_feature=spec.image_shape is None,
+        splits[0][0], [splits[1][0], splits[2][0]], spec.standardisation, n_channels
     )
-    input_shape = spec.image_shape or (features.shape[1],)
+    input_shape = spec.image_shape or (splits[0][0].shape[1],)
+    n_classes = int(max(labels.max(initial=0) for _, labels in splits)) + 1
 
-    def as_tensors(x: np.ndarray, split: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(x.astype(np.float32)).reshape(len(split), *input_shape)
-        return x, torch.from_numpy(labels[split].copy())
+    def as_tensors(x: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(x.astype(np.float32, copy=False)).reshape(len(labels), *input_shape)
+        return x, torch.from_numpy(labels.astype(np.int64))
 
     return Dataset(
         name,
-        *as_tensors(x_train, splits[0]),
-        *as_tensors(x_val, splits[1]),
-        *as_tensors(x_test, splits[2]),
+        *as_tensors(x_train, splits[0][1]),
+        *as_tensors(x_val, splits[1][1]),
+        *as_tensors(x_test, splits[2][1]),
         n_classes=n_classes,
         input_shape=input_shape,
     )

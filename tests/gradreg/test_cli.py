@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 
@@ -105,3 +106,21 @@ def test_module_entry_point_runs_as_a_program():
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["metrics"]["epoch"] == 2
+
+
+def test_file_dataset_commands_say_what_to_place_where(tmp_path, capsys):
+    with socket.socket() as probe:  # a loopback port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mirror = f"http://127.0.0.1:{port}/"
+    code = main(["data", "download", "mnist", "--dir", str(tmp_path), "--mirror", mirror])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"could not download {mirror}" in err
+    assert str(tmp_path / "mnist" / "train-images-idx3-ubyte") in err
+    code = main(
+        ["train", *FAST[2:], "--dataset", "mnist", "--dataset-option", f"data_dir={tmp_path}"]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "mnist files are missing" in err and "data download mnist" in err

@@ -42,7 +42,7 @@ def check_shapes_and_labels(dataset: Dataset, n_total: int, n_classes: int, shap
 
 def test_available_datasets_lists_all_with_descriptions():
     names = available_datasets()
-    assert set(names) == {*SMALL_DATASETS, "mnist1d"}
+    assert set(names) == {*SMALL_DATASETS, "mnist1d", "mnist", "fashion_mnist", "cifar10"}
     assert all(isinstance(text, str) and text for text in names.values())
 
 
@@ -165,8 +165,8 @@ def test_mnist1d_generated_cached_and_reloaded(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset_lists_available():
-    with pytest.raises(ValueError, match=r"unknown dataset 'mnist'.*digits.*mnist1d"):
-        load_dataset("mnist")
+    with pytest.raises(ValueError, match=r"unknown dataset 'no_such_set'.*digits.*mnist1d"):
+        load_dataset("no_such_set")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,551 @@
+"""Image datasets from files: IDX and CIFAR readers, registry entries, download over loopback."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import re
+import socket
+import struct
+import tarfile
+import threading
+from collections.abc import Callable, Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gradreg import datafiles
+from gradreg.data import available_datasets, load_dataset
+from gradreg.datafiles import DownloadError, UnsafePickleError, read_cifar_batch, read_idx
+
+IDX_NAMES = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+]
+CIFAR_BATCHES = [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]
+N_TRAIN, N_TEST = 70, 12  # 7 train examples per class: 10 of them go to validation
+
+
+@pytest.fixture(autouse=True)
+def hermetic_environment(monkeypatch):
+    """No proxies, no data-dir or mirror settings, and no connection beyond 127.0.0.1."""
+    for variable in list(os.environ):
+        if variable.lower().endswith("_proxy"):
+            monkeypatch.delenv(variable)
+    monkeypatch.setenv("NO_PROXY", "*")
+    monkeypatch.delenv(datafiles.DATA_DIR_ENV, raising=False)
+    monkeypatch.delenv(datafiles.MIRROR_ENV, raising=False)
+    connect = socket.create_connection
+
+    def loopback_only(address, *args, **kwargs):
+        assert address[0] == "127.0.0.1", f"test tried to reach {address}"
+        return connect(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", loopback_only)
+
+
+# ---------------------------------------------------------------- writing the real formats
+
+
+def idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:
+    big_endian = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    header = bytes([0, 0, type_code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(big_endian[type_code]).tobytes()
+
+
+def write(path: Path, content: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(content) if path.suffix == ".gz" else content)
+    return path
+
+
+def make_idx_dataset(directory: Path, *, gz: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
+    """Tiny MNIST-format files; train image i has the unique top-left pixel 3 * i."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (N_TRAIN, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": rng.permutation(np.arange(N_TRAIN) % 10).astype(np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (N_TEST, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": (np.arange(N_TEST) % 10).astype(np.uint8),
+    }
+    arrays["train-images-idx3-ubyte"][:, 0, 0] = 3 * np.arange(N_TRAIN)
+    for name, array in arrays.items():
+        write(directory / (f"{name}.gz" if gz else name), idx_bytes(array))
+    return arrays
+
+
+def python2_style_pickle(batch: dict) -> bytes:
+    # the published batches were pickled by Python 2 with numpy 1, which names numpy.core
+    return pickle.dumps(batch, protocol=2).replace(b"numpy._core.", b"numpy.core.")
+
+
+def make_cifar_dataset(batches_dir: Path, seed: int = 0) -> dict[str, np.ndarray]:
+    """Tiny CIFAR-10 batches: 5 x 14 train images with distinct channel ranges, 10 test images
+    of which the first three are pure red, pure green and pure blue."""
+    rng = np.random.default_rng(seed)
+    x_train = np.concatenate(
+        [
+            rng.integers(0, 256, (N_TRAIN, 1, 32, 32)),
+            rng.integers(0, 128, (N_TRAIN, 1, 32, 32)),
+            rng.integers(128, 256, (N_TRAIN, 1, 32, 32)),
+        ],
+        axis=1,
+    ).astype(np.uint8)
+    x_train[:, 0, 0, 0] = 3 * np.arange(N_TRAIN)
+    y_train = rng.permutation(np.arange(N_TRAIN) % 10)
+    x_test = rng.integers(0, 256, (10, 3, 32, 32), dtype=np.uint8)
+    x_test[:3] = 0
+    for channel in range(3):
+        x_test[channel, channel] = 255
+    y_test = np.arange(10)
+    batches_dir.mkdir(parents=True, exist_ok=True)
+    for k, rows in enumerate(np.split(np.arange(N_TRAIN), 5), start=1):
+        write_cifar_batch(batches_dir / f"data_batch_{k}", x_train[rows], y_train[rows])
+    write_cifar_batch(batches_dir / "test_batch", x_test, y_test)
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+
+
+def write_cifar_batch(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    batch = {
+        b"batch_label": b"tiny batch",
+        b"labels": [int(label) for label in labels],
+        b"data": images.reshape(len(images), 3 * 32 * 32),  # R plane, G plane, B plane
+        b"filenames": [f"image_{i}.png".encode() for i in range(len(images))],
+    }
+    path.write_bytes(python2_style_pickle(batch))
+
+
+def make_cifar_tarball(path: Path, batches_dir: Path, extra: dict[str, bytes] | None = None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(batches_dir, arcname="cifar-10-batches-py")
+        for name, content in (extra or {}).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Path], tuple[str, list[str]]]]:
+    """Start an HTTP server on 127.0.0.1 for a directory; gives its URL and a request log."""
+    servers = []
+
+    def start(directory: Path) -> tuple[str, list[str]]:
+        requests: list[str] = []
+
+        class Handler(SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, directory=str(directory), **kwargs)
+
+            def do_GET(self):
+                requests.append(self.path)
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/", requests
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def closed_port_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
+
+
+# ---------------------------------------------------------------- helpers for checks
+
+
+def source_ids(standardised: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """Which raw example each standardised row came from, matched by a unique pixel.
+
+    Standardisation is increasing in each pixel, so ranks of that pixel agree."""
+    ids = np.empty(len(standardised), dtype=np.int64)
+    ids[np.argsort(standardised)] = np.argsort(raw)
+    return ids
+
+
+def train_and_val_ids(dataset, raw_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pooled = torch.cat([dataset.x_train, dataset.x_val]).numpy()
+    ids = source_ids(pooled[:, 0, 0, 0], raw_train[:, 0, 0, 0])
+    return ids[: dataset.n_train], ids[dataset.n_train :]
+
+
+def assert_close(actual: torch.Tensor, expected: np.ndarray) -> None:
+    np.testing.assert_allclose(actual.double().numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- IDX reader
+
+
+@pytest.mark.parametrize("type_code", [0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E])
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_read_idx_every_type_plain_and_gzip(tmp_path, type_code, suffix):
+    array = np.arange(-12, 12).reshape(2, 3, 4) * (1 if type_code != 0x08 else -1) % 100
+    path = write(tmp_path / f"values{suffix}", idx_bytes(array, type_code))
+    loaded = read_idx(path)
+    assert loaded.shape == (2, 3, 4) and loaded.dtype.isnative
+    assert np.array_equal(loaded, array)
+
+
+def test_read_idx_finds_gzip_and_prefers_plain(tmp_path):
+    write(tmp_path / "labels.gz", idx_bytes(np.array([1, 2, 3], dtype=np.uint8)))
+    assert read_idx(tmp_path / "labels").tolist() == [1, 2, 3]
+    write(tmp_path / "labels", idx_bytes(np.array([7, 8], dtype=np.uint8)))
+    assert read_idx(tmp_path / "labels").tolist() == [7, 8]
+
+
+GOOD = idx_bytes(np.zeros((2, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("content", "pattern"),
+    [
+        (b"\x01\x02" + GOOD[2:], "bad IDX magic number"),
+        (GOOD[:2] + b"\x07" + GOOD[3:], "bad IDX magic number"),
+        (GOOD[:2], "truncated"),
+        (GOOD[:9], "truncated IDX header"),
+        (GOOD[:-1], "truncated IDX file"),
+        (GOOD + b"\x00", "size mismatch"),
+    ],
+)
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_corrupt_idx_names_the_file(tmp_path, content, pattern, suffix):
+    path = write(tmp_path / f"broken-idx1-ubyte{suffix}", content)
+    with pytest.raises(ValueError, match=f"{re.escape(str(path))}.*{pattern}"):
+        read_idx(path)
+
+
+def test_corrupt_gzip_names_the_file(tmp_path):
+    path = tmp_path / "broken.gz"
+    path.write_bytes(gzip.compress(GOOD)[:-6])
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        read_idx(path)
+
+
+def test_corrupt_file_in_a_dataset_is_named(tmp_path):
+    make_idx_dataset(tmp_path / "mnist")
+    path = tmp_path / "mnist" / "t10k-labels-idx1-ubyte"
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        load_dataset("mnist", data_dir=tmp_path)
+
+
+# ---------------------------------------------------------------- mnist and fashion_mnist
+
+
+def test_new_datasets_are_listed():
+    names = available_datasets()
+    for name in ["mnist", "fashion_mnist", "cifar10"]:
+        assert "official test" in names[name]
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_dataset_shapes_and_official_test_split(tmp_path, name, gz):
+    raw = make_idx_dataset(tmp_path / name, gz=gz)
+    dataset = load_dataset(name, data_dir=str(tmp_path))
+    assert dataset.input_shape == (1, 28, 28) and dataset.n_classes == 10
+    assert dataset.n_val == round(0.15 * N_TRAIN) and dataset.n_train + dataset.n_val == N_TRAIN
+    assert dataset.n_test == N_TEST
+    for x, y in [
+        (dataset.x_train, dataset.y_train),
+        (dataset.x_val, dataset.y_val),
+        (dataset.x_test, dataset.y_test),
+    ]:
+        assert x.dtype == torch.float32 and y.dtype == torch.int64
+        assert x.shape == (len(y), 1, 28, 28)
+        assert y.min() >= 0 and y.max() <= 9
+    assert dataset.y_test.tolist() == raw["t10k-labels-idx1-ubyte"].tolist()
+    assert sorted(dataset.y_val.tolist()) == list(range(10))  # stratified: one per class
+
+
+def test_idx_standardised_with_train_statistics_only(tmp_path):
+    raw = make_idx_dataset(tmp_path / "mnist")
+    images, labels = raw["train-images-idx3-ubyte"], raw["train-labels-idx1-ubyte"]
+    dataset = load_dataset("mnist", data_dir=tmp_path, split_seed=4)
+
+    train_ids, val_ids = train_and_val_ids(dataset, images[:, None])
+    assert sorted([*train_ids, *val_ids]) == list(range(N_TRAIN))  # val carved from train
+    unit = images / 255.0
+    mean, std = unit[train_ids].mean(), unit[train_ids].std()
+    assert_close(dataset.x_train[:, 0], (unit[train_ids] - mean) / std)
+    assert_close(dataset.x_val[:, 0], (unit[val_ids] - mean) / std)
+    test_images = raw["t10k-images-idx3-ubyte"] / 255.0
+    assert_close(dataset.x_test[:, 0], (test_images - mean) / std)
+    assert dataset.y_train.tolist() == labels[train_ids].tolist()
+    assert dataset.y_val.tolist() == labels[val_ids].tolist()
+
+
+def test_split_seed_moves_validation_but_not_the_test_set(tmp_path):
+    raw = make_idx_dataset(tmp_path / "mnist")
+    images = raw["train-images-idx3-ubyte"][:, None]
+    first, again = (load_dataset("mnist", data_dir=tmp_path, split_seed=1) for _ in range(2))
+    other = load_dataset("mnist", data_dir=tmp_path, split_seed=2)
+    assert torch.equal(first.x_val, again.x_val)
+    assert set(train_and_val_ids(first, images)[1]) != set(train_and_val_ids(other, images)[1])
+    assert torch.equal(first.y_test, other.y_test)
+
+
+def test_explicit_test_fraction_is_refused_before_reading_files(tmp_path):
+    with pytest.raises(ValueError, match=r"'mnist' has an official test split.*test_fraction"):
+        load_dataset("mnist", data_dir=tmp_path, test_fraction=0.2)
+
+
+def test_too_few_examples_for_validation(tmp_path):
+    make_idx_dataset(tmp_path / "mnist")
+    with pytest.raises(ValueError, match=r"val split would hold 7 of 70.*val_fraction"):
+        load_dataset("mnist", data_dir=tmp_path, val_fraction=0.1)
+
+
+def test_data_dir_defaults_to_env_then_local_data(tmp_path, monkeypatch):
+    make_idx_dataset(tmp_path / "from_env" / "mnist")
+    make_idx_dataset(tmp_path / "data" / "mnist", seed=1)
+    monkeypatch.setenv(datafiles.DATA_DIR_ENV, str(tmp_path / "from_env"))
+    from_env = load_dataset("mnist")
+    monkeypatch.delenv(datafiles.DATA_DIR_ENV)
+    monkeypatch.chdir(tmp_path)
+    assert datafiles.default_data_dir() == tmp_path / "data"
+    local = load_dataset("mnist")
+    assert not torch.equal(from_env.x_test, local.x_test)
+
+
+def test_missing_files_are_all_listed_with_the_download_command(tmp_path):
+    with pytest.raises(FileNotFoundError) as caught:
+        load_dataset("fashion_mnist", data_dir=tmp_path)
+    message = str(caught.value)
+    for name in IDX_NAMES:
+        assert str(tmp_path / "fashion_mnist" / name) in message
+    assert f"python -m gradreg data download fashion_mnist --dir {tmp_path}" in message
+    assert "by hand" in message
+
+
+def test_only_the_missing_files_are_listed(tmp_path):
+    make_idx_dataset(tmp_path / "mnist")
+    for name in IDX_NAMES[2:]:
+        (tmp_path / "mnist" / name).unlink()
+    with pytest.raises(FileNotFoundError) as caught:
+        load_dataset("mnist", data_dir=tmp_path)
+    message = str(caught.value)
+    assert all(str(tmp_path / "mnist" / name) in message for name in IDX_NAMES[2:])
+    assert not any(str(tmp_path / "mnist" / name) in message for name in IDX_NAMES[:2])
+
+
+# ---------------------------------------------------------------- cifar10
+
+
+def test_cifar_shapes_channel_order_and_per_channel_standardisation(tmp_path):
+    raw = make_cifar_dataset(tmp_path / "cifar10" / "cifar-10-batches-py")
+    dataset = load_dataset("cifar10", data_dir=tmp_path)
+    assert dataset.input_shape == (3, 32, 32) and dataset.n_classes == 10
+    assert dataset.x_train.shape == (dataset.n_train, 3, 32, 32)
+    assert dataset.n_train + dataset.n_val == N_TRAIN and dataset.n_test == 10
+    assert dataset.y_test.tolist() == raw["y_test"].tolist()
+    # pure red, green and blue test images: that channel is the largest after loading
+    for colour in range(3):
+        channel_means = dataset.x_test[colour].mean(dim=(1, 2))
+        assert int(channel_means.argmax()) == colour
+
+    train_ids, val_ids = train_and_val_ids(dataset, raw["x_train"])
+    unit = raw["x_train"] / 255.0
+    mean = unit[train_ids].mean(axis=(0, 2, 3), keepdims=True)[0]
+    std = unit[train_ids].std(axis=(0, 2, 3), keepdims=True)[0]
+    assert_close(dataset.x_train, (unit[train_ids] - mean) / std)
+    assert_close(dataset.x_val, (unit[val_ids] - mean) / std)
+    assert_close(dataset.x_test, (raw["x_test"] / 255.0 - mean) / std)
+    assert dataset.y_val.tolist() == raw["y_train"][val_ids].tolist()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_batch_pickled_by_modern_numpy_loads(tmp_path, protocol):
+    images = np.arange(2 * 3072).reshape(2, 3, 32, 32).astype(np.uint8)
+    batch = {b"data": images.reshape(2, 3072), b"labels": [3, 9]}
+    path = tmp_path / "batch"
+    path.write_bytes(pickle.dumps(batch, protocol=protocol))
+    loaded, labels = read_cifar_batch(path)
+    assert np.array_equal(loaded, images) and labels.tolist() == [3, 9]
+
+
+class RunsCommand:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class CallsEval:
+    def __reduce__(self):
+        return (eval, ("1 + 1",))
+
+
+@pytest.mark.parametrize("payload", ["os.system", "eval"])
+def test_malicious_pickle_is_refused(tmp_path, payload):
+    marker = tmp_path / "pwned"
+    attack = RunsCommand(marker) if payload == "os.system" else CallsEval()
+    batches = tmp_path / "cifar10" / "cifar-10-batches-py"
+    make_cifar_dataset(batches)
+    (batches / "data_batch_3").write_bytes(pickle.dumps({b"data": attack, b"labels": []}))
+    with pytest.raises(UnsafePickleError, match=r"data_batch_3: refusing to load"):
+        load_dataset("cifar10", data_dir=tmp_path)
+    assert not marker.exists()
+
+
+def test_garbage_cifar_batch_is_a_value_error_naming_the_file(tmp_path):
+    path = tmp_path / "test_batch"
+    path.write_bytes(b"not a pickle at all")
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        read_cifar_batch(path)
+    path.write_bytes(pickle.dumps({b"data": np.zeros((2, 10), np.uint8), b"labels": [0, 1]}))
+    with pytest.raises(ValueError, match="N x 3072 uint8"):
+        read_cifar_batch(path)
+
+
+def test_missing_cifar_batches_are_listed(tmp_path):
+    with pytest.raises(FileNotFoundError) as caught:
+        load_dataset("cifar10", data_dir=tmp_path)
+    for batch in CIFAR_BATCHES:
+        assert str(tmp_path / "cifar10" / "cifar-10-batches-py" / batch) in str(caught.value)
+
+
+# ---------------------------------------------------------------- download
+
+
+def test_download_idx_files_then_skip_them(tmp_path, serve):
+    raw = make_idx_dataset(tmp_path / "mirror", gz=True)
+    url, requests = serve(tmp_path / "mirror")
+    data_dir = tmp_path / "data"
+    paths = datafiles.download("mnist", data_dir, base_url=url, timeout=5)
+    assert paths == [data_dir / "mnist" / f"{name}.gz" for name in IDX_NAMES]
+    assert sorted(requests) == sorted(f"/{name}.gz" for name in IDX_NAMES)
+    assert sorted(p.name for p in (data_dir / "mnist").iterdir()) == sorted(
+        f"{name}.gz" for name in IDX_NAMES
+    )  # no temp files left
+    dataset = load_dataset("mnist", data_dir=data_dir)
+    assert dataset.y_test.tolist() == raw["t10k-labels-idx1-ubyte"].tolist()
+
+    assert datafiles.download("mnist", data_dir, base_url=url, timeout=5) == paths
+    assert len(requests) == len(IDX_NAMES)
+
+
+def test_download_from_mirror_env_uses_the_dataset_subdirectory(tmp_path, serve, monkeypatch):
+    make_idx_dataset(tmp_path / "mirror" / "fashion_mnist", gz=True)
+    url, requests = serve(tmp_path / "mirror")
+    monkeypatch.setenv(datafiles.MIRROR_ENV, url)
+    datafiles.download("fashion_mnist", tmp_path / "data", timeout=5)
+    assert all(path.startswith("/fashion_mnist/") for path in requests)
+    assert load_dataset("fashion_mnist", data_dir=tmp_path / "data").n_test == N_TEST
+
+
+def test_download_rejects_a_wrong_file_and_keeps_nothing(tmp_path, serve):
+    make_idx_dataset(tmp_path / "mirror", gz=True)
+    (tmp_path / "mirror" / "t10k-images-idx3-ubyte.gz").write_bytes(b"<html>not found</html>")
+    url, _ = serve(tmp_path / "mirror")
+    with pytest.raises(ValueError, match=re.escape(f"{url}t10k-images-idx3-ubyte.gz")):
+        datafiles.download("mnist", tmp_path / "data", base_url=url, timeout=5)
+    assert not list((tmp_path / "data" / "mnist").glob("t10k-images*"))
+
+
+def test_download_cifar_tarball_extracts_and_removes_it(tmp_path, serve):
+    raw = make_cifar_dataset(tmp_path / "batches")
+    make_cifar_tarball(tmp_path / "mirror" / "cifar-10-python.tar.gz", tmp_path / "batches")
+    url, requests = serve(tmp_path / "mirror")
+    data_dir = tmp_path / "data"
+    paths = datafiles.download("cifar10", data_dir, base_url=url, timeout=5)
+    assert paths == [data_dir / "cifar10" / "cifar-10-batches-py" / b for b in CIFAR_BATCHES]
+    assert not (data_dir / "cifar10" / "cifar-10-python.tar.gz").exists()
+    assert requests == ["/cifar-10-python.tar.gz"]
+    dataset = load_dataset("cifar10", data_dir=data_dir)
+    assert dataset.y_test.tolist() == raw["y_test"].tolist()
+
+    datafiles.download("cifar10", data_dir, base_url=url, timeout=5)
+    assert len(requests) == 1
+
+
+@pytest.mark.parametrize("member", ["../evil", "cifar-10-batches-py/../../evil", "{tmp}/evil"])
+def test_download_rejects_tarball_escaping_the_directory(tmp_path, serve, member):
+    member = member.format(tmp=tmp_path)
+    make_cifar_dataset(tmp_path / "batches")
+    archive = tmp_path / "mirror" / "cifar-10-python.tar.gz"
+    make_cifar_tarball(archive, tmp_path / "batches", extra={member: b"gotcha"})
+    url, _ = serve(tmp_path / "mirror")
+    with pytest.raises(ValueError, match=rf"unsafe member {re.escape(repr(member))}"):
+        datafiles.download("cifar10", tmp_path / "data" / "deep", base_url=url, timeout=5)
+    assert not list(tmp_path.rglob("evil"))
+    assert not list((tmp_path / "data").rglob("*.tar.gz"))
+    assert not (tmp_path / "data" / "deep" / "cifar10" / "cifar-10-batches-py").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "first_file", "expected_files"),
+    [
+        ("mnist", "train-images-idx3-ubyte.gz", IDX_NAMES),
+        ("cifar10", "cifar-10-python.tar.gz", [f"cifar-10-batches-py/{b}" for b in CIFAR_BATCHES]),
+    ],
+)
+def test_download_offline_says_what_to_place_by_hand(tmp_path, name, first_file, expected_files):
+    url = closed_port_url()
+    with pytest.raises(DownloadError) as caught:
+        datafiles.download(name, tmp_path, base_url=url, timeout=5)
+    assert isinstance(caught.value, RuntimeError)
+    message = str(caught.value)
+    assert f"{url}{first_file}" in message and "offline" in message
+    assert f"python -m gradreg data download {name} --dir {tmp_path}" in message
+    assert all(str(tmp_path / name / file) in message for file in expected_files)
+
+
+def test_download_http_error_names_the_url(tmp_path, serve):
+    (tmp_path / "empty").mkdir()
+    url, _ = serve(tmp_path / "empty")
+    with pytest.raises(DownloadError, match=rf"{re.escape(url)}train-images.*404"):
+        datafiles.download("mnist", tmp_path / "data", base_url=url, timeout=5)
+
+
+def test_download_unknown_dataset(tmp_path):
+    with pytest.raises(ValueError, match=r"no data files known for 'digits'"):
+        datafiles.download("digits", tmp_path)
+
+
+def test_cifar_batch_written_by_python2_loads(tmp_path):
+    # Python 2 opcodes, as in the published files: 8-bit strings (BINSTRING `T`) and numpy.core
+    # names. Holds {"data": one 3072-byte image, "labels": [7]}.
+    def string(text: bytes) -> bytes:
+        return b"T" + struct.pack("<I", len(text)) + text
+
+    image = np.arange(3072).astype(np.uint8)
+    opcodes = [
+        b"\x80\x02}(",
+        string(b"data"),
+        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85",
+        string(b"b"),
+        b"\x87R(K\x01K\x01M\x00\x0c\x86cnumpy\ndtype\n",  # state: version 1, shape (1, 3072)
+        string(b"u1"),
+        b"K\x00K\x01\x87R(K\x03",
+        string(b"|"),
+        b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89",
+        string(image.tobytes()),
+        b"tb",
+        string(b"labels"),
+        b"](K\x07eu.",
+    ]
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(b"".join(opcodes))
+    images, labels = read_cifar_batch(path)
+    assert labels.tolist() == [7]
+    assert np.array_equal(images.reshape(-1), image)
