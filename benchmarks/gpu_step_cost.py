@@ -1,0 +1,133 @@
+"""Training-step cost on a GPU: ResNet-18 (CIFAR shape), every method, bf16 on and off.
+
+    python benchmarks/gpu_step_cost.py                      # on a CUDA machine
+    python benchmarks/gpu_step_cost.py --device cpu --model resnet20 --width 4 \\
+        --batch-size 8 --steps 2 --warmup 1                 # a smoke run anywhere
+
+Synthetic tensors (no download). Prints ms/step, peak GPU memory and the ratio to MAP with the
+same precision, all measured in one run. `per_example` cannot run on BatchNorm networks (the
+batch statistics couple the examples) and is reported as refused; `exact` enumerates classes
+with one backward per (example, class) on such networks and is left out unless asked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from contextlib import nullcontext
+
+import torch
+
+from gradreg.baselines import MAP, SamplingVI
+from gradreg.device import resolve_device
+from gradreg.models import build_model
+from gradreg.objective import VariationalLaplace
+
+N_DATA = 50_000
+
+
+def variants(include_exact: bool) -> list[tuple[str, str, dict]]:
+    rows = [("map", "-", {})]
+    fishers = ["sampled", "per_example"] + (["exact"] if include_exact else [])
+    for variance in ("uniform", "diagonal"):
+        for fisher in fishers:
+            rows.append((f"vl-{variance}", fisher, {"variance": variance, "fisher": fisher}))
+    rows.append(("mcvi", "K=1", {}))
+    return rows
+
+
+def build(method: str, options: dict, model: torch.nn.Module):
+    if method == "map":
+        return MAP(model, n_data=N_DATA)
+    if method == "mcvi":
+        return SamplingVI(model, n_data=N_DATA, mc_samples=1)
+    noise = {"noise_scale": 1e-3} if options["variance"] == "uniform" else {}
+    return VariationalLaplace(model, n_data=N_DATA, **options, **noise)
+
+
+def measure(args, method: str, options: dict, bf16: bool, device: torch.device) -> dict:
+    torch.manual_seed(0)
+    model = build_model(args.model, (3, 32, 32), 10, width=args.width).to(device)
+    posterior = build(method, options, model).to(device)
+    optimiser = torch.optim.SGD(posterior.param_groups(lr=0.01), momentum=0.9)
+    x = torch.randn(args.batch_size, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (args.batch_size,), device=device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+    def step() -> None:
+        with autocast:
+            loss = posterior.loss(x, y, generator=generator).loss
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+
+    try:
+        for _ in range(args.warmup):
+            step()
+    except ValueError as refused:
+        return {"ms_per_step": None, "peak_mib": None, "note": str(refused).split(":")[0]}
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.steps):
+        started = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - started) * 1000)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+    return {"ms_per_step": statistics.median(times), "peak_mib": peak, "note": ""}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--model", default="resnet18", choices=["resnet18", "resnet20"])
+    parser.add_argument("--width", type=int, default=None, help="default: the model's own")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--include-exact", action="store_true")
+    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    args = parser.parse_args()
+    if args.width is None:
+        args.width = 64 if args.model == "resnet18" else 16
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        print(f"# {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
+    print(f"# {args.model} (width {args.width}), batch {args.batch_size}, {device}")
+    print(f"{'method':<12} {'fisher':<12} {'bf16':<5} {'ms/step':>9} {'× MAP':>7} {'peak MiB':>9}")
+    rows = []
+    for bf16 in (False, True):
+        base = None
+        for method, fisher, options in variants(args.include_exact):
+            row = {
+                "method": method,
+                "fisher": fisher,
+                "bf16": bf16,
+                **measure(args, method, options, bf16, device),
+            }
+            ms = row["ms_per_step"]
+            if method == "map":
+                base = ms
+            row["ratio_to_map"] = ms / base if ms is not None and base else None
+            rows.append(row)
+            cells = [
+                f"{ms:>9.2f}" if ms is not None else f"{'refused':>9}",
+                f"{row['ratio_to_map']:>7.2f}" if row["ratio_to_map"] else f"{'-':>7}",
+                f"{row['peak_mib']:>9.0f}" if row["peak_mib"] is not None else f"{'-':>9}",
+            ]
+            print(f"{method:<12} {fisher:<12} {bf16!s:<5} {' '.join(cells)} {row['note']}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(rows, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
