@@ -21,10 +21,10 @@ from gradreg.fisher import (
     fisher_diagonal,
     trainable_parameters,
 )
-from gradreg.objective import LossTerms
 from gradreg.posterior import (
     DiagonalVariance,
     GaussianPosterior,
+    LossTerms,
     check_count,
     make_variance_family,
     weight_decay,

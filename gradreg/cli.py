@@ -12,8 +12,7 @@ from gradreg.config import METHODS, TrainConfig
 from gradreg.data import available_datasets, load_dataset
 from gradreg.fisher import ESTIMATORS
 from gradreg.models import available_models
-from gradreg.objective import PREDICT_MODES
-from gradreg.posterior import VARIANCE_FAMILIES
+from gradreg.posterior import PREDICT_MODES, VARIANCE_FAMILIES
 
 TABLE_METRICS = ("accuracy", "nll", "ece", "aece", "brier")
 

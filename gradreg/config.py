@@ -10,8 +10,7 @@ from typing import Any
 from gradreg.data import available_datasets
 from gradreg.fisher import ESTIMATORS
 from gradreg.models import available_models
-from gradreg.objective import PREDICT_MODES
-from gradreg.posterior import VARIANCE_FAMILIES
+from gradreg.posterior import PREDICT_MODES, VARIANCE_FAMILIES
 
 METHODS = ("vl", "map", "mcvi", "laplace")
 # Settings that only some methods use, with the default each of those methods gets.

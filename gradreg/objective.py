@@ -10,39 +10,13 @@ differentiable in μ, and KL(q‖p) between q = N(μ, diag σ²) and the prior N
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
 from gradreg.fisher import FisherPass, check_estimator, check_labels, trainable_parameters
-from gradreg.posterior import (
-    PREDICT_MODES,
-    GaussianPosterior,
-    make_variance_family,
-    weight_decay,
-)
+from gradreg.posterior import GaussianPosterior, LossTerms, make_variance_family, weight_decay
 
-__all__ = ["PREDICT_MODES", "LossTerms", "VariationalLaplace"]
-
-
-@dataclass(frozen=True)
-class LossTerms:
-    """The objective and its parts, each a scalar tensor (``loss`` is differentiable)."""
-
-    loss: Tensor
-    nll: Tensor
-    sqgrad: Tensor
-    kl: Tensor
-    logits: Tensor
-
-    def as_floats(self, prefix: str = "train_") -> dict[str, float]:
-        return {
-            f"{prefix}loss": float(self.loss.detach()),
-            f"{prefix}nll": float(self.nll),
-            f"{prefix}sqgrad": float(self.sqgrad),
-            f"{prefix}kl": float(self.kl),
-        }
+__all__ = ["LossTerms", "VariationalLaplace"]
 
 
 class VariationalLaplace(GaussianPosterior):

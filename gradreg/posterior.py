@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +22,25 @@ VARIANCE_FAMILIES = ("diagonal", "uniform")
 PREDICT_MODES = ("mean", "sample")
 DEFAULT_VARIANCE_LR_FACTOR = 10.0
 DEFAULT_INIT_VARIANCE_FACTOR = 1e-4
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    """The objective and its parts, each a scalar tensor (``loss`` is differentiable)."""
+
+    loss: Tensor
+    nll: Tensor
+    sqgrad: Tensor
+    kl: Tensor
+    logits: Tensor
+
+    def as_floats(self, prefix: str = "train_") -> dict[str, float]:
+        return {
+            f"{prefix}loss": float(self.loss.detach()),
+            f"{prefix}nll": float(self.nll),
+            f"{prefix}sqgrad": float(self.sqgrad),
+            f"{prefix}kl": float(self.kl),
+        }
 
 
 def check_positive(name: str, value: float | None) -> float:
@@ -259,7 +279,8 @@ class GaussianPosterior(nn.Module):
             raise ValueError("variance_lr was given but this posterior learns no variances")
         return groups
 
-    def loss(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None):
+    def loss(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> LossTerms:
+        """The per-datapoint training objective on one minibatch."""
         raise NotImplementedError
 
     def after_epoch(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> None:

@@ -1,0 +1,60 @@
+"""The benchmark scripts run end to end (tiny sizes, CPU): a GPU session finds them working."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _run(script: str, args: list[str], monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    runpy.run_path(str(BENCHMARKS / script), run_name="__main__")
+
+
+def test_gpu_step_cost_smoke_run(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "rows.json"
+    _run(
+        "gpu_step_cost.py",
+        [
+            "--device",
+            "cpu",
+            "--model",
+            "resnet20",
+            "--width",
+            "2",
+            "--batch-size",
+            "4",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--json",
+            str(out),
+        ],
+        monkeypatch,
+    )
+    rows = json.loads(out.read_text())
+    assert {(r["method"], r["fisher"]) for r in rows} >= {
+        ("map", "-"),
+        ("mcvi", "K=1"),
+        ("vl-uniform", "sampled"),
+    }
+    assert {r["bf16"] for r in rows} == {False, True}
+    refused = [r for r in rows if r["fisher"] == "per_example"]
+    assert refused and all(r["ms_per_step"] is None for r in refused)
+    timed = [r for r in rows if r["fisher"] != "per_example"]
+    assert all(r["ms_per_step"] > 0 and r["ratio_to_map"] > 0 for r in timed)
+    assert "refused" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_step_cost_smoke_run(monkeypatch, capsys):
+    _run("step_cost.py", ["--steps", "1", "--repeats", "1", "--batch-size", "16"], monkeypatch)
+    lines = capsys.readouterr().out.splitlines()
+    assert len([line for line in lines if line.startswith(("mlp", "cnn"))]) == 2 * 7
