@@ -42,30 +42,24 @@ def _key_values(pairs: Sequence[str], flag: str) -> dict[str, Any]:
     return options
 
 
-def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+def _add_data_and_model_arguments(
+    p: argparse.ArgumentParser,
+) -> tuple[argparse._ArgumentGroup, argparse._ArgumentGroup]:
     defaults = TrainConfig()
     data = p.add_argument_group("data")
     data.add_argument(
         "--dataset",
         default=defaults.dataset,
-        help="one of: %(choices)s",
         choices=sorted(available_datasets()),
         metavar="NAME",
+        help="one of: %(choices)s",
     )
     data.add_argument(
         "--dataset-option",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="dataset option, e.g. n_samples=2000 (repeatable)",
-    )
-    data.add_argument("--split-seed", type=int, default=defaults.split_seed)
-    data.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
-    data.add_argument(
-        "--test-fraction",
-        type=float,
-        default=defaults.test_fraction,
-        help="default 0.2; datasets with an official test split use it instead",
+        help="dataset option, e.g. n_samples=2000 or data_dir=/data (repeatable)",
     )
     model = p.add_argument_group("model")
     model.add_argument(
@@ -88,6 +82,27 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="model option, e.g. channels=16,32 or width=16 (repeatable)",
+    )
+    return data, model
+
+
+def _model_options(args: argparse.Namespace) -> dict[str, Any]:
+    options = _key_values(args.model_option, "--model-option")
+    if args.hidden is not None:
+        options["hidden"] = list(args.hidden)
+    return options
+
+
+def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    data, _ = _add_data_and_model_arguments(p)
+    data.add_argument("--split-seed", type=int, default=defaults.split_seed)
+    data.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
+    data.add_argument(
+        "--test-fraction",
+        type=float,
+        default=defaults.test_fraction,
+        help="default 0.2; datasets with an official test split use it instead",
     )
     vl = p.add_argument_group("method and posterior")
     vl.add_argument(
@@ -139,9 +154,6 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    model_options = _key_values(args.model_option, "--model-option")
-    if args.hidden is not None:
-        model_options["hidden"] = list(args.hidden)
     return TrainConfig(
         dataset=args.dataset,
         dataset_options=_key_values(args.dataset_option, "--dataset-option"),
@@ -149,7 +161,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
         model=args.model,
-        model_options=model_options,
+        model_options=_model_options(args),
         method=args.method,
         variance=args.variance,
         noise_scale=args.noise_scale,
@@ -277,15 +289,7 @@ def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
     from gradreg.compare import METHOD_PRESETS, CompareSpec
 
     defaults = CompareSpec()
-    p.add_argument(
-        "--dataset", default=defaults.dataset, choices=sorted(available_datasets()), metavar="NAME"
-    )
-    p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument(
-        "--model", default=defaults.model, choices=sorted(available_models()), metavar="NAME"
-    )
-    p.add_argument("--hidden", type=int, nargs="*", metavar="WIDTH")
-    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE")
+    _add_data_and_model_arguments(p)
     p.add_argument(
         "--methods", default=",".join(METHOD_PRESETS), help="comma-separated, from: %(default)s"
     )
@@ -340,14 +344,11 @@ def _run_compare(args: argparse.Namespace) -> int:
         write_comparison,
     )
 
-    model_options = _key_values(args.model_option, "--model-option")
-    if args.hidden is not None:
-        model_options["hidden"] = list(args.hidden)
     spec = CompareSpec(
         dataset=args.dataset,
         dataset_options=_key_values(args.dataset_option, "--dataset-option"),
         model=args.model,
-        model_options=model_options,
+        model_options=_model_options(args),
         methods=[m.strip() for m in args.methods.split(",") if m.strip()],
         seeds=args.seeds,
         epochs=args.epochs,
