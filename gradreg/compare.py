@@ -117,8 +117,9 @@ class Comparison:
         for method, mode in itertools.product(self.spec.methods, MODES):
             runs = [r for r in self.runs if r["method"] == method and r["mode"] == mode]
             row: dict[str, Any] = {"method": method, "mode": mode, "seeds": len(runs)}
-            for metric in (*METRICS, "seconds_per_epoch", "ms_per_step"):
-                key = metric if metric.endswith(("epoch", "step")) else f"test_{metric}"
+            extra = ("seconds_per_epoch", "ms_per_step", "posterior_std_final")
+            for metric in (*METRICS, *extra):
+                key = metric if metric in extra else f"test_{metric}"
                 row[f"{metric}_mean"], row[f"{metric}_se"] = mean_and_se([r[key] for r in runs])
             rows.append(row)
         return rows
@@ -231,6 +232,9 @@ def run_comparison(spec: CompareSpec, tick: Callable[[str], None] = lambda _: No
                     "seconds_per_epoch": seconds,
                     "ms_per_step": 1000 * seconds / steps,
                     "epochs": len(result.history),
+                    # how far σ moved from where it started (sampling VI converges slowly)
+                    "posterior_std_epoch1": result.history[0]["posterior_std_mean"],
+                    "posterior_std_final": result.history[-1]["posterior_std_mean"],
                     **_hyperparameters(config),
                 }
             )
