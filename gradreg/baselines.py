@@ -55,7 +55,10 @@ class MAP(GaussianPosterior):
 
 
 class Laplace(MAP):
-    """MAP training; after every epoch σ² = 1/(F + 1/s²) with F summed over the training set."""
+    """MAP training; after every epoch σ² = 1/(F + 1/s²) with F summed over the training set.
+
+    The training loss is MAP's; only the predictive (``mode="sample"``) uses σ².
+    """
 
     def __init__(
         self,
@@ -70,7 +73,10 @@ class Laplace(MAP):
         super().__init__(model, n_data=n_data, prior_variance=prior_variance, kl_weight=kl_weight)
         self.fisher = check_estimator(fisher)
         self.empirical_fisher = bool(empirical_fisher)
-        self.fitted = False
+        # Until the first fit, F = 0 and σ² = s²; the buffer exists from the start so that a
+        # checkpoint taken at any epoch loads into a fresh Laplace.
+        params = trainable_parameters(model)
+        self.family = DiagonalVariance(params, self.prior_variance, learn=False)
 
     def fit_curvature(
         self, x: Tensor, y: Tensor, generator: torch.Generator | None = None
@@ -97,12 +103,9 @@ class Laplace(MAP):
                 totals = [t + f for t, f in zip(totals, batch, strict=True)]
         finally:
             self.model.train(was_training)
-        family = DiagonalVariance(params, 1.0, learn=False)
         with torch.no_grad():
             flat = torch.cat([t.reshape(-1) for t in totals])
-            family.log_variance.copy_(-torch.log(flat + 1.0 / self.prior_variance))
-        self.family = family
-        self.fitted = True
+            self.family.log_variance.copy_(-torch.log(flat + 1.0 / self.prior_variance))
         return totals
 
     def after_epoch(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> None:

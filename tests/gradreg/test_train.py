@@ -67,11 +67,30 @@ def test_callback_returning_true_stops_after_that_epoch():
     assert result.stopped_early
 
 
-@pytest.mark.parametrize("variance", ["uniform", "diagonal"])
-def test_resume_continues_exactly_where_the_run_stopped(variance):
-    config = {**SMALL, "epochs": 4, "variance": variance}
-    if variance == "diagonal":
-        config.pop("noise_scale")
+RESUMABLE = {
+    "vl-uniform": {},
+    "vl-diagonal": {"variance": "diagonal", "noise_scale": None},
+    "map": {"method": "map", "variance": None, "noise_scale": None},
+    "mcvi": {
+        "method": "mcvi",
+        "variance": None,
+        "noise_scale": None,
+        "predict": "sample",
+        "n_samples": 3,
+    },
+    "laplace": {
+        "method": "laplace",
+        "variance": None,
+        "noise_scale": None,
+        "predict": "sample",
+        "n_samples": 3,
+    },
+}
+
+
+@pytest.mark.parametrize("method", RESUMABLE)
+def test_resume_continues_exactly_where_the_run_stopped(method):
+    config = {**SMALL, "epochs": 4, **RESUMABLE[method]}
     full = fit(config)
     saved = {}
 
