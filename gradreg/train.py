@@ -149,11 +149,6 @@ def fit(
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_val, y_val = data.x_val.to(device), data.y_val.to(device)
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-        if config.bf16
-        else nullcontext()
-    )
 
     def state() -> dict[str, Any]:
         return copy.deepcopy(
@@ -174,26 +169,8 @@ def fit(
     for epoch in range(start + 1, config.epochs + 1):
         posterior.train()
         started = time.perf_counter()
-        sums = {"train_loss": 0.0, "train_nll": 0.0, "train_sqgrad": 0.0, "train_kl": 0.0}
         order = torch.randperm(data.n_train, generator=shuffle).to(device)
-        for step, index in enumerate(order.split(config.batch_size), start=1):
-            try:
-                with autocast:
-                    terms = posterior.loss(x_train[index], y_train[index], generator=sampling)
-                values = terms.as_floats()
-                if not math.isfinite(values["train_loss"]):
-                    raise FloatingPointError(f"train_loss={values['train_loss']}")
-            except FloatingPointError as error:
-                raise FloatingPointError(
-                    f"training diverged in epoch {epoch}, step {step}: {error} (lr={config.lr}, "
-                    f"noise_scale={config.noise_scale}, init_variance={config.init_variance}); "
-                    "lower the learning rate or the variances"
-                ) from error
-            optimiser.zero_grad(set_to_none=True)
-            terms.loss.backward()
-            optimiser.step()
-            for key, value in values.items():
-                sums[key] += value * len(index)
+        sums = _train_epoch(posterior, optimiser, x_train, y_train, order, config, epoch, sampling)
         posterior.after_epoch(x_train, y_train, generator=sampling)
         train_seconds = time.perf_counter() - started
         record: dict[str, float] = {"epoch": epoch}
@@ -214,6 +191,44 @@ def fit(
         posterior.eval()
         _, test_bins = evaluate(posterior, x_test, y_test, config, "test_", sampling)
     return FitResult(config, history, posterior, data.summary(), test_bins, stopped_early)
+
+
+def _train_epoch(
+    posterior: GaussianPosterior,
+    optimiser: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    order: Tensor,
+    config: TrainConfig,
+    epoch: int,
+    sampling: torch.Generator,
+) -> dict[str, float]:
+    """One pass over ``order``; returns the loss terms summed over examples."""
+    autocast = (
+        torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
+        if config.bf16
+        else nullcontext()
+    )
+    sums = {"train_loss": 0.0, "train_nll": 0.0, "train_sqgrad": 0.0, "train_kl": 0.0}
+    for step, index in enumerate(order.split(config.batch_size), start=1):
+        try:
+            with autocast:
+                terms = posterior.loss(x[index], y[index], generator=sampling)
+            values = terms.as_floats()
+            if not math.isfinite(values["train_loss"]):
+                raise FloatingPointError(f"train_loss={values['train_loss']}")
+        except FloatingPointError as error:
+            raise FloatingPointError(
+                f"training diverged in epoch {epoch}, step {step}: {error} (lr={config.lr}, "
+                f"noise_scale={config.noise_scale}, init_variance={config.init_variance}); "
+                "lower the learning rate or the variances"
+            ) from error
+        optimiser.zero_grad(set_to_none=True)
+        terms.loss.backward()
+        optimiser.step()
+        for key, value in values.items():
+            sums[key] += value * len(index)
+    return sums
 
 
 def _mean_std(posterior: GaussianPosterior) -> float:
