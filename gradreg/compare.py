@@ -34,10 +34,15 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
 }
 SEARCH_GRIDS: dict[str, dict[str, list[float]]] = {
     "vl-uniform": {"prior_variance": [0.1, 1.0], "noise_scale": [0.003, 0.01, 0.03]},
-    # With N ≪ weights a full KL pulls learned variances to the prior; tempering is the lever.
-    "vl-diagonal": {"prior_variance": [0.1, 1.0], "kl_weight": [0.1, 1.0]},
+    # With N ≪ weights a full KL pulls learned variances to the prior: tempering and how fast
+    # the variances may move (variance_lr, default 10 × lr) are the levers for learned σ.
+    "vl-diagonal": {
+        "prior_variance": [0.1, 1.0],
+        "kl_weight": [0.1, 1.0],
+        "variance_lr": [1e-3, 1e-2],
+    },
     "map": {"prior_variance": [0.1, 1.0]},
-    "mcvi": {"prior_variance": [0.1, 1.0], "kl_weight": [0.1, 1.0]},
+    "mcvi": {"prior_variance": [0.1, 1.0], "kl_weight": [0.1, 1.0], "variance_lr": [1e-3, 1e-2]},
     "laplace": {"prior_variance": [0.001, 0.01, 0.1, 1.0]},
 }
 USES_FISHER = ("vl-uniform", "vl-diagonal", "laplace")
