@@ -7,7 +7,10 @@ Python floats.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -248,3 +251,19 @@ def pool_reliability_bins(parts: list[ReliabilityBins]) -> ReliabilityBins:
     return ReliabilityBins(
         first.lower, first.upper, count, weighted("confidence"), weighted("accuracy")
     )
+
+
+def write_reliability_diagram(
+    path: str | os.PathLike[str],
+    series: ReliabilityBins | Mapping[str, ReliabilityBins],
+    *,
+    title: str | None = None,
+) -> Path:
+    """The reliability-diagram PNG writer, here beside the bins it draws.
+
+    See :func:`gradreg.plots.write_reliability_diagram`; imported lazily so that using the
+    metrics never loads matplotlib.
+    """
+    from gradreg.plots import write_reliability_diagram as write
+
+    return write(path, series, title=title)

@@ -54,3 +54,14 @@ def test_rejects_empty_mapping(tmp_path) -> None:
 def test_rejects_wrong_series_type(tmp_path) -> None:
     with pytest.raises(TypeError, match=r"series\['a'\] must be a ReliabilityBins"):
         write_reliability_diagram(tmp_path / "bad.png", {"a": [0.1, 0.2]})
+
+
+def test_metrics_module_offers_the_diagram_writer(tmp_path):
+    import numpy as np
+
+    from gradreg import metrics
+
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    bins = metrics.reliability_bins(probs, np.array([0, 1, 1]))
+    path = metrics.write_reliability_diagram(tmp_path / "d.png", bins, title="t")
+    assert path.read_bytes()[:4] == b"\x89PNG"
