@@ -158,10 +158,6 @@ class PointMass(nn.Module):
     def variances(self) -> list[Tensor]:
         return list(self._zeros)
 
-    def regulariser_terms(self, fisher: Tensor, prior_variance: float) -> tuple[Tensor, Tensor]:
-        zero = fisher.new_zeros(())
-        return zero, zero
-
 
 VarianceFamily = DiagonalVariance | UniformVariance | PointMass
 
