@@ -21,7 +21,7 @@ import torch
 from sklearn import datasets as sk_datasets
 from sklearn.model_selection import train_test_split
 
-from gradreg import datafiles
+from gradreg import datafiles, settings
 
 Arrays = tuple[np.ndarray, np.ndarray]
 _DEFAULT_TEST_FRACTION = 0.2
@@ -139,7 +139,7 @@ _MNIST1D_MEMO: dict[str, Arrays] = {}
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("GRADREG_CACHE_DIR", "~/.cache/gradreg")).expanduser()
+    return settings.cache_dir()
 
 
 def _mnist1d_args(data_seed: int) -> dict[str, Any]:

@@ -30,6 +30,8 @@ from typing import IO, Any, NamedTuple
 
 import numpy as np
 
+from gradreg import settings
+
 try:
     from numpy._core import multiarray as _multiarray
     from numpy._core import numeric as _numeric
@@ -37,8 +39,8 @@ except ImportError:  # numpy < 1.26
     from numpy.core import multiarray as _multiarray
     from numpy.core import numeric as _numeric
 
-DATA_DIR_ENV = "GRADREG_DATA_DIR"
-MIRROR_ENV = "GRADREG_DATA_MIRROR"
+DATA_DIR_ENV = settings.DATA_DIR_ENV
+MIRROR_ENV = settings.MIRROR_ENV
 N_CLASSES = 10
 
 
@@ -61,7 +63,7 @@ class UnsafePickleError(pickle.UnpicklingError):
 
 def default_data_dir() -> Path:
     """``$GRADREG_DATA_DIR`` if set, else ``./data``."""
-    return Path(os.environ.get(DATA_DIR_ENV) or "data").expanduser().absolute()
+    return settings.data_dir()
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path:
@@ -456,7 +458,7 @@ def _install_files(
 def _base_url(source: _Source, base_url: str | None) -> str:
     if base_url:
         return base_url.rstrip("/") + "/"
-    mirror = os.environ.get(MIRROR_ENV)
+    mirror = settings.data_mirror()
     # a mirror serves every dataset, each under its own subdirectory like the data directory
     if mirror:
         return f"{mirror.rstrip('/')}/{source.subdir}/"
