@@ -32,6 +32,8 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "mcvi": {"method": "mcvi", "variance": "diagonal"},
     "laplace": {"method": "laplace"},
 }
+# Grid values for these settings are multiples of the spec's lr.
+RELATIVE_TO_LR = ("variance_lr",)
 SEARCH_GRIDS: dict[str, dict[str, list[float]]] = {
     "vl-uniform": {"prior_variance": [0.1, 1.0], "noise_scale": [0.003, 0.01, 0.03]},
     # With N ≪ weights a full KL pulls learned variances to the prior: tempering and how fast
@@ -39,10 +41,10 @@ SEARCH_GRIDS: dict[str, dict[str, list[float]]] = {
     "vl-diagonal": {
         "prior_variance": [0.1, 1.0],
         "kl_weight": [0.1, 1.0],
-        "variance_lr": [1e-3, 1e-2],
+        "variance_lr": [1.0, 10.0],
     },
     "map": {"prior_variance": [0.1, 1.0]},
-    "mcvi": {"prior_variance": [0.1, 1.0], "kl_weight": [0.1, 1.0], "variance_lr": [1e-3, 1e-2]},
+    "mcvi": {"prior_variance": [0.1, 1.0], "kl_weight": [0.1, 1.0], "variance_lr": [1.0, 10.0]},
     "laplace": {"prior_variance": [0.001, 0.01, 0.1, 1.0]},
 }
 USES_FISHER = ("vl-uniform", "vl-diagonal", "laplace")
@@ -172,13 +174,16 @@ def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
     return mean, se
 
 
-def _grid(method: str) -> list[dict[str, float]]:
-    grid = SEARCH_GRIDS[method]
+def _grid(method: str, lr: float) -> list[dict[str, float]]:
+    grid = {
+        key: [v * lr for v in values] if key in RELATIVE_TO_LR else values
+        for key, values in SEARCH_GRIDS[method].items()
+    }
     return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
 
 
 def plan_size(spec: CompareSpec) -> int:
-    searched = sum(len(_grid(m)) for m in spec.methods) if spec.search else 0
+    searched = sum(len(_grid(m, spec.lr)) for m in spec.methods) if spec.search else 0
     return searched + len(spec.methods) * spec.seeds
 
 
@@ -189,7 +194,7 @@ def choose_hyperparameters(
     chosen, records = {}, []
     for method in spec.methods:
         best = None
-        for point in _grid(method):
+        for point in _grid(method, spec.lr):
             given = spec.overrides.get(method, {})
             point = {k: v for k, v in point.items() if k not in given}  # given values win
             result = fit(spec.config(method, seed=0, **point))

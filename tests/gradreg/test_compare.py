@@ -109,3 +109,10 @@ def test_bad_comparisons_are_refused_before_anything_runs():
     with pytest.raises(ValueError, match="method 'map' does not use noise_scale"):
         CompareSpec(methods=["map"], overrides={"map": {"noise_scale": 0.1}})
     assert main(["compare", "--set", "noise_scale=0.1", "--quiet"]) == 2
+
+
+def test_variance_learning_rates_in_the_grid_follow_the_learning_rate():
+    from gradreg.compare import _grid
+
+    assert {p["variance_lr"] for p in _grid("vl-diagonal", 0.01)} == {0.01, 0.1}
+    assert {p["prior_variance"] for p in _grid("vl-diagonal", 0.01)} == {0.1, 1.0}
