@@ -225,15 +225,26 @@ def _conv_squares(
 
 
 def _layer_squares(
-    layer: CapturedLayer, grad_out: Tensor, weights: Tensor | None
+    layer: CapturedLayer, grad_out: Tensor, weights: Tensor | None, total: bool = False
 ) -> dict[int, Tensor]:
+    """Per trainable parameter of the layer: Σ_i w_i (per-example gradient)², or with
+    ``total`` just its sum over the parameter's entries."""
     module = layer.module
-    if isinstance(module, nn.Linear):
-        squares = _linear_squares(layer.inputs, grad_out, weights, module.bias is not None)
-    else:
-        squares = _conv_squares(module, layer.inputs, grad_out, weights)
     own = [module.weight] + ([module.bias] if module.bias is not None else [])
-    return {id(p): s for p, s in zip(own, squares, strict=True) if p.requires_grad}
+    if total and isinstance(module, nn.Linear) and layer.inputs.dim() == 2:
+        # Σ_{o,k} g_io² a_ik² = ‖g_i‖² ‖a_i‖²: no (out × in) matrix needed for the sum.
+        g_norms = at_least_fp32(grad_out).square().sum(1)
+        if weights is not None:
+            g_norms = g_norms * weights.to(g_norms.dtype)
+        a_norms = at_least_fp32(layer.inputs).square().sum(1)
+        sums = [(g_norms * a_norms).sum(), g_norms.sum()]
+    else:
+        if isinstance(module, nn.Linear):
+            squares = _linear_squares(layer.inputs, grad_out, weights, module.bias is not None)
+        else:
+            squares = _conv_squares(module, layer.inputs, grad_out, weights)
+        sums = [sq.sum() for sq in squares] if total else squares
+    return {id(p): v for p, v in zip(own, sums, strict=False) if p.requires_grad}
 
 
 def _per_layer_fisher(
@@ -242,8 +253,12 @@ def _per_layer_fisher(
     log_probs: Tensor,
     labels: Tensor | None,
     create_graph: bool,
+    total: bool = False,
 ) -> Tensor:
-    """Per-layer identities for `per_example` (labels given) or `exact` (labels None)."""
+    """Per-layer identities for `per_example` (labels given) or `exact` (labels None).
+
+    Returns the flat Fisher, or with ``total`` its sum over all parameters.
+    """
     probes = [layer.probe for layer in capture.layers]
     totals: dict[int, Tensor] = {}
     if labels is not None:
@@ -260,8 +275,10 @@ def _per_layer_fisher(
         )
         with torch.set_grad_enabled(create_graph):
             for layer, grad_out in zip(capture.layers, grads, strict=True):
-                for key, value in _layer_squares(layer, grad_out, weights).items():
+                for key, value in _layer_squares(layer, grad_out, weights, total).items():
                     totals[key] = totals[key] + value if key in totals else value
+    if total:
+        return torch.stack([totals[id(p)] for p in params]).sum().to(params[0].dtype)
     return _flat([totals[id(p)] for p in params], params)
 
 
@@ -359,21 +376,44 @@ class FisherPass:
         create_graph: bool = False,
     ) -> Tensor:
         """The same, concatenated over the parameters in order (fewer small tensor ops)."""
+        return self._estimate(labels, generator, create_graph, total=False)
+
+    def estimate_total(
+        self,
+        labels: Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        create_graph: bool = False,
+    ) -> Tensor:
+        """Σ_λ F̂_λ over all parameters: all a uniform σ² needs, cheaper for Linear layers."""
+        return self._estimate(labels, generator, create_graph, total=True)
+
+    def _estimate(
+        self,
+        labels: Tensor | None,
+        generator: torch.Generator | None,
+        create_graph: bool,
+        total: bool,
+    ) -> Tensor:
         if self._logits is None or self.log_probs is None:
             raise RuntimeError("FisherPass.estimate() needs forward(x) first")
         logits, log_probs = self._logits, self.log_probs
         if self.estimator == "exact":
             if self._capture is not None:
-                return _per_layer_fisher(self._capture, self.params, log_probs, None, create_graph)
-            return _brute_force_exact(self.params, log_probs, create_graph)
+                return _per_layer_fisher(
+                    self._capture, self.params, log_probs, None, create_graph, total
+                )
+            flat = _brute_force_exact(self.params, log_probs, create_graph)
+            return flat.sum() if total else flat
         if labels is None:
             labels = sample_labels(logits, generator)
         else:
             check_labels(labels, logits)
         if self.estimator == "sampled":
-            return _sampled_fisher(self.params, log_probs, labels, create_graph)
+            flat = _sampled_fisher(self.params, log_probs, labels, create_graph)
+            return flat.sum() if total else flat
         assert self._capture is not None
-        return _per_layer_fisher(self._capture, self.params, log_probs, labels, create_graph)
+        return _per_layer_fisher(self._capture, self.params, log_probs, labels, create_graph, total)
 
 
 def fisher_diagonal(

@@ -14,7 +14,13 @@ import torch
 from torch import Tensor, nn
 
 from gradreg.fisher import FisherPass, check_estimator, check_labels, trainable_parameters
-from gradreg.posterior import GaussianPosterior, LossTerms, make_variance_family, weight_decay
+from gradreg.posterior import (
+    GaussianPosterior,
+    LossTerms,
+    UniformVariance,
+    make_variance_family,
+    weight_decay,
+)
 
 __all__ = ["LossTerms", "VariationalLaplace"]
 
@@ -65,7 +71,13 @@ class VariationalLaplace(GaussianPosterior):
             log_probs = fisher_pass.log_probs
             assert log_probs is not None
             nll = -log_probs.gather(1, y[:, None]).mean()
-            fisher = fisher_pass.estimate_flat(
+            # A uniform σ² only needs Σ_λ F̂_λ, which skips per-weight squares where it can.
+            estimate = (
+                fisher_pass.estimate_total
+                if isinstance(self.family, UniformVariance)
+                else fisher_pass.estimate_flat
+            )
+            fisher = estimate(
                 y if self.empirical_fisher else None, generator=generator, create_graph=True
             )
             weighted, kl_variance = self.family.regulariser_terms(fisher, self.prior_variance)

@@ -203,3 +203,21 @@ def test_bad_inputs_get_clear_errors():
         fisher_diagonal(nn.Identity(), x)
     with pytest.raises(ValueError, match=r"logits of shape \(batch, n_classes\)"):
         fisher_diagonal(nn.Sequential(nn.Linear(5, 1)).double(), x)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+@pytest.mark.parametrize("estimator", ["exact", "per_example", "sampled"])
+def test_total_fast_path_equals_the_sum_of_the_full_estimate_and_its_gradient(kind, estimator):
+    from gradreg.fisher import FisherPass
+
+    model, x = _model_and_inputs(kind)
+    labels = None if estimator == "exact" else _labels(model, x)
+    fisher_pass = FisherPass(model, estimator)
+    fisher_pass.forward(x)
+    full = fisher_pass.estimate_flat(labels, create_graph=True).sum()
+    total = fisher_pass.estimate_total(labels, create_graph=True)
+    assert torch.allclose(total, full, rtol=1e-12)
+    params = list(model.parameters())
+    grad_full = torch.autograd.grad(full, params, retain_graph=True)
+    grad_total = torch.autograd.grad(total, params)
+    assert max_abs_diff(list(grad_full), list(grad_total)) < 1e-10
