@@ -295,6 +295,11 @@ def available_datasets() -> dict[str, str]:
     return {name: spec.description for name, spec in _DATASETS.items()}
 
 
+def dataset_options(name: str) -> dict[str, Any]:
+    """The options dataset `name` accepts (besides the split settings), with their defaults."""
+    return dict(_spec_for(name, {}).defaults)
+
+
 # ---------------------------------------------------------------- splitting
 
 

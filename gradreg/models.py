@@ -187,6 +187,13 @@ def available_models() -> dict[str, str]:
     return {name: description for name, (description, _) in _MODELS.items()}
 
 
+def model_options(name: str) -> dict[str, Any]:
+    """The options model `name` accepts, with their defaults."""
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(_MODELS)}")
+    return _accepted_options(_MODELS[name][1])
+
+
 def build_model(
     name: str, input_shape: tuple[int, ...], n_classes: int, **options: Any
 ) -> nn.Module:

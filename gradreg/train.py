@@ -24,6 +24,18 @@ from gradreg.posterior import GaussianPosterior
 
 EVAL_CHUNK = 2048
 STATE_VERSION = 1
+CLASSIFICATION_METRICS = ("accuracy", "nll", "ece", "aece", "brier")
+# What every epoch reports, in this order.
+EPOCH_METRICS: tuple[str, ...] = (
+    "epoch",
+    "train_loss",
+    "train_nll",
+    "train_sqgrad",
+    "train_kl",
+    *(f"{split}_{name}" for split in ("val", "test") for name in CLASSIFICATION_METRICS),
+    "posterior_std_mean",
+    "train_seconds",
+)
 
 
 @dataclass
@@ -31,11 +43,13 @@ class EpochReport:
     """What ``on_epoch`` receives after every epoch.
 
     ``metrics`` uses the project's metric names (``train_loss``, ``val_nll``, ``epoch``, …);
+    ``test_bins`` are the reliability bins behind this epoch's test metrics;
     ``state_dict()`` is a checkpoint that ``fit(config, resume=...)`` continues from.
     """
 
     epoch: int
     metrics: dict[str, float]
+    test_bins: ReliabilityBins
     _state: Callable[[], dict[str, Any]] = field(repr=False)
 
     def state_dict(self) -> dict[str, Any]:
@@ -183,7 +197,7 @@ def fit(
         record["posterior_std_mean"] = _mean_std(posterior)
         record["train_seconds"] = train_seconds
         history.append(record)
-        if on_epoch is not None and on_epoch(EpochReport(epoch, dict(record), state)):
+        if on_epoch is not None and on_epoch(EpochReport(epoch, dict(record), test_bins, state)):
             stopped_early = epoch < config.epochs
             break
 

@@ -4,7 +4,7 @@ import torch
 from sklearn.datasets import load_digits, make_blobs
 
 from gradreg import data
-from gradreg.data import Dataset, available_datasets, load_dataset
+from gradreg.data import Dataset, available_datasets, dataset_options, load_dataset
 
 SMALL_DATASETS = ["digits", "iris", "wine", "breast_cancer", "moons", "blobs"]
 EXPECTED = {
@@ -167,6 +167,15 @@ def test_mnist1d_generated_cached_and_reloaded(tmp_path, monkeypatch):
 def test_unknown_dataset_lists_available():
     with pytest.raises(ValueError, match=r"unknown dataset 'no_such_set'.*digits.*mnist1d"):
         load_dataset("no_such_set")
+    with pytest.raises(ValueError, match=r"unknown dataset 'no_such_set'.*digits.*mnist1d"):
+        dataset_options("no_such_set")
+
+
+def test_dataset_options_are_those_load_dataset_accepts():
+    assert dataset_options("digits") == {}
+    assert set(dataset_options("moons")) == {"data_seed", "n_samples", "noise"}
+    assert dataset_options("cifar10") == {"data_dir": None}
+    assert load_dataset("moons", **dataset_options("moons")).n_train > 0
 
 
 @pytest.mark.parametrize(

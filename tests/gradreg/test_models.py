@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradreg.models import available_models, build_model
+from gradreg.models import available_models, build_model, model_options
 
 
 def n_params(model: nn.Module) -> int:
@@ -107,6 +107,14 @@ def test_resnet_trains_in_train_mode():
 def test_unknown_model_lists_available():
     with pytest.raises(ValueError, match=r"unknown model 'vgg'.*mlp, cnn, resnet18, resnet20"):
         build_model("vgg", (3, 32, 32), 10)
+    with pytest.raises(ValueError, match=r"unknown model 'vgg'.*mlp, cnn, resnet18, resnet20"):
+        model_options("vgg")
+
+
+def test_model_options_are_the_builders_keywords_with_defaults():
+    assert model_options("mlp") == {"hidden": (128, 128), "activation": "relu"}
+    assert model_options("resnet20") == {"width": 16}
+    build_model("mlp", (4,), 3, **model_options("mlp"))
 
 
 @pytest.mark.parametrize(

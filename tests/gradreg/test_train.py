@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gradreg.config import TrainConfig
-from gradreg.train import fit
+from gradreg.train import EPOCH_METRICS, fit
 
 SMALL = dict(
     dataset="iris",
@@ -41,6 +41,7 @@ def test_fit_reports_every_epoch_with_the_project_metric_names():
     result = fit(SMALL, on_epoch=reports.append)
     assert [r.epoch for r in reports] == [1, 2, 3]
     assert all(set(r.metrics) == EPOCH_KEYS for r in reports)
+    assert list(reports[0].metrics) == list(EPOCH_METRICS)
     assert all(math.isfinite(v) for r in reports for v in r.metrics.values())
     assert result.metrics == reports[-1].metrics
     first, last = reports[0].metrics, reports[-1].metrics
@@ -50,6 +51,7 @@ def test_fit_reports_every_epoch_with_the_project_metric_names():
     )
     assert last["posterior_std_mean"] == pytest.approx(0.05)
     assert result.test_bins.count.sum() == result.dataset["n_test"]
+    assert result.test_bins is reports[-1].test_bins
     assert not result.stopped_early
 
 
