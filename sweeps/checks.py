@@ -1,0 +1,492 @@
+"""Front door for sweep specs: parse YAML/JSON, validate shape and meaning, name every problem.
+
+`parse_spec` returns a `SweepSpec` or raises `SpecError`, whose `issues` carry the field path
+(`parameters.noise_scale.low`) and a message that says what is accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from gradreg.config import TrainConfig
+from gradreg.data import available_datasets, dataset_options
+from gradreg.models import available_models, model_options
+from gradreg.train import EPOCH_METRICS
+from sweeps.methods import (
+    HYPERPARAMETERS,
+    REQUIRED_SETTINGS,
+    SPEC_METHODS,
+    settings_used,
+    train_settings,
+)
+from sweeps.settings import SweepSettings
+from sweeps.spec import (
+    CategoricalParameter,
+    FloatParameter,
+    IntParameter,
+    SweepSpec,
+)
+
+Loc = tuple[str | int, ...]
+# Objectives steer the search, so they come from data the search may look at.
+OBJECTIVE_METRICS = tuple(m for m in EPOCH_METRICS if m.startswith(("val_", "train_")))
+INTEGER_SETTINGS = ("epochs", "batch_size", "n_samples", "seed", "mc_samples")
+SECTION_OWNED = {
+    "dataset": "dataset.name",
+    "model": "model.name",
+    "model_options": "model.options",
+    "dataset_options": "dataset.options",
+    "split_seed": "dataset.split_seed",
+    "val_fraction": "dataset.val_fraction",
+    "test_fraction": "dataset.test_fraction",
+    "variance": "the method (vl-uniform or vl-diagonal)",
+}
+
+
+@dataclass(frozen=True)
+class SpecIssue:
+    loc: Loc
+    message: str
+
+    @property
+    def path(self) -> str:
+        return ".".join(str(part) for part in self.loc) or "(spec)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"loc": list(self.loc), "path": self.path, "message": self.message}
+
+
+class SpecError(ValueError):
+    """A sweep spec that cannot run; `issues` lists every problem found."""
+
+    def __init__(self, issues: list[SpecIssue]) -> None:
+        self.issues = issues
+        lines = "\n".join(f"  {issue.path}: {issue.message}" for issue in issues)
+        super().__init__(f"invalid sweep spec ({len(issues)} problem(s)):\n{lines}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps a spec must stay within, and the directory its data must come from."""
+
+    max_trials: int = 1000
+    max_concurrent_trials: int = 64
+    max_time_budget_s: float = 7 * 24 * 3600
+    max_epochs: int = 10_000
+    data_root: Path | None = None
+
+    @classmethod
+    def from_settings(cls, settings: SweepSettings | None = None) -> Limits:
+        settings = settings or SweepSettings()
+        return cls(
+            max_trials=settings.max_trials,
+            max_concurrent_trials=settings.max_concurrent_trials,
+            max_time_budget_s=settings.max_time_budget_s,
+            max_epochs=settings.max_epochs,
+            data_root=settings.data_root(),
+        )
+
+
+def parse_spec(document: Mapping[str, Any], limits: Limits | None = None) -> SweepSpec:
+    """Validate a spec given as a mapping (parsed YAML or JSON)."""
+    if not isinstance(document, Mapping):
+        raise SpecError([SpecIssue((), f"a spec is a mapping, got {type(document).__name__}")])
+    try:
+        spec = SweepSpec.model_validate(dict(document))
+    except ValidationError as error:
+        raise SpecError([_pydantic_issue(e) for e in error.errors()]) from None
+    issues = list(semantic_issues(spec, limits or Limits.from_settings()))
+    if issues:
+        raise SpecError(issues)
+    return spec
+
+
+def parse_spec_text(text: str, limits: Limits | None = None) -> SweepSpec:
+    """Validate a spec written in YAML or JSON (JSON is YAML, so one parser reads both)."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise SpecError([SpecIssue((), f"not valid YAML or JSON: {error}")]) from None
+    return parse_spec(document, limits)
+
+
+def load_spec_file(path: str | Path, limits: Limits | None = None) -> SweepSpec:
+    path = Path(path)
+    if path.suffix.lower() not in (".yaml", ".yml", ".json"):
+        raise ValueError(f"spec file {path} must end in .yaml, .yml or .json")
+    return parse_spec_text(path.read_text(), limits)
+
+
+def dump_spec(spec: SweepSpec, fmt: str = "yaml") -> str:
+    document = spec.to_document()
+    if fmt == "json":
+        return json.dumps(document, indent=2) + "\n"
+    if fmt == "yaml":
+        return yaml.safe_dump(document, sort_keys=False)
+    raise ValueError(f"unknown format {fmt!r}; accepted: yaml, json")
+
+
+def _pydantic_issue(error: Mapping[str, Any]) -> SpecIssue:
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown field (check its spelling and the spec's JSON Schema)"
+    elif error["type"] == "literal_error":
+        message = f"{message} (got {error['input']!r})"
+    return SpecIssue(tuple(error["loc"]), message)
+
+
+# ---------------------------------------------------------------- meaning
+
+
+def semantic_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
+    yield from _dataset_issues(spec, limits)
+    yield from _model_issues(spec)
+    methods_ok = True
+    for issue in _method_issues(spec):
+        methods_ok = False
+        yield issue
+    yield from _range_issues(spec)
+    if methods_ok:
+        yield from _setting_issues(spec)
+        yield from _initial_point_issues(spec)
+    yield from _objective_issues(spec)
+    yield from _early_stopping_issues(spec)
+    yield from _budget_issues(spec, limits)
+    yield from _resource_issues(spec)
+
+
+def _dataset_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
+    dataset = spec.dataset
+    if dataset.name not in available_datasets():
+        yield SpecIssue(
+            ("dataset", "name"),
+            f"unknown dataset {dataset.name!r}; accepted: {', '.join(available_datasets())}",
+        )
+        return
+    accepted = dataset_options(dataset.name)
+    for option in dataset.options:
+        if option == "data_dir":
+            yield SpecIssue(("dataset", "options", option), "give it as dataset.data_dir")
+        elif option not in accepted:
+            listed = ", ".join(o for o in accepted if o != "data_dir") or "none"
+            yield SpecIssue(
+                ("dataset", "options", option),
+                f"unknown option for dataset {dataset.name!r}; accepted: {listed}",
+            )
+    if dataset.data_dir is not None:
+        if "data_dir" not in accepted:
+            yield SpecIssue(
+                ("dataset", "data_dir"),
+                f"dataset {dataset.name!r} reads no files; data_dir is for the file datasets",
+            )
+        elif limits.data_root is not None and resolve_data_dir(dataset.data_dir, limits) is None:
+            yield SpecIssue(
+                ("dataset", "data_dir"),
+                f"must lie inside the data root {limits.data_root} (GRADREG_DATA_DIR); "
+                "give a path relative to it",
+            )
+    if dataset.test_fraction is not None and dataset.val_fraction + dataset.test_fraction >= 1:
+        yield SpecIssue(("dataset", "test_fraction"), "val_fraction + test_fraction must be < 1")
+
+
+def resolve_data_dir(data_dir: str, limits: Limits) -> Path | None:
+    """``data_dir`` as an absolute path inside the data root, or None if it escapes it."""
+    if limits.data_root is None:
+        return Path(data_dir).expanduser().absolute()
+    root = limits.data_root.resolve()
+    candidate = (root / Path(data_dir).expanduser()).resolve()
+    return candidate if candidate == root or root in candidate.parents else None
+
+
+def _model_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
+    model = spec.model
+    if model.name not in available_models():
+        yield SpecIssue(
+            ("model", "name"),
+            f"unknown model {model.name!r}; accepted: {', '.join(available_models())}",
+        )
+        return
+    accepted = model_options(model.name)
+    for option in model.options:
+        if option not in accepted:
+            listed = ", ".join(f"{k}={v!r}" for k, v in accepted.items())
+            yield SpecIssue(
+                ("model", "options", option),
+                f"unknown option for model {model.name!r}; accepted: {listed}",
+            )
+
+
+def _method_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
+    accepted = ", ".join(SPEC_METHODS)
+    searched = spec.parameters.get("method")
+    if spec.method is None and searched is None:
+        yield SpecIssue(
+            ("method",),
+            f"give a method ({accepted}) or search one as parameters.method (categorical)",
+        )
+    elif spec.method is not None and searched is not None:
+        yield SpecIssue(
+            ("parameters", "method"), "method is fixed to " + repr(spec.method) + "; drop one"
+        )
+    elif searched is not None:
+        if not isinstance(searched, CategoricalParameter):
+            yield SpecIssue(("parameters", "method", "type"), "method is searched as categorical")
+            return
+        for i, choice in enumerate(searched.choices):
+            if choice not in SPEC_METHODS:
+                yield SpecIssue(
+                    ("parameters", "method", "choices", i),
+                    f"unknown method {choice!r}; accepted: {accepted}",
+                )
+
+
+def _range_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
+    for name, parameter in spec.parameters.items():
+        at = ("parameters", name)
+        if isinstance(parameter, FloatParameter | IntParameter):
+            if parameter.low >= parameter.high:
+                yield SpecIssue(
+                    (*at, "high"), f"high ({parameter.high}) must be > low ({parameter.low})"
+                )
+            if parameter.scale == "log" and parameter.low <= 0:
+                yield SpecIssue(
+                    (*at, "low"), f"log scale needs low > 0, got {parameter.low} (natural units)"
+                )
+            if parameter.scale == "log" and _has_step(parameter):
+                yield SpecIssue((*at, "step"), "a step needs scale: linear")
+        else:
+            if len(set(map(repr, parameter.choices))) != len(parameter.choices):
+                yield SpecIssue((*at, "choices"), "choices must be distinct")
+
+
+def _has_step(parameter: FloatParameter | IntParameter) -> bool:
+    if isinstance(parameter, FloatParameter):
+        return parameter.step is not None
+    return parameter.step > 1
+
+
+def _values_to_try(parameter: Any) -> list[Any]:
+    if isinstance(parameter, CategoricalParameter):
+        return list(parameter.choices)
+    return [parameter.low, parameter.high]
+
+
+def _setting_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
+    """Every fixed or searched setting must be one some method uses, and valid for it."""
+    learns = spec.fixed.get("learn_noise_scale") is True or "learn_noise_scale" in spec.parameters
+    methods = spec.methods
+    named = [("fixed", name) for name in spec.fixed] + [
+        ("parameters", name) for name in spec.parameters if name != "method"
+    ]
+    for section, name in named:
+        if name in SECTION_OWNED:
+            yield SpecIssue((section, name), f"set this as {SECTION_OWNED[name]}")
+            continue
+        if name not in HYPERPARAMETERS:
+            yield SpecIssue(
+                (section, name), f"unknown setting; accepted: {', '.join(HYPERPARAMETERS)}"
+            )
+            continue
+        if section == "parameters" and name in spec.fixed:
+            yield SpecIssue((section, name), "both fixed and searched; keep one")
+            continue
+        users = [m for m in methods if name in settings_used(m, learns)]
+        if not users:
+            which = f"method {methods[0]!r} does not" if len(methods) == 1 else "no method"
+            hint = ", ".join(s for s in settings_used(methods[0], learns))
+            yield SpecIssue(
+                (section, name),
+                f"{which} use {name}"
+                + (f" (settings it uses: {hint})" if len(methods) == 1 else ""),
+            )
+            continue
+        parameter = spec.parameters.get(name) if section == "parameters" else None
+        if name in INTEGER_SETTINGS and isinstance(parameter, FloatParameter):
+            yield SpecIssue((section, name, "type"), f"{name} is an integer: use type int")
+            continue
+        values = [spec.fixed[name]] if parameter is None else _values_to_try(parameter)
+        for value in values:
+            problem = _config_problem(spec, users[0], {name: value})
+            if problem:
+                yield SpecIssue((section, name), problem)
+                break
+    for method in methods:
+        for name, hint in REQUIRED_SETTINGS.get(method, {}).items():
+            if name not in spec.fixed and name not in spec.parameters:
+                yield SpecIssue(("fixed",), f"{method} needs {name} ({hint}): fix or search it")
+
+
+def _config_problem(spec: SweepSpec, method: str, values: Mapping[str, Any]) -> str | None:
+    """Why TrainConfig refuses ``values`` for ``method`` (with defaults elsewhere), if it does."""
+    probe = {**_probe_defaults(method), **values}
+    try:
+        TrainConfig(**base_settings(spec, None), **train_settings(method, probe))
+    except (TypeError, ValueError) as error:
+        return str(error)
+    return None
+
+
+def _probe_defaults(method: str) -> dict[str, Any]:
+    return {name: 0.01 for name in REQUIRED_SETTINGS.get(method, {})}
+
+
+def base_settings(spec: SweepSpec, limits: Limits | None) -> dict[str, Any]:
+    """The TrainConfig settings that come from the dataset and model sections."""
+    options = dict(spec.dataset.options)
+    if spec.dataset.data_dir is not None:
+        resolved = resolve_data_dir(spec.dataset.data_dir, limits or Limits.from_settings())
+        options["data_dir"] = str(resolved) if resolved else spec.dataset.data_dir
+    return {
+        "dataset": spec.dataset.name,
+        "dataset_options": options,
+        "split_seed": spec.dataset.split_seed,
+        "val_fraction": spec.dataset.val_fraction,
+        "test_fraction": spec.dataset.test_fraction,
+        "model": spec.model.name,
+        "model_options": dict(spec.model.options),
+    }
+
+
+def _initial_point_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
+    learns = spec.fixed.get("learn_noise_scale") is True or "learn_noise_scale" in spec.parameters
+    for i, point in enumerate(spec.search.initial_points):
+        at = ("search", "initial_points", i)
+        method = point.get("method", spec.method)
+        for name, value in point.items():
+            parameter = spec.parameters.get(name)
+            if parameter is None:
+                yield SpecIssue((*at, name), f"not a searched parameter; searched: {_names(spec)}")
+            elif not _within(parameter, value):
+                yield SpecIssue((*at, name), f"{value!r} is outside {_describe(parameter)}")
+            elif (
+                name != "method"
+                and method in SPEC_METHODS
+                and name not in settings_used(method, learns)
+            ):
+                yield SpecIssue((*at, name), f"method {method!r} does not use {name}")
+
+
+def _names(spec: SweepSpec) -> str:
+    return ", ".join(spec.parameters) or "none"
+
+
+def _within(parameter: Any, value: Any) -> bool:
+    if isinstance(parameter, CategoricalParameter):
+        return any(type(value) is type(c) and value == c for c in parameter.choices)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if isinstance(parameter, IntParameter) and not isinstance(value, int):
+        return False
+    return math.isfinite(value) and parameter.low <= value <= parameter.high
+
+
+def _describe(parameter: Any) -> str:
+    if isinstance(parameter, CategoricalParameter):
+        return f"choices {parameter.choices}"
+    return f"[{parameter.low}, {parameter.high}] ({parameter.type})"
+
+
+def _objective_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
+    seen: set[str] = set()
+    for i, objective in enumerate(spec.objectives):
+        if objective.metric not in OBJECTIVE_METRICS:
+            hint = (
+                "; test metrics are for reporting: searching on them leaks the test set"
+                if objective.metric.startswith("test_")
+                else ""
+            )
+            yield SpecIssue(
+                ("objectives", i, "metric"),
+                f"unknown objective {objective.metric!r}; accepted: "
+                f"{', '.join(OBJECTIVE_METRICS)}{hint}",
+            )
+        if objective.metric in seen:
+            yield SpecIssue(("objectives", i, "metric"), "each metric may appear once")
+        seen.add(objective.metric)
+    if spec.multi_objective and spec.search.algorithm == "cmaes":
+        yield SpecIssue(
+            ("search", "algorithm"),
+            "cmaes optimises one objective; use tpe, gp, nsga2 or random for several",
+        )
+    if spec.search.population_size is not None and spec.search.algorithm != "nsga2":
+        yield SpecIssue(("search", "population_size"), "only nsga2 has a population")
+
+
+def _early_stopping_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
+    stopping = spec.early_stopping
+    at = ("early_stopping",)
+    if stopping.kind == "none":
+        for field in ("metric", "goal", "max_t"):
+            if getattr(stopping, field) is not None:
+                yield SpecIssue((*at, field), "only used with kind: asha")
+        return
+    metric = stopping.metric or spec.objectives[0].metric
+    if metric not in OBJECTIVE_METRICS:
+        yield SpecIssue(
+            (*at, "metric"), f"unknown metric {metric!r}; accepted: {', '.join(OBJECTIVE_METRICS)}"
+        )
+    epochs = max_epochs(spec)
+    max_t = stopping.max_t or epochs
+    if epochs is not None and max_t > epochs:
+        yield SpecIssue(
+            (*at, "max_t"), f"max_t ({max_t}) exceeds the epochs a trial runs ({epochs})"
+        )
+    if stopping.grace_period > max_t:
+        yield SpecIssue(
+            (*at, "grace_period"), f"grace_period ({stopping.grace_period}) exceeds max_t ({max_t})"
+        )
+
+
+def max_epochs(spec: SweepSpec) -> int:
+    """The most epochs any trial of the sweep runs."""
+    parameter = spec.parameters.get("epochs")
+    if isinstance(parameter, IntParameter):
+        return parameter.high
+    if isinstance(parameter, CategoricalParameter):
+        return max(int(c) for c in parameter.choices if isinstance(c, int))
+    value = spec.fixed.get("epochs", TrainConfig.epochs)
+    return value if isinstance(value, int) else TrainConfig.epochs
+
+
+def _budget_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
+    budget = spec.budget
+    caps = [
+        (("budget", "max_trials"), budget.max_trials, limits.max_trials),
+        (
+            ("budget", "max_concurrent_trials"),
+            budget.max_concurrent_trials,
+            limits.max_concurrent_trials,
+        ),
+        (("budget", "time_budget_s"), budget.time_budget_s, limits.max_time_budget_s),
+    ]
+    for loc, value, cap in caps:
+        if value is not None and value > cap:
+            yield SpecIssue(loc, f"{value} exceeds this deployment's cap of {cap}")
+    epochs = max_epochs(spec)
+    if epochs > limits.max_epochs:
+        where = ("parameters", "epochs") if "epochs" in spec.parameters else ("fixed", "epochs")
+        yield SpecIssue(
+            where, f"{epochs} epochs exceeds this deployment's cap of {limits.max_epochs}"
+        )
+
+
+def _resource_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
+    gpu = spec.resources.gpu
+    if gpu > 1 and gpu != int(gpu):
+        yield SpecIssue(
+            ("resources", "gpu"), f"more than one GPU must be a whole number, got {gpu}"
+        )
+    device = spec.fixed.get("device")
+    if isinstance(device, str):
+        if device.startswith("cuda") and gpu == 0:
+            yield SpecIssue(("resources", "gpu"), f"device {device!r} needs resources.gpu > 0")
+        if device == "cpu" and gpu > 0:
+            yield SpecIssue(("resources", "gpu"), "device 'cpu' with a GPU reserved wastes it")

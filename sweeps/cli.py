@@ -1,0 +1,178 @@
+"""python -m sweeps run | resume | validate | schema | stop"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from sweeps.checks import SpecError, load_spec_file
+from sweeps.driver import DriverOptions, SweepOutcome, TrialSummary, resume_sweep, run_sweep
+from sweeps.spec import SweepSpec
+from sweeps.store import DirectoryStore, run_stored
+
+TABLE_METRICS = ("test_accuracy", "test_nll", "test_ece")
+EXIT_INVALID = 2
+EXIT_SWEEP_FAILED = 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except SpecError as error:
+        print(error, file=sys.stderr)
+        return EXIT_INVALID
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sweeps", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a sweep from a spec file, or by id from a store")
+    run.add_argument("spec", nargs="?", help="YAML or JSON sweep spec")
+    run.add_argument("--sweep-id", help="run the sweep with this id from --store instead")
+    run.add_argument("--store", help="directory store that holds --sweep-id")
+    _driver_options(run)
+    run.set_defaults(handler=_run)
+
+    resume = commands.add_parser("resume", help="continue an interrupted sweep by name")
+    resume.add_argument("name")
+    _driver_options(resume)
+    resume.set_defaults(handler=_resume)
+
+    validate = commands.add_parser("validate", help="check spec files without running them")
+    validate.add_argument("specs", nargs="+")
+    validate.set_defaults(handler=_validate)
+
+    schema = commands.add_parser("schema", help="print the spec's JSON Schema")
+    schema.set_defaults(handler=_schema)
+
+    stop = commands.add_parser("stop", help="ask a stored sweep to stop (it stays resumable)")
+    stop.add_argument("--sweep-id", required=True)
+    stop.add_argument("--store", required=True)
+    stop.set_defaults(handler=_stop)
+    return parser
+
+
+def _driver_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ray-address", help="Ray cluster address (default: a local instance)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite in var/)")
+    parser.add_argument("--storage-path", help="Tune storage path or URI (default: var/)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
+
+
+def _options(args: argparse.Namespace) -> DriverOptions:
+    return DriverOptions(
+        ray_address=args.ray_address,
+        tracking_uri=args.tracking_uri,
+        storage_path=args.storage_path,
+        quiet=args.quiet,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    if (args.spec is None) == (args.sweep_id is None):
+        raise ValueError("give a spec file or --sweep-id (with --store), not both")
+    if args.sweep_id is not None:
+        if not args.store:
+            raise ValueError("--sweep-id needs --store DIR")
+        outcome = run_stored(args.sweep_id, DirectoryStore(args.store), _options(args))
+    else:
+        outcome = run_sweep(load_spec_file(args.spec), _options(args))
+    return _finish(outcome, args.json)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    return _finish(resume_sweep(args.name, _options(args)), args.json)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    status = 0
+    for path in args.specs:
+        try:
+            spec = load_spec_file(path)
+        except SpecError as error:
+            print(f"{path}: {error}", file=sys.stderr)
+            status = EXIT_INVALID
+        else:
+            print(f"{path}: ok ({spec.name}, {len(spec.parameters)} searched parameter(s))")
+    return status
+
+
+def _schema(args: argparse.Namespace) -> int:
+    print(json.dumps(SweepSpec.model_json_schema(), indent=2))
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    DirectoryStore(args.store).request_stop(args.sweep_id)
+    print(f"stop requested for {args.sweep_id}; it finishes its current step and saves state")
+    return 0
+
+
+def _finish(outcome: SweepOutcome, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(outcome.to_dict(), indent=2, default=str))
+    else:
+        print(format_outcome(outcome))
+    return 0 if outcome.status in ("succeeded", "stopped") else EXIT_SWEEP_FAILED
+
+
+def format_outcome(outcome: SweepOutcome, top: int = 5) -> str:
+    """A short report: status, counts, and a table of the best trials."""
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(outcome.counts().items()))
+    lines = [f"sweep {outcome.sweep}: {outcome.status} ({outcome.reason}); trials: {counts}"]
+    objectives = [o["metric"] for o in outcome.objectives]
+    if len(objectives) > 1:
+        lines.append(f"Pareto set over {', '.join(objectives)} ({len(outcome.best)} trials):")
+        shown = outcome.best
+    else:
+        shown = _ranked(outcome, objectives[0])[:top]
+        lines.append(f"best trials by {objectives[0]}:")
+    lines.append(_table(shown, objectives))
+    lines.append(
+        f"MLflow: {outcome.tracking_uri} experiment {outcome.experiment_id}, "
+        f"parent run {outcome.parent_run_id}"
+    )
+    lines.append(f"Tune state: {outcome.experiment_path}")
+    return "\n".join(lines)
+
+
+def _ranked(outcome: SweepOutcome, metric: str) -> list[TrialSummary]:
+    goal = outcome.objectives[0]["goal"]
+    scored = [t for t in outcome.trials if metric in t.metrics and t.state != "failed"]
+    return sorted(scored, key=lambda t: t.metrics[metric], reverse=goal == "maximize")
+
+
+def _table(trials: list[TrialSummary], objectives: list[str]) -> str:
+    params = list(dict.fromkeys(k for t in trials for k in t.params))
+    metrics = list(dict.fromkeys([*objectives, *TABLE_METRICS]))
+    header = ["trial", "state", *params, *metrics]
+    rows = [
+        [
+            t.name,
+            t.state,
+            *(_cell(t.params.get(p)) for p in params),
+            *(_cell(t.metrics.get(m)) for m in metrics),
+        ]
+        for t in trials
+    ]
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

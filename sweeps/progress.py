@@ -1,0 +1,245 @@
+"""The driver's view of a running sweep: trial events, a progress line, the stop flag.
+
+Tune pickles its callbacks and stopper into the experiment state, so they carry only the sweep
+name; the live objects (user hooks, a store) sit in `SweepMonitor`, registered per process.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TextIO
+
+from ray import tune
+
+from sweeps.space import trial_config
+from sweeps.spec import Objective, SweepSpec
+
+TrialState = Literal["running", "retrying", "succeeded", "stopped", "failed"]
+FINISHED_STATES = ("succeeded", "stopped", "failed")
+
+
+@dataclass(frozen=True)
+class TrialEvent:
+    """One change of one trial, as the driver's hooks see it."""
+
+    sweep: str
+    trial_id: str
+    trial_name: str
+    state: TrialState
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    epoch: int
+    mlflow_run_id: str | None
+    error: str | None = None
+
+
+TrialHook = Callable[[TrialEvent], None]
+StopFlag = Callable[[], bool]
+
+
+@dataclass
+class SweepMonitor:
+    """Live state of one sweep in the driver process."""
+
+    sweep: str
+    objectives: list[Objective]
+    max_trials: int
+    on_trial: TrialHook | None = None
+    should_stop: StopFlag | None = None
+    stop_poll_s: float = 1.0
+    max_failed_trials: int | None = None
+    stream: TextIO | None = field(default_factory=lambda: sys.stderr)
+    states: dict[str, TrialState] = field(default_factory=dict)
+    # Called with every trial's final state as it changes, so a resumed driver knows them.
+    persist: Callable[[dict[str, TrialState]], None] | None = None
+    # Called with each event and the trial's raw last result before the user's hook.
+    on_result: Callable[[TrialEvent, dict[str, Any]], None] | None = None
+    latest: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stop_requested: bool = False
+    _last_poll: float = 0.0
+    _last_event: dict[str, TrialEvent] = field(default_factory=dict)
+    _last_line: str = ""
+
+    def update(self, event: TrialEvent, result: dict[str, Any] | None = None) -> None:
+        previous = self._last_event.get(event.trial_id)
+        if previous is not None and (previous.state, previous.epoch) == (event.state, event.epoch):
+            return  # Tune announces some changes twice (start, then restore)
+        self._last_event[event.trial_id] = event
+        self.states[event.trial_id] = event.state
+        if event.state in FINISHED_STATES and self.persist is not None:
+            self.persist({k: v for k, v in self.states.items() if v in FINISHED_STATES})
+        if event.metrics:
+            self.latest[event.trial_id] = {"name": event.trial_name, **event.metrics}
+        if self.on_result is not None:
+            self.on_result(event, result or {})
+        if self.on_trial is not None:
+            self.on_trial(event)
+        self.print_progress()
+
+    def count(self, *states: TrialState) -> int:
+        return sum(1 for state in self.states.values() if state in states)
+
+    @property
+    def failed_too_often(self) -> bool:
+        return self.max_failed_trials is not None and self.count("failed") > self.max_failed_trials
+
+    def best(self) -> tuple[str, float] | None:
+        """The best first-objective value among the trials' latest reports."""
+        objective = self.objectives[0]
+        scored = [
+            (values["name"], values[objective.metric])
+            for trial_id, values in self.latest.items()
+            if self.states.get(trial_id) != "failed"
+            and isinstance(values.get(objective.metric), float)
+            and math.isfinite(values[objective.metric])
+        ]
+        if not scored:
+            return None
+        pick = min if objective.goal == "minimize" else max
+        return pick(scored, key=lambda item: item[1])
+
+    def progress_line(self) -> str:
+        done = self.count(*FINISHED_STATES)
+        line = (
+            f"[{self.sweep}] trials {done}/{self.max_trials} done, "
+            f"{self.count('running', 'retrying')} running, {self.count('failed')} failed"
+        )
+        best = self.best()
+        if best is not None:
+            line += f" | best {self.objectives[0].metric} {best[1]:.4g} ({best[0]})"
+        return line
+
+    def print_progress(self) -> None:
+        line = self.progress_line()
+        if self.stream is None or line == self._last_line:
+            return
+        self._last_line = line
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def poll_stop(self) -> bool:
+        """Ask the stop flag, at most once per ``stop_poll_s``."""
+        if self.stop_requested or self.should_stop is None:
+            return self.stop_requested
+        now = time.monotonic()
+        if now - self._last_poll >= self.stop_poll_s:
+            self._last_poll = now
+            self.stop_requested = bool(self.should_stop())
+        return self.stop_requested
+
+
+_MONITORS: dict[str, SweepMonitor] = {}
+
+
+def register(monitor: SweepMonitor) -> None:
+    _MONITORS[monitor.sweep] = monitor
+
+
+def unregister(sweep: str) -> None:
+    _MONITORS.pop(sweep, None)
+
+
+def monitor_of(sweep: str) -> SweepMonitor | None:
+    return _MONITORS.get(sweep)
+
+
+def interrupt_tune() -> None:
+    """End the Tune loop the way Ctrl-C does: save the experiment, leave trials resumable.
+
+    Tune installs its SIGUSR1 handler in the driver's main thread for exactly this.
+    """
+    os.kill(os.getpid(), signal.SIGUSR1)
+
+
+class SweepCallback(tune.Callback):
+    """Turns Tune's trial lifecycle into `TrialEvent`s and checks the stop flag each step."""
+
+    def __init__(self, sweep: str, spec: SweepSpec) -> None:
+        self.sweep = sweep
+        self.spec = spec
+        self._interrupted = False
+
+    def _emit(self, trial: Any, state: TrialState, error: str | None = None) -> None:
+        monitor = monitor_of(self.sweep)
+        if monitor is None:
+            return
+        result = trial.last_result or {}
+        metrics = {
+            k: float(v)
+            for k, v in result.items()
+            if _is_metric(k) and isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        monitor.update(
+            TrialEvent(
+                sweep=self.sweep,
+                trial_id=trial.trial_id,
+                trial_name=str(trial),
+                state=state,
+                params=dict(trial.config),
+                metrics=metrics,
+                epoch=int(result.get("epoch", 0)),
+                mlflow_run_id=result.get("mlflow_run_id"),
+                error=error,
+            ),
+            result,
+        )
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._emit(trial, "running")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._emit(trial, "running")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._emit(trial, "retrying", _error_text(trial))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._emit(trial, "failed", _error_text(trial))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        # Tune sets done=True on a trial that ASHA stops too; only its epochs tell them apart.
+        epoch = (trial.last_result or {}).get("epoch", 0)
+        finished = epoch >= trial_config(self.spec, trial.config).epochs
+        self._emit(trial, "succeeded" if finished else "stopped")
+
+    def on_step_end(self, iteration, trials, **info):
+        monitor = monitor_of(self.sweep)
+        if monitor is not None and not self._interrupted and monitor.poll_stop():
+            self._interrupted = True
+            interrupt_tune()
+
+
+class FailedTrialsStopper(tune.Stopper):
+    """Ends the sweep once more trials have failed than the budget allows."""
+
+    def __init__(self, sweep: str) -> None:
+        self.sweep = sweep
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        monitor = monitor_of(self.sweep)
+        return monitor is not None and monitor.failed_too_often
+
+
+_TUNE_KEYS = {"epoch", "train_seconds"}
+
+
+def _is_metric(key: str) -> bool:
+    return key in _TUNE_KEYS or key.startswith(("train_", "val_", "test_", "posterior_"))
+
+
+def _error_text(trial: Any) -> str | None:
+    path = getattr(trial, "error_file", None)
+    if path and os.path.exists(path):
+        with open(path) as handle:
+            lines = [line for line in handle.read().strip().splitlines() if line.strip()]
+        return lines[-1] if lines else None
+    return None

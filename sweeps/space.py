@@ -1,0 +1,109 @@
+"""Spec parameters → an Optuna search space and sampler; a trial's values → a TrainConfig."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import optuna
+
+from gradreg.config import TrainConfig
+from sweeps.checks import Limits, base_settings
+from sweeps.methods import settings_used, train_settings
+from sweeps.spec import CategoricalParameter, FloatParameter, IntParameter, SweepSpec
+
+
+class SearchSpace:
+    """Optuna define-by-run space: the method first, then only the parameters it uses.
+
+    A method comparison therefore never samples (or records) noise_scale for MAP. Instances
+    are pickled with Tune's searcher state, so this holds plain data only.
+    """
+
+    def __init__(self, spec: SweepSpec) -> None:
+        self.method = spec.method
+        self.parameters = dict(spec.parameters)
+        self.learns_noise_scale = (
+            spec.fixed.get("learn_noise_scale") is True or "learn_noise_scale" in spec.parameters
+        )
+
+    def __call__(self, trial: optuna.Trial) -> None:
+        method = self.method
+        if method is None:
+            method = suggest(trial, "method", self.parameters["method"])
+        learns = self.learns_noise_scale
+        if "learn_noise_scale" in self.parameters and method == "vl-uniform":
+            learns = bool(suggest(trial, "learn_noise_scale", self.parameters["learn_noise_scale"]))
+        used = settings_used(method, learns)
+        for name, parameter in self.parameters.items():
+            if name in ("method", "learn_noise_scale") or name not in used:
+                continue
+            suggest(trial, name, parameter)
+
+    def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        return {name: distribution(p) for name, p in self.parameters.items()}
+
+
+def distribution(
+    parameter: FloatParameter | IntParameter | CategoricalParameter,
+) -> optuna.distributions.BaseDistribution:
+    if isinstance(parameter, FloatParameter):
+        return optuna.distributions.FloatDistribution(
+            parameter.low, parameter.high, log=parameter.scale == "log", step=parameter.step
+        )
+    if isinstance(parameter, IntParameter):
+        return optuna.distributions.IntDistribution(
+            parameter.low, parameter.high, log=parameter.scale == "log", step=parameter.step
+        )
+    return optuna.distributions.CategoricalDistribution(parameter.choices)
+
+
+def suggest(
+    trial: optuna.Trial, name: str, parameter: FloatParameter | IntParameter | CategoricalParameter
+) -> Any:
+    if isinstance(parameter, FloatParameter):
+        return trial.suggest_float(
+            name, parameter.low, parameter.high, log=parameter.scale == "log", step=parameter.step
+        )
+    if isinstance(parameter, IntParameter):
+        return trial.suggest_int(
+            name, parameter.low, parameter.high, log=parameter.scale == "log", step=parameter.step
+        )
+    return trial.suggest_categorical(name, parameter.choices)
+
+
+def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler the spec's `search` section names, seeded."""
+    search = spec.search
+    seed = search.seed
+    if search.algorithm == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=search.n_startup_trials)
+    if search.algorithm == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=search.n_startup_trials)
+    if search.algorithm == "cmaes":
+        return optuna.samplers.CmaEsSampler(
+            seed=seed,
+            n_startup_trials=search.n_startup_trials,
+            # Categorical parameters fall back to this sampler; CMA-ES handles the numbers.
+            independent_sampler=optuna.samplers.RandomSampler(seed=seed),
+            warn_independent_sampling=False,
+        )
+    if search.algorithm == "nsga2":
+        return optuna.samplers.NSGAIISampler(
+            seed=seed, population_size=search.population_size or 50
+        )
+    if search.algorithm == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"unknown search algorithm {search.algorithm!r}")
+
+
+def trial_config(
+    spec: SweepSpec, values: Mapping[str, Any], limits: Limits | None = None
+) -> TrainConfig:
+    """The TrainConfig of one trial: the spec's sections, its fixed settings and ``values``."""
+    values = dict(values)
+    method = values.pop("method", spec.method)
+    if method is None:
+        raise ValueError("the trial's values name no method and the spec fixes none")
+    settings = train_settings(method, {**spec.fixed, **values})
+    return TrainConfig(**base_settings(spec, limits), **settings)

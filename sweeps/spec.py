@@ -1,0 +1,203 @@
+"""SweepSpec: the document a user writes to describe one sweep (YAML or JSON).
+
+The pydantic models here check shapes and types; `sweeps.checks` adds the checks that need
+gradreg (known datasets, which method uses which setting, bounds, caps). `parse_spec` runs
+both and raises one `SpecError` that lists every problem with its field path.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from sweeps.methods import SPEC_METHODS
+
+MethodName = Literal["vl-uniform", "vl-diagonal", "map", "mcvi", "laplace"]
+assert set(SPEC_METHODS) == set(MethodName.__args__)  # one list of methods
+
+# Values a setting may take: JSON scalars. bool comes first so true/false stay booleans.
+Scalar = bool | int | float | str
+SweepName = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]*$", min_length=1, max_length=64)
+]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class _Section(BaseModel):
+    # strict: "0.1" is not a number and 1 is not true; forbid: a misspelt key is an error.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class DatasetSection(_Section):
+    name: str = Field(description="a gradreg dataset, e.g. digits, mnist1d, cifar10")
+    split_seed: int = Field(0, ge=0)
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    test_fraction: float | None = Field(
+        None, gt=0, lt=1, description="held-out test share; null keeps the dataset's default"
+    )
+    data_dir: str | None = Field(
+        None, description="directory of the file datasets (mnist, fashion_mnist, cifar10)"
+    )
+    options: dict[str, Scalar] = Field(
+        default_factory=dict, description="dataset options such as data_seed"
+    )
+
+
+class ModelSection(_Section):
+    name: str = "mlp"
+    options: dict[str, Scalar | list[int]] = Field(
+        default_factory=dict, description="builder options, e.g. hidden: [128, 128]"
+    )
+
+
+class FloatParameter(_Section):
+    type: Literal["float"]
+    low: float
+    high: float
+    scale: Literal["linear", "log"] = "linear"
+    step: float | None = Field(None, gt=0, description="discretise a linear range")
+
+
+class IntParameter(_Section):
+    type: Literal["int"]
+    low: int
+    high: int
+    scale: Literal["linear", "log"] = "linear"
+    step: int = Field(1, ge=1)
+
+
+class CategoricalParameter(_Section):
+    type: Literal["categorical"]
+    choices: list[Scalar] = Field(min_length=1)
+
+
+Parameter = Annotated[
+    FloatParameter | IntParameter | CategoricalParameter, Field(discriminator="type")
+]
+
+
+class Objective(_Section):
+    metric: str = Field(description="a validation or training metric, e.g. val_nll")
+    goal: Literal["minimize", "maximize"] | None = Field(
+        None, description="default: maximize accuracy, minimize everything else"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_goal(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("goal") is None:
+            metric = data.get("metric")
+            if isinstance(metric, str):
+                goal = "maximize" if metric.endswith("accuracy") else "minimize"
+                data = {**data, "goal": goal}
+        return data
+
+    @property
+    def mode(self) -> Literal["min", "max"]:
+        """Ray Tune's spelling of the goal."""
+        return "min" if self.goal == "minimize" else "max"
+
+
+class SearchSection(_Section):
+    algorithm: Literal["tpe", "gp", "cmaes", "random", "nsga2"] = "tpe"
+    seed: int | None = Field(None, ge=0)
+    n_startup_trials: int = Field(
+        10, ge=0, description="random trials before the model-based samplers take over"
+    )
+    population_size: int | None = Field(None, ge=2, description="nsga2 only (default 50)")
+    initial_points: list[dict[str, Scalar]] = Field(
+        default_factory=list, description="parameter values to try first, in order"
+    )
+
+
+class EarlyStopping(_Section):
+    kind: Literal["none", "asha"] = "none"
+    metric: str | None = Field(None, description="default: the first objective's metric")
+    goal: Literal["minimize", "maximize"] | None = None
+    grace_period: int = Field(1, ge=1, description="epochs every trial runs before a cut")
+    reduction_factor: float = Field(3.0, gt=1)
+    max_t: int | None = Field(None, ge=1, description="default: the epochs setting")
+
+
+class Budget(_Section):
+    max_trials: int = Field(20, ge=1)
+    max_concurrent_trials: int = Field(1, ge=1)
+    max_failed_trials: int | None = Field(
+        None, ge=0, description="end the sweep once more trials than this have failed"
+    )
+    time_budget_s: float | None = Field(None, gt=0)
+
+
+class Resources(_Section):
+    cpu: float = Field(1.0, gt=0, description="CPUs per trial (also its torch threads)")
+    gpu: float = Field(0.0, ge=0, description="GPUs per trial; a fraction shares one GPU")
+
+
+class FaultTolerance(_Section):
+    max_retries_per_trial: int = Field(1, ge=0)
+    checkpoint_every_epochs: int = Field(1, ge=1)
+
+
+class Tracking(_Section):
+    experiment: str | None = Field(None, description="MLflow experiment; default: the name")
+    log_reliability_diagram: bool = True
+    log_checkpoints: bool = Field(False, description="log the final posterior's state_dict")
+
+
+class SweepSpec(_Section):
+    """One sweep: what to train, what to search, how to judge and how much to spend."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        allow_inf_nan=False,
+        json_schema_extra={"title": "gradreg sweep specification"},
+    )
+
+    name: SweepName
+    description: str = Field("", max_length=2000)
+    tags: list[Tag] = Field(default_factory=list, max_length=32)
+    dataset: DatasetSection
+    model: ModelSection = Field(default_factory=ModelSection)
+    method: MethodName | None = Field(
+        None, description="fixed method; leave out to search `method` as a categorical"
+    )
+    fixed: dict[str, Scalar] = Field(
+        default_factory=dict, description="hyperparameters held constant (epochs, lr, …)"
+    )
+    parameters: dict[str, Parameter] = Field(
+        default_factory=dict, description="the search space, bounds in natural units"
+    )
+    objectives: list[Objective] = Field(
+        default_factory=lambda: [Objective(metric="val_nll")], min_length=1
+    )
+    search: SearchSection = Field(default_factory=SearchSection)
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    budget: Budget = Field(default_factory=Budget)
+    resources: Resources = Field(default_factory=Resources)
+    fault_tolerance: FaultTolerance = Field(default_factory=FaultTolerance)
+    tracking: Tracking = Field(default_factory=Tracking)
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods this sweep may train: the fixed one or the searched choices."""
+        if self.method is not None:
+            return (self.method,)
+        searched = self.parameters.get("method")
+        if isinstance(searched, CategoricalParameter):
+            return tuple(str(choice) for choice in searched.choices)
+        return ()
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def to_document(self) -> dict[str, Any]:
+        """A plain JSON-safe mapping that `parse_spec` turns back into this spec."""
+        return self.model_dump(mode="json", exclude_defaults=False)

@@ -1,0 +1,113 @@
+"""Running a sweep by id: the spec comes from a store, progress and the outcome go back to it.
+
+`SweepStore` is what the driver needs from a store; the service implements it on its database.
+`DirectoryStore` implements it on plain files, for the command line and for tests:
+
+    ROOT/ID/spec.yaml      the spec (written by whoever submits the sweep)
+    ROOT/ID/trials.jsonl   one line per trial event
+    ROOT/ID/outcome.json   the sweep's outcome, written at the end
+    ROOT/ID/STOP           present once a stop was requested
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Protocol
+
+from sweeps.checks import dump_spec, load_spec_file
+from sweeps.driver import (
+    DriverOptions,
+    SweepOutcome,
+    experiment_path,
+    has_state,
+    resume_sweep,
+    run_sweep,
+)
+from sweeps.progress import TrialEvent
+from sweeps.settings import SweepSettings
+from sweeps.spec import SweepSpec
+
+
+class SweepStore(Protocol):
+    def load_spec(self, sweep_id: str) -> SweepSpec: ...
+
+    def record_trial(self, sweep_id: str, event: TrialEvent) -> None: ...
+
+    def record_outcome(self, sweep_id: str, outcome: SweepOutcome) -> None: ...
+
+    def stop_requested(self, sweep_id: str) -> bool: ...
+
+
+class DirectoryStore:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def _dir(self, sweep_id: str) -> Path:
+        if not sweep_id or "/" in sweep_id or sweep_id in (".", ".."):
+            raise ValueError(f"bad sweep id {sweep_id!r}")
+        return self.root / sweep_id
+
+    def submit(self, sweep_id: str, spec: SweepSpec) -> Path:
+        directory = self._dir(sweep_id)
+        directory.mkdir(parents=True, exist_ok=False)
+        (directory / "spec.yaml").write_text(dump_spec(spec))
+        return directory
+
+    def load_spec(self, sweep_id: str) -> SweepSpec:
+        path = self._dir(sweep_id) / "spec.yaml"
+        if not path.exists():
+            raise FileNotFoundError(f"no sweep {sweep_id!r} in {self.root} (no {path.name})")
+        return load_spec_file(path)
+
+    def record_trial(self, sweep_id: str, event: TrialEvent) -> None:
+        with open(self._dir(sweep_id) / "trials.jsonl", "a") as out:
+            out.write(json.dumps(asdict(event)) + "\n")
+
+    def trial_events(self, sweep_id: str) -> list[dict]:
+        path = self._dir(sweep_id) / "trials.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+    def record_outcome(self, sweep_id: str, outcome: SweepOutcome) -> None:
+        target = self._dir(sweep_id) / "outcome.json"
+        partial = target.with_suffix(".json.partial")
+        partial.write_text(json.dumps(outcome.to_dict(), indent=2) + "\n")
+        os.replace(partial, target)
+
+    def request_stop(self, sweep_id: str) -> None:
+        (self._dir(sweep_id) / "STOP").touch()
+
+    def stop_requested(self, sweep_id: str) -> bool:
+        return (self._dir(sweep_id) / "STOP").exists()
+
+
+def run_stored(
+    sweep_id: str, store: SweepStore, options: DriverOptions | None = None
+) -> SweepOutcome:
+    """Run sweep ``sweep_id`` from ``store``; if an earlier attempt left state, resume it.
+
+    The Tune experiment and the MLflow parent run are named by the sweep id, so a new attempt
+    after a crash continues the same sweep instead of starting a second one.
+    """
+    options = options or DriverOptions()
+
+    def on_trial(event: TrialEvent) -> None:
+        store.record_trial(sweep_id, event)
+
+    def should_stop() -> bool:
+        return store.stop_requested(sweep_id)
+
+    path = experiment_path(options, SweepSettings(), sweep_id)
+    if has_state(path):
+        outcome = resume_sweep(sweep_id, options, on_trial=on_trial, should_stop=should_stop)
+    else:
+        spec = store.load_spec(sweep_id)
+        outcome = run_sweep(
+            spec, options, on_trial=on_trial, should_stop=should_stop, sweep_name=sweep_id
+        )
+    store.record_outcome(sweep_id, outcome)
+    return outcome

@@ -1,0 +1,212 @@
+"""MLflow records of a sweep: one parent run per sweep, one child run per Tune trial.
+
+Everything goes through an explicit `MlflowClient` (no fluent "active run"), because with
+reused Ray actors one process runs many trials one after another. A trial's child run is found
+again by its Tune trial id, so a retried or resumed trial continues its own run.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+
+from gradreg.metrics import ReliabilityBins
+from gradreg.plots import write_reliability_diagram
+
+PARENT_RUN_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
+NOTE_TAG = "mlflow.note.content"
+SWEEP_TAG = "gradreg.sweep"
+ROLE_TAG = "gradreg.role"
+TRIAL_TAG = "gradreg.trial_id"
+ATTEMPT_TAG = "gradreg.attempt"
+STATUS_TAG = "gradreg.status"
+ERROR_TAG = "gradreg.error"
+MAX_TAG_LENGTH = 5000
+MAX_PARAM_LENGTH = 6000
+
+
+@dataclass(frozen=True)
+class TrialRun:
+    run_id: str
+    attempt: int
+    logged_through_epoch: int  # epochs already logged by an earlier attempt
+
+
+class Tracker:
+    def __init__(self, tracking_uri: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+
+    # ------------------------------------------------------------ experiment and parent
+
+    def experiment_id(self, name: str) -> str:
+        """The id of experiment ``name``, created if missing."""
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                raise ValueError(
+                    f"MLflow experiment {name!r} is deleted; restore it or set tracking.experiment"
+                )
+            return found.experiment_id
+        return self.client.create_experiment(name, artifact_location=self._artifact_location(name))
+
+    def _artifact_location(self, experiment: str) -> str | None:
+        """Artifacts beside a local database; a tracking server chooses its own."""
+        parsed = urlparse(self.tracking_uri)
+        if parsed.scheme != "sqlite":
+            return None
+        database = Path(self.tracking_uri.removeprefix("sqlite:///"))
+        return (database.parent / "mlartifacts" / experiment).absolute().as_uri()
+
+    def open_parent(
+        self,
+        experiment_id: str,
+        sweep: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str],
+        description: str,
+    ) -> str:
+        """The sweep's parent run: a new one, or the one an interrupted run of it left."""
+        existing = self._find(
+            experiment_id, f"tags.`{SWEEP_TAG}` = '{_quote(sweep)}' and tags.`{ROLE_TAG}` = 'sweep'"
+        )
+        if existing is not None:
+            self.client.update_run(existing, status="RUNNING")
+            return existing
+        run_tags = {RUN_NAME_TAG: sweep, SWEEP_TAG: sweep, ROLE_TAG: "sweep", **tags}
+        if description:
+            run_tags[NOTE_TAG] = description
+        run = self.client.create_run(experiment_id, tags=run_tags, run_name=sweep)
+        self.client.log_batch(run.info.run_id, params=_params(params))
+        return run.info.run_id
+
+    def finish_parent(
+        self, run_id: str, status: str, summary: Mapping[str, Any], metrics: Mapping[str, float]
+    ) -> None:
+        """Record the sweep's outcome on its parent run and close it."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp, "sweep_summary.json")
+            path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+            self.client.log_artifact(run_id, str(path))
+        self.client.log_batch(run_id, metrics=_metrics(metrics, step=0))
+        self.client.set_tag(run_id, STATUS_TAG, summary.get("status", ""))
+        self.client.set_terminated(run_id, status=status)
+
+    def log_text(self, run_id: str, text: str, file_name: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp, file_name)
+            path.write_text(text)
+            self.client.log_artifact(run_id, str(path))
+
+    # ------------------------------------------------------------ trials
+
+    def open_trial(
+        self,
+        experiment_id: str,
+        parent_run_id: str,
+        sweep: str,
+        trial_id: str,
+        trial_name: str,
+        params: Mapping[str, Any],
+    ) -> TrialRun:
+        """The trial's child run; an earlier attempt's run is reopened, never duplicated."""
+        existing = self.find_trial(experiment_id, parent_run_id, trial_id)
+        if existing is not None:
+            run = self.client.get_run(existing)
+            attempt = int(run.data.tags.get(ATTEMPT_TAG, "1")) + 1
+            logged = self.client.get_metric_history(existing, "epoch")
+            self.client.update_run(existing, status="RUNNING")
+            self.client.set_tag(existing, ATTEMPT_TAG, str(attempt))
+            self.client.set_tag(existing, STATUS_TAG, "running")
+            return TrialRun(existing, attempt, max((int(m.value) for m in logged), default=0))
+        tags = {
+            PARENT_RUN_TAG: parent_run_id,
+            RUN_NAME_TAG: trial_name,
+            SWEEP_TAG: sweep,
+            ROLE_TAG: "trial",
+            TRIAL_TAG: trial_id,
+            ATTEMPT_TAG: "1",
+            STATUS_TAG: "running",
+        }
+        run = self.client.create_run(experiment_id, tags=tags, run_name=trial_name)
+        self.client.log_batch(run.info.run_id, params=_params(params))
+        return TrialRun(run.info.run_id, 1, 0)
+
+    def find_trial(self, experiment_id: str, parent_run_id: str, trial_id: str) -> str | None:
+        return self._find(
+            experiment_id,
+            f"tags.`{PARENT_RUN_TAG}` = '{_quote(parent_run_id)}' "
+            f"and tags.`{TRIAL_TAG}` = '{_quote(trial_id)}'",
+        )
+
+    def log_epoch(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        self.client.log_batch(run_id, metrics=_metrics(metrics, step))
+
+    def log_outcome(
+        self,
+        run_id: str,
+        metrics: Mapping[str, float],
+        bins: ReliabilityBins | None,
+        label: str,
+        diagram: bool,
+        state_file: Path | None = None,
+    ) -> None:
+        """The trial's final files: metrics, reliability bins and diagram, optional weights."""
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp)
+            (out / "final_metrics.json").write_text(json.dumps(dict(metrics), indent=2) + "\n")
+            if bins is not None:
+                (out / "reliability_bins.json").write_text(json.dumps(bins.to_dict()) + "\n")
+                if diagram:
+                    write_reliability_diagram(out / "reliability.png", {label: bins})
+            self.client.log_artifacts(run_id, str(out))
+        if state_file is not None:
+            self.client.log_artifact(run_id, str(state_file), artifact_path="checkpoint")
+
+    def close_trial(self, run_id: str, status: str, state: str, error: str | None = None) -> None:
+        """End a child run: MLflow ``status`` (FINISHED/FAILED/KILLED) and gradreg ``state``."""
+        if error:
+            self.client.set_tag(run_id, ERROR_TAG, error[:MAX_TAG_LENGTH])
+        self.client.set_tag(run_id, STATUS_TAG, state)
+        self.client.set_terminated(run_id, status=status)
+
+    def running_trials(self, experiment_id: str, parent_run_id: str) -> list[str]:
+        runs = self.client.search_runs(
+            [experiment_id],
+            f"tags.`{PARENT_RUN_TAG}` = '{_quote(parent_run_id)}' "
+            "and attributes.status = 'RUNNING'",
+        )
+        return [run.info.run_id for run in runs]
+
+    def _find(self, experiment_id: str, filter_string: str) -> str | None:
+        runs = self.client.search_runs(
+            [experiment_id], filter_string, max_results=1, order_by=["attributes.start_time ASC"]
+        )
+        return runs[0].info.run_id if runs else None
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "\\'")
+
+
+def _params(params: Mapping[str, Any]) -> list[Param]:
+    return [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
+
+
+def _metrics(metrics: Mapping[str, Any], step: int) -> list[Metric]:
+    now = int(time.time() * 1000)
+    return [
+        Metric(key, float(value), now, step)
+        for key, value in metrics.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    ]

@@ -1,0 +1,114 @@
+"""One trial: gradreg.fit, a Tune report and an MLflow record after every epoch."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from gradreg.train import EpochReport, fit
+from sweeps.checks import Limits
+from sweeps.space import trial_config
+from sweeps.spec import SweepSpec
+from sweeps.tracking import Tracker
+
+STATE_FILE = "state.pt"
+RUN_ID_KEY = "mlflow_run_id"
+BINS_KEY = "test_reliability_bins"
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a sweep shares; plain data, so Ray can ship and Tune can pickle it."""
+
+    spec: dict[str, Any]  # SweepSpec.to_document()
+    sweep: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    data_root: str | None
+
+
+def run_trial(config: dict[str, Any], context: TrialContext) -> None:
+    """Tune function trainable. ``config`` holds only the searched values."""
+    # One line per checkpoint from Ray's storage layer is noise in the driver's output.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    spec = SweepSpec.model_validate(context.spec)
+    data_root = Path(context.data_root) if context.data_root else None
+    train = trial_config(spec, config, Limits(data_root=data_root))
+    # Concurrent trials on one host each get their share of cores, not all of them.
+    torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    tune_context = tune.get_context()
+    tracker = Tracker(context.tracking_uri)
+    run = tracker.open_trial(
+        context.experiment_id,
+        context.parent_run_id,
+        context.sweep,
+        tune_context.get_trial_id(),
+        tune_context.get_trial_name(),
+        {**_settings_summary(train.to_dict()), **config},
+    )
+    resume = _load_checkpoint()
+    every = spec.fault_tolerance.checkpoint_every_epochs
+
+    def on_epoch(report: EpochReport) -> None:
+        if report.epoch > run.logged_through_epoch:
+            tracker.log_epoch(run.run_id, report.metrics, step=report.epoch)
+        # The bins travel with the report: if ASHA ends the trial here, the driver draws them.
+        metrics = {**report.metrics, RUN_ID_KEY: run.run_id, BINS_KEY: report.test_bins.to_dict()}
+        if report.epoch % every and report.epoch != train.epochs:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(report.state_dict(), Path(tmp, STATE_FILE))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    label = spec.method or config.get("method", "")
+    try:
+        result = fit(train, on_epoch, resume=resume)
+    except SystemExit:
+        # Tune ends a trial at a report by raising SystemExit there (ASHA, a sweep stop). The
+        # actor may be torn down at once, so the driver closes the run (sweeps.driver).
+        raise
+    except BaseException as error:
+        message = "".join(traceback.format_exception_only(type(error), error)).strip()
+        tracker.close_trial(run.run_id, "FAILED", "failed", message)
+        raise
+    state_file = None
+    with tempfile.TemporaryDirectory() as tmp:
+        if spec.tracking.log_checkpoints:
+            state_file = Path(tmp, STATE_FILE)
+            torch.save(result.posterior.state_dict(), state_file)
+        tracker.log_outcome(
+            run.run_id, result.metrics, result.test_bins, label, _diagram(spec), state_file
+        )
+    tracker.close_trial(run.run_id, "FINISHED", "succeeded")
+
+
+def _diagram(spec: SweepSpec) -> bool:
+    return spec.tracking.log_reliability_diagram
+
+
+def _load_checkpoint() -> dict[str, Any] | None:
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        return torch.load(Path(directory, STATE_FILE), map_location="cpu", weights_only=True)
+
+
+def _settings_summary(settings: dict[str, Any]) -> dict[str, Any]:
+    """The trial's full training settings, flattened for MLflow params."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        elif value is not None:
+            flat[key] = value
+    return flat

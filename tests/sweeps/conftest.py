@@ -1,0 +1,56 @@
+"""Fixtures for the sweep engine: one local Ray for the session, MLflow on SQLite per test."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+
+from sweeps.checks import parse_spec
+from sweeps.driver import DriverOptions
+
+# A small, fast digits sweep: every test starts from this and changes what it studies.
+DIGITS_SWEEP: dict[str, Any] = {
+    "name": "digits-small",
+    "dataset": {"name": "digits"},
+    "model": {"name": "mlp", "options": {"hidden": [32]}},
+    "method": "vl-uniform",
+    "fixed": {"epochs": 2, "batch_size": 256, "lr": 0.003, "device": "cpu"},
+    "parameters": {
+        "noise_scale": {"type": "float", "low": 0.001, "high": 0.1, "scale": "log"},
+        "prior_variance": {"type": "float", "low": 0.1, "high": 10.0, "scale": "log"},
+    },
+    "objectives": [{"metric": "val_nll", "goal": "minimize"}],
+    "search": {"algorithm": "tpe", "seed": 0, "n_startup_trials": 2},
+    "budget": {"max_trials": 4, "max_concurrent_trials": 2},
+    "resources": {"cpu": 1},
+    "fault_tolerance": {"max_retries_per_trial": 0, "checkpoint_every_epochs": 1},
+}
+
+
+def digits_spec(**changes: Any):
+    """DIGITS_SWEEP with the given top-level sections replaced, validated."""
+    return parse_spec({**copy.deepcopy(DIGITS_SWEEP), **changes})
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for every driver test (start-ups cost seconds each)."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def driver_options(tmp_path: Path, tracking_uri: str) -> DriverOptions:
+    return DriverOptions(
+        tracking_uri=tracking_uri, storage_path=str(tmp_path / "tune"), quiet=True
+    )

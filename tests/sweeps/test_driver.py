@@ -1,0 +1,232 @@
+"""The driver end to end: real Ray Tune, real Optuna, real MLflow on SQLite."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import pytest
+from mlflow import MlflowClient
+
+from sweeps.driver import SweepExistsError, best_trials, resume_sweep, run_sweep
+from sweeps.progress import TrialEvent
+from sweeps.tracking import ATTEMPT_TAG, PARENT_RUN_TAG, ROLE_TAG, STATUS_TAG
+from tests.sweeps.conftest import digits_spec
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def runs_of(tracking_uri: str, experiment: str):
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id])
+    parents = [r for r in runs if r.data.tags.get(ROLE_TAG) == "sweep"]
+    children = [r for r in runs if r.data.tags.get(ROLE_TAG) == "trial"]
+    return client, parents, children
+
+
+def test_digits_sweep_end_to_end(ray_local, driver_options, tracking_uri):
+    spec = digits_spec()
+    events: list[TrialEvent] = []
+    stream = io.StringIO()
+    options = driver_options.__class__(**{**driver_options.__dict__, "quiet": False, "stream": stream})
+
+    outcome = run_sweep(spec, options, on_trial=events.append)
+
+    assert outcome.status == "succeeded"
+    assert outcome.counts() == {"succeeded": 4}
+    for trial in outcome.trials:
+        assert set(trial.params) == {"noise_scale", "prior_variance"}
+        assert 0.001 <= trial.params["noise_scale"] <= 0.1
+        assert 0.1 <= trial.params["prior_variance"] <= 10.0
+        assert trial.metrics["epoch"] == 2
+        assert 0 < trial.metrics["test_accuracy"] <= 1
+    best = min(outcome.trials, key=lambda t: t.metrics["val_nll"])
+    assert outcome.best == [best]
+
+    client, parents, children = runs_of(tracking_uri, spec.name)
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.info.run_id == outcome.parent_run_id
+    assert parent.data.metrics["best_val_nll"] == pytest.approx(best.metrics["val_nll"])
+    parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"spec.yaml", "sweep_summary.json"} <= parent_files
+    by_run = {t.mlflow_run_id: t for t in outcome.trials}
+    for child in children:
+        run_id = child.info.run_id
+        assert child.data.tags[PARENT_RUN_TAG] == parent.info.run_id
+        assert child.info.status == "FINISHED"
+        assert child.data.tags[STATUS_TAG] == "succeeded"
+        trial = by_run[run_id]
+        assert float(child.data.params["noise_scale"]) == pytest.approx(trial.params["noise_scale"])
+        history = client.get_metric_history(run_id, "val_nll")
+        assert [m.step for m in history] == [1, 2]
+        assert history[-1].value == pytest.approx(trial.metrics["val_nll"])
+        for name in ("train_loss", "train_sqgrad", "val_accuracy", "val_ece", "test_brier"):
+            assert name in child.data.metrics
+        files = {a.path for a in client.list_artifacts(run_id)}
+        assert {"reliability.png", "reliability_bins.json", "final_metrics.json"} <= files
+        png = client.download_artifacts(run_id, "reliability.png")
+        with open(png, "rb") as handle:
+            assert handle.read(8) == PNG_MAGIC
+        bins = json.loads(open(client.download_artifacts(run_id, "reliability_bins.json")).read())
+        assert sum(bins["count"]) > 0
+
+    # The hooks saw every trial start, report and finish; the progress line counted them.
+    finished = [e for e in events if e.state == "succeeded"]
+    assert sorted(e.trial_id for e in finished) == sorted(t.trial_id for t in outcome.trials)
+    assert all(e.mlflow_run_id in by_run for e in finished)
+    assert "trials 4/4 done, 0 running, 0 failed | best val_nll" in stream.getvalue()
+
+    with pytest.raises(SweepExistsError, match="resume digits-small"):
+        run_sweep(spec, driver_options)
+
+
+def test_failing_trial_is_retried_then_recorded_as_failed(ray_local, driver_options, tracking_uri):
+    # lr = 1e30 makes the first Adam step blow the weights up: the loss is NaN, every time.
+    spec = digits_spec(
+        parameters={"lr": {"type": "categorical", "choices": [0.003, 1.0e30]}},
+        search={"algorithm": "random", "seed": 0, "initial_points": [{"lr": 1.0e30}, {"lr": 0.003}]},
+        budget={"max_trials": 2, "max_concurrent_trials": 1},
+        fault_tolerance={"max_retries_per_trial": 1, "checkpoint_every_epochs": 1},
+        fixed={"epochs": 2, "batch_size": 256, "device": "cpu", "noise_scale": 0.01},
+    )
+    events: list[TrialEvent] = []
+
+    outcome = run_sweep(spec, driver_options, on_trial=events.append)
+
+    assert outcome.status == "succeeded"
+    states = {t.params["lr"]: t for t in outcome.trials}
+    assert states[1.0e30].state == "failed"
+    assert "diverged" in states[1.0e30].error
+    assert states[0.003].state == "succeeded"
+    failed_id = states[1.0e30].trial_id
+    assert [e.state for e in events if e.trial_id == failed_id and e.state != "running"] == [
+        "retrying",
+        "failed",
+    ]
+    client, parents, children = runs_of(tracking_uri, spec.name)
+    assert len(children) == 2  # the retry continued its run instead of opening another
+    failed_run = next(c for c in children if c.data.params["lr"] == "1e+30")
+    assert failed_run.info.status == "FAILED"
+    assert failed_run.data.tags[ATTEMPT_TAG] == "2"
+    assert failed_run.data.tags[STATUS_TAG] == "failed"
+    assert "diverged" in failed_run.data.tags["gradreg.error"]
+    assert outcome.best[0].params["lr"] == 0.003
+
+
+def test_multi_objective_returns_the_pareto_set(ray_local, driver_options):
+    spec = digits_spec(
+        name="digits-pareto",
+        objectives=[{"metric": "val_nll"}, {"metric": "val_ece"}, {"metric": "val_accuracy"}],
+        budget={"max_trials": 5, "max_concurrent_trials": 2},
+        search={"algorithm": "nsga2", "seed": 1, "population_size": 4},
+    )
+    assert [o.goal for o in spec.objectives] == ["minimize", "minimize", "maximize"]
+
+    outcome = run_sweep(spec, driver_options)
+
+    assert outcome.status == "succeeded" and len(outcome.trials) == 5
+    losses = {
+        t.trial_id: (t.metrics["val_nll"], t.metrics["val_ece"], -t.metrics["val_accuracy"])
+        for t in outcome.trials
+    }
+
+    def dominated(a: str) -> bool:
+        return any(
+            all(x <= y for x, y in zip(losses[b], losses[a])) and losses[b] != losses[a]
+            for b in losses
+        )
+
+    pareto = {t.trial_id for t in outcome.best}
+    assert pareto == {t for t in losses if not dominated(t)}
+    assert pareto  # a finite set of points always has a non-dominated one
+
+
+def test_best_trials_ignores_failed_and_non_finite():
+    from sweeps.driver import TrialSummary
+    from sweeps.spec import Objective
+
+    def trial(name, state, nll):
+        return TrialSummary(name, name, state, {}, {"val_nll": nll}, None)
+
+    trials = [trial("a", "failed", 0.1), trial("b", "succeeded", math.nan), trial("c", "stopped", 0.5),
+              trial("d", "succeeded", 0.7)]
+    assert [t.name for t in best_trials([Objective(metric="val_nll")], trials)] == ["c"]
+    assert best_trials([Objective(metric="val_nll")], trials[:2]) == []
+
+
+def test_stop_flag_interrupts_and_resume_never_reruns_finished_trials(
+    ray_local, driver_options, tracking_uri
+):
+    spec = digits_spec(
+        name="digits-resume",
+        fixed={"epochs": 3, "batch_size": 256, "lr": 0.003, "device": "cpu"},
+        budget={"max_trials": 3, "max_concurrent_trials": 1},
+    )
+    finished: list[str] = []
+
+    def on_trial(event: TrialEvent) -> None:
+        if event.state == "succeeded":
+            finished.append(event.trial_id)
+
+    def stop_after_first_trial() -> bool:
+        return bool(finished)
+
+    first = run_sweep(
+        spec,
+        driver_options.__class__(**{**driver_options.__dict__, "stop_poll_s": 0.0}),
+        on_trial=on_trial,
+        should_stop=stop_after_first_trial,
+    )
+    assert first.status == "stopped"
+    done_first = {t.trial_id: t for t in first.trials if t.state == "succeeded"}
+    assert set(done_first) == set(finished) and len(done_first) >= 1
+    client, parents, children = runs_of(tracking_uri, spec.name)
+    assert parents[0].info.status == "KILLED"
+
+    seen_after: list[TrialEvent] = []
+    second = resume_sweep(spec.name, driver_options, on_trial=seen_after.append)
+
+    assert second.status == "succeeded", [(t.name, t.state, t.metrics.get("epoch")) for t in second.trials]
+    assert len(second.trials) == 3
+    assert len({t.trial_id for t in second.trials}) == 3
+    for trial_id, before in done_first.items():
+        after = next(t for t in second.trials if t.trial_id == trial_id)
+        assert after.metrics == before.metrics  # kept, not re-run
+        assert all(e.trial_id != trial_id for e in seen_after)
+    client, parents, children = runs_of(tracking_uri, spec.name)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 3
+    for child in children:
+        assert child.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "epoch")]
+        assert steps == [1, 2, 3]  # every epoch logged exactly once, resumed or not
+        if child.info.run_id in {t.mlflow_run_id for t in done_first.values()}:
+            assert child.data.tags[ATTEMPT_TAG] == "1"
+
+
+def test_asha_cuts_a_hopeless_trial_and_its_run_is_closed_with_a_diagram(
+    ray_local, driver_options, tracking_uri
+):
+    # Trial 1 learns; trial 2 (lr 1e-7) cannot: ASHA stops it at the first rung.
+    spec = digits_spec(
+        name="digits-asha",
+        fixed={"epochs": 4, "batch_size": 256, "device": "cpu", "noise_scale": 0.01},
+        parameters={"lr": {"type": "float", "low": 1.0e-7, "high": 0.01, "scale": "log"}},
+        search={"algorithm": "random", "seed": 0, "initial_points": [{"lr": 0.01}, {"lr": 1.0e-7}]},
+        early_stopping={"kind": "asha", "grace_period": 1, "reduction_factor": 2},
+        budget={"max_trials": 2, "max_concurrent_trials": 1},
+    )
+    outcome = run_sweep(spec, driver_options)
+
+    by_lr = {t.params["lr"]: t for t in outcome.trials}
+    assert by_lr[0.01].state == "succeeded" and by_lr[0.01].metrics["epoch"] == 4
+    assert by_lr[1.0e-7].state == "stopped" and by_lr[1.0e-7].metrics["epoch"] < 4
+    assert outcome.status == "succeeded"
+    client, _, children = runs_of(tracking_uri, spec.name)
+    cut = next(c for c in children if c.info.run_id == by_lr[1.0e-7].mlflow_run_id)
+    assert cut.info.status == "FINISHED" and cut.data.tags[STATUS_TAG] == "stopped"
+    assert "reliability.png" in {a.path for a in client.list_artifacts(cut.info.run_id)}
