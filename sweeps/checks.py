@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,12 +110,26 @@ def parse_spec(document: Mapping[str, Any], limits: Limits | None = None) -> Swe
     return spec
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """YAML with YAML 1.2's numbers: PyYAML alone reads 1e-4 (no dot) as a string."""
+
+
+_SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def parse_spec_text(text: str, limits: Limits | None = None) -> SweepSpec:
-    """Validate a spec written in YAML or JSON (JSON is YAML, so one parser reads both)."""
+    """Validate a spec written in JSON or YAML."""
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise SpecError([SpecIssue((), f"not valid YAML or JSON: {error}")]) from None
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            document = yaml.load(text, Loader=_SpecLoader)  # a SafeLoader subclass
+        except yaml.YAMLError as error:
+            raise SpecError([SpecIssue((), f"not valid YAML or JSON: {error}")]) from None
     return parse_spec(document, limits)
 
 
@@ -436,9 +451,7 @@ def _early_stopping_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
     epochs = max_epochs(spec)
     max_t = stopping.max_t or epochs
     if epochs is not None and max_t > epochs:
-        yield SpecIssue(
-            (*at, "max_t"), f"max_t ({max_t}) exceeds the epochs a trial runs ({epochs})"
-        )
+        yield SpecIssue((*at, "max_t"), f"max_t ({max_t}) exceeds a trial's epochs ({epochs})")
     if stopping.grace_period > max_t:
         yield SpecIssue(
             (*at, "grace_period"), f"grace_period ({stopping.grace_period}) exceeds max_t ({max_t})"
@@ -481,9 +494,7 @@ def _budget_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
 def _resource_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
     gpu = spec.resources.gpu
     if gpu > 1 and gpu != int(gpu):
-        yield SpecIssue(
-            ("resources", "gpu"), f"more than one GPU must be a whole number, got {gpu}"
-        )
+        yield SpecIssue(("resources", "gpu"), f"above one, GPUs come whole: got {gpu}")
     device = spec.fixed.get("device")
     if isinstance(device, str):
         if device.startswith("cuda") and gpu == 0:

@@ -439,7 +439,7 @@ def _trial_summary(spec: SweepSpec, result: Any, monitor: SweepMonitor) -> Trial
     params = dict(result.config or {})
     if result.error is not None:
         state = "failed"
-    elif metrics.get("epoch", 0) >= trial_config(spec, params).epochs:
+    elif "epoch" in metrics and metrics["epoch"] >= trial_config(spec, params).epochs:
         state = "succeeded"
     elif monitor.states.get(trial_id) == "stopped":
         state = "stopped"  # cut short by ASHA (or the time budget); Tune will not resume it

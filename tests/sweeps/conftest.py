@@ -51,6 +51,4 @@ def tracking_uri(tmp_path: Path) -> str:
 
 @pytest.fixture
 def driver_options(tmp_path: Path, tracking_uri: str) -> DriverOptions:
-    return DriverOptions(
-        tracking_uri=tracking_uri, storage_path=str(tmp_path / "tune"), quiet=True
-    )
+    return DriverOptions(tracking_uri=tracking_uri, storage_path=str(tmp_path / "tune"), quiet=True)

@@ -30,7 +30,9 @@ def test_digits_sweep_end_to_end(ray_local, driver_options, tracking_uri):
     spec = digits_spec()
     events: list[TrialEvent] = []
     stream = io.StringIO()
-    options = driver_options.__class__(**{**driver_options.__dict__, "quiet": False, "stream": stream})
+    options = driver_options.__class__(
+        **{**driver_options.__dict__, "quiet": False, "stream": stream}
+    )
 
     outcome = run_sweep(spec, options, on_trial=events.append)
 
@@ -71,7 +73,8 @@ def test_digits_sweep_end_to_end(ray_local, driver_options, tracking_uri):
         png = client.download_artifacts(run_id, "reliability.png")
         with open(png, "rb") as handle:
             assert handle.read(8) == PNG_MAGIC
-        bins = json.loads(open(client.download_artifacts(run_id, "reliability_bins.json")).read())
+        with open(client.download_artifacts(run_id, "reliability_bins.json")) as handle:
+            bins = json.load(handle)
         assert sum(bins["count"]) > 0
 
     # The hooks saw every trial start, report and finish; the progress line counted them.
@@ -88,7 +91,11 @@ def test_failing_trial_is_retried_then_recorded_as_failed(ray_local, driver_opti
     # lr = 1e30 makes the first Adam step blow the weights up: the loss is NaN, every time.
     spec = digits_spec(
         parameters={"lr": {"type": "categorical", "choices": [0.003, 1.0e30]}},
-        search={"algorithm": "random", "seed": 0, "initial_points": [{"lr": 1.0e30}, {"lr": 0.003}]},
+        search={
+            "algorithm": "random",
+            "seed": 0,
+            "initial_points": [{"lr": 1.0e30}, {"lr": 0.003}],
+        },
         budget={"max_trials": 2, "max_concurrent_trials": 1},
         fault_tolerance={"max_retries_per_trial": 1, "checkpoint_every_epochs": 1},
         fixed={"epochs": 2, "batch_size": 256, "device": "cpu", "noise_scale": 0.01},
@@ -107,7 +114,7 @@ def test_failing_trial_is_retried_then_recorded_as_failed(ray_local, driver_opti
         "retrying",
         "failed",
     ]
-    client, parents, children = runs_of(tracking_uri, spec.name)
+    _, _, children = runs_of(tracking_uri, spec.name)
     assert len(children) == 2  # the retry continued its run instead of opening another
     failed_run = next(c for c in children if c.data.params["lr"] == "1e+30")
     assert failed_run.info.status == "FAILED"
@@ -136,7 +143,8 @@ def test_multi_objective_returns_the_pareto_set(ray_local, driver_options):
 
     def dominated(a: str) -> bool:
         return any(
-            all(x <= y for x, y in zip(losses[b], losses[a])) and losses[b] != losses[a]
+            all(x <= y for x, y in zip(losses[b], losses[a], strict=True))
+            and losses[b] != losses[a]
             for b in losses
         )
 
@@ -152,8 +160,12 @@ def test_best_trials_ignores_failed_and_non_finite():
     def trial(name, state, nll):
         return TrialSummary(name, name, state, {}, {"val_nll": nll}, None)
 
-    trials = [trial("a", "failed", 0.1), trial("b", "succeeded", math.nan), trial("c", "stopped", 0.5),
-              trial("d", "succeeded", 0.7)]
+    trials = [
+        trial("a", "failed", 0.1),
+        trial("b", "succeeded", math.nan),
+        trial("c", "stopped", 0.5),
+        trial("d", "succeeded", 0.7),
+    ]
     assert [t.name for t in best_trials([Objective(metric="val_nll")], trials)] == ["c"]
     assert best_trials([Objective(metric="val_nll")], trials[:2]) == []
 
@@ -190,7 +202,9 @@ def test_stop_flag_interrupts_and_resume_never_reruns_finished_trials(
     seen_after: list[TrialEvent] = []
     second = resume_sweep(spec.name, driver_options, on_trial=seen_after.append)
 
-    assert second.status == "succeeded", [(t.name, t.state, t.metrics.get("epoch")) for t in second.trials]
+    assert second.status == "succeeded", [
+        (t.name, t.state, t.metrics.get("epoch")) for t in second.trials
+    ]
     assert len(second.trials) == 3
     assert len({t.trial_id for t in second.trials}) == 3
     for trial_id, before in done_first.items():

@@ -1,0 +1,138 @@
+"""python -m sweeps: validate, schema, run by id from a store, stop and resume, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from sweeps.cli import main
+from sweeps.driver import DriverOptions
+from sweeps.spec import SweepSpec
+from sweeps.store import DirectoryStore, run_stored
+from tests.sweeps.conftest import DIGITS_SWEEP, digits_spec
+
+
+def test_validate_accepts_the_examples_and_names_problems(tmp_path, capsys):
+    examples = sorted(str(p) for p in Path("sweeps/examples").glob("*.yaml"))
+    assert main(["validate", *examples]) == 0
+    assert capsys.readouterr().out.count(": ok (") == 4
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**DIGITS_SWEEP, "method": "map"}))
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "parameters.noise_scale: method 'map' does not use noise_scale" in err
+
+
+def test_schema_prints_the_json_schema(capsys):
+    assert main(["schema"]) == 0
+    assert json.loads(capsys.readouterr().out) == SweepSpec.model_json_schema()
+
+
+def test_run_needs_a_spec_or_an_id(capsys):
+    assert main(["run"]) == 2
+    assert "give a spec file or --sweep-id" in capsys.readouterr().err
+    assert main(["run", "--sweep-id", "x"]) == 2
+    assert "--sweep-id needs --store" in capsys.readouterr().err
+
+
+def test_resume_of_an_unknown_sweep_is_a_clear_error(tmp_path, capsys):
+    assert main(["resume", "nothing-here", "--storage-path", str(tmp_path)]) == 2
+    assert "no sweep 'nothing-here' to resume" in capsys.readouterr().err
+
+
+def test_stored_sweep_stops_on_request_and_a_second_attempt_resumes_it(
+    ray_local, tmp_path, driver_options
+):
+    store = DirectoryStore(tmp_path / "store")
+    store.submit("sweep-0001", digits_spec(budget={"max_trials": 3, "max_concurrent_trials": 1}))
+    store.request_stop("sweep-0001")
+    options = DriverOptions(**{**driver_options.__dict__, "stop_poll_s": 0.0})
+
+    stopped = run_stored("sweep-0001", store, options)
+    assert stopped.status == "stopped"
+    assert stopped.sweep == "sweep-0001"
+    assert json.loads((tmp_path / "store/sweep-0001/outcome.json").read_text())["status"] == (
+        "stopped"
+    )
+
+    (tmp_path / "store/sweep-0001/STOP").unlink()
+    finished = run_stored("sweep-0001", store, options)
+    assert finished.status == "succeeded" and len(finished.trials) == 3
+    assert finished.parent_run_id == stopped.parent_run_id  # the same sweep, a new attempt
+    assert {t.name.rsplit("-", 1)[0] for t in finished.trials} == {"sweep-0001"}
+    events = store.trial_events("sweep-0001")
+    done = {e["trial_id"] for e in events if e["state"] == "succeeded"}
+    assert done == {t.trial_id for t in finished.trials}
+    outcome = json.loads((tmp_path / "store/sweep-0001/outcome.json").read_text())
+    assert outcome["counts"] == {"succeeded": 3}
+
+
+def _read_lines(stream, sink: list[str]) -> None:
+    for line in iter(stream.readline, ""):
+        sink.append(line)
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_the_sweep_and_resume_finishes_it_without_rerunning(tmp_path):
+    spec = {
+        **DIGITS_SWEEP,
+        "name": "digits-ctrl-c",
+        "fixed": {**DIGITS_SWEEP["fixed"], "epochs": 3},
+        "budget": {"max_trials": 3, "max_concurrent_trials": 1},
+    }
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = ["--tracking-uri", tracking, "--storage-path", str(tmp_path / "tune")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "sweeps", "run", str(spec_file), *common],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=_read_lines, args=(driver.stderr, lines), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 180
+    while not any("trials 1/3 done" in line for line in lines):
+        assert driver.poll() is None, "".join(lines[-30:])
+        assert time.monotonic() < deadline, "".join(lines[-30:])
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGINT)
+    out, _ = driver.communicate(timeout=120)
+    assert driver.returncode == 0, "".join(lines[-30:])
+    assert "sweep digits-ctrl-c: stopped" in out
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "sweeps", "resume", "digits-ctrl-c", *common, "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "sweep digits-ctrl-c: succeeded" in resumed.stdout
+    assert "best trials by val_nll" in resumed.stdout
+
+    client = MlflowClient(tracking)
+    experiment = client.get_experiment_by_name("digits-ctrl-c")
+    runs = client.search_runs([experiment.experiment_id])
+    children = [r for r in runs if r.data.tags.get("gradreg.role") == "trial"]
+    assert len(children) == 3 and all(r.info.status == "FINISHED" for r in children)
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "epoch")]
+        assert steps == [1, 2, 3]

@@ -1,0 +1,267 @@
+"""Sweep specs: the examples, the JSON Schema, round trips and every kind of bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sweeps.checks import (
+    Limits,
+    SpecError,
+    dump_spec,
+    load_spec_file,
+    parse_spec,
+    parse_spec_text,
+)
+from sweeps.spec import SweepSpec
+from tests.sweeps.conftest import DIGITS_SWEEP
+
+EXAMPLES = sorted(Path("sweeps/examples").glob("*.yaml"))
+SCHEMA_FILE = Path("sweeps/schema.json")
+
+
+def issues_of(document: dict, limits: Limits | None = None) -> dict[str, str]:
+    with pytest.raises(SpecError) as caught:
+        parse_spec(document, limits or Limits())
+    found: dict[str, str] = {}
+    for issue in caught.value.issues:
+        found[issue.path] = " | ".join(filter(None, [found.get(issue.path), issue.message]))
+    return found
+
+
+def with_changes(**changes) -> dict:
+    return {**copy.deepcopy(DIGITS_SWEEP), **changes}
+
+
+def test_the_four_examples_are_valid():
+    names = {load_spec_file(path).name for path in EXAMPLES}
+    assert names == {
+        "digits-vl-uniform",
+        "digits-method-comparison",
+        "mnist1d-vl-diagonal",
+        "cifar10-resnet18-vl-uniform",
+    }
+    gpu = load_spec_file("sweeps/examples/cifar10-resnet18-gpu.yaml")
+    assert 0 < gpu.resources.gpu < 1  # several trials share one GPU
+    comparison = load_spec_file("sweeps/examples/digits-method-comparison.yaml")
+    assert comparison.method is None and len(comparison.methods) == 5
+    assert comparison.multi_objective
+
+
+def test_committed_json_schema_matches_the_model():
+    assert json.loads(SCHEMA_FILE.read_text()) == SweepSpec.model_json_schema()
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_specs_round_trip_through_yaml_and_json(path):
+    spec = load_spec_file(path)
+    assert parse_spec_text(dump_spec(spec, "yaml")) == spec
+    assert parse_spec_text(dump_spec(spec, "json")) == spec
+    assert json.loads(dump_spec(spec, "json")) == spec.to_document()
+
+
+def test_defaults_fill_the_optional_sections():
+    spec = parse_spec({"name": "minimal", "dataset": {"name": "iris"}, "method": "map"}, Limits())
+    assert spec.model.name == "mlp"
+    assert [(o.metric, o.goal) for o in spec.objectives] == [("val_nll", "minimize")]
+    assert spec.search.algorithm == "tpe"
+    assert spec.early_stopping.kind == "none"
+    assert spec.budget.max_concurrent_trials == 1
+    assert spec.experiment == "minimal"
+
+
+@pytest.mark.parametrize(
+    ("changes", "path", "message"),
+    [
+        # shapes and types
+        ({"name": "Has Spaces"}, "name", "pattern"),
+        ({"colour": "red"}, "colour", "unknown field"),
+        ({"dataset": {"name": "digits", "split_seed": "0"}}, "dataset.split_seed", "integer"),
+        ({"budget": {"max_trials": 0}}, "budget.max_trials", "greater than or equal to 1"),
+        (
+            {"parameters": {"lr": {"type": "float", "low": "0.1", "high": 1.0}}},
+            "parameters.lr.float.low",
+            "number",
+        ),
+        ({"search": {"algorithm": "bayes"}}, "search.algorithm", "'tpe', 'gp', 'cmaes'"),
+        ({"method": "sgld"}, "method", "'vl-uniform', 'vl-diagonal', 'map', 'mcvi'"),
+        # names gradreg does not know
+        ({"dataset": {"name": "imagenet"}}, "dataset.name", "accepted: digits"),
+        ({"model": {"name": "vgg"}}, "model.name", "accepted: mlp, cnn, resnet18"),
+        (
+            {"model": {"name": "mlp", "options": {"depth": 3}}},
+            "model.options.depth",
+            "accepted: hidden=(128, 128), activation='relu'",
+        ),
+        (
+            {"dataset": {"name": "moons", "options": {"seed": 1}}},
+            "dataset.options.seed",
+            "accepted: n_samples, noise, data_seed",
+        ),
+        ({"dataset": {"name": "digits", "data_dir": "x"}}, "dataset.data_dir", "reads no files"),
+        # ranges
+        (
+            {"parameters": {"noise_scale": {"type": "float", "low": 0.1, "high": 0.01}}},
+            "parameters.noise_scale.high",
+            "must be > low",
+        ),
+        (
+            {"parameters": {"noise_scale": {"type": "float", "low": 0, "high": 1, "scale": "log"}}},
+            "parameters.noise_scale.low",
+            "log scale needs low > 0",
+        ),
+        (
+            {
+                "fixed": {"noise_scale": 0.01},
+                "parameters": {"epochs": {"type": "float", "low": 1, "high": 5}},
+            },
+            "parameters.epochs.type",
+            "integer: use type int",
+        ),
+        (
+            {"parameters": {"fisher": {"type": "categorical", "choices": ["sampled", "sampled"]}}},
+            "parameters.fisher.choices",
+            "distinct",
+        ),
+        # methods and the settings they use
+        ({"method": "map"}, "parameters.noise_scale", "method 'map' does not use noise_scale"),
+        (
+            {"fixed": {"epochs": 2, "init_variance": 1e-4}},
+            "fixed.init_variance",
+            "method 'vl-uniform' does not use init_variance",
+        ),
+        ({"fixed": {"epochs": 2, "dataset": "iris"}}, "fixed.dataset", "set this as dataset.name"),
+        ({"fixed": {"momentum": 0.9}}, "fixed.momentum", "unknown setting; accepted: prior"),
+        ({"fixed": {"noise_scale": 0.1}}, "parameters.noise_scale", "both fixed and searched"),
+        ({"fixed": {"fisher": "approximate"}}, "fixed.fisher", "unknown fisher 'approximate'"),
+        ({"fixed": {"kl_weight": -1.0}}, "fixed.kl_weight", "kl_weight must be >= 0"),
+        (
+            {"parameters": {"prior_variance": {"type": "float", "low": 0.1, "high": 1.0}}},
+            "fixed",
+            "vl-uniform needs noise_scale",
+        ),
+        ({"method": None}, "method", "or search one as parameters.method"),
+        (
+            {
+                "parameters": {
+                    **DIGITS_SWEEP["parameters"],
+                    "method": {"type": "categorical", "choices": ["map"]},
+                }
+            },
+            "parameters.method",
+            "method is fixed to 'vl-uniform'",
+        ),
+        (
+            {
+                "method": None,
+                "parameters": {"method": {"type": "categorical", "choices": ["map", "sgd"]}},
+            },
+            "parameters.method.choices.1",
+            "unknown method 'sgd'",
+        ),
+        # objectives and search
+        ({"objectives": [{"metric": "test_nll"}]}, "objectives.0.metric", "leaks the test set"),
+        (
+            {"objectives": [{"metric": "val_nll"}, {"metric": "val_nll"}]},
+            "objectives.1.metric",
+            "once",
+        ),
+        (
+            {
+                "objectives": [{"metric": "val_nll"}, {"metric": "val_ece"}],
+                "search": {"algorithm": "cmaes"},
+            },
+            "search.algorithm",
+            "cmaes optimises one objective",
+        ),
+        ({"search": {"population_size": 8}}, "search.population_size", "only nsga2"),
+        (
+            {"search": {"initial_points": [{"noise_scale": 5.0}]}},
+            "search.initial_points.0.noise_scale",
+            "outside [0.001, 0.1]",
+        ),
+        (
+            {"search": {"initial_points": [{"lr": 0.1}]}},
+            "search.initial_points.0.lr",
+            "not a searched parameter",
+        ),
+        # early stopping
+        (
+            {"early_stopping": {"kind": "asha", "max_t": 10}},
+            "early_stopping.max_t",
+            "exceeds a trial's epochs (2)",
+        ),
+        (
+            {"early_stopping": {"kind": "asha", "grace_period": 5}},
+            "early_stopping.grace_period",
+            "exceeds max_t (2)",
+        ),
+        ({"early_stopping": {"max_t": 2}}, "early_stopping.max_t", "only used with kind: asha"),
+        # resources
+        ({"resources": {"gpu": 1.5}}, "resources.gpu", "GPUs come whole"),
+        (
+            {"fixed": {"epochs": 2, "device": "cuda"}},
+            "resources.gpu",
+            "device 'cuda' needs resources.gpu > 0",
+        ),
+    ],
+)
+def test_bad_specs_name_the_field_and_what_is_accepted(changes, path, message):
+    issues = issues_of(with_changes(**changes))
+    assert path in issues, issues
+    assert message in issues[path]
+
+
+def test_budgets_must_fit_the_deployments_caps():
+    limits = Limits(max_trials=10, max_concurrent_trials=2, max_time_budget_s=60, max_epochs=1)
+    document = with_changes(
+        budget={"max_trials": 11, "max_concurrent_trials": 3, "time_budget_s": 61}
+    )
+    issues = issues_of(document, limits)
+    assert issues["budget.max_trials"] == "11 exceeds this deployment's cap of 10"
+    assert "cap of 2" in issues["budget.max_concurrent_trials"]
+    assert "cap of 60" in issues["budget.time_budget_s"]
+    assert "cap of 1" in issues["fixed.epochs"]
+
+
+def test_data_dir_must_stay_inside_the_data_root(tmp_path):
+    limits = Limits(data_root=tmp_path)
+    inside = with_changes(
+        dataset={"name": "cifar10", "data_dir": "sets/cifar"}, model={"name": "cnn"}
+    )
+    assert parse_spec(inside, limits).dataset.data_dir == "sets/cifar"
+    for escape in ("../elsewhere", "/etc", "sets/../../up"):
+        document = with_changes(dataset={"name": "cifar10", "data_dir": escape})
+        assert "must lie inside the data root" in issues_of(document, limits)["dataset.data_dir"]
+
+
+def test_every_problem_is_reported_at_once():
+    document = with_changes(
+        dataset={"name": "imagenet"}, budget={"max_trials": 5000}, objectives=[{"metric": "nll"}]
+    )
+    assert set(issues_of(document)) >= {"dataset.name", "budget.max_trials", "objectives.0.metric"}
+
+
+def test_text_that_is_not_a_mapping_or_not_yaml_is_refused():
+    with pytest.raises(SpecError, match="a spec is a mapping, got list"):
+        parse_spec_text("- 1\n- 2\n")
+    with pytest.raises(SpecError, match="not valid YAML or JSON"):
+        parse_spec_text("name: [unclosed\n")
+    with pytest.raises(ValueError, match=r"must end in \.yaml, \.yml or \.json"):
+        load_spec_file("spec.toml")
+
+
+def test_objective_goal_defaults_by_metric():
+    spec = parse_spec(
+        with_changes(objectives=[{"metric": "val_accuracy"}, {"metric": "val_brier"}]), Limits()
+    )
+    assert [(o.goal, o.mode) for o in spec.objectives] == [("maximize", "max"), ("minimize", "min")]
+
+
+def test_yaml_examples_are_plain_yaml():
+    for path in EXAMPLES:
+        assert isinstance(yaml.safe_load(path.read_text()), dict)
