@@ -33,6 +33,7 @@ STATUS_TAG = "gradreg.status"
 ERROR_TAG = "gradreg.error"
 MAX_TAG_LENGTH = 5000
 MAX_PARAM_LENGTH = 6000
+MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,13 @@ class Tracker:
         )
 
     def log_epoch(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-        self.client.log_batch(run_id, metrics=_metrics(metrics, step))
+        self.log_epochs(run_id, [(step, metrics)])
+
+    def log_epochs(self, run_id: str, epochs: list[tuple[int, Mapping[str, float]]]) -> None:
+        """Several epochs' metrics in as few writes as MLflow's batch limit allows."""
+        metrics = [m for step, values in epochs for m in _metrics(values, step)]
+        for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=metrics[start : start + MAX_METRICS_PER_BATCH])
 
     def log_outcome(
         self,
