@@ -36,6 +36,7 @@ from sweeps.progress import (
     TrialEvent,
     TrialHook,
     register,
+    stop_on_signals,
     unregister,
 )
 from sweeps.settings import SweepSettings, absolute_storage
@@ -56,6 +57,8 @@ QUIET_TUNE = {
     # MLflow holds the metrics for people; Tune needs only its result.json (added below).
     # Its CSV and TensorBoard loggers took 7 ms of the driver's loop per report.
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    # The driver turns Ctrl-C into its own stop request (sweeps.progress.stop_on_signals).
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",
 }
 SweepStatus = Literal["succeeded", "failed", "stopped"]
 MLFLOW_STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "stopped": "KILLED"}
@@ -352,7 +355,8 @@ def _drive(
     tracker = Tracker(record.tracking_uri)
     register(monitor)
     try:
-        grid = tuner.fit()
+        with stop_on_signals(monitor):
+            grid = tuner.fit()
     except BaseException as error:
         summary = {"status": "failed", "reason": f"driver error: {error!r}"}
         tracker.finish_parent(record.parent_run_id, "FAILED", summary, {})

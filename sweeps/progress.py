@@ -10,8 +10,10 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
 
@@ -155,6 +157,34 @@ def interrupt_tune() -> None:
     Tune installs its SIGUSR1 handler in the driver's main thread for exactly this.
     """
     os.kill(os.getpid(), signal.SIGUSR1)
+
+
+@contextmanager
+def stop_on_signals(monitor: SweepMonitor) -> Iterator[None]:
+    """Ctrl-C and SIGTERM become a stop request: state is saved and the sweep is resumable.
+
+    A second signal gets the previous handler (for Ctrl-C: KeyboardInterrupt, no saving).
+    Tune's own SIGINT handler is switched off (TUNE_DISABLE_SIGINT_HANDLER) so that every
+    interruption goes through here and the outcome says "stopped".
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: Any) -> None:
+        monitor.stop_requested = True
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        interrupt_tune()
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 class SweepCallback(tune.Callback):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -58,3 +59,18 @@ def test_step_cost_smoke_run(monkeypatch, capsys):
     _run("step_cost.py", ["--steps", "1", "--repeats", "1", "--batch-size", "16"], monkeypatch)
     lines = capsys.readouterr().out.splitlines()
     assert len([line for line in lines if line.startswith(("mlp", "cnn"))]) == 2 * 7
+
+
+@pytest.mark.slow
+def test_sweep_overhead_smoke_run(tmp_path):
+    # Its own process: the script starts and stops a Ray instance of its own.
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "sweep_overhead.py"), "--epochs", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "per-trial overhead, marginal (1 concurrent):" in done.stdout
+    assert "2 plain processes vs serial (this machine's ceiling):" in done.stdout
