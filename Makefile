@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --constraint constraints.txt --editable '.[sweeps,dev]'
+	$(PY) -m pip install --quiet --constraint constraints.txt --editable '.[sweeps,service,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -13,7 +13,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
@@ -62,6 +62,9 @@ QUIET_TUNE = {
 }
 SweepStatus = Literal["succeeded", "failed", "stopped"]
 MLFLOW_STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "stopped": "KILLED"}
+
+
+StartHook = Callable[["SweepRecord"], None]
 
 
 class SweepExistsError(FileExistsError):
@@ -138,11 +141,13 @@ def run_sweep(
     should_stop: StopFlag | None = None,
     limits: Limits | None = None,
     sweep_name: str | None = None,
+    on_start: StartHook | None = None,
 ) -> SweepOutcome:
     """Run ``spec`` to the end (or until ``should_stop()``), and return what it found.
 
     ``sweep_name`` (default: the spec's name) names the Tune experiment directory, the MLflow
-    parent run and the trials; `resume_sweep` takes the same name.
+    parent run and the trials; `resume_sweep` takes the same name. ``on_start(record)`` is
+    called once the MLflow parent run exists, before the first trial.
     """
     options = options or DriverOptions()
     name = sweep_name or spec.name
@@ -175,6 +180,8 @@ def run_sweep(
         data_root=str(limits.data_root) if limits.data_root else None,
     )
     _write_record(path, record)
+    if on_start is not None:
+        on_start(record)
     with ray_session(options.ray_address or settings.ray_address):
         tuner = tune.Tuner(
             _trainable(spec, record),
@@ -190,6 +197,7 @@ def resume_sweep(
     *,
     on_trial: TrialHook | None = None,
     should_stop: StopFlag | None = None,
+    on_start: StartHook | None = None,
 ) -> SweepOutcome:
     """Continue sweep ``name`` from its saved Tune state; finished trials are not re-run."""
     options = options or DriverOptions()
@@ -209,6 +217,8 @@ def resume_sweep(
     spec = SweepSpec.model_validate(record.spec)
     tracker = Tracker(record.tracking_uri)
     tracker.client.update_run(record.parent_run_id, status="RUNNING")
+    if on_start is not None:
+        on_start(record)
     with ray_session(options.ray_address or settings.ray_address):
         tuner = tune.Tuner.restore(
             path,

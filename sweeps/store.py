@@ -4,6 +4,7 @@
 `DirectoryStore` implements it on plain files, for the command line and for tests:
 
     ROOT/ID/spec.yaml      the spec (written by whoever submits the sweep)
+    ROOT/ID/started.json   the MLflow experiment and parent run, once the driver has them
     ROOT/ID/trials.jsonl   one line per trial event
     ROOT/ID/outcome.json   the sweep's outcome, written at the end
     ROOT/ID/STOP           present once a stop was requested
@@ -21,6 +22,7 @@ from sweeps.checks import dump_spec, load_spec_file
 from sweeps.driver import (
     DriverOptions,
     SweepOutcome,
+    SweepRecord,
     experiment_path,
     has_state,
     resume_sweep,
@@ -33,6 +35,8 @@ from sweeps.spec import SweepSpec
 
 class SweepStore(Protocol):
     def load_spec(self, sweep_id: str) -> SweepSpec: ...
+
+    def record_start(self, sweep_id: str, record: SweepRecord) -> None: ...
 
     def record_trial(self, sweep_id: str, event: TrialEvent) -> None: ...
 
@@ -61,6 +65,10 @@ class DirectoryStore:
         if not path.exists():
             raise FileNotFoundError(f"no sweep {sweep_id!r} in {self.root} (no {path.name})")
         return load_spec_file(path)
+
+    def record_start(self, sweep_id: str, record: SweepRecord) -> None:
+        target = self._dir(sweep_id) / "started.json"
+        target.write_text(json.dumps(asdict(record), indent=2) + "\n")
 
     def record_trial(self, sweep_id: str, event: TrialEvent) -> None:
         with open(self._dir(sweep_id) / "trials.jsonl", "a") as out:
@@ -101,13 +109,23 @@ def run_stored(
     def should_stop() -> bool:
         return store.stop_requested(sweep_id)
 
+    def on_start(record: SweepRecord) -> None:
+        store.record_start(sweep_id, record)
+
     path = experiment_path(options, SweepSettings(), sweep_id)
     if has_state(path):
-        outcome = resume_sweep(sweep_id, options, on_trial=on_trial, should_stop=should_stop)
+        outcome = resume_sweep(
+            sweep_id, options, on_trial=on_trial, should_stop=should_stop, on_start=on_start
+        )
     else:
         spec = store.load_spec(sweep_id)
         outcome = run_sweep(
-            spec, options, on_trial=on_trial, should_stop=should_stop, sweep_name=sweep_id
+            spec,
+            options,
+            on_trial=on_trial,
+            should_stop=should_stop,
+            sweep_name=sweep_id,
+            on_start=on_start,
         )
     store.record_outcome(sweep_id, outcome)
     return outcome

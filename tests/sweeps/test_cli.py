@@ -62,6 +62,8 @@ def test_stored_sweep_stops_on_request_and_a_second_attempt_resumes_it(
     stopped = run_stored("sweep-0001", store, options)
     assert stopped.status == "stopped"
     assert stopped.sweep == "sweep-0001"
+    started = json.loads((tmp_path / "store/sweep-0001/started.json").read_text())
+    assert started["parent_run_id"] == stopped.parent_run_id
     assert json.loads((tmp_path / "store/sweep-0001/outcome.json").read_text())["status"] == (
         "stopped"
     )
