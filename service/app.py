@@ -1,0 +1,124 @@
+"""The FastAPI application: settings, store, Ray Jobs and the reconciler wired together."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service import problems
+from service.launcher import LocalRayHead, RayJobs
+from service.reconciler import Reconciler
+from service.routes import meta, sweeps
+from service.settings import ServiceSettings
+from service.store.database import make_engine, session_factory, upgrade
+from sweeps.checks import Limits
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    settings = settings or ServiceSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(settings.resolved_database_url())
+        upgrade(engine)
+        head = None
+        jobs_url = settings.ray_jobs_url
+        if jobs_url is None:
+            head = LocalRayHead(settings.resolved_token_path())
+            jobs_url = head.start()
+            log.info("started a local Ray head; jobs API at %s", jobs_url)
+        sweep_settings = settings.sweeps()
+        tracking_uri = sweep_settings.resolved_tracking_uri()
+        jobs = RayJobs(jobs_url, settings.python, _driver_env(settings, tracking_uri))
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.sessions = session_factory(engine)
+        app.state.limits = Limits.from_settings(sweep_settings)
+        app.state.jobs = jobs
+        app.state.tracking_uri = tracking_uri
+        app.state.reconciler = Reconciler(
+            app.state.sessions,
+            jobs,
+            interval_s=settings.reconcile_interval_s,
+            cancel_grace_s=settings.cancel_grace_s,
+            max_attempts=settings.max_attempts,
+        )
+        app.state.reconciler.start()
+        try:
+            yield
+        finally:
+            app.state.reconciler.stop()
+            if head is not None:
+                head.stop()
+            engine.dispose()
+
+    app = FastAPI(
+        title="gradreg sweeps",
+        version="1",
+        description="Hyperparameter sweeps of Bayesian neural networks (Variational Laplace).",
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    app.include_router(meta.router)
+    app.include_router(sweeps.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+def _driver_env(settings: ServiceSettings, tracking_uri: str) -> dict[str, str]:
+    """What the sweep driver job needs to find the store, MLflow and Tune's storage."""
+    sweep_settings = settings.sweeps()
+    return {
+        "GRADREG_DATABASE_URL": settings.resolved_database_url(),
+        "GRADREG_TRACKING_URI": tracking_uri,
+        "GRADREG_STORAGE_PATH": sweep_settings.resolved_storage_path(),
+        "GRADREG_VAR_DIR": str(settings.var_dir.absolute()),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+
+
+class BodyLimit:
+    """Refuse request bodies over ``max_bytes`` with 413, whether or not they say their length."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problems.problem(413, f"request bodies are limited to {self.max_bytes} bytes")
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass

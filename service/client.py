@@ -1,0 +1,106 @@
+"""A small client of the API: `python -m service submit SPEC --wait` and `status ID`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+class ApiError(RuntimeError):
+    pass
+
+
+class Client:
+    def __init__(self, url: str, token: str, timeout_s: float = 30.0) -> None:
+        self.http = httpx.Client(
+            base_url=url.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout_s,
+        )
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"detail": response.text}
+            details = [f"  {e['path']}: {e['message']}" for e in body.get("errors", [])]
+            raise ApiError("\n".join([f"{response.status_code}: {body.get('detail')}", *details]))
+        return response.json()
+
+    def submit(self, document: dict[str, Any], idempotency_key: str | None = None) -> dict:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._call("POST", "/v1/sweeps", json=document, headers=headers)
+
+    def sweep(self, sweep_id: str) -> dict:
+        return self._call("GET", f"/v1/sweeps/{sweep_id}")
+
+    def trials(self, sweep_id: str) -> list[dict]:
+        return self._call("GET", f"/v1/sweeps/{sweep_id}/trials")
+
+    def wait(self, sweep_id: str, poll_s: float = 1.0, out: Any = sys.stderr) -> dict:
+        """Follow a sweep to its end, printing a progress line whenever it changes."""
+        last = ""
+        while True:
+            sweep = self.sweep(sweep_id)
+            line = progress_line(sweep)
+            if line != last:
+                print(line, file=out, flush=True)
+                last = line
+            if sweep["status"] in FINAL:
+                return sweep
+            time.sleep(poll_s)
+
+
+def progress_line(sweep: dict) -> str:
+    counts = sweep["counts"]
+    done = sum(counts.get(s, 0) for s in ("succeeded", "stopped", "failed"))
+    running = counts.get("running", 0) + counts.get("retrying", 0)
+    line = (
+        f"[{sweep['name']}] {sweep['status']}: trials {done} done, {running} running, "
+        f"{counts.get('failed', 0)} failed"
+    )
+    if sweep.get("best"):
+        best = sweep["best"][0]
+        metric, value = _first_metric(best)
+        if metric:
+            line += f" | best {metric} {value:.4g} ({best['name']})"
+    return line
+
+
+def _first_metric(trial: dict) -> tuple[str | None, float]:
+    for name in ("val_nll", "val_ece", "val_accuracy"):
+        if isinstance(trial.get("metrics", {}).get(name), int | float):
+            return name, float(trial["metrics"][name])
+    return None, 0.0
+
+
+def read_spec(path: str) -> dict[str, Any]:
+    text = Path(path).read_text()
+    return json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+
+
+def describe(sweep: dict, trials: list[dict]) -> str:
+    lines = [f"sweep {sweep['id']} ({sweep['name']}): {sweep['status']}"]
+    if sweep.get("reason"):
+        lines.append(f"  reason: {sweep['reason']}")
+    lines.append(f"  attempt {sweep['attempt']}, trials {sweep['counts']}")
+    for best in sweep.get("best") or []:
+        metrics = {
+            k: round(v, 4) for k, v in best["metrics"].items() if k.startswith(("val_", "test_"))
+        }
+        lines.append(f"  best: {best['name']} {best['params']} {metrics}")
+    links = sweep["links"]
+    if links.get("mlflow_parent_run"):
+        lines.append(f"  MLflow: {links['mlflow_parent_run']}")
+    lines.append(f"  {len(trials)} trial(s) listed at {links['trials']}")
+    return "\n".join(lines)

@@ -1,0 +1,161 @@
+"""Sweeps run as Ray Jobs: one job per sweep attempt, whose entrypoint is the sweep driver.
+
+`LocalRayHead` starts the embedded head when no cluster is configured. Ray enables token
+authentication by default (2.59+ for local clusters), so the service owns a token file: the
+head, the job client and the job drivers all read it through RAY_AUTH_MODE/RAY_AUTH_TOKEN_PATH
+(see `service.settings.prepare_ray_auth`, which must run before Ray is imported).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+FINAL_JOB_STATES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class LocalRayHead:
+    """A Ray head on loopback for this service, stopped with it (`ray start --head --block`)."""
+
+    def __init__(self, token_path: Path, num_cpus: int | None = None) -> None:
+        self.token_path = token_path
+        self.num_cpus = num_cpus
+        self.process: subprocess.Popen[bytes] | None = None
+        self.dashboard_url = ""
+        self.temp_dir = ""
+
+    def start(self, timeout_s: float = 60.0) -> str:
+        names = ("gcs", "dashboard", "client", "agent", "agent_grpc", "runtime_env", "metrics")
+        ports = {name: _free_port() for name in names}
+        # Unix socket paths must stay short: the head's session lives under /tmp.
+        self.temp_dir = tempfile.mkdtemp(prefix="gradreg-ray-")
+        command = [
+            str(Path(sys.executable).with_name("ray")),
+            "start",
+            "--head",
+            "--block",
+            "--disable-usage-stats",
+            "--node-ip-address=127.0.0.1",
+            f"--port={ports['gcs']}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={ports['dashboard']}",
+            f"--ray-client-server-port={ports['client']}",
+            f"--dashboard-agent-listen-port={ports['agent']}",
+            f"--dashboard-agent-grpc-port={ports['agent_grpc']}",
+            f"--runtime-env-agent-port={ports['runtime_env']}",
+            f"--metrics-export-port={ports['metrics']}",
+            f"--temp-dir={self.temp_dir}",
+        ]
+        if self.num_cpus is not None:
+            command.append(f"--num-cpus={self.num_cpus}")
+        # No Ray Serve here to drain: without this a SIGTERM'd head waits 30 s before stopping.
+        env = {**os.environ, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+        )
+        self.dashboard_url = f"http://127.0.0.1:{ports['dashboard']}"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the local Ray head exited with {self.process.returncode}")
+            try:
+                JobSubmissionClient(self.dashboard_url).list_jobs()
+                return self.dashboard_url
+            except Exception:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise TimeoutError(
+                        f"the local Ray head did not answer in {timeout_s} s"
+                    ) from None
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()  # `ray start --block` stops its processes on SIGTERM
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
+                self.process.wait()
+        self.process = None
+        if self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@dataclass
+class JobState:
+    status: JobStatus
+    message: str | None
+
+
+class RayJobs:
+    """Submit, watch and stop sweep drivers on a Ray cluster through its Jobs API."""
+
+    def __init__(self, dashboard_url: str, python: str, env: dict[str, str]) -> None:
+        self.dashboard_url = dashboard_url
+        self.python = python
+        self.env = env
+        self._client: JobSubmissionClient | None = None
+
+    @property
+    def client(self) -> JobSubmissionClient:
+        if self._client is None:
+            self._client = JobSubmissionClient(self.dashboard_url)
+        return self._client
+
+    @staticmethod
+    def submission_id(sweep_id: str, attempt: int) -> str:
+        return f"gradreg-{sweep_id}-{attempt}"
+
+    def submit(self, sweep_id: str, attempt: int) -> str:
+        submission_id = self.submission_id(sweep_id, attempt)
+        try:
+            return self.client.submit_job(
+                entrypoint=f"{self.python} -m service.worker --sweep-id {sweep_id}",
+                submission_id=submission_id,
+                runtime_env={"env_vars": self.env},
+                metadata={"sweep_id": sweep_id, "attempt": str(attempt)},
+            )
+        except RuntimeError as error:
+            if "already exists" not in str(error):
+                raise
+            return submission_id  # an earlier pass submitted it before the store heard of it
+
+    def state(self, submission_id: str) -> JobState | None:
+        try:
+            info = self.client.get_job_info(submission_id)
+        except RuntimeError as error:
+            if "does not exist" in str(error) or "404" in str(error):
+                return None
+            raise
+        return JobState(info.status, info.message)
+
+    def stop(self, submission_id: str) -> bool:
+        return self.client.stop_job(submission_id)
+
+    def reachable(self) -> str | None:
+        """None if the Jobs API answers, else why not."""
+        try:
+            self.client.list_jobs()
+        except Exception as error:
+            return f"Ray jobs API at {self.dashboard_url}: {type(error).__name__}: {error}"
+        return None

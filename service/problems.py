@@ -1,0 +1,81 @@
+"""RFC 9457 problem+json for every error the API returns; never a bare 500 for a caller's fault."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException
+
+from service.store.repository import (
+    IdempotencyConflict,
+    InvalidCursor,
+    InvalidTransition,
+    SweepNotFound,
+)
+from sweeps.checks import SpecError
+
+log = logging.getLogger(__name__)
+MEDIA_TYPE = "application/problem+json"
+
+
+def problem(
+    status: int, detail: str | None = None, *, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    body: dict[str, Any] = {"type": "about:blank", "title": HTTPStatus(status).phrase}
+    body["status"] = status
+    if detail:
+        body["detail"] = detail
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e["loc"]), "path": ".".join(map(str, e["loc"])), "message": e["msg"]}
+            for e in error.errors()
+        ]
+        return problem(422, "the request is not valid", errors=errors)
+
+    @app.exception_handler(SpecError)
+    async def _invalid_spec(request: Request, error: SpecError) -> JSONResponse:
+        errors = [issue.to_dict() for issue in error.issues]
+        return problem(422, f"the sweep spec has {len(errors)} problem(s)", errors=errors)
+
+    @app.exception_handler(SweepNotFound)
+    async def _not_found(request: Request, error: SweepNotFound) -> JSONResponse:
+        return problem(404, str(error))
+
+    @app.exception_handler(InvalidTransition)
+    async def _conflict(request: Request, error: InvalidTransition) -> JSONResponse:
+        return problem(409, str(error))
+
+    @app.exception_handler(IdempotencyConflict)
+    async def _key_reused(request: Request, error: IdempotencyConflict) -> JSONResponse:
+        return problem(409, str(error))
+
+    @app.exception_handler(InvalidCursor)
+    async def _bad_cursor(request: Request, error: InvalidCursor) -> JSONResponse:
+        return problem(400, str(error))
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, error: HTTPException) -> JSONResponse:
+        return problem(error.status_code, str(error.detail), headers=error.headers)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(DBAPIError)
+    async def _store_down(request: Request, error: Exception) -> JSONResponse:
+        log.error("store unavailable: %s", type(error).__name__)
+        return problem(503, "the sweep store is unavailable; try again shortly")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem(500, "internal error; it has been logged")

@@ -1,0 +1,129 @@
+"""Bring the store and Ray's job table into agreement, at start-up and every few seconds.
+
+- pending sweeps are submitted as Ray Jobs;
+- a cancelling sweep whose driver has not stopped within the grace period has its job stopped;
+- a sweep whose job ended without the driver writing a final status (the driver died, or was
+  stopped without being asked) is closed as failed and, within `max_attempts`, resubmitted
+  as a new attempt that resumes from Tune's saved state.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.launcher import FINAL_JOB_STATES, RayJobs
+from service.store import repository
+from service.store.models import Sweep
+
+log = logging.getLogger(__name__)
+ACTIVE = ("submitted", "running", "cancelling")
+
+
+class Reconciler:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        jobs: RayJobs,
+        *,
+        interval_s: float,
+        cancel_grace_s: float,
+        max_attempts: int,
+    ) -> None:
+        self.sessions = sessions
+        self.jobs = jobs
+        self.interval_s = interval_s
+        self.cancel_grace_s = cancel_grace_s
+        self.max_attempts = max_attempts
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._cancel_seen: dict[str, float] = {}
+        self._stop_sent: set[str] = set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def kick(self) -> None:
+        """Reconcile now (a sweep was just created, cancelled or resumed)."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.reconcile_once()
+            except Exception:
+                log.exception("reconciliation pass failed; retrying in %.0f s", self.interval_s)
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+
+    def reconcile_once(self) -> None:
+        with self.sessions() as session:
+            for sweep_id in _ids(session, ("pending",)):
+                self._submit(session, sweep_id)
+            for sweep_id in _ids(session, ACTIVE):
+                self._check(session, sweep_id)
+
+    def _submit(self, session: Session, sweep_id: str) -> None:
+        sweep = repository.get_sweep(session, sweep_id)
+        try:
+            submission_id = self.jobs.submit(sweep.id, sweep.attempt)
+        except Exception as error:
+            # Ray may be restarting: keep the sweep pending and say why; the next pass retries.
+            repository.update_sweep(session, sweep_id, reason=f"submission failed: {error}")
+            return
+        repository.transition(
+            session, sweep_id, "submitted", submission_id=submission_id, reason=None
+        )
+
+    def _check(self, session: Session, sweep_id: str) -> None:
+        sweep = repository.get_sweep(session, sweep_id)
+        if sweep.submission_id is None:
+            return
+        state = self.jobs.state(sweep.submission_id)
+        if state is not None and state.status not in FINAL_JOB_STATES:
+            if sweep.status == "cancelling":
+                self._escalate(sweep)
+            return
+        session.expire_all()  # the driver may have written its final status just now
+        sweep = repository.get_sweep(session, sweep_id)
+        if sweep.status not in ACTIVE:
+            return
+        ended = "vanished from Ray" if state is None else f"{state.status.value}"
+        detail = f": {state.message}" if state is not None and state.message else ""
+        if sweep.status == "cancelling":
+            repository.transition(session, sweep_id, "cancelled", reason=f"driver job {ended}")
+            return
+        reason = f"the driver's job ended ({ended}{detail}) without a result"
+        repository.transition(session, sweep_id, "failed", reason=reason)
+        if sweep.attempt < self.max_attempts:
+            repository.transition(session, sweep_id, "pending")
+            repository.update_sweep(
+                session, sweep_id, reason=f"attempt {sweep.attempt + 1} resumes it: {reason}"
+            )
+            log.warning("sweep %s: %s; resubmitting", sweep_id, reason)
+
+    def _escalate(self, sweep: Sweep) -> None:
+        first_seen = self._cancel_seen.setdefault(sweep.id, time.monotonic())
+        waited = time.monotonic() - first_seen
+        if waited < self.cancel_grace_s or sweep.submission_id in self._stop_sent:
+            return
+        log.warning("sweep %s ignored its cancel for %.0f s; stopping its job", sweep.id, waited)
+        self.jobs.stop(sweep.submission_id)
+        self._stop_sent.add(sweep.submission_id)
+
+
+def _ids(session: Session, statuses: tuple[str, ...]) -> list[str]:
+    query = sa.select(Sweep.id).where(Sweep.status.in_(statuses)).order_by(Sweep.created_at)
+    return list(session.scalars(query))

@@ -1,0 +1,207 @@
+"""/v1/sweeps: submit, list, read, follow, cancel and resume sweeps."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
+
+from service.auth import require_token
+from service.schemas import BestOut, Links, SweepOut, SweepPage, TrialOut
+from service.store import repository
+from service.store.models import Sweep
+from sweeps.checks import SpecError, SpecIssue, parse_spec
+
+router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], dependencies=[Depends(require_token)])
+EVENT_POLL_S = 0.5
+HEARTBEAT_S = 15.0
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def session(request: Request) -> Iterator[Session]:
+    with request.app.state.sessions() as opened:
+        yield opened
+
+
+SessionDep = Annotated[Session, Depends(session)]
+
+
+def sweep_out(request: Request, db: Session, sweep: Sweep) -> SweepOut:
+    base = f"/v1/sweeps/{sweep.id}"
+    ui = request.app.state.settings.mlflow_ui_url.rstrip("/")
+    experiment = sweep.mlflow_experiment_id
+    links = Links(
+        self=base,
+        trials=f"{base}/trials",
+        best=f"{base}/best",
+        events=f"{base}/events",
+        mlflow_experiment=f"{ui}/#/experiments/{experiment}" if experiment else None,
+        mlflow_parent_run=(
+            f"{ui}/#/experiments/{experiment}/runs/{sweep.mlflow_parent_run_id}"
+            if experiment and sweep.mlflow_parent_run_id
+            else None
+        ),
+    )
+    return SweepOut(
+        id=sweep.id,
+        name=sweep.name,
+        status=sweep.status,
+        reason=sweep.reason,
+        attempt=sweep.attempt,
+        tags=list(sweep.tags or []),
+        cancel_requested=sweep.cancel_requested,
+        created_at=sweep.created_at,
+        updated_at=sweep.updated_at,
+        submitted_at=sweep.submitted_at,
+        started_at=sweep.started_at,
+        finished_at=sweep.finished_at,
+        submission_id=sweep.submission_id,
+        mlflow_experiment_id=experiment,
+        mlflow_parent_run_id=sweep.mlflow_parent_run_id,
+        counts=repository.trial_counts(db, sweep.id),
+        best=sweep.best,
+        links=links,
+    )
+
+
+@router.post("", status_code=202, response_model=SweepOut)
+async def submit_sweep(
+    request: Request,
+    response: Response,
+    db: SessionDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> SweepOut:
+    """Validate the spec, store the sweep as pending and hand it to the reconciler."""
+    try:
+        document = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SpecError([SpecIssue((), f"the body is not JSON: {error}")]) from None
+    spec = parse_spec(document, request.app.state.limits)
+    sweep, created = repository.create_sweep(
+        db, spec.to_document(), idempotency_key=idempotency_key
+    )
+    if created:
+        request.app.state.reconciler.kick()
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/v1/sweeps/{sweep.id}"
+    return sweep_out(request, db, sweep)
+
+
+@router.get("", response_model=SweepPage)
+def list_sweeps(
+    request: Request,
+    db: SessionDep,
+    status: Annotated[str | None, Query(pattern="^[a-z]+$")] = None,
+    tag: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=repository.MAX_PAGE)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> SweepPage:
+    sweeps, next_cursor = repository.list_sweeps(
+        db, status=status, tag=tag, limit=limit, cursor=cursor
+    )
+    return SweepPage(items=[sweep_out(request, db, s) for s in sweeps], next_cursor=next_cursor)
+
+
+@router.get("/{sweep_id}", response_model=SweepOut)
+def get_sweep(request: Request, db: SessionDep, sweep_id: str) -> SweepOut:
+    return sweep_out(request, db, repository.get_sweep(db, sweep_id))
+
+
+@router.get("/{sweep_id}/trials", response_model=list[TrialOut])
+def list_trials(db: SessionDep, sweep_id: str) -> list[TrialOut]:
+    repository.get_sweep(db, sweep_id)
+    return [_trial_out(t) for t in repository.list_trials(db, sweep_id)]
+
+
+@router.get("/{sweep_id}/best", response_model=BestOut)
+def best(db: SessionDep, sweep_id: str) -> BestOut:
+    sweep = repository.get_sweep(db, sweep_id)
+    objectives = sweep.spec.get("objectives") or [{"metric": "val_nll", "goal": "minimize"}]
+    return BestOut(objectives=objectives, pareto=len(objectives) > 1, best=sweep.best or [])
+
+
+@router.post("/{sweep_id}/cancel", status_code=202, response_model=SweepOut)
+def cancel(request: Request, db: SessionDep, sweep_id: str) -> SweepOut:
+    """Running trials stop at their next report with their state saved; the job is stopped
+    if the driver has not wound down within the grace period."""
+    sweep = repository.request_cancel(db, sweep_id)
+    request.app.state.reconciler.kick()
+    return sweep_out(request, db, sweep)
+
+
+@router.post("/{sweep_id}/resume", status_code=202, response_model=SweepOut)
+def resume(request: Request, db: SessionDep, sweep_id: str) -> SweepOut:
+    """A failed or cancelled sweep continues as a new attempt; finished trials are kept."""
+    sweep = repository.transition(db, sweep_id, "pending")
+    request.app.state.reconciler.kick()
+    return sweep_out(request, db, sweep)
+
+
+@router.get("/{sweep_id}/events", response_class=StreamingResponse)
+async def events(request: Request, sweep_id: str) -> StreamingResponse:
+    """Server-sent events: `sweep` when the sweep changes, `trial` for each changed trial."""
+    with request.app.state.sessions() as db:
+        repository.get_sweep(db, sweep_id)  # 404 before the stream starts
+    return StreamingResponse(
+        _event_stream(request, sweep_id),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _event_stream(request: Request, sweep_id: str) -> AsyncIterator[str]:
+    version = 0
+    seen: dict[str, Any] = {}
+    quiet_since = asyncio.get_running_loop().time()
+    while not await request.is_disconnected():
+        payloads, final = await asyncio.to_thread(_changes, request, sweep_id, version, seen)
+        for kind, data, version_now in payloads:
+            version = max(version, version_now)
+            yield f"event: {kind}\ndata: {json.dumps(data, default=str)}\n\n"
+        now = asyncio.get_running_loop().time()
+        if payloads:
+            quiet_since = now
+        elif now - quiet_since > HEARTBEAT_S:
+            quiet_since = now
+            yield ": keep-alive\n\n"
+        if final:
+            return
+        await asyncio.sleep(EVENT_POLL_S)
+
+
+def _changes(
+    request: Request, sweep_id: str, version: int, seen: dict[str, Any]
+) -> tuple[list[tuple[str, dict[str, Any], int]], bool]:
+    with request.app.state.sessions() as db:
+        sweep = repository.changes_since(db, sweep_id, version)
+        if sweep is None:
+            return [], False
+        payloads: list[tuple[str, dict[str, Any], int]] = []
+        for trial in repository.list_trials(db, sweep_id):
+            stamp = (trial.state, trial.epoch, trial.updated_at)
+            if seen.get(trial.trial_id) != stamp:
+                seen[trial.trial_id] = stamp
+                payloads.append(("trial", _trial_out(trial).model_dump(mode="json"), 0))
+        out = sweep_out(request, db, sweep).model_dump(mode="json")
+        payloads.append(("sweep", out, sweep.version))
+        return payloads, sweep.status in FINAL
+
+
+def _trial_out(trial: Any) -> TrialOut:
+    return TrialOut(
+        trial_id=trial.trial_id,
+        name=trial.name,
+        state=trial.state,
+        params=trial.params or {},
+        metrics=trial.metrics or {},
+        epoch=trial.epoch,
+        mlflow_run_id=trial.mlflow_run_id,
+        error=trial.error,
+        updated_at=trial.updated_at,
+    )

@@ -1,0 +1,61 @@
+"""The API's response models: the contract the client and the OpenAPI document share."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class Links(BaseModel):
+    self: str
+    trials: str
+    best: str
+    events: str
+    mlflow_experiment: str | None = None
+    mlflow_parent_run: str | None = None
+
+
+class SweepOut(BaseModel):
+    id: str
+    name: str
+    status: str
+    reason: str | None
+    attempt: int
+    tags: list[str]
+    cancel_requested: bool
+    created_at: datetime
+    updated_at: datetime
+    submitted_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    submission_id: str | None
+    mlflow_experiment_id: str | None
+    mlflow_parent_run_id: str | None
+    counts: dict[str, int]
+    best: list[dict[str, Any]] | None
+    links: Links
+
+
+class SweepPage(BaseModel):
+    items: list[SweepOut]
+    next_cursor: str | None
+
+
+class TrialOut(BaseModel):
+    trial_id: str
+    name: str | None
+    state: str
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    epoch: int | None
+    mlflow_run_id: str | None
+    error: str | None
+    updated_at: datetime
+
+
+class BestOut(BaseModel):
+    objectives: list[dict[str, Any]]
+    pareto: bool
+    best: list[dict[str, Any]]

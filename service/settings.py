@@ -1,0 +1,91 @@
+"""The environment variables the service reads (prefix ``GRADREG_``), in one place."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sweeps.settings import SweepSettings
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GRADREG_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="address the API listens on")
+    port: int = Field(8000, ge=0, le=65535)
+    api_tokens: str = Field(
+        "", description="comma-separated bearer tokens; none means loopback-only"
+    )
+    database_url: str | None = Field(None, description="default: SQLite under var_dir")
+    var_dir: Path = Path("var")
+    tracking_uri: str | None = Field(None, description="MLflow for the sweeps (see sweeps)")
+    mlflow_ui_url: str = Field("http://127.0.0.1:5000", description="base of the run links")
+    ray_jobs_url: str | None = Field(
+        None, description="Ray dashboard URL for job submission; none: start a local head"
+    )
+    ray_auth_token_path: Path | None = Field(
+        None, description="Ray's cluster token file; default: var_dir/ray/auth_token"
+    )
+    python: str = Field(sys.executable, description="absolute interpreter for the sweep driver")
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+    reconcile_interval_s: float = Field(5.0, gt=0)
+    cancel_grace_s: float = Field(30.0, ge=0)
+    max_attempts: int = Field(3, ge=1, description="driver restarts before a sweep fails")
+
+    @field_validator("python")
+    @classmethod
+    def _absolute_python(cls, value: str) -> str:
+        # A bare `python` entrypoint ran without Ray on the job's PATH ("No module named 'ray'").
+        if not Path(value).is_absolute():
+            raise ValueError(f"GRADREG_PYTHON must be an absolute path, got {value!r}")
+        return value
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.api_tokens.split(",") if t.strip())
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.var_dir / 'service.db').absolute()}"
+
+    def resolved_token_path(self) -> Path:
+        return (self.ray_auth_token_path or self.var_dir / "ray" / "auth_token").absolute()
+
+    def sweeps(self) -> SweepSettings:
+        return SweepSettings(var_dir=self.var_dir, tracking_uri=self.tracking_uri)
+
+    def check_listen_address(self) -> None:
+        """Refuse to serve a non-loopback address without tokens: it would run anyone's code."""
+        if self.tokens:
+            return
+        try:
+            loopback = ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            loopback = self.host == "localhost"
+        if not loopback:
+            raise ValueError(
+                f"refusing to listen on {self.host} without API tokens; set GRADREG_API_TOKENS "
+                "or listen on 127.0.0.1"
+            )
+
+
+def prepare_ray_auth(token_path: Path) -> Path:
+    """Create the Ray cluster token (owner-only) if missing and point Ray's clients at it.
+
+    Ray reads these variables when it is imported, so call this before importing ray.
+    """
+    if not token_path.exists():
+        token_path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path)
+    return token_path

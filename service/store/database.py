@@ -1,0 +1,102 @@
+"""Engines, sessions and migrations for the store, on SQLite or PostgreSQL.
+
+engine = make_engine("sqlite:///var/gradreg.db")   # or postgresql+psycopg://…
+upgrade(engine)                                     # Alembic to head; a no-op when current
+sessions = session_factory(engine)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.orm import Session, sessionmaker
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Execution option: begin this connection's transaction with BEGIN IMMEDIATE on SQLite.
+WRITE_LOCK = "gradreg_write_lock"
+# Any constant works; it keeps two processes from migrating one PostgreSQL database at once.
+_MIGRATION_LOCK_ID = 0x67726164
+
+
+def make_engine(url: str | sa.URL, **engine_options: Any) -> sa.Engine:
+    """An engine for ``url``; SQLite is set up so that several processes can write to one file.
+
+    PostgreSQL options such as a search_path travel in the URL (``?options=-csearch_path%3Dx``).
+    """
+    url = sa.make_url(url)
+    if url.get_backend_name() == "sqlite":
+        connect_args = engine_options.pop("connect_args", {})
+        engine = sa.create_engine(
+            url, connect_args={"check_same_thread": False, **connect_args}, **engine_options
+        )
+        _configure_sqlite(engine)
+        return engine
+    engine_options.setdefault("pool_pre_ping", True)
+    return sa.create_engine(url, **engine_options)
+
+
+def _configure_sqlite(engine: sa.Engine) -> None:
+    # sqlite3's own transaction handling skips BEGIN before SELECT and DDL; SQLAlchemy emits
+    # BEGIN itself instead, so reads are consistent and migrations are transactional.
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    # A deferred transaction that reads and then writes fails at once with "database is locked"
+    # when another connection wrote in between (the busy timeout cannot help it), so writers
+    # take the lock up front.
+    @event.listens_for(engine, "begin")
+    def on_begin(connection: sa.Connection) -> None:
+        immediate = connection.get_execution_options().get(WRITE_LOCK, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def session_factory(engine: sa.Engine) -> sessionmaker[Session]:
+    """Sessions whose objects stay readable after commit (the API serialises them then)."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def upgrade(url_or_engine: str | sa.URL | sa.Engine, revision: str = "head") -> None:
+    """Migrate the database to ``revision``; safe to call on every start, from any process."""
+    owned = not isinstance(url_or_engine, sa.Engine)
+    engine = make_engine(url_or_engine) if owned else url_or_engine
+    try:
+        with engine.connect() as connection:
+            connection = connection.execution_options(**{WRITE_LOCK: True})
+            with connection.begin():
+                if connection.dialect.name == "postgresql":
+                    connection.execute(
+                        sa.text("SELECT pg_advisory_xact_lock(:lock)"),
+                        {"lock": _MIGRATION_LOCK_ID},
+                    )
+                config = alembic_config()
+                config.attributes["connection"] = connection
+                command.upgrade(config, revision)
+    finally:
+        if owned:
+            engine.dispose()
+
+
+def current_revision(engine: sa.Engine) -> str | None:
+    """The revision the database is at, or None before the first migration."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()

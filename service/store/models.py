@@ -1,0 +1,173 @@
+"""The service's tables: sweeps, their tags and trials, and idempotency keys.
+
+Portable across SQLite and PostgreSQL: JSON columns are `sa.JSON`, times are UTC and come back
+timezone-aware from both (SQLite stores them naive; `UTCDateTime` puts the zone back).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+SWEEP_STATUSES = (
+    "pending",
+    "submitted",
+    "running",
+    "cancelling",
+    "succeeded",
+    "failed",
+    "cancelled",
+)
+TRIAL_STATES = ("running", "retrying", "succeeded", "stopped", "failed", "interrupted")
+IDEMPOTENCY_KEY_MAX = 200
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_sweep_id() -> str:
+    return uuid.uuid4().hex
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every database."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the store takes timezone-aware times")
+        value = value.astimezone(timezone.utc)
+        # SQLite compares times as text: one zone, no suffix, keeps that order right.
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+def _in(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{value}'" for value in values)
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime()}
+
+
+class Sweep(Base):
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True, default=new_sweep_id)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    spec: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    tags: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    status: Mapped[str] = mapped_column(sa.String(16), default="pending")
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+    attempt: Mapped[int] = mapped_column(default=1)
+    submission_id: Mapped[str | None] = mapped_column(sa.String(200))
+    mlflow_experiment_id: Mapped[str | None] = mapped_column(sa.String(200))
+    mlflow_parent_run_id: Mapped[str | None] = mapped_column(sa.String(200))
+    tracking_uri: Mapped[str | None] = mapped_column(sa.Text)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    best: Mapped[list[dict[str, Any]] | None] = mapped_column(sa.JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    submitted_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    version: Mapped[int] = mapped_column(default=1)
+
+    tag_rows: Mapped[list[SweepTag]] = relationship(
+        back_populates="sweep", cascade="all, delete-orphan"
+    )
+
+    __table_args__ = (
+        sa.CheckConstraint(f"status IN ({_in(SWEEP_STATUSES)})", name="status"),
+        sa.Index("ix_sweeps_status_created", "status", "created_at", "id"),
+        sa.Index("ix_sweeps_created", "created_at", "id"),
+    )
+
+    def __repr__(self) -> str:
+        return f"Sweep(id={self.id!r}, name={self.name!r}, status={self.status!r})"
+
+
+class SweepTag(Base):
+    """One row per tag, so that filtering by tag is a plain join on both databases."""
+
+    __tablename__ = "sweep_tags"
+
+    sweep_id: Mapped[str] = mapped_column(
+        sa.ForeignKey("sweeps.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+
+    sweep: Mapped[Sweep] = relationship(back_populates="tag_rows")
+
+    __table_args__ = (sa.Index("ix_sweep_tags_tag", "tag"),)
+
+
+class Trial(Base):
+    __tablename__ = "trials"
+
+    sweep_id: Mapped[str] = mapped_column(
+        sa.ForeignKey("sweeps.id", ondelete="CASCADE"), primary_key=True
+    )
+    trial_id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(500))
+    state: Mapped[str] = mapped_column(sa.String(16))
+    params: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    epoch: Mapped[int] = mapped_column(default=0)
+    mlflow_run_id: Mapped[str | None] = mapped_column(sa.String(200))
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        sa.CheckConstraint(f"state IN ({_in(TRIAL_STATES)})", name="state"),
+        sa.Index("ix_trials_sweep_state", "sweep_id", "state"),
+    )
+
+    def summary(self) -> dict[str, Any]:
+        """The same shape as `sweeps.driver.TrialSummary`, as stored in `Sweep.best`."""
+        return {
+            "trial_id": self.trial_id,
+            "name": self.name,
+            "state": self.state,
+            "params": self.params,
+            "metrics": self.metrics,
+            "mlflow_run_id": self.mlflow_run_id,
+            "error": self.error,
+        }
+
+
+class IdempotencyKey(Base):
+    __tablename__ = "idempotency_keys"
+
+    key: Mapped[str] = mapped_column(sa.String(IDEMPOTENCY_KEY_MAX), primary_key=True)
+    sweep_id: Mapped[str] = mapped_column(
+        sa.ForeignKey("sweeps.id", ondelete="CASCADE"), index=True
+    )
+    request_hash: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    sweep: Mapped[Sweep] = relationship()

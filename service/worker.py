@@ -1,0 +1,38 @@
+"""The sweep driver as a Ray Job: `python -m service.worker --sweep-id ID`.
+
+It reads the spec from the service's database, runs (or resumes) the sweep on the cluster the
+job belongs to, and writes trial progress and the outcome back through the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from service.settings import ServiceSettings
+from service.store.database import make_engine
+from service.store.sweep_store import DatabaseSweepStore
+from sweeps.driver import DriverOptions
+from sweeps.store import run_stored
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service.worker", description=__doc__)
+    parser.add_argument("--sweep-id", required=True)
+    args = parser.parse_args(argv)
+    settings = ServiceSettings()
+    store = DatabaseSweepStore(make_engine(settings.resolved_database_url()))
+    options = DriverOptions(
+        # Inside a Ray Job, RAY_ADDRESS names the job's cluster; never start a second one.
+        ray_address=os.environ.get("RAY_ADDRESS") or "auto",
+        tracking_uri=settings.sweeps().resolved_tracking_uri(),
+        storage_path=settings.sweeps().resolved_storage_path(),
+    )
+    outcome = run_stored(args.sweep_id, store, options)
+    print(f"sweep {args.sweep_id}: {outcome.status} ({outcome.reason})")
+    return 0 if outcome.status != "failed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

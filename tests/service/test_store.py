@@ -1,0 +1,679 @@
+"""The store on real databases: SQLite files and PostgreSQL schemas (see conftest)."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.store import repository as repo
+from service.store.database import current_revision, make_engine, upgrade
+from service.store.database import session_factory as make_sessions
+from service.store.models import SWEEP_STATUSES, Base, IdempotencyKey, Sweep, Trial
+from service.store.sweep_store import DatabaseSweepStore
+from sweeps.checks import load_spec_file
+from sweeps.driver import SweepOutcome, SweepRecord, TrialSummary
+from sweeps.progress import TrialEvent
+
+EXAMPLE = Path(__file__).parents[2] / "sweeps" / "examples" / "digits-vl-uniform.yaml"
+# A way into every status, from pending.
+PATHS = {
+    "pending": [],
+    "submitted": ["submitted"],
+    "running": ["submitted", "running"],
+    "cancelling": ["submitted", "running", "cancelling"],
+    "succeeded": ["submitted", "running", "succeeded"],
+    "failed": ["submitted", "failed"],
+    "cancelled": ["cancelled"],
+}
+ALLOWED = {
+    ("pending", "submitted"),
+    ("pending", "cancelled"),
+    ("submitted", "running"),
+    ("submitted", "failed"),
+    ("submitted", "cancelled"),
+    ("running", "succeeded"),
+    ("running", "failed"),
+    ("running", "cancelled"),
+    ("running", "cancelling"),
+    ("cancelling", "cancelled"),
+    ("failed", "pending"),
+    ("cancelled", "pending"),
+}
+
+
+def spec_document(name: str = "demo", tags: list[str] | None = None, **extra: Any) -> dict:
+    return {"name": name, "tags": tags or [], "dataset": {"name": "digits"}, **extra}
+
+
+def new_sweep(sessions: sessionmaker[Session], status: str = "pending", **document: Any) -> str:
+    with sessions() as session:
+        sweep, _ = repo.create_sweep(session, spec_document(**document))
+        for step in PATHS[status]:
+            repo.transition(session, sweep.id, step)
+        return sweep.id
+
+
+def status_of(sessions: sessionmaker[Session], sweep_id: str) -> Sweep:
+    with sessions() as session:
+        return repo.get_sweep(session, sweep_id)
+
+
+def is_postgres(engine: sa.Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def race(count: int, work: Callable[[int], Any]) -> list[Any]:
+    """Run ``work(i)`` for i < count in as many threads, released together; results or errors."""
+    barrier = threading.Barrier(count)
+
+    def run(index: int) -> Any:
+        barrier.wait()
+        try:
+            return work(index)
+        except Exception as error:
+            return error
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(run, range(count)))
+
+
+# ---------------------------------------------------------------- migrations and engines
+
+
+def test_upgrade_creates_the_tables_and_running_it_again_changes_nothing(engine, session_factory):
+    tables = set(sa.inspect(engine).get_table_names())
+    assert {"sweeps", "sweep_tags", "trials", "idempotency_keys", "alembic_version"} <= tables
+    assert current_revision(engine) == "0001"
+    with engine.connect() as connection:
+        if is_postgres(engine):  # the test's own schema, not public
+            schema = connection.scalar(sa.text("SELECT current_schema()"))
+            assert schema.startswith("gradreg_")
+            assert "sweeps" not in sa.inspect(connection).get_table_names(schema="public")
+        indexes = {index["name"] for index in sa.inspect(connection).get_indexes("sweeps")}
+    assert {"ix_sweeps_created", "ix_sweeps_status_created"} <= indexes
+
+    sweep_id = new_sweep(session_factory)
+    upgrade(engine)
+    assert current_revision(engine) == "0001"
+    assert status_of(session_factory, sweep_id).status == "pending"
+
+
+def test_migration_matches_the_models(engine):
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+
+
+def test_upgrade_accepts_a_url(store_url):
+    upgrade(store_url)
+    engine = make_engine(store_url)
+    try:
+        assert current_revision(engine) == "0001"
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_engine_uses_wal_and_waits_for_locks(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    try:
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
+            assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        engine.dispose()
+
+
+def write_from_another_process(url: str, sweep_id: str, worker: int) -> None:
+    engine = make_engine(url)
+    sessions = make_sessions(engine)
+    try:
+        for index in range(15):
+            with sessions() as session:
+                repo.create_sweep(session, spec_document(f"w{worker}-{index}"))
+                trial = event(f"w{worker}-{index}", val_nll=float(worker + index))
+                repo.upsert_trial(session, sweep_id, trial)
+    finally:
+        engine.dispose()
+
+
+def test_several_processes_write_one_sqlite_file(tmp_path):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    sessions = make_sessions(engine)
+    try:
+        sweep_id = new_sweep(sessions, "running")
+        context = multiprocessing.get_context("fork")
+        workers = [
+            context.Process(target=write_from_another_process, args=(url, sweep_id, worker))
+            for worker in range(3)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=60)
+        assert [worker.exitcode for worker in workers] == [0, 0, 0]
+        with sessions() as session:
+            assert session.scalar(sa.select(sa.func.count()).select_from(Sweep)) == 46
+            assert repo.trial_counts(session, sweep_id) == {"running": 45}
+            assert repo.get_sweep(session, sweep_id).version == 3 + 45
+            assert best_id(session, sweep_id) == "w0-0"
+    finally:
+        engine.dispose()
+
+
+# ---------------------------------------------------------------- status machine
+
+
+def test_every_allowed_transition_applies_and_stamps_times(session_factory):
+    for source, target in sorted(ALLOWED):
+        sweep_id = new_sweep(session_factory, source)
+        with session_factory() as session:
+            before = repo.get_sweep(session, sweep_id)
+            version, attempt = before.version, before.attempt
+            after = repo.transition(session, sweep_id, target, reason=f"to {target}")
+        assert (source, after.status) == (source, target)
+        assert after.version == version + 1
+        assert after.updated_at >= before.updated_at
+        if target == "submitted":
+            assert after.submitted_at is not None
+        if target == "running":
+            assert after.started_at is not None
+        if target in repo.TERMINAL_STATUSES:
+            assert after.finished_at is not None
+        if target == "pending":
+            assert after.attempt == attempt + 1
+            assert after.finished_at is None
+        assert after.reason == f"to {target}"
+        assert after.created_at.tzinfo is not None
+
+
+def test_forbidden_transitions_raise_and_change_nothing(session_factory):
+    tried = 0
+    for source in SWEEP_STATUSES:
+        sweep_id = new_sweep(session_factory, source)
+        version = status_of(session_factory, sweep_id).version
+        for target in SWEEP_STATUSES:
+            if (source, target) in ALLOWED:
+                continue
+            with session_factory() as session, pytest.raises(repo.InvalidTransition) as caught:
+                repo.transition(session, sweep_id, target)
+            error = caught.value
+            assert (error.current, error.target) == (source, target)
+            assert error.allowed == sorted(t for s, t in ALLOWED if s == source)
+            assert source in str(error) and target in str(error)
+            tried += 1
+        after = status_of(session_factory, sweep_id)
+        assert (after.status, after.version) == (source, version)
+    assert tried == len(SWEEP_STATUSES) ** 2 - len(ALLOWED)
+
+
+def test_transition_rejects_unknown_sweeps_statuses_and_fields(session_factory):
+    sweep_id = new_sweep(session_factory)
+    with session_factory() as session:
+        with pytest.raises(repo.SweepNotFound):
+            repo.transition(session, "0" * 32, "submitted")
+        with pytest.raises(ValueError, match="unknown sweep status 'done'"):
+            repo.transition(session, sweep_id, "done")
+        with pytest.raises(ValueError, match="cannot set attempt"):
+            repo.transition(session, sweep_id, "submitted", attempt=7)
+    assert status_of(session_factory, sweep_id).status == "pending"
+
+
+def test_resume_bumps_the_attempt_and_clears_the_cancel(session_factory):
+    sweep_id = new_sweep(session_factory, "running")
+    with session_factory() as session:
+        repo.request_cancel(session, sweep_id)
+        repo.transition(session, sweep_id, "cancelled", reason="user")
+        resumed = repo.transition(session, sweep_id, "pending")
+        assert (resumed.attempt, resumed.cancel_requested, resumed.reason) == (2, False, None)
+        for step in ["submitted", "failed", "pending"]:
+            resumed = repo.transition(session, sweep_id, step)
+        assert resumed.attempt == 3
+
+
+def test_two_racing_writers_cannot_both_win(engine, session_factory):
+    rounds = 6 if is_postgres(engine) else 3
+    for _ in range(rounds):
+        sweep_id = new_sweep(session_factory, "running")
+
+        def move(index: int, sweep_id: str = sweep_id) -> str:
+            with session_factory() as session:
+                return repo.transition(session, sweep_id, ["succeeded", "cancelling"][index]).status
+
+        results = race(2, move)
+        winners = [result for result in results if isinstance(result, str)]
+        losers = [result for result in results if not isinstance(result, str)]
+        assert len(winners) == 1 and len(losers) == 1
+        assert isinstance(losers[0], repo.InvalidTransition)
+        assert status_of(session_factory, sweep_id).status == winners[0]
+
+
+def test_many_racing_submitters_exactly_one_wins(engine, session_factory):
+    sweep_id = new_sweep(session_factory)
+    threads = 12 if is_postgres(engine) else 6
+
+    def submit(index: int) -> str:
+        with session_factory() as session:
+            return repo.transition(session, sweep_id, "submitted", submission_id=f"job-{index}").id
+
+    results = race(threads, submit)
+    assert sum(isinstance(result, str) for result in results) == 1
+    assert all(isinstance(result, str | repo.InvalidTransition) for result in results), results
+    sweep = status_of(session_factory, sweep_id)
+    winner = results.index(sweep_id)
+    assert (sweep.submission_id, sweep.version) == (f"job-{winner}", 2)
+
+
+def test_request_cancel_depends_on_where_the_sweep_is(session_factory):
+    with session_factory() as session:
+        for status, expected in [
+            ("pending", "cancelled"),
+            ("submitted", "cancelled"),
+            ("running", "cancelling"),
+        ]:
+            sweep_id = new_sweep(session_factory, status)
+            sweep = repo.request_cancel(session, sweep_id)
+            assert (sweep.status, sweep.cancel_requested) == (expected, True)
+            version = sweep.version
+            again = repo.request_cancel(session, sweep_id)  # asking twice changes nothing
+            assert (again.status, again.version) == (expected, version)
+        for status in ["succeeded", "failed"]:
+            sweep_id = new_sweep(session_factory, status)
+            with pytest.raises(repo.InvalidTransition):
+                repo.request_cancel(session, sweep_id)
+        with pytest.raises(repo.SweepNotFound):
+            repo.request_cancel(session, "f" * 32)
+
+
+# ---------------------------------------------------------------- creating, idempotency
+
+
+def test_create_stores_the_document_tags_and_a_fresh_id(session_factory):
+    document = spec_document("alpha", ["a", "b", "a"], description="x")
+    with session_factory() as session:
+        sweep, created = repo.create_sweep(session, document)
+        other, _ = repo.create_sweep(session, document)
+    assert created and other.id != sweep.id
+    stored = status_of(session_factory, sweep.id)
+    assert len(stored.id) == 32 and int(stored.id, 16) >= 0
+    assert (stored.name, stored.spec, stored.tags) == ("alpha", document, ["a", "b", "a"])
+    assert (stored.status, stored.attempt, stored.version, stored.cancel_requested) == (
+        "pending",
+        1,
+        1,
+        False,
+    )
+    assert stored.best is None and stored.created_at.utcoffset() == timedelta(0)
+
+
+def test_same_key_same_body_returns_the_first_sweep(session_factory):
+    with session_factory() as session:
+        first, created = repo.create_sweep(session, spec_document(tags=["x"]), idempotency_key="k1")
+        # Key order does not change the body's hash.
+        reordered = dict(reversed(list(spec_document(tags=["x"]).items())))
+        second, created_again = repo.create_sweep(session, reordered, idempotency_key="k1")
+        assert (created, created_again, second.id) == (True, False, first.id)
+        with pytest.raises(repo.IdempotencyConflict, match="k1"):
+            repo.create_sweep(session, spec_document("other"), idempotency_key="k1")
+        with pytest.raises(ValueError, match="1 to 200"):
+            repo.create_sweep(session, spec_document(), idempotency_key="k" * 201)
+        assert session.scalar(sa.select(sa.func.count()).select_from(Sweep)) == 1
+
+
+def test_one_key_posted_concurrently_creates_one_sweep(engine, session_factory):
+    threads = 50 if is_postgres(engine) else 10
+    busy = make_engine(engine.url, pool_size=threads, max_overflow=0)
+    sessions = make_sessions(busy)
+    try:
+
+        def post(_: int) -> tuple[str, bool]:
+            with sessions() as session:
+                sweep, created = repo.create_sweep(
+                    session, spec_document(), idempotency_key="same-key"
+                )
+                return sweep.id, created
+
+        results = race(threads, post)
+    finally:
+        busy.dispose()
+    assert all(isinstance(result, tuple) for result in results), results
+    assert len({sweep_id for sweep_id, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+    with session_factory() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Sweep)) == 1
+        assert session.scalar(sa.select(sa.func.count()).select_from(IdempotencyKey)) == 1
+
+
+def test_distinct_keys_posted_concurrently_create_one_sweep_each(engine, session_factory):
+    posts = 200 if is_postgres(engine) else 40
+    workers = 25
+    busy = make_engine(engine.url, pool_size=workers, max_overflow=0)
+    sessions = make_sessions(busy)
+
+    def post(index: int) -> str:
+        with sessions() as session:
+            sweep, created = repo.create_sweep(
+                session, spec_document(f"s{index}"), idempotency_key=f"key-{index}"
+            )
+            assert created
+            return sweep.id
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            ids = list(pool.map(post, range(posts)))
+    finally:
+        busy.dispose()
+    assert len(set(ids)) == posts
+    with session_factory() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Sweep)) == posts
+
+
+# ---------------------------------------------------------------- listing
+
+
+def page_through(session: Session, **filters: Any) -> list[list[str]]:
+    pages, cursor = [], None
+    while True:
+        sweeps, cursor = repo.list_sweeps(session, limit=10, cursor=cursor, **filters)
+        pages.append([sweep.id for sweep in sweeps])
+        if cursor is None:
+            return pages
+
+
+def flat(pages: list[list[str]]) -> list[str]:
+    return [sweep_id for page in pages for sweep_id in page]
+
+
+def test_cursor_pagination_is_newest_first_without_gaps_or_repeats(session_factory):
+    ids = [new_sweep(session_factory, tags=["even" if i % 2 == 0 else "odd"]) for i in range(25)]
+    with session_factory() as session:
+        pages = page_through(session)
+        assert [len(page) for page in pages] == [10, 10, 5]
+        assert flat(pages) == ids[::-1]
+
+        for index in range(0, 25, 3):
+            repo.transition(session, ids[index], "submitted")
+        submitted = [ids[index] for index in range(0, 25, 3)][::-1]
+        assert flat(page_through(session, status="submitted")) == submitted
+        assert flat(page_through(session, status=["submitted", "pending"])) == ids[::-1]
+        assert flat(page_through(session, tag="even")) == ids[::2][::-1]
+        assert flat(page_through(session, tag="odd", status="submitted")) == [
+            sweep_id for sweep_id in submitted if ids.index(sweep_id) % 2 == 1
+        ]
+        assert repo.list_sweeps(session, tag="missing") == ([], None)
+        assert repo.list_sweeps(session, status="failed") == ([], None)
+
+
+def test_pagination_breaks_ties_in_creation_time_by_id(session_factory):
+    ids = [new_sweep(session_factory) for _ in range(25)]
+    with session_factory() as session:
+        first = repo.get_sweep(session, ids[0]).created_at
+        moments = [first, first + timedelta(seconds=1)]
+        for index, sweep_id in enumerate(ids):
+            session.execute(
+                sa.update(Sweep).where(Sweep.id == sweep_id).values(created_at=moments[index % 2])
+            )
+        session.commit()
+        listed = flat(page_through(session))
+        expected = sorted(ids, key=lambda i: (moments[ids.index(i) % 2], i), reverse=True)
+        assert listed == expected
+
+
+def test_list_rejects_bad_cursors_limits_and_statuses(session_factory):
+    new_sweep(session_factory)
+    with session_factory() as session:
+        for cursor in ["not a cursor", "bm90IGpzb24", "WyIyMDI0LTAxLTAxIiwgIngiXQ"]:
+            with pytest.raises(repo.InvalidCursor):
+                repo.list_sweeps(session, cursor=cursor)
+        with pytest.raises(ValueError, match="limit"):
+            repo.list_sweeps(session, limit=0)
+        with pytest.raises(ValueError, match="unknown sweep status"):
+            repo.list_sweeps(session, status="done")
+
+
+# ---------------------------------------------------------------- trials and best
+
+
+def event(trial_id: str, state: str = "running", epoch: int = 1, **metrics: float) -> TrialEvent:
+    return TrialEvent(
+        sweep="s",
+        trial_id=trial_id,
+        trial_name=f"trial_{trial_id}",
+        state=state,
+        params={"lr": 0.1 * (1 + int(trial_id[-1]))},
+        metrics={"epoch": float(epoch), **metrics},
+        epoch=epoch,
+        mlflow_run_id=f"run-{trial_id}",
+    )
+
+
+def best_id(session: Session, sweep_id: str) -> str | None:
+    best = repo.get_sweep(session, sweep_id).best
+    return None if best is None else best[0]["trial_id"]
+
+
+def test_upsert_trial_inserts_then_updates_and_tracks_the_lowest(session_factory):
+    objectives = [{"metric": "val_nll", "goal": "minimize"}]
+    sweep_id = new_sweep(session_factory, "running", objectives=objectives)
+    with session_factory() as session:
+        version = repo.get_sweep(session, sweep_id).version
+        repo.upsert_trial(session, sweep_id, event("t1", val_nll=0.5))
+        assert best_id(session, sweep_id) == "t1"
+        repo.upsert_trial(session, sweep_id, event("t2", val_nll=0.7))
+        assert best_id(session, sweep_id) == "t1"
+        repo.upsert_trial(session, sweep_id, event("t2", epoch=2, val_nll=0.3))
+        assert best_id(session, sweep_id) == "t2"
+        repo.upsert_trial(session, sweep_id, event("t3", val_nll=math.nan))
+        repo.upsert_trial(session, sweep_id, event("t4"))  # no objective reported yet
+        assert best_id(session, sweep_id) == "t2"
+        assert repo.get_sweep(session, sweep_id).version == version + 5
+
+        # A failed trial is not the best any more, whatever its last value.
+        failed = TrialEvent(**{**asdict(event("t2", "failed", 2, val_nll=0.3)), "error": "OOM"})
+        repo.upsert_trial(session, sweep_id, failed)
+        assert best_id(session, sweep_id) == "t1"
+        best = repo.get_sweep(session, sweep_id).best
+        assert best == [
+            {
+                "trial_id": "t1",
+                "name": "trial_t1",
+                "state": "running",
+                "params": {"lr": 0.2},
+                "metrics": {"epoch": 1.0, "val_nll": 0.5},
+                "mlflow_run_id": "run-t1",
+                "error": None,
+            }
+        ]
+
+        # Params stay as first seen; an event without metrics keeps the last report.
+        retry = TrialEvent("s", "t1", "trial_t1", "retrying", {"lr": 9.0}, {}, 0, None, "lost")
+        trial = repo.upsert_trial(session, sweep_id, retry)
+        assert (trial.params, trial.metrics["val_nll"], trial.epoch) == ({"lr": 0.2}, 0.5, 1)
+        assert (trial.state, trial.error, trial.mlflow_run_id) == ("retrying", "lost", "run-t1")
+
+        trials = repo.list_trials(session, sweep_id)
+        assert [t.trial_id for t in trials] == ["t1", "t2", "t3", "t4"]
+        assert trials[1].metrics == {"epoch": 2.0, "val_nll": 0.3} and trials[1].epoch == 2
+        assert trials[2].metrics == {"epoch": 1.0, "val_nll": None}  # NaN: JSON has none
+        assert repo.trial_counts(session, sweep_id) == {"retrying": 1, "failed": 1, "running": 2}
+
+
+def test_best_follows_a_maximised_objective(session_factory):
+    objectives = [{"metric": "val_accuracy", "goal": "maximize"}, {"metric": "val_ece"}]
+    sweep_id = new_sweep(session_factory, "running", objectives=objectives)
+    with session_factory() as session:
+        for trial_id, accuracy in [("t1", 0.8), ("t2", 0.95), ("t3", 0.9)]:
+            repo.upsert_trial(session, sweep_id, event(trial_id, val_accuracy=accuracy))
+        assert best_id(session, sweep_id) == "t2"
+
+
+def test_best_defaults_to_val_nll_and_freezes_once_finished(session_factory):
+    sweep_id = new_sweep(session_factory, "running")  # no objectives in the document
+    with session_factory() as session:
+        repo.upsert_trial(session, sweep_id, event("t1", val_nll=2.0, val_accuracy=0.9))
+        repo.upsert_trial(session, sweep_id, event("t2", val_nll=1.0, val_accuracy=0.1))
+        assert best_id(session, sweep_id) == "t2"
+        repo.transition(session, sweep_id, "succeeded", best=[{"trial_id": "final"}])
+        repo.upsert_trial(session, sweep_id, event("t3", val_nll=0.1))
+        assert best_id(session, sweep_id) == "final"
+        assert repo.trial_counts(session, sweep_id) == {"running": 3}
+        with pytest.raises(repo.SweepNotFound):
+            repo.upsert_trial(session, "0" * 32, event("t1"))
+
+
+def test_changes_since_reports_only_newer_versions(session_factory):
+    sweep_id = new_sweep(session_factory, "running")
+    with session_factory() as session:
+        version = repo.get_sweep(session, sweep_id).version
+        assert repo.changes_since(session, sweep_id, version) is None
+        repo.upsert_trial(session, sweep_id, event("t1", val_nll=1.0))
+        changed = repo.changes_since(session, sweep_id, version)
+        assert changed is not None and changed.version == version + 1
+
+
+# ---------------------------------------------------------------- the driver's store
+
+
+def record(sweep_id: str) -> SweepRecord:
+    return SweepRecord(
+        sweep=sweep_id,
+        spec={},
+        tracking_uri="sqlite:///mlflow.db",
+        experiment_id="7",
+        parent_run_id="parent-1",
+        data_root=None,
+    )
+
+
+def summary(trial_id: str, state: str, val_nll: float) -> TrialSummary:
+    return TrialSummary(
+        trial_id=trial_id,
+        name=f"trial_{trial_id}",
+        state=state,
+        params={"lr": 0.01},
+        metrics={"epoch": 3.0, "val_nll": val_nll},
+        mlflow_run_id=f"run-{trial_id}",
+    )
+
+
+def outcome(sweep_id: str, status: str, trials: list[TrialSummary], **extra: Any) -> SweepOutcome:
+    return SweepOutcome(
+        sweep=sweep_id,
+        status=status,
+        reason=extra.pop("reason", f"sweep {status}"),
+        objectives=[{"metric": "val_nll", "goal": "minimize"}],
+        trials=trials,
+        best=extra.pop("best", trials[:1]),
+        experiment_id="7",
+        parent_run_id="parent-1",
+        tracking_uri="sqlite:///mlflow.db",
+        experiment_path="/tmp/x",
+    )
+
+
+def create_from_example(session_factory: sessionmaker[Session]) -> tuple[str, Any]:
+    spec = load_spec_file(EXAMPLE)
+    with session_factory() as session:
+        sweep, _ = repo.create_sweep(session, spec.to_document())
+        repo.transition(session, sweep.id, "submitted", submission_id="raysubmit_1")
+    return sweep.id, spec
+
+
+def test_driver_store_round_trip_ending_in_a_cancel(engine, session_factory):
+    store = DatabaseSweepStore(engine)
+    sweep_id, spec = create_from_example(session_factory)
+    assert store.load_spec(sweep_id) == spec
+
+    store.record_start(sweep_id, record(sweep_id))
+    sweep = status_of(session_factory, sweep_id)
+    assert (sweep.status, sweep.mlflow_experiment_id, sweep.mlflow_parent_run_id) == (
+        "running",
+        "7",
+        "parent-1",
+    )
+    assert sweep.tracking_uri == "sqlite:///mlflow.db" and sweep.started_at is not None
+
+    store.record_trial(sweep_id, event("t1", val_nll=0.4))
+    store.record_trial(sweep_id, event("t2", val_nll=0.6))
+    assert not store.stop_requested(sweep_id)
+    with session_factory() as session:
+        repo.request_cancel(session, sweep_id)
+    assert store.stop_requested(sweep_id)
+
+    trials = [summary("t1", "succeeded", 0.4), summary("t2", "interrupted", 0.5)]
+    store.record_outcome(sweep_id, outcome(sweep_id, "stopped", trials, reason="stop asked"))
+    with session_factory() as session:
+        sweep = repo.get_sweep(session, sweep_id)
+        assert (sweep.status, sweep.reason) == ("cancelled", "stop asked")
+        assert sweep.finished_at is not None
+        assert sweep.best == [asdict(trials[0])]
+        trials = repo.list_trials(session, sweep_id)
+        states = {t.trial_id: (t.state, t.metrics["val_nll"]) for t in trials}
+        assert states == {"t1": ("succeeded", 0.4), "t2": ("interrupted", 0.5)}
+
+
+def test_driver_store_success_failure_and_unasked_stop(engine, session_factory):
+    store = DatabaseSweepStore(engine)
+    for final in ["succeeded", "failed"]:
+        sweep_id, _ = create_from_example(session_factory)
+        store.record_start(sweep_id, record(sweep_id))
+        best = [summary("a", "succeeded", 0.2), summary("b", "succeeded", 0.3)]  # a Pareto set
+        store.record_outcome(sweep_id, outcome(sweep_id, final, best, best=best))
+        sweep = status_of(session_factory, sweep_id)
+        assert (sweep.status, sweep.reason) == (final, f"sweep {final}")
+        assert [trial["trial_id"] for trial in sweep.best] == ["a", "b"]
+
+    # Stopped without being asked (the driver was killed): the status stays for the reconciler.
+    sweep_id, _ = create_from_example(session_factory)
+    store.record_start(sweep_id, record(sweep_id))
+    store.record_outcome(sweep_id, outcome(sweep_id, "stopped", [summary("a", "interrupted", 1)]))
+    sweep = status_of(session_factory, sweep_id)
+    assert (sweep.status, sweep.reason, sweep.finished_at) == ("running", "sweep stopped", None)
+
+
+def test_driver_store_started_by_hand_and_finishing_while_cancelling(engine, session_factory):
+    store = DatabaseSweepStore(engine)
+    with session_factory() as session:
+        sweep, _ = repo.create_sweep(session, load_spec_file(EXAMPLE).to_document())
+    store.record_start(sweep.id, record(sweep.id))  # pending, never submitted
+    started = status_of(session_factory, sweep.id)
+    assert started.status == "running" and started.submitted_at is not None
+
+    store.record_start(sweep.id, record(sweep.id))  # a restarted driver: no error, no change
+    assert status_of(session_factory, sweep.id).status == "running"
+
+    with session_factory() as session:
+        repo.request_cancel(session, sweep.id)
+    store.record_outcome(sweep.id, outcome(sweep.id, "succeeded", [summary("a", "succeeded", 1)]))
+    finished = status_of(session_factory, sweep.id)
+    assert finished.status == "cancelled" and "succeeded" in finished.reason
+
+    with pytest.raises(repo.SweepNotFound):
+        store.stop_requested("0" * 32)
+    with pytest.raises(repo.InvalidTransition):  # a finished sweep cannot start again
+        store.record_start(sweep.id, record(sweep.id))
+
+
+def test_trial_rows_belong_to_their_sweep(session_factory):
+    first, second = new_sweep(session_factory, "running"), new_sweep(session_factory, "running")
+    with session_factory() as session:
+        repo.upsert_trial(session, first, event("t1", val_nll=1.0))
+        repo.upsert_trial(session, second, event("t1", val_nll=2.0))
+        assert session.scalar(sa.select(sa.func.count()).select_from(Trial)) == 2
+        assert repo.list_trials(session, first)[0].metrics["val_nll"] == 1.0
+        assert repo.trial_counts(session, second) == {"running": 1}
