@@ -31,7 +31,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         head = None
         jobs_url = settings.ray_jobs_url
         if jobs_url is None:
-            head = LocalRayHead(settings.resolved_token_path())
+            head = LocalRayHead(settings.var_dir / "ray" / "head.json")
             jobs_url = head.start()
             log.info("started a local Ray head; jobs API at %s", jobs_url)
         sweep_settings = settings.sweeps()

@@ -8,8 +8,10 @@ head, the job client and the job drivers all read it through RAY_AUTH_MODE/RAY_A
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -30,16 +32,24 @@ def _free_port() -> int:
 
 
 class LocalRayHead:
-    """A Ray head on loopback for this service, stopped with it (`ray start --head --block`)."""
+    """A Ray head on loopback for this service, stopped with it (`ray start --head --block`).
 
-    def __init__(self, token_path: Path, num_cpus: int | None = None) -> None:
-        self.token_path = token_path
+    Its address is kept in ``state_file``: an API process that was killed (not stopped) leaves
+    the head and its sweep drivers running, and the next API process adopts them.
+    """
+
+    def __init__(self, state_file: Path, num_cpus: int | None = None) -> None:
+        self.state_file = state_file
         self.num_cpus = num_cpus
         self.process: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None
         self.dashboard_url = ""
         self.temp_dir = ""
 
     def start(self, timeout_s: float = 60.0) -> str:
+        adopted = self._adopt()
+        if adopted:
+            return adopted
         names = ("gcs", "dashboard", "client", "agent", "agent_grpc", "runtime_env", "metrics")
         ports = {name: _free_port() for name in names}
         # Unix socket paths must stay short: the head's session lives under /tmp.
@@ -72,6 +82,7 @@ class LocalRayHead:
             start_new_session=True,
             env=env,
         )
+        self.pid = self.process.pid
         self.dashboard_url = f"http://127.0.0.1:{ports['dashboard']}"
         deadline = time.monotonic() + timeout_s
         while True:
@@ -79,6 +90,7 @@ class LocalRayHead:
                 raise RuntimeError(f"the local Ray head exited with {self.process.returncode}")
             try:
                 JobSubmissionClient(self.dashboard_url).list_jobs()
+                self._remember()
                 return self.dashboard_url
             except Exception:
                 if time.monotonic() > deadline:
@@ -88,17 +100,51 @@ class LocalRayHead:
                     ) from None
                 time.sleep(0.5)
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()  # `ray start --block` stops its processes on SIGTERM
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, 9)
-                self.process.wait()
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.pid is not None and _alive(self.pid):
+            os.kill(self.pid, signal.SIGTERM)  # `ray start --block` stops its processes
+            deadline = time.monotonic() + timeout_s
+            while _alive(self.pid) and time.monotonic() < deadline:
+                if self.process is not None:
+                    self.process.poll()  # reap our own child
+                time.sleep(0.2)
+            if _alive(self.pid):
+                os.killpg(self.pid, signal.SIGKILL)
         self.process = None
+        self.pid = None
+        self.state_file.unlink(missing_ok=True)
         if self.temp_dir:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def _remember(self) -> None:
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        state = {"pid": self.pid, "dashboard_url": self.dashboard_url, "temp_dir": self.temp_dir}
+        self.state_file.write_text(json.dumps(state))
+
+    def _adopt(self) -> str | None:
+        """The head an earlier API process left running, if it still answers."""
+        try:
+            state = json.loads(self.state_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        if not _alive(int(state["pid"])):
+            return None
+        try:
+            JobSubmissionClient(state["dashboard_url"]).list_jobs()
+        except Exception:
+            return None
+        self.pid = int(state["pid"])
+        self.dashboard_url = state["dashboard_url"]
+        self.temp_dir = state["temp_dir"]
+        return self.dashboard_url
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @dataclass

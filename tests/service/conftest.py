@@ -3,7 +3,7 @@
 PostgreSQL comes from GRADREG_TEST_POSTGRES_URL, else the local server (trust auth, database
 `test`). Each test gets a fresh schema `gradreg_<random>`, reached through the URL's search_path
 option, so the migrations create their tables there and parallel runs never meet; it is dropped
-afterwards. Without a reachable server the PostgreSQL cases are skipped, saying why.
+afterwards. Without a reachable server the PostgreSQL cases fail, saying why.
 """
 
 from __future__ import annotations
@@ -46,7 +46,11 @@ def postgres_url() -> sa.URL | None:
 def _postgres_schema() -> Iterator[sa.URL]:
     base = postgres_url()
     if base is None:
-        pytest.skip(f"no PostgreSQL server answers at {', '.join(POSTGRES_CANDIDATES)}")
+        # The store must work on PostgreSQL; a missing server fails the run instead of hiding.
+        pytest.fail(
+            f"no PostgreSQL server answers at {', '.join(POSTGRES_CANDIDATES)}; start one or "
+            "set GRADREG_TEST_POSTGRES_URL"
+        )
     schema = f"gradreg_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
     try:

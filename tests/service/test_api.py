@@ -1,0 +1,257 @@
+"""The service end to end: real uvicorn, a real Ray head and Ray Jobs, MLflow on SQLite.
+
+One API process serves the module (its Ray head starts once); the restart test stops and
+restarts that same process, and the readiness test starts a second API next to it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+
+from tests.service.api import TOKENS, ApiProcess, free_port, wait_for
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def small_sweep(name: str, *, epochs: int = 2, trials: int = 3, concurrent: int = 2) -> dict:
+    return {
+        "name": name,
+        "tags": ["e2e", name],
+        "dataset": {"name": "digits"},
+        "model": {"name": "mlp", "options": {"hidden": [32]}},
+        "method": "vl-uniform",
+        "fixed": {"epochs": epochs, "batch_size": 256, "lr": 0.003, "device": "cpu"},
+        "parameters": {
+            "noise_scale": {"type": "float", "low": 0.001, "high": 0.1, "scale": "log"},
+            "prior_variance": {"type": "float", "low": 0.1, "high": 10.0, "scale": "log"},
+        },
+        "search": {"algorithm": "random", "seed": 0},
+        "budget": {"max_trials": trials, "max_concurrent_trials": concurrent},
+        "resources": {"cpu": 1},
+    }
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    process = ApiProcess(tmp_path_factory.mktemp("api")).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def client(api):
+    with api.client() as opened:
+        yield opened
+
+
+def is_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["status"] == status and body["title"]
+    return body
+
+
+# ---------------------------------------------------------------- the HTTP surface
+
+
+def test_health_readiness_and_openapi(api):
+    assert httpx.get(api.url + "/healthz").json() == {"status": "ok"}
+    ready = httpx.get(api.url + "/readyz").json()
+    assert ready == {"status": "ready", "checks": ["store", "ray", "mlflow"]}
+    paths = httpx.get(api.url + "/openapi.json").json()["paths"]
+    assert {"/v1/sweeps", "/v1/sweeps/{sweep_id}/cancel", "/v1/schema"} <= set(paths)
+
+
+def test_every_v1_route_wants_a_valid_token(api):
+    paths = httpx.get(api.url + "/openapi.json").json()["paths"]
+    routes = [
+        (method.upper(), path.replace("{sweep_id}", "0" * 32))
+        for path, methods in paths.items()
+        if path.startswith("/v1")
+        for method in methods
+    ]
+    assert len(routes) >= 9
+    for method, path in routes:
+        missing = httpx.request(method, api.url + path)
+        assert is_problem(missing, 401) and missing.headers["www-authenticate"] == "Bearer"
+        wrong = httpx.request(method, api.url + path, headers={"Authorization": "Bearer nope"})
+        body = is_problem(wrong, 403)
+        assert not any(token in json.dumps(body) for token in TOKENS)
+    assert not any(token in api.log_tail(10**6) for token in TOKENS)
+
+
+def test_both_configured_tokens_work(api):
+    for token in TOKENS:
+        with api.client(token) as client:
+            assert client.get("/v1/schema").json()["title"] == "gradreg sweep specification"
+
+
+def test_bad_input_gets_problem_json_naming_the_fields(client):
+    spec = small_sweep("bad")
+    spec["parameters"]["noise_scale"]["low"] = 0.5
+    spec["method"] = "map"
+    body = is_problem(client.post("/v1/sweeps", json=spec), 422)
+    paths = {error["path"]: error["message"] for error in body["errors"]}
+    assert "method 'map' does not use noise_scale" in paths["parameters.noise_scale"]
+    assert "must be > low" in paths["parameters.noise_scale.high"]
+
+    not_json = client.post("/v1/sweeps", content=b"{nope", headers={"content-type": "x"})
+    assert "not JSON" in is_problem(not_json, 422)["errors"][0]["message"]
+    huge = client.post("/v1/sweeps", content=b"[" + b"1," * 40_000 + b"1]")
+    assert "limited to 65536 bytes" in is_problem(huge, 413)["detail"]
+    over_cap = small_sweep("too-big", trials=5000)
+    body = is_problem(client.post("/v1/sweeps", json=over_cap), 422)
+    assert body["errors"][0]["path"] == "budget.max_trials"
+    is_problem(client.get("/v1/sweeps/" + "f" * 32), 404)
+    is_problem(client.get("/v1/sweeps", params={"cursor": "not-a-cursor"}), 400)
+    is_problem(client.get("/v1/sweeps", params={"limit": 0}), 422)
+    is_problem(client.post("/v1/sweeps/" + "f" * 32 + "/cancel"), 404)
+
+
+def test_post_is_idempotent_with_a_key(client):
+    spec = small_sweep("idempotent", trials=1)
+    first = client.post("/v1/sweeps", json=spec, headers={"Idempotency-Key": "k-1"})
+    again = client.post("/v1/sweeps", json=spec, headers={"Idempotency-Key": "k-1"})
+    assert first.status_code == again.status_code == 202
+    assert first.json()["id"] == again.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert first.headers["location"] == f"/v1/sweeps/{first.json()['id']}"
+    other = copy.deepcopy(spec)
+    other["budget"]["max_trials"] = 2
+    clash = client.post("/v1/sweeps", json=other, headers={"Idempotency-Key": "k-1"})
+    assert "k-1" in is_problem(clash, 409)["detail"]
+    wait_for(client, first.json()["id"], lambda s: s["status"] in FINAL)
+
+
+# ---------------------------------------------------------------- sweeps running on Ray
+
+
+def read_events(api: ApiProcess, sweep_id: str) -> list[tuple[str, dict]]:
+    events = []
+    with (
+        api.client() as client,
+        client.stream("GET", f"/v1/sweeps/{sweep_id}/events", timeout=300) as stream,
+    ):
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        kind = None
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line.removeprefix("data: "))))
+    return events
+
+
+def test_a_sweep_runs_to_the_end_and_is_visible_in_the_api_and_mlflow(api, client):
+    posted = client.post("/v1/sweeps", json=small_sweep("e2e-digits"))
+    assert posted.status_code == 202 and posted.json()["status"] == "pending"
+    sweep_id = posted.json()["id"]
+
+    events = read_events(api, sweep_id)  # follows the sweep until it is final
+    statuses = [data["status"] for kind, data in events if kind == "sweep"]
+    assert statuses[-1] == "succeeded"
+    assert "running" in statuses
+    trial_events = [data for kind, data in events if kind == "trial"]
+    assert {e["state"] for e in trial_events} >= {"running", "succeeded"}
+
+    sweep = client.get(f"/v1/sweeps/{sweep_id}").json()
+    assert sweep["status"] == "succeeded" and sweep["counts"] == {"succeeded": 3}
+    assert sweep["attempt"] == 1 and sweep["finished_at"]
+    assert sweep["links"]["mlflow_parent_run"].endswith(sweep["mlflow_parent_run_id"])
+    trials = client.get(f"/v1/sweeps/{sweep_id}/trials").json()
+    assert len(trials) == 3 and all(t["state"] == "succeeded" for t in trials)
+    assert all(t["epoch"] == 2 and t["mlflow_run_id"] for t in trials)
+    best = client.get(f"/v1/sweeps/{sweep_id}/best").json()
+    assert best["pareto"] is False
+    lowest = min(trials, key=lambda t: t["metrics"]["val_nll"])
+    assert best["best"][0]["trial_id"] == lowest["trial_id"]
+
+    mlflow = MlflowClient(api.tracking_uri)
+    runs = mlflow.search_runs([sweep["mlflow_experiment_id"]])
+    children = [
+        r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep["mlflow_parent_run_id"]
+    ]
+    assert len(children) == 3
+    assert {r.info.run_id for r in children} == {t["mlflow_run_id"] for t in trials}
+    assert all(r.info.status == "FINISHED" for r in children)
+
+    listed = client.get("/v1/sweeps", params={"tag": "e2e-digits"}).json()["items"]
+    assert [s["id"] for s in listed] == [sweep_id]
+    done = client.get("/v1/sweeps", params={"status": "succeeded", "limit": 100}).json()
+    assert sweep_id in {s["id"] for s in done["items"]}
+
+
+def test_cancel_stops_a_running_sweep_and_resume_finishes_it(api, client):
+    spec = small_sweep("cancel-resume", epochs=40, trials=3, concurrent=1)
+    sweep_id = client.post("/v1/sweeps", json=spec).json()["id"]
+    wait_for(client, sweep_id, lambda s: s["counts"].get("running", 0) >= 1)
+
+    cancelling = client.post(f"/v1/sweeps/{sweep_id}/cancel")
+    assert cancelling.status_code == 202
+    assert cancelling.json()["status"] in ("cancelling", "cancelled")
+    cancelled = wait_for(client, sweep_id, lambda s: s["status"] in FINAL, timeout_s=120)
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["counts"].get("succeeded", 0) < 3
+    assert client.post(f"/v1/sweeps/{sweep_id}/cancel").json()["status"] == "cancelled"
+
+    resumed = client.post(f"/v1/sweeps/{sweep_id}/resume")
+    assert resumed.status_code == 202
+    assert resumed.json()["status"] == "pending" and resumed.json()["attempt"] == 2
+    finished = wait_for(client, sweep_id, lambda s: s["status"] in FINAL, timeout_s=300)
+    assert finished["status"] == "succeeded" and finished["counts"] == {"succeeded": 3}
+    is_problem(client.post(f"/v1/sweeps/{sweep_id}/resume"), 409)  # nothing to resume
+
+    mlflow = MlflowClient(api.tracking_uri)
+    runs = mlflow.search_runs([finished["mlflow_experiment_id"]])
+    children = [
+        r
+        for r in runs
+        if r.data.tags.get("gradreg.role") == "trial"
+        and r.data.tags.get("mlflow.parentRunId") == finished["mlflow_parent_run_id"]
+    ]
+    assert len(children) == 3  # the resumed attempt reused the trials' runs
+    for child in children:
+        steps = [m.step for m in mlflow.get_metric_history(child.info.run_id, "epoch")]
+        assert steps == list(range(1, 41))
+
+
+def test_the_api_killed_mid_sweep_comes_back_and_the_sweep_finishes(api, client):
+    spec = small_sweep("api-restart", epochs=30, trials=2, concurrent=1)
+    sweep_id = client.post("/v1/sweeps", json=spec).json()["id"]
+    wait_for(client, sweep_id, lambda s: s["counts"].get("running", 0) >= 1)
+    head_before = api.head_state()
+
+    api.stop(kill=True)  # SIGKILL: no shutdown code runs
+    api.start()
+    assert api.head_state() == head_before  # the new API adopted the running head
+
+    with api.client() as fresh:
+        finished = wait_for(fresh, sweep_id, lambda s: s["status"] in FINAL, timeout_s=300)
+    assert finished["status"] == "succeeded"
+    assert finished["attempt"] == 1  # the driver was never lost, so never restarted
+    assert finished["counts"] == {"succeeded": 2}
+
+
+def test_readyz_is_503_when_mlflow_is_down(api, tmp_path):
+    dead_mlflow = f"http://127.0.0.1:{free_port()}"
+    second = ApiProcess(
+        tmp_path,
+        extra_env={
+            "GRADREG_TRACKING_URI": dead_mlflow,
+            "GRADREG_RAY_JOBS_URL": api.head_state()["dashboard_url"],
+            "GRADREG_RAY_AUTH_TOKEN_PATH": str(api.var_dir / "ray" / "auth_token"),
+        },
+    ).start(ready=False)
+    try:
+        body = is_problem(httpx.get(second.url + "/readyz"), 503)
+        assert f"MLflow at {dead_mlflow}: ConnectError" in body["detail"]
+        assert httpx.get(second.url + "/healthz").status_code == 200
+    finally:
+        second.stop()
