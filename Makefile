@@ -1,10 +1,11 @@
-# Two commands on a fresh machine: `make demo` trains on digits, `make test` runs the checks.
+# On a fresh machine: `make demo` runs the sweep service with a digits sweep, `make stop` stops
+# it, `make test` runs the checks, `make train-demo` trains one model without the service.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo stop train-demo test lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +15,12 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: install
+	$(PY) -m service.demo start
+
+stop:
+	$(PY) -m service.demo stop
+
+train-demo: install
 	$(PY) -m gradreg train --dataset digits --method vl --variance uniform \
 		--noise-scale 0.01 --epochs 20 --out runs/demo
 
