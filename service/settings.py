@@ -34,6 +34,7 @@ class ServiceSettings(BaseSettings):
     )
     python: str = Field(sys.executable, description="absolute interpreter for the sweep driver")
     max_body_bytes: int = Field(64 * 1024, ge=1024)
+    api_threads: int = Field(4, ge=1, description="threads serving the synchronous routes")
     reconcile_interval_s: float = Field(5.0, gt=0)
     cancel_grace_s: float = Field(30.0, ge=0)
     max_attempts: int = Field(3, ge=1, description="driver restarts before a sweep fails")

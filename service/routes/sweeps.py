@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from service.auth import require_token
 from service.schemas import BestOut, Links, SweepOut, SweepPage, TrialOut
@@ -23,15 +24,16 @@ HEARTBEAT_S = 15.0
 FINAL = ("succeeded", "failed", "cancelled")
 
 
-def session(request: Request) -> Iterator[Session]:
-    with request.app.state.sessions() as opened:
-        yield opened
+def opened(request: Request) -> Session:
+    """A session for one request. Not a yield-dependency: FastAPI would close it on a pool
+    thread, and with a small pool those closes queued behind requests waiting for
+    connections (a deadlock seen under 50 concurrent clients)."""
+    return request.app.state.sessions()
 
 
-SessionDep = Annotated[Session, Depends(session)]
-
-
-def sweep_out(request: Request, db: Session, sweep: Sweep) -> SweepOut:
+def sweep_out(
+    request: Request, db: Session, sweep: Sweep, counts: dict[str, int] | None = None
+) -> SweepOut:
     base = f"/v1/sweeps/{sweep.id}"
     ui = request.app.state.settings.mlflow_ui_url.rstrip("/")
     experiment = sweep.mlflow_experiment_id
@@ -63,7 +65,9 @@ def sweep_out(request: Request, db: Session, sweep: Sweep) -> SweepOut:
         submission_id=sweep.submission_id,
         mlflow_experiment_id=experiment,
         mlflow_parent_run_id=sweep.mlflow_parent_run_id,
-        counts=repository.trial_counts(db, sweep.id),
+        counts=counts
+        if counts is not None
+        else repository.counts_by_sweep(db, [sweep.id])[sweep.id],
         best=sweep.best,
         links=links,
     )
@@ -73,7 +77,6 @@ def sweep_out(request: Request, db: Session, sweep: Sweep) -> SweepOut:
 async def submit_sweep(
     request: Request,
     response: Response,
-    db: SessionDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> SweepOut:
     """Validate the spec, store the sweep as pending and hand it to the reconciler."""
@@ -82,72 +85,89 @@ async def submit_sweep(
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise SpecError([SpecIssue((), f"the body is not JSON: {error}")]) from None
     spec = parse_spec(document, request.app.state.limits)
-    sweep, created = repository.create_sweep(
-        db, spec.to_document(), idempotency_key=idempotency_key
-    )
+
+    def store() -> tuple[SweepOut, bool]:
+        with opened(request) as db:
+            sweep, created = repository.create_sweep(
+                db, spec.to_document(), idempotency_key=idempotency_key
+            )
+            return sweep_out(request, db, sweep), created
+
+    out, created = await run_in_threadpool(store)
     if created:
         request.app.state.reconciler.kick()
     else:
         response.headers["Idempotent-Replayed"] = "true"
-    response.headers["Location"] = f"/v1/sweeps/{sweep.id}"
-    return sweep_out(request, db, sweep)
+    response.headers["Location"] = f"/v1/sweeps/{out.id}"
+    return out
 
 
 @router.get("", response_model=SweepPage)
 def list_sweeps(
     request: Request,
-    db: SessionDep,
     status: Annotated[str | None, Query(pattern="^[a-z]+$")] = None,
     tag: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=repository.MAX_PAGE)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> SweepPage:
-    sweeps, next_cursor = repository.list_sweeps(
-        db, status=status, tag=tag, limit=limit, cursor=cursor
-    )
-    return SweepPage(items=[sweep_out(request, db, s) for s in sweeps], next_cursor=next_cursor)
+    with opened(request) as db:
+        sweeps, next_cursor = repository.list_sweeps(
+            db, status=status, tag=tag, limit=limit, cursor=cursor
+        )
+        counts = repository.counts_by_sweep(db, [s.id for s in sweeps])
+        items = [sweep_out(request, db, s, counts[s.id]) for s in sweeps]
+    return SweepPage(items=items, next_cursor=next_cursor)
 
 
 @router.get("/{sweep_id}", response_model=SweepOut)
-def get_sweep(request: Request, db: SessionDep, sweep_id: str) -> SweepOut:
-    return sweep_out(request, db, repository.get_sweep(db, sweep_id))
+def get_sweep(request: Request, sweep_id: str) -> SweepOut:
+    with opened(request) as db:
+        return sweep_out(request, db, repository.get_sweep(db, sweep_id))
 
 
 @router.get("/{sweep_id}/trials", response_model=list[TrialOut])
-def list_trials(db: SessionDep, sweep_id: str) -> list[TrialOut]:
-    repository.get_sweep(db, sweep_id)
-    return [_trial_out(t) for t in repository.list_trials(db, sweep_id)]
+def list_trials(request: Request, sweep_id: str) -> list[TrialOut]:
+    with opened(request) as db:
+        repository.get_sweep(db, sweep_id)
+        return [_trial_out(t) for t in repository.list_trials(db, sweep_id)]
 
 
 @router.get("/{sweep_id}/best", response_model=BestOut)
-def best(db: SessionDep, sweep_id: str) -> BestOut:
-    sweep = repository.get_sweep(db, sweep_id)
+def best(request: Request, sweep_id: str) -> BestOut:
+    with opened(request) as db:
+        sweep = repository.get_sweep(db, sweep_id)
     objectives = sweep.spec.get("objectives") or [{"metric": "val_nll", "goal": "minimize"}]
     return BestOut(objectives=objectives, pareto=len(objectives) > 1, best=sweep.best or [])
 
 
 @router.post("/{sweep_id}/cancel", status_code=202, response_model=SweepOut)
-def cancel(request: Request, db: SessionDep, sweep_id: str) -> SweepOut:
+def cancel(request: Request, sweep_id: str) -> SweepOut:
     """Running trials stop at their next report with their state saved; the job is stopped
     if the driver has not wound down within the grace period."""
-    sweep = repository.request_cancel(db, sweep_id)
+    with opened(request) as db:
+        out = sweep_out(request, db, repository.request_cancel(db, sweep_id))
     request.app.state.reconciler.kick()
-    return sweep_out(request, db, sweep)
+    return out
 
 
 @router.post("/{sweep_id}/resume", status_code=202, response_model=SweepOut)
-def resume(request: Request, db: SessionDep, sweep_id: str) -> SweepOut:
+def resume(request: Request, sweep_id: str) -> SweepOut:
     """A failed or cancelled sweep continues as a new attempt; finished trials are kept."""
-    sweep = repository.transition(db, sweep_id, "pending")
+    with opened(request) as db:
+        out = sweep_out(request, db, repository.transition(db, sweep_id, "pending"))
     request.app.state.reconciler.kick()
-    return sweep_out(request, db, sweep)
+    return out
 
 
 @router.get("/{sweep_id}/events", response_class=StreamingResponse)
 async def events(request: Request, sweep_id: str) -> StreamingResponse:
     """Server-sent events: `sweep` when the sweep changes, `trial` for each changed trial."""
-    with request.app.state.sessions() as db:
-        repository.get_sweep(db, sweep_id)  # 404 before the stream starts
+
+    def exists() -> None:
+        with opened(request) as db:
+            repository.get_sweep(db, sweep_id)  # 404 before the stream starts
+
+    await run_in_threadpool(exists)
     return StreamingResponse(
         _event_stream(request, sweep_id),
         media_type="text/event-stream",
@@ -178,7 +198,7 @@ async def _event_stream(request: Request, sweep_id: str) -> AsyncIterator[str]:
 def _changes(
     request: Request, sweep_id: str, version: int, seen: dict[str, Any]
 ) -> tuple[list[tuple[str, dict[str, Any], int]], bool]:
-    with request.app.state.sessions() as db:
+    with opened(request) as db:
         sweep = repository.changes_since(db, sweep_id, version)
         if sweep is None:
             return [], False

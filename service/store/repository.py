@@ -505,12 +505,22 @@ def list_trials(session: Session, sweep_id: str) -> list[Trial]:
 def trial_counts(session: Session, sweep_id: str) -> dict[str, int]:
     """How many trials are in each state (states without trials are left out)."""
     _reload(session, sweep_id)
+    return counts_by_sweep(session, [sweep_id])[sweep_id]
+
+
+def counts_by_sweep(session: Session, sweep_ids: Collection[str]) -> dict[str, dict[str, int]]:
+    """`trial_counts` of several sweeps in one query (a page of the list, say)."""
+    counts: dict[str, dict[str, int]] = {sweep_id: {} for sweep_id in sweep_ids}
+    if not counts:
+        return counts
     rows = session.execute(
-        sa.select(Trial.state, sa.func.count())
-        .where(Trial.sweep_id == sweep_id)
-        .group_by(Trial.state)
+        sa.select(Trial.sweep_id, Trial.state, sa.func.count())
+        .where(Trial.sweep_id.in_(list(counts)))
+        .group_by(Trial.sweep_id, Trial.state)
     )
-    return {state: count for state, count in rows}
+    for sweep_id, state, count in rows:
+        counts[sweep_id][state] = count
+    return counts
 
 
 # ---------------------------------------------------------------- the driver's outcome
