@@ -18,6 +18,8 @@ from pathlib import Path
 
 import httpx
 
+from service.launcher import process_alive
+
 RUN = Path("var/run")
 MLFLOW_URL = "http://127.0.0.1:5000"
 API_URL = "http://127.0.0.1:8000"
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 def _launch(name: str, command: list[str], env: dict[str, str]) -> None:
     RUN.mkdir(parents=True, exist_ok=True)
     pid_file = RUN / f"{name}.pid"
-    if pid_file.exists() and _alive(int(pid_file.read_text())):
+    if pid_file.exists() and process_alive(int(pid_file.read_text())):
         print(f"{name} is already running (pid {pid_file.read_text().strip()})")
         return
     with open(RUN / f"{name}.log", "ab") as log:
@@ -96,24 +98,16 @@ def stop() -> int:
         if not pid_file.exists():
             continue
         pid = int(pid_file.read_text())
-        if _alive(pid):
+        if process_alive(pid):
             os.kill(pid, signal.SIGTERM)  # the API stops its Ray head on the way out
             deadline = time.monotonic() + 60
-            while _alive(pid) and time.monotonic() < deadline:
+            while process_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.5)
-            if _alive(pid):
+            if process_alive(pid):
                 os.killpg(pid, signal.SIGKILL)
             print(f"stopped {name} (pid {pid})")
         pid_file.unlink()
     return 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 if __name__ == "__main__":

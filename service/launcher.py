@@ -101,14 +101,14 @@ class LocalRayHead:
                 time.sleep(0.5)
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        if self.pid is not None and _alive(self.pid):
+        if self.pid is not None and process_alive(self.pid):
             os.kill(self.pid, signal.SIGTERM)  # `ray start --block` stops its processes
             deadline = time.monotonic() + timeout_s
-            while _alive(self.pid) and time.monotonic() < deadline:
+            while process_alive(self.pid) and time.monotonic() < deadline:
                 if self.process is not None:
                     self.process.poll()  # reap our own child
                 time.sleep(0.2)
-            if _alive(self.pid):
+            if process_alive(self.pid):
                 os.killpg(self.pid, signal.SIGKILL)
         self.process = None
         self.pid = None
@@ -127,7 +127,7 @@ class LocalRayHead:
             state = json.loads(self.state_file.read_text())
         except (FileNotFoundError, ValueError):
             return None
-        if not _alive(int(state["pid"])):
+        if not process_alive(int(state["pid"])):
             return None
         try:
             JobSubmissionClient(state["dashboard_url"]).list_jobs()
@@ -139,7 +139,7 @@ class LocalRayHead:
         return self.dashboard_url
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -23,6 +23,7 @@ from gradreg.metrics import ReliabilityBins
 from gradreg.plots import write_reliability_diagram
 
 PARENT_RUN_TAG = "mlflow.parentRunId"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 RUN_NAME_TAG = "mlflow.runName"
 NOTE_TAG = "mlflow.note.content"
 SWEEP_TAG = "gradreg.sweep"
@@ -59,7 +60,12 @@ class Tracker:
                     f"MLflow experiment {name!r} is deleted; restore it or set tracking.experiment"
                 )
             return found.experiment_id
-        return self.client.create_experiment(name, artifact_location=self._artifact_location(name))
+        return self.client.create_experiment(
+            name,
+            artifact_location=self._artifact_location(name),
+            # MLflow 3's UI opens GenAI pages by default; these are training runs.
+            tags={EXPERIMENT_KIND_TAG: "custom_model_development"},
+        )
 
     def _artifact_location(self, experiment: str) -> str | None:
         """Artifacts beside a local database; a tracking server chooses its own."""

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import ray
 
 from sweeps.checks import parse_spec
 from sweeps.driver import DriverOptions
@@ -34,14 +33,6 @@ DIGITS_SWEEP: dict[str, Any] = {
 def digits_spec(**changes: Any):
     """DIGITS_SWEEP with the given top-level sections replaced, validated."""
     return parse_spec({**copy.deepcopy(DIGITS_SWEEP), **changes})
-
-
-@pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray instance for every driver test (start-ups cost seconds each)."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture

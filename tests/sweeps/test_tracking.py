@@ -12,8 +12,9 @@ def test_parent_is_reused_and_a_trial_keeps_one_run_across_attempts(tracking_uri
     tracker = Tracker(tracking_uri)
     experiment = tracker.experiment_id("exp")
     assert tracker.experiment_id("exp") == experiment
-    location = tracker.client.get_experiment(experiment).artifact_location
-    assert location == (tmp_path / "mlartifacts" / "exp").as_uri()
+    found = tracker.client.get_experiment(experiment)
+    assert found.artifact_location == (tmp_path / "mlartifacts" / "exp").as_uri()
+    assert found.tags["mlflow.experimentKind"] == "custom_model_development"
 
     parent = tracker.open_parent(experiment, "sweep-a", {"dataset": "digits"}, {}, "about a")
     assert tracker.open_parent(experiment, "sweep-a", {}, {}, "") == parent
