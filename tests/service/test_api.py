@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
+import subprocess
 from typing import Any
 
 import httpx
@@ -255,3 +258,35 @@ def test_readyz_is_503_when_mlflow_is_down(api, tmp_path):
         assert httpx.get(second.url + "/healthz").status_code == 200
     finally:
         second.stop()
+
+
+def test_a_killed_driver_is_resubmitted_and_resumes_without_rerunning_trials(api, client):
+    spec = small_sweep("driver-killed", epochs=25, trials=3, concurrent=1)
+    sweep_id = client.post("/v1/sweeps", json=spec).json()["id"]
+    first = wait_for(client, sweep_id, lambda s: s["counts"].get("succeeded", 0) >= 1)
+    done_before = {
+        t["trial_id"]: t["metrics"]
+        for t in client.get(f"/v1/sweeps/{sweep_id}/trials").json()
+        if t["state"] == "succeeded"
+    }
+    driver = subprocess.run(
+        ["pgrep", "-f", f"service.worker --sweep-id {sweep_id}"], capture_output=True, text=True
+    )
+    pids = [int(p) for p in driver.stdout.split()]
+    assert pids, "the sweep's driver process was not found"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)  # no chance to write anything
+
+    finished = wait_for(client, sweep_id, lambda s: s["status"] in FINAL, timeout_s=300)
+    assert finished["status"] == "succeeded", finished
+    assert finished["attempt"] == first["attempt"] + 1
+    trials = client.get(f"/v1/sweeps/{sweep_id}/trials").json()
+    assert len(trials) == 3 and all(t["state"] == "succeeded" for t in trials)
+    for trial_id, metrics in done_before.items():  # kept, not trained again
+        assert next(t for t in trials if t["trial_id"] == trial_id)["metrics"] == metrics
+    mlflow = MlflowClient(api.tracking_uri)
+    runs = mlflow.search_runs([finished["mlflow_experiment_id"]])
+    children = [
+        r for r in runs if r.data.tags.get("mlflow.parentRunId") == finished["mlflow_parent_run_id"]
+    ]
+    assert len(children) == 3
