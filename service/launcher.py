@@ -25,7 +25,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 FINAL_JOB_STATES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -51,7 +51,7 @@ class LocalRayHead:
         if adopted:
             return adopted
         names = ("gcs", "dashboard", "client", "agent", "agent_grpc", "runtime_env", "metrics")
-        ports = {name: _free_port() for name in names}
+        ports = {name: free_port() for name in names}
         # Unix socket paths must stay short: the head's session lives under /tmp.
         self.temp_dir = tempfile.mkdtemp(prefix="gradreg-ray-")
         command = [

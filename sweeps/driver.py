@@ -36,6 +36,7 @@ from sweeps.progress import (
     TrialEvent,
     TrialHook,
     register,
+    reported_metrics,
     stop_on_signals,
     unregister,
 )
@@ -349,6 +350,7 @@ def _drive(
     on_trial: TrialHook | None,
     should_stop: StopFlag | None,
 ) -> SweepOutcome:
+    tracker = Tracker(record.tracking_uri)
     monitor = SweepMonitor(
         sweep=record.sweep,
         objectives=list(spec.objectives),
@@ -360,9 +362,8 @@ def _drive(
         stream=None if options.quiet else (options.stream or sys.stderr),
         states=_read_json(path, STATES_FILE) or {},
         persist=functools.partial(_write_json, path, STATES_FILE),
-        on_result=functools.partial(_close_ended_run, Tracker(record.tracking_uri), spec, record),
+        on_result=functools.partial(_close_ended_run, tracker, spec, record),
     )
-    tracker = Tracker(record.tracking_uri)
     register(monitor)
     try:
         with stop_on_signals(monitor):
@@ -469,11 +470,6 @@ def _trial_summary(spec: SweepSpec, result: Any, monitor: SweepMonitor) -> Trial
     else:
         state = "interrupted"
     name = PurePosixPath(result.path).name
-    values = {
-        k: float(v)
-        for k, v in metrics.items()
-        if isinstance(v, int | float) and not isinstance(v, bool) and _reported(k)
-    }
     error = None
     if result.error is not None:
         lines = [line for line in str(result.error).strip().splitlines() if line.strip()]
@@ -483,14 +479,10 @@ def _trial_summary(spec: SweepSpec, result: Any, monitor: SweepMonitor) -> Trial
         name=name,
         state=state,
         params=params,
-        metrics=values,
+        metrics=reported_metrics(metrics),
         mlflow_run_id=metrics.get(RUN_ID_KEY),
         error=error,
     )
-
-
-def _reported(key: str) -> bool:
-    return key == "epoch" or key.startswith(("train_", "val_", "test_", "posterior_"))
 
 
 def best_trials(objectives: list[Objective], trials: list[TrialSummary]) -> list[TrialSummary]:

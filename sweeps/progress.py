@@ -200,11 +200,7 @@ class SweepCallback(tune.Callback):
         if monitor is None:
             return
         result = trial.last_result or {}
-        metrics = {
-            k: float(v)
-            for k, v in result.items()
-            if _is_metric(k) and isinstance(v, int | float) and not isinstance(v, bool)
-        }
+        metrics = reported_metrics(result)
         monitor.update(
             TrialEvent(
                 sweep=self.sweep,
@@ -259,11 +255,15 @@ class FailedTrialsStopper(tune.Stopper):
         return monitor is not None and monitor.failed_too_often
 
 
-_TUNE_KEYS = {"epoch", "train_seconds"}
-
-
-def _is_metric(key: str) -> bool:
-    return key in _TUNE_KEYS or key.startswith(("train_", "val_", "test_", "posterior_"))
+def reported_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The numbers a trial reported (gradreg's epoch metrics), without Tune's own keys."""
+    return {
+        key: float(value)
+        for key, value in result.items()
+        if (key == "epoch" or key.startswith(("train_", "val_", "test_", "posterior_")))
+        and isinstance(value, int | float)
+        and not isinstance(value, bool)
+    }
 
 
 def _error_text(trial: Any) -> str | None:

@@ -156,9 +156,6 @@ class Tracker:
             f"and tags.`{TRIAL_TAG}` = '{_quote(trial_id)}'",
         )
 
-    def log_epoch(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-        self.log_epochs(run_id, [(step, metrics)])
-
     def log_epochs(self, run_id: str, epochs: list[tuple[int, Mapping[str, float]]]) -> None:
         """Several epochs' metrics in as few writes as MLflow's batch limit allows."""
         metrics = [m for step, values in epochs for m in _metrics(values, step)]

@@ -17,7 +17,8 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from tests.service.api import TOKENS, ApiProcess, free_port, wait_for
+from service.launcher import free_port
+from tests.service.api import TOKENS, ApiProcess, wait_for
 
 FINAL = ("succeeded", "failed", "cancelled")
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.launcher import free_port
 from sweeps.driver import DriverOptions, run_sweep
-from tests.service.api import free_port
 from tests.sweeps.conftest import digits_spec
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -22,8 +22,8 @@ def test_parent_is_reused_and_a_trial_keeps_one_run_across_attempts(tracking_uri
 
     first = tracker.open_trial(experiment, parent, "sweep-a", "t1", "sweep-a-t1", {"lr": 0.1})
     assert (first.attempt, first.logged_through_epoch) == (1, 0)
-    tracker.log_epoch(first.run_id, {"val_nll": 1.0, "epoch": 1}, step=1)
-    tracker.log_epoch(first.run_id, {"val_nll": 0.9, "epoch": 2}, step=2)
+    tracker.log_epochs(first.run_id, [(1, {"val_nll": 1.0, "epoch": 1})])
+    tracker.log_epochs(first.run_id, [(2, {"val_nll": 0.9, "epoch": 2})])
     tracker.close_trial(first.run_id, "FAILED", "failed", "RuntimeError: boom")
 
     again = tracker.open_trial(experiment, parent, "sweep-a", "t1", "sweep-a-t1", {"lr": 0.1})
