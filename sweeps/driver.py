@@ -62,6 +62,10 @@ QUIET_TUNE = {
     "TUNE_DISABLE_SIGINT_HANDLER": "1",
 }
 SweepStatus = Literal["succeeded", "failed", "stopped"]
+LOST_TRIAL_RUN = (
+    "lost: the sweep's driver stopped before Tune saved this trial, so the sweep could not "
+    "continue it and ran another in its place"
+)
 MLFLOW_STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "stopped": "KILLED"}
 
 
@@ -375,9 +379,7 @@ def _drive(
     finally:
         unregister(record.sweep)
     outcome = _outcome(spec, record, path, grid, monitor)
-    if outcome.status == "stopped":
-        for run_id in tracker.running_trials(record.experiment_id, record.parent_run_id):
-            tracker.close_trial(run_id, "KILLED", "interrupted")
+    _close_unfinished_runs(tracker, record, outcome)
     tracker.finish_parent(
         record.parent_run_id,
         MLFLOW_STATUS[outcome.status],
@@ -385,6 +387,22 @@ def _drive(
         _best_metrics(outcome),
     )
     return outcome
+
+
+def _close_unfinished_runs(tracker: Tracker, record: SweepRecord, outcome: SweepOutcome) -> None:
+    """Mark every trial run still open once Tune has returned: none of them is running now.
+
+    Tune's trials that did not finish (a stopped sweep) are resumable. A run whose trial Tune
+    does not know was opened by a driver killed before Tune saved that trial: it is lost.
+    """
+    known = {t.trial_id for t in outcome.trials}
+    for run_id, trial_id in tracker.running_trials(
+        record.experiment_id, record.parent_run_id
+    ).items():
+        if trial_id in known:
+            tracker.close_trial(run_id, "KILLED", "interrupted")
+        else:
+            tracker.close_trial(run_id, "KILLED", "interrupted", LOST_TRIAL_RUN)
 
 
 def _close_ended_run(

@@ -190,13 +190,14 @@ class Tracker:
         self.client.set_tag(run_id, STATUS_TAG, state)
         self.client.set_terminated(run_id, status=status)
 
-    def running_trials(self, experiment_id: str, parent_run_id: str) -> list[str]:
+    def running_trials(self, experiment_id: str, parent_run_id: str) -> dict[str, str]:
+        """The sweep's trial runs still marked RUNNING: run id -> Tune trial id."""
         runs = self.client.search_runs(
             [experiment_id],
             f"tags.`{PARENT_RUN_TAG}` = '{_quote(parent_run_id)}' "
             "and attributes.status = 'RUNNING'",
         )
-        return [run.info.run_id for run in runs]
+        return {run.info.run_id: run.data.tags.get(TRIAL_TAG, "") for run in runs}
 
     def _find(self, experiment_id: str, filter_string: str) -> str | None:
         runs = self.client.search_runs(

@@ -62,6 +62,10 @@ SETTABLE_FIELDS = frozenset(
     }
 )
 MAX_PAGE = 500
+LOST_TRIAL = (
+    "lost: the sweep's driver stopped before Tune saved this trial, so the sweep could not "
+    "continue it and ran another in its place"
+)
 DEFAULT_OBJECTIVE = {"metric": "val_nll", "goal": "minimize"}
 
 
@@ -539,6 +543,7 @@ def record_outcome(session: Session, sweep_id: str, outcome: SweepOutcome) -> Sw
         status = sweep.status
         for summary in outcome.trials:
             _write_summary(session, sweep_id, summary)
+        _mark_lost_trials(session, sweep_id, {summary.trial_id for summary in outcome.trials})
         fields: dict[str, Any] = {
             "reason": outcome.reason,
             "best": json_safe([_as_dict(trial) for trial in outcome.best]) or None,
@@ -559,6 +564,23 @@ def record_outcome(session: Session, sweep_id: str, outcome: SweepOutcome) -> Sw
         if status == "cancelling" and outcome.status != "stopped":
             fields["reason"] = f"cancel requested; the sweep had {outcome.status}: {outcome.reason}"
         return _transition(session, sweep_id, target, fields)
+
+
+def _mark_lost_trials(session: Session, sweep_id: str, known: set[str]) -> None:
+    """Trials still running here that the driver's Tune state does not hold are lost.
+
+    A driver killed between a trial's start and Tune's next save of its experiment state leaves
+    such a row; the resumed sweep cannot continue that trial and runs a new one in its place.
+    """
+    unfinished = session.scalars(
+        sa.select(Trial).where(Trial.sweep_id == sweep_id, Trial.state.in_(("running", "retrying")))
+    )
+    for trial in unfinished:
+        if trial.trial_id not in known:
+            trial.state = "interrupted"
+            trial.error = LOST_TRIAL
+            trial.updated_at = utcnow()
+    session.flush()
 
 
 def _final_status(sweep: Sweep, outcome_status: str) -> str | None:

@@ -18,6 +18,7 @@ import pytest
 from mlflow import MlflowClient
 
 from service.launcher import free_port
+from service.store.repository import LOST_TRIAL
 from tests.service.api import TOKENS, ApiProcess, wait_for
 
 FINAL = ("succeeded", "failed", "cancelled")
@@ -282,7 +283,12 @@ def test_a_killed_driver_is_resubmitted_and_resumes_without_rerunning_trials(api
     assert finished["status"] == "succeeded", finished
     assert finished["attempt"] == first["attempt"] + 1
     trials = client.get(f"/v1/sweeps/{sweep_id}/trials").json()
-    assert len(trials) == 3 and all(t["state"] == "succeeded" for t in trials)
+    succeeded = [t for t in trials if t["state"] == "succeeded"]
+    # A trial the driver started just before the kill, and Tune had not saved yet, is lost:
+    # it is shown as interrupted with why, and a new trial ran in its place.
+    lost = [t for t in trials if t["state"] != "succeeded"]
+    assert len(succeeded) == 3 and len(lost) <= 1, trials
+    assert all(t["state"] == "interrupted" and t["error"] == LOST_TRIAL for t in lost), lost
     for trial_id, metrics in done_before.items():  # kept, not trained again
         assert next(t for t in trials if t["trial_id"] == trial_id)["metrics"] == metrics
     mlflow = MlflowClient(api.tracking_uri)
@@ -290,4 +296,5 @@ def test_a_killed_driver_is_resubmitted_and_resumes_without_rerunning_trials(api
     children = [
         r for r in runs if r.data.tags.get("mlflow.parentRunId") == finished["mlflow_parent_run_id"]
     ]
-    assert len(children) == 3
+    statuses = sorted(r.info.status for r in children)
+    assert statuses in (["FINISHED"] * 3, ["FINISHED"] * 3 + ["KILLED"]), statuses

@@ -646,6 +646,32 @@ def test_driver_store_success_failure_and_unasked_stop(engine, session_factory):
     assert (sweep.status, sweep.reason, sweep.finished_at) == ("running", "sweep stopped", None)
 
 
+def test_a_trial_the_driver_lost_is_marked_interrupted_with_why(engine, session_factory):
+    store = DatabaseSweepStore(engine)
+    sweep_id, _ = create_from_example(session_factory)
+    store.record_start(sweep_id, record(sweep_id))
+    store.record_trial(sweep_id, event("t1", val_nll=0.4))
+    store.record_trial(sweep_id, event("t2"))  # started; the driver died before Tune saved it
+    store.record_trial(sweep_id, event("t3", state="retrying"))  # the same, mid-retry
+    store.record_trial(sweep_id, event("t4", state="succeeded", val_nll=0.3))
+
+    # The resumed driver's Tune state holds t1 and t4 and a new t5, never t2 or t3.
+    trials = [summary(t, "succeeded", 0.4) for t in ("t1", "t4", "t5")]
+    store.record_outcome(sweep_id, outcome(sweep_id, "succeeded", trials))
+    with session_factory() as session:
+        rows = {t.trial_id: t for t in repo.list_trials(session, sweep_id)}
+        assert {k: t.state for k, t in rows.items()} == {
+            "t1": "succeeded",
+            "t2": "interrupted",
+            "t3": "interrupted",
+            "t4": "succeeded",
+            "t5": "succeeded",
+        }
+        assert rows["t2"].error == rows["t3"].error == repo.LOST_TRIAL
+        assert rows["t1"].error is None
+        assert repo.get_sweep(session, sweep_id).status == "succeeded"
+
+
 def test_driver_store_started_by_hand_and_finishing_while_cancelling(engine, session_factory):
     store = DatabaseSweepStore(engine)
     with session_factory() as session:

@@ -9,9 +9,22 @@ import math
 import pytest
 from mlflow import MlflowClient
 
-from sweeps.driver import SweepExistsError, best_trials, resume_sweep, run_sweep
+from sweeps.driver import (
+    LOST_TRIAL_RUN,
+    SweepExistsError,
+    best_trials,
+    resume_sweep,
+    run_sweep,
+)
 from sweeps.progress import TrialEvent
-from sweeps.tracking import ATTEMPT_TAG, PARENT_RUN_TAG, ROLE_TAG, STATUS_TAG
+from sweeps.tracking import (
+    ATTEMPT_TAG,
+    ERROR_TAG,
+    PARENT_RUN_TAG,
+    ROLE_TAG,
+    STATUS_TAG,
+    Tracker,
+)
 from tests.sweeps.conftest import digits_spec
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -199,6 +212,12 @@ def test_stop_flag_interrupts_and_resume_never_reruns_finished_trials(
     client, parents, children = runs_of(tracking_uri, spec.name)
     assert parents[0].info.status == "KILLED"
 
+    # A run the killed driver of a real deployment can leave: its trial never reached Tune's
+    # saved state, so nothing will ever continue it.
+    orphan = Tracker(tracking_uri).open_trial(
+        first.experiment_id, first.parent_run_id, spec.name, "lost0001", "lost", {}
+    )
+
     seen_after: list[TrialEvent] = []
     second = resume_sweep(spec.name, driver_options, on_trial=seen_after.append)
 
@@ -213,6 +232,10 @@ def test_stop_flag_interrupts_and_resume_never_reruns_finished_trials(
         assert all(e.trial_id != trial_id for e in seen_after)
     client, parents, children = runs_of(tracking_uri, spec.name)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    lost = next(c for c in children if c.info.run_id == orphan.run_id)
+    assert lost.info.status == "KILLED" and lost.data.tags[STATUS_TAG] == "interrupted"
+    assert lost.data.tags[ERROR_TAG] == LOST_TRIAL_RUN
+    children = [c for c in children if c.info.run_id != orphan.run_id]
     assert len(children) == 3
     for child in children:
         assert child.info.status == "FINISHED"

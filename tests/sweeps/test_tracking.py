@@ -32,7 +32,7 @@ def test_parent_is_reused_and_a_trial_keeps_one_run_across_attempts(tracking_uri
     assert run.info.status == "RUNNING"
     assert run.data.tags[ATTEMPT_TAG] == "2" and run.data.tags[STATUS_TAG] == "running"
     assert run.data.tags[PARENT_RUN_TAG] == parent
-    assert tracker.running_trials(experiment, parent) == [again.run_id]
+    assert tracker.running_trials(experiment, parent) == {again.run_id: "t1"}
 
     other = tracker.open_trial(experiment, parent, "sweep-a", "t2", "sweep-a-t2", {"lr": 0.2})
     assert other.run_id != first.run_id
@@ -56,4 +56,4 @@ def test_outcome_files_and_parent_summary(tracking_uri):
     assert run.info.status == "FINISHED"
     assert run.data.metrics["best_val_nll"] == 0.5
     assert run.data.tags[STATUS_TAG] == "succeeded"
-    assert tracker.running_trials(experiment, parent) == []
+    assert tracker.running_trials(experiment, parent) == {}
