@@ -53,6 +53,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             interval_s=settings.reconcile_interval_s,
             cancel_grace_s=settings.cancel_grace_s,
             max_attempts=settings.max_attempts,
+            max_active=settings.max_active_sweeps,
         )
         app.state.reconciler.start()
         try:

@@ -1,6 +1,7 @@
 """Bring the store and Ray's job table into agreement, at start-up and every few seconds.
 
-- pending sweeps are submitted as Ray Jobs;
+- pending sweeps are submitted as Ray Jobs, oldest first, while fewer than `max_active` are
+  active; the rest wait as pending, saying so;
 - a cancelling sweep whose driver has not stopped within the grace period has its job stopped;
 - a sweep whose job ended without the driver writing a final status (the driver died, or was
   stopped without being asked) is closed as failed and, within `max_attempts`, resubmitted
@@ -33,12 +34,14 @@ class Reconciler:
         interval_s: float,
         cancel_grace_s: float,
         max_attempts: int,
+        max_active: int,
     ) -> None:
         self.sessions = sessions
         self.jobs = jobs
         self.interval_s = interval_s
         self.cancel_grace_s = cancel_grace_s
         self.max_attempts = max_attempts
+        self.max_active = max_active
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -70,22 +73,35 @@ class Reconciler:
 
     def reconcile_once(self) -> None:
         with self.sessions() as session:
+            active = len(_ids(session, ACTIVE))
             for sweep_id in _ids(session, ("pending",)):
-                self._submit(session, sweep_id)
+                if active >= self.max_active:
+                    self._queue(session, sweep_id)
+                elif self._submit(session, sweep_id):
+                    active += 1
             for sweep_id in _ids(session, ACTIVE):
                 self._check(session, sweep_id)
 
-    def _submit(self, session: Session, sweep_id: str) -> None:
+    def _submit(self, session: Session, sweep_id: str) -> bool:
         sweep = repository.get_sweep(session, sweep_id)
         try:
             submission_id = self.jobs.submit(sweep.id, sweep.attempt)
         except Exception as error:
             # Ray may be restarting: keep the sweep pending and say why; the next pass retries.
             repository.update_sweep(session, sweep_id, reason=f"submission failed: {error}")
-            return
+            return False
         repository.transition(
             session, sweep_id, "submitted", submission_id=submission_id, reason=None
         )
+        return True
+
+    def _queue(self, session: Session, sweep_id: str) -> None:
+        # Written once, not every pass: a resubmitted sweep keeps the reason it was resubmitted.
+        if repository.get_sweep(session, sweep_id).reason is None:
+            reason = (
+                f"queued: {self.max_active} sweep(s) already active (GRADREG_MAX_ACTIVE_SWEEPS)"
+            )
+            repository.update_sweep(session, sweep_id, reason=reason)
 
     def _check(self, session: Session, sweep_id: str) -> None:
         sweep = repository.get_sweep(session, sweep_id)

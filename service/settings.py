@@ -38,6 +38,9 @@ class ServiceSettings(BaseSettings):
     reconcile_interval_s: float = Field(5.0, gt=0)
     cancel_grace_s: float = Field(30.0, ge=0)
     max_attempts: int = Field(3, ge=1, description="driver restarts before a sweep fails")
+    max_active_sweeps: int = Field(
+        4, ge=1, description="sweeps whose drivers run at once; later ones wait as pending"
+    )
 
     @field_validator("python")
     @classmethod

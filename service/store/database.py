@@ -24,6 +24,9 @@ WRITE_LOCK = "gradreg_write_lock"
 _MIGRATION_LOCK_ID = 0x67726164
 
 
+CONNECT_TIMEOUT_S = 5
+
+
 def make_engine(url: str | sa.URL, **engine_options: Any) -> sa.Engine:
     """An engine for ``url``; SQLite is set up so that several processes can write to one file.
 
@@ -38,7 +41,10 @@ def make_engine(url: str | sa.URL, **engine_options: Any) -> sa.Engine:
         _configure_sqlite(engine)
         return engine
     engine_options.setdefault("pool_pre_ping", True)
-    return sa.create_engine(url, **engine_options)
+    # Without it a store behind a dropped route holds each request for the OS's TCP timeout
+    # (minutes) instead of answering 503 in seconds.
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, **engine_options.pop("connect_args", {})}
+    return sa.create_engine(url, connect_args=connect_args, **engine_options)
 
 
 def _configure_sqlite(engine: sa.Engine) -> None:

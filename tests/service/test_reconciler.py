@@ -1,0 +1,82 @@
+"""The reconciler's queue on a real store; the Ray Jobs side is a recording stand-in.
+
+The end-to-end tests (tests/service/test_api.py, tests/reliability) run it against real Ray.
+"""
+
+from __future__ import annotations
+
+from ray.job_submission import JobStatus
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.launcher import JobState
+from service.reconciler import Reconciler
+from service.store import repository as repo
+from tests.service.test_store import new_sweep, status_of
+
+
+class RecordingJobs:
+    """Accepts every submission; each job runs until `finish` ends it."""
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+        self.finished: set[str] = set()
+
+    def submit(self, sweep_id: str, attempt: int) -> str:
+        self.submitted.append(sweep_id)
+        return f"job-{sweep_id}-{attempt}"
+
+    def state(self, submission_id: str) -> JobState:
+        done = submission_id in self.finished
+        return JobState(JobStatus.SUCCEEDED if done else JobStatus.RUNNING, None)
+
+    def finish(self, submission_id: str) -> None:
+        self.finished.add(submission_id)
+
+
+def reconciler(sessions: sessionmaker[Session], jobs: RecordingJobs, max_active: int) -> Reconciler:
+    return Reconciler(
+        sessions, jobs, interval_s=1, cancel_grace_s=30, max_attempts=3, max_active=max_active
+    )
+
+
+def test_at_most_max_active_sweeps_run_and_the_rest_wait_in_order(session_factory):
+    jobs = RecordingJobs()
+    ids = [new_sweep(session_factory, name=f"s{i}") for i in range(5)]
+    passes = reconciler(session_factory, jobs, max_active=2)
+
+    passes.reconcile_once()
+    assert jobs.submitted == ids[:2]
+    waiting = [status_of(session_factory, sweep_id) for sweep_id in ids[2:]]
+    assert all(s.status == "pending" for s in waiting)
+    assert all(s.reason and s.reason.startswith("queued: 2 sweep(s)") for s in waiting)
+
+    passes.reconcile_once()  # nothing finished: nothing more starts
+    assert jobs.submitted == ids[:2]
+
+    with session_factory() as session:  # the first driver finishes its sweep
+        repo.transition(session, ids[0], "running")
+        repo.transition(session, ids[0], "succeeded")
+    passes.reconcile_once()
+    assert jobs.submitted == ids[:3]
+    third = status_of(session_factory, ids[2])
+    assert (third.status, third.reason) == ("submitted", None)
+
+    with session_factory() as session:  # a queued sweep cancelled before it started
+        repo.request_cancel(session, ids[3])
+    with session_factory() as session:
+        repo.transition(session, ids[1], "failed", reason="boom")
+    passes.reconcile_once()
+    assert jobs.submitted == [*ids[:3], ids[4]]
+
+
+def test_a_queued_resubmission_keeps_the_reason_it_was_resubmitted(session_factory):
+    jobs = RecordingJobs()
+    running = new_sweep(session_factory, "running")
+    retried = new_sweep(session_factory, "failed")
+    with session_factory() as session:
+        repo.transition(session, retried, "pending")
+        repo.update_sweep(session, retried, reason="attempt 2 resumes it: the job ended")
+    reconciler(session_factory, jobs, max_active=1).reconcile_once()
+    assert jobs.submitted == []
+    assert status_of(session_factory, running).status == "running"
+    assert status_of(session_factory, retried).reason == "attempt 2 resumes it: the job ended"
