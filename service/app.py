@@ -10,7 +10,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service import problems
+from service import openapi, problems
 from service.launcher import LocalRayHead, RayJobs
 from service.reconciler import Reconciler
 from service.routes import meta, sweeps
@@ -71,6 +71,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
+    openapi.install(app)
     app.include_router(meta.router)
     app.include_router(sweeps.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel
+
+from service.store.models import SWEEP_STATUSES
+
+# The list filter's values, spelled out in the OpenAPI document (an unknown one is a 422).
+SweepStatus = StrEnum("SweepStatus", {status: status for status in SWEEP_STATUSES})
 
 
 class Links(BaseModel):
@@ -59,3 +65,13 @@ class BestOut(BaseModel):
     objectives: list[dict[str, Any]]
     pareto: bool
     best: list[dict[str, Any]]
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: every error the API returns has this shape."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    errors: list[dict[str, Any]] | None = None

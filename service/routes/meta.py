@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from service.auth import require_token
+from service.openapi import problem_responses
 from service.problems import problem
 from sweeps.spec import SweepSpec
 
@@ -24,7 +25,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["meta"])
+@router.get("/readyz", tags=["meta"], responses=problem_responses(503))
 def readyz(request: Request) -> JSONResponse:
     """Store, Ray and MLflow reachable: 200; otherwise 503 naming what is not."""
     state = request.app.state
@@ -42,7 +43,12 @@ def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready", "checks": ["store", "ray", "mlflow"]})
 
 
-@router.get("/v1/schema", tags=["meta"], dependencies=[Depends(require_token)])
+@router.get(
+    "/v1/schema",
+    tags=["meta"],
+    dependencies=[Depends(require_token)],
+    responses=problem_responses(401, 403),
+)
 def schema() -> dict:
     """The JSON Schema of a sweep spec (what POST /v1/sweeps accepts)."""
     return SweepSpec.model_json_schema()

@@ -13,12 +13,18 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from service.auth import require_token
-from service.schemas import BestOut, Links, SweepOut, SweepPage, TrialOut
+from service.openapi import SPEC_BODY, problem_responses
+from service.schemas import BestOut, Links, SweepOut, SweepPage, SweepStatus, TrialOut
 from service.store import repository
 from service.store.models import Sweep
 from sweeps.checks import SpecError, SpecIssue, parse_spec
 
-router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], dependencies=[Depends(require_token)])
+router = APIRouter(
+    prefix="/v1/sweeps",
+    tags=["sweeps"],
+    dependencies=[Depends(require_token)],
+    responses=problem_responses(401, 403, 413, 422, 503),
+)
 EVENT_POLL_S = 0.5
 HEARTBEAT_S = 15.0
 FINAL = ("succeeded", "failed", "cancelled")
@@ -73,7 +79,13 @@ def sweep_out(
     )
 
 
-@router.post("", status_code=202, response_model=SweepOut)
+@router.post(
+    "",
+    status_code=202,
+    response_model=SweepOut,
+    openapi_extra={"requestBody": SPEC_BODY},
+    responses=problem_responses(409),
+)
 async def submit_sweep(
     request: Request,
     response: Response,
@@ -102,37 +114,37 @@ async def submit_sweep(
     return out
 
 
-@router.get("", response_model=SweepPage)
+@router.get("", response_model=SweepPage, responses=problem_responses(400))
 def list_sweeps(
     request: Request,
-    status: Annotated[str | None, Query(pattern="^[a-z]+$")] = None,
+    status: SweepStatus | None = None,
     tag: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=repository.MAX_PAGE)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> SweepPage:
     with opened(request) as db:
         sweeps, next_cursor = repository.list_sweeps(
-            db, status=status, tag=tag, limit=limit, cursor=cursor
+            db, status=status and status.value, tag=tag, limit=limit, cursor=cursor
         )
         counts = repository.counts_by_sweep(db, [s.id for s in sweeps])
         items = [sweep_out(request, db, s, counts[s.id]) for s in sweeps]
     return SweepPage(items=items, next_cursor=next_cursor)
 
 
-@router.get("/{sweep_id}", response_model=SweepOut)
+@router.get("/{sweep_id}", response_model=SweepOut, responses=problem_responses(404))
 def get_sweep(request: Request, sweep_id: str) -> SweepOut:
     with opened(request) as db:
         return sweep_out(request, db, repository.get_sweep(db, sweep_id))
 
 
-@router.get("/{sweep_id}/trials", response_model=list[TrialOut])
+@router.get("/{sweep_id}/trials", response_model=list[TrialOut], responses=problem_responses(404))
 def list_trials(request: Request, sweep_id: str) -> list[TrialOut]:
     with opened(request) as db:
         repository.get_sweep(db, sweep_id)
         return [_trial_out(t) for t in repository.list_trials(db, sweep_id)]
 
 
-@router.get("/{sweep_id}/best", response_model=BestOut)
+@router.get("/{sweep_id}/best", response_model=BestOut, responses=problem_responses(404))
 def best(request: Request, sweep_id: str) -> BestOut:
     with opened(request) as db:
         sweep = repository.get_sweep(db, sweep_id)
@@ -140,7 +152,12 @@ def best(request: Request, sweep_id: str) -> BestOut:
     return BestOut(objectives=objectives, pareto=len(objectives) > 1, best=sweep.best or [])
 
 
-@router.post("/{sweep_id}/cancel", status_code=202, response_model=SweepOut)
+@router.post(
+    "/{sweep_id}/cancel",
+    status_code=202,
+    response_model=SweepOut,
+    responses=problem_responses(404, 409),
+)
 def cancel(request: Request, sweep_id: str) -> SweepOut:
     """Running trials stop at their next report with their state saved; the job is stopped
     if the driver has not wound down within the grace period."""
@@ -150,7 +167,12 @@ def cancel(request: Request, sweep_id: str) -> SweepOut:
     return out
 
 
-@router.post("/{sweep_id}/resume", status_code=202, response_model=SweepOut)
+@router.post(
+    "/{sweep_id}/resume",
+    status_code=202,
+    response_model=SweepOut,
+    responses=problem_responses(404, 409),
+)
 def resume(request: Request, sweep_id: str) -> SweepOut:
     """A failed or cancelled sweep continues as a new attempt; finished trials are kept."""
     with opened(request) as db:
@@ -159,7 +181,9 @@ def resume(request: Request, sweep_id: str) -> SweepOut:
     return out
 
 
-@router.get("/{sweep_id}/events", response_class=StreamingResponse)
+@router.get(
+    "/{sweep_id}/events", response_class=StreamingResponse, responses=problem_responses(404)
+)
 async def events(request: Request, sweep_id: str) -> StreamingResponse:
     """Server-sent events: `sweep` when the sweep changes, `trial` for each changed trial."""
 

@@ -43,7 +43,7 @@ def postgres_url() -> sa.URL | None:
     return None
 
 
-def _postgres_schema() -> Iterator[sa.URL]:
+def postgres_schema() -> Iterator[sa.URL]:
     base = postgres_url()
     if base is None:
         # The store must work on PostgreSQL; a missing server fails the run instead of hiding.
@@ -69,7 +69,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[sa.URL]:
     if request.param == "sqlite":
         yield sa.make_url(f"sqlite:///{tmp_path / 'store.db'}")
     else:
-        yield from _postgres_schema()
+        yield from postgres_schema()
 
 
 @pytest.fixture

@@ -1,0 +1,80 @@
+"""One real service for the reliability tests: uvicorn, its Ray head, MLflow, PostgreSQL.
+
+Its caps keep whatever the fuzzer or the load tests manage to submit tiny, and one sweep's
+driver runs at a time (the rest queue), so hundreds of accepted sweeps never start hundreds of
+Ray Jobs on a 2-core machine. Whatever is still queued or running at the end is cancelled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.service.api import ApiProcess
+from tests.service.conftest import postgres_schema
+
+CAPS = {
+    "GRADREG_MAX_ACTIVE_SWEEPS": "1",
+    "GRADREG_MAX_TRIALS": "2",
+    "GRADREG_MAX_CONCURRENT_TRIALS": "1",
+    "GRADREG_MAX_EPOCHS": "2",
+    "GRADREG_MAX_TIME_BUDGET_S": "60",
+    "GRADREG_CANCEL_GRACE_S": "5",
+}
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+@pytest.fixture(scope="session")
+def store_url() -> Iterator[str]:
+    """A PostgreSQL schema of the session's own, as the service's GRADREG_DATABASE_URL."""
+    with contextlib.contextmanager(postgres_schema)() as url:
+        yield url.render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory, store_url) -> Iterator[ApiProcess]:
+    env = {**CAPS, "GRADREG_DATABASE_URL": store_url}
+    process = ApiProcess(tmp_path_factory.mktemp("reliability"), extra_env=env).start()
+    try:
+        yield process
+    finally:
+        try:
+            cancel_everything(process)
+        finally:
+            process.stop()
+
+
+def cancel_everything(service: ApiProcess, timeout_s: float = 120) -> None:
+    """Cancel every unfinished sweep and wait until none is active."""
+    with service.client() as client:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            unfinished = [
+                sweep
+                for status in ("pending", "submitted", "running", "cancelling")
+                for sweep in all_sweeps(client, status)
+            ]
+            if not unfinished or time.monotonic() > deadline:
+                return
+            for sweep in unfinished:
+                if sweep["status"] != "cancelling":
+                    client.post(f"/v1/sweeps/{sweep['id']}/cancel")
+            time.sleep(1)
+
+
+def all_sweeps(client: httpx.Client, status: str | None = None) -> list[dict]:
+    found: list[dict] = []
+    cursor = None
+    while True:
+        params = {"limit": 500, **({"status": status} if status else {})}
+        if cursor:
+            params["cursor"] = cursor
+        page = client.get("/v1/sweeps", params=params).json()
+        found.extend(page["items"])
+        cursor = page["next_cursor"]
+        if not cursor:
+            return found
