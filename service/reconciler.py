@@ -117,7 +117,7 @@ class Reconciler:
         if sweep.status not in ACTIVE:
             return
         ended = "vanished from Ray" if state is None else f"{state.status.value}"
-        detail = f": {state.message}" if state is not None and state.message else ""
+        detail = f": {_last_line(state.message)}" if state is not None and state.message else ""
         if sweep.status == "cancelling":
             repository.transition(session, sweep_id, "cancelled", reason=f"driver job {ended}")
             return
@@ -143,3 +143,13 @@ class Reconciler:
 def _ids(session: Session, statuses: tuple[str, ...]) -> list[str]:
     query = sa.select(Sweep.id).where(Sweep.status.in_(statuses)).order_by(Sweep.created_at)
     return list(session.scalars(query))
+
+
+def _last_line(message: str) -> str:
+    """The line that says what went wrong: Ray's job message ends with the driver's last logs
+    (up to 20,000 characters), whose last line is the exception."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return message
+    last = lines[-1]
+    return last if len(lines) == 1 else f"{lines[0].rstrip(':,')} … {last}"

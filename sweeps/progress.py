@@ -60,7 +60,7 @@ class SweepMonitor:
     states: dict[str, TrialState] = field(default_factory=dict)
     # Called with every trial's final state as it changes, so a resumed driver knows them.
     persist: Callable[[dict[str, TrialState]], None] | None = None
-    # Called with each event and the trial's raw last result before the user's hook.
+    # Called with each event and the trial's raw last result, after the user's hook.
     on_result: Callable[[TrialEvent, dict[str, Any]], None] | None = None
     latest: dict[str, dict[str, Any]] = field(default_factory=dict)
     stop_requested: bool = False
@@ -78,10 +78,12 @@ class SweepMonitor:
             self.persist({k: v for k, v in self.states.items() if v in FINISHED_STATES})
         if event.metrics:
             self.latest[event.trial_id] = {"name": event.trial_name, **event.metrics}
-        if self.on_result is not None:
-            self.on_result(event, result or {})
+        # The user's hook (the service's store) first: if MLflow is down, closing the trial's
+        # run below fails the driver loudly, and the store must already hold the trial's state.
         if self.on_trial is not None:
             self.on_trial(event)
+        if self.on_result is not None:
+            self.on_result(event, result or {})
         self.print_progress()
 
     def count(self, *states: TrialState) -> int:

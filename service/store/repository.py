@@ -200,6 +200,10 @@ def _transition(
         if current is None:
             raise SweepNotFound(sweep_id)
         raise InvalidTransition(sweep_id, current, target)
+    if target in TERMINAL_STATUSES:
+        # Nothing runs for a finished sweep: a trial still marked running lost its driver.
+        why = fields.get("reason") or "no reason given"
+        _interrupt_trials(session, sweep_id, f"the sweep became {target} while it ran: {why}")
     return _reload(session, sweep_id)
 
 
@@ -543,7 +547,10 @@ def record_outcome(session: Session, sweep_id: str, outcome: SweepOutcome) -> Sw
         status = sweep.status
         for summary in outcome.trials:
             _write_summary(session, sweep_id, summary)
-        _mark_lost_trials(session, sweep_id, {summary.trial_id for summary in outcome.trials})
+        # Trials Tune's saved state does not hold were started by a driver killed before Tune
+        # saved them: the sweep cannot continue them and ran others in their place.
+        known = {summary.trial_id for summary in outcome.trials}
+        _interrupt_trials(session, sweep_id, LOST_TRIAL, keep=known)
         fields: dict[str, Any] = {
             "reason": outcome.reason,
             "best": json_safe([_as_dict(trial) for trial in outcome.best]) or None,
@@ -566,19 +573,17 @@ def record_outcome(session: Session, sweep_id: str, outcome: SweepOutcome) -> Sw
         return _transition(session, sweep_id, target, fields)
 
 
-def _mark_lost_trials(session: Session, sweep_id: str, known: set[str]) -> None:
-    """Trials still running here that the driver's Tune state does not hold are lost.
-
-    A driver killed between a trial's start and Tune's next save of its experiment state leaves
-    such a row; the resumed sweep cannot continue that trial and runs a new one in its place.
-    """
+def _interrupt_trials(
+    session: Session, sweep_id: str, error: str, keep: Collection[str] = ()
+) -> None:
+    """Mark the sweep's running or retrying trials (except ``keep``) interrupted, saying why."""
     unfinished = session.scalars(
         sa.select(Trial).where(Trial.sweep_id == sweep_id, Trial.state.in_(("running", "retrying")))
     )
     for trial in unfinished:
-        if trial.trial_id not in known:
+        if trial.trial_id not in keep:
             trial.state = "interrupted"
-            trial.error = LOST_TRIAL
+            trial.error = error
             trial.updated_at = utcnow()
     session.flush()
 

@@ -66,11 +66,17 @@ def cancel_everything(service: ApiProcess, timeout_s: float = 120) -> None:
             time.sleep(1)
 
 
-def all_sweeps(client: httpx.Client, status: str | None = None) -> list[dict]:
+def all_sweeps(
+    client: httpx.Client, status: str | None = None, tag: str | None = None
+) -> list[dict]:
     found: list[dict] = []
     cursor = None
     while True:
-        params = {"limit": 500, **({"status": status} if status else {})}
+        params = {
+            "limit": 500,
+            **({"status": status} if status else {}),
+            **({"tag": tag} if tag else {}),
+        }
         if cursor:
             params["cursor"] = cursor
         page = client.get("/v1/sweeps", params=params).json()

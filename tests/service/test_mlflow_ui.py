@@ -7,18 +7,13 @@ the test's tmp_path (and printed) for a person to look at.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
-import time
-from pathlib import Path
 
-import httpx
 import pytest
 
-from service.launcher import free_port
 from sweeps.driver import DriverOptions, run_sweep
+from tests.service.mlflow_server import MlflowServer
 from tests.sweeps.conftest import digits_spec
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -26,30 +21,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    mlflow = str(Path(sys.executable).with_name("mlflow"))
-    server = subprocess.Popen(
-        [
-            mlflow, "server", "--workers=1", "--host=127.0.0.1", f"--port={port}",
-            f"--backend-store-uri=sqlite:///{tmp_path / 'server.db'}",
-            f"--artifacts-destination={tmp_path / 'artifacts'}",
-        ],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert server.poll() is None and time.monotonic() < deadline, "MLflow did not start"
-        time.sleep(0.5)
-    yield url
-    server.terminate()
-    server.wait(timeout=30)
+    server = MlflowServer(tmp_path).start()
+    yield server.url
+    server.stop()
 
 
 @pytest.mark.browser

@@ -531,7 +531,10 @@ def test_best_defaults_to_val_nll_and_freezes_once_finished(session_factory):
         repo.transition(session, sweep_id, "succeeded", best=[{"trial_id": "final"}])
         repo.upsert_trial(session, sweep_id, event("t3", val_nll=0.1))
         assert best_id(session, sweep_id) == "final"
-        assert repo.trial_counts(session, sweep_id) == {"running": 3}
+        # What ran when it finished lost its driver; a late event is still recorded.
+        assert repo.trial_counts(session, sweep_id) == {"interrupted": 2, "running": 1}
+        first = repo.list_trials(session, sweep_id)[0]
+        assert first.error == "the sweep became succeeded while it ran: no reason given"
         with pytest.raises(repo.SweepNotFound):
             repo.upsert_trial(session, "0" * 32, event("t1"))
 

@@ -1,0 +1,136 @@
+"""Faults injected into a running service: its store's network cut, its MLflow killed mid-trial.
+
+The other faults of issue 7 live beside the features they test: the API killed mid-sweep and the
+driver killed mid-sweep in tests/service/test_api.py, a trial that diverges (NaN) in
+tests/sweeps/test_driver.py.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from tests.reliability.proxy import CuttableProxy
+from tests.service.api import TOKENS, ApiProcess, wait_for
+from tests.service.mlflow_server import MlflowServer
+
+pytestmark = pytest.mark.slow
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def shares_the_ray_head(service: ApiProcess) -> dict[str, str]:
+    """Settings for a second API on the reliability service's Ray head (no second head)."""
+    return {
+        "GRADREG_RAY_JOBS_URL": service.head_state()["dashboard_url"],
+        "GRADREG_RAY_AUTH_TOKEN_PATH": str(service.var_dir / "ray" / "auth_token"),
+    }
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["status"] == status
+    assert "Traceback" not in response.text and "psycopg" not in response.text
+    return body
+
+
+def test_store_unreachable_is_503_then_service_recovers(service, store_url, tmp_path):
+    url = sa.make_url(store_url)
+    proxy = CuttableProxy((url.host or "127.0.0.1", url.port or 5432)).start()
+    through_proxy = url.set(host="127.0.0.1", port=proxy.port)
+    api = ApiProcess(
+        tmp_path,
+        extra_env={
+            **shares_the_ray_head(service),
+            "GRADREG_DATABASE_URL": through_proxy.render_as_string(hide_password=False),
+            "GRADREG_TRACKING_URI": service.tracking_uri,
+        },
+    ).start()
+    try:
+        with api.client() as client:
+            assert client.get("/v1/sweeps").status_code == 200
+
+            proxy.cut()
+            started = time.monotonic()
+            body = assert_problem(client.get("/v1/sweeps"), 503)
+            assert body["detail"] == "the sweep store is unavailable; try again shortly"
+            assert_problem(client.get("/v1/sweeps/" + "0" * 32), 503)
+            spec = {"name": "while-down", "dataset": {"name": "iris"}, "method": "map"}
+            assert_problem(client.post("/v1/sweeps", json=spec), 503)
+            assert_problem(client.post("/v1/sweeps/" + "0" * 32 + "/cancel"), 503)
+            ready = assert_problem(httpx.get(api.url + "/readyz"), 503)
+            assert "store: OperationalError" in ready["detail"]
+            assert httpx.get(api.url + "/healthz").status_code == 200
+            assert time.monotonic() - started < 30  # answered, not hung on TCP timeouts
+            # Authentication needs no store: a bad token is still 403, not 503.
+            wrong = httpx.get(api.url + "/v1/sweeps", headers={"Authorization": "Bearer no"})
+            assert_problem(wrong, 403)
+
+            proxy.restore()
+            deadline = time.monotonic() + 30
+            while client.get("/v1/sweeps").status_code != 200:
+                assert time.monotonic() < deadline, "the API did not reconnect to its store"
+                time.sleep(0.5)
+            assert httpx.get(api.url + "/readyz").status_code == 200
+        assert api.process is not None and api.process.poll() is None
+        assert not any(token in api.log_tail(10**7) for token in TOKENS)
+    finally:
+        api.stop()
+        proxy.cut()
+
+
+def test_mlflow_killed_mid_trial_fails_the_trial_loudly(service, tmp_path):
+    mlflow = MlflowServer(tmp_path / "mlflow").start()
+    api = ApiProcess(
+        tmp_path / "api",
+        extra_env={
+            "GRADREG_TRACKING_URI": mlflow.url,
+            "GRADREG_MAX_ATTEMPTS": "1",
+            # MLflow's client otherwise retries a dead server for minutes before it gives up.
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+        },
+    ).start()
+    spec = {
+        "name": "mlflow-dies",
+        "dataset": {"name": "digits"},
+        "model": {"name": "mlp", "options": {"hidden": [32]}},
+        "method": "map",
+        "fixed": {"epochs": 200, "batch_size": 256, "lr": 0.003, "device": "cpu"},
+        "budget": {"max_trials": 1, "max_concurrent_trials": 1},
+    }
+    try:
+        with api.client() as client:
+            sweep_id = client.post("/v1/sweeps", json=spec).json()["id"]
+
+            def trial_reported(sweep: dict) -> bool:
+                return sweep["counts"].get("running") == 1 and trial_epoch(client, sweep_id) >= 2
+
+            wait_for(client, sweep_id, trial_reported, timeout_s=180)
+            mlflow.stop(kill=True)
+
+            finished = wait_for(client, sweep_id, lambda s: s["status"] in FINAL, 180)
+            assert finished["status"] == "failed", finished
+            (trial,) = client.get(f"/v1/sweeps/{sweep_id}/trials").json()
+            # The trial stopped at its first write to the dead server and the store says why.
+            assert trial["state"] == "failed", trial
+            assert "MlflowException" in trial["error"], trial
+            assert trial["epoch"] < spec["fixed"]["epochs"]
+            # The driver failed too, loudly: its reason is the exception, not 20 kB of log.
+            assert "MlflowException: API request to" in finished["reason"], finished
+            assert len(finished["reason"]) < 2000
+            ready = httpx.get(api.url + "/readyz")
+            assert ready.status_code == 503 and f"MLflow at {mlflow.url}" in ready.text
+    finally:
+        api.stop()
+        mlflow.stop()
+
+
+def trial_epoch(client: httpx.Client, sweep_id: str) -> int:
+    trials = client.get(f"/v1/sweeps/{sweep_id}/trials").json()
+    return max((t["epoch"] or 0 for t in trials), default=0)

@@ -1,0 +1,52 @@
+"""A real MLflow tracking server for the tests (SQLite backend, local artifacts)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from service.launcher import free_port
+
+
+class MlflowServer:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 90) -> MlflowServer:
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        mlflow = str(Path(sys.executable).with_name("mlflow"))
+        self.process = subprocess.Popen(
+            [
+                mlflow, "server", "--workers=1", "--host=127.0.0.1", f"--port={self.port}",
+                f"--backend-store-uri=sqlite:///{self.root / 'server.db'}",
+                f"--artifacts-destination={self.root / 'artifacts'}",
+            ],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: stop() reaches the server workers
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            assert self.process.poll() is None, "the MLflow server exited"
+            assert time.monotonic() < deadline, f"MLflow not up in {timeout_s} s"
+            time.sleep(0.5)
+
+    def stop(self, kill: bool = False) -> None:
+        # `mlflow server` runs the server in child processes; killing only the CLI left them
+        # serving.
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            self.process.wait(timeout=30)
