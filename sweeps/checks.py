@@ -59,7 +59,8 @@ class SpecIssue:
 
     @property
     def path(self) -> str:
-        return ".".join(str(part) for part in self.loc) or "(spec)"
+        # An empty key (an unknown field named "") still shows where it is.
+        return ".".join(str(part) if part != "" else '""' for part in self.loc) or "(spec)"
 
     def to_dict(self) -> dict[str, Any]:
         return {"loc": list(self.loc), "path": self.path, "message": self.message}
@@ -114,11 +115,16 @@ class _SpecLoader(yaml.SafeLoader):
     """YAML with YAML 1.2's numbers: PyYAML alone reads 1e-4 (no dot) as a string."""
 
 
-_SpecLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+class _SpecDumper(yaml.SafeDumper):
+    """Quotes every string `_SpecLoader` would read as a number (``"1e5"`` stays a string)."""
+
+
+for _yaml_class in (_SpecLoader, _SpecDumper):
+    _yaml_class.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
 
 
 def parse_spec_text(text: str, limits: Limits | None = None) -> SweepSpec:
@@ -145,7 +151,7 @@ def dump_spec(spec: SweepSpec, fmt: str = "yaml") -> str:
     if fmt == "json":
         return json.dumps(document, indent=2) + "\n"
     if fmt == "yaml":
-        return yaml.safe_dump(document, sort_keys=False)
+        return yaml.dump(document, Dumper=_SpecDumper, sort_keys=False, allow_unicode=True)
     raise ValueError(f"unknown format {fmt!r}; accepted: yaml, json")
 
 
