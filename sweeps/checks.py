@@ -151,7 +151,8 @@ def dump_spec(spec: SweepSpec, fmt: str = "yaml") -> str:
     if fmt == "json":
         return json.dumps(document, indent=2) + "\n"
     if fmt == "yaml":
-        return yaml.dump(document, Dumper=_SpecDumper, sort_keys=False, allow_unicode=True)
+        # Not allow_unicode: PyYAML then writes U+0085 raw, and YAML reads it as a line break.
+        return yaml.dump(document, Dumper=_SpecDumper, sort_keys=False)
     raise ValueError(f"unknown format {fmt!r}; accepted: yaml, json")
 
 
