@@ -30,6 +30,12 @@ def _positive_ints(option: str, values: Any, *, allow_empty: bool) -> tuple[int,
     return tuple(_positive_int(f"{option}[{i}]", value) for i, value in enumerate(values))
 
 
+def _activation(value: Any) -> str:
+    if not isinstance(value, str) or value not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {value!r}; accepted: {', '.join(_ACTIVATIONS)}")
+    return value
+
+
 def _require_rank(model: str, input_shape: tuple[int, ...], ranks: dict[int, str]) -> None:
     if len(input_shape) not in ranks:
         expected = " or ".join(ranks.values())
@@ -48,8 +54,7 @@ def _build_mlp(
     activation: str = "relu",
 ) -> nn.Module:
     widths = _positive_ints("hidden", hidden, allow_empty=True)
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; accepted: {', '.join(_ACTIVATIONS)}")
+    activation = _activation(activation)
     layers: list[nn.Module] = [nn.Flatten()]
     in_features = _product(input_shape)
     for width in widths:
@@ -192,6 +197,35 @@ def model_options(name: str) -> dict[str, Any]:
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(_MODELS)}")
     return _accepted_options(_MODELS[name][1])
+
+
+# Each option's check, so a sweep spec is judged before any trial builds a model.
+_OPTION_CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
+    "mlp": {
+        "hidden": lambda value: _positive_ints("hidden", value, allow_empty=True),
+        "activation": _activation,
+    },
+    "cnn": {
+        "channels": lambda value: _positive_ints("channels", value, allow_empty=False),
+        "hidden": lambda value: _positive_int("hidden", value),
+        "kernel_size": lambda value: _positive_int("kernel_size", value),
+    },
+    "resnet18": {"width": lambda value: _positive_int("width", value)},
+    "resnet20": {"width": lambda value: _positive_int("width", value)},
+}
+
+
+def model_option_problems(name: str, options: dict[str, Any]) -> dict[str, str]:
+    """Option -> why its value is not accepted, for the options of model ``name`` it knows."""
+    checks = _OPTION_CHECKS.get(name, {})
+    problems: dict[str, str] = {}
+    for option, value in options.items():
+        if option in checks:
+            try:
+                checks[option](value)
+            except (TypeError, ValueError) as error:
+                problems[option] = str(error)
+    return problems
 
 
 def build_model(

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service import openapi, problems
 from service.launcher import LocalRayHead, RayJobs
 from service.reconciler import Reconciler
+from service.redaction import redact_tokens_in_logs
 from service.routes import meta, sweeps
 from service.settings import ServiceSettings
 from service.store.database import make_engine, session_factory, upgrade
@@ -29,6 +30,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         # Sync routes run in AnyIO's thread pool. Its default 40 threads fight over the GIL and
         # the connection pool: with 50 clients, throughput fell to half of one client's.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
+        # Here, not at import: uvicorn has set up its log handlers by the time the app starts.
+        redact_tokens_in_logs(settings.tokens)
         settings.var_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(settings.resolved_database_url())
         upgrade(engine)

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from gradreg.config import TrainConfig
 from gradreg.data import available_datasets, dataset_options
-from gradreg.models import available_models, model_options
+from gradreg.models import available_models, model_option_problems, model_options
 from gradreg.train import EPOCH_METRICS
 from sweeps.methods import (
     HYPERPARAMETERS,
@@ -130,12 +130,15 @@ for _yaml_class in (_SpecLoader, _SpecDumper):
 def parse_spec_text(text: str, limits: Limits | None = None) -> SweepSpec:
     """Validate a spec written in JSON or YAML."""
     try:
-        document = json.loads(text)
-    except json.JSONDecodeError:
         try:
-            document = yaml.load(text, Loader=_SpecLoader)  # a SafeLoader subclass
-        except yaml.YAMLError as error:
-            raise SpecError([SpecIssue((), f"not valid YAML or JSON: {error}")]) from None
+            document = json.loads(text)
+        except json.JSONDecodeError:
+            try:
+                document = yaml.load(text, Loader=_SpecLoader)  # a SafeLoader subclass
+            except yaml.YAMLError as error:
+                raise SpecError([SpecIssue((), f"not valid YAML or JSON: {error}")]) from None
+    except RecursionError:
+        raise SpecError([SpecIssue((), "nested too deeply to be a spec")]) from None
     return parse_spec(document, limits)
 
 
@@ -244,6 +247,8 @@ def _model_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
                 ("model", "options", option),
                 f"unknown option for model {model.name!r}; accepted: {listed}",
             )
+    for option, problem in model_option_problems(model.name, dict(model.options)).items():
+        yield SpecIssue(("model", "options", option), problem)
 
 
 def _method_issues(spec: SweepSpec) -> Iterator[SpecIssue]:

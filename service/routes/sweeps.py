@@ -96,6 +96,8 @@ async def submit_sweep(
         document = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise SpecError([SpecIssue((), f"the body is not JSON: {error}")]) from None
+    except RecursionError:  # e.g. 30,000 nested brackets: small enough, yet a crash
+        raise SpecError([SpecIssue((), "the body is nested too deeply to be a spec")]) from None
     spec = parse_spec(document, request.app.state.limits)
 
     def store() -> tuple[SweepOut, bool]:

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradreg.models import available_models, build_model, model_options
+from gradreg.models import available_models, build_model, model_option_problems, model_options
 
 
 def n_params(model: nn.Module) -> int:
@@ -115,6 +115,20 @@ def test_model_options_are_the_builders_keywords_with_defaults():
     assert model_options("mlp") == {"hidden": (128, 128), "activation": "relu"}
     assert model_options("resnet20") == {"width": 16}
     build_model("mlp", (4,), 3, **model_options("mlp"))
+
+
+def test_every_option_of_every_model_is_checked_before_building():
+    for name in available_models():
+        defaults = model_options(name)
+        assert model_option_problems(name, defaults) == {}, name
+        for option in defaults:
+            problems = model_option_problems(name, {option: "os.system"})
+            assert option in problems, f"{name}.{option} accepts any string"
+    problems = model_option_problems("mlp", {"hidden": [64, 0], "activation": "__import__"})
+    assert problems == {
+        "hidden": "hidden[1] must be a positive int, got 0",
+        "activation": "unknown activation '__import__'; accepted: relu, tanh, gelu",
+    }
 
 
 @pytest.mark.parametrize(

@@ -37,8 +37,10 @@ def store_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def service(tmp_path_factory, store_url) -> Iterator[ApiProcess]:
-    env = {**CAPS, "GRADREG_DATABASE_URL": store_url}
-    process = ApiProcess(tmp_path_factory.mktemp("reliability"), extra_env=env).start()
+    root = tmp_path_factory.mktemp("reliability")
+    (root / "data").mkdir()
+    env = {**CAPS, "GRADREG_DATABASE_URL": store_url, "GRADREG_DATA_DIR": str(root / "data")}
+    process = ApiProcess(root, extra_env=env).start()
     try:
         yield process
     finally:

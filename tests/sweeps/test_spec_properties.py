@@ -199,3 +199,11 @@ def test_yaml_strings_that_look_like_numbers_stay_strings():
     written = dump_spec(spec, "yaml")
     assert yaml.safe_load(written)["description"] == "1e5"
     assert parse_spec_text(written, LIMITS) == spec
+
+
+@pytest.mark.parametrize(
+    "source", ["[" * 30_000 + "]" * 30_000, "- " * 5_000 + "x", '{"a":' * 5_000 + "1" + "}" * 5_000]
+)
+def test_input_nested_too_deeply_is_a_spec_error(source):
+    with pytest.raises(SpecError, match="nested too deeply"):
+        parse_spec_text(source, LIMITS)
