@@ -28,14 +28,14 @@ CAPS = {
 FINAL = ("succeeded", "failed", "cancelled")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def store_url() -> Iterator[str]:
-    """A PostgreSQL schema of the session's own, as the service's GRADREG_DATABASE_URL."""
+    """A PostgreSQL schema of the package's own, as the service's GRADREG_DATABASE_URL."""
     with contextlib.contextmanager(postgres_schema)() as url:
         yield url.render_as_string(hide_password=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def service(tmp_path_factory, store_url) -> Iterator[ApiProcess]:
     root = tmp_path_factory.mktemp("reliability")
     (root / "data").mkdir()
