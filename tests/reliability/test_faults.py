@@ -101,7 +101,8 @@ def test_mlflow_killed_mid_trial_fails_the_trial_loudly(service, tmp_path):
         "dataset": {"name": "digits"},
         "model": {"name": "mlp", "options": {"hidden": [32]}},
         "method": "map",
-        "fixed": {"epochs": 200, "batch_size": 256, "lr": 0.003, "device": "cpu"},
+        # Far more epochs than it can train before the kill lands (an epoch takes ~20 ms).
+        "fixed": {"epochs": 5000, "batch_size": 256, "lr": 0.003, "device": "cpu"},
         "budget": {"max_trials": 1, "max_concurrent_trials": 1},
     }
     try:
