@@ -2,6 +2,7 @@
 
     python benchmarks/api_load.py                  # 50 clients for 10 s
     python benchmarks/api_load.py --clients 20 --seconds 5
+    python benchmarks/api_load.py --database-url 'postgresql+psycopg://postgres@127.0.0.1/test?options=-csearch_path%3Dbench'
 
 Starts `python -m service` (SQLite store, its own Ray head) in a temporary directory, warms the
 Ray head with a one-trial sweep, then:
@@ -118,6 +119,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--think-s", type=float, default=1.0, help="pause between polls")
+    parser.add_argument(
+        "--database-url", help="the API's store (GRADREG_DATABASE_URL); default SQLite"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,6 +134,8 @@ def main() -> None:
             "OMP_NUM_THREADS": "1",
             "MLFLOW_DISABLE_TELEMETRY": "true",
         }
+        if args.database_url:
+            env["GRADREG_DATABASE_URL"] = args.database_url
         log = open(Path(tmp) / "api.log", "wb")  # noqa: SIM115 (the process writes to it)
         api = subprocess.Popen(
             [sys.executable, "-m", "service"], cwd=tmp, env=env, stdout=log, stderr=log
@@ -175,7 +181,8 @@ def main() -> None:
                 api.kill()
                 raise
 
-    print(f"# {os.cpu_count()} CPUs; API: uvicorn (1 process), SQLite store, local Ray head")
+    store = "PostgreSQL" if args.database_url else "SQLite"
+    print(f"# {os.cpu_count()} CPUs; API: uvicorn (1 process), {store} store, local Ray head")
     print(f"POST -> first trial running (warm Ray head): {first_trial:.2f} s  (goal < 10 s)")
     print(f"  of which POST -> driver started (status running): {to_driver:.2f} s")
     print(f"{args.clients} clients alternating GET sweep / GET list while a sweep trains:")
