@@ -18,8 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn import datasets as sk_datasets
-from sklearn.model_selection import train_test_split
 
 from gradreg import datafiles, settings
 
@@ -108,14 +106,20 @@ def _check_float(option: str, value: Any, *, positive: bool) -> float:
 # ---------------------------------------------------------------- generators
 
 
-def _sklearn_loader(load: Callable[..., Any]) -> Callable[..., Arrays]:
+# sklearn is imported where it is used: importing it costs about 2 s, and the sweep driver,
+# which only checks specs, would pay that before every sweep's first trial.
+def _sklearn_loader(name: str) -> Callable[..., Arrays]:
     def generate() -> Arrays:
-        return load(return_X_y=True)
+        from sklearn import datasets as sk_datasets
+
+        return getattr(sk_datasets, name)(return_X_y=True)
 
     return generate
 
 
 def _make_moons(n_samples: int, noise: float, data_seed: int) -> Arrays:
+    from sklearn import datasets as sk_datasets
+
     return sk_datasets.make_moons(
         n_samples=_check_int("n_samples", n_samples, 1),
         noise=_check_float("noise", noise, positive=False),
@@ -126,6 +130,8 @@ def _make_moons(n_samples: int, noise: float, data_seed: int) -> Arrays:
 def _make_blobs(
     n_samples: int, n_classes: int, n_features: int, cluster_std: float, data_seed: int
 ) -> Arrays:
+    from sklearn import datasets as sk_datasets
+
     return sk_datasets.make_blobs(
         n_samples=_check_int("n_samples", n_samples, 1),
         centers=_check_int("n_classes", n_classes, 2),
@@ -227,23 +233,23 @@ def _unit_pixels(images: np.ndarray) -> np.ndarray:
 _DATASETS: dict[str, _DatasetSpec] = {
     "digits": _DatasetSpec(
         "sklearn handwritten digits: 1797 8x8 grey images, 10 classes",
-        _sklearn_loader(sk_datasets.load_digits),
+        _sklearn_loader("load_digits"),
         {},
         image_shape=(1, 8, 8),
     ),
     "iris": _DatasetSpec(
         "sklearn iris: 150 flowers, 4 features, 3 classes",
-        _sklearn_loader(sk_datasets.load_iris),
+        _sklearn_loader("load_iris"),
         {},
     ),
     "wine": _DatasetSpec(
         "sklearn wine: 178 wines, 13 features, 3 classes",
-        _sklearn_loader(sk_datasets.load_wine),
+        _sklearn_loader("load_wine"),
         {},
     ),
     "breast_cancer": _DatasetSpec(
         "sklearn breast cancer: 569 tumours, 30 features, 2 classes",
-        _sklearn_loader(sk_datasets.load_breast_cancer),
+        _sklearn_loader("load_breast_cancer"),
         {},
     ),
     "mnist1d": _DatasetSpec(
@@ -350,6 +356,8 @@ def _stratified_split(
     sizes = {"train": n_total - n_test - n_val, "val": n_val, "test": n_test}
     _check_split_sizes(sizes, n_classes, "val_fraction/test_fraction")
     _check_rarest_class(labels, n_classes, list(sizes))
+    from sklearn.model_selection import train_test_split
+
     indices = np.arange(n_total)
     rest, test = train_test_split(
         indices, test_size=n_test, stratify=labels, random_state=split_seed
@@ -370,6 +378,8 @@ def _carve_validation(
     sizes = {"train": n_total - n_val, "val": n_val}
     _check_split_sizes(sizes, n_classes, "val_fraction")
     _check_rarest_class(labels, n_classes, list(sizes))
+    from sklearn.model_selection import train_test_split
+
     train, val = train_test_split(
         np.arange(n_total), test_size=n_val, stratify=labels, random_state=split_seed
     )
