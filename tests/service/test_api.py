@@ -242,6 +242,13 @@ def test_the_api_killed_mid_sweep_comes_back_and_the_sweep_finishes(api, client)
     assert finished["status"] == "succeeded"
     assert finished["attempt"] == 1  # the driver was never lost, so never restarted
     assert finished["counts"] == {"succeeded": 2}
+    # Nothing lost and nothing twice: one finished MLflow run per trial, under the sweep's parent.
+    runs = MlflowClient(api.tracking_uri).search_runs([finished["mlflow_experiment_id"]])
+    children = [
+        r for r in runs if r.data.tags.get("mlflow.parentRunId") == finished["mlflow_parent_run_id"]
+    ]
+    assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED"]
+    assert len({r.data.tags["gradreg.trial_id"] for r in children}) == 2
 
 
 def test_readyz_is_503_when_mlflow_is_down(api, tmp_path):
