@@ -42,6 +42,9 @@ class Reconciler:
         self.cancel_grace_s = cancel_grace_s
         self.max_attempts = max_attempts
         self.max_active = max_active
+        self._queued_reason = (
+            f"queued: {max_active} sweep(s) already active (GRADREG_MAX_ACTIVE_SWEEPS)"
+        )
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -74,11 +77,18 @@ class Reconciler:
     def reconcile_once(self) -> None:
         with self.sessions() as session:
             active = len(_ids(session, ACTIVE))
-            for sweep_id in _ids(session, ("pending",)):
-                if active >= self.max_active:
-                    self._queue(session, sweep_id)
-                elif self._submit(session, sweep_id):
-                    active += 1
+            pending = session.execute(
+                sa.select(Sweep.id, Sweep.reason)
+                .where(Sweep.status == "pending")
+                .order_by(Sweep.created_at)
+            )
+            for sweep_id, reason in pending.all():
+                if active < self.max_active:
+                    if self._submit(session, sweep_id):
+                        active += 1
+                elif reason is None:
+                    # Said once, not every pass: a resubmitted sweep keeps why it was resubmitted.
+                    repository.update_sweep(session, sweep_id, reason=self._queued_reason)
             for sweep_id in _ids(session, ACTIVE):
                 self._check(session, sweep_id)
 
@@ -94,14 +104,6 @@ class Reconciler:
             session, sweep_id, "submitted", submission_id=submission_id, reason=None
         )
         return True
-
-    def _queue(self, session: Session, sweep_id: str) -> None:
-        # Written once, not every pass: a resubmitted sweep keeps the reason it was resubmitted.
-        if repository.get_sweep(session, sweep_id).reason is None:
-            reason = (
-                f"queued: {self.max_active} sweep(s) already active (GRADREG_MAX_ACTIVE_SWEEPS)"
-            )
-            repository.update_sweep(session, sweep_id, reason=reason)
 
     def _check(self, session: Session, sweep_id: str) -> None:
         sweep = repository.get_sweep(session, sweep_id)
