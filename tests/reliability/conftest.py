@@ -25,7 +25,6 @@ CAPS = {
     "GRADREG_MAX_TIME_BUDGET_S": "60",
     "GRADREG_CANCEL_GRACE_S": "5",
 }
-FINAL = ("succeeded", "failed", "cancelled")
 
 
 @pytest.fixture(scope="package")

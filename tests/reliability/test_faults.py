@@ -14,29 +14,16 @@ import pytest
 import sqlalchemy as sa
 
 from tests.reliability.proxy import CuttableProxy
-from tests.service.api import TOKENS, ApiProcess, wait_for
+from tests.service.api import FINAL, TOKENS, ApiProcess, is_problem, wait_for
 from tests.service.mlflow_server import MlflowServer
 
 pytestmark = pytest.mark.slow
 
-FINAL = ("succeeded", "failed", "cancelled")
 
-
-def shares_the_ray_head(service: ApiProcess) -> dict[str, str]:
-    """Settings for a second API on the reliability service's Ray head (no second head)."""
-    return {
-        "GRADREG_RAY_JOBS_URL": service.head_state()["dashboard_url"],
-        "GRADREG_RAY_AUTH_TOKEN_PATH": str(service.var_dir / "ray" / "auth_token"),
-    }
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["status"] == status
-    assert "Traceback" not in response.text and "psycopg" not in response.text
-    return body
+def store_down(response: httpx.Response) -> dict:
+    """A 503 problem that names neither the database driver nor a line of code."""
+    assert "psycopg" not in response.text
+    return is_problem(response, 503)
 
 
 def test_store_unreachable_is_503_then_service_recovers(service, store_url, tmp_path):
@@ -46,7 +33,7 @@ def test_store_unreachable_is_503_then_service_recovers(service, store_url, tmp_
     api = ApiProcess(
         tmp_path,
         extra_env={
-            **shares_the_ray_head(service),
+            **service.head_env(),
             "GRADREG_DATABASE_URL": through_proxy.render_as_string(hide_password=False),
             "GRADREG_TRACKING_URI": service.tracking_uri,
         },
@@ -57,19 +44,19 @@ def test_store_unreachable_is_503_then_service_recovers(service, store_url, tmp_
 
             proxy.cut()
             started = time.monotonic()
-            body = assert_problem(client.get("/v1/sweeps"), 503)
+            body = store_down(client.get("/v1/sweeps"))
             assert body["detail"] == "the sweep store is unavailable; try again shortly"
-            assert_problem(client.get("/v1/sweeps/" + "0" * 32), 503)
+            store_down(client.get("/v1/sweeps/" + "0" * 32))
             spec = {"name": "while-down", "dataset": {"name": "iris"}, "method": "map"}
-            assert_problem(client.post("/v1/sweeps", json=spec), 503)
-            assert_problem(client.post("/v1/sweeps/" + "0" * 32 + "/cancel"), 503)
-            ready = assert_problem(httpx.get(api.url + "/readyz"), 503)
+            store_down(client.post("/v1/sweeps", json=spec))
+            store_down(client.post("/v1/sweeps/" + "0" * 32 + "/cancel"))
+            ready = store_down(httpx.get(api.url + "/readyz"))
             assert "store: OperationalError" in ready["detail"]
             assert httpx.get(api.url + "/healthz").status_code == 200
             assert time.monotonic() - started < 30  # answered, not hung on TCP timeouts
             # Authentication needs no store: a bad token is still 403, not 503.
             wrong = httpx.get(api.url + "/v1/sweeps", headers={"Authorization": "Bearer no"})
-            assert_problem(wrong, 403)
+            is_problem(wrong, 403)
 
             proxy.restore()
             deadline = time.monotonic() + 30

@@ -61,7 +61,7 @@ def test_200_concurrent_posts_with_distinct_keys_make_exactly_200_sweeps(service
     ids = {r.json()["id"] for r in responses}
     assert len(ids) == SUBMITTERS
     with service.client() as client:
-        stored = all_sweeps_tagged(client, tag)
+        stored = all_sweeps(client, tag=tag)
         assert {s["id"] for s in stored} == ids
         # The queue holds them: never more than GRADREG_MAX_ACTIVE_SWEEPS=1 driver at once.
         active = [s for s in stored if s["status"] in ("submitted", "running", "cancelling")]
@@ -79,12 +79,12 @@ def test_one_key_sent_50_times_at_once_makes_one_sweep(service):
     replayed = [r for r in responses if r.headers.get("Idempotent-Replayed") == "true"]
     assert len(replayed) == SAME_KEY_SENDERS - 1
     with service.client() as client:
-        assert len(all_sweeps_tagged(client, tag)) == 1
+        assert len(all_sweeps(client, tag=tag)) == 1
         # The same key with another body is a conflict, never a second sweep.
         other = tiny_spec(tag) | {"name": "something-else"}
         conflict = client.post("/v1/sweeps", json=other, headers={"Idempotency-Key": key})
         assert conflict.status_code == 409 and "already used" in conflict.json()["detail"]
-        assert len(all_sweeps_tagged(client, tag)) == 1
+        assert len(all_sweeps(client, tag=tag)) == 1
     cancel_everything(service)
 
 
@@ -125,7 +125,3 @@ async def read_for(url: str, sweep_id: str) -> tuple[list[float], dict[int, int]
     async with httpx.AsyncClient(base_url=url, headers=HEADERS, timeout=60, limits=limits) as c:
         await asyncio.gather(*(reader(c, i) for i in range(READERS)))
     return latencies, statuses
-
-
-def all_sweeps_tagged(client: httpx.Client, tag: str) -> list[dict]:
-    return all_sweeps(client, tag=tag)

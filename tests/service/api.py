@@ -17,6 +17,7 @@ import httpx
 from service.launcher import free_port
 
 TOKENS = ("token-one-" + "a" * 24, "token-two-" + "b" * 24)
+FINAL = ("succeeded", "failed", "cancelled")
 
 
 @dataclass
@@ -89,6 +90,23 @@ class ApiProcess:
 
     def head_state(self) -> dict[str, Any]:
         return json.loads((self.var_dir / "ray" / "head.json").read_text())
+
+    def head_env(self) -> dict[str, str]:
+        """Settings for a second API on this one's Ray head, so it starts no head of its own."""
+        return {
+            "GRADREG_RAY_JOBS_URL": self.head_state()["dashboard_url"],
+            "GRADREG_RAY_AUTH_TOKEN_PATH": str(self.var_dir / "ray" / "auth_token"),
+        }
+
+
+def is_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    """The body of a problem+json answer with this status; it never carries a stack trace."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert "Traceback" not in response.text
+    body = response.json()
+    assert body["status"] == status and body["title"]
+    return body
 
 
 def wait_for(client: httpx.Client, sweep_id: str, predicate, timeout_s: float = 240) -> dict:

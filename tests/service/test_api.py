@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-from typing import Any
 
 import httpx
 import pytest
@@ -19,9 +18,7 @@ from mlflow import MlflowClient
 
 from service.launcher import free_port
 from service.store.repository import LOST_TRIAL
-from tests.service.api import TOKENS, ApiProcess, wait_for
-
-FINAL = ("succeeded", "failed", "cancelled")
+from tests.service.api import FINAL, TOKENS, ApiProcess, is_problem, wait_for
 
 
 def small_sweep(name: str, *, epochs: int = 2, trials: int = 3, concurrent: int = 2) -> dict:
@@ -53,14 +50,6 @@ def api(tmp_path_factory):
 def client(api):
     with api.client() as opened:
         yield opened
-
-
-def is_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["status"] == status and body["title"]
-    return body
 
 
 # ---------------------------------------------------------------- the HTTP surface
@@ -257,8 +246,7 @@ def test_readyz_is_503_when_mlflow_is_down(api, tmp_path):
         tmp_path,
         extra_env={
             "GRADREG_TRACKING_URI": dead_mlflow,
-            "GRADREG_RAY_JOBS_URL": api.head_state()["dashboard_url"],
-            "GRADREG_RAY_AUTH_TOKEN_PATH": str(api.var_dir / "ray" / "auth_token"),
+            **api.head_env(),
         },
     ).start(ready=False)
     try:
