@@ -548,9 +548,13 @@ def record_outcome(session: Session, sweep_id: str, outcome: SweepOutcome) -> Sw
         for summary in outcome.trials:
             _write_summary(session, sweep_id, summary)
         # Trials Tune's saved state does not hold were started by a driver killed before Tune
-        # saved them: the sweep cannot continue them and ran others in their place.
+        # saved them: the sweep cannot continue them and ran others in their place. The
+        # reconciler may already have marked them interrupted when it failed the killed attempt;
+        # now it is known that they will not come back, so the reason says so.
         known = {summary.trial_id for summary in outcome.trials}
-        _interrupt_trials(session, sweep_id, LOST_TRIAL, keep=known)
+        _interrupt_trials(
+            session, sweep_id, LOST_TRIAL, keep=known, states=("running", "retrying", "interrupted")
+        )
         fields: dict[str, Any] = {
             "reason": outcome.reason,
             "best": json_safe([_as_dict(trial) for trial in outcome.best]) or None,
@@ -574,11 +578,15 @@ def record_outcome(session: Session, sweep_id: str, outcome: SweepOutcome) -> Sw
 
 
 def _interrupt_trials(
-    session: Session, sweep_id: str, error: str, keep: Collection[str] = ()
+    session: Session,
+    sweep_id: str,
+    error: str,
+    keep: Collection[str] = (),
+    states: Collection[str] = ("running", "retrying"),
 ) -> None:
-    """Mark the sweep's running or retrying trials (except ``keep``) interrupted, saying why."""
+    """Mark the sweep's trials in ``states`` (except ``keep``) interrupted, saying why."""
     unfinished = session.scalars(
-        sa.select(Trial).where(Trial.sweep_id == sweep_id, Trial.state.in_(("running", "retrying")))
+        sa.select(Trial).where(Trial.sweep_id == sweep_id, Trial.state.in_(list(states)))
     )
     for trial in unfinished:
         if trial.trial_id not in keep:

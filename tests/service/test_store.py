@@ -675,6 +675,34 @@ def test_a_trial_the_driver_lost_is_marked_interrupted_with_why(engine, session_
         assert repo.get_sweep(session, sweep_id).status == "succeeded"
 
 
+def test_a_lost_trial_of_a_failed_attempt_is_relabelled_lost_when_the_next_one_ends(
+    engine, session_factory
+):
+    store = DatabaseSweepStore(engine)
+    sweep_id, _ = create_from_example(session_factory)
+    store.record_start(sweep_id, record(sweep_id))
+    store.record_trial(sweep_id, event("t1", state="succeeded", val_nll=0.4))
+    store.record_trial(sweep_id, event("t2"))  # running when the driver was killed
+    with session_factory() as session:  # what the reconciler does with a killed driver
+        repo.transition(session, sweep_id, "failed", reason="driver job FAILED")
+        killed = {t.trial_id: t for t in repo.list_trials(session, sweep_id)}["t2"]
+        assert killed.state == "interrupted"
+        assert killed.error == "the sweep became failed while it ran: driver job FAILED"
+        repo.transition(session, sweep_id, "pending")
+    store.record_start(sweep_id, record(sweep_id))
+
+    trials = [summary(t, "succeeded", 0.4) for t in ("t1", "t3")]  # Tune never saved t2
+    store.record_outcome(sweep_id, outcome(sweep_id, "succeeded", trials))
+    with session_factory() as session:
+        rows = {t.trial_id: t for t in repo.list_trials(session, sweep_id)}
+        assert {k: t.state for k, t in rows.items()} == {
+            "t1": "succeeded",
+            "t2": "interrupted",
+            "t3": "succeeded",
+        }
+        assert rows["t2"].error == repo.LOST_TRIAL
+
+
 def test_driver_store_started_by_hand_and_finishing_while_cancelling(engine, session_factory):
     store = DatabaseSweepStore(engine)
     with session_factory() as session:
