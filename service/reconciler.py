@@ -124,12 +124,9 @@ class Reconciler:
             repository.transition(session, sweep_id, "cancelled", reason=f"driver job {ended}")
             return
         reason = f"the driver's job ended ({ended}{detail}) without a result"
-        repository.transition(session, sweep_id, "failed", reason=reason)
-        if sweep.attempt < self.max_attempts:
-            repository.transition(session, sweep_id, "pending")
-            repository.update_sweep(
-                session, sweep_id, reason=f"attempt {sweep.attempt + 1} resumes it: {reason}"
-            )
+        resubmit = sweep.attempt < self.max_attempts
+        repository.end_attempt(session, sweep_id, reason, resubmit=resubmit)
+        if resubmit:
             log.warning("sweep %s: %s; resubmitting", sweep_id, reason)
 
     def _escalate(self, sweep: Sweep) -> None:

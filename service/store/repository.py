@@ -218,6 +218,22 @@ def transition(session: Session, sweep_id: str, to: str, **fields: Any) -> Sweep
         return _transition(session, sweep_id, to, fields)
 
 
+def end_attempt(session: Session, sweep_id: str, reason: str, resubmit: bool) -> Sweep:
+    """The sweep's driver ended without a result: the attempt failed, saying why.
+
+    With ``resubmit`` the sweep goes on to pending as its next attempt in the same transaction,
+    so no reader (a client following it, the events stream) ever sees the transient failed.
+    """
+    with _writing(session):
+        failed = _transition(session, sweep_id, "failed", {"reason": reason})
+        if not resubmit:
+            return failed
+        why = f"attempt {failed.attempt + 1} resumes it: {reason}"
+        _transition(session, sweep_id, "pending", {})
+        _update(session, sweep_id, {"reason": why})
+        return _reload(session, sweep_id)
+
+
 def update_sweep(session: Session, sweep_id: str, **fields: Any) -> Sweep:
     """Set fields of a sweep without changing its status."""
     with _writing(session):

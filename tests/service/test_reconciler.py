@@ -5,12 +5,15 @@ The end-to-end tests (tests/service/test_api.py, tests/reliability) run it again
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from ray.job_submission import JobStatus
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.launcher import JobState
 from service.reconciler import Reconciler
 from service.store import repository as repo
+from service.store.models import Sweep
+from tests.service.test_store import event as trial_event
 from tests.service.test_store import new_sweep, status_of
 
 
@@ -80,3 +83,44 @@ def test_a_queued_resubmission_keeps_the_reason_it_was_resubmitted(session_facto
     assert jobs.submitted == []
     assert status_of(session_factory, running).status == "running"
     assert status_of(session_factory, retried).reason == "attempt 2 resumes it: the job ended"
+
+
+def test_a_driver_that_died_is_resubmitted_until_its_attempts_run_out(engine, session_factory):
+    jobs = RecordingJobs()
+    sweep_id = new_sweep(session_factory, "pending")
+    passes = reconciler(session_factory, jobs, max_active=1)
+    committed: list[str] = []  # the sweep's status after each commit, as another reader sees it
+
+    def observe(session: Session) -> None:
+        with engine.connect() as reader:
+            committed.append(reader.scalar(sa.select(Sweep.status).where(Sweep.id == sweep_id)))
+
+    for attempt in (1, 2, 3):
+        passes.reconcile_once()  # submits the attempt
+        with session_factory() as session:
+            repo.transition(session, sweep_id, "running")
+            repo.upsert_trial(session, sweep_id, trial_event(f"t{attempt}"))
+            version = repo.get_sweep(session, sweep_id).version
+        jobs.finish(f"job-{sweep_id}-{attempt}")  # ... and its driver dies without a word
+        committed.clear()
+        sa.event.listen(Session, "after_commit", observe)
+        try:
+            passes.reconcile_once()
+        finally:
+            sa.event.remove(Session, "after_commit", observe)
+        sweep = status_of(session_factory, sweep_id)
+        reason = "the driver's job ended (SUCCEEDED) without a result"
+        if attempt < 3:
+            # failed and back to pending in one write: no reader sees the failed in between
+            assert "failed" not in committed and committed[-1] == "pending", committed
+            assert (sweep.status, sweep.attempt) == ("pending", attempt + 1)
+            assert sweep.reason == f"attempt {attempt + 1} resumes it: {reason}"
+            assert sweep.finished_at is None
+        else:
+            assert (sweep.status, sweep.attempt, sweep.reason) == ("failed", 3, reason)
+        assert sweep.version > version
+        with session_factory() as session:
+            trial = {t.trial_id: t for t in repo.list_trials(session, sweep_id)}[f"t{attempt}"]
+            assert trial.state == "interrupted"
+            assert trial.error == f"the sweep became failed while it ran: {reason}"
+    assert jobs.submitted == [sweep_id] * 3
