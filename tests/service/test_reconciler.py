@@ -14,7 +14,7 @@ from service.reconciler import Reconciler
 from service.store import repository as repo
 from service.store.models import Sweep
 from tests.service.test_store import event as trial_event
-from tests.service.test_store import new_sweep, status_of
+from tests.service.test_store import new_sweep, status_of, trial_states
 
 
 class RecordingJobs:
@@ -119,8 +119,6 @@ def test_a_driver_that_died_is_resubmitted_until_its_attempts_run_out(engine, se
         else:
             assert (sweep.status, sweep.attempt, sweep.reason) == ("failed", 3, reason)
         assert sweep.version > version
-        with session_factory() as session:
-            trial = {t.trial_id: t for t in repo.list_trials(session, sweep_id)}[f"t{attempt}"]
-            assert trial.state == "interrupted"
-            assert trial.error == f"the sweep became failed while it ran: {reason}"
+        killed = ("interrupted", f"the sweep became failed while it ran: {reason}")
+        assert trial_states(session_factory, sweep_id)[f"t{attempt}"] == killed
     assert jobs.submitted == [sweep_id] * 3

@@ -71,6 +71,14 @@ def status_of(sessions: sessionmaker[Session], sweep_id: str) -> Sweep:
         return repo.get_sweep(session, sweep_id)
 
 
+def trial_states(
+    sessions: sessionmaker[Session], sweep_id: str
+) -> dict[str, tuple[str, str | None]]:
+    """Each trial's (state, error), by trial id."""
+    with sessions() as session:
+        return {t.trial_id: (t.state, t.error) for t in repo.list_trials(session, sweep_id)}
+
+
 def is_postgres(engine: sa.Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
@@ -661,18 +669,15 @@ def test_a_trial_the_driver_lost_is_marked_interrupted_with_why(engine, session_
     # The resumed driver's Tune state holds t1 and t4 and a new t5, never t2 or t3.
     trials = [summary(t, "succeeded", 0.4) for t in ("t1", "t4", "t5")]
     store.record_outcome(sweep_id, outcome(sweep_id, "succeeded", trials))
-    with session_factory() as session:
-        rows = {t.trial_id: t for t in repo.list_trials(session, sweep_id)}
-        assert {k: t.state for k, t in rows.items()} == {
-            "t1": "succeeded",
-            "t2": "interrupted",
-            "t3": "interrupted",
-            "t4": "succeeded",
-            "t5": "succeeded",
-        }
-        assert rows["t2"].error == rows["t3"].error == repo.LOST_TRIAL
-        assert rows["t1"].error is None
-        assert repo.get_sweep(session, sweep_id).status == "succeeded"
+    lost = ("interrupted", repo.LOST_TRIAL)
+    assert trial_states(session_factory, sweep_id) == {
+        "t1": ("succeeded", None),
+        "t2": lost,
+        "t3": lost,
+        "t4": ("succeeded", None),
+        "t5": ("succeeded", None),
+    }
+    assert status_of(session_factory, sweep_id).status == "succeeded"
 
 
 def test_a_lost_trial_of_a_failed_attempt_is_relabelled_lost_when_the_next_one_ends(
@@ -684,23 +689,18 @@ def test_a_lost_trial_of_a_failed_attempt_is_relabelled_lost_when_the_next_one_e
     store.record_trial(sweep_id, event("t1", state="succeeded", val_nll=0.4))
     store.record_trial(sweep_id, event("t2"))  # running when the driver was killed
     with session_factory() as session:  # what the reconciler does with a killed driver
-        repo.transition(session, sweep_id, "failed", reason="driver job FAILED")
-        killed = {t.trial_id: t for t in repo.list_trials(session, sweep_id)}["t2"]
-        assert killed.state == "interrupted"
-        assert killed.error == "the sweep became failed while it ran: driver job FAILED"
-        repo.transition(session, sweep_id, "pending")
+        repo.end_attempt(session, sweep_id, "driver job FAILED", resubmit=True)
+    killed = ("interrupted", "the sweep became failed while it ran: driver job FAILED")
+    assert trial_states(session_factory, sweep_id)["t2"] == killed
     store.record_start(sweep_id, record(sweep_id))
 
     trials = [summary(t, "succeeded", 0.4) for t in ("t1", "t3")]  # Tune never saved t2
     store.record_outcome(sweep_id, outcome(sweep_id, "succeeded", trials))
-    with session_factory() as session:
-        rows = {t.trial_id: t for t in repo.list_trials(session, sweep_id)}
-        assert {k: t.state for k, t in rows.items()} == {
-            "t1": "succeeded",
-            "t2": "interrupted",
-            "t3": "succeeded",
-        }
-        assert rows["t2"].error == repo.LOST_TRIAL
+    assert trial_states(session_factory, sweep_id) == {
+        "t1": ("succeeded", None),
+        "t2": ("interrupted", repo.LOST_TRIAL),
+        "t3": ("succeeded", None),
+    }
 
 
 def test_driver_store_started_by_hand_and_finishing_while_cancelling(engine, session_factory):
