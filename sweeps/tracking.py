@@ -20,7 +20,6 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from gradreg.metrics import ReliabilityBins
-from gradreg.plots import write_reliability_diagram
 
 PARENT_RUN_TAG = "mlflow.parentRunId"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -178,6 +177,9 @@ class Tracker:
             if bins is not None:
                 (out / "reliability_bins.json").write_text(json.dumps(bins.to_dict()) + "\n")
                 if diagram:
+                    # matplotlib costs the driver 0.7 s of start-up for a file only trials write.
+                    from gradreg.plots import write_reliability_diagram
+
                     write_reliability_diagram(out / "reliability.png", {label: bins})
             self.client.log_artifacts(run_id, str(out))
         if state_file is not None:

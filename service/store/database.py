@@ -8,13 +8,14 @@ sessions = session_factory(engine)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -74,6 +75,8 @@ def session_factory(engine: sa.Engine) -> sessionmaker[Session]:
 
 
 def alembic_config() -> Config:
+    from alembic.config import Config  # only migrations need it, not every sweep driver
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     return config
@@ -92,6 +95,8 @@ def upgrade(url_or_engine: str | sa.URL | sa.Engine, revision: str = "head") -> 
                         sa.text("SELECT pg_advisory_xact_lock(:lock)"),
                         {"lock": _MIGRATION_LOCK_ID},
                     )
+                from alembic import command
+
                 config = alembic_config()
                 config.attributes["connection"] = connection
                 command.upgrade(config, revision)
