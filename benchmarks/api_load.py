@@ -70,6 +70,10 @@ async def load(
         async def reader(index: int) -> None:
             paths = [f"/v1/sweeps/{sweep_id}", "/v1/sweeps?limit=20"]
             turn = index
+            if think_s:
+                # Pollers are not in step in life: each starts at its own point of the cycle
+                # (started together, 50 pollers send bursts of 50 requests that queue).
+                await asyncio.sleep(random.uniform(0, think_s))
             while time.perf_counter() < stop_at:
                 started = time.perf_counter()
                 response = await client.get(paths[turn % 2], timeout=30)
@@ -77,7 +81,6 @@ async def load(
                 response.raise_for_status()
                 turn += 1
                 if think_s:
-                    # Pollers are not synchronised in life: spread their pauses.
                     await asyncio.sleep(think_s * random.uniform(0.5, 1.5))
 
         await asyncio.gather(*(reader(i) for i in range(clients)))
