@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 
@@ -100,9 +101,15 @@ class Reconciler:
             # Ray may be restarting: keep the sweep pending and say why; the next pass retries.
             repository.update_sweep(session, sweep_id, reason=f"submission failed: {error}")
             return False
-        repository.transition(
-            session, sweep_id, "submitted", submission_id=submission_id, reason=None
-        )
+        try:
+            repository.transition(
+                session, sweep_id, "submitted", submission_id=submission_id, reason=None
+            )
+        except repository.InvalidTransition as error:
+            # Cancelled between this pass reading it and the job starting: the job must not run.
+            log.warning("sweep %s: %s; stopping the job just submitted", sweep_id, error)
+            self.jobs.stop(submission_id)
+            return False
         return True
 
     def _check(self, session: Session, sweep_id: str) -> None:
@@ -144,11 +151,16 @@ def _ids(session: Session, statuses: tuple[str, ...]) -> list[str]:
     return list(session.scalars(query))
 
 
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Transition)\b.*:")
+
+
 def _last_line(message: str) -> str:
     """The line that says what went wrong: Ray's job message ends with the driver's last logs
-    (up to 20,000 characters), whose last line is the exception."""
+    (up to 20,000 characters), whose last exception line names the error. SQLAlchemy follows
+    it with a line of its own ("(Background on this error at: ...)"), which says nothing."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     if not lines:
         return message
-    last = lines[-1]
+    raised = [line for line in lines[1:] if _EXCEPTION_LINE.match(line)]
+    last = raised[-1] if raised else lines[-1]
     return last if len(lines) == 1 else f"{lines[0].rstrip(':,')} … {last}"

@@ -5,12 +5,14 @@ The end-to-end tests (tests/service/test_api.py, tests/reliability) run it again
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import sqlalchemy as sa
 from ray.job_submission import JobStatus
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.launcher import JobState
-from service.reconciler import Reconciler
+from service.reconciler import Reconciler, _last_line
 from service.store import repository as repo
 from service.store.models import Sweep
 from tests.service.test_store import event as trial_event
@@ -23,10 +25,18 @@ class RecordingJobs:
     def __init__(self) -> None:
         self.submitted: list[str] = []
         self.finished: set[str] = set()
+        self.stopped: list[str] = []
+        self.while_submitting: Callable[[str], None] = lambda sweep_id: None
 
     def submit(self, sweep_id: str, attempt: int) -> str:
+        self.while_submitting(sweep_id)
         self.submitted.append(sweep_id)
         return f"job-{sweep_id}-{attempt}"
+
+    def stop(self, submission_id: str) -> bool:
+        self.stopped.append(submission_id)
+        self.finished.add(submission_id)
+        return True
 
     def state(self, submission_id: str) -> JobState:
         done = submission_id in self.finished
@@ -122,3 +132,42 @@ def test_a_driver_that_died_is_resubmitted_until_its_attempts_run_out(engine, se
         killed = ("interrupted", f"the sweep became failed while it ran: {reason}")
         assert trial_states(session_factory, sweep_id)[f"t{attempt}"] == killed
     assert jobs.submitted == [sweep_id] * 3
+
+
+def test_a_sweep_cancelled_while_its_job_is_submitted_has_that_job_stopped(session_factory):
+    jobs = RecordingJobs()
+    cancelled, queued = new_sweep(session_factory, name="a"), new_sweep(session_factory, name="b")
+
+    def cancel_first(sweep_id: str) -> None:  # the user's cancel lands mid-submission
+        if sweep_id == cancelled:
+            with session_factory() as session:
+                repo.request_cancel(session, cancelled)
+
+    jobs.while_submitting = cancel_first
+    reconciler(session_factory, jobs, max_active=1).reconcile_once()
+    assert jobs.stopped == [f"job-{cancelled}-1"]
+    sweep = status_of(session_factory, cancelled)
+    assert (sweep.status, sweep.reason, sweep.submission_id) == (
+        "cancelled",
+        "cancelled before it ran",
+        None,
+    )
+    # The pass went on: the slot the cancelled sweep did not take went to the next one.
+    assert status_of(session_factory, queued).status == "submitted"
+
+
+def test_a_dead_drivers_reason_is_its_exception_line_not_a_trailer():
+    message = (
+        "Job entrypoint command failed with exit code 1, last available logs:\n"
+        "Traceback (most recent call last):\n"
+        '  File "service/worker.py", line 38, in <module>\n'
+        "sqlalchemy.exc.OperationalError: (psycopg.OperationalError) connection failed: refused\n"
+        "(Background on this error at: https://sqlalche.me/e/21/e3q8)\n"
+    )
+    assert _last_line(message) == (
+        "Job entrypoint command failed with exit code 1, last available logs … "
+        "sqlalchemy.exc.OperationalError: (psycopg.OperationalError) connection failed: refused"
+    )
+    plain = "Job entrypoint command failed with exit code 1, last available logs:\nKilled\n"
+    assert _last_line(plain).endswith("… Killed")
+    assert _last_line("Job was stopped") == "Job was stopped"
