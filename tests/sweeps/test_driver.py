@@ -267,3 +267,32 @@ def test_asha_cuts_a_hopeless_trial_and_its_run_is_closed_with_a_diagram(
     cut = next(c for c in children if c.info.run_id == by_lr[1.0e-7].mlflow_run_id)
     assert cut.info.status == "FINISHED" and cut.data.tags[STATUS_TAG] == "stopped"
     assert "reliability.png" in {a.path for a in client.list_artifacts(cut.info.run_id)}
+
+
+def test_a_stopped_trial_resumes_from_its_checkpoint(
+    ray_local, driver_options, tracking_uri, tmp_path
+):
+    spec = digits_spec(
+        name="digits-resumes",
+        fixed={"epochs": 6, "batch_size": 256, "lr": 0.003, "device": "cpu"},
+        budget={"max_trials": 1, "max_concurrent_trials": 1},
+    )
+    reached: list[int] = []
+    first = run_sweep(
+        spec,
+        driver_options.__class__(**{**driver_options.__dict__, "stop_poll_s": 0.0}),
+        on_trial=lambda event: reached.append(event.epoch or 0),
+        should_stop=lambda: max(reached, default=0) >= 2,
+    )
+    (trial,) = first.trials
+    assert first.status == "stopped" and trial.state == "interrupted"
+    assert list((tmp_path / "tune" / spec.name).glob("*/checkpoint_*"))
+
+    events: list[TrialEvent] = []
+    second = resume_sweep(spec.name, driver_options, on_trial=events.append)
+    (trial,) = second.trials
+    assert (second.status, trial.state, trial.error) == ("succeeded", "succeeded", None)
+    assert 1 not in {e.epoch for e in events}  # it went on from a checkpoint, not from epoch 1
+    client, _, (child,) = runs_of(tracking_uri, spec.name)
+    steps = [m.step for m in client.get_metric_history(child.info.run_id, "epoch")]
+    assert steps == [1, 2, 3, 4, 5, 6]

@@ -1,0 +1,79 @@
+"""Delete a trial's old checkpoints only once no saved experiment state can name them.
+
+Tune's own `CheckpointConfig(num_to_keep=...)` deletes a trial's older checkpoints as soon as
+it registers a newer one, but it saves the experiment state, which names the checkpoint each
+trial resumes from, only every 10 s or more. A driver killed in between leaves a state that
+names a deleted checkpoint, and Tune then fails that trial on resume ("Could not recover from
+checkpoint as it does not exist on storage anymore").
+
+`CheckpointPruner` keeps that window closed. Tune calls a callback's `get_state` while it saves
+the experiment state; at each save the pruner deletes the checkpoints older than the ones the
+*previous* save named. A save written to remote storage in the background has had a whole save
+period to get there before anything it does not name goes.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.fs
+from ray import tune
+
+CHECKPOINT_PREFIX = "checkpoint_"
+
+
+@dataclass(frozen=True)
+class _Named:
+    filesystem: pyarrow.fs.FileSystem
+    trial_dir: str
+    index: int
+
+
+class CheckpointPruner(tune.Callback):
+    def __init__(self) -> None:
+        self._latest: dict[str, _Named] = {}
+        self._named_by_last_save: dict[str, _Named] = {}
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
+        named = _named(checkpoint)
+        if named is not None:
+            self._latest[trial.trial_id] = named
+
+    def get_state(self) -> dict[str, Any] | None:
+        # Called while Tune saves the experiment state: this save names self._latest.
+        for named in self._named_by_last_save.values():
+            delete_older_checkpoints(named.filesystem, named.trial_dir, named.index)
+        self._named_by_last_save = dict(self._latest)
+        return None  # nothing to restore: a resumed driver starts counting afresh
+
+
+def delete_older_checkpoints(
+    filesystem: pyarrow.fs.FileSystem, trial_dir: str, index: int
+) -> list[str]:
+    """Delete the trial's checkpoint directories numbered below ``index``; return their paths."""
+    selector = pyarrow.fs.FileSelector(trial_dir, allow_not_found=True)
+    older = [
+        entry.path
+        for entry in filesystem.get_file_info(selector)
+        if entry.type == pyarrow.fs.FileType.Directory
+        and (number := _index(entry.base_name)) is not None
+        and number < index
+    ]
+    for path in older:
+        filesystem.delete_dir(path)
+    return older
+
+
+def _named(checkpoint: tune.Checkpoint) -> _Named | None:
+    path = checkpoint.path.rstrip("/")
+    index = _index(posixpath.basename(path))
+    if index is None:
+        return None
+    return _Named(checkpoint.filesystem, posixpath.dirname(path), index)
+
+
+def _index(name: str) -> int | None:
+    suffix = name.removeprefix(CHECKPOINT_PREFIX)
+    return int(suffix) if name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() else None
