@@ -126,7 +126,7 @@ class Reconciler:
         if sweep.status not in ACTIVE:
             return
         ended = "vanished from Ray" if state is None else f"{state.status.value}"
-        detail = f": {_last_line(state.message)}" if state is not None and state.message else ""
+        detail = f": {failure_line(state.message)}" if state is not None and state.message else ""
         if sweep.status == "cancelling":
             repository.transition(session, sweep_id, "cancelled", reason=f"driver job {ended}")
             return
@@ -154,7 +154,7 @@ def _ids(session: Session, statuses: tuple[str, ...]) -> list[str]:
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Transition)\b.*:")
 
 
-def _last_line(message: str) -> str:
+def failure_line(message: str) -> str:
     """The line that says what went wrong: Ray's job message ends with the driver's last logs
     (up to 20,000 characters), whose last exception line names the error. SQLAlchemy follows
     it with a line of its own ("(Background on this error at: ...)"), which says nothing."""

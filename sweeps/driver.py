@@ -50,7 +50,8 @@ from sweeps.trainable import BINS_KEY, RUN_ID_KEY, TrialContext, run_trial
 SWEEP_FILE = "sweep.json"
 STATES_FILE = "trial_states.json"
 SWEEP_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-QUIET_TUNE = {
+# Tune's settings for every sweep (environment variables it reads; set unless already set).
+TUNE_ENV = {
     # Short trials checkpoint often; Tune's "snapshotting too often" warning is noise for them.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     # Tune's newer console output prints a banner and tables on stdout even at verbose=0;
@@ -255,7 +256,7 @@ def experiment_path(options: DriverOptions, settings: SweepSettings, name: str) 
 @contextmanager
 def ray_session(address: str | None) -> Iterator[None]:
     """Use the Ray instance already up in this process, or start one for the sweep."""
-    for key, value in QUIET_TUNE.items():
+    for key, value in TUNE_ENV.items():
         os.environ.setdefault(key, value)
     if ray.is_initialized():
         yield

@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 
 from service.launcher import free_port
 from service.store.repository import LOST_TRIAL
+from sweeps.driver import TUNE_ENV
 from tests.service.api import FINAL, TOKENS, ApiProcess, is_problem, wait_for
 
 
@@ -262,9 +263,9 @@ def test_a_killed_driver_is_resubmitted_and_resumes_without_rerunning_trials(api
     spec = small_sweep("driver-killed", epochs=60, trials=3, concurrent=1)
     sweep_id = client.post("/v1/sweeps", json=spec).json()["id"]
     first = wait_for(client, sweep_id, lambda s: s["counts"].get("succeeded", 0) >= 1)
-    # Tune saves its experiment state every second (sweeps.driver): work done after the last
-    # save is done again on resume. Past two saves, the finished trial is in the saved state.
-    time.sleep(2.5)
+    # Work done after Tune's last save of its experiment state is done again on resume. Past
+    # two save periods (and a half), the finished trial is in the saved state.
+    time.sleep(2.5 * float(TUNE_ENV["TUNE_GLOBAL_CHECKPOINT_S"]))
     done_before = {
         t["trial_id"]: t["metrics"]
         for t in client.get(f"/v1/sweeps/{sweep_id}/trials").json()

@@ -12,7 +12,7 @@ from ray.job_submission import JobStatus
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.launcher import JobState
-from service.reconciler import Reconciler, _last_line
+from service.reconciler import Reconciler, failure_line
 from service.store import repository as repo
 from service.store.models import Sweep
 from tests.service.test_store import event as trial_event
@@ -164,10 +164,10 @@ def test_a_dead_drivers_reason_is_its_exception_line_not_a_trailer():
         "sqlalchemy.exc.OperationalError: (psycopg.OperationalError) connection failed: refused\n"
         "(Background on this error at: https://sqlalche.me/e/21/e3q8)\n"
     )
-    assert _last_line(message) == (
+    assert failure_line(message) == (
         "Job entrypoint command failed with exit code 1, last available logs … "
         "sqlalchemy.exc.OperationalError: (psycopg.OperationalError) connection failed: refused"
     )
     plain = "Job entrypoint command failed with exit code 1, last available logs:\nKilled\n"
-    assert _last_line(plain).endswith("… Killed")
-    assert _last_line("Job was stopped") == "Job was stopped"
+    assert failure_line(plain).endswith("… Killed")
+    assert failure_line("Job was stopped") == "Job was stopped"
