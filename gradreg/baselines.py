@@ -14,14 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from gradreg.fisher import (
-    at_least_fp32,
-    check_estimator,
-    check_labels,
-    fisher_diagonal,
-    trainable_parameters,
-)
-from gradreg.posterior import (
+from gradreg.fisher import check_estimator, check_labels, fisher_diagonal, trainable_parameters
+from gradreg.gaussian import (
     DiagonalVariance,
     GaussianPosterior,
     LossTerms,
@@ -29,6 +23,7 @@ from gradreg.posterior import (
     make_variance_family,
     weight_decay,
 )
+from gradreg.layer_rules import at_least_fp32
 
 # Keeps sqrt differentiable where a pre-activation's variance is exactly zero.
 _VARIANCE_FLOOR = 1e-16

@@ -8,11 +8,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from gradreg.config import METHODS, TrainConfig
+from gradreg.config import TrainConfig
 from gradreg.data import available_datasets, load_dataset
 from gradreg.fisher import ESTIMATORS
+from gradreg.gaussian import PREDICT_MODES
+from gradreg.methods import METHODS, TRAINERS, VARIANCE_FAMILIES
 from gradreg.models import available_models
-from gradreg.posterior import PREDICT_MODES, VARIANCE_FAMILIES
 
 TABLE_METRICS = ("accuracy", "nll", "ece", "aece", "brier")
 
@@ -108,7 +109,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     vl.add_argument(
         "--method",
         default=defaults.method,
-        choices=METHODS,
+        choices=TRAINERS,
         help="vl (Variational Laplace), map, mcvi (sampling VI) or laplace (post hoc)",
     )
     vl.add_argument(
@@ -286,12 +287,14 @@ def _method_settings(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 
 def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
-    from gradreg.compare import METHOD_PRESETS, CompareSpec
+    from gradreg.compare import CompareSpec
 
     defaults = CompareSpec()
     _add_data_and_model_arguments(p)
     p.add_argument(
-        "--methods", default=",".join(METHOD_PRESETS), help="comma-separated, from: %(default)s"
+        "--methods",
+        default=",".join(defaults.methods),
+        help=f"comma-separated, default %(default)s; from: {', '.join(METHODS)}",
     )
     p.add_argument(
         "--seeds",

@@ -19,39 +19,28 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gradreg.config import TrainConfig
+from gradreg.config import METHOD_FIELDS, TrainConfig
+from gradreg.methods import METHODS, get_method
 from gradreg.metrics import ReliabilityBins, pool_reliability_bins
+from gradreg.names import CLASSIFICATION_METRICS, higher_is_better
 from gradreg.plots import write_reliability_diagram
 from gradreg.train import evaluate, fit, load_config_dataset
 
-# Each comparison method is a TrainConfig preset.
-METHOD_PRESETS: dict[str, dict[str, Any]] = {
-    "vl-uniform": {"method": "vl", "variance": "uniform", "noise_scale": 0.01},
-    "vl-diagonal": {"method": "vl", "variance": "diagonal"},
-    "map": {"method": "map"},
-    "mcvi": {"method": "mcvi", "variance": "diagonal"},
-    "laplace": {"method": "laplace"},
-}
-# Grid values for these settings are multiples of the spec's lr.
+# Grid values for these settings are multiples of the comparison's lr.
 RELATIVE_TO_LR = ("variance_lr",)
-SEARCH_GRIDS: dict[str, dict[str, list[float]]] = {
-    "vl-uniform": {"prior_variance": [0.1, 1.0], "noise_scale": [0.003, 0.01, 0.03]},
-    # With N ≪ weights a full KL pulls learned variances to the prior: tempering and how fast
-    # the variances may move (variance_lr, default 10 × lr) are the levers for learned σ.
-    "vl-diagonal": {
-        "prior_variance": [0.1, 1.0],
-        "kl_weight": [0.1, 1.0],
-        "variance_lr": [1.0, 10.0],
-    },
-    "map": {"prior_variance": [0.1, 1.0]},
-    "mcvi": {"prior_variance": [0.1, 1.0], "kl_weight": [0.1, 1.0], "variance_lr": [1.0, 10.0]},
-    "laplace": {"prior_variance": [0.001, 0.01, 0.1, 1.0]},
-}
-USES_FISHER = ("vl-uniform", "vl-diagonal", "laplace")
-METRICS = ("accuracy", "nll", "ece", "aece", "brier")
-HIGHER_IS_BETTER = {"accuracy"}
+METRICS = CLASSIFICATION_METRICS
 MODES = ("mean", "sample")
 SELECTION_METRIC = "val_nll"
+
+
+def default_methods() -> list[str]:
+    return [name for name, method in METHODS.items() if method.compare_by_default]
+
+
+def preset(method: str) -> dict[str, Any]:
+    """The TrainConfig settings a comparison starts ``method`` from (before overrides)."""
+    entry = get_method(method)
+    return {**entry.train_settings({}), **entry.preset}
 
 
 @dataclass
@@ -60,7 +49,7 @@ class CompareSpec:
     dataset_options: dict[str, Any] = field(default_factory=dict)
     model: str = "mlp"
     model_options: dict[str, Any] = field(default_factory=dict)
-    methods: list[str] = field(default_factory=lambda: list(METHOD_PRESETS))
+    methods: list[str] = field(default_factory=default_methods)
     seeds: int = 5
     epochs: int = 30
     batch_size: int = 128
@@ -72,11 +61,11 @@ class CompareSpec:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in METHOD_PRESETS]
+        unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ValueError(
                 f"unknown or missing method(s) {', '.join(unknown) or '(none)'}; accepted: "
-                f"{', '.join(METHOD_PRESETS)}"
+                f"{', '.join(METHODS)}"
             )
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods are listed twice: {', '.join(self.methods)}")
@@ -102,9 +91,9 @@ class CompareSpec:
             "device": self.device,
             "seed": seed,
             "split_seed": seed,
-            **METHOD_PRESETS[method],
+            **preset(method),
         }
-        if self.fisher is not None and method in USES_FISHER:
+        if self.fisher is not None and METHODS[method].uses_fisher:
             values["fisher"] = self.fisher
         values.update(self.overrides.get(method, {}))
         values.update(extra)
@@ -144,7 +133,7 @@ class Comparison:
                     a = self._value(vl, seed, "sample", f"test_{metric}")
                     b = self._value(baseline, seed, "sample", f"test_{metric}")
                     diffs.append(a - b)
-                better = [d > 0 if metric in HIGHER_IS_BETTER else d < 0 for d in diffs]
+                better = [d > 0 if higher_is_better(metric) else d < 0 for d in diffs]
                 mean, se = mean_and_se(diffs)
                 rows.append(
                     {
@@ -177,7 +166,7 @@ def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
 def _grid(method: str, lr: float) -> list[dict[str, float]]:
     grid = {
         key: [v * lr for v in values] if key in RELATIVE_TO_LR else values
-        for key, values in SEARCH_GRIDS[method].items()
+        for key, values in METHODS[method].grid.items()
     }
     return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
 
@@ -255,17 +244,8 @@ def run_comparison(spec: CompareSpec, tick: Callable[[str], None] = lambda _: No
 
 
 def _hyperparameters(config: TrainConfig) -> dict[str, Any]:
-    keys = (
-        "prior_variance",
-        "noise_scale",
-        "init_variance",
-        "variance",
-        "fisher",
-        "mc_samples",
-        "lr",
-        "variance_lr",
-        "kl_weight",
-    )
+    """The settings a method comparison varies: the shared ones and every method's own."""
+    keys = ("prior_variance", "lr", "kl_weight", *METHOD_FIELDS)
     return {key: getattr(config, key) for key in keys}
 
 

@@ -9,19 +9,21 @@ from typing import Any
 
 from gradreg.data import available_datasets
 from gradreg.fisher import ESTIMATORS
+from gradreg.gaussian import PREDICT_MODES
+from gradreg.methods import (
+    COMMON_SETTINGS,
+    HYPERPARAMETERS,
+    METHODS,
+    POSTERIOR_ARGUMENTS,
+    TRAINERS,
+    Method,
+    family_problem,
+    method_for,
+)
 from gradreg.models import available_models
-from gradreg.posterior import PREDICT_MODES, VARIANCE_FAMILIES
 
-METHODS = ("vl", "map", "mcvi", "laplace")
-# Settings that only some methods use, with the default each of those methods gets.
-METHOD_SETTINGS: dict[str, dict[str, object]] = {
-    "vl": {"variance": "diagonal", "fisher": "sampled"},
-    "map": {},
-    "mcvi": {"variance": "diagonal", "mc_samples": 1},
-    "laplace": {"fisher": "exact"},
-}
-VARIANCE_SETTINGS = ("noise_scale", "learn_noise_scale", "init_variance", "variance_lr")
-FISHER_SETTINGS = ("empirical_fisher",)
+# The fields only some methods read; the method table says which.
+METHOD_FIELDS = tuple(sorted({*HYPERPARAMETERS, "variance"} - set(COMMON_SETTINGS)))
 
 
 @dataclass(frozen=True)
@@ -58,10 +60,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _choice("dataset", self.dataset, tuple(available_datasets()))
         _choice("model", self.model, tuple(available_models()))
-        _choice("method", self.method, METHODS)
-        self._resolve_method_settings()
-        if self.variance is not None:
-            _choice("variance", self.variance, VARIANCE_FAMILIES)
+        _choice("method", self.method, TRAINERS)
+        entry = self._resolve_method_settings()
         if self.fisher is not None:
             _choice("fisher", self.fisher, ESTIMATORS)
         if self.mc_samples is not None:
@@ -85,40 +85,59 @@ class TrainConfig:
         _number("kl_weight", self.kl_weight)
         if self.kl_weight < 0:
             raise ValueError(f"kl_weight must be >= 0, got {self.kl_weight}")
-        if self.variance == "uniform" and self.noise_scale is None:
-            raise ValueError("variance='uniform' needs noise_scale (σ of every weight), e.g. 0.01")
-        if self.variance == "uniform" and self.init_variance is not None:
-            raise ValueError(
-                "init_variance belongs to variance='diagonal'; uniform uses noise_scale"
+        if entry.variance is not None:
+            problem = family_problem(
+                entry.variance,
+                noise_scale=self.noise_scale,
+                init_variance=self.init_variance,
+                learn_noise_scale=self.learn_noise_scale,
             )
-        if self.variance == "diagonal" and (self.noise_scale is not None or self.learn_noise_scale):
-            raise ValueError(
-                "noise_scale and learn_noise_scale belong to variance='uniform'; "
-                "the diagonal posterior starts from init_variance"
-            )
+            if problem:
+                raise ValueError(problem)
         if not isinstance(self.device, str):
             raise TypeError(
                 f"device must be a string such as 'auto', 'cpu' or 'cuda', got {self.device!r}"
             )
 
-    def _resolve_method_settings(self) -> None:
+    def _resolve_method_settings(self) -> Method:
         """Give method-specific settings their defaults; refuse those the method ignores."""
-        own = METHOD_SETTINGS[self.method]
-        unused = [name for name in ("variance", "fisher", "mc_samples") if name not in own]
-        if "variance" not in own:
-            unused += VARIANCE_SETTINGS
-        if "fisher" not in own:
-            unused += FISHER_SETTINGS
-        given = [name for name in unused if getattr(self, name) not in (None, False)]
+        entries = [m for m in METHODS.values() if m.trainer == self.method]
+        used = {s for m in entries for s in m.settings(learns_noise_scale=True)}
+        if any(m.variance for m in entries):
+            used.add("variance")
+        given = [
+            name
+            for name in METHOD_FIELDS
+            if name not in used and getattr(self, name) not in (None, False)
+        ]
         if given:
+            own = [name for name in METHOD_FIELDS if name in used]
             raise ValueError(
                 f"method {self.method!r} does not use {', '.join(given)}; remove "
                 f"{'it' if len(given) == 1 else 'them'} (settings it uses: "
                 f"{', '.join(own) or 'none beyond the common ones'})"
             )
-        for name, default in own.items():
+        entry = method_for(self.method, self.variance)
+        defaults = {"variance": entry.variance, **entry.defaults}
+        for name, default in defaults.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, default)
+        return entry
+
+    @property
+    def method_name(self) -> str:
+        """The method table's name for what this config trains (``vl-uniform``, ``map``, …)."""
+        return method_for(self.method, self.variance).name
+
+    def posterior_settings(self) -> dict[str, Any]:
+        """The keyword arguments of `gradreg.posterior` for this config's method."""
+        entry = METHODS[self.method_name]
+        reads = entry.settings(learns_noise_scale=True)
+        return {
+            name: getattr(self, name)
+            for name in POSTERIOR_ARGUMENTS
+            if name in reads and getattr(self, name) is not None
+        }
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

@@ -23,18 +23,20 @@ a Hessian-vector product), which is how the Variational Laplace regulariser uses
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
+
+from gradreg.layer_rules import (
+    LayerCapture,
+    at_least_fp32,
+    capture_layers,
+    layer_squares,
+    per_example_obstacle,
+)
 
 ESTIMATORS = ("exact", "sampled", "per_example")
-SUPPORTED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -91,162 +93,6 @@ def check_logits(logits: Tensor) -> Tensor:
     return logits
 
 
-# --------------------------------------------------------------------------------------------
-# Layer capture: the inputs of each supported layer and a zero "probe" added to its output.
-# The gradient with respect to the probe is the gradient with respect to the layer's output,
-# even when later operations modify that output in place (e.g. ReLU(inplace=True)).
-
-
-@dataclass
-class CapturedLayer:
-    name: str
-    module: nn.Module
-    inputs: Tensor
-    probe: Tensor
-
-
-class LayerCapture:
-    def __init__(self) -> None:
-        self.layers: list[CapturedLayer] = []
-
-
-def per_example_obstacle(model: nn.Module, params: Sequence[nn.Parameter]) -> str | None:
-    """Why the per-layer identities do not apply to ``model``, or None when they do."""
-    for name, module in model.named_modules():
-        if isinstance(module, _BatchNorm) and module.training:
-            return (
-                f"layer {name!r} ({type(module).__name__}) normalises with batch statistics, which "
-                "couple the examples, so per-example gradients do not exist"
-            )
-        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
-        if not own:
-            continue
-        if not isinstance(module, SUPPORTED_LAYERS):
-            return (
-                f"layer {name!r} ({type(module).__name__}) has parameters but no per-example rule"
-            )
-        if isinstance(module, nn.Conv1d | nn.Conv2d) and (
-            module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str)
-        ):
-            return (
-                f"layer {name!r} uses groups={module.groups}, padding={module.padding!r}, "
-                f"padding_mode={module.padding_mode!r}; the per-example rule needs groups=1, "
-                "integer padding and padding_mode='zeros'"
-            )
-    covered = {
-        id(p)
-        for m in model.modules()
-        if isinstance(m, SUPPORTED_LAYERS)
-        for p in m.parameters(recurse=False)
-    }
-    if any(id(p) not in covered for p in params):
-        return "some trainable parameters are not held by a Linear or Conv layer"
-    return None
-
-
-@contextmanager
-def capture_layers(model: nn.Module) -> Iterator[LayerCapture]:
-    capture = LayerCapture()
-    names = {module: name for name, module in model.named_modules()}
-    seen: set[nn.Module] = set()
-
-    def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
-        if module in seen:
-            raise ValueError(
-                f"layer {names[module]!r} ran twice in one forward pass (shared weights); the "
-                "per-example Fisher needs each layer called once: use fisher='sampled'"
-            )
-        seen.add(module)
-        probe = torch.zeros_like(output, requires_grad=True)
-        capture.layers.append(CapturedLayer(names[module], module, inputs[0], probe))
-        return output + probe
-
-    handles = [
-        m.register_forward_hook(hook)
-        for m in model.modules()
-        if isinstance(m, SUPPORTED_LAYERS) and any(p.requires_grad for p in m.parameters(False))
-    ]
-    try:
-        yield capture
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-# --------------------------------------------------------------------------------------------
-# Per-layer identities: Σ_i w_i (per-example gradient)² from layer inputs and output gradients.
-
-
-def at_least_fp32(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in _LOW_PRECISION else t
-
-
-def _weighted_batch_sum(squares: Tensor, weights: Tensor | None) -> Tensor:
-    if weights is None:
-        return squares.sum(0)
-    return torch.tensordot(weights.to(squares.dtype), squares, dims=1)
-
-
-def _linear_squares(a: Tensor, g: Tensor, weights: Tensor | None, has_bias: bool) -> list[Tensor]:
-    a, g = at_least_fp32(a), at_least_fp32(g)
-    if a.dim() == 2:
-        gw = g.square() if weights is None else g.square() * weights.to(g.dtype)[:, None]
-        out = [gw.t() @ a.square()]
-        if has_bias:
-            out.append(gw.sum(0))
-        return out
-    # Inputs with extra dimensions (e.g. tokens): the per-example gradient sums over them first.
-    a = a.reshape(a.shape[0], -1, a.shape[-1])
-    g = g.reshape(g.shape[0], -1, g.shape[-1])
-    out = [_weighted_batch_sum(torch.einsum("bto,bti->boi", g, a).square(), weights)]
-    if has_bias:
-        out.append(_weighted_batch_sum(g.sum(1).square(), weights))
-    return out
-
-
-def _conv_squares(
-    module: nn.Conv1d | nn.Conv2d, a: Tensor, g: Tensor, weights: Tensor | None
-) -> list[Tensor]:
-    a, g = at_least_fp32(a), at_least_fp32(g)
-    if isinstance(module, nn.Conv1d):
-        a = a.unsqueeze(2)
-        kernel, stride = (1, *module.kernel_size), (1, *module.stride)
-        padding, dilation = (0, *module.padding), (1, *module.dilation)
-    else:
-        kernel, stride = module.kernel_size, module.stride
-        padding, dilation = module.padding, module.dilation
-    cols = F.unfold(a, kernel, dilation=dilation, padding=padding, stride=stride)
-    g = g.reshape(g.shape[0], g.shape[1], -1)
-    per_example = torch.einsum("bol,bkl->bok", g, cols)
-    out = [_weighted_batch_sum(per_example.square(), weights).reshape(module.weight.shape)]
-    if module.bias is not None:
-        out.append(_weighted_batch_sum(g.sum(2).square(), weights))
-    return out
-
-
-def _layer_squares(
-    layer: CapturedLayer, grad_out: Tensor, weights: Tensor | None, total: bool = False
-) -> dict[int, Tensor]:
-    """Per trainable parameter of the layer: Σ_i w_i (per-example gradient)², or with
-    ``total`` just its sum over the parameter's entries."""
-    module = layer.module
-    own = [module.weight] + ([module.bias] if module.bias is not None else [])
-    if total and isinstance(module, nn.Linear) and layer.inputs.dim() == 2:
-        # Σ_{o,k} g_io² a_ik² = ‖g_i‖² ‖a_i‖²: no (out × in) matrix needed for the sum.
-        g_norms = at_least_fp32(grad_out).square().sum(1)
-        if weights is not None:
-            g_norms = g_norms * weights.to(g_norms.dtype)
-        a_norms = at_least_fp32(layer.inputs).square().sum(1)
-        sums = [(g_norms * a_norms).sum(), g_norms.sum()]
-    else:
-        if isinstance(module, nn.Linear):
-            squares = _linear_squares(layer.inputs, grad_out, weights, module.bias is not None)
-        else:
-            squares = _conv_squares(module, layer.inputs, grad_out, weights)
-        sums = [sq.sum() for sq in squares] if total else squares
-    return {id(p): v for p, v in zip(own, sums, strict=False) if p.requires_grad}
-
-
 def _per_layer_fisher(
     capture: LayerCapture,
     params: Sequence[nn.Parameter],
@@ -275,7 +121,7 @@ def _per_layer_fisher(
         )
         with torch.set_grad_enabled(create_graph):
             for layer, grad_out in zip(capture.layers, grads, strict=True):
-                for key, value in _layer_squares(layer, grad_out, weights, total).items():
+                for key, value in layer_squares(layer, grad_out, weights, total).items():
                     totals[key] = totals[key] + value if key in totals else value
     if total:
         return torch.stack([totals[id(p)] for p in params]).sum().to(params[0].dtype)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from gradreg.fisher import FisherPass, check_estimator, check_labels, trainable_parameters
-from gradreg.posterior import (
+from gradreg.gaussian import (
     GaussianPosterior,
     LossTerms,
     UniformVariance,

@@ -13,29 +13,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradreg.baselines import MAP, Laplace, SamplingVI
 from gradreg.config import TrainConfig
 from gradreg.data import Dataset, load_dataset
 from gradreg.device import resolve_device
+from gradreg.gaussian import GaussianPosterior
+from gradreg.methods import posterior
 from gradreg.metrics import ReliabilityBins, classification_metrics, reliability_bins
 from gradreg.models import build_model
-from gradreg.objective import VariationalLaplace
-from gradreg.posterior import GaussianPosterior
 
 EVAL_CHUNK = 2048
 STATE_VERSION = 1
-CLASSIFICATION_METRICS = ("accuracy", "nll", "ece", "aece", "brier")
-# What every epoch reports, in this order.
-EPOCH_METRICS: tuple[str, ...] = (
-    "epoch",
-    "train_loss",
-    "train_nll",
-    "train_sqgrad",
-    "train_kl",
-    *(f"{split}_{name}" for split in ("val", "test") for name in CLASSIFICATION_METRICS),
-    "posterior_std_mean",
-    "train_seconds",
-)
 
 
 @dataclass
@@ -77,30 +64,7 @@ EpochCallback = Callable[[EpochReport], bool | None]
 def build_posterior(config: TrainConfig, data: Dataset) -> GaussianPosterior:
     """The method's posterior around a fresh model (seed the RNG first for reproducibility)."""
     model = build_model(config.model, data.input_shape, data.n_classes, **config.model_options)
-    common = dict(
-        n_data=data.n_train, prior_variance=config.prior_variance, kl_weight=config.kl_weight
-    )
-    variance = dict(
-        variance=config.variance,
-        noise_scale=config.noise_scale,
-        init_variance=config.init_variance,
-        learn_noise_scale=config.learn_noise_scale,
-    )
-    if config.method == "vl":
-        return VariationalLaplace(
-            model,
-            **common,
-            **variance,
-            fisher=config.fisher,
-            empirical_fisher=config.empirical_fisher,
-        )
-    if config.method == "mcvi":
-        return SamplingVI(model, **common, **variance, mc_samples=config.mc_samples)
-    if config.method == "laplace":
-        return Laplace(
-            model, **common, fisher=config.fisher, empirical_fisher=config.empirical_fisher
-        )
-    return MAP(model, **common)
+    return posterior(model, config.method_name, n_data=data.n_train, **config.posterior_settings())
 
 
 def load_config_dataset(config: TrainConfig) -> Dataset:

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from gradreg.cli import main
-from gradreg.compare import METHOD_PRESETS, SEARCH_GRIDS, CompareSpec, run_comparison
+from gradreg.compare import CompareSpec, default_methods, run_comparison
+from gradreg.methods import METHODS
 
 SMALL = dict(
     dataset="iris", model_options={"hidden": [8]}, seeds=2, epochs=2, device="cpu", n_samples=4
@@ -41,7 +42,7 @@ def test_compare_command_writes_table_csv_json_and_diagrams(tmp_path, capsys):
     )
     assert code == 0
     printed = capsys.readouterr().out
-    for method in METHOD_PRESETS:
+    for method in default_methods():
         assert f"{method:<12} mean" in printed and f"{method:<12} sample" in printed
     assert "vl-diagonal − laplace" in printed
     assert {p.name for p in out.iterdir()} == {
@@ -54,7 +55,7 @@ def test_compare_command_writes_table_csv_json_and_diagrams(tmp_path, capsys):
     }
     with (out / "runs.csv").open() as handle:
         runs = list(csv.DictReader(handle))
-    assert len(runs) == len(METHOD_PRESETS) * 2 * 2  # methods × seeds × predictive modes
+    assert len(runs) == len(default_methods()) * 2 * 2  # methods × seeds × predictive modes
     uniform = [r for r in runs if r["method"] == "vl-uniform"]
     assert {r["noise_scale"] for r in uniform} == {"0.02"}
     summary = json.loads((out / "comparison.json").read_text())
@@ -93,7 +94,7 @@ def test_search_chooses_on_validation_from_the_grid():
         (r for r in comparison.search_runs if r["method"] == "vl-uniform"),
         key=lambda r: r["val_nll"],
     )
-    assert comparison.chosen["vl-uniform"] == {k: best[k] for k in SEARCH_GRIDS["vl-uniform"]}
+    assert comparison.chosen["vl-uniform"] == {k: best[k] for k in METHODS["vl-uniform"].grid}
     assert len(ticks) == 8 + 2
 
 

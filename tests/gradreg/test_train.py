@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from gradreg.config import TrainConfig
-from gradreg.train import EPOCH_METRICS, fit
+from gradreg.names import EPOCH_METRICS
+from gradreg.train import fit
 
 SMALL = dict(
     dataset="iris",

@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from gradreg.fisher import trainable_parameters
+from gradreg.methods import family_problem
 
-VARIANCE_FAMILIES = ("diagonal", "uniform")
 PREDICT_MODES = ("mean", "sample")
 DEFAULT_VARIANCE_LR_FACTOR = 10.0
 DEFAULT_INIT_VARIANCE_FACTOR = 1e-4
@@ -172,27 +172,19 @@ def make_variance_family(
     learn_noise_scale: bool = False,
 ) -> DiagonalVariance | UniformVariance:
     """The named family, with the settings that belong to it and nothing else."""
+    problem = family_problem(
+        variance,
+        noise_scale=noise_scale,
+        init_variance=init_variance,
+        learn_noise_scale=learn_noise_scale,
+    )
+    if problem:
+        raise ValueError(problem)
     if variance == "diagonal":
-        if noise_scale is not None or learn_noise_scale:
-            raise ValueError(
-                "noise_scale and learn_noise_scale belong to variance='uniform'; "
-                "the diagonal posterior starts from init_variance"
-            )
         if init_variance is None:
             init_variance = DEFAULT_INIT_VARIANCE_FACTOR * prior_variance
         return DiagonalVariance(params, init_variance)
-    if variance == "uniform":
-        if init_variance is not None:
-            raise ValueError(
-                "init_variance belongs to variance='diagonal'; with variance='uniform' "
-                "σ² = noise_scale²"
-            )
-        if noise_scale is None:
-            raise ValueError("variance='uniform' needs noise_scale (σ of every weight), e.g. 0.01")
-        return UniformVariance(params, noise_scale, learn=learn_noise_scale)
-    raise ValueError(
-        f"unknown variance family {variance!r}; accepted: {', '.join(VARIANCE_FAMILIES)}"
-    )
+    return UniformVariance(params, noise_scale, learn=learn_noise_scale)
 
 
 class GaussianPosterior(nn.Module):

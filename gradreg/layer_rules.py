@@ -1,0 +1,210 @@
+"""Per-layer rules for the per-example Fisher: one table entry per layer type.
+
+`capture_layers` records each supported layer's input and adds a zero "probe" to its output;
+the gradient with respect to the probe is the gradient with respect to the layer's output,
+even when later operations modify that output in place (e.g. ReLU(inplace=True)). A layer's
+rule turns that input and output gradient into Σ_i w_i (per-example gradient)² for each of
+its parameters, without one backward per example. A new layer type is one rule function and
+one entry in `LAYER_RULES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def at_least_fp32(t: Tensor) -> Tensor:
+    return t.float() if t.dtype in _LOW_PRECISION else t
+
+
+@dataclass
+class CapturedLayer:
+    name: str
+    module: nn.Module
+    inputs: Tensor
+    probe: Tensor
+
+
+class LayerCapture:
+    def __init__(self) -> None:
+        self.layers: list[CapturedLayer] = []
+
+
+def per_example_obstacle(model: nn.Module, params: Sequence[nn.Parameter]) -> str | None:
+    """Why the per-layer identities do not apply to ``model``, or None when they do."""
+    for name, module in model.named_modules():
+        if isinstance(module, _BatchNorm) and module.training:
+            return (
+                f"layer {name!r} ({type(module).__name__}) normalises with batch statistics, which "
+                "couple the examples, so per-example gradients do not exist"
+            )
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        rule = rule_for(module)
+        if rule is None:
+            return (
+                f"layer {name!r} ({type(module).__name__}) has parameters but no per-example rule"
+            )
+        problem = rule.obstacle(module) if rule.obstacle else None
+        if problem:
+            return f"layer {name!r} {problem}"
+    covered = {id(p) for m in model.modules() if rule_for(m) for p in m.parameters(recurse=False)}
+    if any(id(p) not in covered for p in params):
+        return "some trainable parameters are not held by a layer with a per-example rule"
+    return None
+
+
+@contextmanager
+def capture_layers(model: nn.Module) -> Iterator[LayerCapture]:
+    capture = LayerCapture()
+    names = {module: name for name, module in model.named_modules()}
+    seen: set[nn.Module] = set()
+
+    def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+        if module in seen:
+            raise ValueError(
+                f"layer {names[module]!r} ran twice in one forward pass (shared weights); the "
+                "per-example Fisher needs each layer called once: use fisher='sampled'"
+            )
+        seen.add(module)
+        probe = torch.zeros_like(output, requires_grad=True)
+        capture.layers.append(CapturedLayer(names[module], module, inputs[0], probe))
+        return output + probe
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if rule_for(m) and any(p.requires_grad for p in m.parameters(False))
+    ]
+    try:
+        yield capture
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+# ---------------------------------------------------------------- the rules
+
+
+def _weighted_batch_sum(squares: Tensor, weights: Tensor | None) -> Tensor:
+    if weights is None:
+        return squares.sum(0)
+    return torch.tensordot(weights.to(squares.dtype), squares, dims=1)
+
+
+def _linear_squares(
+    module: nn.Linear, a: Tensor, g: Tensor, weights: Tensor | None
+) -> list[Tensor]:
+    a, g = at_least_fp32(a), at_least_fp32(g)
+    has_bias = module.bias is not None
+    if a.dim() == 2:
+        gw = g.square() if weights is None else g.square() * weights.to(g.dtype)[:, None]
+        out = [gw.t() @ a.square()]
+        if has_bias:
+            out.append(gw.sum(0))
+        return out
+    # Inputs with extra dimensions (e.g. tokens): the per-example gradient sums over them first.
+    a = a.reshape(a.shape[0], -1, a.shape[-1])
+    g = g.reshape(g.shape[0], -1, g.shape[-1])
+    out = [_weighted_batch_sum(torch.einsum("bto,bti->boi", g, a).square(), weights)]
+    if has_bias:
+        out.append(_weighted_batch_sum(g.sum(1).square(), weights))
+    return out
+
+
+def _linear_totals(module: nn.Linear, a: Tensor, g: Tensor, weights: Tensor | None) -> list[Tensor]:
+    """Σ over entries per parameter; Σ_{o,k} g_io² a_ik² = ‖g_i‖² ‖a_i‖² needs no matrix."""
+    if a.dim() != 2:
+        return [sq.sum() for sq in _linear_squares(module, a, g, weights)]
+    g_norms = at_least_fp32(g).square().sum(1)
+    if weights is not None:
+        g_norms = g_norms * weights.to(g_norms.dtype)
+    a_norms = at_least_fp32(a).square().sum(1)
+    return [(g_norms * a_norms).sum(), g_norms.sum()][: 1 + (module.bias is not None)]
+
+
+def _conv_squares(
+    module: nn.Conv1d | nn.Conv2d, a: Tensor, g: Tensor, weights: Tensor | None
+) -> list[Tensor]:
+    a, g = at_least_fp32(a), at_least_fp32(g)
+    if isinstance(module, nn.Conv1d):
+        a = a.unsqueeze(2)
+        kernel, stride = (1, *module.kernel_size), (1, *module.stride)
+        padding, dilation = (0, *module.padding), (1, *module.dilation)
+    else:
+        kernel, stride = module.kernel_size, module.stride
+        padding, dilation = module.padding, module.dilation
+    cols = F.unfold(a, kernel, dilation=dilation, padding=padding, stride=stride)
+    g = g.reshape(g.shape[0], g.shape[1], -1)
+    per_example = torch.einsum("bol,bkl->bok", g, cols)
+    out = [_weighted_batch_sum(per_example.square(), weights).reshape(module.weight.shape)]
+    if module.bias is not None:
+        out.append(_weighted_batch_sum(g.sum(2).square(), weights))
+    return out
+
+
+def _conv_obstacle(module: nn.Conv1d | nn.Conv2d) -> str | None:
+    if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
+        return (
+            f"uses groups={module.groups}, padding={module.padding!r}, "
+            f"padding_mode={module.padding_mode!r}; the per-example rule needs groups=1, "
+            "integer padding and padding_mode='zeros'"
+        )
+    return None
+
+
+SquaresRule = Callable[[nn.Module, Tensor, Tensor, "Tensor | None"], list[Tensor]]
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """The per-example Fisher of one layer type, from its inputs ``a`` and output gradients
+    ``g``: per parameter, in the order the module declares them (weight, then bias),
+    Σ_i w_i (per-example gradient)²."""
+
+    squares: SquaresRule
+    totals: SquaresRule | None = None  # each parameter's sum over entries, if cheaper
+    obstacle: Callable[[nn.Module], str | None] | None = None  # configurations it cannot do
+
+
+# A new layer type is one rule function and one entry here.
+LAYER_RULES: dict[type[nn.Module], LayerRule] = {
+    nn.Linear: LayerRule(_linear_squares, totals=_linear_totals),
+    nn.Conv1d: LayerRule(_conv_squares, obstacle=_conv_obstacle),
+    nn.Conv2d: LayerRule(_conv_squares, obstacle=_conv_obstacle),
+}
+
+
+def rule_for(module: nn.Module) -> LayerRule | None:
+    """The rule of ``module``'s type or of the nearest base class that has one."""
+    for cls in type(module).__mro__:
+        if cls in LAYER_RULES:
+            return LAYER_RULES[cls]
+    return None
+
+
+def layer_squares(
+    layer: CapturedLayer, grad_out: Tensor, weights: Tensor | None, total: bool = False
+) -> dict[int, Tensor]:
+    """Per trainable parameter of the layer: Σ_i w_i (per-example gradient)², or with
+    ``total`` just its sum over the parameter's entries."""
+    module = layer.module
+    own = list(module.parameters(recurse=False))  # the order its rule returns them in
+    rule = rule_for(module)
+    assert rule is not None  # only layers with a rule are captured
+    if total and rule.totals is not None:
+        sums = rule.totals(module, layer.inputs, grad_out, weights)
+    else:
+        squares = rule.squares(module, layer.inputs, grad_out, weights)
+        sums = [sq.sum() for sq in squares] if total else squares
+    return {id(p): v for p, v in zip(own, sums, strict=False) if p.requires_grad}

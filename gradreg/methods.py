@@ -1,0 +1,307 @@
+"""The method table: every user-facing method, what it trains and which settings it reads.
+
+One entry per name a user writes (``vl-uniform``, ``map``, …), in `gradreg compare`, a sweep
+spec or `gradreg.posterior(model, name, ...)`. `TrainConfig`, the sweep spec's method list,
+the sweep checks and the comparison all read this table, so adding a method is one entry
+here plus the class that implements it.
+
+This module imports no torch: the API and the sweep spec read it cheaply. Posterior classes
+are named by import path and loaded only when a posterior is built.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+# Settings every method reads, with the project-wide hyperparameter names.
+COMMON_SETTINGS: tuple[str, ...] = (
+    "prior_variance",
+    "kl_weight",
+    "lr",
+    "epochs",
+    "batch_size",
+    "predict",
+    "n_samples",
+    "seed",
+    "device",
+    "bf16",
+)
+# The settings a posterior class takes as keyword arguments (the rest drive the training loop).
+POSTERIOR_ARGUMENTS: tuple[str, ...] = (
+    "prior_variance",
+    "kl_weight",
+    "noise_scale",
+    "learn_noise_scale",
+    "init_variance",
+    "fisher",
+    "empirical_fisher",
+    "mc_samples",
+)
+
+
+@dataclass(frozen=True)
+class VarianceFamily:
+    """How a posterior holds σ²: its own settings, and which of them a user must give."""
+
+    name: str
+    settings: tuple[str, ...]
+    required: Mapping[str, str] = field(default_factory=dict)  # setting → hint of a value
+    # Whether σ² is learned: always (True), never (False), or when this switch is on.
+    learned: bool | str = False
+    starts_from: str = ""  # what the error for a setting of another family points to
+
+
+FAMILIES: Mapping[str, VarianceFamily] = MappingProxyType(
+    {
+        "diagonal": VarianceFamily(
+            "diagonal", ("init_variance",), learned=True, starts_from="starts from init_variance"
+        ),
+        "uniform": VarianceFamily(
+            "uniform",
+            ("noise_scale", "learn_noise_scale"),
+            required={"noise_scale": "σ of every weight, e.g. 0.01"},
+            learned="learn_noise_scale",
+            starts_from="uses σ² = noise_scale²",
+        ),
+    }
+)
+VARIANCE_FAMILIES: tuple[str, ...] = tuple(FAMILIES)
+
+
+def family_problem(
+    variance: str,
+    *,
+    noise_scale: float | None = None,
+    init_variance: float | None = None,
+    learn_noise_scale: bool = False,
+) -> str | None:
+    """Why these settings do not fit the variance family, or None when they do."""
+    if variance not in FAMILIES:
+        return f"unknown variance family {variance!r}; accepted: {', '.join(FAMILIES)}"
+    family = FAMILIES[variance]
+    given = {
+        "noise_scale": noise_scale is not None,
+        "learn_noise_scale": bool(learn_noise_scale),
+        "init_variance": init_variance is not None,
+    }
+    for other in FAMILIES.values():
+        if other is family:
+            continue
+        if any(given[name] for name in other.settings):
+            names = " and ".join(other.settings)
+            verb = "belong" if len(other.settings) > 1 else "belongs"
+            return (
+                f"{names} {verb} to variance={other.name!r}; with variance={family.name!r} the "
+                f"posterior {family.starts_from}"
+            )
+    for name, hint in family.required.items():
+        if not given[name]:
+            return f"variance={family.name!r} needs {name} ({hint})"
+    return None
+
+
+@dataclass(frozen=True)
+class Method:
+    """One user-facing method.
+
+    ``trainer`` is the name `TrainConfig.method` uses for the training objective; methods that
+    share one (VL's two variance families) differ by ``variance``.
+    """
+
+    name: str
+    summary: str
+    trainer: str
+    posterior_class: str  # "module:Class", loaded by `posterior_class_of`
+    variance: str | None = None  # the variance family it fixes, if it has one
+    own_settings: tuple[str, ...] = ()  # beyond the common ones and the family's
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig defaults
+    preset: Mapping[str, Any] = field(default_factory=dict)  # `gradreg compare` defaults
+    grid: Mapping[str, tuple[float, ...]] = field(default_factory=dict)  # compare --search
+    uses_fisher: bool = False
+    trainer_default: bool = True  # the entry TrainConfig picks when no variance is given
+    compare_by_default: bool = True
+
+    @property
+    def family(self) -> VarianceFamily | None:
+        return FAMILIES[self.variance] if self.variance else None
+
+    @property
+    def required(self) -> Mapping[str, str]:
+        """Settings the method cannot train without, with a hint of a value."""
+        return self.family.required if self.family else {}
+
+    def settings(self, learns_noise_scale: bool = False) -> tuple[str, ...]:
+        """Every setting the method reads. A uniform σ² has a learning rate only when learned."""
+        own = list(self.family.settings) if self.family else []
+        if self.family is not None:
+            learned = self.family.learned
+            if learned is True or (isinstance(learned, str) and learns_noise_scale):
+                own.append("variance_lr")
+        own += self.own_settings
+        return COMMON_SETTINGS + tuple(own)
+
+    def train_settings(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """TrainConfig keyword arguments for this method: its identity plus the ``values``
+        it reads (others are dropped: a searched setting another method uses)."""
+        used = self.settings(bool(values.get("learn_noise_scale", False)))
+        identity: dict[str, Any] = {"method": self.trainer}
+        if self.variance is not None:
+            identity["variance"] = self.variance
+        return {**identity, **{k: v for k, v in values.items() if k in used}}
+
+
+_FISHER_SETTINGS = ("fisher", "empirical_fisher")
+METHODS: Mapping[str, Method] = MappingProxyType(
+    {
+        m.name: m
+        for m in (
+            Method(
+                "vl-uniform",
+                "Variational Laplace, σ = noise_scale for every weight",
+                trainer="vl",
+                posterior_class="gradreg.objective:VariationalLaplace",
+                variance="uniform",
+                own_settings=_FISHER_SETTINGS,
+                defaults={"fisher": "sampled"},
+                preset={"noise_scale": 0.01},
+                grid={"prior_variance": (0.1, 1.0), "noise_scale": (0.003, 0.01, 0.03)},
+                uses_fisher=True,
+                trainer_default=False,
+            ),
+            Method(
+                "vl-diagonal",
+                "Variational Laplace, one learned σ² per weight",
+                trainer="vl",
+                posterior_class="gradreg.objective:VariationalLaplace",
+                variance="diagonal",
+                own_settings=_FISHER_SETTINGS,
+                defaults={"fisher": "sampled"},
+                # With N ≪ weights a full KL pulls learned variances to the prior: tempering and
+                # how fast the variances move (variance_lr, × lr) are the levers for learned σ.
+                grid={
+                    "prior_variance": (0.1, 1.0),
+                    "kl_weight": (0.1, 1.0),
+                    "variance_lr": (1.0, 10.0),
+                },
+                uses_fisher=True,
+            ),
+            Method(
+                "map",
+                "maximum a posteriori: σ = 0, NLL + weight decay",
+                trainer="map",
+                posterior_class="gradreg.baselines:MAP",
+                grid={"prior_variance": (0.1, 1.0)},
+            ),
+            Method(
+                "mcvi",
+                "sampling VI: the ELBO by reparameterised weight samples, learned diagonal σ²",
+                trainer="mcvi",
+                posterior_class="gradreg.baselines:SamplingVI",
+                variance="diagonal",
+                own_settings=("mc_samples",),
+                defaults={"mc_samples": 1},
+                grid={
+                    "prior_variance": (0.1, 1.0),
+                    "kl_weight": (0.1, 1.0),
+                    "variance_lr": (1.0, 10.0),
+                },
+            ),
+            Method(
+                "laplace",
+                "post-hoc Laplace: MAP training, then σ² = 1/(F + 1/s²)",
+                trainer="laplace",
+                posterior_class="gradreg.baselines:Laplace",
+                own_settings=_FISHER_SETTINGS,
+                defaults={"fisher": "exact"},
+                grid={"prior_variance": (0.001, 0.01, 0.1, 1.0)},
+                uses_fisher=True,
+            ),
+            Method(
+                "mcvi-uniform",
+                "sampling VI with VL-uniform's posterior: σ = noise_scale for every weight",
+                trainer="mcvi",
+                posterior_class="gradreg.baselines:SamplingVI",
+                variance="uniform",
+                own_settings=("mc_samples",),
+                defaults={"mc_samples": 1},
+                preset={"noise_scale": 0.01},
+                grid={"prior_variance": (0.1, 1.0), "noise_scale": (0.003, 0.01, 0.03)},
+                trainer_default=False,
+                compare_by_default=False,
+            ),
+        )
+    }
+)
+METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
+TRAINERS: tuple[str, ...] = tuple(dict.fromkeys(m.trainer for m in METHODS.values()))
+# Every setting some method reads, beyond `method` itself.
+HYPERPARAMETERS: tuple[str, ...] = tuple(
+    dict.fromkeys(s for m in METHODS.values() for s in m.settings(learns_noise_scale=True))
+)
+
+
+def get_method(name: str) -> Method:
+    """The entry called ``name``; an unknown name is a ValueError that lists the known ones."""
+    try:
+        return METHODS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown method {name!r}; accepted: {', '.join(METHODS)}") from None
+
+
+def settings_used(method: str, learns_noise_scale: bool = False) -> tuple[str, ...]:
+    """The settings ``method`` reads (see `Method.settings`)."""
+    return get_method(method).settings(learns_noise_scale)
+
+
+def train_settings(method: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The TrainConfig keyword arguments for ``method`` with ``values`` (those it reads)."""
+    return get_method(method).train_settings(values)
+
+
+def method_for(trainer: str, variance: str | None = None) -> Method:
+    """The entry a `TrainConfig` (``method=trainer``, ``variance``) trains."""
+    entries = [m for m in METHODS.values() if m.trainer == trainer]
+    if not entries:
+        raise ValueError(f"unknown method {trainer!r}; accepted: {', '.join(TRAINERS)}")
+    if variance is None:
+        return next(m for m in entries if m.trainer_default)
+    for entry in entries:
+        if entry.variance == variance:
+            return entry
+    families = [f for f in FAMILIES if any(m.variance == f for m in entries)]
+    if not families:
+        raise ValueError(f"method {trainer!r} does not use variance")
+    raise ValueError(f"unknown variance {variance!r}; accepted: {', '.join(families)}")
+
+
+def posterior_class_of(method: Method) -> type:
+    """The class that implements ``method`` (imports torch)."""
+    module, _, name = method.posterior_class.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def posterior(model: Any, method: str, *, n_data: int, **settings: Any) -> Any:
+    """The posterior of ``method`` over ``model``'s weights: the front door to every method.
+
+    ``gradreg.posterior(model, "vl-uniform", n_data=1000, noise_scale=0.01)``. ``settings``
+    are the method's posterior settings (``prior_variance``, ``noise_scale``, ``fisher``, …);
+    one it does not take is a ValueError naming it and the ones it does.
+    """
+    entry = get_method(method)
+    accepted = [s for s in entry.settings(learns_noise_scale=True) if s in POSTERIOR_ARGUMENTS]
+    stray = sorted(set(settings) - set(accepted))
+    if stray:
+        loop = [s for s in stray if s not in POSTERIOR_ARGUMENTS and s in HYPERPARAMETERS]
+        hint = f" ({', '.join(loop)}: training-loop settings, see TrainConfig)" if loop else ""
+        raise ValueError(
+            f"method {method!r} does not take {', '.join(stray)}{hint}; it takes: "
+            f"{', '.join(accepted)}"
+        )
+    arguments = {**{k: v for k, v in entry.defaults.items() if k in accepted}, **settings}
+    if entry.variance is not None:
+        arguments["variance"] = entry.variance
+    return posterior_class_of(entry)(model, n_data=n_data, **arguments)
