@@ -29,9 +29,8 @@ import ray
 import torch
 
 from gradreg.train import fit
-from sweeps.checks import Limits, parse_spec
-from sweeps.driver import DriverOptions, run_sweep
-from sweeps.space import trial_config
+from sweeps import DriverOptions, Limits, parse_spec, run_sweep
+from sweeps.resolve import trial_config
 from sweeps.tracking import Tracker
 
 N_TRIALS = 8

@@ -1,33 +1,27 @@
-"""Front door for sweep specs: parse YAML/JSON, validate shape and meaning, name every problem.
+"""The rules a sweep spec must keep beyond its shape: run once, at the door.
 
-`parse_spec` returns a `SweepSpec` or raises `SpecError`, whose `issues` carry the field path
-(`parameters.noise_scale.low`) and a message that says what is accepted.
+`require_valid(spec, limits)` raises one `SpecError` that lists every problem with its field
+path (`parameters.noise_scale.low`) and a message that says what is accepted. The API calls it
+when a sweep is submitted and the driver when it starts or resumes one from a file; nothing
+downstream checks a spec again.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import ValidationError
-
 from gradreg.config import TrainConfig
 from gradreg.data import available_datasets, dataset_options
+from gradreg.methods import HYPERPARAMETERS, METHODS
 from gradreg.models import available_models, model_option_problems, model_options
-from gradreg.train import EPOCH_METRICS
-from sweeps.methods import (
-    HYPERPARAMETERS,
-    REQUIRED_SETTINGS,
-    SPEC_METHODS,
-    settings_used,
-    train_settings,
-)
+from gradreg.names import EPOCH_METRICS
+from sweeps.errors import SpecError, SpecIssue
+from sweeps.resolve import base_settings, max_epochs, resolve_data_dir
 from sweeps.settings import SweepSettings
 from sweeps.spec import (
     CategoricalParameter,
@@ -36,10 +30,12 @@ from sweeps.spec import (
     SweepSpec,
 )
 
-Loc = tuple[str | int, ...]
 # Objectives steer the search, so they come from data the search may look at.
 OBJECTIVE_METRICS = tuple(m for m in EPOCH_METRICS if m.startswith(("val_", "train_")))
-INTEGER_SETTINGS = ("epochs", "batch_size", "n_samples", "seed", "mc_samples")
+# Searched integers need type: int; TrainConfig's annotations say which settings are integers.
+INTEGER_SETTINGS = tuple(
+    f.name for f in dataclasses.fields(TrainConfig) if str(f.type).split(" |")[0] == "int"
+)
 SECTION_OWNED = {
     "dataset": "dataset.name",
     "model": "model.name",
@@ -48,31 +44,10 @@ SECTION_OWNED = {
     "split_seed": "dataset.split_seed",
     "val_fraction": "dataset.val_fraction",
     "test_fraction": "dataset.test_fraction",
-    "variance": "the method (vl-uniform or vl-diagonal)",
+    "variance": "the method ("
+    + " or ".join(name for name, m in METHODS.items() if m.variance)
+    + ")",
 }
-
-
-@dataclass(frozen=True)
-class SpecIssue:
-    loc: Loc
-    message: str
-
-    @property
-    def path(self) -> str:
-        # An empty key (an unknown field named "") still shows where it is.
-        return ".".join(str(part) if part != "" else '""' for part in self.loc) or "(spec)"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"loc": list(self.loc), "path": self.path, "message": self.message}
-
-
-class SpecError(ValueError):
-    """A sweep spec that cannot run; `issues` lists every problem found."""
-
-    def __init__(self, issues: list[SpecIssue]) -> None:
-        self.issues = issues
-        lines = "\n".join(f"  {issue.path}: {issue.message}" for issue in issues)
-        super().__init__(f"invalid sweep spec ({len(issues)} problem(s)):\n{lines}")
 
 
 @dataclass(frozen=True)
@@ -97,75 +72,11 @@ class Limits:
         )
 
 
-def parse_spec(document: Mapping[str, Any], limits: Limits | None = None) -> SweepSpec:
-    """Validate a spec given as a mapping (parsed YAML or JSON)."""
-    if not isinstance(document, Mapping):
-        raise SpecError([SpecIssue((), f"a spec is a mapping, got {type(document).__name__}")])
-    try:
-        spec = SweepSpec.model_validate(dict(document))
-    except ValidationError as error:
-        raise SpecError([_pydantic_issue(e) for e in error.errors()]) from None
-    issues = list(semantic_issues(spec, limits or Limits.from_settings()))
+def require_valid(spec: SweepSpec, limits: Limits) -> None:
+    """Raise `SpecError` naming every rule ``spec`` breaks under ``limits``."""
+    issues = list(semantic_issues(spec, limits))
     if issues:
         raise SpecError(issues)
-    return spec
-
-
-class _SpecLoader(yaml.SafeLoader):
-    """YAML with YAML 1.2's numbers: PyYAML alone reads 1e-4 (no dot) as a string."""
-
-
-class _SpecDumper(yaml.SafeDumper):
-    """Quotes every string `_SpecLoader` would read as a number (``"1e5"`` stays a string)."""
-
-
-for _yaml_class in (_SpecLoader, _SpecDumper):
-    _yaml_class.add_implicit_resolver(
-        "tag:yaml.org,2002:float",
-        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-        list("-+0123456789"),
-    )
-
-
-def parse_spec_text(text: str, limits: Limits | None = None) -> SweepSpec:
-    """Validate a spec written in JSON or YAML."""
-    try:
-        try:
-            document = json.loads(text)
-        except json.JSONDecodeError:
-            try:
-                document = yaml.load(text, Loader=_SpecLoader)  # a SafeLoader subclass
-            except yaml.YAMLError as error:
-                raise SpecError([SpecIssue((), f"not valid YAML or JSON: {error}")]) from None
-    except RecursionError:
-        raise SpecError([SpecIssue((), "nested too deeply to be a spec")]) from None
-    return parse_spec(document, limits)
-
-
-def load_spec_file(path: str | Path, limits: Limits | None = None) -> SweepSpec:
-    path = Path(path)
-    if path.suffix.lower() not in (".yaml", ".yml", ".json"):
-        raise ValueError(f"spec file {path} must end in .yaml, .yml or .json")
-    return parse_spec_text(path.read_text(), limits)
-
-
-def dump_spec(spec: SweepSpec, fmt: str = "yaml") -> str:
-    document = spec.to_document()
-    if fmt == "json":
-        return json.dumps(document, indent=2) + "\n"
-    if fmt == "yaml":
-        # Not allow_unicode: PyYAML then writes U+0085 raw, and YAML reads it as a line break.
-        return yaml.dump(document, Dumper=_SpecDumper, sort_keys=False)
-    raise ValueError(f"unknown format {fmt!r}; accepted: yaml, json")
-
-
-def _pydantic_issue(error: Mapping[str, Any]) -> SpecIssue:
-    message = error["msg"]
-    if error["type"] == "extra_forbidden":
-        message = "unknown field (check its spelling and the spec's JSON Schema)"
-    elif error["type"] == "literal_error":
-        message = f"{message} (got {error['input']!r})"
-    return SpecIssue(tuple(error["loc"]), message)
 
 
 # ---------------------------------------------------------------- meaning
@@ -180,7 +91,7 @@ def semantic_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
         yield issue
     yield from _range_issues(spec)
     if methods_ok:
-        yield from _setting_issues(spec)
+        yield from _setting_issues(spec, limits)
         yield from _initial_point_issues(spec)
     yield from _objective_issues(spec)
     yield from _early_stopping_issues(spec)
@@ -212,7 +123,10 @@ def _dataset_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
                 ("dataset", "data_dir"),
                 f"dataset {dataset.name!r} reads no files; data_dir is for the file datasets",
             )
-        elif limits.data_root is not None and resolve_data_dir(dataset.data_dir, limits) is None:
+        elif (
+            limits.data_root is not None
+            and resolve_data_dir(dataset.data_dir, limits.data_root) is None
+        ):
             yield SpecIssue(
                 ("dataset", "data_dir"),
                 f"must lie inside the data root {limits.data_root} (GRADREG_DATA_DIR); "
@@ -220,15 +134,6 @@ def _dataset_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
             )
     if dataset.test_fraction is not None and dataset.val_fraction + dataset.test_fraction >= 1:
         yield SpecIssue(("dataset", "test_fraction"), "val_fraction + test_fraction must be < 1")
-
-
-def resolve_data_dir(data_dir: str, limits: Limits) -> Path | None:
-    """``data_dir`` as an absolute path inside the data root, or None if it escapes it."""
-    if limits.data_root is None:
-        return Path(data_dir).expanduser().absolute()
-    root = limits.data_root.resolve()
-    candidate = (root / Path(data_dir).expanduser()).resolve()
-    return candidate if candidate == root or root in candidate.parents else None
 
 
 def _model_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
@@ -252,7 +157,7 @@ def _model_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
 
 
 def _method_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
-    accepted = ", ".join(SPEC_METHODS)
+    accepted = ", ".join(METHODS)
     searched = spec.parameters.get("method")
     if spec.method is None and searched is None:
         yield SpecIssue(
@@ -268,7 +173,7 @@ def _method_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
             yield SpecIssue(("parameters", "method", "type"), "method is searched as categorical")
             return
         for i, choice in enumerate(searched.choices):
-            if choice not in SPEC_METHODS:
+            if choice not in METHODS:
                 yield SpecIssue(
                     ("parameters", "method", "choices", i),
                     f"unknown method {choice!r}; accepted: {accepted}",
@@ -306,7 +211,7 @@ def _values_to_try(parameter: Any) -> list[Any]:
     return [parameter.low, parameter.high]
 
 
-def _setting_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
+def _setting_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
     """Every fixed or searched setting must be one some method uses, and valid for it."""
     learns = spec.fixed.get("learn_noise_scale") is True or "learn_noise_scale" in spec.parameters
     methods = spec.methods
@@ -325,10 +230,10 @@ def _setting_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
         if section == "parameters" and name in spec.fixed:
             yield SpecIssue((section, name), "both fixed and searched; keep one")
             continue
-        users = [m for m in methods if name in settings_used(m, learns)]
+        users = [m for m in methods if name in METHODS[m].settings(learns)]
         if not users:
             which = f"method {methods[0]!r} does not" if len(methods) == 1 else "no method"
-            hint = ", ".join(s for s in settings_used(methods[0], learns))
+            hint = ", ".join(METHODS[methods[0]].settings(learns))
             yield SpecIssue(
                 (section, name),
                 f"{which} use {name}"
@@ -341,45 +246,31 @@ def _setting_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
             continue
         values = [spec.fixed[name]] if parameter is None else _values_to_try(parameter)
         for value in values:
-            problem = _config_problem(spec, users[0], {name: value})
+            problem = _config_problem(spec, limits, users[0], {name: value})
             if problem:
                 yield SpecIssue((section, name), problem)
                 break
     for method in methods:
-        for name, hint in REQUIRED_SETTINGS.get(method, {}).items():
+        for name, hint in METHODS[method].required.items():
             if name not in spec.fixed and name not in spec.parameters:
                 yield SpecIssue(("fixed",), f"{method} needs {name} ({hint}): fix or search it")
 
 
-def _config_problem(spec: SweepSpec, method: str, values: Mapping[str, Any]) -> str | None:
+def _config_problem(
+    spec: SweepSpec, limits: Limits, method: str, values: Mapping[str, Any]
+) -> str | None:
     """Why TrainConfig refuses ``values`` for ``method`` (with defaults elsewhere), if it does."""
     probe = {**_probe_defaults(method), **values}
     try:
-        TrainConfig(**base_settings(spec, None), **train_settings(method, probe))
+        settings = METHODS[method].train_settings(probe)
+        TrainConfig(**base_settings(spec, limits.data_root), **settings)
     except (TypeError, ValueError) as error:
         return str(error)
     return None
 
 
 def _probe_defaults(method: str) -> dict[str, Any]:
-    return {name: 0.01 for name in REQUIRED_SETTINGS.get(method, {})}
-
-
-def base_settings(spec: SweepSpec, limits: Limits | None) -> dict[str, Any]:
-    """The TrainConfig settings that come from the dataset and model sections."""
-    options = dict(spec.dataset.options)
-    if spec.dataset.data_dir is not None:
-        resolved = resolve_data_dir(spec.dataset.data_dir, limits or Limits.from_settings())
-        options["data_dir"] = str(resolved) if resolved else spec.dataset.data_dir
-    return {
-        "dataset": spec.dataset.name,
-        "dataset_options": options,
-        "split_seed": spec.dataset.split_seed,
-        "val_fraction": spec.dataset.val_fraction,
-        "test_fraction": spec.dataset.test_fraction,
-        "model": spec.model.name,
-        "model_options": dict(spec.model.options),
-    }
+    return {name: 0.01 for name in METHODS[method].required}
 
 
 def _initial_point_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
@@ -395,8 +286,8 @@ def _initial_point_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
                 yield SpecIssue((*at, name), f"{value!r} is outside {_describe(parameter)}")
             elif (
                 name != "method"
-                and method in SPEC_METHODS
-                and name not in settings_used(method, learns)
+                and method in METHODS
+                and name not in METHODS[method].settings(learns)
             ):
                 yield SpecIssue((*at, name), f"method {method!r} does not use {name}")
 
@@ -468,17 +359,6 @@ def _early_stopping_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
         yield SpecIssue(
             (*at, "grace_period"), f"grace_period ({stopping.grace_period}) exceeds max_t ({max_t})"
         )
-
-
-def max_epochs(spec: SweepSpec) -> int:
-    """The most epochs any trial of the sweep runs."""
-    parameter = spec.parameters.get("epochs")
-    if isinstance(parameter, IntParameter):
-        return parameter.high
-    if isinstance(parameter, CategoricalParameter):
-        return max(int(c) for c in parameter.choices if isinstance(c, int))
-    value = spec.fixed.get("epochs", TrainConfig.epochs)
-    return value if isinstance(value, int) else TrainConfig.epochs
 
 
 def _budget_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:

@@ -7,10 +7,18 @@ import json
 import sys
 from collections.abc import Sequence
 
-from sweeps.checks import SpecError, load_spec_file
-from sweeps.driver import DriverOptions, SweepOutcome, TrialSummary, resume_sweep, run_sweep
-from sweeps.spec import SweepSpec
-from sweeps.store import DirectoryStore, run_stored
+from sweeps import (
+    DirectoryStore,
+    DriverOptions,
+    SpecError,
+    SweepOutcome,
+    SweepSpec,
+    TrialSummary,
+    load_spec_file,
+    resume_sweep,
+    run_stored,
+    run_sweep,
+)
 
 TABLE_METRICS = ("test_accuracy", "test_nll", "test_ece")
 EXIT_INVALID = 2

@@ -6,7 +6,6 @@ name; the live objects (user hooks, a store) sit in `SweepMonitor`, registered p
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import sys
@@ -15,34 +14,30 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, TextIO
+from typing import Any, TextIO
 
 from ray import tune
 
-from sweeps.space import trial_config
+from sweeps.records import (
+    FINISHED_STATES,
+    StopFlag,
+    TrialEvent,
+    TrialHook,
+    TrialState,
+    best_trials,
+    reported_metrics,
+)
+from sweeps.resolve import trial_epochs
 from sweeps.spec import Objective, SweepSpec
-
-TrialState = Literal["running", "retrying", "succeeded", "stopped", "failed"]
-FINISHED_STATES = ("succeeded", "stopped", "failed")
 
 
 @dataclass(frozen=True)
-class TrialEvent:
-    """One change of one trial, as the driver's hooks see it."""
+class _Latest:
+    """A trial's latest report, as `best_trials` scores it."""
 
-    sweep: str
-    trial_id: str
-    trial_name: str
-    state: TrialState
-    params: dict[str, Any]
-    metrics: dict[str, float]
-    epoch: int
-    mlflow_run_id: str | None
-    error: str | None = None
-
-
-TrialHook = Callable[[TrialEvent], None]
-StopFlag = Callable[[], bool]
+    name: str
+    state: str
+    metrics: dict[str, Any]
 
 
 @dataclass
@@ -96,17 +91,12 @@ class SweepMonitor:
     def best(self) -> tuple[str, float] | None:
         """The best first-objective value among the trials' latest reports."""
         objective = self.objectives[0]
-        scored = [
-            (values["name"], values[objective.metric])
+        latest = [
+            _Latest(values["name"], self.states.get(trial_id, "running"), values)
             for trial_id, values in self.latest.items()
-            if self.states.get(trial_id) != "failed"
-            and isinstance(values.get(objective.metric), float)
-            and math.isfinite(values[objective.metric])
         ]
-        if not scored:
-            return None
-        pick = min if objective.goal == "minimize" else max
-        return pick(scored, key=lambda item: item[1])
+        found = best_trials([objective], latest, finished_only=False)
+        return (found[0].name, float(found[0].metrics[objective.metric])) if found else None
 
     def progress_line(self) -> str:
         done = self.count(*FINISHED_STATES)
@@ -233,7 +223,7 @@ class SweepCallback(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         # Tune sets done=True on a trial that ASHA stops too; only its epochs tell them apart.
         epoch = (trial.last_result or {}).get("epoch", 0)
-        finished = epoch >= trial_config(self.spec, trial.config).epochs
+        finished = epoch >= trial_epochs(self.spec, trial.config)
         self._emit(trial, "succeeded" if finished else "stopped")
 
     def on_step_end(self, iteration, trials, **info):
@@ -255,17 +245,6 @@ class FailedTrialsStopper(tune.Stopper):
     def stop_all(self) -> bool:
         monitor = monitor_of(self.sweep)
         return monitor is not None and monitor.failed_too_often
-
-
-def reported_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """The numbers a trial reported (gradreg's epoch metrics), without Tune's own keys."""
-    return {
-        key: float(value)
-        for key, value in result.items()
-        if (key == "epoch" or key.startswith(("train_", "val_", "test_", "posterior_")))
-        and isinstance(value, int | float)
-        and not isinstance(value, bool)
-    }
 
 
 def _error_text(trial: Any) -> str | None:

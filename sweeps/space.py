@@ -1,15 +1,12 @@
-"""Spec parameters → an Optuna search space and sampler; a trial's values → a TrainConfig."""
+"""Spec parameters → an Optuna search space and sampler."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import optuna
 
-from gradreg.config import TrainConfig
-from sweeps.checks import Limits, base_settings
-from sweeps.methods import settings_used, train_settings
+from gradreg.methods import METHODS
 from sweeps.spec import CategoricalParameter, FloatParameter, IntParameter, SweepSpec
 
 
@@ -34,7 +31,7 @@ class SearchSpace:
         learns = self.learns_noise_scale
         if "learn_noise_scale" in self.parameters and method == "vl-uniform":
             learns = bool(suggest(trial, "learn_noise_scale", self.parameters["learn_noise_scale"]))
-        used = settings_used(method, learns)
+        used = METHODS[method].settings(learns)
         for name, parameter in self.parameters.items():
             if name in ("method", "learn_noise_scale") or name not in used:
                 continue
@@ -95,15 +92,3 @@ def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     if search.algorithm == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ValueError(f"unknown search algorithm {search.algorithm!r}")
-
-
-def trial_config(
-    spec: SweepSpec, values: Mapping[str, Any], limits: Limits | None = None
-) -> TrainConfig:
-    """The TrainConfig of one trial: the spec's sections, its fixed settings and ``values``."""
-    values = dict(values)
-    method = values.pop("method", spec.method)
-    if method is None:
-        raise ValueError("the trial's values name no method and the spec fixes none")
-    settings = train_settings(method, {**spec.fixed, **values})
-    return TrainConfig(**base_settings(spec, limits), **settings)

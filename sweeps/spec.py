@@ -1,8 +1,8 @@
 """SweepSpec: the document a user writes to describe one sweep (YAML or JSON).
 
-The pydantic models here check shapes and types; `sweeps.checks` adds the checks that need
-gradreg (known datasets, which method uses which setting, bounds, caps). `parse_spec` runs
-both and raises one `SpecError` that lists every problem with its field path.
+The pydantic models here check shapes and types; `sweeps.checks` adds the rules that need
+gradreg (known datasets, which method uses which setting, bounds, caps). `sweeps.parse_spec`
+runs both and raises one `SpecError` that lists every problem with its field path.
 """
 
 from __future__ import annotations
@@ -11,15 +11,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from sweeps.methods import SPEC_METHODS
+from gradreg.methods import METHOD_NAMES
+from gradreg.names import default_goal
+from sweeps.records import SWEEP_NAME_PATTERN
 
-MethodName = Literal["vl-uniform", "vl-diagonal", "map", "mcvi", "laplace"]
-assert set(SPEC_METHODS) == set(MethodName.__args__)  # one list of methods
+MethodName = Literal[METHOD_NAMES]  # the method table's names, in its order
 
 # Values a setting may take: JSON scalars. bool comes first so true/false stay booleans.
 Scalar = bool | int | float | str
 SweepName = Annotated[
-    str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]*$", min_length=1, max_length=64)
+    str, StringConstraints(pattern=SWEEP_NAME_PATTERN, min_length=1, max_length=64)
 ]
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
@@ -89,8 +90,7 @@ class Objective(_Section):
         if isinstance(data, dict) and data.get("goal") is None:
             metric = data.get("metric")
             if isinstance(metric, str):
-                goal = "maximize" if metric.endswith("accuracy") else "minimize"
-                data = {**data, "goal": goal}
+                data = {**data, "goal": default_goal(metric)}
         return data
 
     @property

@@ -18,22 +18,18 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Protocol
 
-from sweeps.checks import dump_spec, load_spec_file
-from sweeps.driver import (
-    DriverOptions,
-    SweepOutcome,
-    SweepRecord,
-    experiment_path,
-    has_state,
-    resume_sweep,
-    run_sweep,
-)
-from sweeps.progress import TrialEvent
+from sweeps.driver import DriverOptions, resume_sweep, run_sweep
+from sweeps.parse import dump_spec, read_document, validate_shape
+from sweeps.records import SweepOutcome, SweepRecord, TrialEvent
 from sweeps.settings import SweepSettings
 from sweeps.spec import SweepSpec
+from sweeps.statefiles import has_state
 
 
 class SweepStore(Protocol):
+    """What the driver needs from a store. ``load_spec`` returns the spec as it was admitted
+    (its shape is read back; the rules ran when it was submitted and run again in the driver)."""
+
     def load_spec(self, sweep_id: str) -> SweepSpec: ...
 
     def record_start(self, sweep_id: str, record: SweepRecord) -> None: ...
@@ -64,7 +60,7 @@ class DirectoryStore:
         path = self._dir(sweep_id) / "spec.yaml"
         if not path.exists():
             raise FileNotFoundError(f"no sweep {sweep_id!r} in {self.root} (no {path.name})")
-        return load_spec_file(path)
+        return validate_shape(read_document(path.read_text()))
 
     def record_start(self, sweep_id: str, record: SweepRecord) -> None:
         target = self._dir(sweep_id) / "started.json"
@@ -90,7 +86,10 @@ class DirectoryStore:
         (self._dir(sweep_id) / "STOP").touch()
 
     def stop_requested(self, sweep_id: str) -> bool:
-        return (self._dir(sweep_id) / "STOP").exists()
+        directory = self._dir(sweep_id)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"no sweep {sweep_id!r} in {self.root}")
+        return (directory / "STOP").exists()
 
 
 def run_stored(
@@ -112,7 +111,7 @@ def run_stored(
     def on_start(record: SweepRecord) -> None:
         store.record_start(sweep_id, record)
 
-    path = experiment_path(options, SweepSettings(), sweep_id)
+    path = options.experiment_path(SweepSettings(), sweep_id)
     if has_state(path):
         outcome = resume_sweep(
             sweep_id, options, on_trial=on_trial, should_stop=should_stop, on_start=on_start

@@ -1,8 +1,10 @@
 """MLflow records of a sweep: one parent run per sweep, one child run per Tune trial.
 
-Everything goes through an explicit `MlflowClient` (no fluent "active run"), because with
-reused Ray actors one process runs many trials one after another. A trial's child run is found
-again by its Tune trial id, so a retried or resumed trial continues its own run.
+Every MLflow rule lives here: opening the sweep's parent run, a trial's run and its files,
+closing the runs of trials that ended (or never will), and finishing the parent with the
+outcome. Everything goes through an explicit `MlflowClient` (no fluent "active run"), because
+with reused Ray actors one process runs many trials one after another. A trial's child run is
+found again by its Tune trial id, so a retried or resumed trial continues its own run.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from gradreg.metrics import ReliabilityBins
+from sweeps.parse import dump_spec
+from sweeps.records import BINS_KEY, LOST_TRIAL, SweepOutcome, SweepRecord, TrialEvent
+from sweeps.spec import SweepSpec
 
 PARENT_RUN_TAG = "mlflow.parentRunId"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -34,6 +39,7 @@ ERROR_TAG = "gradreg.error"
 MAX_TAG_LENGTH = 5000
 MAX_PARAM_LENGTH = 6000
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch
+MLFLOW_STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "stopped": "KILLED"}
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,73 @@ class Tracker:
             path = Path(tmp, file_name)
             path.write_text(text)
             self.client.log_artifact(run_id, str(path))
+
+    # ------------------------------------------------------------ a sweep's life
+
+    def open_sweep(self, spec: SweepSpec, name: str) -> tuple[str, str]:
+        """(experiment id, parent run id) of sweep ``name``; the spec goes on the parent."""
+        experiment_id = self.experiment_id(spec.experiment)
+        parent = self.open_parent(
+            experiment_id, name, _parent_params(spec), _parent_tags(spec), spec.description
+        )
+        self.log_text(parent, dump_spec(spec), "spec.yaml")
+        return experiment_id, parent
+
+    def finish_sweep(self, outcome: SweepOutcome) -> None:
+        """The outcome on the parent run: its summary, the best trial's metrics, its status."""
+        summary = outcome.to_dict()
+        summary.pop("tracking_uri")
+        self.finish_parent(
+            outcome.parent_run_id, MLFLOW_STATUS[outcome.status], summary, _best_metrics(outcome)
+        )
+
+    def fail_sweep(self, record: SweepRecord, error: BaseException) -> None:
+        """The driver itself failed: the parent run says so."""
+        summary = {"status": "failed", "reason": f"driver error: {error!r}"}
+        self.finish_parent(record.parent_run_id, "FAILED", summary, {})
+
+    def close_unfinished_runs(self, record: SweepRecord, outcome: SweepOutcome) -> None:
+        """Mark every trial run still open once Tune has returned: none of them is running now.
+
+        Tune's trials that did not finish (a stopped sweep) are resumable. A run whose trial Tune
+        does not know was opened by a driver killed before Tune saved that trial: it is lost.
+        """
+        known = {t.trial_id for t in outcome.trials}
+        running = self.running_trials(record.experiment_id, record.parent_run_id)
+        for run_id, trial_id in running.items():
+            if trial_id in known:
+                self.close_trial(run_id, "KILLED", "interrupted")
+            else:
+                self.close_trial(run_id, "KILLED", "interrupted", LOST_TRIAL)
+
+    def close_ended_run(
+        self, spec: SweepSpec, record: SweepRecord, event: TrialEvent, result: dict[str, Any]
+    ) -> None:
+        """Close the MLflow run of a trial that could not close it itself.
+
+        A trial that ASHA stops is ended inside Tune's report call and its actor may go at once;
+        a trial whose process died never reached its own error handler.
+        """
+        if event.state not in ("stopped", "failed"):
+            return
+        run_id = event.mlflow_run_id or self.find_trial(
+            record.experiment_id, record.parent_run_id, event.trial_id
+        )
+        if run_id is None:
+            return  # it died before it opened a run: nothing to close
+        if event.state == "stopped":
+            bins = result.get(BINS_KEY)
+            label = spec.method or str(event.params.get("method", ""))
+            self.log_outcome(
+                run_id,
+                event.metrics,
+                ReliabilityBins.from_dict(bins) if bins else None,
+                label,
+                spec.tracking.log_reliability_diagram,
+            )
+            self.close_trial(run_id, "FINISHED", "stopped")
+        elif self.client.get_run(run_id).info.status == "RUNNING":
+            self.close_trial(run_id, "FAILED", "failed", event.error)
 
     # ------------------------------------------------------------ trials
 
@@ -206,6 +279,32 @@ class Tracker:
             [experiment_id], filter_string, max_results=1, order_by=["attributes.start_time ASC"]
         )
         return runs[0].info.run_id if runs else None
+
+
+def _parent_params(spec: SweepSpec) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "dataset": spec.dataset.name,
+        "model": spec.model.name,
+        "methods": ",".join(spec.methods),
+        "objectives": ",".join(f"{o.metric}:{o.goal}" for o in spec.objectives),
+        "search": spec.search.algorithm,
+        "early_stopping": spec.early_stopping.kind,
+        "max_trials": spec.budget.max_trials,
+        "searched": ",".join(spec.parameters),
+    }
+    params.update({f"fixed.{k}": v for k, v in spec.fixed.items()})
+    return params
+
+
+def _parent_tags(spec: SweepSpec) -> dict[str, str]:
+    return {"gradreg.tags": ",".join(spec.tags)} if spec.tags else {}
+
+
+def _best_metrics(outcome: SweepOutcome) -> dict[str, float]:
+    if len(outcome.best) != 1:
+        return {"pareto_size": float(len(outcome.best))}
+    best = outcome.best[0]
+    return {f"best_{k}": v for k, v in best.metrics.items() if k != "epoch"}
 
 
 def _quote(value: str) -> str:

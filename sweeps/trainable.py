@@ -14,14 +14,12 @@ import torch
 from ray import tune
 
 from gradreg.train import EpochReport, fit
-from sweeps.checks import Limits
-from sweeps.space import trial_config
+from sweeps.records import BINS_KEY, RUN_ID_KEY
+from sweeps.resolve import trial_config
 from sweeps.spec import SweepSpec
 from sweeps.tracking import Tracker
 
 STATE_FILE = "state.pt"
-RUN_ID_KEY = "mlflow_run_id"
-BINS_KEY = "test_reliability_bins"
 FLUSH_INTERVAL_S = 2.0
 
 
@@ -29,7 +27,7 @@ FLUSH_INTERVAL_S = 2.0
 class TrialContext:
     """What every trial of a sweep shares; plain data, so Ray can ship and Tune can pickle it."""
 
-    spec: dict[str, Any]  # SweepSpec.to_document()
+    spec: SweepSpec  # checked once, by the driver
     sweep: str
     tracking_uri: str
     experiment_id: str
@@ -41,9 +39,9 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """Tune function trainable. ``config`` holds only the searched values."""
     # One line per checkpoint from Ray's storage layer is noise in the driver's output.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    spec = SweepSpec.model_validate(context.spec)
+    spec = context.spec
     data_root = Path(context.data_root) if context.data_root else None
-    train = trial_config(spec, config, Limits(data_root=data_root))
+    train = trial_config(spec, config, data_root)
     # Concurrent trials on one host each get their share of cores, not all of them.
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     tune_context = tune.get_context()
@@ -79,7 +77,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         result = fit(train, on_epoch, resume=resume)
     except SystemExit:
         # Tune ends a trial at a report by raising SystemExit there (ASHA, a sweep stop). The
-        # actor may be torn down at once, so the driver closes the run (sweeps.driver).
+        # actor may be torn down at once, so the driver closes the run (Tracker.close_ended_run).
         epochs.flush()
         raise
     except BaseException as error:

@@ -6,7 +6,8 @@ import importlib.util
 
 import yaml
 
-from sweeps.checks import Limits, parse_spec, semantic_issues
+from sweeps import parse_spec
+from sweeps.checks import Limits, semantic_issues
 from sweeps.settings import SweepSettings
 from tests.deploy.conftest import ROOT
 

@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from sweeps.checks import parse_spec
-from sweeps.driver import DriverOptions
+from sweeps import DriverOptions, parse_spec
 
 # A small, fast digits sweep: every test starts from this and changes what it studies.
 DIGITS_SWEEP: dict[str, Any] = {

@@ -9,14 +9,10 @@ import math
 import pytest
 from mlflow import MlflowClient
 
-from sweeps.driver import (
-    LOST_TRIAL_RUN,
-    SweepExistsError,
-    best_trials,
-    resume_sweep,
-    run_sweep,
-)
-from sweeps.progress import TrialEvent
+from sweeps import TrialEvent, resume_sweep, run_sweep
+from sweeps.driver import SweepExistsError
+from sweeps.records import LOST_TRIAL as LOST_TRIAL_RUN
+from sweeps.records import best_trials
 from sweeps.tracking import (
     ATTEMPT_TAG,
     ERROR_TAG,
@@ -167,7 +163,7 @@ def test_multi_objective_returns_the_pareto_set(ray_local, driver_options):
 
 
 def test_best_trials_ignores_failed_and_non_finite():
-    from sweeps.driver import TrialSummary
+    from sweeps import TrialSummary
     from sweeps.spec import Objective
 
     def trial(name, state, nll):

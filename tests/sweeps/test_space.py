@@ -6,9 +6,10 @@ import optuna
 import pytest
 
 from gradreg.config import TrainConfig
-from sweeps.checks import Limits, load_spec_file, parse_spec
-from sweeps.methods import COMMON_SETTINGS, HYPERPARAMETERS, settings_used, train_settings
-from sweeps.space import SearchSpace, make_sampler, trial_config
+from gradreg.methods import COMMON_SETTINGS, HYPERPARAMETERS, settings_used, train_settings
+from sweeps import Limits, load_spec_file, parse_spec
+from sweeps.resolve import trial_config
+from sweeps.space import SearchSpace, make_sampler
 from tests.sweeps.conftest import DIGITS_SWEEP
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

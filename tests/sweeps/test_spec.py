@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweeps.checks import (
+from sweeps import (
     Limits,
     SpecError,
+    SweepSpec,
     dump_spec,
     load_spec_file,
     parse_spec,
     parse_spec_text,
 )
-from sweeps.spec import SweepSpec
 from tests.sweeps.conftest import DIGITS_SWEEP
 
 EXAMPLES = sorted(Path("sweeps/examples").glob("*.yaml"))

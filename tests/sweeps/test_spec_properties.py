@@ -18,9 +18,8 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from sweeps.checks import Limits, SpecError, dump_spec, parse_spec, parse_spec_text
-from sweeps.methods import SPEC_METHODS
-from sweeps.spec import SweepSpec
+from gradreg.methods import METHODS as SPEC_METHODS
+from sweeps import Limits, SpecError, SweepSpec, dump_spec, parse_spec, parse_spec_text
 
 LIMITS = Limits(max_trials=100, max_concurrent_trials=8, max_epochs=50)
 FIELDS = set(SweepSpec.model_fields)
@@ -55,7 +54,7 @@ def valid_documents(draw: st.DrawFn) -> dict[str, Any]:
         "lr": draw(st.floats(1e-5, 0.5)),
         "batch_size": draw(st.integers(1, 512)),
     }
-    if method == "vl-uniform":
+    if "noise_scale" in SPEC_METHODS[method].required:
         if draw(st.booleans()):
             parameters["noise_scale"] = draw(float_range())
         else:

@@ -1,0 +1,172 @@
+"""What crosses process boundaries: trial states and events, trial summaries, sweep outcomes.
+
+The driver writes these, the service's store reads them, and none of it needs Ray, torch or
+MLflow, so the API and the store import this module cheaply. The rule for "best" lives here
+too, once, for the driver's progress line, its outcome and the store's best-so-far.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol, TypeVar
+
+from gradreg.names import default_goal
+
+TrialState = Literal["running", "retrying", "succeeded", "stopped", "failed", "interrupted"]
+# Every state a trial can be in; `interrupted` is given only after the driver has ended.
+TRIAL_STATES: tuple[str, ...] = TrialState.__args__
+FINISHED_STATES: tuple[str, ...] = ("succeeded", "stopped", "failed")
+# Trials whose last report counts for the final best: they ended on their own terms.
+SCORED_STATES: tuple[str, ...] = ("succeeded", "stopped")
+SweepStatus = Literal["succeeded", "failed", "stopped"]
+OUTCOME_STATUSES: tuple[str, ...] = SweepStatus.__args__
+
+SWEEP_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+SWEEP_NAME = re.compile(SWEEP_NAME_PATTERN)
+# Keys a trial adds to its Tune reports besides its metrics.
+RUN_ID_KEY = "mlflow_run_id"
+BINS_KEY = "test_reliability_bins"
+LOST_TRIAL = (
+    "lost: the sweep's driver stopped before Tune saved this trial, so the sweep could not "
+    "continue it and ran another in its place"
+)
+
+
+@dataclass(frozen=True)
+class TrialEvent:
+    """One change of one trial, as the driver's hooks see it."""
+
+    sweep: str
+    trial_id: str
+    trial_name: str
+    state: TrialState
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    epoch: int
+    mlflow_run_id: str | None
+    error: str | None = None
+
+
+TrialHook = Callable[[TrialEvent], None]
+StopFlag = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class TrialSummary:
+    trial_id: str
+    name: str
+    state: str
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    mlflow_run_id: str | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    sweep: str
+    status: SweepStatus
+    reason: str
+    objectives: list[dict[str, str]]
+    trials: list[TrialSummary]
+    best: list[TrialSummary]  # one trial, or the Pareto set when there are several objectives
+    experiment_id: str
+    parent_run_id: str
+    tracking_uri: str
+    experiment_path: str
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for trial in self.trials:
+            counts[trial.state] = counts.get(trial.state, 0) + 1
+        return counts
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "counts": self.counts()}
+
+
+@dataclass(frozen=True)
+class SweepRecord:
+    """What a sweep's storage directory remembers so that `resume NAME` needs nothing else."""
+
+    sweep: str
+    spec: dict[str, Any]
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    data_root: str | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def reported_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The numbers a trial reported (gradreg's epoch metrics), without Tune's own keys."""
+    return {
+        key: float(value)
+        for key, value in result.items()
+        if (key == "epoch" or key.startswith(("train_", "val_", "test_", "posterior_")))
+        and isinstance(value, int | float)
+        and not isinstance(value, bool)
+    }
+
+
+# ---------------------------------------------------------------- best
+
+
+class Goal(Protocol):
+    @property
+    def metric(self) -> str: ...
+
+    @property
+    def goal(self) -> str | None: ...
+
+
+class Scored(Protocol):
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def metrics(self) -> dict[str, Any]: ...
+
+
+T = TypeVar("T", bound=Scored)
+
+
+def score(trial: Scored, metric: str) -> float | None:
+    """The trial's ``metric`` as a finite float, or None (missing, NaN, not a number)."""
+    value = (trial.metrics or {}).get(metric)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def best_trials(
+    objectives: Sequence[Goal], trials: Iterable[T], *, finished_only: bool = True
+) -> list[T]:
+    """The best trial for one objective; the Pareto set (non-dominated trials) for several.
+
+    With ``finished_only`` only trials that ended on their own terms count (`SCORED_STATES`);
+    without it every trial but a failed one counts by its latest report (best so far). Ties
+    keep the order of ``trials``.
+    """
+    signs = [-1.0 if (o.goal or default_goal(o.metric)) == "maximize" else 1.0 for o in objectives]
+    scored: list[tuple[list[float], T]] = []
+    for trial in trials:
+        if finished_only and trial.state not in SCORED_STATES:
+            continue
+        if not finished_only and trial.state == "failed":
+            continue
+        values = [score(trial, o.metric) for o in objectives]
+        if all(v is not None for v in values):
+            losses = [s * v for s, v in zip(signs, values, strict=True)]  # type: ignore[operator]
+            scored.append((losses, trial))
+    if len(objectives) == 1:
+        return [trial for _, trial in sorted(scored, key=lambda item: item[0])[:1]]
+
+    def dominates(a: list[float], b: list[float]) -> bool:
+        return all(x <= y for x, y in zip(a, b, strict=True)) and a != b
+
+    front = [(own, t) for own, t in scored if not any(dominates(other, own) for other, _ in scored)]
+    return [trial for _, trial in sorted(front, key=lambda item: item[0])]
