@@ -17,7 +17,7 @@ from service.redaction import redact_tokens_in_logs
 from service.routes import meta, sweeps
 from service.settings import ServiceSettings
 from service.store.database import make_engine, session_factory, upgrade
-from sweeps.checks import Limits
+from sweeps import Limits
 
 log = logging.getLogger(__name__)
 

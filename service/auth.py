@@ -6,9 +6,11 @@ import hmac
 
 from fastapi import HTTPException, Request
 
+from service.deps import SettingsDep
 
-def require_token(request: Request) -> None:
-    tokens: tuple[str, ...] = request.app.state.settings.tokens
+
+def require_token(request: Request, settings: SettingsDep) -> None:
+    tokens: tuple[str, ...] = settings.tokens
     header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given.strip():

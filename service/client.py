@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import yaml
 
-FINAL = ("succeeded", "failed", "cancelled")
+from service.statuses import TERMINAL
+from sweeps.records import FINISHED_STATES
 
 
 class ApiError(RuntimeError):
@@ -56,14 +57,14 @@ class Client:
             if line != last:
                 print(line, file=out, flush=True)
                 last = line
-            if sweep["status"] in FINAL:
+            if sweep["status"] in TERMINAL:
                 return sweep
             time.sleep(poll_s)
 
 
 def progress_line(sweep: dict) -> str:
     counts = sweep["counts"]
-    done = sum(counts.get(s, 0) for s in ("succeeded", "stopped", "failed"))
+    done = sum(counts.get(s, 0) for s in FINISHED_STATES)
     running = counts.get("running", 0) + counts.get("retrying", 0)
     line = (
         f"[{sweep['name']}] {sweep['status']}: trials {done} done, {running} running, "

@@ -18,7 +18,7 @@ from service.store.repository import (
     InvalidTransition,
     SweepNotFound,
 )
-from sweeps.checks import SpecError
+from sweeps import SpecError
 
 log = logging.getLogger(__name__)
 MEDIA_TYPE = "application/problem+json"

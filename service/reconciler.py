@@ -19,11 +19,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.launcher import FINAL_JOB_STATES, RayJobs
+from service.statuses import ACTIVE
 from service.store import repository
 from service.store.models import Sweep
 
 log = logging.getLogger(__name__)
-ACTIVE = ("submitted", "running", "cancelling")
 
 
 class Reconciler:

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from service.store.models import SWEEP_STATUSES
+from service.statuses import SWEEP_STATUSES
 
 # The list filter's values, spelled out in the OpenAPI document (an unknown one is a 422).
 SweepStatus = StrEnum("SweepStatus", {status: status for status in SWEEP_STATUSES})

@@ -13,8 +13,7 @@ import sys
 from service.settings import ServiceSettings
 from service.store.database import make_engine
 from service.store.sweep_store import DatabaseSweepStore
-from sweeps.driver import DriverOptions
-from sweeps.store import run_stored
+from sweeps import DriverOptions, run_stored
 
 
 def main(argv: list[str] | None = None) -> int:

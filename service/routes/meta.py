@@ -7,10 +7,11 @@ from urllib.parse import urlparse
 
 import httpx
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from service.auth import require_token
+from service.deps import EngineDep, JobsDep, TrackingUriDep
 from service.openapi import problem_responses
 from service.problems import problem
 from sweeps.spec import SweepSpec
@@ -26,15 +27,14 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", tags=["meta"], responses=problem_responses(503))
-def readyz(request: Request) -> JSONResponse:
+def readyz(engine: EngineDep, jobs: JobsDep, tracking_uri: TrackingUriDep) -> JSONResponse:
     """Store, Ray and MLflow reachable: 200; otherwise 503 naming what is not."""
-    state = request.app.state
     problems = [
         reason
         for reason in (
-            _store_problem(state.engine),
-            state.jobs.reachable(),
-            mlflow_problem(state.tracking_uri),
+            _store_problem(engine),
+            jobs.reachable(),
+            mlflow_problem(tracking_uri),
         )
         if reason
     ]

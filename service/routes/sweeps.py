@@ -9,15 +9,19 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from service.auth import require_token
+from service.deps import LimitsDep, ReconcilerDep, SessionsDep, SettingsDep
 from service.openapi import SPEC_BODY, problem_responses
 from service.schemas import BestOut, Links, SweepOut, SweepPage, SweepStatus, TrialOut
+from service.settings import ServiceSettings
+from service.statuses import TERMINAL
 from service.store import repository
 from service.store.models import Sweep
-from sweeps.checks import SpecError, SpecIssue, parse_spec
+from service.store.sweep_store import objectives_of
+from sweeps import SpecError, SpecIssue, parse_spec
 
 router = APIRouter(
     prefix="/v1/sweeps",
@@ -27,21 +31,13 @@ router = APIRouter(
 )
 EVENT_POLL_S = 0.5
 HEARTBEAT_S = 15.0
-FINAL = ("succeeded", "failed", "cancelled")
-
-
-def opened(request: Request) -> Session:
-    """A session for one request. Not a yield-dependency: FastAPI would close it on a pool
-    thread, and with a small pool those closes queued behind requests waiting for
-    connections (a deadlock seen under 50 concurrent clients)."""
-    return request.app.state.sessions()
 
 
 def sweep_out(
-    request: Request, db: Session, sweep: Sweep, counts: dict[str, int] | None = None
+    settings: ServiceSettings, db: Session, sweep: Sweep, counts: dict[str, int] | None = None
 ) -> SweepOut:
     base = f"/v1/sweeps/{sweep.id}"
-    ui = request.app.state.settings.mlflow_ui_url.rstrip("/")
+    ui = settings.mlflow_ui_url.rstrip("/")
     experiment = sweep.mlflow_experiment_id
     links = Links(
         self=base,
@@ -89,6 +85,10 @@ def sweep_out(
 async def submit_sweep(
     request: Request,
     response: Response,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    limits: LimitsDep,
+    reconciler: ReconcilerDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> SweepOut:
     """Validate the spec, store the sweep as pending and hand it to the reconciler."""
@@ -98,18 +98,18 @@ async def submit_sweep(
         raise SpecError([SpecIssue((), f"the body is not JSON: {error}")]) from None
     except RecursionError:  # e.g. 30,000 nested brackets: small enough, yet a crash
         raise SpecError([SpecIssue((), "the body is nested too deeply to be a spec")]) from None
-    spec = parse_spec(document, request.app.state.limits)
+    spec = parse_spec(document, limits)
 
     def store() -> tuple[SweepOut, bool]:
-        with opened(request) as db:
+        with sessions() as db:
             sweep, created = repository.create_sweep(
                 db, spec.to_document(), idempotency_key=idempotency_key
             )
-            return sweep_out(request, db, sweep), created
+            return sweep_out(settings, db, sweep), created
 
     out, created = await run_in_threadpool(store)
     if created:
-        request.app.state.reconciler.kick()
+        reconciler.kick()
     else:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/sweeps/{out.id}"
@@ -118,39 +118,40 @@ async def submit_sweep(
 
 @router.get("", response_model=SweepPage, responses=problem_responses(400))
 def list_sweeps(
-    request: Request,
+    sessions: SessionsDep,
+    settings: SettingsDep,
     status: SweepStatus | None = None,
     tag: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=repository.MAX_PAGE)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> SweepPage:
-    with opened(request) as db:
+    with sessions() as db:
         sweeps, next_cursor = repository.list_sweeps(
             db, status=status and status.value, tag=tag, limit=limit, cursor=cursor
         )
         counts = repository.counts_by_sweep(db, [s.id for s in sweeps])
-        items = [sweep_out(request, db, s, counts[s.id]) for s in sweeps]
+        items = [sweep_out(settings, db, s, counts[s.id]) for s in sweeps]
     return SweepPage(items=items, next_cursor=next_cursor)
 
 
 @router.get("/{sweep_id}", response_model=SweepOut, responses=problem_responses(404))
-def get_sweep(request: Request, sweep_id: str) -> SweepOut:
-    with opened(request) as db:
-        return sweep_out(request, db, repository.get_sweep(db, sweep_id))
+def get_sweep(sessions: SessionsDep, settings: SettingsDep, sweep_id: str) -> SweepOut:
+    with sessions() as db:
+        return sweep_out(settings, db, repository.get_sweep(db, sweep_id))
 
 
 @router.get("/{sweep_id}/trials", response_model=list[TrialOut], responses=problem_responses(404))
-def list_trials(request: Request, sweep_id: str) -> list[TrialOut]:
-    with opened(request) as db:
+def list_trials(sessions: SessionsDep, sweep_id: str) -> list[TrialOut]:
+    with sessions() as db:
         repository.get_sweep(db, sweep_id)
         return [_trial_out(t) for t in repository.list_trials(db, sweep_id)]
 
 
 @router.get("/{sweep_id}/best", response_model=BestOut, responses=problem_responses(404))
-def best(request: Request, sweep_id: str) -> BestOut:
-    with opened(request) as db:
+def best(sessions: SessionsDep, sweep_id: str) -> BestOut:
+    with sessions() as db:
         sweep = repository.get_sweep(db, sweep_id)
-    objectives = sweep.spec.get("objectives") or [{"metric": "val_nll", "goal": "minimize"}]
+    objectives = [o.model_dump(mode="json") for o in objectives_of(sweep.spec)]
     return BestOut(objectives=objectives, pareto=len(objectives) > 1, best=sweep.best or [])
 
 
@@ -160,12 +161,14 @@ def best(request: Request, sweep_id: str) -> BestOut:
     response_model=SweepOut,
     responses=problem_responses(404, 409),
 )
-def cancel(request: Request, sweep_id: str) -> SweepOut:
+def cancel(
+    sessions: SessionsDep, settings: SettingsDep, reconciler: ReconcilerDep, sweep_id: str
+) -> SweepOut:
     """Running trials stop at their next report with their state saved; the job is stopped
     if the driver has not wound down within the grace period."""
-    with opened(request) as db:
-        out = sweep_out(request, db, repository.request_cancel(db, sweep_id))
-    request.app.state.reconciler.kick()
+    with sessions() as db:
+        out = sweep_out(settings, db, repository.request_cancel(db, sweep_id))
+    reconciler.kick()
     return out
 
 
@@ -175,38 +178,49 @@ def cancel(request: Request, sweep_id: str) -> SweepOut:
     response_model=SweepOut,
     responses=problem_responses(404, 409),
 )
-def resume(request: Request, sweep_id: str) -> SweepOut:
+def resume(
+    sessions: SessionsDep, settings: SettingsDep, reconciler: ReconcilerDep, sweep_id: str
+) -> SweepOut:
     """A failed or cancelled sweep continues as a new attempt; finished trials are kept."""
-    with opened(request) as db:
-        out = sweep_out(request, db, repository.transition(db, sweep_id, "pending"))
-    request.app.state.reconciler.kick()
+    with sessions() as db:
+        out = sweep_out(settings, db, repository.transition(db, sweep_id, "pending"))
+    reconciler.kick()
     return out
 
 
 @router.get(
     "/{sweep_id}/events", response_class=StreamingResponse, responses=problem_responses(404)
 )
-async def events(request: Request, sweep_id: str) -> StreamingResponse:
+async def events(
+    request: Request, sessions: SessionsDep, settings: SettingsDep, sweep_id: str
+) -> StreamingResponse:
     """Server-sent events: `sweep` when the sweep changes, `trial` for each changed trial."""
 
     def exists() -> None:
-        with opened(request) as db:
+        with sessions() as db:
             repository.get_sweep(db, sweep_id)  # 404 before the stream starts
 
     await run_in_threadpool(exists)
     return StreamingResponse(
-        _event_stream(request, sweep_id),
+        _event_stream(request, sessions, settings, sweep_id),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _event_stream(request: Request, sweep_id: str) -> AsyncIterator[str]:
+async def _event_stream(
+    request: Request,
+    sessions: sessionmaker[Session],
+    settings: ServiceSettings,
+    sweep_id: str,
+) -> AsyncIterator[str]:
     version = 0
     seen: dict[str, Any] = {}
     quiet_since = asyncio.get_running_loop().time()
     while not await request.is_disconnected():
-        payloads, final = await asyncio.to_thread(_changes, request, sweep_id, version, seen)
+        payloads, final = await asyncio.to_thread(
+            _changes, sessions, settings, sweep_id, version, seen
+        )
         for kind, data, version_now in payloads:
             version = max(version, version_now)
             yield f"event: {kind}\ndata: {json.dumps(data, default=str)}\n\n"
@@ -222,9 +236,13 @@ async def _event_stream(request: Request, sweep_id: str) -> AsyncIterator[str]:
 
 
 def _changes(
-    request: Request, sweep_id: str, version: int, seen: dict[str, Any]
+    sessions: sessionmaker[Session],
+    settings: ServiceSettings,
+    sweep_id: str,
+    version: int,
+    seen: dict[str, Any],
 ) -> tuple[list[tuple[str, dict[str, Any], int]], bool]:
-    with opened(request) as db:
+    with sessions() as db:
         sweep = repository.changes_since(db, sweep_id, version)
         if sweep is None:
             return [], False
@@ -234,9 +252,9 @@ def _changes(
             if seen.get(trial.trial_id) != stamp:
                 seen[trial.trial_id] = stamp
                 payloads.append(("trial", _trial_out(trial).model_dump(mode="json"), 0))
-        out = sweep_out(request, db, sweep).model_dump(mode="json")
+        out = sweep_out(settings, db, sweep).model_dump(mode="json")
         payloads.append(("sweep", out, sweep.version))
-        return payloads, sweep.status in FINAL
+        return payloads, sweep.status in TERMINAL
 
 
 def _trial_out(trial: Any) -> TrialOut:

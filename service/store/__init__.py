@@ -1,8 +1,5 @@
-"""The sweep service's durable store: SQLAlchemy models, Alembic migrations, queries.
-
-`service.store.sweep_store.DatabaseSweepStore` (the driver's store) is not imported here,
-because it pulls in the sweep engine.
-"""
+"""The sweep service's durable store: SQLAlchemy models, Alembic migrations, queries, the
+status machine (`repository`), and the driver's side of it (`sweep_store`)."""
 
 from service.store.database import make_engine, session_factory, upgrade
 from service.store.models import IdempotencyKey, Sweep, SweepTag, Trial
@@ -18,16 +15,16 @@ from service.store.repository import (
     list_sweeps,
     list_trials,
     mark_running,
-    record_outcome,
     request_cancel,
     transition,
     trial_counts,
     update_sweep,
-    upsert_trial,
 )
+from service.store.sweep_store import DatabaseSweepStore, record_outcome, upsert_trial
 
 __all__ = [
     "TRANSITIONS",
+    "DatabaseSweepStore",
     "IdempotencyConflict",
     "IdempotencyKey",
     "InvalidCursor",

@@ -13,16 +13,9 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SWEEP_STATUSES = (
-    "pending",
-    "submitted",
-    "running",
-    "cancelling",
-    "succeeded",
-    "failed",
-    "cancelled",
-)
-TRIAL_STATES = ("running", "retrying", "succeeded", "stopped", "failed", "interrupted")
+from service.statuses import SWEEP_STATUSES
+from sweeps.records import TRIAL_STATES
+
 IDEMPOTENCY_KEY_MAX = 200
 
 NAMING_CONVENTION = {
@@ -148,7 +141,7 @@ class Trial(Base):
     )
 
     def summary(self) -> dict[str, Any]:
-        """The same shape as `sweeps.driver.TrialSummary`, as stored in `Sweep.best`."""
+        """The same shape as `sweeps.records.TrialSummary`, as stored in `Sweep.best`."""
         return {
             "trial_id": self.trial_id,
             "name": self.name,

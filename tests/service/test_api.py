@@ -18,8 +18,8 @@ import pytest
 from mlflow import MlflowClient
 
 from service.launcher import free_port
-from service.store.repository import LOST_TRIAL
 from sweeps.driver import TUNE_ENV
+from sweeps.records import LOST_TRIAL
 from tests.service.api import FINAL, TOKENS, ApiProcess, is_problem, wait_for
 
 

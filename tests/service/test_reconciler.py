@@ -15,6 +15,7 @@ from service.launcher import JobState
 from service.reconciler import Reconciler, failure_line
 from service.store import repository as repo
 from service.store.models import Sweep
+from service.store.sweep_store import upsert_trial
 from tests.service.test_store import event as trial_event
 from tests.service.test_store import new_sweep, status_of, trial_states
 
@@ -109,7 +110,7 @@ def test_a_driver_that_died_is_resubmitted_until_its_attempts_run_out(engine, se
         passes.reconcile_once()  # submits the attempt
         with session_factory() as session:
             repo.transition(session, sweep_id, "running")
-            repo.upsert_trial(session, sweep_id, trial_event(f"t{attempt}"))
+            upsert_trial(session, sweep_id, trial_event(f"t{attempt}"))
             version = repo.get_sweep(session, sweep_id).version
         jobs.finish(f"job-{sweep_id}-{attempt}")  # ... and its driver dies without a word
         committed.clear()

@@ -18,14 +18,14 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.statuses import SWEEP_STATUSES, TERMINAL
 from service.store import repository as repo
 from service.store.database import current_revision, make_engine, upgrade
 from service.store.database import session_factory as make_sessions
-from service.store.models import SWEEP_STATUSES, Base, IdempotencyKey, Sweep, Trial
-from service.store.sweep_store import DatabaseSweepStore
-from sweeps.checks import load_spec_file
-from sweeps.driver import SweepOutcome, SweepRecord, TrialSummary
-from sweeps.progress import TrialEvent
+from service.store.models import Base, IdempotencyKey, Sweep, Trial
+from service.store.sweep_store import DatabaseSweepStore, upsert_trial
+from sweeps import SweepOutcome, SweepRecord, TrialEvent, TrialSummary, load_spec_file
+from sweeps.records import LOST_TRIAL
 
 EXAMPLE = Path(__file__).parents[2] / "sweeps" / "examples" / "digits-vl-uniform.yaml"
 # A way into every status, from pending.
@@ -153,7 +153,7 @@ def write_from_another_process(url: str, sweep_id: str, worker: int) -> None:
             with sessions() as session:
                 repo.create_sweep(session, spec_document(f"w{worker}-{index}"))
                 trial = event(f"w{worker}-{index}", val_nll=float(worker + index))
-                repo.upsert_trial(session, sweep_id, trial)
+                upsert_trial(session, sweep_id, trial)
     finally:
         engine.dispose()
 
@@ -201,7 +201,7 @@ def test_every_allowed_transition_applies_and_stamps_times(session_factory):
             assert after.submitted_at is not None
         if target == "running":
             assert after.started_at is not None
-        if target in repo.TERMINAL_STATUSES:
+        if target in TERMINAL:
             assert after.finished_at is not None
         if target == "pending":
             assert after.attempt == attempt + 1
@@ -480,20 +480,20 @@ def test_upsert_trial_inserts_then_updates_and_tracks_the_lowest(session_factory
     sweep_id = new_sweep(session_factory, "running", objectives=objectives)
     with session_factory() as session:
         version = repo.get_sweep(session, sweep_id).version
-        repo.upsert_trial(session, sweep_id, event("t1", val_nll=0.5))
+        upsert_trial(session, sweep_id, event("t1", val_nll=0.5))
         assert best_id(session, sweep_id) == "t1"
-        repo.upsert_trial(session, sweep_id, event("t2", val_nll=0.7))
+        upsert_trial(session, sweep_id, event("t2", val_nll=0.7))
         assert best_id(session, sweep_id) == "t1"
-        repo.upsert_trial(session, sweep_id, event("t2", epoch=2, val_nll=0.3))
+        upsert_trial(session, sweep_id, event("t2", epoch=2, val_nll=0.3))
         assert best_id(session, sweep_id) == "t2"
-        repo.upsert_trial(session, sweep_id, event("t3", val_nll=math.nan))
-        repo.upsert_trial(session, sweep_id, event("t4"))  # no objective reported yet
+        upsert_trial(session, sweep_id, event("t3", val_nll=math.nan))
+        upsert_trial(session, sweep_id, event("t4"))  # no objective reported yet
         assert best_id(session, sweep_id) == "t2"
         assert repo.get_sweep(session, sweep_id).version == version + 5
 
         # A failed trial is not the best any more, whatever its last value.
         failed = TrialEvent(**{**asdict(event("t2", "failed", 2, val_nll=0.3)), "error": "OOM"})
-        repo.upsert_trial(session, sweep_id, failed)
+        upsert_trial(session, sweep_id, failed)
         assert best_id(session, sweep_id) == "t1"
         best = repo.get_sweep(session, sweep_id).best
         assert best == [
@@ -510,7 +510,7 @@ def test_upsert_trial_inserts_then_updates_and_tracks_the_lowest(session_factory
 
         # Params stay as first seen; an event without metrics keeps the last report.
         retry = TrialEvent("s", "t1", "trial_t1", "retrying", {"lr": 9.0}, {}, 0, None, "lost")
-        trial = repo.upsert_trial(session, sweep_id, retry)
+        trial = upsert_trial(session, sweep_id, retry)
         assert (trial.params, trial.metrics["val_nll"], trial.epoch) == ({"lr": 0.2}, 0.5, 1)
         assert (trial.state, trial.error, trial.mlflow_run_id) == ("retrying", "lost", "run-t1")
 
@@ -526,25 +526,25 @@ def test_best_follows_a_maximised_objective(session_factory):
     sweep_id = new_sweep(session_factory, "running", objectives=objectives)
     with session_factory() as session:
         for trial_id, accuracy in [("t1", 0.8), ("t2", 0.95), ("t3", 0.9)]:
-            repo.upsert_trial(session, sweep_id, event(trial_id, val_accuracy=accuracy))
+            upsert_trial(session, sweep_id, event(trial_id, val_accuracy=accuracy))
         assert best_id(session, sweep_id) == "t2"
 
 
 def test_best_defaults_to_val_nll_and_freezes_once_finished(session_factory):
     sweep_id = new_sweep(session_factory, "running")  # no objectives in the document
     with session_factory() as session:
-        repo.upsert_trial(session, sweep_id, event("t1", val_nll=2.0, val_accuracy=0.9))
-        repo.upsert_trial(session, sweep_id, event("t2", val_nll=1.0, val_accuracy=0.1))
+        upsert_trial(session, sweep_id, event("t1", val_nll=2.0, val_accuracy=0.9))
+        upsert_trial(session, sweep_id, event("t2", val_nll=1.0, val_accuracy=0.1))
         assert best_id(session, sweep_id) == "t2"
         repo.transition(session, sweep_id, "succeeded", best=[{"trial_id": "final"}])
-        repo.upsert_trial(session, sweep_id, event("t3", val_nll=0.1))
+        upsert_trial(session, sweep_id, event("t3", val_nll=0.1))
         assert best_id(session, sweep_id) == "final"
         # What ran when it finished lost its driver; a late event is still recorded.
         assert repo.trial_counts(session, sweep_id) == {"interrupted": 2, "running": 1}
         first = repo.list_trials(session, sweep_id)[0]
         assert first.error == "the sweep became succeeded while it ran: no reason given"
         with pytest.raises(repo.SweepNotFound):
-            repo.upsert_trial(session, "0" * 32, event("t1"))
+            upsert_trial(session, "0" * 32, event("t1"))
 
 
 def test_changes_since_reports_only_newer_versions(session_factory):
@@ -552,7 +552,7 @@ def test_changes_since_reports_only_newer_versions(session_factory):
     with session_factory() as session:
         version = repo.get_sweep(session, sweep_id).version
         assert repo.changes_since(session, sweep_id, version) is None
-        repo.upsert_trial(session, sweep_id, event("t1", val_nll=1.0))
+        upsert_trial(session, sweep_id, event("t1", val_nll=1.0))
         changed = repo.changes_since(session, sweep_id, version)
         assert changed is not None and changed.version == version + 1
 
@@ -669,7 +669,7 @@ def test_a_trial_the_driver_lost_is_marked_interrupted_with_why(engine, session_
     # The resumed driver's Tune state holds t1 and t4 and a new t5, never t2 or t3.
     trials = [summary(t, "succeeded", 0.4) for t in ("t1", "t4", "t5")]
     store.record_outcome(sweep_id, outcome(sweep_id, "succeeded", trials))
-    lost = ("interrupted", repo.LOST_TRIAL)
+    lost = ("interrupted", LOST_TRIAL)
     assert trial_states(session_factory, sweep_id) == {
         "t1": ("succeeded", None),
         "t2": lost,
@@ -698,7 +698,7 @@ def test_a_lost_trial_of_a_failed_attempt_is_relabelled_lost_when_the_next_one_e
     store.record_outcome(sweep_id, outcome(sweep_id, "succeeded", trials))
     assert trial_states(session_factory, sweep_id) == {
         "t1": ("succeeded", None),
-        "t2": ("interrupted", repo.LOST_TRIAL),
+        "t2": ("interrupted", LOST_TRIAL),
         "t3": ("succeeded", None),
     }
 
@@ -729,8 +729,8 @@ def test_driver_store_started_by_hand_and_finishing_while_cancelling(engine, ses
 def test_trial_rows_belong_to_their_sweep(session_factory):
     first, second = new_sweep(session_factory, "running"), new_sweep(session_factory, "running")
     with session_factory() as session:
-        repo.upsert_trial(session, first, event("t1", val_nll=1.0))
-        repo.upsert_trial(session, second, event("t1", val_nll=2.0))
+        upsert_trial(session, first, event("t1", val_nll=1.0))
+        upsert_trial(session, second, event("t1", val_nll=2.0))
         assert session.scalar(sa.select(sa.func.count()).select_from(Trial)) == 2
         assert repo.list_trials(session, first)[0].metrics["val_nll"] == 1.0
         assert repo.trial_counts(session, second) == {"running": 1}
