@@ -7,9 +7,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo stop train-demo test lint deploy-check bench clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt requirements-oracles.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --constraint constraints.txt --editable '.[sweeps,service,dev]'
+	$(PY) -m pip install --quiet --no-deps --constraint constraints.txt -r requirements-oracles.txt
 	touch $(STAMP)
 
 # Bytecode for the project's own modules: every sweep driver and trial is a fresh process, and

@@ -1,0 +1,286 @@
+"""gradreg's Fisher estimators and diagonal Laplace against external libraries.
+
+BackPACK (Dangel et al. 2020) and laplace-torch (Daxberger et al. 2021) are independent
+implementations; they are test-only dependencies, installed with ``--no-deps`` from
+requirements-oracles.txt (they declare torchvision, which cannot be imported beside the pinned
+torch). A missing oracle fails these tests: it never skips them.
+
+BackPACK's extensions use full backward hooks, which reject in-place ops on a hooked module's
+output, so each oracle runs on a deep copy of the model with ``ReLU(inplace=False)`` (the same
+function); gradreg always runs on the original. Everything is float64.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from gradreg import Laplace as GradregLaplace
+from gradreg import fisher_diagonal
+from tests.gradreg.oracles import inputs_for, tiny_cnn2d, tiny_mlp
+
+try:
+    with warnings.catch_warnings():
+        # asdl (laplace-torch's ASDL backend) applies torch.jit.script at import.
+        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", DeprecationWarning)
+        from backpack import backpack, extend
+        from backpack.extensions import BatchGrad, DiagGGNExact, DiagGGNMC
+        from laplace import Laplace as LaplaceTorch
+        from laplace.curvature import BackPackGGN, CurvlinopsGGN
+except ImportError as exc:  # fail loudly in every test below, never skip
+    MISSING_ORACLE: ImportError | None = exc
+else:
+    MISSING_ORACLE = None
+
+ROOT = Path(__file__).resolve().parents[2]
+REQUIREMENTS = ROOT / "requirements-oracles.txt"
+MODELS = {"mlp": tiny_mlp, "cnn2d": tiny_cnn2d}
+N_CLASSES = 3  # both tiny models
+
+pytestmark = [
+    # BackPACK hooks a model whose input does not require grad; harmless, and not ours.
+    pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _require_oracles() -> None:
+    if MISSING_ORACLE is not None:
+        pytest.fail(
+            f"an external oracle is not installed ({MISSING_ORACLE}). Install the test-only "
+            "oracles with `.venv/bin/python -m pip install --no-deps --constraint "
+            "constraints.txt -r requirements-oracles.txt` (or `make install`).",
+            pytrace=False,
+        )
+
+
+def _oracle_copy(model: nn.Module) -> nn.Module:
+    """A deep copy that BackPACK can hook: in-place ReLUs become out-of-place."""
+    clone = copy.deepcopy(model)
+    for module in clone.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = False
+    return clone
+
+
+def _backpack_quantity(
+    model: nn.Module, x: Tensor, y: Tensor, extension: object, attribute: str
+) -> list[Tensor]:
+    """One BackPACK backward of CrossEntropyLoss(reduction="sum"); ``attribute`` per param."""
+    clone = extend(_oracle_copy(model))
+    loss = extend(nn.CrossEntropyLoss(reduction="sum"))
+    clone.zero_grad()
+    with backpack(extension):
+        loss(clone(x), y).backward()
+    return [getattr(p, attribute).detach().clone() for p in clone.parameters()]
+
+
+def _labels(n: int, seed: int = 3) -> Tensor:
+    return torch.randint(0, N_CLASSES, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def _flat(tensors: list[Tensor]) -> Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def _max_relative(ours: list[Tensor], theirs: list[Tensor]) -> float:
+    """max |ours − theirs| / max |theirs| over all parameters."""
+    a, b = _flat(ours), _flat(theirs)
+    return float((a - b).abs().max() / b.abs().max())
+
+
+# ------------------------------------------------------------------ BackPACK
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_exact_matches_backpack_diag_ggn_exact(kind):
+    """`exact` is the GGN diagonal of the summed cross-entropy (for softmax outputs the GGN is
+    the Fisher); DiagGGNExact does not depend on the labels, any will do."""
+    model = MODELS[kind]()
+    x = inputs_for(model, 6)
+    ours = fisher_diagonal(model, x, estimator="exact")
+    theirs = _backpack_quantity(model, x, _labels(6), DiagGGNExact(), "diag_ggn_exact")
+    assert [o.shape for o in ours] == [t.shape for t in theirs]
+    relative = _max_relative(ours, theirs)
+    assert relative < 1e-10, f"{kind}: exact vs DiagGGNExact differ by {relative:.3g} relative"
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_per_example_with_labels_matches_backpack_batch_grad(kind):
+    """`per_example` with the true labels is the empirical Fisher Σ_i g_i(y_i)²; with
+    reduction="sum" BackPACK's per-example gradients are unscaled, and their sign is irrelevant
+    once squared."""
+    model = MODELS[kind]()
+    x, y = inputs_for(model, 6), _labels(6)
+    ours = fisher_diagonal(model, x, estimator="per_example", labels=y)
+    grad_batch = _backpack_quantity(model, x, y, BatchGrad(), "grad_batch")
+    theirs = [g.square().sum(0) for g in grad_batch]
+    relative = _max_relative(ours, theirs)
+    assert relative < 1e-10, f"{kind}: per_example vs BatchGrad² differ by {relative:.3g} relative"
+
+
+def test_sampled_expectation_matches_backpack_diag_ggn_mc():
+    """`sampled` is (∂ Σ_i log p(ỹ_i|x_i))², the square of the *batch* gradient with ỹ_i drawn
+    from the model: it is unbiased for the batch Fisher Σ_i F_i only because the cross terms
+    2 g_i(ỹ_i) g_j(ỹ_j), i ≠ j, have zero mean (independent labels, model-sampled scores have
+    mean zero). BackPACK's DiagGGNMC is a different Monte-Carlo estimator of the same quantity,
+    Σ_i (1/M) Σ_m g_i(ỹ_im)², per example and without cross terms.
+
+    Both means must agree with each other, and each with DiagGGNExact, within 5 Monte-Carlo
+    standard errors elementwise (plus a tiny atol for weights whose Fisher is exactly zero:
+    dead ReLU units); and our standard error must be small enough for that to have teeth.
+    """
+    model = tiny_mlp()
+    x = inputs_for(model, 4)
+    y = _labels(4)  # ignored by DiagGGNExact and DiagGGNMC, which sample their own
+    exact = _flat(_backpack_quantity(model, x, y, DiagGGNExact(), "diag_ggn_exact"))
+
+    draws = 4000
+    generator = torch.Generator().manual_seed(0)
+    ours_draws = torch.stack(
+        [
+            _flat(fisher_diagonal(model, x, estimator="sampled", generator=generator))
+            for _ in range(draws)
+        ]
+    )
+    ours, ours_se = ours_draws.mean(0), ours_draws.std(0) / draws**0.5
+
+    repeats, mc_samples = 20, 2000
+    with torch.random.fork_rng():  # DiagGGNMC samples from the global generator
+        torch.manual_seed(0)
+        mc = torch.stack(
+            [
+                _flat(_backpack_quantity(model, x, y, DiagGGNMC(mc_samples), "diag_ggn_mc"))
+                for _ in range(repeats)
+            ]
+        )
+    theirs, theirs_se = mc.mean(0), mc.std(0) / repeats**0.5
+
+    atol = 1e-12
+    scale = float(exact.sum())
+    assert float(ours_se.sum()) / scale < 0.05, "too few draws to resolve a bias of a few %"
+
+    def check(a: Tensor, b: Tensor, se: Tensor, what: str) -> None:
+        diff = (a - b).abs()
+        bad = diff >= 5 * se + atol
+        z = float((diff / se.clamp_min(1e-300)).max())
+        assert not bool(bad.any()), (
+            f"{what}: {int(bad.sum())} of {a.numel()} weights beyond 5 SE; "
+            f"max |diff| {float(diff.max()):.3g}, max |diff|/SE {z:.3g}"
+        )
+
+    check(ours, exact, ours_se, "sampled mean vs DiagGGNExact")
+    check(theirs, exact, theirs_se, "DiagGGNMC mean vs DiagGGNExact")
+    check(ours, theirs, (ours_se.square() + theirs_se.square()).sqrt(), "sampled vs DiagGGNMC")
+
+
+# ------------------------------------------------------------------ laplace-torch
+
+
+@pytest.mark.parametrize("batch_size", [40, 16], ids=["full-batch", "minibatch"])
+@pytest.mark.parametrize("backend", ["default", "BackPackGGN"])
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_diag_laplace_matches_laplace_torch(kind, backend, batch_size):
+    """laplace-torch's all-weights diag-GGN Laplace: posterior_precision = H + δ with H the GGN
+    diagonal of CrossEntropyLoss(reduction="sum") summed over the loader (its default backend,
+    CurvlinopsGGN, via Jacobians; BackPackGGN via DiagGGNExact), which is gradreg's σ² =
+    1/(F + δ) with F the exact Fisher summed over the data. Both sum, neither averages, so the
+    batch size does not matter."""
+    model = MODELS[kind]()
+    n, delta = 40, 0.7
+    x, y = inputs_for(model, n), _labels(n)
+
+    ours = GradregLaplace(model, n_data=n, prior_variance=1.0 / delta, fisher="exact")
+    ours.fit_curvature(x, y)
+    ours_var = _flat(ours.variances())
+
+    kwargs = {} if backend == "default" else {"backend": BackPackGGN}
+    theirs = LaplaceTorch(
+        _oracle_copy(model),
+        "classification",
+        subset_of_weights="all",
+        hessian_structure="diag",
+        prior_precision=delta,
+        **kwargs,
+    )
+    if backend == "default":
+        assert theirs._backend_cls is CurvlinopsGGN  # what "default" tests, in laplace-torch 0.3
+    theirs.fit(DataLoader(TensorDataset(x, y), batch_size=batch_size))
+    theirs_var = theirs.posterior_variance.detach()
+
+    relative = float(((ours_var - theirs_var).abs() / theirs_var).max())
+    assert relative < 1e-12, f"{kind}/{backend}: σ² differs by {relative:.3g} relative"
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_last_layer_kron_laplace_matches_on_one_example(kind):
+    """laplace-torch's last-layer KFAC (exact type-2 factors) is exact for one example: the
+    last Linear's GGN is then (a aᵀ) ⊗ H for its input a (bias: H alone), so the diagonal of
+    its posterior precision is the exact Fisher of that layer plus δ."""
+    model = MODELS[kind]()
+    x, y = inputs_for(model, 1), _labels(1)
+    delta = 0.7
+    fisher = fisher_diagonal(model, x, estimator="exact")
+    last_layer = torch.cat([fisher[-2].reshape(-1), fisher[-1].reshape(-1)])  # weight, bias
+
+    theirs = LaplaceTorch(
+        _oracle_copy(model),
+        "classification",
+        subset_of_weights="last_layer",
+        hessian_structure="kron",
+        prior_precision=delta,
+    )
+    theirs.fit(DataLoader(TensorDataset(x, y), batch_size=1))
+    diagonal = theirs.posterior_precision.to_matrix().diagonal().detach() - delta
+
+    assert diagonal.shape == last_layer.shape
+    relative = float((diagonal - last_layer).abs().max() / last_layer.abs().max())
+    assert relative < 1e-12, f"{kind}: last-layer KFAC diagonal differs by {relative:.3g}"
+
+
+# ------------------------------------------------------------------ the installation
+
+
+def test_oracles_do_not_import_torchvision():
+    """torchvision cannot be imported beside the pinned torch; the oracles must not need it."""
+    code = (
+        "import sys, backpack, laplace\n"
+        "from backpack.extensions import BatchGrad, DiagGGNExact, DiagGGNMC\n"
+        "from laplace import Laplace\n"
+        "from laplace.curvature import BackPackGGN, CurvlinopsGGN\n"
+        "print('torchvision' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False", "importing the oracles imported torchvision"
+
+
+def test_installed_oracles_match_their_pins():
+    """The venv holds exactly the versions requirements-oracles.txt pins."""
+    pins = {}
+    for line in REQUIREMENTS.read_text().splitlines():
+        spec = line.split("#", 1)[0].strip()
+        if spec:
+            pinned = re.fullmatch(r"([A-Za-z0-9_.-]+)==(\S+)", spec)
+            assert pinned, f"requirements-oracles.txt: {spec!r} is not pinned with =="
+            pins[pinned[1]] = pinned[2]
+    assert "laplace-torch" in pins and "backpack-for-pytorch" in pins
+    installed = {}
+    for name in pins:
+        try:
+            installed[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            installed[name] = None
+    assert installed == pins
