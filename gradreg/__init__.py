@@ -14,7 +14,7 @@ _EXPORTS = {
     "MAP": "gradreg.baselines",
     "METHODS": "gradreg.methods",
     "GaussianPosterior": "gradreg.gaussian",
-    "Laplace": "gradreg.baselines",
+    "Laplace": "gradreg.laplace",
     "LossTerms": "gradreg.gaussian",
     "SamplingVI": "gradreg.baselines",
     "TrainConfig": "gradreg.config",
@@ -43,10 +43,11 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from gradreg import metrics
-    from gradreg.baselines import MAP, Laplace, SamplingVI
+    from gradreg.baselines import MAP, SamplingVI
     from gradreg.config import TrainConfig
     from gradreg.fisher import ESTIMATORS, fisher_diagonal
     from gradreg.gaussian import GaussianPosterior, LossTerms
+    from gradreg.laplace import Laplace
     from gradreg.methods import METHODS, posterior
     from gradreg.objective import VariationalLaplace
     from gradreg.train import fit

@@ -3,8 +3,8 @@
 * `MAP` — σ = 0: NLL + weight decay (kl_weight/N)·Σμ²/(2s²).
 * `SamplingVI` — the ELBO estimated with K reparameterised weight samples per step
   (local reparameterisation for Linear layers), exact Gaussian KL, learned variances.
-* `Laplace` — trained as MAP, then σ² = 1/(F + 1/s²) with F the full-training-set Fisher
-  from the same estimators VL uses: curvature added afterwards instead of trained with.
+
+Post-hoc Laplace (MAP training, then curvature) is in `gradreg.laplace`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from gradreg.fisher import check_estimator, check_labels, fisher_diagonal, trainable_parameters
+from gradreg.fisher import check_labels, trainable_parameters
 from gradreg.gaussian import (
-    DiagonalVariance,
     GaussianPosterior,
     LossTerms,
     check_count,
@@ -27,7 +26,6 @@ from gradreg.layer_rules import at_least_fp32
 
 # Keeps sqrt differentiable where a pre-activation's variance is exactly zero.
 _VARIANCE_FLOOR = 1e-16
-LAPLACE_BATCH = 256
 
 
 def _nll(logits: Tensor, y: Tensor) -> Tensor:
@@ -47,64 +45,6 @@ class MAP(GaussianPosterior):
             total = nll + kl
         zero = nll.new_zeros(())
         return LossTerms(total, nll.detach(), zero, kl.detach(), logits.detach())
-
-
-class Laplace(MAP):
-    """MAP training; after every epoch σ² = 1/(F + 1/s²) with F summed over the training set.
-
-    The training loss is MAP's; only the predictive (``mode="sample"``) uses σ².
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        n_data: int,
-        prior_variance: float = 1.0,
-        kl_weight: float = 1.0,
-        fisher: str = "exact",
-        empirical_fisher: bool = False,
-    ) -> None:
-        super().__init__(model, n_data=n_data, prior_variance=prior_variance, kl_weight=kl_weight)
-        self.fisher = check_estimator(fisher)
-        self.empirical_fisher = bool(empirical_fisher)
-        # Until the first fit, F = 0 and σ² = s²; the buffer exists from the start so that a
-        # checkpoint taken at any epoch loads into a fresh Laplace.
-        params = trainable_parameters(model)
-        self.family = DiagonalVariance(params, self.prior_variance, learn=False)
-
-    def fit_curvature(
-        self, x: Tensor, y: Tensor, generator: torch.Generator | None = None
-    ) -> list[Tensor]:
-        """Set σ² = 1/(F + 1/s²) from the Fisher summed over (x, y); returns F."""
-        if len(x) != self.n_data:
-            raise ValueError(
-                f"the Laplace Fisher must sum over the whole training set: got {len(x)} "
-                f"examples, the posterior was built for n_data={self.n_data}"
-            )
-        params = trainable_parameters(self.model)
-        totals = [torch.zeros_like(p) for p in params]
-        was_training = self.model.training
-        self.model.eval()  # curvature at the trained network, BatchNorm at running statistics
-        try:
-            for xb, yb in zip(x.split(LAPLACE_BATCH), y.split(LAPLACE_BATCH), strict=True):
-                batch = fisher_diagonal(
-                    self.model,
-                    xb,
-                    estimator=self.fisher,
-                    labels=yb if self.empirical_fisher else None,
-                    generator=generator,
-                )
-                totals = [t + f for t, f in zip(totals, batch, strict=True)]
-        finally:
-            self.model.train(was_training)
-        with torch.no_grad():
-            flat = torch.cat([t.reshape(-1) for t in totals])
-            self.family.log_variance.copy_(-torch.log(flat + 1.0 / self.prior_variance))
-        return totals
-
-    def after_epoch(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> None:
-        self.fit_curvature(x, y, generator)
 
 
 class SamplingVI(GaussianPosterior):

@@ -11,8 +11,7 @@ from typing import Any
 from gradreg.config import TrainConfig
 from gradreg.data import available_datasets, load_dataset
 from gradreg.fisher import ESTIMATORS
-from gradreg.gaussian import PREDICT_MODES
-from gradreg.methods import METHODS, TRAINERS, VARIANCE_FAMILIES
+from gradreg.methods import METHODS, PREDICT_MODES, PRIOR_FITS, TRAINERS, VARIANCE_FAMILIES
 from gradreg.models import available_models
 
 TABLE_METRICS = ("accuracy", "nll", "ece", "aece", "brier")
@@ -129,6 +128,11 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     vl.add_argument("--mc-samples", type=int, help="mcvi: weight samples per step (default 1)")
     vl.add_argument(
+        "--prior-fit",
+        choices=PRIOR_FITS,
+        help="laplace: how the prior precision is chosen after training (default val_nll)",
+    )
+    vl.add_argument(
         "--empirical-fisher",
         action="store_true",
         help="use the true labels in the Fisher instead of model samples",
@@ -142,7 +146,12 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
     opt.add_argument("--bf16", action="store_true", help="bf16 autocast (Fisher kept in fp32)")
     ev = p.add_argument_group("evaluation and output")
-    ev.add_argument("--predict", default=defaults.predict, choices=PREDICT_MODES)
+    ev.add_argument(
+        "--predict",
+        choices=PREDICT_MODES,
+        help="the predictive of the val/test metrics (default: the method's own, e.g. sample "
+        "for vl, glm_probit for laplace)",
+    )
     ev.add_argument(
         "--n-samples",
         type=int,
@@ -173,6 +182,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         fisher=args.fisher,
         empirical_fisher=args.empirical_fisher,
         mc_samples=args.mc_samples,
+        prior_fit=args.prior_fit,
         lr=args.lr,
         variance_lr=args.variance_lr,
         epochs=args.epochs,
@@ -326,8 +336,38 @@ def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--search",
         action="store_true",
-        help="choose prior variance (and VL's noise scale) by seed-0 validation NLL",
+        help="choose each method's settings from its grid by seed-0 validation NLL",
     )
+    p.add_argument(
+        "--search-budget",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: N random points of each method's own space (the same N for every method)",
+    )
+    p.add_argument(
+        "--early-stopping",
+        action="store_true",
+        help="the search also picks the epoch count, by the best epoch's validation NLL",
+    )
+    p.add_argument(
+        "--ensemble",
+        type=int,
+        default=0,
+        metavar="K",
+        help="add a K-member deep ensemble row per method (K initialisation seeds per split)",
+    )
+    p.add_argument(
+        "--hyper-ensemble",
+        type=int,
+        default=0,
+        metavar="K",
+        help="add a row per method ensembling the search's K best configurations",
+    )
+    p.add_argument(
+        "--ensemble-of", metavar="METHODS", help="comma-separated: only these get ensemble rows"
+    )
+    p.add_argument("--val-fraction", type=float, help="default: the dataset's (0.15)")
     p.add_argument("--device", default=defaults.device)
     p.add_argument("--out", metavar="DIR", help="write CSV, JSON and reliability diagrams")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
@@ -337,13 +377,13 @@ def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
 def _run_compare(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from gradreg.compare import (
-        CompareSpec,
+    from gradreg.compare import CompareSpec, plan_size, run_comparison
+    from gradreg.compare_report import (
         format_paired,
         format_summary,
         json_safe,
-        plan_size,
-        run_comparison,
+        paired_rows,
+        summary_rows,
         write_comparison,
     )
 
@@ -361,6 +401,12 @@ def _run_compare(args: argparse.Namespace) -> int:
         fisher=args.fisher,
         overrides=_method_settings(args.set),
         search=args.search,
+        search_budget=args.search_budget,
+        early_stopping=args.early_stopping,
+        ensemble=args.ensemble,
+        hyper_ensemble=args.hyper_ensemble,
+        ensemble_of=[m.strip() for m in args.ensemble_of.split(",")] if args.ensemble_of else None,
+        val_fraction=args.val_fraction,
         device=args.device,
     )
     bar = tqdm(
@@ -387,8 +433,8 @@ def _run_compare(args: argparse.Namespace) -> int:
                 json_safe(
                     {
                         "chosen_hyperparameters": comparison.chosen,
-                        "summary": comparison.summary_rows(),
-                        "paired": comparison.paired_rows(),
+                        "summary": summary_rows(comparison),
+                        "paired": paired_rows(comparison),
                         "files": [str(p) for p in written],
                     }
                 ),
@@ -396,7 +442,9 @@ def _run_compare(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    selection = "chosen by seed-0 validation NLL" if spec.search else "given"
+    selection = "chosen by seed-0 validation NLL" if spec.searching else "given"
+    if spec.early_stopping:
+        selection += ", epochs by early stopping"
     print(
         f"{spec.dataset} with {spec.model}: {spec.seeds} seeds × {spec.epochs} epochs; "
         f"test metrics, mean ± standard error over seeds; hyperparameters {selection}"

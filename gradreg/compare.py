@@ -1,36 +1,47 @@
 """Method comparison: VL against MAP, sampling VI and post-hoc Laplace on the same seeds.
 
-Every method trains the same model with the same prior, the same training loop, and — for
-each seed s — the same data split (split_seed = s) and initialisation seed (seed = s).
-Hyperparameters are either given (defaults below, overridden per method) or chosen by a
-small grid search on the validation set of seed 0 (``search=True``); test metrics are never
-used to choose.
+Every method trains the same model with the same prior family, the same training loop and,
+for each seed s, the same data split (split_seed = s) and initialisation seed (seed = s).
+Each is judged by its own posterior predictive (`Method.predictive`), raw and after
+temperature scaling fitted on validation data. Hyperparameters are given (each method's
+preset, then ``overrides``), chosen from the method's grid (``search``), or chosen by a random
+search with the same budget for every method (``search_budget``); with ``early_stopping`` the
+search also picks the epoch count by validation NLL. Selection uses seed 0's validation NLL;
+test metrics are never used to choose.
+
+Ensembles (``ensemble=K``): for each seed, K members of the same configuration with K
+initialisation seeds on that seed's split (a deep ensemble), and, after a search, the K best
+configurations of the search (``hyper_ensemble=K``, the ensemble a sweep gives).
 """
 
 from __future__ import annotations
 
-import csv
 import itertools
-import json
 import math
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import torch
+
+from gradreg.calibration import fit_temperature, scale, temperature_scaled_metrics
 from gradreg.config import METHOD_FIELDS, TrainConfig
 from gradreg.methods import METHODS, get_method
-from gradreg.metrics import ReliabilityBins, pool_reliability_bins
-from gradreg.names import CLASSIFICATION_METRICS, higher_is_better
-from gradreg.plots import write_reliability_diagram
-from gradreg.train import evaluate, fit, load_config_dataset
+from gradreg.metrics import (
+    ReliabilityBins,
+    classification_metrics,
+    pool_reliability_bins,
+    reliability_bins,
+)
+from gradreg.train import FitResult, Predictions, fit, load_config_dataset
 
-# Grid values for these settings are multiples of the comparison's lr.
+# Grid and search-space values for these settings are multiples of the comparison's lr.
 RELATIVE_TO_LR = ("variance_lr",)
-METRICS = CLASSIFICATION_METRICS
-MODES = ("mean", "sample")
 SELECTION_METRIC = "val_nll"
+SEARCH_SEED = 20_201_010  # the random search's points depend on this and the method only
+MEMBER_SEED_STRIDE = 1000  # deep-ensemble member k of seed s trains with seed s + k·stride
 
 
 def default_methods() -> list[str]:
@@ -58,6 +69,12 @@ class CompareSpec:
     fisher: str | None = None
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     search: bool = False
+    search_budget: int = 0
+    early_stopping: bool = False
+    ensemble: int = 0
+    hyper_ensemble: int = 0
+    ensemble_of: list[str] | None = None  # the methods that get ensemble rows; None: all
+    val_fraction: float | None = None
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -72,10 +89,30 @@ class CompareSpec:
         stray = sorted(set(self.overrides) - set(self.methods))
         if stray:
             raise ValueError(f"settings given for method(s) not compared: {', '.join(stray)}")
-        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
-            raise ValueError(f"seeds must be a positive integer, got {self.seeds!r}")
+        for name in ("seeds", "search_budget", "ensemble", "hyper_ensemble"):
+            value = getattr(self, name)
+            minimum = 1 if name == "seeds" else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        if self.search and self.search_budget:
+            raise ValueError("give search (each method's grid) or search_budget, not both")
+        searching = self.search or self.search_budget > 0
+        if self.early_stopping and not searching:
+            raise ValueError("early_stopping picks the epochs in the search: give a search")
+        if self.hyper_ensemble and not searching:
+            raise ValueError("hyper_ensemble takes the search's best points: give a search")
+        if self.ensemble == 1 or self.hyper_ensemble == 1:
+            raise ValueError("an ensemble needs at least 2 members")
+        if self.ensemble_of is not None:
+            stray = sorted(set(self.ensemble_of) - set(self.methods))
+            if stray:
+                raise ValueError(f"ensembles asked of method(s) not compared: {', '.join(stray)}")
         for method in self.methods:  # every configuration must be valid before anything runs
             self.config(method, seed=0)
+
+    @property
+    def searching(self) -> bool:
+        return self.search or self.search_budget > 0
 
     def config(self, method: str, seed: int, **extra: Any) -> TrainConfig:
         values = {
@@ -87,12 +124,13 @@ class CompareSpec:
             "batch_size": self.batch_size,
             "lr": self.lr,
             "n_samples": self.n_samples,
-            "predict": "sample",
             "device": self.device,
             "seed": seed,
             "split_seed": seed,
             **preset(method),
         }
+        if self.val_fraction is not None:
+            values["val_fraction"] = self.val_fraction
         if self.fisher is not None and METHODS[method].uses_fisher:
             values["fisher"] = self.fisher
         values.update(self.overrides.get(method, {}))
@@ -105,54 +143,9 @@ class Comparison:
     spec: CompareSpec
     chosen: dict[str, dict[str, Any]]
     search_runs: list[dict[str, Any]]
-    runs: list[dict[str, Any]]
-    bins: dict[tuple[str, str], ReliabilityBins]
-
-    def summary_rows(self) -> list[dict[str, Any]]:
-        """Mean and standard error over seeds for each (method, mode)."""
-        rows = []
-        for method, mode in itertools.product(self.spec.methods, MODES):
-            runs = [r for r in self.runs if r["method"] == method and r["mode"] == mode]
-            row: dict[str, Any] = {"method": method, "mode": mode, "seeds": len(runs)}
-            extra = ("seconds_per_epoch", "ms_per_step", "posterior_std_final")
-            for metric in (*METRICS, *extra):
-                key = metric if metric in extra else f"test_{metric}"
-                row[f"{metric}_mean"], row[f"{metric}_se"] = mean_and_se([r[key] for r in runs])
-            rows.append(row)
-        return rows
-
-    def paired_rows(self) -> list[dict[str, Any]]:
-        """VL minus each baseline, seed by seed (sample predictive; test split)."""
-        rows = []
-        vls = [m for m in self.spec.methods if m.startswith("vl-")]
-        baselines = [m for m in self.spec.methods if not m.startswith("vl-")]
-        for vl, baseline in itertools.product(vls, baselines):
-            for metric in METRICS:
-                diffs = []
-                for seed in range(self.spec.seeds):
-                    a = self._value(vl, seed, "sample", f"test_{metric}")
-                    b = self._value(baseline, seed, "sample", f"test_{metric}")
-                    diffs.append(a - b)
-                better = [d > 0 if higher_is_better(metric) else d < 0 for d in diffs]
-                mean, se = mean_and_se(diffs)
-                rows.append(
-                    {
-                        "vl": vl,
-                        "baseline": baseline,
-                        "metric": metric,
-                        "diff_mean": mean,
-                        "diff_se": se,
-                        "vl_better": sum(better),
-                        "seeds": len(diffs),
-                    }
-                )
-        return rows
-
-    def _value(self, method: str, seed: int, mode: str, key: str) -> float:
-        for run in self.runs:
-            if (run["method"], run["seed"], run["mode"]) == (method, seed, mode):
-                return run[key]
-        raise KeyError((method, seed, mode))
+    runs: list[dict[str, Any]]  # one per (label, seed): a method's run or an ensemble
+    bins: dict[tuple[str, str], ReliabilityBins]  # (label, variant) → pooled over seeds
+    labels: list[str]  # every row label: the methods, then their ensembles
 
 
 def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
@@ -163,170 +156,215 @@ def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
     return mean, se
 
 
+# ---------------------------------------------------------------- choosing hyperparameters
+
+
 def _grid(method: str, lr: float) -> list[dict[str, float]]:
     grid = {
-        key: [v * lr for v in values] if key in RELATIVE_TO_LR else values
+        key: [v * lr for v in values] if key in RELATIVE_TO_LR else list(values)
         for key, values in METHODS[method].grid.items()
     }
     return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
 
 
+def _random_points(method: str, lr: float, budget: int) -> list[dict[str, float]]:
+    """``budget`` points, log-uniform over the method's space, the same for every run."""
+    space = METHODS[method].space
+    if not space:
+        raise ValueError(f"method {method!r} has no search space in the method table")
+    rng = np.random.default_rng([SEARCH_SEED, list(METHODS).index(method)])
+    points = []
+    for _ in range(budget):
+        point = {}
+        for key, (low, high) in space.items():
+            value = float(np.exp(rng.uniform(math.log(low), math.log(high))))
+            point[key] = value * lr if key in RELATIVE_TO_LR else value
+        points.append(point)
+    return points
+
+
+def search_points(spec: CompareSpec, method: str) -> list[dict[str, float]]:
+    if spec.search:
+        return _grid(method, spec.lr)
+    return _random_points(method, spec.lr, spec.search_budget)
+
+
 def plan_size(spec: CompareSpec) -> int:
-    searched = sum(len(_grid(m, spec.lr)) for m in spec.methods) if spec.search else 0
-    return searched + len(spec.methods) * spec.seeds
+    """How many training runs the comparison makes (for a progress bar)."""
+    searched = sum(len(search_points(spec, m)) for m in spec.methods) if spec.searching else 0
+    extra = max(0, spec.ensemble - 1) + max(0, spec.hyper_ensemble - 1)
+    ensembled = len(spec.methods if spec.ensemble_of is None else spec.ensemble_of)
+    return searched + spec.seeds * (len(spec.methods) + ensembled * extra)
+
+
+def _score(result: FitResult, early_stopping: bool) -> tuple[float, int]:
+    """(validation NLL, epochs): at the last epoch, or at the best one with early stopping."""
+    history = result.history
+    if not early_stopping:
+        return history[-1][SELECTION_METRIC], len(history)
+    best = min(range(len(history)), key=lambda i: history[i][SELECTION_METRIC])
+    return history[best][SELECTION_METRIC], best + 1
 
 
 def choose_hyperparameters(
     spec: CompareSpec, tick: Callable[[str], None]
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    """Per method, the grid point with the best seed-0 validation NLL (sample predictive)."""
+    """Per method, the search point with the best seed-0 validation NLL of its own predictive
+    (with early stopping, at its best epoch, which becomes the chosen ``epochs``)."""
     chosen, records = {}, []
     for method in spec.methods:
-        best = None
-        for point in _grid(method, spec.lr):
-            given = spec.overrides.get(method, {})
+        given = spec.overrides.get(method, {})
+        scored = []
+        for point in search_points(spec, method):
             point = {k: v for k, v in point.items() if k not in given}  # given values win
-            result = fit(spec.config(method, seed=0, **point))
-            score = result.metrics[SELECTION_METRIC]
+            score, epochs = _score(fit(spec.config(method, seed=0, **point)), spec.early_stopping)
+            if spec.early_stopping:
+                point = {**point, "epochs": epochs}
             records.append({"method": method, **point, SELECTION_METRIC: score})
-            if best is None or score < best[0]:
-                best = (score, point)
+            scored.append((score, point))
             tick(f"search {method}")
-        chosen[method] = best[1] if best else {}
+        ranked = [point for _, point in sorted(scored, key=lambda item: item[0])]
+        chosen[method] = ranked[0] if ranked else {}
+        for rank, point in enumerate(ranked):
+            next(r for r in records if r["method"] == method and _same(r, point))["rank"] = rank
     return chosen, records
 
 
+def _same(record: dict[str, Any], point: dict[str, Any]) -> bool:
+    return all(record.get(k) == v for k, v in point.items())
+
+
+# ---------------------------------------------------------------- running
+
+
 def run_comparison(spec: CompareSpec, tick: Callable[[str], None] = lambda _: None) -> Comparison:
-    chosen, search_runs = (
-        choose_hyperparameters(spec, tick) if spec.search else ({m: {} for m in spec.methods}, [])
-    )
+    if spec.searching:
+        chosen, search_runs = choose_hyperparameters(spec, tick)
+    else:
+        chosen, search_runs = {m: {} for m in spec.methods}, []
     runs: list[dict[str, Any]] = []
     bins: dict[tuple[str, str], list[ReliabilityBins]] = {}
+    labels = list(spec.methods)
     for method, seed in itertools.product(spec.methods, range(spec.seeds)):
         config = spec.config(method, seed, **chosen[method])
         result = fit(config)
-        data = load_config_dataset(config)
-        device = next(result.posterior.parameters()).device
-        steps = math.ceil(data.n_train / config.batch_size)
-        seconds = statistics.fmean(h["train_seconds"] for h in result.history)
-        for mode in MODES:
-            mode_config = config.replace(predict=mode)
-            val, _ = evaluate(
-                result.posterior, data.x_val.to(device), data.y_val.to(device), mode_config, "val_"
-            )
-            test, test_bins = evaluate(
-                result.posterior,
-                data.x_test.to(device),
-                data.y_test.to(device),
-                mode_config,
-                "test_",
-            )
-            bins.setdefault((method, mode), []).append(test_bins)
-            runs.append(
-                {
-                    "method": method,
-                    "seed": seed,
-                    "mode": mode,
-                    **val,
-                    **test,
-                    "seconds_per_epoch": seconds,
-                    "ms_per_step": 1000 * seconds / steps,
-                    "epochs": len(result.history),
-                    # how far σ moved from where it started (sampling VI converges slowly)
-                    "posterior_std_epoch1": result.history[0]["posterior_std_mean"],
-                    "posterior_std_final": result.history[-1]["posterior_std_mean"],
-                    **_hyperparameters(config),
-                }
-            )
+        runs.append(_run_record(method, seed, config, result))
+        _add_bins(bins, method, result.predictions)
         tick(f"{method} seed {seed}")
+        for label, members in _ensembles(spec, method, seed, config, result, search_runs, tick):
+            if label not in labels:
+                labels.append(label)
+            runs.append(_ensemble_record(label, method, seed, members))
+            _add_bins(bins, label, _mean_predictions(members))
     pooled = {key: pool_reliability_bins(parts) for key, parts in bins.items()}
-    return Comparison(spec, chosen, search_runs, runs, pooled)
+    return Comparison(spec, chosen, search_runs, runs, pooled, labels)
+
+
+def _ensembles(
+    spec: CompareSpec,
+    method: str,
+    seed: int,
+    config: TrainConfig,
+    first: FitResult,
+    search_runs: list[dict[str, Any]],
+    tick: Callable[[str], None],
+) -> list[tuple[str, list[dict[str, Predictions]]]]:
+    """(label, members' predictions) of each ensemble of this method and seed."""
+    found: list[tuple[str, list[dict[str, Predictions]]]] = []
+    if spec.ensemble_of is not None and method not in spec.ensemble_of:
+        return found
+    if spec.ensemble:
+        members = [first.predictions]
+        for k in range(1, spec.ensemble):
+            member = config.replace(seed=seed + k * MEMBER_SEED_STRIDE)
+            members.append(fit(member).predictions)
+            tick(f"{method} seed {seed} member {k}")
+        found.append((f"{method} ×{spec.ensemble}", members))
+    if spec.hyper_ensemble:
+        ranked = sorted((r for r in search_runs if r["method"] == method), key=lambda r: r["rank"])[
+            : spec.hyper_ensemble
+        ]
+        members = [first.predictions]
+        for record in ranked[1:]:
+            point = {
+                k: v for k, v in record.items() if k not in ("method", "rank", SELECTION_METRIC)
+            }
+            members.append(fit(spec.config(method, seed, **point)).predictions)
+            tick(f"{method} seed {seed} top-{record['rank'] + 1}")
+        found.append((f"{method} top-{spec.hyper_ensemble}", members))
+    return found
+
+
+def _mean_predictions(members: list[dict[str, Predictions]]) -> dict[str, Predictions]:
+    """The equal-weight average of the members' predictive distributions, per split."""
+    return {
+        split: Predictions(
+            torch.stack([m[split].probs for m in members]).mean(0), members[0][split].labels
+        )
+        for split in members[0]
+    }
+
+
+def _split_metrics(predictions: dict[str, Predictions]) -> dict[str, float]:
+    """Raw and temperature-scaled metrics of predictions on val and test."""
+    metrics: dict[str, float] = {}
+    for split, p in predictions.items():
+        metrics.update(classification_metrics(p.probs, p.labels, f"{split}_"))
+    log = {s: (p.probs.clamp_min(1e-300).log(), p.labels) for s, p in predictions.items()}
+    metrics.update(temperature_scaled_metrics(log["val"], {"test_": log["test"]}))
+    return metrics
+
+
+def _run_record(method: str, seed: int, config: TrainConfig, result: FitResult) -> dict[str, Any]:
+    data = load_config_dataset(config)
+    steps = math.ceil(data.n_train / config.batch_size)
+    seconds = statistics.fmean(h["train_seconds"] for h in result.history)
+    metrics = result.metrics
+    return {
+        "label": method,
+        "method": method,
+        "seed": seed,
+        "members": 1,
+        "predictive": config.predict,
+        **{k: v for k, v in metrics.items() if k.startswith(("val_", "test_"))},
+        "seconds_per_epoch": seconds,
+        "ms_per_step": 1000 * seconds / steps,
+        "epochs": len(result.history),
+        # how far σ moved from where it started (sampling VI converges slowly)
+        "posterior_std_epoch1": result.history[0]["posterior_std_mean"],
+        "posterior_std_final": metrics["posterior_std_mean"],
+        **{k: v for k, v in metrics.items() if k.startswith("posterior_") and "std" not in k},
+        **_hyperparameters(config),
+    }
+
+
+def _ensemble_record(
+    label: str, method: str, seed: int, members: list[dict[str, Predictions]]
+) -> dict[str, Any]:
+    return {
+        "label": label,
+        "method": method,
+        "seed": seed,
+        "members": len(members),
+        "predictive": "ensemble",
+        **_split_metrics(_mean_predictions(members)),
+    }
+
+
+def _add_bins(
+    bins: dict[tuple[str, str], list[ReliabilityBins]],
+    label: str,
+    predictions: dict[str, Predictions],
+) -> None:
+    """The test split's bins, raw and temperature-scaled (T fitted on val, as reported)."""
+    val, test = predictions["val"], predictions["test"]
+    temperature = fit_temperature(val.probs.clamp_min(1e-300).log(), val.labels)
+    scaled = scale(test.probs.clamp_min(1e-300).log(), temperature).exp()
+    bins.setdefault((label, "raw"), []).append(reliability_bins(test.probs, test.labels))
+    bins.setdefault((label, "ts"), []).append(reliability_bins(scaled, test.labels))
 
 
 def _hyperparameters(config: TrainConfig) -> dict[str, Any]:
     """The settings a method comparison varies: the shared ones and every method's own."""
     keys = ("prior_variance", "lr", "kl_weight", *METHOD_FIELDS)
     return {key: getattr(config, key) for key in keys}
-
-
-def format_summary(comparison: Comparison) -> str:
-    header = f"{'method':<12} {'mode':<6}" + "".join(f"{m:>17}" for m in METRICS)
-    header += f"{'s/epoch':>9}{'ms/step':>9}"
-    lines = [header, "-" * len(header)]
-    for row in comparison.summary_rows():
-        cells = "".join(f"{row[f'{m}_mean']:>9.4f} ±{row[f'{m}_se']:>6.4f}" for m in METRICS)
-        lines.append(
-            f"{row['method']:<12} {row['mode']:<6}{cells}"
-            f"{row['seconds_per_epoch_mean']:>9.3f}{row['ms_per_step_mean']:>9.2f}"
-        )
-    return "\n".join(lines)
-
-
-def format_paired(comparison: Comparison) -> str:
-    """One row per (VL, baseline) pair: mean difference ± se, and seeds where VL was better."""
-    rows = comparison.paired_rows()
-    if not rows:
-        return "(no VL method and baseline pair to compare)"
-    header = f"{'VL − baseline (test, sample)':<26}" + "".join(f"{m:>24}" for m in METRICS)
-    lines = [header, "-" * len(header)]
-    pairs = dict.fromkeys((r["vl"], r["baseline"]) for r in rows)
-    for vl, baseline in pairs:
-        cells = ""
-        for r in (r for r in rows if (r["vl"], r["baseline"]) == (vl, baseline)):
-            cells += f"{r['diff_mean']:>+9.4f} ±{r['diff_se']:.4f} ({r['vl_better']}/{r['seeds']})"
-        lines.append(f"{vl + ' − ' + baseline:<26}{cells}")
-    lines.append("(n/m: seeds on which VL was better; lower is better except for accuracy)")
-    return "\n".join(lines)
-
-
-def write_comparison(comparison: Comparison, directory: str | Path) -> list[Path]:
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [
-        _write_csv(out / "runs.csv", comparison.runs),
-        _write_csv(out / "summary.csv", comparison.summary_rows()),
-        _write_csv(out / "paired.csv", comparison.paired_rows()),
-    ]
-    if comparison.search_runs:
-        paths.append(_write_csv(out / "search.csv", comparison.search_runs))
-    summary = {
-        "spec": asdict(comparison.spec),
-        "chosen_hyperparameters": comparison.chosen,
-        "selection": f"{SELECTION_METRIC} on seed 0" if comparison.spec.search else "given",
-        "summary": comparison.summary_rows(),
-        "paired": comparison.paired_rows(),
-        "runs": comparison.runs,
-        "reliability_bins": {
-            f"{m}/{mode}": b.to_dict() for (m, mode), b in comparison.bins.items()
-        },
-    }
-    path = out / "comparison.json"
-    path.write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
-    paths.append(path)
-    for mode in MODES:
-        series = {m: comparison.bins[(m, mode)] for m in comparison.spec.methods}
-        title = f"{comparison.spec.dataset}: test reliability, {mode} predictive, all seeds"
-        paths.append(
-            write_reliability_diagram(out / f"reliability_{mode}.png", series, title=title)
-        )
-    return paths
-
-
-def json_safe(value: Any) -> Any:
-    """NaN and infinities become None (strict JSON); tuples become lists."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path

@@ -9,12 +9,12 @@ from typing import Any
 
 from gradreg.data import available_datasets
 from gradreg.fisher import ESTIMATORS
-from gradreg.gaussian import PREDICT_MODES
 from gradreg.methods import (
     COMMON_SETTINGS,
     HYPERPARAMETERS,
     METHODS,
     POSTERIOR_ARGUMENTS,
+    PRIOR_FITS,
     TRAINERS,
     Method,
     family_problem,
@@ -47,11 +47,12 @@ class TrainConfig:
     fisher: str | None = None
     empirical_fisher: bool = False
     mc_samples: int | None = None
+    prior_fit: str | None = None
     lr: float = 1e-3
     variance_lr: float | None = None
     epochs: int = 20
     batch_size: int = 128
-    predict: str = "mean"
+    predict: str | None = None  # None: the method's own predictive (METHODS[...].predictive)
     n_samples: int = 32
     seed: int = 0
     device: str = "auto"
@@ -66,7 +67,15 @@ class TrainConfig:
             _choice("fisher", self.fisher, ESTIMATORS)
         if self.mc_samples is not None:
             _integer("mc_samples", self.mc_samples, minimum=1)
-        _choice("predict", self.predict, PREDICT_MODES)
+        if self.predict is None:
+            object.__setattr__(self, "predict", entry.predictive)
+        elif self.predict not in entry.predictives:
+            raise ValueError(
+                f"method {entry.name!r} has no predictive {self.predict!r}; accepted: "
+                f"{', '.join(entry.predictives)}"
+            )
+        if self.prior_fit is not None:
+            _choice("prior_fit", self.prior_fit, PRIOR_FITS)
         for name in ("dataset_options", "model_options"):
             if not isinstance(getattr(self, name), dict):
                 raise TypeError(f"{name} must be a mapping, got {getattr(self, name)!r}")

@@ -148,12 +148,13 @@ def _cache_dir() -> Path:
     return settings.cache_dir()
 
 
-def _mnist1d_args(data_seed: int) -> dict[str, Any]:
+def _mnist1d_args(data_seed: int, n_samples: int) -> dict[str, Any]:
     from mnist1d.data import get_dataset_args
 
     args = get_dataset_args(as_dict=True)
     args.pop("url", None)  # only used by the package's download path, never here
     args["seed"] = data_seed
+    args["num_samples"] = n_samples
     return args
 
 
@@ -199,8 +200,10 @@ def _write_cache_atomically(path: Path, x: np.ndarray, y: np.ndarray) -> None:
         warnings.warn(f"could not cache mnist1d at {path}: {error}", stacklevel=3)
 
 
-def _load_mnist1d(data_seed: int) -> Arrays:
-    args = _mnist1d_args(_check_int("data_seed", data_seed, 0))
+def _load_mnist1d(data_seed: int, n_samples: int = 5000) -> Arrays:
+    args = _mnist1d_args(
+        _check_int("data_seed", data_seed, 0), _check_int("n_samples", n_samples, 50)
+    )
     key = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
     if key in _MNIST1D_MEMO:
         return _MNIST1D_MEMO[key]
@@ -253,9 +256,9 @@ _DATASETS: dict[str, _DatasetSpec] = {
         {},
     ),
     "mnist1d": _DatasetSpec(
-        "MNIST-1D generated locally: 5000 signals of length 40, 10 classes",
+        "MNIST-1D generated locally: 5000 signals of length 40 (n_samples), 10 classes",
         _load_mnist1d,
-        {"data_seed": 42},
+        {"data_seed": 42, "n_samples": 5000},
         image_shape=(1, 40),
     ),
     "moons": _DatasetSpec(

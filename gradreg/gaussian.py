@@ -19,7 +19,7 @@ from torch.func import functional_call
 from gradreg.fisher import trainable_parameters
 from gradreg.methods import family_problem
 
-PREDICT_MODES = ("mean", "sample")
+PREDICT_MODES = ("mean", "sample")  # every Gaussian posterior's; methods may add their own
 DEFAULT_VARIANCE_LR_FACTOR = 10.0
 DEFAULT_INIT_VARIANCE_FACTOR = 1e-4
 
@@ -271,8 +271,18 @@ class GaussianPosterior(nn.Module):
         """The per-datapoint training objective on one minibatch."""
         raise NotImplementedError
 
-    def after_epoch(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> None:
-        """Work a method does once per epoch on the training set (post-hoc fits); none here."""
+    def after_training(
+        self,
+        train: tuple[Tensor, Tensor],
+        val: tuple[Tensor, Tensor],
+        *,
+        predict: str,
+        n_samples: int,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, float]:
+        """A method's post-hoc step after its last epoch (Laplace's curvature and prior);
+        returns what it chose, as numbers for the report. None for a trained posterior."""
+        return {}
 
     # ---------------------------------------------------------------- prediction
     @torch.no_grad()

@@ -133,9 +133,28 @@ def _linear_totals(module: nn.Linear, a: Tensor, g: Tensor, weights: Tensor | No
     return [(g_norms * a_norms).sum(), g_norms.sum()][: 1 + (module.bias is not None)]
 
 
-def _conv_squares(
-    module: nn.Conv1d | nn.Conv2d, a: Tensor, g: Tensor, weights: Tensor | None
-) -> list[Tensor]:
+def _linear_weighted(
+    module: nn.Linear, a: Tensor, g: Tensor, variances: Sequence[Tensor]
+) -> Tensor:
+    """Per example and variance column k: Σ_λ σ²_λk (per-example gradient_λ)²."""
+    a, g = at_least_fp32(a), at_least_fp32(g)
+    var = [v.to(g.dtype) for v in variances]
+    if a.dim() == 2:
+        out = torch.einsum("bo,oik,bi->bk", g.square(), var[0], a.square())
+        g_sum = g
+    else:
+        a = a.reshape(a.shape[0], -1, a.shape[-1])
+        g = g.reshape(g.shape[0], -1, g.shape[-1])
+        per_example = torch.einsum("bto,bti->boi", g, a)
+        out = torch.einsum("boi,oik->bk", per_example.square(), var[0])
+        g_sum = g.sum(1)
+    if module.bias is not None:
+        out = out + g_sum.square() @ var[1]
+    return out
+
+
+def _conv_per_example(module: nn.Conv1d | nn.Conv2d, a: Tensor, g: Tensor) -> tuple:
+    """(per-example weight gradients (B, O, in·kernel), output gradients (B, O, L))."""
     a, g = at_least_fp32(a), at_least_fp32(g)
     if isinstance(module, nn.Conv1d):
         a = a.unsqueeze(2)
@@ -146,10 +165,28 @@ def _conv_squares(
         padding, dilation = module.padding, module.dilation
     cols = F.unfold(a, kernel, dilation=dilation, padding=padding, stride=stride)
     g = g.reshape(g.shape[0], g.shape[1], -1)
-    per_example = torch.einsum("bol,bkl->bok", g, cols)
+    return torch.einsum("bol,bkl->bok", g, cols), g
+
+
+def _conv_squares(
+    module: nn.Conv1d | nn.Conv2d, a: Tensor, g: Tensor, weights: Tensor | None
+) -> list[Tensor]:
+    per_example, g = _conv_per_example(module, a, g)
     out = [_weighted_batch_sum(per_example.square(), weights).reshape(module.weight.shape)]
     if module.bias is not None:
         out.append(_weighted_batch_sum(g.sum(2).square(), weights))
+    return out
+
+
+def _conv_weighted(
+    module: nn.Conv1d | nn.Conv2d, a: Tensor, g: Tensor, variances: Sequence[Tensor]
+) -> Tensor:
+    per_example, g = _conv_per_example(module, a, g)
+    var = [v.to(per_example.dtype) for v in variances]
+    weight_var = var[0].reshape(per_example.shape[1], per_example.shape[2], -1)
+    out = torch.einsum("bok,okc->bc", per_example.square(), weight_var)
+    if module.bias is not None:
+        out = out + g.sum(2).square() @ var[1]
     return out
 
 
@@ -164,24 +201,31 @@ def _conv_obstacle(module: nn.Conv1d | nn.Conv2d) -> str | None:
 
 
 SquaresRule = Callable[[nn.Module, Tensor, Tensor, "Tensor | None"], list[Tensor]]
+WeightedRule = Callable[[nn.Module, Tensor, Tensor, Sequence[Tensor]], Tensor]
 
 
 @dataclass(frozen=True)
 class LayerRule:
     """The per-example Fisher of one layer type, from its inputs ``a`` and output gradients
     ``g``: per parameter, in the order the module declares them (weight, then bias),
-    Σ_i w_i (per-example gradient)²."""
+    Σ_i w_i (per-example gradient)².
+
+    ``weighted`` (optional) gives, per example i and column k of the per-parameter variances
+    σ² (each shaped like its parameter, plus a trailing K), Σ_λ σ²_λk (∂_λ of example i)²:
+    what the linearised predictive's logit variances need (`gradreg.glm`).
+    """
 
     squares: SquaresRule
     totals: SquaresRule | None = None  # each parameter's sum over entries, if cheaper
     obstacle: Callable[[nn.Module], str | None] | None = None  # configurations it cannot do
+    weighted: WeightedRule | None = None
 
 
 # A new layer type is one rule function and one entry here.
 LAYER_RULES: dict[type[nn.Module], LayerRule] = {
-    nn.Linear: LayerRule(_linear_squares, totals=_linear_totals),
-    nn.Conv1d: LayerRule(_conv_squares, obstacle=_conv_obstacle),
-    nn.Conv2d: LayerRule(_conv_squares, obstacle=_conv_obstacle),
+    nn.Linear: LayerRule(_linear_squares, totals=_linear_totals, weighted=_linear_weighted),
+    nn.Conv1d: LayerRule(_conv_squares, obstacle=_conv_obstacle, weighted=_conv_weighted),
+    nn.Conv2d: LayerRule(_conv_squares, obstacle=_conv_obstacle, weighted=_conv_weighted),
 }
 
 
@@ -208,3 +252,21 @@ def layer_squares(
         squares = rule.squares(module, layer.inputs, grad_out, weights)
         sums = [sq.sum() for sq in squares] if total else squares
     return {id(p): v for p, v in zip(own, sums, strict=False) if p.requires_grad}
+
+
+def layer_weighted(
+    layer: CapturedLayer, grad_out: Tensor, variances: dict[int, Tensor]
+) -> Tensor | None:
+    """Per example and column: Σ over the layer's parameters of σ² · (per-example ∂)²
+    (see `LayerRule.weighted`), or None when its rule has no ``weighted``. ``variances``
+    maps a trainable parameter's id to its σ² with a trailing column dimension."""
+    rule = rule_for(layer.module)
+    assert rule is not None
+    if rule.weighted is None:
+        return None
+    own = list(layer.module.parameters(recurse=False))
+    columns = next(iter(variances.values())).shape[-1]
+    var = [
+        variances[id(p)] if id(p) in variances else p.new_zeros((*p.shape, columns)) for p in own
+    ]
+    return rule.weighted(layer.module, layer.inputs, grad_out, var)

@@ -40,7 +40,11 @@ POSTERIOR_ARGUMENTS: tuple[str, ...] = (
     "fisher",
     "empirical_fisher",
     "mc_samples",
+    "prior_fit",
 )
+# How a post-hoc Laplace chooses its prior precision after training (see gradreg.laplace).
+PRIOR_FITS: tuple[str, ...] = ("val_nll", "marglik", "fixed")
+LAPLACE_PREDICTIVES: tuple[str, ...] = ("glm_probit", "glm_mc", "sample", "mean")
 
 
 @dataclass(frozen=True)
@@ -121,9 +125,18 @@ class Method:
     defaults: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig defaults
     preset: Mapping[str, Any] = field(default_factory=dict)  # `gradreg compare` defaults
     grid: Mapping[str, tuple[float, ...]] = field(default_factory=dict)  # compare --search
+    # compare --search-budget: log-uniform ranges (variance_lr as a multiple of lr)
+    space: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     uses_fisher: bool = False
+    # The predictives it can be judged by; the first is its own, the default everywhere.
+    predictives: tuple[str, ...] = ("sample", "mean")
     trainer_default: bool = True  # the entry TrainConfig picks when no variance is given
     compare_by_default: bool = True
+
+    @property
+    def predictive(self) -> str:
+        """Its own posterior predictive: what its val_/test_ metrics are computed with."""
+        return self.predictives[0]
 
     @property
     def family(self) -> VarianceFamily | None:
@@ -168,6 +181,7 @@ METHODS: Mapping[str, Method] = MappingProxyType(
                 own_settings=_FISHER_SETTINGS,
                 defaults={"fisher": "sampled"},
                 preset={"noise_scale": 0.01},
+                space={"prior_variance": (0.01, 100.0), "noise_scale": (1e-3, 0.3)},
                 grid={"prior_variance": (0.1, 1.0), "noise_scale": (0.003, 0.01, 0.03)},
                 uses_fisher=True,
                 trainer_default=False,
@@ -182,6 +196,11 @@ METHODS: Mapping[str, Method] = MappingProxyType(
                 defaults={"fisher": "sampled"},
                 # With N ≪ weights a full KL pulls learned variances to the prior: tempering and
                 # how fast the variances move (variance_lr, × lr) are the levers for learned σ.
+                space={
+                    "prior_variance": (0.01, 100.0),
+                    "kl_weight": (0.01, 1.0),
+                    "variance_lr": (1.0, 30.0),
+                },
                 grid={
                     "prior_variance": (0.1, 1.0),
                     "kl_weight": (0.1, 1.0),
@@ -194,7 +213,9 @@ METHODS: Mapping[str, Method] = MappingProxyType(
                 "maximum a posteriori: σ = 0, NLL + weight decay",
                 trainer="map",
                 posterior_class="gradreg.baselines:MAP",
+                space={"prior_variance": (0.01, 100.0)},
                 grid={"prior_variance": (0.1, 1.0)},
+                predictives=("mean", "sample"),  # σ = 0: both are the network at μ
             ),
             Method(
                 "mcvi",
@@ -204,6 +225,11 @@ METHODS: Mapping[str, Method] = MappingProxyType(
                 variance="diagonal",
                 own_settings=("mc_samples",),
                 defaults={"mc_samples": 1},
+                space={
+                    "prior_variance": (0.01, 100.0),
+                    "kl_weight": (0.01, 1.0),
+                    "variance_lr": (1.0, 30.0),
+                },
                 grid={
                     "prior_variance": (0.1, 1.0),
                     "kl_weight": (0.1, 1.0),
@@ -212,13 +238,16 @@ METHODS: Mapping[str, Method] = MappingProxyType(
             ),
             Method(
                 "laplace",
-                "post-hoc Laplace: MAP training, then σ² = 1/(F + 1/s²)",
+                "post-hoc Laplace: MAP training, then σ² = 1/(F + δ), δ chosen after training",
                 trainer="laplace",
-                posterior_class="gradreg.baselines:Laplace",
-                own_settings=_FISHER_SETTINGS,
-                defaults={"fisher": "exact"},
-                grid={"prior_variance": (0.001, 0.01, 0.1, 1.0)},
+                posterior_class="gradreg.laplace:Laplace",
+                own_settings=(*_FISHER_SETTINGS, "prior_fit"),
+                defaults={"fisher": "exact", "prior_fit": "val_nll"},
+                # The prior precision is chosen after training; the training prior is MAP's.
+                space={"prior_variance": (0.01, 100.0)},
+                grid={"prior_variance": (0.1, 1.0)},
                 uses_fisher=True,
+                predictives=LAPLACE_PREDICTIVES,
             ),
             Method(
                 "mcvi-uniform",
@@ -229,6 +258,7 @@ METHODS: Mapping[str, Method] = MappingProxyType(
                 own_settings=("mc_samples",),
                 defaults={"mc_samples": 1},
                 preset={"noise_scale": 0.01},
+                space={"prior_variance": (0.01, 100.0), "noise_scale": (1e-3, 0.3)},
                 grid={"prior_variance": (0.1, 1.0), "noise_scale": (0.003, 0.01, 0.03)},
                 trainer_default=False,
                 compare_by_default=False,
@@ -237,6 +267,9 @@ METHODS: Mapping[str, Method] = MappingProxyType(
     }
 )
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
+PREDICT_MODES: tuple[str, ...] = tuple(
+    dict.fromkeys(mode for m in METHODS.values() for mode in m.predictives)
+)
 TRAINERS: tuple[str, ...] = tuple(dict.fromkeys(m.trainer for m in METHODS.values()))
 # Every setting some method reads, beyond `method` itself.
 HYPERPARAMETERS: tuple[str, ...] = tuple(

@@ -8,14 +8,28 @@ from __future__ import annotations
 from typing import Literal
 
 CLASSIFICATION_METRICS: tuple[str, ...] = ("accuracy", "nll", "ece", "aece", "brier")
-# What every epoch reports, in this order.
+SPLITS: tuple[str, ...] = ("val", "test")
+# Suffixes of the variants reported beside a method's own predictive.
+TEMPERATURE_SCALED = "_ts"  # after temperature scaling fitted on val
+AT_MEAN = "_at_mean"  # the network at the posterior mean
+
+
+def split_metrics(suffix: str = "") -> tuple[str, ...]:
+    """``{val,test}_{accuracy,nll,ece,aece,brier}{suffix}``."""
+    return tuple(f"{s}_{m}{suffix}" for s in SPLITS for m in CLASSIFICATION_METRICS)
+
+
+# What every epoch reports, in this order (a Laplace run's last epoch adds posterior_* values).
 EPOCH_METRICS: tuple[str, ...] = (
     "epoch",
     "train_loss",
     "train_nll",
     "train_sqgrad",
     "train_kl",
-    *(f"{split}_{name}" for split in ("val", "test") for name in CLASSIFICATION_METRICS),
+    *split_metrics(),
+    "val_temperature",
+    *split_metrics(TEMPERATURE_SCALED),
+    *split_metrics(AT_MEAN),
     "posterior_std_mean",
     "train_seconds",
 )

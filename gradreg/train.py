@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gradreg.calibration import temperature_scaled_metrics
 from gradreg.config import TrainConfig
 from gradreg.data import Dataset, load_dataset
 from gradreg.device import resolve_device
@@ -44,6 +45,14 @@ class EpochReport:
 
 
 @dataclass
+class Predictions:
+    """A split's class probabilities under the run's predictive, with its labels."""
+
+    probs: Tensor  # (N, C) float64 on the CPU
+    labels: Tensor  # (N,)
+
+
+@dataclass
 class FitResult:
     config: TrainConfig
     history: list[dict[str, float]]
@@ -51,6 +60,8 @@ class FitResult:
     dataset: dict[str, Any]
     test_bins: ReliabilityBins
     stopped_early: bool
+    # The last evaluation's predictive probabilities, by split ("val", "test").
+    predictions: dict[str, Predictions] = field(default_factory=dict)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -78,6 +89,22 @@ def load_config_dataset(config: TrainConfig) -> Dataset:
 
 
 @torch.no_grad()
+def predictive_log_probs(
+    posterior: GaussianPosterior,
+    x: Tensor,
+    mode: str,
+    n_samples: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """log p(y|x) of the ``mode`` predictive, in chunks, in float64 on the CPU."""
+    return torch.cat(
+        [
+            posterior.predictive_log_probs(chunk, mode, n_samples, generator).cpu()
+            for chunk in x.split(EVAL_CHUNK)
+        ]
+    )
+
+
 def evaluate(
     posterior: GaussianPosterior,
     x: Tensor,
@@ -87,14 +114,59 @@ def evaluate(
     generator: torch.Generator | None = None,
 ) -> tuple[dict[str, float], ReliabilityBins]:
     """Metrics of the predictive chosen by ``config.predict`` on (x, y)."""
-    log_probs = torch.cat(
-        [
-            posterior.predictive_log_probs(chunk, config.predict, config.n_samples, generator)
-            for chunk in x.split(EVAL_CHUNK)
-        ]
-    )
-    probs, labels = log_probs.exp().cpu(), y.cpu()
+    log_probs = predictive_log_probs(posterior, x, config.predict, config.n_samples, generator)
+    probs, labels = log_probs.exp(), y.cpu()
     return classification_metrics(probs, labels, prefix), reliability_bins(probs, labels)
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    test_bins: ReliabilityBins
+    predictions: dict[str, Predictions]
+
+
+def evaluate_splits(
+    posterior: GaussianPosterior,
+    splits: Mapping[str, tuple[Tensor, Tensor]],
+    config: TrainConfig,
+    generator: torch.Generator | None = None,
+) -> Evaluation:
+    """Everything an epoch reports about the ``val`` and ``test`` splits.
+
+    ``{split}_{metric}``: the method's predictive (``config.predict``);
+    ``{split}_{metric}_ts``: the same after temperature scaling fitted on val
+    (``val_temperature``); ``{split}_{metric}_at_mean``: the network at the posterior mean.
+    """
+    posterior.eval()
+    log_probs = {
+        split: predictive_log_probs(posterior, x, config.predict, config.n_samples, generator)
+        for split, (x, _) in splits.items()
+    }
+    labels = {split: y.cpu() for split, (_, y) in splits.items()}
+    metrics: dict[str, float] = {}
+    for split in splits:
+        metrics.update(classification_metrics(log_probs[split].exp(), labels[split], f"{split}_"))
+    metrics.update(
+        temperature_scaled_metrics(
+            (log_probs["val"], labels["val"]),
+            {f"{s}_": (log_probs[s], labels[s]) for s in splits if s != "val"},
+        )
+    )
+    for split, (x, _) in splits.items():
+        at_mean = (
+            log_probs[split]
+            if config.predict == "mean"
+            else predictive_log_probs(posterior, x, "mean", 1)
+        )
+        named = classification_metrics(at_mean.exp(), labels[split], f"{split}_")
+        metrics.update({f"{name}_at_mean": value for name, value in named.items()})
+    test_probs = log_probs["test"].exp()
+    return Evaluation(
+        metrics=metrics,
+        test_bins=reliability_bins(test_probs, labels["test"]),
+        predictions={s: Predictions(log_probs[s].exp(), labels[s]) for s in splits},
+    )
 
 
 def fit(
@@ -142,33 +214,47 @@ def fit(
             }
         )
 
+    splits = {"val": (x_val, y_val), "test": (x_test, y_test)}
     stopped_early = False
-    test_bins = None
+    evaluation = None
     for epoch in range(start + 1, config.epochs + 1):
         posterior.train()
         started = time.perf_counter()
         order = torch.randperm(data.n_train, generator=shuffle).to(device)
         sums = _train_epoch(posterior, optimiser, x_train, y_train, order, config, epoch, sampling)
-        posterior.after_epoch(x_train, y_train, generator=sampling)
-        train_seconds = time.perf_counter() - started
         record: dict[str, float] = {"epoch": epoch}
         record.update({key: total / data.n_train for key, total in sums.items()})
-        posterior.eval()
-        val_metrics, _ = evaluate(posterior, x_val, y_val, config, "val_", sampling)
-        test_metrics, test_bins = evaluate(posterior, x_test, y_test, config, "test_", sampling)
-        record.update(val_metrics)
-        record.update(test_metrics)
+        if epoch == config.epochs:  # the method's post-hoc step (Laplace), on the final network
+            chosen = posterior.after_training(
+                (x_train, y_train),
+                (x_val, y_val),
+                predict=config.predict,
+                n_samples=config.n_samples,
+                generator=sampling,
+            )
+            record.update({f"posterior_{key}": value for key, value in chosen.items()})
+        train_seconds = time.perf_counter() - started
+        evaluation = evaluate_splits(posterior, splits, config, sampling)
+        record.update(evaluation.metrics)
         record["posterior_std_mean"] = _mean_std(posterior)
         record["train_seconds"] = train_seconds
         history.append(record)
-        if on_epoch is not None and on_epoch(EpochReport(epoch, dict(record), test_bins, state)):
+        report = EpochReport(epoch, dict(record), evaluation.test_bins, state)
+        if on_epoch is not None and on_epoch(report):
             stopped_early = epoch < config.epochs
             break
 
-    if test_bins is None:  # resumed from a finished run: evaluate once for the bins
-        posterior.eval()
-        _, test_bins = evaluate(posterior, x_test, y_test, config, "test_", sampling)
-    return FitResult(config, history, posterior, data.summary(), test_bins, stopped_early)
+    if evaluation is None:  # resumed from a finished run: evaluate once for the bins
+        evaluation = evaluate_splits(posterior, splits, config, sampling)
+    return FitResult(
+        config,
+        history,
+        posterior,
+        data.summary(),
+        evaluation.test_bins,
+        stopped_early,
+        evaluation.predictions,
+    )
 
 
 def _train_epoch(

@@ -21,7 +21,7 @@ def test_train_prints_a_table_of_val_and_test_metrics(capsys):
     lines = out.splitlines()
     assert (
         lines[0]
-        == "vl (uniform variance, sampled Fisher) on iris with mlp, 2 epochs, mean predictive"
+        == "vl (uniform variance, sampled Fisher) on iris with mlp, 2 epochs, sample predictive"
     )
     assert lines[1].split() == ["split", "accuracy", "nll", "ece", "aece", "brier"]
     assert lines[3].startswith("val") and lines[4].startswith("test")

@@ -6,10 +6,21 @@ import csv
 import json
 
 import pytest
+import torch
 
 from gradreg.cli import main
-from gradreg.compare import CompareSpec, default_methods, run_comparison
+from gradreg.compare import (
+    CompareSpec,
+    _grid,
+    _mean_predictions,
+    _random_points,
+    default_methods,
+    run_comparison,
+)
+from gradreg.compare_report import paired_rows, summary_rows
 from gradreg.methods import METHODS
+from gradreg.metrics import classification_metrics
+from gradreg.train import fit
 
 SMALL = dict(
     dataset="iris", model_options={"hidden": [8]}, seeds=2, epochs=2, device="cpu", n_samples=4
@@ -21,81 +32,119 @@ def test_compare_command_writes_table_csv_json_and_diagrams(tmp_path, capsys):
     code = main(
         [
             "compare",
-            "--dataset",
-            "iris",
-            "--hidden",
-            "8",
-            "--seeds",
-            "2",
-            "--epochs",
-            "2",
-            "--n-samples",
-            "4",
-            "--device",
-            "cpu",
-            "--quiet",
-            "--out",
-            str(out),
-            "--set",
-            "vl-uniform.noise_scale=0.02",
+            *("--dataset", "iris", "--hidden", "8", "--seeds", "2", "--epochs", "2"),
+            *("--n-samples", "4", "--device", "cpu", "--quiet", "--out", str(out)),
+            *("--set", "vl-uniform.noise_scale=0.02"),
         ]
     )
     assert code == 0
     printed = capsys.readouterr().out
     for method in default_methods():
-        assert f"{method:<12} mean" in printed and f"{method:<12} sample" in printed
-    assert "vl-diagonal − laplace" in printed
+        own = METHODS[method].predictive
+        assert f"{method:<22} {own:<11}" in printed
+        assert f"{method + ' +TS':<22} {own:<11}" in printed
+    assert "vl-diagonal − laplace (both +TS)" in printed
     assert {p.name for p in out.iterdir()} == {
         "runs.csv",
         "summary.csv",
         "paired.csv",
         "comparison.json",
-        "reliability_mean.png",
-        "reliability_sample.png",
+        "reliability_raw.png",
+        "reliability_ts.png",
     }
     with (out / "runs.csv").open() as handle:
         runs = list(csv.DictReader(handle))
-    assert len(runs) == len(default_methods()) * 2 * 2  # methods × seeds × predictive modes
-    uniform = [r for r in runs if r["method"] == "vl-uniform"]
-    assert {r["noise_scale"] for r in uniform} == {"0.02"}
+    assert len(runs) == len(default_methods()) * 2  # methods × seeds
+    assert {r["noise_scale"] for r in runs if r["method"] == "vl-uniform"} == {"0.02"}
     summary = json.loads((out / "comparison.json").read_text())
     assert summary["selection"] == "given"
-    assert len(summary["paired"]) == 2 * 3 * 5  # VL methods × baselines × metrics
-    for png in ("reliability_mean.png", "reliability_sample.png"):
+    # 2 VL methods × 4 other rows × 3 pairings (raw/raw, ts/ts, raw/ts) × 5 metrics
+    assert len(summary["paired"]) == 2 * 4 * 3 * 5
+    for png in ("reliability_raw.png", "reliability_ts.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_same_seed_same_split_and_map_equals_laplace_at_the_mean():
+def test_each_method_is_judged_by_its_own_predictive_with_the_mean_kept_aside():
     comparison = run_comparison(CompareSpec(**SMALL, methods=["map", "laplace", "vl-uniform"]))
-    by_key = {(r["method"], r["seed"], r["mode"]): r for r in comparison.runs}
+    by_key = {(r["label"], r["seed"]): r for r in comparison.runs}
     for seed in range(2):
-        # Laplace trains exactly as MAP; only its sampled predictive differs.
-        map_run, laplace_run = by_key[("map", seed, "mean")], by_key[("laplace", seed, "mean")]
-        assert map_run["test_nll"] == laplace_run["test_nll"]
-        assert by_key[("laplace", seed, "sample")]["test_nll"] != laplace_run["test_nll"]
-    paired = comparison.paired_rows()
-    row = next(r for r in paired if r["baseline"] == "map" and r["metric"] == "nll")
-    diffs = [
-        by_key[("vl-uniform", s, "sample")]["test_nll"] - by_key[("map", s, "sample")]["test_nll"]
-        for s in range(2)
-    ]
+        map_run, laplace_run = by_key[("map", seed)], by_key[("laplace", seed)]
+        assert (map_run["predictive"], laplace_run["predictive"]) == ("mean", "glm_probit")
+        assert by_key[("vl-uniform", seed)]["predictive"] == "sample"
+        # Laplace trains exactly as MAP: at the mean they are the same network.
+        assert laplace_run["test_nll_at_mean"] == map_run["test_nll"]
+        assert laplace_run["posterior_prior_precision"] > 0
+    row = next(
+        r
+        for r in paired_rows(comparison)
+        if r["baseline"] == "map"
+        and r["metric"] == "nll"
+        and r["vl_variant"] == "raw"
+        and r["baseline_variant"] == "raw"
+    )
+    diffs = [by_key[("vl-uniform", s)]["test_nll"] - by_key[("map", s)]["test_nll"] for s in (0, 1)]
     assert row["diff_mean"] == pytest.approx(sum(diffs) / 2)
+    scaled = next(
+        r for r in summary_rows(comparison) if (r["label"], r["variant"]) == ("map", "ts")
+    )
+    assert scaled["nll_mean"] == pytest.approx(
+        sum(by_key[("map", s)]["test_nll_ts"] for s in (0, 1)) / 2
+    )
     assert all(r["ms_per_step"] > 0 and r["seconds_per_epoch"] > 0 for r in comparison.runs)
 
 
-def test_search_chooses_on_validation_from_the_grid():
+def test_grid_search_chooses_on_validation_from_the_grid():
     ticks = []
     comparison = run_comparison(
         CompareSpec(**{**SMALL, "seeds": 1}, methods=["vl-uniform", "map"], search=True),
         tick=ticks.append,
     )
-    assert len(comparison.search_runs) == 6 + 2
+    sizes = {m: len(_grid(m, 1e-3)) for m in ("vl-uniform", "map")}
+    assert len(comparison.search_runs) == sum(sizes.values())
     best = min(
         (r for r in comparison.search_runs if r["method"] == "vl-uniform"),
         key=lambda r: r["val_nll"],
     )
     assert comparison.chosen["vl-uniform"] == {k: best[k] for k in METHODS["vl-uniform"].grid}
-    assert len(ticks) == 8 + 2
+    assert len(ticks) == sum(sizes.values()) + 2
+
+
+def test_a_random_search_gives_every_method_the_same_budget_and_early_stopping_picks_epochs():
+    spec = CompareSpec(
+        **{**SMALL, "seeds": 1, "epochs": 4},
+        methods=["map", "vl-diagonal"],
+        search_budget=3,
+        early_stopping=True,
+    )
+    comparison = run_comparison(spec)
+    counts = {m: sum(r["method"] == m for r in comparison.search_runs) for m in spec.methods}
+    assert counts == {"map": 3, "vl-diagonal": 3}
+    points = _random_points("vl-diagonal", spec.lr, 3)
+    assert points == _random_points("vl-diagonal", spec.lr, 3)  # reproducible
+    for point in points:
+        assert 0.01 <= point["prior_variance"] <= 100
+        assert 1.0 * spec.lr <= point["variance_lr"] <= 30.0 * spec.lr
+    # The chosen epochs are the best epoch of the chosen point's search run, by val NLL.
+    chosen = comparison.chosen["map"]
+    history = fit(spec.config("map", seed=0, **{**chosen, "epochs": 4})).history
+    best_epoch = min(range(4), key=lambda i: history[i]["val_nll"]) + 1
+    assert chosen["epochs"] == best_epoch
+    assert comparison.runs[0]["epochs"] == best_epoch
+
+
+def test_ensemble_rows_average_the_members_predictive_distributions():
+    spec = CompareSpec(**{**SMALL, "seeds": 1}, methods=["map"], ensemble=3)
+    comparison = run_comparison(spec)
+    assert comparison.labels == ["map", "map ×3"]
+    row = next(r for r in comparison.runs if r["label"] == "map ×3")
+    members = [fit(spec.config("map", 0).replace(seed=k * 1000)).predictions for k in range(3)]
+    average = _mean_predictions(members)["test"]
+    expected = classification_metrics(average.probs, average.labels, "test_")
+    for key, value in expected.items():
+        assert row[key] == pytest.approx(value, rel=1e-12)
+    assert torch.allclose(
+        average.probs.sum(1), torch.ones(len(average.labels), dtype=torch.float64)
+    )
 
 
 def test_bad_comparisons_are_refused_before_anything_runs():
@@ -109,11 +158,15 @@ def test_bad_comparisons_are_refused_before_anything_runs():
         CompareSpec(methods=["map"], overrides={"mcvi": {"mc_samples": 2}})
     with pytest.raises(ValueError, match="method 'map' does not use noise_scale"):
         CompareSpec(methods=["map"], overrides={"map": {"noise_scale": 0.1}})
+    with pytest.raises(ValueError, match="early_stopping picks the epochs in the search"):
+        CompareSpec(methods=["map"], early_stopping=True)
+    with pytest.raises(ValueError, match=r"give search .* or search_budget, not both"):
+        CompareSpec(methods=["map"], search=True, search_budget=2)
+    with pytest.raises(ValueError, match="an ensemble needs at least 2 members"):
+        CompareSpec(methods=["map"], ensemble=1)
     assert main(["compare", "--set", "noise_scale=0.1", "--quiet"]) == 2
 
 
 def test_variance_learning_rates_in_the_grid_follow_the_learning_rate():
-    from gradreg.compare import _grid
-
     assert {p["variance_lr"] for p in _grid("vl-diagonal", 0.01)} == {0.01, 0.1}
     assert {p["prior_variance"] for p in _grid("vl-diagonal", 0.01)} == {0.1, 1.0}

@@ -28,10 +28,12 @@ EPOCH_KEYS = {
     "train_sqgrad",
     "train_kl",
     *(
-        f"{split}_{m}"
+        f"{split}_{m}{variant}"
+        for variant in ("", "_ts", "_at_mean")
         for split in ("val", "test")
         for m in ("accuracy", "nll", "ece", "aece", "brier")
     ),
+    "val_temperature",
     "posterior_std_mean",
     "train_seconds",
 }
