@@ -74,3 +74,17 @@ def test_sweep_overhead_smoke_run(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "per-trial overhead, marginal (1 concurrent):" in done.stdout
     assert "2 plain processes vs serial (this machine's ceiling):" in done.stdout
+
+
+def test_method_comparison_smoke_run(tmp_path, monkeypatch, capsys):
+    _run(
+        "method_comparison.py",
+        ["--settings", "smoke", "--out", str(tmp_path)],
+        monkeypatch,
+    )
+    printed = capsys.readouterr().out
+    assert "== smoke: iris" in printed
+    for label in ("map ×2", "map top-2", "laplace +TS", "vl-uniform − map ×2"):
+        assert label in printed
+    files = {p.name for p in (tmp_path / "smoke").iterdir()}
+    assert {"summary.csv", "paired.csv", "search.csv", "reliability_ts.png"} <= files
