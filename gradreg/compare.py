@@ -24,17 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
-from gradreg.calibration import fit_temperature, scale, temperature_scaled_metrics
+from gradreg.calibration import fit_temperature, scale
 from gradreg.config import METHOD_FIELDS, TrainConfig
+from gradreg.ensembles import average, evaluate_ensemble
 from gradreg.methods import METHODS, get_method
-from gradreg.metrics import (
-    ReliabilityBins,
-    classification_metrics,
-    pool_reliability_bins,
-    reliability_bins,
-)
+from gradreg.metrics import ReliabilityBins, pool_reliability_bins, reliability_bins
 from gradreg.train import FitResult, Predictions, fit, load_config_dataset
 
 # Grid and search-space values for these settings are multiples of the comparison's lr.
@@ -295,24 +290,20 @@ def _ensembles(
     return found
 
 
+def _ensemble_metrics(members: list[dict[str, Predictions]]) -> dict[str, float]:
+    """The equal-weight ensemble's raw and temperature-scaled metrics on val and test."""
+    splits = list(members[0])
+    probs = {s: [m[s].probs for m in members] for s in splits}
+    labels = {s: members[0][s].labels for s in splits}
+    return evaluate_ensemble(probs, labels, range(len(members))).metrics
+
+
 def _mean_predictions(members: list[dict[str, Predictions]]) -> dict[str, Predictions]:
-    """The equal-weight average of the members' predictive distributions, per split."""
+    """The ensemble's predictive per split: the members' probabilities averaged."""
     return {
-        split: Predictions(
-            torch.stack([m[split].probs for m in members]).mean(0), members[0][split].labels
-        )
-        for split in members[0]
+        s: Predictions(average([m[s].probs for m in members]), members[0][s].labels)
+        for s in members[0]
     }
-
-
-def _split_metrics(predictions: dict[str, Predictions]) -> dict[str, float]:
-    """Raw and temperature-scaled metrics of predictions on val and test."""
-    metrics: dict[str, float] = {}
-    for split, p in predictions.items():
-        metrics.update(classification_metrics(p.probs, p.labels, f"{split}_"))
-    log = {s: (p.probs.clamp_min(1e-300).log(), p.labels) for s, p in predictions.items()}
-    metrics.update(temperature_scaled_metrics(log["val"], {"test_": log["test"]}))
-    return metrics
 
 
 def _run_record(method: str, seed: int, config: TrainConfig, result: FitResult) -> dict[str, Any]:
@@ -347,7 +338,7 @@ def _ensemble_record(
         "seed": seed,
         "members": len(members),
         "predictive": "ensemble",
-        **_split_metrics(_mean_predictions(members)),
+        **_ensemble_metrics(members),
     }
 
 

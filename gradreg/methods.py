@@ -168,6 +168,14 @@ class Method:
 
 
 _FISHER_SETTINGS = ("fisher", "empirical_fisher")
+# With N ≪ weights a full KL pulls learned variances to the prior: tempering (kl_weight) and
+# how fast the variances move (variance_lr, a multiple of lr) are the levers for learned σ.
+_LEARNED_SPACE = {
+    "prior_variance": (0.01, 100.0),
+    "kl_weight": (0.01, 1.0),
+    "variance_lr": (1.0, 30.0),
+}
+_LEARNED_GRID = {"prior_variance": (0.1, 1.0), "kl_weight": (0.1, 1.0), "variance_lr": (1.0, 10.0)}
 METHODS: Mapping[str, Method] = MappingProxyType(
     {
         m.name: m
@@ -194,18 +202,8 @@ METHODS: Mapping[str, Method] = MappingProxyType(
                 variance="diagonal",
                 own_settings=_FISHER_SETTINGS,
                 defaults={"fisher": "sampled"},
-                # With N ≪ weights a full KL pulls learned variances to the prior: tempering and
-                # how fast the variances move (variance_lr, × lr) are the levers for learned σ.
-                space={
-                    "prior_variance": (0.01, 100.0),
-                    "kl_weight": (0.01, 1.0),
-                    "variance_lr": (1.0, 30.0),
-                },
-                grid={
-                    "prior_variance": (0.1, 1.0),
-                    "kl_weight": (0.1, 1.0),
-                    "variance_lr": (1.0, 10.0),
-                },
+                space=_LEARNED_SPACE,
+                grid=_LEARNED_GRID,
                 uses_fisher=True,
             ),
             Method(
@@ -225,16 +223,8 @@ METHODS: Mapping[str, Method] = MappingProxyType(
                 variance="diagonal",
                 own_settings=("mc_samples",),
                 defaults={"mc_samples": 1},
-                space={
-                    "prior_variance": (0.01, 100.0),
-                    "kl_weight": (0.01, 1.0),
-                    "variance_lr": (1.0, 30.0),
-                },
-                grid={
-                    "prior_variance": (0.1, 1.0),
-                    "kl_weight": (0.1, 1.0),
-                    "variance_lr": (1.0, 10.0),
-                },
+                space=_LEARNED_SPACE,
+                grid=_LEARNED_GRID,
             ),
             Method(
                 "laplace",
