@@ -24,6 +24,10 @@ from gradreg.models import build_model
 
 EVAL_CHUNK = 2048
 STATE_VERSION = 1
+# What a resumed run may change: how long it trains, and how it is evaluated (a sweep saved
+# before the predictive defaulted to each method's own resumes with the new default; only
+# the metrics from then on differ, not the trained weights so far).
+RESUMABLE_CHANGES = frozenset({"epochs", "predict", "n_samples"})
 
 
 @dataclass
@@ -315,10 +319,11 @@ def _restore(
         )
     if state["config"] != config.to_dict():
         changed = sorted(k for k, v in config.to_dict().items() if state["config"].get(k) != v)
-        if changed != ["epochs"]:
+        if set(changed) - RESUMABLE_CHANGES:
             raise ValueError(
                 "resume state was written by a different config (differs in "
-                f"{', '.join(changed)}); only epochs may change when resuming"
+                f"{', '.join(changed)}); only {', '.join(sorted(RESUMABLE_CHANGES))} may "
+                "change when resuming"
             )
     posterior.load_state_dict(state["posterior"])
     optimiser.load_state_dict(state["optimiser"])

@@ -178,3 +178,13 @@ def test_config_errors_name_the_field():
 def test_asking_for_cuda_without_it_is_an_error():
     with pytest.raises(ValueError, match="CUDA is not available"):
         fit({**SMALL, "device": "cuda"})
+
+
+def test_a_resumed_run_may_change_how_it_is_evaluated_but_not_how_it_trains():
+    states = []
+    fit({**SMALL, "epochs": 2, "predict": "mean"}, on_epoch=lambda r: states.append(r.state_dict()))
+    resumed = fit({**SMALL, "epochs": 3, "predict": "sample", "n_samples": 4}, resume=states[0])
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert resumed.config.predict == "sample"
+    with pytest.raises(ValueError, match=r"differs in lr\); only epochs, n_samples, predict"):
+        fit({**SMALL, "epochs": 2, "predict": "mean", "lr": 0.5}, resume=states[0])
