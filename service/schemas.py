@@ -18,6 +18,7 @@ class Links(BaseModel):
     self: str
     trials: str
     best: str
+    ensemble: str
     events: str
     mlflow_experiment: str | None = None
     mlflow_parent_run: str | None = None
@@ -61,10 +62,22 @@ class TrialOut(BaseModel):
     updated_at: datetime
 
 
+class EnsembleOut(BaseModel):
+    """The sweep ensemble: an equal-weight ensemble of the sweep's best finished trials."""
+
+    selection: str
+    size: int
+    members: list[dict[str, Any]]  # trial_id, name, mlflow_run_id, weight
+    metrics: dict[str, Any]  # {val,test}_{accuracy,nll,ece,aece,brier}, *_ts, val_temperature
+    candidates: int
+    skipped: list[dict[str, Any]]
+
+
 class BestOut(BaseModel):
     objectives: list[dict[str, Any]]
     pareto: bool
     best: list[dict[str, Any]]
+    ensemble: EnsembleOut | None = None
 
 
 class Problem(BaseModel):

@@ -31,7 +31,9 @@ from sweeps.spec import (
 )
 
 # Objectives steer the search, so they come from data the search may look at.
-OBJECTIVE_METRICS = tuple(m for m in EPOCH_METRICS if m.startswith(("val_", "train_")))
+OBJECTIVE_METRICS = tuple(
+    m for m in EPOCH_METRICS if m.startswith(("val_", "train_")) and m != "val_temperature"
+)
 # Searched integers need type: int; TrainConfig's annotations say which settings are integers.
 INTEGER_SETTINGS = tuple(
     f.name for f in dataclasses.fields(TrainConfig) if str(f.type).split(" |")[0] == "int"

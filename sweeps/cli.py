@@ -19,8 +19,10 @@ from sweeps import (
     run_stored,
     run_sweep,
 )
+from sweeps.driver import ensemble_sweep
 
 TABLE_METRICS = ("test_accuracy", "test_nll", "test_ece")
+ENSEMBLE_METRICS = ("accuracy", "nll", "ece", "brier")
 EXIT_INVALID = 2
 EXIT_SWEEP_FAILED = 1
 
@@ -60,6 +62,15 @@ def _parser() -> argparse.ArgumentParser:
     schema = commands.add_parser("schema", help="print the spec's JSON Schema")
     schema.set_defaults(handler=_schema)
 
+    ensemble = commands.add_parser(
+        "ensemble", help="build the ensemble of a sweep's best trials again (logged in MLflow)"
+    )
+    ensemble.add_argument("name")
+    ensemble.add_argument("--size", type=int, help="members (default: the spec's ensemble.size)")
+    ensemble.add_argument("--selection", choices=("top", "greedy"), help="default: the spec's")
+    _driver_options(ensemble)
+    ensemble.set_defaults(handler=_ensemble)
+
     stop = commands.add_parser("stop", help="ask a stored sweep to stop (it stays resumable)")
     stop.add_argument("--sweep-id", required=True)
     stop.add_argument("--store", required=True)
@@ -98,6 +109,15 @@ def _run(args: argparse.Namespace) -> int:
 
 def _resume(args: argparse.Namespace) -> int:
     return _finish(resume_sweep(args.name, _options(args)), args.json)
+
+
+def _ensemble(args: argparse.Namespace) -> int:
+    ensemble = ensemble_sweep(args.name, _options(args), size=args.size, selection=args.selection)
+    if args.json:
+        print(json.dumps(ensemble.summary(), indent=2, default=str))
+    else:
+        print(format_ensemble(ensemble.summary()))
+    return 0 if ensemble.members else EXIT_SWEEP_FAILED
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -144,12 +164,32 @@ def format_outcome(outcome: SweepOutcome, top: int = 5) -> str:
         shown = _ranked(outcome, objectives[0])[:top]
         lines.append(f"best trials by {objectives[0]}:")
     lines.append(_table(shown, objectives))
+    if outcome.ensemble is not None:
+        lines.append(format_ensemble(outcome.ensemble))
     lines.append(
         f"MLflow: {outcome.tracking_uri} experiment {outcome.experiment_id}, "
         f"parent run {outcome.parent_run_id}"
     )
     lines.append(f"Tune state: {outcome.experiment_path}")
     return "\n".join(lines)
+
+
+def format_ensemble(ensemble: dict) -> str:
+    """The sweep ensemble's test metrics, raw and temperature-scaled, and its members."""
+    if "error" in ensemble:
+        return f"sweep ensemble: not built ({ensemble['error']})"
+    if not ensemble["members"]:
+        skipped = len(ensemble.get("skipped", []))
+        return f"sweep ensemble: no finished trial with predictions ({skipped} skipped)"
+    metrics = ensemble["metrics"]
+    raw = ", ".join(f"{m} {metrics[f'test_{m}']:.4g}" for m in ENSEMBLE_METRICS)
+    scaled = ", ".join(f"{m} {metrics[f'test_{m}_ts']:.4g}" for m in ENSEMBLE_METRICS[1:])
+    members = ", ".join(f"{m['name']} ({m['weight']:.2g})" for m in ensemble["members"])
+    return (
+        f"sweep ensemble ({ensemble['selection']}, {len(ensemble['members'])} of "
+        f"{ensemble['candidates']} finished trials): test {raw} | +TS {scaled}\n"
+        f"  members: {members}"
+    )
 
 
 def _ranked(outcome: SweepOutcome, metric: str) -> list[TrialSummary]:

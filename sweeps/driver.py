@@ -9,6 +9,7 @@ only orchestrates: the MLflow rules are in `sweeps.tracking`, how a sweep ended 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -27,6 +28,7 @@ from ray.tune.search.optuna import OptunaSearch
 from gradreg.names import default_goal
 from sweeps.checkpoints import CheckpointPruner
 from sweeps.checks import Limits, require_valid
+from sweeps.ensemble import SweepEnsemble, build_ensemble
 from sweeps.outcome import sweep_outcome
 from sweeps.parse import validate_shape
 from sweeps.progress import (
@@ -41,7 +43,7 @@ from sweeps.records import SWEEP_NAME, StopFlag, SweepOutcome, SweepRecord, Tria
 from sweeps.resolve import max_epochs
 from sweeps.settings import SweepSettings, absolute_storage
 from sweeps.space import SearchSpace, make_sampler
-from sweeps.spec import SweepSpec
+from sweeps.spec import EnsembleSection, SweepSpec
 from sweeps.statefiles import (
     STATES_FILE,
     experiment_path,
@@ -337,5 +339,50 @@ def _drive(
         failed_too_often=monitor.failed_too_often,
     )
     tracker.close_unfinished_runs(record, outcome)
+    outcome = _with_ensemble(tracker, spec, record, outcome)
     tracker.finish_sweep(outcome)
     return outcome
+
+
+def _with_ensemble(
+    tracker: Tracker, spec: SweepSpec, record: SweepRecord, outcome: SweepOutcome
+) -> SweepOutcome:
+    """The outcome with its sweep ensemble, logged on the parent run. A failure to build one
+    is the ensemble's, not the sweep's: the outcome says why and keeps every trial."""
+    try:
+        ensemble = build_ensemble(tracker, spec.ensemble, spec.objectives[0], outcome.trials)
+        if ensemble is not None and ensemble.members:
+            tracker.log_ensemble(record.parent_run_id, ensemble)
+    except Exception as error:  # reported in the outcome (see the docstring)
+        return dataclasses.replace(outcome, ensemble={"error": f"{type(error).__name__}: {error}"})
+    if ensemble is None:
+        return outcome
+    return dataclasses.replace(outcome, ensemble=ensemble.summary())
+
+
+def ensemble_sweep(
+    name: str,
+    options: DriverOptions | None = None,
+    *,
+    size: int | None = None,
+    selection: str | None = None,
+) -> SweepEnsemble:
+    """Build (again) the ensemble of a sweep that ran, from its trials in MLflow, and log it
+    on its parent run. ``size`` and ``selection`` replace the spec's ensemble settings."""
+    options = options or DriverOptions()
+    path = options.experiment_path(SweepSettings(), name)
+    record = read_record(path)
+    if record is None:
+        raise FileNotFoundError(f"no sweep {name!r} under {PurePosixPath(path).parent}")
+    spec = validate_shape(record.spec)
+    changes = {k: v for k, v in {"size": size, "selection": selection}.items() if v is not None}
+    section = EnsembleSection.model_validate({**spec.ensemble.model_dump(), **changes})
+    if section.size == 0:
+        raise ValueError("ensemble size 0 builds no ensemble; give a size >= 1")
+    tracker = Tracker(record.tracking_uri)
+    trials = tracker.trial_summaries(record.experiment_id, record.parent_run_id)
+    ensemble = build_ensemble(tracker, section, spec.objectives[0], trials)
+    assert ensemble is not None
+    if ensemble.members:
+        tracker.log_ensemble(record.parent_run_id, ensemble)
+    return ensemble

@@ -77,6 +77,8 @@ class SweepOutcome:
     parent_run_id: str
     tracking_uri: str
     experiment_path: str
+    # The sweep ensemble (`sweeps.ensemble`): selection, members, metrics; None when off.
+    ensemble: dict[str, Any] | None = None
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -142,6 +144,23 @@ def score(trial: Scored, metric: str) -> float | None:
     return float(value)
 
 
+def _eligible(trial: Scored, finished_only: bool) -> bool:
+    return trial.state in SCORED_STATES if finished_only else trial.state != "failed"
+
+
+def ranked_trials(objective: Goal, trials: Iterable[T], *, finished_only: bool = True) -> list[T]:
+    """Trials with a finite value of ``objective``, best first (ties keep their order)."""
+    sign = -1.0 if (objective.goal or default_goal(objective.metric)) == "maximize" else 1.0
+    scored = []
+    for trial in trials:
+        if not _eligible(trial, finished_only):
+            continue
+        value = score(trial, objective.metric)
+        if value is not None:
+            scored.append((sign * value, trial))
+    return [trial for _, trial in sorted(scored, key=lambda item: item[0])]
+
+
 def best_trials(
     objectives: Sequence[Goal], trials: Iterable[T], *, finished_only: bool = True
 ) -> list[T]:
@@ -151,19 +170,17 @@ def best_trials(
     without it every trial but a failed one counts by its latest report (best so far). Ties
     keep the order of ``trials``.
     """
+    if len(objectives) == 1:
+        return ranked_trials(objectives[0], trials, finished_only=finished_only)[:1]
     signs = [-1.0 if (o.goal or default_goal(o.metric)) == "maximize" else 1.0 for o in objectives]
     scored: list[tuple[list[float], T]] = []
     for trial in trials:
-        if finished_only and trial.state not in SCORED_STATES:
-            continue
-        if not finished_only and trial.state == "failed":
+        if not _eligible(trial, finished_only):
             continue
         values = [score(trial, o.metric) for o in objectives]
         if all(v is not None for v in values):
             losses = [s * v for s, v in zip(signs, values, strict=True)]  # type: ignore[operator]
             scored.append((losses, trial))
-    if len(objectives) == 1:
-        return [trial for _, trial in sorted(scored, key=lambda item: item[0])[:1]]
 
     def dominates(a: list[float], b: list[float]) -> bool:
         return all(x <= y for x, y in zip(a, b, strict=True)) and a != b

@@ -139,6 +139,20 @@ class FaultTolerance(_Section):
     checkpoint_every_epochs: int = Field(1, ge=1)
 
 
+class EnsembleSection(_Section):
+    size: int = Field(
+        5,
+        ge=0,
+        le=50,
+        description="members of the sweep ensemble (0: none); needs trials that finished",
+    )
+    selection: Literal["top", "greedy"] = Field(
+        "top",
+        description="top: the best `size` finished trials by the first objective; greedy: "
+        "Caruana's selection by validation NLL, with replacement, among the best 4 × size",
+    )
+
+
 class Tracking(_Section):
     experiment: str | None = Field(None, description="MLflow experiment; default: the name")
     log_reliability_diagram: bool = True
@@ -165,7 +179,12 @@ class SweepSpec(_Section):
         None, description="fixed method; leave out to search `method` as a categorical"
     )
     fixed: dict[str, Scalar] = Field(
-        default_factory=dict, description="hyperparameters held constant (epochs, lr, …)"
+        default_factory=dict,
+        description="hyperparameters held constant (epochs, lr, …). `predict` (the predictive "
+        "behind the val_/test_ metrics) defaults to each method's own posterior predictive: "
+        "sample for VL and MC-VI, glm_probit for Laplace, mean for MAP, so that a method "
+        "comparison compares methods rather than networks at their means; the network at the "
+        "mean is always reported too, as *_at_mean, and temperature-scaled metrics as *_ts",
     )
     parameters: dict[str, Parameter] = Field(
         default_factory=dict, description="the search space, bounds in natural units"
@@ -179,6 +198,10 @@ class SweepSpec(_Section):
     resources: Resources = Field(default_factory=Resources)
     fault_tolerance: FaultTolerance = Field(default_factory=FaultTolerance)
     tracking: Tracking = Field(default_factory=Tracking)
+    ensemble: EnsembleSection = Field(
+        default_factory=EnsembleSection,
+        description="an equal-weight ensemble of the sweep's best trials, built at its end",
+    )
 
     @property
     def experiment(self) -> str:

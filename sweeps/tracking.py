@@ -22,8 +22,17 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from gradreg.metrics import ReliabilityBins
+from gradreg.train import Predictions
+from sweeps.ensemble import PREDICTIONS_FILE, SweepEnsemble, encode_predictions
 from sweeps.parse import dump_spec
-from sweeps.records import BINS_KEY, LOST_TRIAL, SweepOutcome, SweepRecord, TrialEvent
+from sweeps.records import (
+    BINS_KEY,
+    LOST_TRIAL,
+    SweepOutcome,
+    SweepRecord,
+    TrialEvent,
+    TrialSummary,
+)
 from sweeps.spec import SweepSpec
 
 PARENT_RUN_TAG = "mlflow.parentRunId"
@@ -39,6 +48,7 @@ ERROR_TAG = "gradreg.error"
 MAX_TAG_LENGTH = 5000
 MAX_PARAM_LENGTH = 6000
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch
+MAX_SEARCH_RESULTS = 50_000  # MLflow's limit for one search_runs page
 MLFLOW_STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "stopped": "KILLED"}
 
 
@@ -242,11 +252,15 @@ class Tracker:
         label: str,
         diagram: bool,
         state_file: Path | None = None,
+        predictions: Mapping[str, Predictions] | None = None,
     ) -> None:
-        """The trial's final files: metrics, reliability bins and diagram, optional weights."""
+        """The trial's final files: metrics, reliability bins and diagram, its validation and
+        test class probabilities (for the sweep ensemble), optional weights."""
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
             (out / "final_metrics.json").write_text(json.dumps(dict(metrics), indent=2) + "\n")
+            if predictions:
+                (out / PREDICTIONS_FILE).write_bytes(encode_predictions(predictions))
             if bins is not None:
                 (out / "reliability_bins.json").write_text(json.dumps(bins.to_dict()) + "\n")
                 if diagram:
@@ -257,6 +271,50 @@ class Tracker:
             self.client.log_artifacts(run_id, str(out))
         if state_file is not None:
             self.client.log_artifact(run_id, str(state_file), artifact_path="checkpoint")
+
+    def load_predictions(self, run_id: str) -> bytes | None:
+        """A trial's ``predictions.npz``, or None if it wrote none."""
+        if PREDICTIONS_FILE not in {a.path for a in self.client.list_artifacts(run_id)}:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            return Path(self.client.download_artifacts(run_id, PREDICTIONS_FILE, tmp)).read_bytes()
+
+    def log_ensemble(self, run_id: str, ensemble: SweepEnsemble) -> None:
+        """The sweep ensemble on the parent run: ``ensemble_*`` metrics, its members and its
+        test reliability diagram."""
+        metrics = {f"ensemble_{k}": v for k, v in ensemble.metrics.items()}
+        metrics["ensemble_members"] = float(len(ensemble.members))
+        self.client.log_batch(run_id, metrics=_metrics(metrics, step=0))
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp)
+            (out / "ensemble.json").write_text(json.dumps(ensemble.summary(), indent=2) + "\n")
+            if ensemble.test_bins is not None:
+                from gradreg.plots import write_reliability_diagram
+
+                label = f"ensemble of {len(ensemble.members)} ({ensemble.selection})"
+                write_reliability_diagram(
+                    out / "ensemble_reliability.png", {label: ensemble.test_bins}
+                )
+            self.client.log_artifacts(run_id, str(out))
+
+    def trial_summaries(self, experiment_id: str, parent_run_id: str) -> list[TrialSummary]:
+        """The sweep's trials as MLflow holds them: state, parameters and final metrics."""
+        runs = self.client.search_runs(
+            [experiment_id],
+            f"tags.`{PARENT_RUN_TAG}` = '{_quote(parent_run_id)}'",
+            max_results=MAX_SEARCH_RESULTS,
+        )
+        return [
+            TrialSummary(
+                trial_id=run.data.tags.get(TRIAL_TAG, ""),
+                name=run.data.tags.get(RUN_NAME_TAG, run.info.run_id),
+                state=run.data.tags.get(STATUS_TAG, "unknown"),
+                params=dict(run.data.params),
+                metrics=dict(run.data.metrics),
+                mlflow_run_id=run.info.run_id,
+            )
+            for run in runs
+        ]
 
     def close_trial(self, run_id: str, status: str, state: str, error: str | None = None) -> None:
         """End a child run: MLflow ``status`` (FINISHED/FAILED/KILLED) and gradreg ``state``."""

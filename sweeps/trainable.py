@@ -92,7 +92,13 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
             state_file = Path(tmp, STATE_FILE)
             torch.save(result.posterior.state_dict(), state_file)
         tracker.log_outcome(
-            run.run_id, result.metrics, result.test_bins, label, _diagram(spec), state_file
+            run.run_id,
+            result.metrics,
+            result.test_bins,
+            label,
+            _diagram(spec),
+            state_file,
+            predictions=result.predictions if spec.ensemble.size else None,
         )
     tracker.close_trial(run.run_id, "FINISHED", "succeeded")
 

@@ -7,7 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -15,7 +15,15 @@ from starlette.concurrency import run_in_threadpool
 from service.auth import require_token
 from service.deps import LimitsDep, ReconcilerDep, SessionsDep, SettingsDep
 from service.openapi import SPEC_BODY, problem_responses
-from service.schemas import BestOut, Links, SweepOut, SweepPage, SweepStatus, TrialOut
+from service.schemas import (
+    BestOut,
+    EnsembleOut,
+    Links,
+    SweepOut,
+    SweepPage,
+    SweepStatus,
+    TrialOut,
+)
 from service.settings import ServiceSettings
 from service.statuses import TERMINAL
 from service.store import repository
@@ -43,6 +51,7 @@ def sweep_out(
         self=base,
         trials=f"{base}/trials",
         best=f"{base}/best",
+        ensemble=f"{base}/ensemble",
         events=f"{base}/events",
         mlflow_experiment=f"{ui}/#/experiments/{experiment}" if experiment else None,
         mlflow_parent_run=(
@@ -152,7 +161,37 @@ def best(sessions: SessionsDep, sweep_id: str) -> BestOut:
     with sessions() as db:
         sweep = repository.get_sweep(db, sweep_id)
     objectives = [o.model_dump(mode="json") for o in objectives_of(sweep.spec)]
-    return BestOut(objectives=objectives, pareto=len(objectives) > 1, best=sweep.best or [])
+    ensemble = _ensemble_or_none(sweep)
+    return BestOut(
+        objectives=objectives, pareto=len(objectives) > 1, best=sweep.best or [], ensemble=ensemble
+    )
+
+
+@router.get("/{sweep_id}/ensemble", response_model=EnsembleOut, responses=problem_responses(404))
+def ensemble(sessions: SessionsDep, sweep_id: str) -> EnsembleOut:
+    """The ensemble of the sweep's best trials, built when its driver finished."""
+    with sessions() as db:
+        sweep = repository.get_sweep(db, sweep_id)
+    found = _ensemble_or_none(sweep)
+    if found is None:
+        stored = sweep.ensemble or {}
+        why = (
+            f"building it failed: {stored['error']}"
+            if "error" in stored
+            else "no finished trial had predictions"
+            if stored
+            else f"the sweep is {sweep.status}; the ensemble is built when its driver finishes "
+            "(and only when its spec's ensemble.size is above 0)"
+        )
+        raise HTTPException(404, f"sweep {sweep_id} has no ensemble: {why}")
+    return found
+
+
+def _ensemble_or_none(sweep: Sweep) -> EnsembleOut | None:
+    stored = sweep.ensemble
+    if not stored or "error" in stored or not stored.get("members"):
+        return None
+    return EnsembleOut.model_validate(stored)
 
 
 @router.post(

@@ -83,6 +83,8 @@ class Sweep(Base):
     tracking_uri: Mapped[str | None] = mapped_column(sa.Text)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     best: Mapped[list[dict[str, Any]] | None] = mapped_column(sa.JSON)
+    # The sweep ensemble's summary (sweeps.ensemble.SweepEnsemble.summary), once it finished.
+    ensemble: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     submitted_at: Mapped[datetime | None]

@@ -53,6 +53,7 @@ SETTABLE_FIELDS = frozenset(
         "tracking_uri",
         "cancel_requested",
         "best",
+        "ensemble",
     }
 )
 MAX_PAGE = 500

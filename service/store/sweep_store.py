@@ -182,6 +182,8 @@ def record_outcome(session: Session, sweep_id: str, outcome: SweepOutcome) -> Sw
             "reason": outcome.reason,
             "best": json_safe([asdict(trial) for trial in outcome.best]) or None,
         }
+        if outcome.ensemble is not None:
+            fields["ensemble"] = json_safe(outcome.ensemble)
         for column, value in (
             ("mlflow_experiment_id", outcome.experiment_id),
             ("mlflow_parent_run_id", outcome.parent_run_id),

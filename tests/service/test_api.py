@@ -168,6 +168,12 @@ def test_a_sweep_runs_to_the_end_and_is_visible_in_the_api_and_mlflow(api, clien
     assert best["pareto"] is False
     lowest = min(trials, key=lambda t: t["metrics"]["val_nll"])
     assert best["best"][0]["trial_id"] == lowest["trial_id"]
+    # The sweep ensemble (default: the best 5 finished trials, here all 3).
+    ensemble = client.get(sweep["links"]["ensemble"]).json()
+    assert ensemble == best["ensemble"]
+    assert {m["trial_id"] for m in ensemble["members"]} == {t["trial_id"] for t in trials}
+    assert ensemble["selection"] == "top" and ensemble["candidates"] == 3
+    assert 0 < ensemble["metrics"]["test_accuracy"] <= 1 and "test_nll_ts" in ensemble["metrics"]
 
     mlflow = MlflowClient(api.tracking_uri)
     runs = mlflow.search_runs([sweep["mlflow_experiment_id"]])
@@ -182,6 +188,17 @@ def test_a_sweep_runs_to_the_end_and_is_visible_in_the_api_and_mlflow(api, clien
     assert [s["id"] for s in listed] == [sweep_id]
     done = client.get("/v1/sweeps", params={"status": "succeeded", "limit": 100}).json()
     assert sweep_id in {s["id"] for s in done["items"]}
+
+
+def test_a_sweep_without_an_ensemble_says_why(api, client):
+    spec = {**small_sweep("no-ensemble", trials=1, concurrent=1), "ensemble": {"size": 0}}
+    sweep_id = client.post("/v1/sweeps", json=spec).json()["id"]
+    pending = is_problem(client.get(f"/v1/sweeps/{sweep_id}/ensemble"), 404)
+    assert "built when its driver finishes" in pending["detail"]
+    done = wait_for(client, sweep_id, lambda s: s["status"] in FINAL, timeout_s=120)
+    assert done["status"] == "succeeded"
+    assert client.get(f"/v1/sweeps/{sweep_id}/best").json()["ensemble"] is None
+    is_problem(client.get(f"/v1/sweeps/{sweep_id}/ensemble"), 404)
 
 
 def test_cancel_stops_a_running_sweep_and_resume_finishes_it(api, client):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import multiprocessing
 import threading
@@ -104,7 +105,7 @@ def race(count: int, work: Callable[[int], Any]) -> list[Any]:
 def test_upgrade_creates_the_tables_and_running_it_again_changes_nothing(engine, session_factory):
     tables = set(sa.inspect(engine).get_table_names())
     assert {"sweeps", "sweep_tags", "trials", "idempotency_keys", "alembic_version"} <= tables
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == "0002"
     with engine.connect() as connection:
         if is_postgres(engine):  # the test's own schema, not public
             schema = connection.scalar(sa.text("SELECT current_schema()"))
@@ -115,7 +116,7 @@ def test_upgrade_creates_the_tables_and_running_it_again_changes_nothing(engine,
 
     sweep_id = new_sweep(session_factory)
     upgrade(engine)
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == "0002"
     assert status_of(session_factory, sweep_id).status == "pending"
 
 
@@ -129,7 +130,7 @@ def test_upgrade_accepts_a_url(store_url):
     upgrade(store_url)
     engine = make_engine(store_url)
     try:
-        assert current_revision(engine) == "0001"
+        assert current_revision(engine) == "0002"
     finally:
         engine.dispose()
 
@@ -734,3 +735,48 @@ def test_trial_rows_belong_to_their_sweep(session_factory):
         assert session.scalar(sa.select(sa.func.count()).select_from(Trial)) == 2
         assert repo.list_trials(session, first)[0].metrics["val_nll"] == 1.0
         assert repo.trial_counts(session, second) == {"running": 1}
+
+
+def test_a_store_at_0001_upgrades_and_keeps_its_sweeps(store_url):
+    engine = make_engine(store_url)
+    try:
+        upgrade(engine, "0001")
+        assert "ensemble" not in {c["name"] for c in sa.inspect(engine).get_columns("sweeps")}
+        with engine.begin() as connection:  # a sweep written before the ensemble column
+            connection.execute(
+                sa.text(
+                    "INSERT INTO sweeps (id, name, spec, tags, status, attempt, cancel_requested,"
+                    " created_at, updated_at, version) VALUES ('s1', 'old', '{}', '[]',"
+                    " 'succeeded', 1, false, :now, :now, 1)"
+                ),
+                {"now": "2026-01-01 00:00:00"},
+            )
+        upgrade(engine)
+        assert current_revision(engine) == "0002"
+        with make_sessions(engine)() as session:
+            old = repo.get_sweep(session, "s1")
+            assert (old.name, old.ensemble) == ("old", None)
+    finally:
+        engine.dispose()
+
+
+def test_the_outcome_stores_the_sweep_ensemble(engine, session_factory):
+    store = DatabaseSweepStore(engine)
+    sweep_id, _ = create_from_example(session_factory)
+    store.record_start(sweep_id, record(sweep_id))
+    ensemble = {
+        "selection": "top",
+        "size": 2,
+        "members": [{"trial_id": "a", "name": "trial_a", "mlflow_run_id": "run-a", "weight": 1.0}],
+        "metrics": {"test_nll": 0.3, "test_ece_ts": math.nan},
+        "candidates": 1,
+        "skipped": [],
+    }
+    trials = [summary("a", "succeeded", 0.2)]
+    store.record_outcome(
+        sweep_id,
+        dataclasses.replace(outcome(sweep_id, "succeeded", trials), ensemble=ensemble),
+    )
+    stored = status_of(session_factory, sweep_id).ensemble
+    assert stored["members"] == ensemble["members"]
+    assert stored["metrics"] == {"test_nll": 0.3, "test_ece_ts": None}  # JSON has no NaN
