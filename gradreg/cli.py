@@ -1,4 +1,4 @@
-"""Command line: ``python -m gradreg train | data``."""
+"""Command line: ``python -m gradreg train | compare | data``."""
 
 from __future__ import annotations
 
@@ -6,96 +6,20 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
 
+from gradreg.cli_compare import add_compare_arguments, run_compare
+from gradreg.cli_options import add_data_and_model_arguments, key_values, model_options
 from gradreg.config import TrainConfig
 from gradreg.data import available_datasets, load_dataset
 from gradreg.fisher import ESTIMATORS
-from gradreg.methods import METHODS, PREDICT_MODES, PRIOR_FITS, TRAINERS, VARIANCE_FAMILIES
-from gradreg.models import available_models
+from gradreg.methods import PREDICT_MODES, PRIOR_FITS, TRAINERS, VARIANCE_FAMILIES
 
 TABLE_METRICS = ("accuracy", "nll", "ece", "aece", "brier")
 
 
-def parse_option_value(text: str) -> Any:
-    """'3' → 3, '0.5' → 0.5, 'true' → True, '128,128' → [128, 128], else the string."""
-    if "," in text:
-        return [parse_option_value(part) for part in text.split(",") if part]
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _key_values(pairs: Sequence[str], flag: str) -> dict[str, Any]:
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{flag} takes KEY=VALUE, got {pair!r}")
-        options[key] = parse_option_value(value)
-    return options
-
-
-def _add_data_and_model_arguments(
-    p: argparse.ArgumentParser,
-) -> tuple[argparse._ArgumentGroup, argparse._ArgumentGroup]:
-    defaults = TrainConfig()
-    data = p.add_argument_group("data")
-    data.add_argument(
-        "--dataset",
-        default=defaults.dataset,
-        choices=sorted(available_datasets()),
-        metavar="NAME",
-        help="one of: %(choices)s",
-    )
-    data.add_argument(
-        "--dataset-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dataset option, e.g. n_samples=2000 or data_dir=/data (repeatable)",
-    )
-    model = p.add_argument_group("model")
-    model.add_argument(
-        "--model",
-        default=defaults.model,
-        choices=sorted(available_models()),
-        metavar="NAME",
-        help="one of: %(choices)s",
-    )
-    model.add_argument(
-        "--hidden",
-        type=int,
-        nargs="*",
-        metavar="WIDTH",
-        help="hidden widths of the mlp, e.g. --hidden 128 128",
-    )
-    model.add_argument(
-        "--model-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="model option, e.g. channels=16,32 or width=16 (repeatable)",
-    )
-    return data, model
-
-
-def _model_options(args: argparse.Namespace) -> dict[str, Any]:
-    options = _key_values(args.model_option, "--model-option")
-    if args.hidden is not None:
-        options["hidden"] = list(args.hidden)
-    return options
-
-
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
-    data, _ = _add_data_and_model_arguments(p)
+    data, _ = add_data_and_model_arguments(p)
     data.add_argument("--split-seed", type=int, default=defaults.split_seed)
     data.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
     data.add_argument(
@@ -166,12 +90,12 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         dataset=args.dataset,
-        dataset_options=_key_values(args.dataset_option, "--dataset-option"),
+        dataset_options=key_values(args.dataset_option, "--dataset-option"),
         split_seed=args.split_seed,
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
         model=args.model,
-        model_options=_model_options(args),
+        model_options=model_options(args),
         method=args.method,
         variance=args.variance,
         noise_scale=args.noise_scale,
@@ -283,183 +207,6 @@ def _run_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _method_settings(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
-    settings: dict[str, dict[str, Any]] = {}
-    for pair in pairs:
-        target, sep, value = pair.partition("=")
-        method, dot, key = target.partition(".")
-        if not sep or not dot or not method or not key:
-            raise ValueError(
-                f"--set takes METHOD.KEY=VALUE (e.g. vl-uniform.noise_scale=0.02), got {pair!r}"
-            )
-        settings.setdefault(method, {})[key] = parse_option_value(value)
-    return settings
-
-
-def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
-    from gradreg.compare import CompareSpec
-
-    defaults = CompareSpec()
-    _add_data_and_model_arguments(p)
-    p.add_argument(
-        "--methods",
-        default=",".join(defaults.methods),
-        help=f"comma-separated, default %(default)s; from: {', '.join(METHODS)}",
-    )
-    p.add_argument(
-        "--seeds",
-        type=int,
-        default=defaults.seeds,
-        help="seeds 0..N-1; seed s fixes both the split and the initialisation",
-    )
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument(
-        "--n-samples",
-        type=int,
-        default=defaults.n_samples,
-        help="weight samples for the sample predictive",
-    )
-    p.add_argument(
-        "--fisher",
-        choices=ESTIMATORS,
-        help="Fisher estimator for vl-* and laplace (default: each method's own)",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="METHOD.KEY=VALUE",
-        help="a hyperparameter for one method, e.g. vl-uniform.noise_scale=0.02",
-    )
-    p.add_argument(
-        "--search",
-        action="store_true",
-        help="choose each method's settings from its grid by seed-0 validation NLL",
-    )
-    p.add_argument(
-        "--search-budget",
-        type=int,
-        default=0,
-        metavar="N",
-        help="instead: N random points of each method's own space (the same N for every method)",
-    )
-    p.add_argument(
-        "--early-stopping",
-        action="store_true",
-        help="the search also picks the epoch count, by the best epoch's validation NLL",
-    )
-    p.add_argument(
-        "--ensemble",
-        type=int,
-        default=0,
-        metavar="K",
-        help="add a K-member deep ensemble row per method (K initialisation seeds per split)",
-    )
-    p.add_argument(
-        "--hyper-ensemble",
-        type=int,
-        default=0,
-        metavar="K",
-        help="add a row per method ensembling the search's K best configurations",
-    )
-    p.add_argument(
-        "--ensemble-of", metavar="METHODS", help="comma-separated: only these get ensemble rows"
-    )
-    p.add_argument("--val-fraction", type=float, help="default: the dataset's (0.15)")
-    p.add_argument("--device", default=defaults.device)
-    p.add_argument("--out", metavar="DIR", help="write CSV, JSON and reliability diagrams")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _run_compare(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from gradreg.compare import CompareSpec, plan_size, run_comparison
-    from gradreg.compare_report import (
-        format_paired,
-        format_summary,
-        json_safe,
-        paired_rows,
-        summary_rows,
-        write_comparison,
-    )
-
-    spec = CompareSpec(
-        dataset=args.dataset,
-        dataset_options=_key_values(args.dataset_option, "--dataset-option"),
-        model=args.model,
-        model_options=_model_options(args),
-        methods=[m.strip() for m in args.methods.split(",") if m.strip()],
-        seeds=args.seeds,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        n_samples=args.n_samples,
-        fisher=args.fisher,
-        overrides=_method_settings(args.set),
-        search=args.search,
-        search_budget=args.search_budget,
-        early_stopping=args.early_stopping,
-        ensemble=args.ensemble,
-        hyper_ensemble=args.hyper_ensemble,
-        ensemble_of=[m.strip() for m in args.ensemble_of.split(",")] if args.ensemble_of else None,
-        val_fraction=args.val_fraction,
-        device=args.device,
-    )
-    bar = tqdm(
-        total=plan_size(spec),
-        desc="runs",
-        unit="run",
-        disable=args.quiet,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
-
-    def tick(label: str) -> None:
-        bar.set_postfix_str(label)
-        bar.update(1)
-
-    try:
-        comparison = run_comparison(spec, tick)
-    finally:
-        bar.close()
-    written = write_comparison(comparison, args.out) if args.out else []
-    if args.json:
-        print(
-            json.dumps(
-                json_safe(
-                    {
-                        "chosen_hyperparameters": comparison.chosen,
-                        "summary": summary_rows(comparison),
-                        "paired": paired_rows(comparison),
-                        "files": [str(p) for p in written],
-                    }
-                ),
-                indent=2,
-            )
-        )
-        return 0
-    selection = "chosen by seed-0 validation NLL" if spec.searching else "given"
-    if spec.early_stopping:
-        selection += ", epochs by early stopping"
-    print(
-        f"{spec.dataset} with {spec.model}: {spec.seeds} seeds × {spec.epochs} epochs; "
-        f"test metrics, mean ± standard error over seeds; hyperparameters {selection}"
-    )
-    for method, values in comparison.chosen.items():
-        if values:
-            print(f"  {method}: {', '.join(f'{k}={v}' for k, v in values.items())}")
-    print(format_summary(comparison))
-    print()
-    print(format_paired(comparison))
-    if written:
-        print(f"wrote {', '.join(p.name for p in written)} to {args.out}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gradreg", description="Variational Laplace for Bayesian neural networks"
@@ -470,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser(
         "compare", help="VL against MAP, sampling VI and Laplace over several seeds"
     )
-    _add_compare_arguments(compare)
+    add_compare_arguments(compare)
     data = commands.add_parser("data", help="list or inspect the offline datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     data_commands.add_parser("list", help="the datasets and what they are")
@@ -497,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             return _run_train(args)
         if args.command == "compare":
-            return _run_compare(args)
+            return run_compare(args)
         return _run_data(args)
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"gradreg: error: {error}", file=sys.stderr)

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from gradreg.cli import main, parse_option_value
+from gradreg.cli import main
+from gradreg.cli_options import parse_option_value
 from gradreg.metrics import ReliabilityBins
 
 FAST = ["--dataset", "iris", "--hidden", "8", "--epochs", "2", "--device", "cpu", "--quiet"]
