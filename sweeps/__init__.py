@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "DirectoryStore": "sweeps.store",
     "DriverOptions": "sweeps.driver",
-    "Limits": "sweeps.checks",
+    "Limits": "sweeps.limits",
     "SpecError": "sweeps.errors",
     "SpecIssue": "sweeps.errors",
     "SweepOutcome": "sweeps.records",
@@ -53,9 +53,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from sweeps.checks import Limits, require_valid
+    from sweeps.checks import require_valid
     from sweeps.driver import DriverOptions, resume_sweep, run_sweep
     from sweeps.errors import SpecError, SpecIssue
+    from sweeps.limits import Limits
     from sweeps.parse import dump_spec, load_spec_file, parse_spec, parse_spec_text
     from sweeps.records import SweepOutcome, SweepRecord, TrialEvent, TrialSummary
     from sweeps.spec import SweepSpec

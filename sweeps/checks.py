@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from gradreg.config import TrainConfig
@@ -21,8 +19,8 @@ from gradreg.methods import HYPERPARAMETERS, METHODS
 from gradreg.models import available_models, model_option_problems, model_options
 from gradreg.names import EPOCH_METRICS
 from sweeps.errors import SpecError, SpecIssue
+from sweeps.limits import Limits
 from sweeps.resolve import base_settings, max_epochs, resolve_data_dir
-from sweeps.settings import SweepSettings
 from sweeps.spec import (
     CategoricalParameter,
     FloatParameter,
@@ -52,33 +50,21 @@ SECTION_OWNED = {
 }
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Caps a spec must stay within, and the directory its data must come from."""
-
-    max_trials: int = 1000
-    max_concurrent_trials: int = 64
-    max_time_budget_s: float = 7 * 24 * 3600
-    max_epochs: int = 10_000
-    data_root: Path | None = None
-
-    @classmethod
-    def from_settings(cls, settings: SweepSettings | None = None) -> Limits:
-        settings = settings or SweepSettings()
-        return cls(
-            max_trials=settings.max_trials,
-            max_concurrent_trials=settings.max_concurrent_trials,
-            max_time_budget_s=settings.max_time_budget_s,
-            max_epochs=settings.max_epochs,
-            data_root=settings.data_root(),
-        )
-
-
 def require_valid(spec: SweepSpec, limits: Limits) -> None:
     """Raise `SpecError` naming every rule ``spec`` breaks under ``limits``."""
     issues = list(semantic_issues(spec, limits))
     if issues:
         raise SpecError(issues)
+
+
+def admitted(spec: SweepSpec, limits: Limits) -> SweepSpec:
+    """``spec`` checked under ``limits``, with the budget in force written in: a spec that
+    names no time budget gets the cap's, so the stored sweep shows what it runs under."""
+    require_valid(spec, limits)
+    if spec.budget.time_budget_s is not None:
+        return spec
+    budget = spec.budget.model_copy(update={"time_budget_s": limits.max_time_budget_s})
+    return spec.model_copy(update={"budget": budget})
 
 
 # ---------------------------------------------------------------- meaning
@@ -98,7 +84,7 @@ def semantic_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
     yield from _objective_issues(spec)
     yield from _early_stopping_issues(spec)
     yield from _budget_issues(spec, limits)
-    yield from _resource_issues(spec)
+    yield from _resource_issues(spec, limits)
 
 
 def _dataset_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
@@ -385,7 +371,17 @@ def _budget_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
         )
 
 
-def _resource_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
+def _resource_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
+    for field, value, cap in (
+        ("cpu", spec.resources.cpu, limits.max_trial_cpus),
+        ("gpu", spec.resources.gpu, limits.max_trial_gpus),
+    ):
+        if value > cap:
+            yield SpecIssue(
+                ("resources", field),
+                f"{value:g} per trial exceeds this deployment's cap of {cap:g} "
+                f"(GRADREG_MAX_TRIAL_{field.upper()}S)",
+            )
     gpu = spec.resources.gpu
     if gpu > 1 and gpu != int(gpu):
         yield SpecIssue(("resources", "gpu"), f"above one, GPUs come whole: got {gpu}")

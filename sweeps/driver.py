@@ -27,8 +27,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 from gradreg.names import default_goal
 from sweeps.checkpoints import CheckpointPruner
-from sweeps.checks import Limits, require_valid
+from sweeps.checks import admitted
 from sweeps.ensemble import SweepEnsemble, build_ensemble
+from sweeps.limits import Limits
 from sweeps.outcome import sweep_outcome
 from sweeps.parse import validate_shape
 from sweeps.progress import (
@@ -125,7 +126,7 @@ def run_sweep(
         raise ValueError(f"sweep name {name!r} must match {SWEEP_NAME.pattern}")
     settings = SweepSettings()
     limits = limits or Limits.from_settings(settings)
-    require_valid(spec, limits)
+    spec = admitted(spec, limits)
     tracking_uri = options.tracking_uri or settings.resolved_tracking_uri()
     path = options.experiment_path(settings, name)
     if has_state(path):
@@ -182,10 +183,9 @@ def resume_sweep(
             f"sweep {name!r} records to {record.tracking_uri}; resume it there, not at "
             f"{options.tracking_uri}"
         )
-    spec = validate_shape(record.spec)
     limits = limits or Limits.from_settings(settings)
     root = Path(record.data_root) if record.data_root else None
-    require_valid(spec, Limits(**{**limits.__dict__, "data_root": root}))
+    spec = admitted(validate_shape(record.spec), limits.with_data_root(root))
     tracker = Tracker(record.tracking_uri)
     tracker.client.update_run(record.parent_run_id, status="RUNNING")
     if on_start is not None:
@@ -319,6 +319,7 @@ def _drive(
         states=read_json(path, STATES_FILE) or {},
         persist=functools.partial(write_json, path, STATES_FILE),
         on_result=functools.partial(tracker.close_ended_run, spec, record),
+        placement_timeout_s=SweepSettings().placement_timeout_s,
     )
     register(monitor)
     try:
@@ -337,6 +338,7 @@ def _drive(
         monitor.states,
         stop_requested=monitor.stop_requested,
         failed_too_often=monitor.failed_too_often,
+        unplaceable=monitor.unplaceable,
     )
     tracker.close_unfinished_runs(record, outcome)
     outcome = _with_ensemble(tracker, spec, record, outcome)

@@ -27,16 +27,20 @@ def sweep_outcome(
     *,
     stop_requested: bool,
     failed_too_often: bool,
+    unplaceable: str | None = None,
 ) -> SweepOutcome:
     """The outcome of a sweep whose Tune run returned ``results`` (its `ResultGrid`).
 
     ``states`` are the final states the driver saw (ASHA's stops among them);
-    ``stop_requested`` and ``failed_too_often`` say why the run may have ended early.
+    ``stop_requested``, ``failed_too_often`` and ``unplaceable`` (why no trial could be
+    placed) say why the run may have ended early.
     """
     trials = sorted((trial_summary(spec, r, states) for r in results), key=lambda t: t.name)
     unfinished = [t for t in trials if t.state == "interrupted"]
     failed = [t for t in trials if t.state == "failed"]
-    if unfinished or stop_requested:
+    if unplaceable is not None:
+        status, reason = "failed", unplaceable
+    elif unfinished or stop_requested:
         status, reason = "stopped", f"interrupted with {len(unfinished)} trial(s) unfinished"
     elif failed_too_often:
         status = "failed"

@@ -15,16 +15,16 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from sweeps.checks import Limits, require_valid
+from sweeps.checks import admitted
 from sweeps.errors import SpecError, SpecIssue
+from sweeps.limits import Limits
 from sweeps.spec import SweepSpec
 
 
 def parse_spec(document: Mapping[str, Any], limits: Limits | None = None) -> SweepSpec:
-    """Validate a spec given as a mapping (parsed YAML or JSON)."""
-    spec = validate_shape(document)
-    require_valid(spec, limits or Limits.from_settings())
-    return spec
+    """Validate a spec given as a mapping (parsed YAML or JSON); the spec comes back as it is
+    admitted (see `sweeps.checks.admitted`: a missing time budget becomes the cap)."""
+    return admitted(validate_shape(document), limits or Limits.from_settings())
 
 
 def validate_shape(document: Mapping[str, Any]) -> SweepSpec:

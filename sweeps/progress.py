@@ -59,6 +59,10 @@ class SweepMonitor:
     on_result: Callable[[TrialEvent, dict[str, Any]], None] | None = None
     latest: dict[str, dict[str, Any]] = field(default_factory=dict)
     stop_requested: bool = False
+    # A trial waiting this long for resources while none runs can never be placed.
+    placement_timeout_s: float = float("inf")
+    unplaceable: str | None = None  # why the sweep ended: a trial nothing could place
+    _pending_since: dict[str, float] = field(default_factory=dict)
     _last_poll: float = 0.0
     _last_event: dict[str, TrialEvent] = field(default_factory=dict)
     _last_line: str = ""
@@ -116,6 +120,30 @@ class SweepMonitor:
         self._last_line = line
         self.stream.write(line + "\n")
         self.stream.flush()
+
+    def check_placement(self, trials: list[Any]) -> None:
+        """Note when each trial started waiting for resources; with nothing running, a wait
+        past ``placement_timeout_s`` means the cluster cannot run the trial at all."""
+        now = time.monotonic()
+        pending = {t.trial_id: t for t in trials if t.status == "PENDING"}
+        for trial_id in list(self._pending_since):
+            if trial_id not in pending:
+                del self._pending_since[trial_id]
+        for trial_id in pending:
+            self._pending_since.setdefault(trial_id, now)
+        if self.unplaceable is not None or any(t.status == "RUNNING" for t in trials):
+            return
+        for trial_id, since in self._pending_since.items():
+            if now - since > self.placement_timeout_s:
+                trial = pending[trial_id]
+                asked = getattr(trial, "placement_group_factory", None)
+                needs = asked.required_resources if asked is not None else "its resources"
+                self.unplaceable = (
+                    f"trial {trial} waited {now - since:.0f} s for {needs} and nothing could run "
+                    f"it (GRADREG_PLACEMENT_TIMEOUT_S={self.placement_timeout_s:g}); the cluster "
+                    "has too few CPUs or GPUs for one trial: lower resources.cpu/gpu"
+                )
+                return
 
     def poll_stop(self) -> bool:
         """Ask the stop flag, at most once per ``stop_poll_s``."""
@@ -228,13 +256,17 @@ class SweepCallback(tune.Callback):
 
     def on_step_end(self, iteration, trials, **info):
         monitor = monitor_of(self.sweep)
-        if monitor is not None and not self._interrupted and monitor.poll_stop():
+        if monitor is None:
+            return
+        monitor.check_placement(trials)
+        if not self._interrupted and monitor.poll_stop():
             self._interrupted = True
             interrupt_tune()
 
 
 class FailedTrialsStopper(tune.Stopper):
-    """Ends the sweep once more trials have failed than the budget allows."""
+    """Ends the sweep once more trials have failed than the budget allows, or once a trial
+    could not be placed on the cluster in time."""
 
     def __init__(self, sweep: str) -> None:
         self.sweep = sweep
@@ -244,7 +276,7 @@ class FailedTrialsStopper(tune.Stopper):
 
     def stop_all(self) -> bool:
         monitor = monitor_of(self.sweep)
-        return monitor is not None and monitor.failed_too_often
+        return monitor is not None and (monitor.failed_too_often or monitor.unplaceable is not None)
 
 
 def _error_text(trial: Any) -> str | None:

@@ -28,7 +28,14 @@ def base_settings(spec: SweepSpec, data_root: Path | None) -> dict[str, Any]:
     options = dict(spec.dataset.options)
     if spec.dataset.data_dir is not None:
         resolved = resolve_data_dir(spec.dataset.data_dir, data_root)
-        options["data_dir"] = str(resolved) if resolved else spec.dataset.data_dir
+        if resolved is None:
+            # Admission checked this; a root that changed since (a link, a remount) must not
+            # open the user's raw path instead.
+            raise ValueError(
+                f"dataset.data_dir {spec.dataset.data_dir!r} resolves outside the data root "
+                f"{data_root} (GRADREG_DATA_DIR); the trial refuses to read it"
+            )
+        options["data_dir"] = str(resolved)
     return {
         "dataset": spec.dataset.name,
         "dataset_options": options,

@@ -30,6 +30,11 @@ class SweepSettings(BaseSettings):
     max_concurrent_trials: int = Field(64, ge=1)
     max_time_budget_s: float = Field(7 * 24 * 3600, gt=0)
     max_epochs: int = Field(10_000, ge=1)
+    max_trial_cpus: float = Field(64.0, gt=0, description="CPUs one trial may ask for")
+    max_trial_gpus: float = Field(8.0, ge=0, description="GPUs one trial may ask for")
+    placement_timeout_s: float = Field(
+        600.0, gt=0, description="how long a trial may wait for resources before the sweep fails"
+    )
 
     def resolved_tracking_uri(self) -> str:
         if self.tracking_uri:

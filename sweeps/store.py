@@ -4,6 +4,7 @@
 `DirectoryStore` implements it on plain files, for the command line and for tests:
 
     ROOT/ID/spec.yaml      the spec (written by whoever submits the sweep)
+    ROOT/ID/limits.json    the caps and data root it was admitted under (optional)
     ROOT/ID/started.json   the MLflow experiment and parent run, once the driver has them
     ROOT/ID/trials.jsonl   one line per trial event
     ROOT/ID/outcome.json   the sweep's outcome, written at the end
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from sweeps.driver import DriverOptions, resume_sweep, run_sweep
+from sweeps.limits import Limits
 from sweeps.parse import dump_spec, read_document, validate_shape
 from sweeps.records import SweepOutcome, SweepRecord, TrialEvent
 from sweeps.settings import SweepSettings
@@ -31,6 +33,10 @@ class SweepStore(Protocol):
     (its shape is read back; the rules ran when it was submitted and run again in the driver)."""
 
     def load_spec(self, sweep_id: str) -> SweepSpec: ...
+
+    def load_limits(self, sweep_id: str) -> Limits | None:
+        """The caps and data root the sweep was admitted under; None: the driver's own."""
+        ...
 
     def record_start(self, sweep_id: str, record: SweepRecord) -> None: ...
 
@@ -50,11 +56,17 @@ class DirectoryStore:
             raise ValueError(f"bad sweep id {sweep_id!r}")
         return self.root / sweep_id
 
-    def submit(self, sweep_id: str, spec: SweepSpec) -> Path:
+    def submit(self, sweep_id: str, spec: SweepSpec, limits: Limits | None = None) -> Path:
         directory = self._dir(sweep_id)
         directory.mkdir(parents=True, exist_ok=False)
         (directory / "spec.yaml").write_text(dump_spec(spec))
+        if limits is not None:
+            (directory / "limits.json").write_text(json.dumps(limits.to_document()) + "\n")
         return directory
+
+    def load_limits(self, sweep_id: str) -> Limits | None:
+        path = self._dir(sweep_id) / "limits.json"
+        return Limits.from_document(json.loads(path.read_text())) if path.exists() else None
 
     def load_spec(self, sweep_id: str) -> SweepSpec:
         path = self._dir(sweep_id) / "spec.yaml"
@@ -112,9 +124,16 @@ def run_stored(
         store.record_start(sweep_id, record)
 
     path = options.experiment_path(SweepSettings(), sweep_id)
+    # The caps it was admitted under, not this process's environment's.
+    limits = store.load_limits(sweep_id)
     if has_state(path):
         outcome = resume_sweep(
-            sweep_id, options, on_trial=on_trial, should_stop=should_stop, on_start=on_start
+            sweep_id,
+            options,
+            on_trial=on_trial,
+            should_stop=should_stop,
+            on_start=on_start,
+            limits=limits,
         )
     else:
         spec = store.load_spec(sweep_id)
@@ -123,6 +142,7 @@ def run_stored(
             options,
             on_trial=on_trial,
             should_stop=should_stop,
+            limits=limits,
             sweep_name=sweep_id,
             on_start=on_start,
         )

@@ -27,7 +27,7 @@ from service.schemas import (
 from service.settings import ServiceSettings
 from service.statuses import TERMINAL
 from service.store import repository
-from service.store.models import Sweep
+from service.store.models import IDEMPOTENCY_KEY_MAX, Sweep
 from service.store.sweep_store import objectives_of
 from sweeps import SpecError, SpecIssue, parse_spec
 
@@ -98,7 +98,9 @@ async def submit_sweep(
     settings: SettingsDep,
     limits: LimitsDep,
     reconciler: ReconcilerDep,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: Annotated[
+        str | None, Header(min_length=1, max_length=IDEMPOTENCY_KEY_MAX, pattern=r"\S")
+    ] = None,
 ) -> SweepOut:
     """Validate the spec, store the sweep as pending and hand it to the reconciler."""
     try:
@@ -112,7 +114,10 @@ async def submit_sweep(
     def store() -> tuple[SweepOut, bool]:
         with sessions() as db:
             sweep, created = repository.create_sweep(
-                db, spec.to_document(), idempotency_key=idempotency_key
+                db,
+                spec.to_document(),
+                idempotency_key=idempotency_key,
+                limits=limits.to_document(),
             )
             return sweep_out(settings, db, sweep), created
 

@@ -26,6 +26,16 @@ _MIGRATION_LOCK_ID = 0x67726164
 
 
 CONNECT_TIMEOUT_S = 5
+POOL_TIMEOUT_S = 10  # waiting for a free pooled connection
+STATEMENT_TIMEOUT_MS = 15_000
+POSTGRES_CONNECT_ARGS = {
+    "connect_timeout": CONNECT_TIMEOUT_S,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 5_000,  # ms
+}
 
 
 def make_engine(url: str | sa.URL, **engine_options: Any) -> sa.Engine:
@@ -42,9 +52,18 @@ def make_engine(url: str | sa.URL, **engine_options: Any) -> sa.Engine:
         _configure_sqlite(engine)
         return engine
     engine_options.setdefault("pool_pre_ping", True)
-    # Without it a store behind a dropped route holds each request for the OS's TCP timeout
-    # (minutes) instead of answering 503 in seconds.
-    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, **engine_options.pop("connect_args", {})}
+    engine_options.setdefault("pool_timeout", POOL_TIMEOUT_S)
+    # A store behind a dropped route must answer 503 in seconds, not hold the API's threads for
+    # the OS's TCP timeouts (minutes): connect_timeout bounds a new connection, TCP keepalives
+    # and tcp_user_timeout (unacknowledged data) break a pooled one to a dead server, and
+    # statement_timeout bounds a query the server does run.
+    connect_args = {**POSTGRES_CONNECT_ARGS, **engine_options.pop("connect_args", {})}
+    options = " ".join(
+        part
+        for part in (url.query.get("options"), f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
+        if part
+    )
+    url = url.update_query_dict({"options": options})
     return sa.create_engine(url, connect_args=connect_args, **engine_options)
 
 

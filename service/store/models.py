@@ -73,6 +73,9 @@ class Sweep(Base):
     id: Mapped[str] = mapped_column(sa.String(32), primary_key=True, default=new_sweep_id)
     name: Mapped[str] = mapped_column(sa.String(200))
     spec: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    # The caps and data root it was admitted under (sweeps.Limits.to_document); None for sweeps
+    # stored before they were kept, whose drivers use their own environment's.
+    limits: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
     tags: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
     status: Mapped[str] = mapped_column(sa.String(16), default="pending")
     reason: Mapped[str | None] = mapped_column(sa.Text)

@@ -283,7 +283,11 @@ def request_hash(document: Mapping[str, Any]) -> str:
 
 
 def create_sweep(
-    session: Session, spec_document: Mapping[str, Any], *, idempotency_key: str | None = None
+    session: Session,
+    spec_document: Mapping[str, Any],
+    *,
+    idempotency_key: str | None = None,
+    limits: Mapping[str, Any] | None = None,
 ) -> tuple[Sweep, bool]:
     """Store a new pending sweep; with a key seen before, return that key's sweep instead.
 
@@ -308,6 +312,7 @@ def create_sweep(
             id=new_sweep_id(),
             name=name,
             spec=dict(spec_document),
+            limits=None if limits is None else dict(limits),
             tags=tags,
             status="pending",
             tag_rows=[SweepTag(tag=tag) for tag in dict.fromkeys(tags)],

@@ -19,6 +19,7 @@ from service.statuses import TERMINAL
 from service.store import repository
 from service.store.database import session_factory
 from service.store.models import TRIAL_STATES, Sweep, Trial, utcnow
+from sweeps.limits import Limits
 from sweeps.parse import validate_shape
 from sweeps.records import (
     LOST_TRIAL,
@@ -41,6 +42,12 @@ class DatabaseSweepStore:
         with self.sessions() as session:
             document = repository.get_sweep(session, sweep_id).spec
         return validate_shape(document)
+
+    def load_limits(self, sweep_id: str) -> Limits | None:
+        """The caps and data root the API admitted the sweep under (None for older sweeps)."""
+        with self.sessions() as session:
+            document = repository.get_sweep(session, sweep_id).limits
+        return None if document is None else Limits.from_document(document)
 
     def record_start(self, sweep_id: str, record: SweepRecord) -> None:
         with self.sessions() as session:

@@ -18,7 +18,15 @@ from service.store import repository as repo
 from service.store.database import make_engine, upgrade
 from service.store.database import session_factory as make_sessions
 from service.store.sweep_store import DatabaseSweepStore
-from sweeps import DirectoryStore, DriverOptions, SweepSpec, SweepStore, TrialEvent, run_stored
+from sweeps import (
+    DirectoryStore,
+    DriverOptions,
+    Limits,
+    SweepSpec,
+    SweepStore,
+    TrialEvent,
+    run_stored,
+)
 from tests.service.conftest import postgres_schema
 from tests.service.test_store import outcome, record, summary
 from tests.sweeps.conftest import digits_spec
@@ -33,14 +41,15 @@ class Backend:
     root: Path | None = None
     sessions: sessionmaker[Session] | None = None
 
-    def submit(self, spec: SweepSpec) -> str:
+    def submit(self, spec: SweepSpec, limits: Limits | None = None) -> str:
         if isinstance(self.store, DirectoryStore):
             sweep_id = uuid.uuid4().hex
-            self.store.submit(sweep_id, spec)
+            self.store.submit(sweep_id, spec, limits)
             return sweep_id
         assert self.sessions is not None
+        document = None if limits is None else limits.to_document()
         with self.sessions() as session:
-            return repo.create_sweep(session, spec.to_document())[0].id
+            return repo.create_sweep(session, spec.to_document(), limits=document)[0].id
 
     def request_stop(self, sweep_id: str) -> None:
         if isinstance(self.store, DirectoryStore):
@@ -82,6 +91,29 @@ def test_the_spec_comes_back_as_it_was_submitted(backend: Backend):
     spec = digits_spec()
     sweep_id = backend.submit(spec)
     assert backend.store.load_spec(sweep_id) == spec
+
+
+def test_the_limits_it_was_admitted_under_come_back(backend: Backend, tmp_path):
+    limits = Limits(max_epochs=7, max_trial_cpus=2, data_root=tmp_path)
+    assert backend.store.load_limits(backend.submit(digits_spec(), limits)) == limits
+    assert backend.store.load_limits(backend.submit(digits_spec())) is None
+
+
+def test_a_sweep_runs_under_the_limits_it_was_admitted_under(
+    backend: Backend, ray_local, tmp_path, monkeypatch
+):
+    spec = digits_spec(
+        fixed={"epochs": 2, "batch_size": 256, "lr": 0.003, "device": "cpu"},
+        budget={"max_trials": 1, "max_concurrent_trials": 1},
+    )
+    sweep_id = backend.submit(spec, Limits(max_epochs=5))
+    monkeypatch.setenv("GRADREG_MAX_EPOCHS", "1")  # the driver's own environment is stricter
+    options = DriverOptions(
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        storage_path=str(tmp_path / "tune"),
+        quiet=True,
+    )
+    assert run_stored(sweep_id, backend.store, options).status == "succeeded"
 
 
 def test_an_unknown_sweep_is_an_error_that_names_it(backend: Backend):

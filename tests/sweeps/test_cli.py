@@ -86,7 +86,9 @@ def _read_lines(stream, sink: list[str]) -> None:
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_the_sweep_and_resume_finishes_it_without_rerunning(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_saves_the_sweep_and_resume_finishes_it_without_rerunning(tmp_path, signum):
+    # SIGINT is Ctrl-C; SIGTERM is what `docker compose stop` and the upgrade procedure send.
     spec = {
         **DIGITS_SWEEP,
         "name": "digits-ctrl-c",
@@ -114,7 +116,7 @@ def test_ctrl_c_saves_the_sweep_and_resume_finishes_it_without_rerunning(tmp_pat
         assert driver.poll() is None, "".join(lines[-30:])
         assert time.monotonic() < deadline, "".join(lines[-30:])
         time.sleep(0.2)
-    driver.send_signal(signal.SIGINT)
+    driver.send_signal(signum)
     out, _ = driver.communicate(timeout=120)
     assert driver.returncode == 0, "".join(lines[-30:])
     assert "sweep digits-ctrl-c: stopped" in out

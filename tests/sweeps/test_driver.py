@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import time
 
 import pytest
 from mlflow import MlflowClient
@@ -292,3 +293,19 @@ def test_a_stopped_trial_resumes_from_its_checkpoint(
     client, _, (child,) = runs_of(tracking_uri, spec.name)
     steps = [m.step for m in client.get_metric_history(child.info.run_id, "epoch")]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_trial_the_cluster_cannot_place_fails_the_sweep_saying_why(
+    ray_local, driver_options, monkeypatch
+):
+    monkeypatch.setenv("GRADREG_PLACEMENT_TIMEOUT_S", "3")
+    spec = digits_spec(
+        name="digits-unplaceable",
+        resources={"cpu": 3},  # within the deployment's cap, beyond this 2-CPU cluster
+        budget={"max_trials": 2, "max_concurrent_trials": 1},
+    )
+    started = time.monotonic()
+    outcome = run_sweep(spec, driver_options)
+    assert outcome.status == "failed"
+    assert "nothing could run it" in outcome.reason and "lower resources.cpu/gpu" in outcome.reason
+    assert time.monotonic() - started < 60  # not waiting for ever

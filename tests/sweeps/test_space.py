@@ -128,3 +128,24 @@ def test_uniform_variance_has_a_learning_rate_only_when_learned():
     assert "variance_lr" not in settings_used("vl-uniform")
     assert "variance_lr" in settings_used("vl-uniform", learns_noise_scale=True)
     assert settings_used("map") == COMMON_SETTINGS
+
+
+def test_a_data_dir_that_resolves_outside_the_root_at_trial_time_is_refused(tmp_path):
+    root = tmp_path / "root"
+    (root / "sets").mkdir(parents=True)
+    spec = parse_spec(
+        {
+            **DIGITS_SWEEP,
+            "dataset": {"name": "cifar10", "data_dir": "sets"},
+            "model": {"name": "cnn"},
+        },
+        Limits(data_root=root),
+    )
+    assert trial_config(spec, {"noise_scale": 0.01}, root).dataset_options["data_dir"] == str(
+        root / "sets"
+    )
+    # Admitted, then the directory became a link out of the root: no fallback to the raw path.
+    (root / "sets").rmdir()
+    (root / "sets").symlink_to(tmp_path)
+    with pytest.raises(ValueError, match=r"'sets' resolves outside the data root .*root"):
+        trial_config(spec, {"noise_scale": 0.01}, root)

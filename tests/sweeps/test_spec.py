@@ -228,6 +228,29 @@ def test_budgets_must_fit_the_deployments_caps():
     assert "cap of 1" in issues["fixed.epochs"]
 
 
+def test_a_spec_without_a_time_budget_runs_under_the_cap_and_says_so():
+    limits = Limits(max_time_budget_s=90)
+    spec = parse_spec(with_changes(budget={"max_trials": 2}), limits)
+    assert spec.budget.time_budget_s == 90
+    assert spec.to_document()["budget"]["time_budget_s"] == 90  # what the store keeps
+    assert parse_spec(with_changes(budget={"time_budget_s": 30}), limits).budget.time_budget_s == 30
+
+
+def test_per_trial_resources_must_fit_the_deployments_caps():
+    limits = Limits(max_trial_cpus=4, max_trial_gpus=1)
+    issues = issues_of(with_changes(resources={"cpu": 1000, "gpu": 2}), limits)
+    assert issues["resources.cpu"].startswith("1000 per trial exceeds this deployment's cap of 4")
+    assert "GRADREG_MAX_TRIAL_GPUS" in issues["resources.gpu"]
+    assert parse_spec(with_changes(resources={"cpu": 4}), limits).resources.cpu == 4
+
+
+def test_limits_travel_as_a_document(tmp_path):
+    limits = Limits(max_epochs=3, max_trial_cpus=2, data_root=tmp_path)
+    assert Limits.from_document(limits.to_document()) == limits
+    with pytest.raises(ValueError, match="unknown limits max_gpus"):
+        Limits.from_document({"max_gpus": 1})
+
+
 def test_data_dir_must_stay_inside_the_data_root(tmp_path):
     limits = Limits(data_root=tmp_path)
     inside = with_changes(

@@ -1,4 +1,4 @@
-"""The sweep ensemble a finished sweep's driver reports (members and metrics).
+"""A sweep's admitted limits (the caps and data root its driver enforces) and its ensemble.
 
 Revision ID: 0002
 Revises: 0001
@@ -17,9 +17,11 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.add_column("sweeps", sa.Column("limits", sa.JSON(), nullable=True))
     op.add_column("sweeps", sa.Column("ensemble", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("sweeps") as batch:
         batch.drop_column("ensemble")
+        batch.drop_column("limits")
