@@ -7,15 +7,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
+import sqlalchemy as sa
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import openapi, problems
 from service.launcher import LocalRayHead, RayJobs
+from service.readiness import Readiness, mlflow_probe, ray_probe, store_probe
 from service.reconciler import Reconciler
 from service.redaction import redact_tokens_in_logs
 from service.routes import meta, sweeps
-from service.settings import ServiceSettings
+from service.settings import SECRET_VARIABLES, ServiceSettings, write_secret
 from service.store.database import make_engine, session_factory, upgrade
 from sweeps import Limits
 
@@ -38,7 +40,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         head = None
         jobs_url = settings.ray_jobs_url
         if jobs_url is None:
-            head = LocalRayHead(settings.var_dir / "ray" / "head.json")
+            head = LocalRayHead(settings.var_dir / "ray" / "head.json", withheld=SECRET_VARIABLES)
             jobs_url = head.start()
             log.info("started a local Ray head; jobs API at %s", jobs_url)
         sweep_settings = settings.sweeps()
@@ -59,9 +61,19 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             max_active=settings.max_active_sweeps,
         )
         app.state.reconciler.start()
+        app.state.readiness = Readiness(
+            {
+                "store": store_probe(engine),
+                "ray": ray_probe(jobs),
+                "mlflow": mlflow_probe(tracking_uri),
+            },
+            interval_s=settings.readiness_interval_s,
+        )
+        app.state.readiness.start()
         try:
             yield
         finally:
+            app.state.readiness.stop()
             app.state.reconciler.stop()
             if head is not None:
                 head.stop()
@@ -82,15 +94,26 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
 
 def _driver_env(settings: ServiceSettings, tracking_uri: str) -> dict[str, str]:
-    """What the sweep driver job needs to find the store, MLflow and Tune's storage."""
+    """What the sweep driver job needs to find the store, MLflow and Tune's storage.
+
+    A job's runtime_env is readable by anyone who holds the Ray token, so a store URL with a
+    password never goes in it: the local head's drivers read it from an owner-only file, and
+    a cluster's head must carry GRADREG_DATABASE_URL itself (docker-compose.yml sets it).
+    """
     sweep_settings = settings.sweeps()
-    return {
-        "GRADREG_DATABASE_URL": settings.resolved_database_url(),
+    env = {
         "GRADREG_TRACKING_URI": tracking_uri,
         "GRADREG_STORAGE_PATH": sweep_settings.resolved_storage_path(),
         "GRADREG_VAR_DIR": str(settings.var_dir.absolute()),
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }
+    store = settings.resolved_database_url()
+    if sa.make_url(store).password is None:
+        env["GRADREG_DATABASE_URL"] = store
+    elif settings.ray_jobs_url is None:
+        secret = write_secret(settings.var_dir.absolute() / "secrets" / "database_url", store)
+        env["GRADREG_DATABASE_URL_FILE"] = str(secret)
+    return env
 
 
 class BodyLimit:

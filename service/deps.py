@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import sqlalchemy as sa
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.launcher import RayJobs
+from service.readiness import Readiness
 from service.reconciler import Reconciler
 from service.settings import ServiceSettings
 from sweeps import Limits
@@ -29,10 +28,6 @@ def sessions(request: Request) -> sessionmaker[Session]:
     return request.app.state.sessions
 
 
-def engine(request: Request) -> sa.Engine:
-    return request.app.state.engine
-
-
 def limits(request: Request) -> Limits:
     return request.app.state.limits
 
@@ -41,18 +36,12 @@ def reconciler(request: Request) -> Reconciler:
     return request.app.state.reconciler
 
 
-def jobs(request: Request) -> RayJobs:
-    return request.app.state.jobs
-
-
-def tracking_uri(request: Request) -> str:
-    return request.app.state.tracking_uri
+def readiness(request: Request) -> Readiness:
+    return request.app.state.readiness
 
 
 SettingsDep = Annotated[ServiceSettings, Depends(settings)]
 SessionsDep = Annotated[sessionmaker[Session], Depends(sessions)]
-EngineDep = Annotated[sa.Engine, Depends(engine)]
 LimitsDep = Annotated[Limits, Depends(limits)]
 ReconcilerDep = Annotated[Reconciler, Depends(reconciler)]
-JobsDep = Annotated[RayJobs, Depends(jobs)]
-TrackingUriDep = Annotated[str, Depends(tracking_uri)]
+ReadinessDep = Annotated[Readiness, Depends(readiness)]

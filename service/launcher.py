@@ -38,9 +38,12 @@ class LocalRayHead:
     the head and its sweep drivers running, and the next API process adopts them.
     """
 
-    def __init__(self, state_file: Path, num_cpus: int | None = None) -> None:
+    def __init__(
+        self, state_file: Path, num_cpus: int | None = None, withheld: tuple[str, ...] = ()
+    ) -> None:
         self.state_file = state_file
         self.num_cpus = num_cpus
+        self.withheld = withheld  # environment variables the head and its jobs must not see
         self.process: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
         self.dashboard_url = ""
@@ -74,7 +77,8 @@ class LocalRayHead:
         if self.num_cpus is not None:
             command.append(f"--num-cpus={self.num_cpus}")
         # No Ray Serve here to drain: without this a SIGTERM'd head waits 30 s before stopping.
-        env = {**os.environ, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+        env = {k: v for k, v in os.environ.items() if k not in self.withheld}
+        env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
         self.process = subprocess.Popen(
             command,
             stdout=subprocess.DEVNULL,
@@ -197,11 +201,3 @@ class RayJobs:
 
     def stop(self, submission_id: str) -> bool:
         return self.client.stop_job(submission_id)
-
-    def reachable(self) -> str | None:
-        """None if the Jobs API answers, else why not."""
-        try:
-            self.client.list_jobs()
-        except Exception as error:
-            return f"Ray jobs API at {self.dashboard_url}: {type(error).__name__}: {error}"
-        return None

@@ -9,7 +9,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException
 
 from service.store.repository import (
@@ -33,6 +34,13 @@ def problem(
         body["detail"] = detail
     body.update(extra)
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def store_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` says the store cannot be reached (try again), not that a query is
+    wrong: lost or refused connections, interface failures, pool and statement timeouts."""
+    # psycopg's QueryCanceled (statement_timeout) is an OperationalError too.
+    return isinstance(error, OperationalError | InterfaceError | SQLAlchemyTimeoutError)
 
 
 def install(app: FastAPI) -> None:
@@ -69,9 +77,11 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, error: HTTPException) -> JSONResponse:
         return problem(error.status_code, str(error.detail), headers=error.headers)
 
-    @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
-    async def _store_down(request: Request, error: Exception) -> JSONResponse:
+    @app.exception_handler(SQLAlchemyTimeoutError)
+    async def _store_error(request: Request, error: Exception) -> JSONResponse:
+        if not store_unavailable(error):  # an integrity or programming error is a bug: 500
+            return await _unexpected(request, error)
         log.error("store unavailable: %s", type(error).__name__)
         return problem(503, "the sweep store is unavailable; try again shortly")
 

@@ -23,6 +23,9 @@ class ServiceSettings(BaseSettings):
         "", description="comma-separated bearer tokens; none means loopback-only"
     )
     database_url: str | None = Field(None, description="default: SQLite under var_dir")
+    database_url_file: Path | None = Field(
+        None, description="a file holding the store URL (how the API hands it to its drivers)"
+    )
     var_dir: Path = Path("var")
     tracking_uri: str | None = Field(None, description="MLflow for the sweeps (see sweeps)")
     mlflow_ui_url: str = Field("http://127.0.0.1:5000", description="base of the run links")
@@ -36,6 +39,9 @@ class ServiceSettings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     api_threads: int = Field(4, ge=1, description="threads serving the synchronous routes")
     reconcile_interval_s: float = Field(5.0, gt=0)
+    readiness_interval_s: float = Field(
+        3.0, gt=0, description="how often /readyz's probes run (it answers from the latest)"
+    )
     cancel_grace_s: float = Field(30.0, ge=0)
     max_attempts: int = Field(3, ge=1, description="driver restarts before a sweep fails")
     max_active_sweeps: int = Field(
@@ -57,7 +63,14 @@ class ServiceSettings(BaseSettings):
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
+        if self.database_url_file is not None:
+            return self.database_url_file.read_text().strip()
         return f"sqlite:///{(self.var_dir / 'service.db').absolute()}"
+
+    @property
+    def store_configured(self) -> bool:
+        """Whether the store was named (a URL or its file), not left to the local default."""
+        return bool(self.database_url) or self.database_url_file is not None
 
     def resolved_token_path(self) -> Path:
         return (self.ray_auth_token_path or self.var_dir / "ray" / "auth_token").absolute()
@@ -78,6 +91,22 @@ class ServiceSettings(BaseSettings):
                 f"refusing to listen on {self.host} without API tokens; set GRADREG_API_TOKENS "
                 "or listen on 127.0.0.1"
             )
+
+
+# What the service's own processes must not pass on to the Ray head, its drivers and trials.
+SECRET_VARIABLES = ("GRADREG_API_TOKENS", "GRADREG_API_TOKEN", "GRADREG_DATABASE_URL")
+
+
+def write_secret(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` readable by its owner only (replacing what was there)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text + "\n")
+    os.replace(partial, path)
+    return path
 
 
 def prepare_ray_auth(token_path: Path) -> Path:

@@ -8,11 +8,12 @@ import threading
 
 
 class CuttableProxy:
-    """Forwards 127.0.0.1:`port` to `upstream`; `cut` drops every connection and refuses new
+    """Forwards `host`:`port` to `upstream`; `cut` drops every connection and refuses new
     ones until `restore`."""
 
-    def __init__(self, upstream: tuple[str, int]) -> None:
+    def __init__(self, upstream: tuple[str, int], host: str = "127.0.0.1") -> None:
         self.upstream = upstream
+        self.host = host
         self.port = 0
         self._listener: socket.socket | None = None
         self._open: set[socket.socket] = set()
@@ -21,7 +22,7 @@ class CuttableProxy:
     def start(self) -> CuttableProxy:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
+        listener.bind((self.host, self.port))
         listener.listen(64)
         self.port = listener.getsockname()[1]
         self._listener = listener

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from tests.reliability.netns import TestHost
 from tests.reliability.proxy import CuttableProxy
 from tests.service.api import FINAL, TOKENS, ApiProcess, is_problem, wait_for
 from tests.service.mlflow_server import MlflowServer
@@ -50,8 +51,12 @@ def test_store_unreachable_is_503_then_service_recovers(service, store_url, tmp_
             spec = {"name": "while-down", "dataset": {"name": "iris"}, "method": "map"}
             store_down(client.post("/v1/sweeps", json=spec))
             store_down(client.post("/v1/sweeps/" + "0" * 32 + "/cancel"))
-            ready = store_down(httpx.get(api.url + "/readyz"))
-            assert "store: OperationalError" in ready["detail"]
+            # /readyz answers from probes a few seconds old: it turns within two intervals.
+            deadline = time.monotonic() + 10
+            while (ready := httpx.get(api.url + "/readyz")).status_code == 200:
+                assert time.monotonic() < deadline, "readyz kept saying ready"
+                time.sleep(0.5)
+            assert "store: OperationalError" in store_down(ready)["detail"]
             assert httpx.get(api.url + "/healthz").status_code == 200
             assert time.monotonic() - started < 30  # answered, not hung on TCP timeouts
             # Authentication needs no store: a bad token is still 403, not 503.
@@ -63,7 +68,10 @@ def test_store_unreachable_is_503_then_service_recovers(service, store_url, tmp_
             while client.get("/v1/sweeps").status_code != 200:
                 assert time.monotonic() < deadline, "the API did not reconnect to its store"
                 time.sleep(0.5)
-            assert httpx.get(api.url + "/readyz").status_code == 200
+            deadline = time.monotonic() + 10
+            while httpx.get(api.url + "/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "readyz did not come back"
+                time.sleep(0.5)
         assert api.process is not None and api.process.poll() is None
         assert not any(token in api.log_tail(10**7) for token in TOKENS)
     finally:
@@ -122,3 +130,51 @@ def test_mlflow_killed_mid_trial_fails_the_trial_loudly(service, tmp_path):
 def trial_epoch(client: httpx.Client, sweep_id: str) -> int:
     trials = client.get(f"/v1/sweeps/{sweep_id}/trials").json()
     return max((t["epoch"] or 0 for t in trials), default=0)
+
+
+def test_a_store_behind_a_black_hole_is_503_in_bounded_time_then_recovers(store_url, tmp_path):
+    url = sa.make_url(store_url)
+    with TestHost("gr-bh") as host:
+        proxy_host, _ = host.link("store")  # the API's route to its store
+        _, api_host = host.link("client")  # the tests' route to the API
+        proxy = CuttableProxy((url.host or "127.0.0.1", url.port or 5432), host=proxy_host)
+        proxy.start()
+        through = url.set(host=proxy_host, port=proxy.port)
+        api = ApiProcess(
+            tmp_path,
+            host=api_host,
+            launcher=host.run,
+            extra_env={
+                "GRADREG_HOST": "0.0.0.0",
+                "GRADREG_DATABASE_URL": through.render_as_string(hide_password=False),
+            },
+        ).start()
+        try:
+            with api.client() as client:
+                assert client.get("/v1/sweeps").status_code == 200  # a pooled connection now
+                host.black_hole("store")  # packets vanish: no reset, no refusal
+                calls = [
+                    ("GET", "/v1/sweeps", None),
+                    ("GET", "/v1/sweeps/" + "0" * 32, None),
+                    (
+                        "POST",
+                        "/v1/sweeps",
+                        {"name": "bh", "dataset": {"name": "iris"}, "method": "map"},
+                    ),
+                    ("POST", "/v1/sweeps/" + "0" * 32 + "/cancel", None),
+                ]
+                for method, path, body in calls:
+                    started = time.monotonic()
+                    store_down(client.request(method, path, json=body))
+                    # connect_timeout, keepalives and tcp_user_timeout bound it (5 s each)
+                    assert time.monotonic() - started < 25, (method, path)
+                assert httpx.get(api.url + "/healthz", timeout=5).status_code == 200
+
+                host.restore("store")
+                deadline = time.monotonic() + 60
+                while client.get("/v1/sweeps").status_code != 200:
+                    assert time.monotonic() < deadline, "the API did not reconnect to its store"
+                    time.sleep(1)
+        finally:
+            api.stop()
+            proxy.cut()

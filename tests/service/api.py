@@ -23,13 +23,15 @@ FINAL = ("succeeded", "failed", "cancelled")
 @dataclass
 class ApiProcess:
     root: Path
-    extra_env: dict[str, str] = field(default_factory=dict)
+    extra_env: dict[str, str | None] = field(default_factory=dict)  # None: unset it
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    host: str = "127.0.0.1"  # where the tests reach it
+    launcher: tuple[str, ...] = ()  # e.g. ("ip", "netns", "exec", NAME): a test host of its own
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def var_dir(self) -> Path:
@@ -37,10 +39,11 @@ class ApiProcess:
 
     @property
     def tracking_uri(self) -> str:
-        return self.extra_env.get("GRADREG_TRACKING_URI") or f"sqlite:///{self.var_dir}/mlflow.db"
+        configured = self.extra_env.get("GRADREG_TRACKING_URI")
+        return configured or f"sqlite:///{self.var_dir}/mlflow.db"
 
     def env(self) -> dict[str, str]:
-        return {
+        env = {
             **os.environ,
             "GRADREG_VAR_DIR": str(self.var_dir),
             "GRADREG_PORT": str(self.port),
@@ -49,14 +52,19 @@ class ApiProcess:
             "GRADREG_CANCEL_GRACE_S": "20",
             "OMP_NUM_THREADS": "1",
             "MLFLOW_DISABLE_TELEMETRY": "true",
-            **self.extra_env,
         }
+        for key, value in self.extra_env.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        return env
 
     def start(self, ready: bool = True, timeout_s: float = 120) -> ApiProcess:
         self.root.mkdir(parents=True, exist_ok=True)
         log = open(self.root / "api.log", "ab")  # noqa: SIM115 (kept open for the process)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service"],
+            [*self.launcher, sys.executable, "-m", "service"],
             cwd=self.root,
             env=self.env(),
             stdout=log,
