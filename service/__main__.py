@@ -48,7 +48,8 @@ def serve(settings: ServiceSettings) -> int:
     if not settings.tokens:
         token = _generated_token(settings.var_dir)
         settings = settings.model_copy(update={"api_tokens": token})
-        print(f"API token (also in {settings.var_dir / TOKEN_FILE}): {token}", flush=True)
+        # Where, not what: stdout may be a log file others can read (`make demo` keeps one).
+        print(f"API token in {(settings.var_dir / TOKEN_FILE).absolute()} (owner-only)", flush=True)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0
 
@@ -67,7 +68,7 @@ def _generated_token(var_dir: Path) -> str:
 
 
 def client_command(args: argparse.Namespace) -> int:
-    from service.client import ApiError, Client, describe, read_spec
+    from service.client import ApiError, Client, SpecFileError, describe, read_spec
 
     token = args.token
     if not token and Path("var", TOKEN_FILE).exists():
@@ -85,7 +86,7 @@ def client_command(args: argparse.Namespace) -> int:
         else:
             sweep = client.sweep(args.sweep_id)
         print(describe(sweep, client.trials(sweep["id"])))
-    except ApiError as error:
+    except (ApiError, SpecFileError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0 if sweep["status"] != "failed" else 1

@@ -21,6 +21,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-id", required=True)
     args = parser.parse_args(argv)
     settings = ServiceSettings()
+    if not settings.store_configured:
+        # The local default would be a fresh SQLite file in the job's working directory: a
+        # store that holds no sweep. Say what is missing instead.
+        print(
+            "error: the sweep driver has no store: set GRADREG_DATABASE_URL on the Ray head "
+            "(or GRADREG_DATABASE_URL_FILE)",
+            file=sys.stderr,
+        )
+        return 2
     store = DatabaseSweepStore(make_engine(settings.resolved_database_url()))
     options = DriverOptions(
         # Inside a Ray Job, RAY_ADDRESS names the job's cluster; never start a second one.

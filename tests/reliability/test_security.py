@@ -139,3 +139,15 @@ def test_the_logs_never_hold_a_token(service):
     log = service.log_tail(10**8)
     assert log, "the API wrote no log at all"
     assert not any(token in log for token in TOKENS)
+
+
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [("", "at least 1 character"), ("   ", "should match pattern"), ("k" * 201, "at most 200")],
+)
+def test_an_empty_blank_or_huge_idempotency_key_is_a_422(service, key, why):
+    headers = {"Authorization": f"Bearer {TOKENS[0]}", "Idempotency-Key": key}
+    response = httpx.post(service.url + "/v1/sweeps", headers=headers, json=GOOD)
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["errors"]
+    assert error["path"] == "header.idempotency-key" and why in error["message"]
