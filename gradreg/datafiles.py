@@ -6,12 +6,15 @@ Layout under the data directory (``$GRADREG_DATA_DIR``, else ``./data``)::
     fashion_mnist/...                     t10k-labels-idx1-ubyte: the same four IDX files)
     cifar10/cifar-10-batches-py/data_batch_1 .. data_batch_5, test_batch
 
-Nothing here touches the network except `download`.
+Nothing here touches the network except `download`. It fetches over https only (a mirror or
+a redirect to anything else is refused), never takes more than a file's pinned size, and keeps
+a file only if its sha256 is the pinned digest of the canonical file.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import http.client
 import math
 import os
@@ -21,9 +24,10 @@ import ssl
 import tarfile
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, NamedTuple
@@ -54,7 +58,8 @@ class OfficialSplits(NamedTuple):
 
 
 class DownloadError(RuntimeError):
-    """A dataset file could not be fetched: a network error, or this machine is offline."""
+    """A dataset file could not be fetched: a network error, this machine is offline, a URL
+    or redirect that is not https, or a server that sent something other than the pinned file."""
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -243,30 +248,90 @@ _CIFAR_FILES = tuple(f"cifar-10-batches-py/{batch}" for batch in _CIFAR_BATCHES)
 
 
 @dataclass(frozen=True)
+class _Pin:
+    """A fetched file's sha256 and size in bytes; no server may send more than `size`."""
+
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
 class _Source:
     subdir: str
     files: tuple[str, ...]  # what the reader needs, relative to <data_dir>/<subdir>
     default_url: str
     read: Callable[[Path], OfficialSplits]
+    # Each file fetched (`name.gz`, or the archive), by its name on the server.
+    pins: Mapping[str, _Pin]
     # Set for IDX datasets: each file may also be stored gzipped, as `name.gz`.
     gzip_ok: bool = False
     # Set where the files come packed in one tarball; otherwise each is fetched as `name.gz`.
     archive: str | None = None
 
 
+# The published sha256 and size of each canonical file, as torchvision's and TensorFlow
+# Datasets' checksum lists give them. Their md5 sums, which the datasets' own pages publish, are
+# noted beside them: MNIST's as torchvision lists them, Fashion-MNIST's from its README,
+# CIFAR-10's from its page.
+_MNIST_PINS = {
+    # md5 f68b3c2dcbeaaa9fbdd348bbdeb94873
+    "train-images-idx3-ubyte.gz": _Pin(
+        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609", 9_912_422
+    ),
+    # md5 d53e105ee54ea40749a09fcbcd1e9432
+    "train-labels-idx1-ubyte.gz": _Pin(
+        "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c", 28_881
+    ),
+    # md5 9fb629c4189551a2d022fa330f9573f3
+    "t10k-images-idx3-ubyte.gz": _Pin(
+        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6", 1_648_877
+    ),
+    # md5 ec29112dd5afa0611ce80d1b7f02629c
+    "t10k-labels-idx1-ubyte.gz": _Pin(
+        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6", 4_542
+    ),
+}
+_FASHION_MNIST_PINS = {
+    # md5 8d4fb7e6c68d591d4c3dfef9ec88bf0d
+    "train-images-idx3-ubyte.gz": _Pin(
+        "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84", 26_421_880
+    ),
+    # md5 25c81989df183df01b3e8a0aad5dffbe
+    "train-labels-idx1-ubyte.gz": _Pin(
+        "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845", 29_515
+    ),
+    # md5 bef4ecab320f06d8554ea6380940ec79
+    "t10k-images-idx3-ubyte.gz": _Pin(
+        "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073", 4_422_102
+    ),
+    # md5 bb300cfdad3c16e7a12a480ee83cd310
+    "t10k-labels-idx1-ubyte.gz": _Pin(
+        "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5", 5_148
+    ),
+}
+_CIFAR10_PINS = {
+    # md5 c58f30108f718f92721af3b95e74349a
+    "cifar-10-python.tar.gz": _Pin(
+        "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce", 170_498_071
+    ),
+}
+
 _SOURCES = {
     "mnist": _Source(
         "mnist",
         _IDX_FILES,
-        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",  # torchvision's copy
         _read_idx_dataset,
+        _MNIST_PINS,
         gzip_ok=True,
     ),
     "fashion_mnist": _Source(
         "fashion_mnist",
         _IDX_FILES,
-        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        # The project's own repository: its S3 website endpoint serves plain http only.
+        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
         _read_idx_dataset,
+        _FASHION_MNIST_PINS,
         gzip_ok=True,
     ),
     "cifar10": _Source(
@@ -274,6 +339,7 @@ _SOURCES = {
         _CIFAR_FILES,
         "https://www.cs.toronto.edu/~kriz/",
         _read_cifar_dataset,
+        _CIFAR10_PINS,
         archive="cifar-10-python.tar.gz",
     ),
 }
@@ -341,22 +407,77 @@ _NETWORK_ERRORS = (
 )
 
 
+_CHUNK = 1 << 20
+
+
 def _write_atomically(
-    destination: Path, stream: IO[bytes], validate: Callable[[Path], object]
+    destination: Path,
+    stream: IO[bytes],
+    validate: Callable[[Path], object],
+    check: Callable[[Path], object] | None = None,
 ) -> None:
-    """Copy `stream` to a temp file beside `destination`, validate it, then move it in place."""
+    """Copy `stream` to a temp file beside `destination`, `check` and validate it, then move it
+    in place. Whatever fails, the temp file is removed."""
     fd, temp_name = tempfile.mkstemp(
         dir=destination.parent, prefix=f".{destination.name}.", suffix=".part"
     )
     temp = Path(temp_name)
     try:
         with os.fdopen(fd, "wb") as out:
-            shutil.copyfileobj(stream, out, 1 << 20)
+            shutil.copyfileobj(stream, out, _CHUNK)
+        if check is not None:
+            check(temp)
         validate(temp)
         temp.chmod(0o644)  # mkstemp creates 0600; data directories are usually shared
         os.replace(temp, destination)
     finally:
         temp.unlink(missing_ok=True)
+
+
+def _is_https(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme.lower() == "https" and bool(parts.hostname)
+
+
+class _HttpsOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to another https URL."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if not _is_https(newurl):
+            raise DownloadError(
+                f"refusing the redirect ({code}) from {req.full_url} to {newurl}: "
+                "only https URLs are fetched"
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _opener(ssl_context: ssl.SSLContext | None) -> urllib.request.OpenerDirector:
+    # ssl_context None: the default context, which verifies certificates and host names
+    return urllib.request.build_opener(
+        _HttpsOnlyRedirects(), urllib.request.HTTPSHandler(context=ssl_context)
+    )
+
+
+class _Capped:
+    """A response read up to `limit` bytes; one byte more is a DownloadError."""
+
+    def __init__(self, response: IO[bytes], limit: int, url: str, name: str) -> None:
+        self.response, self.url, self.name = response, url, name
+        self.limit = self.left = limit
+
+    def too_big(self, detail: str) -> DownloadError:
+        return DownloadError(
+            f"{self.url} sent more than its {self.limit} bytes of {self.name} ({detail}); "
+            "refusing it"
+        )
+
+    def read(self, size: int = -1) -> bytes:
+        want = self.left + 1 if size is None or size < 0 else min(size, self.left + 1)
+        data = self.response.read(want)
+        self.left -= len(data)
+        if self.left < 0:
+            raise self.too_big("cut off there")
+        return data
 
 
 def _fetch(
@@ -365,7 +486,25 @@ def _fetch(
     timeout: float,
     validate: Callable[[Path], object],
     manual_help: str,
+    pin: _Pin,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
+    """Fetch `url` into `destination` over https: at most `pin.size` bytes, and kept only if
+    its sha256 is `pin.sha256` and `validate` accepts it."""
+    if not _is_https(url):
+        raise DownloadError(f"refusing to fetch {url}: only https URLs are fetched")
+
+    def digest_checked(path: Path) -> None:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            while block := handle.read(_CHUNK):
+                digest.update(block)
+        if digest.hexdigest() != pin.sha256:
+            raise DownloadError(
+                f"{url} did not give the pinned {destination.name}: expected sha256 "
+                f"{pin.sha256}, got {digest.hexdigest()}; the file was not kept"
+            )
+
     def checked(path: Path) -> None:
         try:
             validate(path)
@@ -373,8 +512,12 @@ def _fetch(
             raise ValueError(f"{url} did not give a valid {destination.name}: {error}") from error
 
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            _write_atomically(destination, response, checked)
+        with _opener(ssl_context).open(url, timeout=timeout) as response:
+            stream = _Capped(response, pin.size, url, destination.name)
+            declared = response.headers.get("Content-Length")
+            if declared and declared.strip().isdigit() and int(declared) > pin.size:
+                raise stream.too_big(f"it declared {int(declared)}")
+            _write_atomically(destination, stream, checked, digest_checked)
     except _NETWORK_ERRORS as error:
         raise DownloadError(
             f"could not download {url} ({error}); this machine may be offline.\n{manual_help}"
@@ -431,12 +574,18 @@ def _accept(_path: Path) -> None:
 
 
 def _install_archive(
-    source: _Source, directory: Path, base_url: str, timeout: float, manual_help: str
+    source: _Source,
+    directory: Path,
+    base_url: str,
+    timeout: float,
+    manual_help: str,
+    ssl_context: ssl.SSLContext | None,
 ) -> None:
     archive = directory / str(source.archive)
     fetched_now = not archive.is_file()
     if fetched_now:
-        _fetch(base_url + archive.name, archive, timeout, _safe_members, manual_help)
+        url, pin = base_url + archive.name, source.pins[archive.name]
+        _fetch(url, archive, timeout, _safe_members, manual_help, pin, ssl_context)
     try:
         _extract(source, archive, directory)
     except ValueError:
@@ -447,22 +596,36 @@ def _install_archive(
 
 
 def _install_files(
-    source: _Source, directory: Path, base_url: str, timeout: float, manual_help: str
+    source: _Source,
+    directory: Path,
+    base_url: str,
+    timeout: float,
+    manual_help: str,
+    ssl_context: ssl.SSLContext | None,
 ) -> None:
     for file in source.files:
         if not _present(source, directory / file):
             name = f"{file}.gz"
-            _fetch(base_url + name, directory / name, timeout, read_idx, manual_help)
+            url, pin = base_url + name, source.pins[name]
+            _fetch(url, directory / name, timeout, read_idx, manual_help, pin, ssl_context)
 
 
 def _base_url(source: _Source, base_url: str | None) -> str:
     if base_url:
-        return base_url.rstrip("/") + "/"
-    mirror = settings.data_mirror()
-    # a mirror serves every dataset, each under its own subdirectory like the data directory
-    if mirror:
-        return f"{mirror.rstrip('/')}/{source.subdir}/"
-    return source.default_url
+        given, origin = base_url, "the mirror (--mirror / base_url)"
+        url = base_url.rstrip("/") + "/"
+    elif mirror := settings.data_mirror():
+        # a mirror serves every dataset, each under its own subdirectory like the data directory
+        given, origin = mirror, f"the mirror in ${MIRROR_ENV}"
+        url = f"{mirror.rstrip('/')}/{source.subdir}/"
+    else:
+        given, origin, url = source.default_url, "the official URL", source.default_url
+    if not _is_https(url):
+        raise DownloadError(
+            f"{origin} {given!r} is not an https URL; dataset files are fetched over https "
+            "only (give an https:// mirror)"
+        )
+    return url
 
 
 def _manual_help(name: str, root: Path) -> str:
@@ -482,16 +645,21 @@ def download(
     *,
     base_url: str | None = None,
     timeout: float = 60,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> list[Path]:
     """Fetch dataset `name` into ``<data_dir>/<name>`` and return the paths of its files.
 
     Files already present are kept. `base_url` (else ``$GRADREG_DATA_MIRROR/<name>/``, else
-    the dataset's official site) is where the files are fetched from.
+    the dataset's official site) is where the files are fetched from; it must be https, and so
+    must every redirect. Each fetched file must match its pinned sha256 and size, else it is
+    removed and a `DownloadError` says which file and both digests. `ssl_context` replaces the
+    default (verifying) TLS context, e.g. to trust a test server's certificate.
     """
     source, root = _source(name), resolve_data_dir(data_dir)
     directory = root / source.subdir
     if missing_files(name, root):
+        url = _base_url(source, base_url)
         directory.mkdir(parents=True, exist_ok=True)
         install = _install_archive if source.archive else _install_files
-        install(source, directory, _base_url(source, base_url), timeout, _manual_help(name, root))
+        install(source, directory, url, timeout, _manual_help(name, root), ssl_context)
     return [_plain_or_gzip(directory / file) for file in source.files]

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
 from service.statuses import TERMINAL
 from sweeps.records import FINISHED_STATES
@@ -17,6 +16,10 @@ from sweeps.records import FINISHED_STATES
 
 class ApiError(RuntimeError):
     pass
+
+
+class SpecFileError(ValueError):
+    """A spec file that cannot be read, or does not hold a spec document; names the file."""
 
 
 class Client:
@@ -86,8 +89,34 @@ def _first_metric(trial: dict) -> tuple[str | None, float]:
 
 
 def read_spec(path: str) -> dict[str, Any]:
-    text = Path(path).read_text()
-    return json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    """The document in spec file `path`, read as `python -m sweeps validate` reads it.
+
+    JSON or YAML with YAML 1.2's numbers (``1e-4`` is a float, not a string). Whether it is
+    a valid spec is for the API to say; this only refuses what cannot be sent as one.
+    """
+    # Imported here: sweeps.parse imports the spec module and through it gradreg and torch,
+    # which a client that only posts JSON should not load.
+    from sweeps.errors import SpecError
+    from sweeps.parse import read_document
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise SpecFileError(f"cannot read spec file {path}: {error}") from None
+    try:
+        document = read_document(text)
+    except SpecError as error:
+        problems = "; ".join(issue.message for issue in error.issues)
+        raise SpecFileError(f"spec file {path}: {problems}") from None
+    if not isinstance(document, dict):
+        raise SpecFileError(f"spec file {path}: a spec is a mapping, got {type(document).__name__}")
+    try:
+        json.dumps(document, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise SpecFileError(
+            f"spec file {path}: holds a value JSON cannot carry ({error})"
+        ) from None
+    return document
 
 
 def describe(sweep: dict, trials: list[dict]) -> str:

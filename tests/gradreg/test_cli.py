@@ -113,7 +113,7 @@ def test_file_dataset_commands_say_what_to_place_where(tmp_path, capsys):
     with socket.socket() as probe:  # a loopback port that nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    mirror = f"http://127.0.0.1:{port}/"
+    mirror = f"https://127.0.0.1:{port}/"
     code = main(["data", "download", "mnist", "--dir", str(tmp_path), "--mirror", mirror])
     assert code == 1
     err = capsys.readouterr().err

@@ -1,13 +1,22 @@
-"""Image datasets from files: IDX and CIFAR readers, registry entries, download over loopback."""
+"""Image datasets from files: IDX and CIFAR readers, registry entries, download over loopback.
+
+Downloads go to HTTPS servers on 127.0.0.1 with a self-signed certificate made here, trusted
+through `download`'s `ssl_context`; the files they serve are pinned by monkeypatching the
+dataset's digests and sizes (`pin_served`)."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import gzip
+import hashlib
 import io
+import ipaddress
 import os
 import pickle
 import re
 import socket
+import ssl
 import struct
 import tarfile
 import threading
@@ -132,12 +141,67 @@ def make_cifar_tarball(path: Path, batches_dir: Path, extra: dict[str, bytes] | 
             tar.addfile(info, io.BytesIO(content))
 
 
+@dataclasses.dataclass
+class Tls:
+    server: ssl.SSLContext  # presents the self-signed certificate for 127.0.0.1
+    client: ssl.SSLContext  # trusts only that certificate
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory) -> Tls:
+    """A self-signed certificate for 127.0.0.1, made with the `cryptography` package."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    directory = tmp_path_factory.mktemp("tls")
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert_file, key_file)
+    return Tls(server=server, client=ssl.create_default_context(cafile=str(cert_file)))
+
+
 @pytest.fixture
-def serve() -> Iterator[Callable[[Path], tuple[str, list[str]]]]:
-    """Start an HTTP server on 127.0.0.1 for a directory; gives its URL and a request log."""
+def serve(tls) -> Iterator[Callable[..., tuple[str, list[str]]]]:
+    """Start an HTTPS (or, with `https=False`, HTTP) server on 127.0.0.1 for a directory;
+    gives its URL and a request log. `redirects` maps a request path to a Location to send
+    with a 302; `endless` streams bytes without a Content-Length for every file it serves."""
     servers = []
 
-    def start(directory: Path) -> tuple[str, list[str]]:
+    def start(
+        directory: Path,
+        *,
+        https: bool = True,
+        redirects: dict[str, str] | None = None,
+        endless: bool = False,
+    ) -> tuple[str, list[str]]:
         requests: list[str] = []
 
         class Handler(SimpleHTTPRequestHandler):
@@ -146,15 +210,33 @@ def serve() -> Iterator[Callable[[Path], tuple[str, list[str]]]]:
 
             def do_GET(self):
                 requests.append(self.path)
-                super().do_GET()
+                if redirects and self.path in redirects:
+                    self.send_response(302)
+                    self.send_header("Location", redirects[self.path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                elif endless:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/octet-stream")
+                    self.end_headers()  # no Content-Length: the body ends when we close
+                    try:
+                        for _ in range(1024):  # 64 MiB at most, if nobody hangs up
+                            self.wfile.write(b"\0" * (1 << 16))
+                    except (OSError, ssl.SSLError):
+                        pass  # the client hung up, as it should
+                else:
+                    super().do_GET()
 
             def log_message(self, *args):
                 pass
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if https:
+            server.socket = tls.server.wrap_socket(server.socket, server_side=True)
         threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}/", requests
+        scheme = "https" if https else "http"
+        return f"{scheme}://127.0.0.1:{server.server_address[1]}/", requests
 
     yield start
     for server in servers:
@@ -162,11 +244,27 @@ def serve() -> Iterator[Callable[[Path], tuple[str, list[str]]]]:
         server.server_close()
 
 
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def pin_served(monkeypatch, name: str, directory: Path, sizes: dict[str, int] | None = None):
+    """Pin dataset `name`'s files to those in `directory`: their sha256, and their size (or
+    `sizes[file]`) as the cap, as the real pins pin the real files."""
+    source = datafiles._SOURCES[name]
+    pins = dict(source.pins)
+    for path in directory.iterdir():
+        if path.name in pins:
+            size = (sizes or {}).get(path.name, path.stat().st_size)
+            pins[path.name] = datafiles._Pin(sha256_of(path), size)
+    monkeypatch.setitem(datafiles._SOURCES, name, dataclasses.replace(source, pins=pins))
+
+
 def closed_port_url() -> str:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
+    return f"https://127.0.0.1:{port}/"
 
 
 # ---------------------------------------------------------------- helpers for checks
@@ -427,66 +525,194 @@ def test_missing_cifar_batches_are_listed(tmp_path):
 # ---------------------------------------------------------------- download
 
 
-def test_download_idx_files_then_skip_them(tmp_path, serve):
+def test_download_idx_files_then_skip_them(tmp_path, serve, tls, monkeypatch):
     raw = make_idx_dataset(tmp_path / "mirror", gz=True)
+    pin_served(monkeypatch, "mnist", tmp_path / "mirror")
     url, requests = serve(tmp_path / "mirror")
     data_dir = tmp_path / "data"
-    paths = datafiles.download("mnist", data_dir, base_url=url, timeout=5)
+    paths = datafiles.download("mnist", data_dir, base_url=url, timeout=5, ssl_context=tls.client)
     assert paths == [data_dir / "mnist" / f"{name}.gz" for name in IDX_NAMES]
     assert sorted(requests) == sorted(f"/{name}.gz" for name in IDX_NAMES)
     assert sorted(p.name for p in (data_dir / "mnist").iterdir()) == sorted(
         f"{name}.gz" for name in IDX_NAMES
     )  # no temp files left
+    for name in IDX_NAMES:  # the files kept are the pinned ones
+        assert sha256_of(data_dir / "mnist" / f"{name}.gz") == sha256_of(
+            tmp_path / "mirror" / f"{name}.gz"
+        )
     dataset = load_dataset("mnist", data_dir=data_dir)
     assert dataset.y_test.tolist() == raw["t10k-labels-idx1-ubyte"].tolist()
 
-    assert datafiles.download("mnist", data_dir, base_url=url, timeout=5) == paths
+    again = datafiles.download("mnist", data_dir, base_url=url, timeout=5, ssl_context=tls.client)
+    assert again == paths
     assert len(requests) == len(IDX_NAMES)
 
 
-def test_download_from_mirror_env_uses_the_dataset_subdirectory(tmp_path, serve, monkeypatch):
+def test_download_from_mirror_env_uses_the_dataset_subdirectory(tmp_path, serve, tls, monkeypatch):
     make_idx_dataset(tmp_path / "mirror" / "fashion_mnist", gz=True)
+    pin_served(monkeypatch, "fashion_mnist", tmp_path / "mirror" / "fashion_mnist")
     url, requests = serve(tmp_path / "mirror")
     monkeypatch.setenv(datafiles.MIRROR_ENV, url)
-    datafiles.download("fashion_mnist", tmp_path / "data", timeout=5)
+    datafiles.download("fashion_mnist", tmp_path / "data", timeout=5, ssl_context=tls.client)
     assert all(path.startswith("/fashion_mnist/") for path in requests)
     assert load_dataset("fashion_mnist", data_dir=tmp_path / "data").n_test == N_TEST
 
 
-def test_download_rejects_a_wrong_file_and_keeps_nothing(tmp_path, serve):
+def test_download_rejects_a_wrong_file_and_keeps_nothing(tmp_path, serve, tls, monkeypatch):
+    # pinned as served, so the digest passes and the IDX reader is what refuses it
     make_idx_dataset(tmp_path / "mirror", gz=True)
     (tmp_path / "mirror" / "t10k-images-idx3-ubyte.gz").write_bytes(b"<html>not found</html>")
+    pin_served(monkeypatch, "mnist", tmp_path / "mirror")
     url, _ = serve(tmp_path / "mirror")
     with pytest.raises(ValueError, match=re.escape(f"{url}t10k-images-idx3-ubyte.gz")):
-        datafiles.download("mnist", tmp_path / "data", base_url=url, timeout=5)
+        datafiles.download(
+            "mnist", tmp_path / "data", base_url=url, timeout=5, ssl_context=tls.client
+        )
     assert not list((tmp_path / "data" / "mnist").glob("t10k-images*"))
 
 
-def test_download_cifar_tarball_extracts_and_removes_it(tmp_path, serve):
+def test_download_refuses_a_file_whose_digest_is_not_the_pinned_one(
+    tmp_path, serve, tls, monkeypatch
+):
+    make_idx_dataset(tmp_path / "mirror", gz=True)
+    served = tmp_path / "mirror" / "train-labels-idx1-ubyte.gz"
+    pin_served(monkeypatch, "mnist", tmp_path / "mirror", sizes={served.name: 1 << 20})
+    expected = sha256_of(served)
+    # a valid IDX file, but not the pinned one
+    labels = np.array(datafiles.read_idx(served))[::-1]
+    served.write_bytes(gzip.compress(idx_bytes(labels), mtime=0))
+    actual = sha256_of(served)
+    assert actual != expected
+    url, _ = serve(tmp_path / "mirror")
+    with pytest.raises(DownloadError) as caught:
+        datafiles.download(
+            "mnist", tmp_path / "data", base_url=url, timeout=5, ssl_context=tls.client
+        )
+    message = str(caught.value)
+    assert "train-labels-idx1-ubyte.gz" in message
+    assert f"expected sha256 {expected}" in message and f"got {actual}" in message
+    assert f"{url}train-labels-idx1-ubyte.gz" in message
+    assert not list((tmp_path / "data" / "mnist").glob("*train-labels*"))  # nor a .part file
+
+
+def test_download_refuses_a_declared_body_over_the_cap(tmp_path, serve, tls, monkeypatch):
+    make_idx_dataset(tmp_path / "mirror", gz=True)
+    big = tmp_path / "mirror" / "train-images-idx3-ubyte.gz"
+    cap = big.stat().st_size - 1
+    pin_served(monkeypatch, "mnist", tmp_path / "mirror", sizes={big.name: cap})
+    url, _ = serve(tmp_path / "mirror")
+    with pytest.raises(DownloadError, match=rf"{big.name}.*more than its {cap} bytes"):
+        datafiles.download(
+            "mnist", tmp_path / "data", base_url=url, timeout=5, ssl_context=tls.client
+        )
+    assert not list((tmp_path / "data" / "mnist").glob("*train-images*"))
+
+
+def test_download_cuts_off_an_endless_body(tmp_path, serve, tls, monkeypatch):
+    make_idx_dataset(tmp_path / "mirror", gz=True)
+    pin_served(monkeypatch, "mnist", tmp_path / "mirror")  # a few KiB each
+    url, requests = serve(tmp_path / "mirror", endless=True)  # 64 MiB, no Content-Length
+    cap = datafiles._SOURCES["mnist"].pins["train-images-idx3-ubyte.gz"].size
+    with pytest.raises(DownloadError, match=rf"train-images-idx3-ubyte.gz.*more than its {cap}"):
+        datafiles.download(
+            "mnist", tmp_path / "data", base_url=url, timeout=5, ssl_context=tls.client
+        )
+    assert requests == ["/train-images-idx3-ubyte.gz"]
+    assert not [p for p in (tmp_path / "data" / "mnist").iterdir()]
+
+
+@pytest.mark.parametrize("via", ["base_url", "env"])
+@pytest.mark.parametrize("mirror", ["http://{host}/", "HTTP://{host}/", "ftp://{host}/", "{host}"])
+def test_download_refuses_a_mirror_that_is_not_https(tmp_path, serve, monkeypatch, via, mirror):
+    (tmp_path / "mirror").mkdir()
+    url, requests = serve(tmp_path / "mirror", https=False)
+    mirror = mirror.format(host=url.removeprefix("http://").rstrip("/"))
+    options = {"base_url": mirror} if via == "base_url" else {}
+    if via == "env":
+        monkeypatch.setenv(datafiles.MIRROR_ENV, mirror)
+    with pytest.raises(DownloadError, match=rf"{re.escape(mirror)}.*not an https URL") as caught:
+        datafiles.download("mnist", tmp_path / "data", timeout=5, **options)
+    assert (datafiles.MIRROR_ENV in str(caught.value)) == (via == "env")
+    assert requests == []  # nothing was fetched over it
+
+
+def test_the_official_sources_are_https_and_every_file_is_pinned():
+    for name, source in datafiles._SOURCES.items():
+        assert source.default_url.startswith("https://"), name
+        fetched = [source.archive] if source.archive else [f"{file}.gz" for file in source.files]
+        assert sorted(source.pins) == sorted(fetched), name
+        for pin in source.pins.values():
+            assert re.fullmatch(r"[0-9a-f]{64}", pin.sha256) and pin.size > 0
+
+
+def test_download_refuses_a_redirect_to_http(tmp_path, serve, tls, monkeypatch):
+    make_idx_dataset(tmp_path / "plain", gz=True)
+    make_idx_dataset(tmp_path / "mirror", gz=True)
+    pin_served(monkeypatch, "mnist", tmp_path / "mirror")
+    plain_url, plain_requests = serve(tmp_path / "plain", https=False)
+    target = f"{plain_url}train-images-idx3-ubyte.gz"
+    url, _ = serve(tmp_path / "mirror", redirects={"/train-images-idx3-ubyte.gz": target})
+    with pytest.raises(DownloadError, match=rf"refusing the redirect .* to {re.escape(target)}"):
+        datafiles.download(
+            "mnist", tmp_path / "data", base_url=url, timeout=5, ssl_context=tls.client
+        )
+    assert plain_requests == []
+    assert not list((tmp_path / "data" / "mnist").glob("*train-images*"))
+
+
+def test_download_follows_a_redirect_to_https(tmp_path, serve, tls, monkeypatch):
+    make_idx_dataset(tmp_path / "mirror", gz=True)
+    pin_served(monkeypatch, "mnist", tmp_path / "mirror")
+    url, requests = serve(tmp_path / "mirror")
+    moved = {f"/moved/{name}.gz": f"{url}{name}.gz" for name in IDX_NAMES}
+    old_url, _ = serve(tmp_path / "mirror", redirects=moved)
+    datafiles.download(
+        "mnist", tmp_path / "data", base_url=old_url + "moved/", timeout=5, ssl_context=tls.client
+    )
+    assert sorted(requests) == sorted(f"/{name}.gz" for name in IDX_NAMES)
+
+
+def test_download_cifar_tarball_extracts_and_removes_it(tmp_path, serve, tls, monkeypatch):
     raw = make_cifar_dataset(tmp_path / "batches")
     make_cifar_tarball(tmp_path / "mirror" / "cifar-10-python.tar.gz", tmp_path / "batches")
+    pin_served(monkeypatch, "cifar10", tmp_path / "mirror")
     url, requests = serve(tmp_path / "mirror")
     data_dir = tmp_path / "data"
-    paths = datafiles.download("cifar10", data_dir, base_url=url, timeout=5)
+    paths = datafiles.download("cifar10", data_dir, base_url=url, timeout=5, ssl_context=tls.client)
     assert paths == [data_dir / "cifar10" / "cifar-10-batches-py" / b for b in CIFAR_BATCHES]
     assert not (data_dir / "cifar10" / "cifar-10-python.tar.gz").exists()
     assert requests == ["/cifar-10-python.tar.gz"]
     dataset = load_dataset("cifar10", data_dir=data_dir)
     assert dataset.y_test.tolist() == raw["y_test"].tolist()
 
-    datafiles.download("cifar10", data_dir, base_url=url, timeout=5)
+    datafiles.download("cifar10", data_dir, base_url=url, timeout=5, ssl_context=tls.client)
     assert len(requests) == 1
 
 
+def test_download_refuses_a_cifar_tarball_with_the_wrong_digest(tmp_path, serve, tls, monkeypatch):
+    make_cifar_dataset(tmp_path / "batches")
+    make_cifar_tarball(tmp_path / "mirror" / "cifar-10-python.tar.gz", tmp_path / "batches")
+    url, _ = serve(tmp_path / "mirror")  # pinned to the real archive, which this is not
+    real = datafiles._SOURCES["cifar10"].pins["cifar-10-python.tar.gz"].sha256
+    with pytest.raises(DownloadError, match=rf"cifar-10-python.tar.gz.*expected sha256 {real}"):
+        datafiles.download(
+            "cifar10", tmp_path / "data", base_url=url, timeout=5, ssl_context=tls.client
+        )
+    assert not list((tmp_path / "data" / "cifar10").iterdir())
+
+
 @pytest.mark.parametrize("member", ["../evil", "cifar-10-batches-py/../../evil", "{tmp}/evil"])
-def test_download_rejects_tarball_escaping_the_directory(tmp_path, serve, member):
+def test_download_rejects_tarball_escaping_the_directory(tmp_path, serve, tls, monkeypatch, member):
     member = member.format(tmp=tmp_path)
     make_cifar_dataset(tmp_path / "batches")
     archive = tmp_path / "mirror" / "cifar-10-python.tar.gz"
     make_cifar_tarball(archive, tmp_path / "batches", extra={member: b"gotcha"})
+    pin_served(monkeypatch, "cifar10", tmp_path / "mirror")
     url, _ = serve(tmp_path / "mirror")
     with pytest.raises(ValueError, match=rf"unsafe member {re.escape(repr(member))}"):
-        datafiles.download("cifar10", tmp_path / "data" / "deep", base_url=url, timeout=5)
+        datafiles.download(
+            "cifar10", tmp_path / "data" / "deep", base_url=url, timeout=5, ssl_context=tls.client
+        )
     assert not list(tmp_path.rglob("evil"))
     assert not list((tmp_path / "data").rglob("*.tar.gz"))
     assert not (tmp_path / "data" / "deep" / "cifar10" / "cifar-10-batches-py").exists()
@@ -510,11 +736,13 @@ def test_download_offline_says_what_to_place_by_hand(tmp_path, name, first_file,
     assert all(str(tmp_path / name / file) in message for file in expected_files)
 
 
-def test_download_http_error_names_the_url(tmp_path, serve):
+def test_download_http_error_names_the_url(tmp_path, serve, tls):
     (tmp_path / "empty").mkdir()
     url, _ = serve(tmp_path / "empty")
     with pytest.raises(DownloadError, match=rf"{re.escape(url)}train-images.*404"):
-        datafiles.download("mnist", tmp_path / "data", base_url=url, timeout=5)
+        datafiles.download(
+            "mnist", tmp_path / "data", base_url=url, timeout=5, ssl_context=tls.client
+        )
 
 
 def test_download_unknown_dataset(tmp_path):
