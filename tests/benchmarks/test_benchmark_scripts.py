@@ -88,3 +88,10 @@ def test_method_comparison_smoke_run(tmp_path, monkeypatch, capsys):
         assert label in printed
     files = {p.name for p in (tmp_path / "smoke").iterdir()}
     assert {"summary.csv", "paired.csv", "search.csv", "reliability_ts.png"} <= files
+
+
+def test_stop_latency_smoke_run(monkeypatch, capsys):
+    _run("stop_latency.py", ["--repeats", "1"], monkeypatch)
+    printed = capsys.readouterr().out
+    assert "raised → seen by the driver (s)" in printed
+    assert "raised → run_sweep returned (s)" in printed

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -60,6 +61,7 @@ def client(api):
 def test_health_readiness_and_openapi(api):
     assert httpx.get(api.url + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(api.url + "/readyz").json()
+    assert ready.pop("age_s") < 30  # the background probe's latest round
     assert ready == {"status": "ready", "checks": ["store", "ray", "mlflow"]}
     paths = httpx.get(api.url + "/openapi.json").json()["paths"]
     assert {"/v1/sweeps", "/v1/sweeps/{sweep_id}/cancel", "/v1/schema"} <= set(paths)
@@ -272,17 +274,40 @@ def test_readyz_is_503_when_mlflow_is_down(api, tmp_path):
         body = is_problem(httpx.get(second.url + "/readyz"), 503)
         assert f"MLflow at {dead_mlflow}: ConnectError" in body["detail"]
         assert httpx.get(second.url + "/healthz").status_code == 200
+        # A flood of /readyz runs no probe and takes none of the routes' threads.
+        with second.client() as client, ThreadPoolExecutor(max_workers=16) as pool:
+            flood = [pool.submit(httpx.get, second.url + "/readyz") for _ in range(64)]
+            started = time.monotonic()
+            assert client.get("/v1/sweeps").status_code == 200
+            routed = time.monotonic() - started
+            answers = [f.result() for f in flood]
+        assert all(a.status_code == 503 for a in answers)
+        assert routed < 2.0, routed  # a probe round with MLflow down alone takes 2 s
     finally:
         second.stop()
 
 
 def test_a_killed_driver_is_resubmitted_and_resumes_without_rerunning_trials(api, client):
-    spec = small_sweep("driver-killed", epochs=60, trials=3, concurrent=1)
+    spec = small_sweep("driver-killed", epochs=120, trials=3, concurrent=1)
     sweep_id = client.post("/v1/sweeps", json=spec).json()["id"]
-    first = wait_for(client, sweep_id, lambda s: s["counts"].get("succeeded", 0) >= 1)
+    epochs = spec["fixed"]["epochs"]
+
+    def part_way(sweep: dict) -> bool:
+        # One trial done, and the next one saved by Tune part-way through its epochs: the kill
+        # must interrupt a trial that has work to lose, or it tests nothing.
+        if sweep["counts"].get("succeeded", 0) < 1:
+            return False
+        trials = client.get(f"/v1/sweeps/{sweep_id}/trials").json()
+        return any(t["state"] == "running" and 3 <= (t["epoch"] or 0) < epochs - 5 for t in trials)
+
+    first = wait_for(client, sweep_id, part_way)
     # Work done after Tune's last save of its experiment state is done again on resume. Past
     # two save periods (and a half), the finished trial is in the saved state.
     time.sleep(2.5 * float(TUNE_ENV["TUNE_GLOBAL_CHECKPOINT_S"]))
+    running = [
+        t for t in client.get(f"/v1/sweeps/{sweep_id}/trials").json() if t["state"] == "running"
+    ]
+    assert running and all(0 < t["epoch"] < epochs for t in running), running
     done_before = {
         t["trial_id"]: t["metrics"]
         for t in client.get(f"/v1/sweeps/{sweep_id}/trials").json()
@@ -316,3 +341,28 @@ def test_a_killed_driver_is_resubmitted_and_resumes_without_rerunning_trials(api
     ]
     statuses = sorted(r.info.status for r in children)
     assert statuses in (["FINISHED"] * 3, ["FINISHED"] * 3 + ["KILLED"]), statuses
+    for child in children:
+        if child.info.status != "FINISHED":
+            continue
+        steps = [m.step for m in mlflow.get_metric_history(child.info.run_id, "epoch")]
+        assert steps == list(range(1, epochs + 1)), (child.info.run_id, steps)  # none twice
+
+
+def test_the_driver_enforces_the_caps_the_api_admitted_the_sweep_under(tmp_path):
+    # The head (with its drivers) is configured more strictly than the API that admits.
+    strict = ApiProcess(tmp_path / "strict", extra_env={"GRADREG_MAX_EPOCHS": "1"}).start()
+    try:
+        lenient = ApiProcess(
+            tmp_path / "lenient",
+            extra_env={**strict.head_env(), "GRADREG_MAX_EPOCHS": "5"},
+        ).start()
+        try:
+            with lenient.client() as client:
+                spec = small_sweep("admitted-caps", epochs=2, trials=1, concurrent=1)
+                sweep_id = client.post("/v1/sweeps", json=spec).json()["id"]
+                done = wait_for(client, sweep_id, lambda s: s["status"] in FINAL, timeout_s=180)
+            assert done["status"] == "succeeded", done["reason"]
+        finally:
+            lenient.stop()
+    finally:
+        strict.stop()

@@ -5,6 +5,7 @@ The end-to-end tests (tests/service/test_api.py, tests/reliability) run it again
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import sqlalchemy as sa
@@ -172,3 +173,26 @@ def test_a_dead_drivers_reason_is_its_exception_line_not_a_trailer():
     plain = "Job entrypoint command failed with exit code 1, last available logs:\nKilled\n"
     assert failure_line(plain).endswith("… Killed")
     assert failure_line("Job was stopped") == "Job was stopped"
+
+
+def test_a_driver_that_ignores_its_cancel_is_stopped_after_the_grace_period(session_factory):
+    jobs = RecordingJobs()
+    sweep_id = new_sweep(session_factory, name="stubborn")
+    passes = Reconciler(
+        session_factory, jobs, interval_s=1, cancel_grace_s=0.5, max_attempts=3, max_active=1
+    )
+    passes.reconcile_once()  # submitted
+    with session_factory() as session:
+        repo.mark_running(session, sweep_id)
+        repo.request_cancel(session, sweep_id)
+    job = f"job-{sweep_id}-1"
+
+    passes.reconcile_once()  # within the grace period the driver may wind down by itself
+    assert jobs.stopped == [] and status_of(session_factory, sweep_id).status == "cancelling"
+    time.sleep(0.6)
+    passes.reconcile_once()  # past it, the job is stopped, once
+    assert jobs.stopped == [job]
+    passes.reconcile_once()  # the stopped job has ended: the sweep is cancelled, saying why
+    sweep = status_of(session_factory, sweep_id)
+    assert (sweep.status, sweep.reason) == ("cancelled", "driver job SUCCEEDED")
+    assert jobs.stopped == [job]
