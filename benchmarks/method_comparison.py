@@ -15,6 +15,8 @@ row, measured in the same run. Files go to OUT/<setting>/.
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import sys
 import time
 from pathlib import Path
@@ -70,6 +72,81 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
+# (baseline, VL's variant, the baseline's variant): the pairs the tables print.
+PAIRS = (
+    ("map", "raw", "raw"),
+    ("map", "raw", "ts"),
+    ("map", "ts", "ts"),
+    ("mcvi", "raw", "raw"),
+    ("laplace", "raw", "raw"),
+    ("map ×{ensemble}", "raw", "raw"),
+    ("map top-{hyper_ensemble}", "raw", "raw"),
+)
+TABLE_METRICS = ("accuracy", "nll", "ece", "aece", "brier")
+
+
+def markdown(out: Path, name: str) -> str:
+    """BENCHMARKS.md's tables for one setting, from the files a run wrote to OUT/<name>."""
+    folder = out / name
+    document = json.loads((folder / "comparison.json").read_text())
+    lines = [f"#### {name}", ""]
+    chosen = document["chosen_hyperparameters"]
+    lines += [
+        "Chosen (seed-0 validation NLL): "
+        + "; ".join(
+            f"{m} {', '.join(f'{k} {v:.3g}' for k, v in values.items())}"
+            for m, values in chosen.items()
+        ),
+        "",
+        "| row | predictive | " + " | ".join(TABLE_METRICS) + " |",
+        "|---|---|" + "---|" * len(TABLE_METRICS),
+    ]
+    for row in _csv(folder / "summary.csv"):
+        label = row["label"] + (" +TS" if row["variant"] == "ts" else "")
+        cells = " | ".join(
+            f"{float(row[f'{m}_mean']):.4f} ± {float(row[f'{m}_se']):.4f}" for m in TABLE_METRICS
+        )
+        lines.append(f"| {label} | {row['predictive']} | {cells} |")
+    lines += [
+        "",
+        "Paired test differences, VL minus each baseline (n/5: seeds on which VL was better):",
+        "",
+        "| pair | NLL | ECE | accuracy |",
+        "|---|---|---|---|",
+    ]
+    paired = _csv(folder / "paired.csv")
+    for vl in ("vl-uniform", "vl-diagonal"):
+        for label, vl_variant, base_variant in PAIRS:
+            baseline = label.format(**document["spec"])
+            cells = []
+            for metric in ("nll", "ece", "accuracy"):
+                row = next(
+                    (
+                        r
+                        for r in paired
+                        if (r["vl"], r["baseline"], r["metric"]) == (vl, baseline, metric)
+                        and (r["vl_variant"], r["baseline_variant"]) == (vl_variant, base_variant)
+                    ),
+                    None,
+                )
+                if row is None:
+                    break
+                cells.append(
+                    f"{float(row['diff_mean']):+.4f} ± {float(row['diff_se']):.4f} "
+                    f"({row['vl_better']}/{row['seeds']})"
+                )
+            if len(cells) == 3:
+                left = vl + (" +TS" if vl_variant == "ts" else "")
+                right = baseline + (" +TS" if base_variant == "ts" else "")
+                lines.append(f"| {left} − {right} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -77,6 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", default="runs/method-comparison", help="one folder per setting")
     parser.add_argument("--seeds", type=int, help="override every setting's seed count")
+    parser.add_argument(
+        "--markdown", action="store_true", help="print the tables of runs already in --out"
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.settings.split(",") if n.strip()]
     unknown = [n for n in names if n not in SETTINGS]
@@ -84,6 +164,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(
             f"unknown setting(s) {', '.join(unknown) or '(none)'}; known: {', '.join(SETTINGS)}"
         )
+    if args.markdown:
+        for name in names:
+            print(markdown(Path(args.out), name))
+        return
     for name in names:
         values = {**COMMON, **SETTINGS[name]}
         if args.seeds is not None:

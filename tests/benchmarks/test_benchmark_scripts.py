@@ -88,6 +88,13 @@ def test_method_comparison_smoke_run(tmp_path, monkeypatch, capsys):
         assert label in printed
     files = {p.name for p in (tmp_path / "smoke").iterdir()}
     assert {"summary.csv", "paired.csv", "search.csv", "reliability_ts.png"} <= files
+    _run(
+        "method_comparison.py",
+        ["--settings", "smoke", "--out", str(tmp_path), "--markdown"],
+        monkeypatch,
+    )
+    tables = capsys.readouterr().out
+    assert "| map ×2 +TS | ensemble |" in tables and "| vl-uniform − map +TS |" in tables
 
 
 def test_stop_latency_smoke_run(monkeypatch, capsys):
@@ -95,3 +102,11 @@ def test_stop_latency_smoke_run(monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "raised → seen by the driver (s)" in printed
     assert "raised → run_sweep returned (s)" in printed
+
+
+def test_laplace_recipes_smoke_run(monkeypatch, capsys):
+    _run("laplace_recipes.py", ["--datasets", "iris", "--seeds", "2", "--epochs", "2"], monkeypatch)
+    printed = capsys.readouterr().out
+    assert "== iris: 2 seeds" in printed and "**(best val)**" in printed
+    for recipe in ("val_nll + glm_probit", "fixed + sample", "| map |"):
+        assert recipe in printed
