@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -151,6 +152,9 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+_NO_SUCH_JOB = re.compile(r"status code 404: Job \S+ does not exist")
+
+
 @dataclass
 class JobState:
     status: JobStatus
@@ -194,7 +198,9 @@ class RayJobs:
         try:
             info = self.client.get_job_info(submission_id)
         except RuntimeError as error:
-            if "does not exist" in str(error) or "404" in str(error):
+            # Only Ray's own "no such job" answer: other failures (a dashboard that is restarting,
+            # a 500 whose text happens to hold "404") must not end a sweep's attempt.
+            if _NO_SUCH_JOB.search(str(error)):
                 return None
             raise
         return JobState(info.status, info.message)

@@ -51,6 +51,7 @@ class Reconciler:
         self._thread: threading.Thread | None = None
         self._cancel_seen: dict[str, float] = {}
         self._stop_sent: set[str] = set()
+        self._missing_since: dict[str, float] = {}
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
@@ -117,9 +118,13 @@ class Reconciler:
         if sweep.submission_id is None:
             return
         state = self.jobs.state(sweep.submission_id)
+        if state is not None:
+            self._missing_since.pop(sweep.submission_id, None)
         if state is not None and state.status not in FINAL_JOB_STATES:
             if sweep.status == "cancelling":
                 self._escalate(sweep)
+            return
+        if state is None and not self._gone_for_good(sweep.submission_id):
             return
         session.expire_all()  # the driver may have written its final status just now
         sweep = repository.get_sweep(session, sweep_id)
@@ -135,6 +140,12 @@ class Reconciler:
         repository.end_attempt(session, sweep_id, reason, resubmit=resubmit)
         if resubmit:
             log.warning("sweep %s: %s; resubmitting", sweep_id, reason)
+
+    def _gone_for_good(self, submission_id: str) -> bool:
+        """A job Ray does not know is taken as gone only when a later pass, at least one interval
+        on, still does not find it: one missing answer from a busy head ends no attempt."""
+        first_missed = self._missing_since.setdefault(submission_id, time.monotonic())
+        return time.monotonic() - first_missed >= self.interval_s
 
     def _escalate(self, sweep: Sweep) -> None:
         first_seen = self._cancel_seen.setdefault(sweep.id, time.monotonic())

@@ -62,7 +62,8 @@ def test_the_head_and_the_jobs_never_see_the_tokens_or_the_store_password(tmp_pa
             spec = small_sweep("secrets", trials=1, concurrent=1)
             sweep_id = client.post("/v1/sweeps", json=spec).json()["id"]
             done = wait_for(client, sweep_id, lambda s: s["status"] in FINAL, timeout_s=180)
-        assert done["status"] == "succeeded", done["reason"]  # the driver found the store
+        # the driver found the store
+        assert done["status"] == "succeeded", f"{done['reason']}\n{api.log_tail(4000)}"
         head = api.head_state()
         environ = Path(f"/proc/{head['pid']}/environ").read_bytes().decode(errors="replace")
         assert "GRADREG_API_TOKENS" not in environ and PASSWORD not in environ

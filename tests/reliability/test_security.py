@@ -6,6 +6,7 @@ tests/service/test_api.py; the compose file's unpublished Ray ports by tests/dep
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 
@@ -143,11 +144,28 @@ def test_the_logs_never_hold_a_token(service):
 
 @pytest.mark.parametrize(
     ("key", "why"),
-    [("", "at least 1 character"), ("   ", "should match pattern"), ("k" * 201, "at most 200")],
+    # A blank value reaches the app empty: HTTP strips a field value's surrounding whitespace.
+    [("", "at least 1 character"), ("   ", "at least 1 character"), ("k" * 201, "at most 200")],
 )
 def test_an_empty_blank_or_huge_idempotency_key_is_a_422(service, key, why):
-    headers = {"Authorization": f"Bearer {TOKENS[0]}", "Idempotency-Key": key}
-    response = httpx.post(service.url + "/v1/sweeps", headers=headers, json=GOOD)
-    assert response.status_code == 422, response.text
-    (error,) = response.json()["errors"]
+    # http.client sends any value without \r or \n as it is; httpx refuses a blank one itself.
+    url = httpx.URL(service.url)
+    connection = http.client.HTTPConnection(url.host, url.port, timeout=30)
+    try:
+        connection.request(
+            "POST",
+            "/v1/sweeps",
+            body=json.dumps(GOOD),
+            headers={
+                "Authorization": f"Bearer {TOKENS[0]}",
+                "Content-Type": "application/json",
+                "Idempotency-Key": key,
+            },
+        )
+        response = connection.getresponse()
+        status, body = response.status, json.loads(response.read())
+    finally:
+        connection.close()
+    assert status == 422, body
+    (error,) = body["errors"]
     assert error["path"] == "header.idempotency-key" and why in error["message"]

@@ -8,11 +8,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import pytest
 import sqlalchemy as sa
 from ray.job_submission import JobStatus
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.launcher import JobState
+from service.launcher import JobState, RayJobs
 from service.reconciler import Reconciler, failure_line
 from service.store import repository as repo
 from service.store.models import Sweep
@@ -28,6 +29,7 @@ class RecordingJobs:
         self.submitted: list[str] = []
         self.finished: set[str] = set()
         self.stopped: list[str] = []
+        self.missing: set[str] = set()  # jobs Ray answers "does not exist" for
         self.while_submitting: Callable[[str], None] = lambda sweep_id: None
 
     def submit(self, sweep_id: str, attempt: int) -> str:
@@ -40,7 +42,9 @@ class RecordingJobs:
         self.finished.add(submission_id)
         return True
 
-    def state(self, submission_id: str) -> JobState:
+    def state(self, submission_id: str) -> JobState | None:
+        if submission_id in self.missing:
+            return None
         done = submission_id in self.finished
         return JobState(JobStatus.SUCCEEDED if done else JobStatus.RUNNING, None)
 
@@ -196,3 +200,51 @@ def test_a_driver_that_ignores_its_cancel_is_stopped_after_the_grace_period(sess
     sweep = status_of(session_factory, sweep_id)
     assert (sweep.status, sweep.reason) == ("cancelled", "driver job SUCCEEDED")
     assert jobs.stopped == [job]
+
+
+def test_a_job_missing_from_one_answer_is_not_taken_for_dead(session_factory):
+    jobs = RecordingJobs()
+    sweep_id = new_sweep(session_factory, name="flicker")
+    passes = Reconciler(
+        session_factory, jobs, interval_s=0.3, cancel_grace_s=30, max_attempts=3, max_active=1
+    )
+    passes.reconcile_once()
+    job = f"job-{sweep_id}-1"
+    jobs.missing.add(job)  # a busy head's answer, once
+    passes.reconcile_once()
+    assert (status_of(session_factory, sweep_id).status, jobs.submitted) == (
+        "submitted",
+        [sweep_id],
+    )
+    jobs.missing.clear()  # ... and there it is again: the next miss starts a fresh wait
+    passes.reconcile_once()
+    jobs.missing.add(job)
+    passes.reconcile_once()
+    assert status_of(session_factory, sweep_id).status == "submitted"
+    time.sleep(0.35)
+    passes.reconcile_once()  # still missing one interval on: gone, and resubmitted
+    sweep = status_of(session_factory, sweep_id)
+    assert (sweep.status, sweep.attempt) == ("pending", 2)
+    assert "the driver's job ended (vanished from Ray) without a result" in sweep.reason
+
+
+def test_only_rays_no_such_job_answer_counts_as_missing():
+    class Answers:
+        def __init__(self, error: RuntimeError) -> None:
+            self.error = error
+
+        def get_job_info(self, submission_id: str) -> None:
+            raise self.error
+
+    jobs = RayJobs("http://127.0.0.1:1", "python", {})
+    jobs._client = Answers(
+        RuntimeError("Request failed with status code 404: Job gradreg-ab-1 does not exist.")
+    )
+    assert jobs.state("gradreg-ab-1") is None
+    for text in (
+        "Request failed with status code 500: Internal error for gradreg-a404b-1.",
+        "Request failed with status code 404: Not Found.",  # a route that is not up yet
+    ):
+        jobs._client = Answers(RuntimeError(text))
+        with pytest.raises(RuntimeError, match="status code"):
+            jobs.state("gradreg-a404b-1")
