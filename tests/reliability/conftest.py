@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from tests.service.api import ApiProcess
 from tests.service.conftest import postgres_schema
@@ -32,6 +33,15 @@ def store_url() -> Iterator[str]:
     """A PostgreSQL schema of the package's own, as the service's GRADREG_DATABASE_URL."""
     with contextlib.contextmanager(postgres_schema)() as url:
         yield url.render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def own_store_url() -> Iterator[sa.URL]:
+    """A schema of one test's own, for a test that starts an API of its own: two APIs on one
+    store each reconcile the other's sweeps against their own Ray heads, and stop the jobs
+    they did not submit (a CI failure: the shared service was up)."""
+    with contextlib.contextmanager(postgres_schema)() as url:
+        yield url
 
 
 @pytest.fixture(scope="package")

@@ -132,8 +132,8 @@ def trial_epoch(client: httpx.Client, sweep_id: str) -> int:
     return max((t["epoch"] or 0 for t in trials), default=0)
 
 
-def test_a_store_behind_a_black_hole_is_503_in_bounded_time_then_recovers(store_url, tmp_path):
-    url = sa.make_url(store_url)
+def test_a_store_behind_a_black_hole_is_503_in_bounded_time_then_recovers(own_store_url, tmp_path):
+    url = own_store_url
     with TestHost("gr-bh") as host:
         proxy_host, _ = host.link("store")  # the API's route to its store
         _, api_host = host.link("client")  # the tests' route to the API

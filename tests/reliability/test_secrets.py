@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import sqlalchemy as sa
 
 from service.demo import submit_command
 from service.redaction import REDACTED, RedactTokens
@@ -51,8 +50,8 @@ def test_a_generated_token_is_owner_only_and_never_printed(tmp_path):
     assert all(token not in part for part in submit_command(sys.executable, "spec.yaml"))
 
 
-def test_the_head_and_the_jobs_never_see_the_tokens_or_the_store_password(tmp_path, store_url):
-    with_password = sa.make_url(store_url).set(password=PASSWORD)  # trust auth ignores it
+def test_the_head_and_the_jobs_never_see_the_tokens_or_the_store_password(tmp_path, own_store_url):
+    with_password = own_store_url.set(password=PASSWORD)  # trust auth ignores it
     api = ApiProcess(
         tmp_path,
         extra_env={"GRADREG_DATABASE_URL": with_password.render_as_string(hide_password=False)},
