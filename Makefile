@@ -7,9 +7,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo stop train-demo test lint deploy-check bench clean
 
-$(STAMP): pyproject.toml constraints.txt requirements-oracles.txt
+# docker/constraints.txt pins the service's dependencies to the versions the images install:
+# the tests run those, not whatever PyPI released this morning (a new httpx or Optuna has
+# broken the suite from one day to the next).
+$(STAMP): pyproject.toml constraints.txt docker/constraints.txt requirements-oracles.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --constraint constraints.txt --editable '.[sweeps,service,dev]'
+	$(PY) -m pip install --quiet --constraint constraints.txt --constraint docker/constraints.txt \
+		--editable '.[sweeps,service,dev]'
 	$(PY) -m pip install --quiet --no-deps --constraint constraints.txt -r requirements-oracles.txt
 	touch $(STAMP)
 
