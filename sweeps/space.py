@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import optuna
@@ -69,6 +70,20 @@ def suggest(
     return trial.suggest_categorical(name, parameter.choices)
 
 
+class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """NSGA-II that Tune can save: Optuna 5.1's genetic samplers hold a `threading.Lock`,
+    which neither pickle nor cloudpickle can write into the experiment state."""
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+
 def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     """The Optuna sampler the spec's `search` section names, seeded."""
     search = spec.search
@@ -86,9 +101,7 @@ def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
             warn_independent_sampling=False,
         )
     if search.algorithm == "nsga2":
-        return optuna.samplers.NSGAIISampler(
-            seed=seed, population_size=search.population_size or 50
-        )
+        return PicklableNSGAIISampler(seed=seed, population_size=search.population_size or 50)
     if search.algorithm == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ValueError(f"unknown search algorithm {search.algorithm!r}")

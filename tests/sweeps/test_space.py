@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import optuna
 import pytest
+from ray import cloudpickle
 
 from gradreg.config import TrainConfig
 from gradreg.methods import COMMON_SETTINGS, HYPERPARAMETERS, settings_used, train_settings
@@ -149,3 +150,18 @@ def test_a_data_dir_that_resolves_outside_the_root_at_trial_time_is_refused(tmp_
     (root / "sets").symlink_to(tmp_path)
     with pytest.raises(ValueError, match=r"'sets' resolves outside the data root .*root"):
         trial_config(spec, {"noise_scale": 0.01}, root)
+
+
+@pytest.mark.parametrize("algorithm", ["tpe", "gp", "cmaes", "random", "nsga2"])
+def test_every_sampler_survives_the_pickling_tune_saves_it_with(algorithm):
+    spec = parse_spec(
+        {
+            "name": "pickled",
+            "dataset": {"name": "iris"},
+            "method": "map",
+            "parameters": {"lr": {"type": "float", "low": 1e-4, "high": 1e-1}},
+            "search": {"algorithm": algorithm, "seed": 3},
+        }
+    )
+    sampler = cloudpickle.loads(cloudpickle.dumps(make_sampler(spec)))
+    assert type(sampler) is type(make_sampler(spec))
