@@ -14,12 +14,17 @@ period to get there before anything it does not name goes.
 
 from __future__ import annotations
 
+import copy
 import posixpath
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.fs
 from ray import tune
+from ray.train._internal.storage import get_fs_and_path
+from ray.tune.search.search_generator import SearchGenerator
 
 CHECKPOINT_PREFIX = "checkpoint_"
 
@@ -77,3 +82,31 @@ def _named(checkpoint: tune.Checkpoint) -> _Named | None:
 def _index(name: str) -> int | None:
     suffix = name.removeprefix(CHECKPOINT_PREFIX)
     return int(suffix) if name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() else None
+
+
+@contextmanager
+def searcher_follows_moved_experiment(path: str) -> Iterator[None]:
+    """While a sweep resumes from ``path``: trials the searcher creates are stored there too.
+
+    Tune re-points every restored trial at the experiment's new place when a sweep resumes
+    from a moved directory (another disk, another bucket prefix, a new head). But a trial the
+    searcher creates after the resume takes the storage saved with the searcher's state (Ray
+    2.60: `SearchGenerator.set_state` brings back the pickled `Experiment`, old path and all),
+    and then fails ("Unable to set up cluster storage") or writes to the old place.
+    """
+    storage, _ = path.rstrip("/").rsplit("/", 1)
+    filesystem, fs_path = get_fs_and_path(storage, None)
+    original = SearchGenerator.set_state
+
+    def set_state(self: SearchGenerator, state: dict) -> None:
+        original(self, state)
+        experiment = self._experiment
+        moved = copy.copy(experiment.storage)
+        moved.storage_filesystem, moved.storage_fs_path = filesystem, fs_path
+        experiment.storage = experiment.spec["storage"] = moved  # new trials take the spec's
+
+    SearchGenerator.set_state = set_state
+    try:
+        yield
+    finally:
+        SearchGenerator.set_state = original

@@ -26,7 +26,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from gradreg.names import default_goal
-from sweeps.checkpoints import CheckpointPruner
+from sweeps.checkpoints import CheckpointPruner, searcher_follows_moved_experiment
 from sweeps.checks import admitted
 from sweeps.ensemble import SweepEnsemble, build_ensemble
 from sweeps.limits import Limits
@@ -198,7 +198,8 @@ def resume_sweep(
             resume_errored=False,
             restart_errored=False,
         )
-        return _drive(tuner, spec, record, path, options, on_trial, should_stop)
+        with searcher_follows_moved_experiment(path):
+            return _drive(tuner, spec, record, path, options, on_trial, should_stop)
 
 
 @contextmanager
