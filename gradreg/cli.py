@@ -12,7 +12,13 @@ from gradreg.cli_options import add_data_and_model_arguments, key_values, model_
 from gradreg.config import TrainConfig
 from gradreg.data import available_datasets, load_dataset
 from gradreg.fisher import ESTIMATORS
-from gradreg.methods import PREDICT_MODES, PRIOR_FITS, TRAINERS, VARIANCE_FAMILIES
+from gradreg.methods import (
+    PREDICT_MODES,
+    PRIOR_FITS,
+    REGULARISER_GRADS,
+    TRAINERS,
+    VARIANCE_FAMILIES,
+)
 
 TABLE_METRICS = ("accuracy", "nll", "ece", "aece", "brier")
 
@@ -50,6 +56,12 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         choices=ESTIMATORS,
         help="vl: estimator in the objective (default sampled); laplace: default exact",
     )
+    vl.add_argument(
+        "--regulariser-grad",
+        choices=REGULARISER_GRADS,
+        help="vl: the regulariser's μ-gradient by autograd (a double backward) or a finite "
+        "difference (fisher sampled only); default auto: finite difference on CUDA in fp32",
+    )
     vl.add_argument("--mc-samples", type=int, help="mcvi: weight samples per step (default 1)")
     vl.add_argument(
         "--prior-fit",
@@ -69,6 +81,11 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--seed", type=int, default=defaults.seed)
     opt.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
     opt.add_argument("--bf16", action="store_true", help="bf16 autocast (Fisher kept in fp32)")
+    opt.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (map, mcvi, vl with fisher sampled)",
+    )
     ev = p.add_argument_group("evaluation and output")
     ev.add_argument(
         "--predict",
@@ -107,6 +124,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         empirical_fisher=args.empirical_fisher,
         mc_samples=args.mc_samples,
         prior_fit=args.prior_fit,
+        regulariser_grad=args.regulariser_grad,
         lr=args.lr,
         variance_lr=args.variance_lr,
         epochs=args.epochs,
@@ -116,6 +134,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed,
         device=args.device,
         bf16=args.bf16,
+        compile=args.compile,
     )
 
 

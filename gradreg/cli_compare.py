@@ -15,7 +15,7 @@ from gradreg.cli_options import (
     parse_option_value,
 )
 from gradreg.fisher import ESTIMATORS
-from gradreg.methods import METHODS
+from gradreg.methods import METHODS, REGULARISER_GRADS
 
 
 def _method_settings(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -60,6 +60,11 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
         "--fisher",
         choices=ESTIMATORS,
         help="Fisher estimator for vl-* and laplace (default: each method's own)",
+    )
+    p.add_argument(
+        "--regulariser-grad",
+        choices=REGULARISER_GRADS,
+        help="vl-*: the regulariser's μ-gradient by autograd or finite_difference (default auto)",
     )
     p.add_argument(
         "--set",
@@ -134,6 +139,7 @@ def run_compare(args: argparse.Namespace) -> int:
         lr=args.lr,
         n_samples=args.n_samples,
         fisher=args.fisher,
+        regulariser_grad=args.regulariser_grad,
         overrides=_method_settings(args.set),
         search=args.search,
         search_budget=args.search_budget,

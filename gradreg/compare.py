@@ -62,6 +62,7 @@ class CompareSpec:
     lr: float = 1e-3
     n_samples: int = 32
     fisher: str | None = None
+    regulariser_grad: str | None = None  # for the methods that read it (vl-*)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     search: bool = False
     search_budget: int = 0
@@ -128,6 +129,8 @@ class CompareSpec:
             values["val_fraction"] = self.val_fraction
         if self.fisher is not None and METHODS[method].uses_fisher:
             values["fisher"] = self.fisher
+        if self.regulariser_grad is not None and "regulariser_grad" in METHODS[method].settings():
+            values["regulariser_grad"] = self.regulariser_grad
         values.update(self.overrides.get(method, {}))
         values.update(extra)
         return TrainConfig.from_dict(values)

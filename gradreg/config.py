@@ -17,8 +17,10 @@ from gradreg.methods import (
     PRIOR_FITS,
     TRAINERS,
     Method,
+    compile_problem,
     family_problem,
     method_for,
+    regulariser_grad_problem,
 )
 from gradreg.models import available_models
 
@@ -48,6 +50,7 @@ class TrainConfig:
     empirical_fisher: bool = False
     mc_samples: int | None = None
     prior_fit: str | None = None
+    regulariser_grad: str | None = None  # VL: autograd, finite_difference or auto (the default)
     lr: float = 1e-3
     variance_lr: float | None = None
     epochs: int = 20
@@ -57,6 +60,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     bf16: bool = False
+    compile: bool = False  # torch.compile the model (see gradreg.methods.compile_problem)
 
     def __post_init__(self) -> None:
         _choice("dataset", self.dataset, tuple(available_datasets()))
@@ -76,6 +80,10 @@ class TrainConfig:
             )
         if self.prior_fit is not None:
             _choice("prior_fit", self.prior_fit, PRIOR_FITS)
+        if self.regulariser_grad is not None:
+            problem = regulariser_grad_problem(self.regulariser_grad, self.fisher)
+            if problem:
+                raise ValueError(problem)
         for name in ("dataset_options", "model_options"):
             if not isinstance(getattr(self, name), dict):
                 raise TypeError(f"{name} must be a mapping, got {getattr(self, name)!r}")
@@ -88,7 +96,7 @@ class TrainConfig:
         for name in ("variance_lr", "noise_scale", "init_variance"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
-        for name in ("learn_noise_scale", "empirical_fisher", "bf16"):
+        for name in ("learn_noise_scale", "empirical_fisher", "bf16", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be true or false, got {getattr(self, name)!r}")
         _number("kl_weight", self.kl_weight)
@@ -101,6 +109,10 @@ class TrainConfig:
                 init_variance=self.init_variance,
                 learn_noise_scale=self.learn_noise_scale,
             )
+            if problem:
+                raise ValueError(problem)
+        if self.compile:
+            problem = compile_problem(entry, self.fisher)
             if problem:
                 raise ValueError(problem)
         if not isinstance(self.device, str):

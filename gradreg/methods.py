@@ -29,6 +29,7 @@ COMMON_SETTINGS: tuple[str, ...] = (
     "seed",
     "device",
     "bf16",
+    "compile",
 )
 # The settings a posterior class takes as keyword arguments (the rest drive the training loop).
 POSTERIOR_ARGUMENTS: tuple[str, ...] = (
@@ -41,10 +42,62 @@ POSTERIOR_ARGUMENTS: tuple[str, ...] = (
     "empirical_fisher",
     "mc_samples",
     "prior_fit",
+    "regulariser_grad",
 )
 # How a post-hoc Laplace chooses its prior precision after training (see gradreg.laplace).
 PRIOR_FITS: tuple[str, ...] = ("val_nll", "marglik", "fixed")
 LAPLACE_PREDICTIVES: tuple[str, ...] = ("glm_probit", "glm_mc", "sample", "mean")
+# How VL computes its regulariser's μ-gradient (see gradreg.finite_difference).
+REGULARISER_GRADS: tuple[str, ...] = ("auto", "autograd", "finite_difference")
+# Where `auto` takes finite differences: on CUDA they are faster and leaner than the double
+# backward (BENCHMARKS.md, "GPU step cost"); on the CPU autograd is as fast or faster. Under
+# bf16 autocast `auto` keeps autograd: a forward difference in bf16 is much noisier there
+# (BENCHMARKS.md, "Finite-difference accuracy").
+FINITE_DIFFERENCE_DEVICES: tuple[str, ...] = ("cuda",)
+
+
+def regulariser_grad_problem(regulariser_grad: str, fisher: str | None) -> str | None:
+    """Why this gradient path does not fit this Fisher estimator, or None when it does."""
+    if regulariser_grad not in REGULARISER_GRADS:
+        return (
+            f"unknown regulariser_grad {regulariser_grad!r}; accepted: "
+            f"{', '.join(REGULARISER_GRADS)}"
+        )
+    if regulariser_grad == "finite_difference" and fisher not in (None, "sampled"):
+        # per_example's gradient is Σ_i H_i(σ² ⊙ g_i), a different vector per example: one
+        # perturbed pass per example. exact enumerates classes the same way.
+        return (
+            f"regulariser_grad='finite_difference' needs fisher='sampled', not fisher={fisher!r}: "
+            "its regulariser's gradient takes one Hessian-vector product per example (or "
+            "class), which a single perturbed pass cannot give; use regulariser_grad='autograd'"
+        )
+    return None
+
+
+def compile_problem(method: Method, fisher: str | None) -> str | None:
+    """Why ``compile=True`` (torch.compile of the model) does not fit, or None when it does."""
+    if method.compile_obstacle:
+        return f"compile=true does not fit method {method.name!r}: {method.compile_obstacle}"
+    if fisher in ("per_example", "exact"):
+        # Measured: "torch.compile with aot_autograd does not currently support double backward"
+        return (
+            f"compile=true needs fisher='sampled', not fisher={fisher!r}: the per-layer "
+            "estimators hook into every layer and differentiate through its backward, which "
+            "torch.compile refuses"
+        )
+    return None
+
+
+def resolve_regulariser_grad(
+    regulariser_grad: str, fisher: str, device_type: str, low_precision: bool = False
+) -> str:
+    """``autograd`` or ``finite_difference``: the path ``regulariser_grad`` takes on
+    ``device_type``, with the forward in bf16/fp16 autocast when ``low_precision``."""
+    if regulariser_grad != "auto":
+        return regulariser_grad
+    if fisher == "sampled" and device_type in FINITE_DIFFERENCE_DEVICES and not low_precision:
+        return "finite_difference"
+    return "autograd"
 
 
 @dataclass(frozen=True)
@@ -132,6 +185,8 @@ class Method:
     predictives: tuple[str, ...] = ("sample", "mean")
     trainer_default: bool = True  # the entry TrainConfig picks when no variance is given
     compare_by_default: bool = True
+    # Why `compile=True` does not fit the method, or "" when it does (see `compile_problem`).
+    compile_obstacle: str = ""
 
     @property
     def predictive(self) -> str:
@@ -168,6 +223,7 @@ class Method:
 
 
 _FISHER_SETTINGS = ("fisher", "empirical_fisher")
+_VL_SETTINGS = (*_FISHER_SETTINGS, "regulariser_grad")
 # With N ≪ weights a full KL pulls learned variances to the prior: tempering (kl_weight) and
 # how fast the variances move (variance_lr, a multiple of lr) are the levers for learned σ.
 _LEARNED_SPACE = {
@@ -186,8 +242,8 @@ METHODS: Mapping[str, Method] = MappingProxyType(
                 trainer="vl",
                 posterior_class="gradreg.objective:VariationalLaplace",
                 variance="uniform",
-                own_settings=_FISHER_SETTINGS,
-                defaults={"fisher": "sampled"},
+                own_settings=_VL_SETTINGS,
+                defaults={"fisher": "sampled", "regulariser_grad": "auto"},
                 preset={"noise_scale": 0.01},
                 space={"prior_variance": (0.01, 100.0), "noise_scale": (1e-3, 0.3)},
                 grid={"prior_variance": (0.1, 1.0), "noise_scale": (0.003, 0.01, 0.03)},
@@ -200,8 +256,8 @@ METHODS: Mapping[str, Method] = MappingProxyType(
                 trainer="vl",
                 posterior_class="gradreg.objective:VariationalLaplace",
                 variance="diagonal",
-                own_settings=_FISHER_SETTINGS,
-                defaults={"fisher": "sampled"},
+                own_settings=_VL_SETTINGS,
+                defaults={"fisher": "sampled", "regulariser_grad": "auto"},
                 space=_LEARNED_SPACE,
                 grid=_LEARNED_GRID,
                 uses_fisher=True,
@@ -238,6 +294,10 @@ METHODS: Mapping[str, Method] = MappingProxyType(
                 grid={"prior_variance": (0.1, 1.0)},
                 uses_fisher=True,
                 predictives=LAPLACE_PREDICTIVES,
+                compile_obstacle=(
+                    "its post-hoc curvature and GLM predictive hook into every layer of the "
+                    "trained network; train it without compile"
+                ),
             ),
             Method(
                 "mcvi-uniform",

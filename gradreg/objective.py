@@ -13,7 +13,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from gradreg.fisher import FisherPass, check_estimator, check_labels, trainable_parameters
+from gradreg.finite_difference import KinkPattern, RngReplay, objective_gradient
+from gradreg.fisher import (
+    FisherPass,
+    check_estimator,
+    check_labels,
+    check_logits,
+    sample_labels,
+    trainable_parameters,
+    unflatten,
+)
 from gradreg.gaussian import (
     GaussianPosterior,
     LossTerms,
@@ -21,6 +30,8 @@ from gradreg.gaussian import (
     make_variance_family,
     weight_decay,
 )
+from gradreg.layer_rules import at_least_fp32
+from gradreg.methods import regulariser_grad_problem, resolve_regulariser_grad
 
 __all__ = ["LossTerms", "VariationalLaplace"]
 
@@ -33,6 +44,10 @@ class VariationalLaplace(GaussianPosterior):
     ``variance="uniform"`` uses σ = ``noise_scale`` for every weight, fixed unless
     ``learn_noise_scale=True``. ``fisher`` picks the estimator of F̂; with
     ``empirical_fisher=True`` it uses the true labels instead of labels sampled from the model.
+    ``regulariser_grad`` picks how the regulariser's μ-gradient is computed: ``autograd``
+    (a double backward), ``finite_difference`` (`gradreg.finite_difference`, ``sampled``
+    only), or ``auto``: finite differences on CUDA for ``sampled`` outside autocast, autograd
+    elsewhere. The loss and its parts are the same numbers either way.
     """
 
     def __init__(
@@ -48,9 +63,14 @@ class VariationalLaplace(GaussianPosterior):
         kl_weight: float = 1.0,
         learn_noise_scale: bool = False,
         empirical_fisher: bool = False,
+        regulariser_grad: str = "auto",
     ) -> None:
         super().__init__(model, n_data=n_data, prior_variance=prior_variance, kl_weight=kl_weight)
         self.fisher = check_estimator(fisher)
+        problem = regulariser_grad_problem(regulariser_grad, fisher)
+        if problem:
+            raise ValueError(problem)
+        self.regulariser_grad = regulariser_grad
         self.empirical_fisher = bool(empirical_fisher)
         self.variance = variance
         self.family = make_variance_family(
@@ -62,8 +82,18 @@ class VariationalLaplace(GaussianPosterior):
             learn_noise_scale=learn_noise_scale,
         )
 
+    def gradient_path(self, device: torch.device) -> str:
+        """``autograd`` or ``finite_difference``: what ``auto`` means on ``device`` now
+        (inside or outside autocast)."""
+        low_precision = torch.is_autocast_enabled(device.type)
+        return resolve_regulariser_grad(
+            self.regulariser_grad, self.fisher, device.type, low_precision
+        )
+
     def loss(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> LossTerms:
         """The VL objective on one minibatch; ``generator`` seeds the sampled Fisher labels."""
+        if self.gradient_path(x.device) == "finite_difference":
+            return self._finite_difference_loss(x, y, generator)
         fisher_pass = FisherPass(self.model, self.fisher)
         with torch.enable_grad():
             logits = fisher_pass.forward(x)
@@ -85,4 +115,40 @@ class VariationalLaplace(GaussianPosterior):
             kl_mean = weight_decay(fisher_pass.params, self.prior_variance)
             kl = (self.kl_weight / self.n_data) * (kl_variance + kl_mean)
             total = nll + sqgrad + kl
+        return LossTerms(total, nll.detach(), sqgrad.detach(), kl.detach(), logits.detach())
+
+    def _finite_difference_loss(
+        self, x: Tensor, y: Tensor, generator: torch.Generator | None
+    ) -> LossTerms:
+        """The same loss value; its μ-gradient from `gradreg.finite_difference`.
+
+        ``loss`` carries that gradient as a detached vector dotted with μ (adding exactly
+        zero to its value), the KL's own graph, and the regulariser's σ²-gradient, which
+        needs no Hessian: g̃² enters it as data.
+        """
+        params = trainable_parameters(self.model)
+        rng, kinks = RngReplay(x.device), KinkPattern(self.model)
+        with torch.enable_grad():
+            with kinks.recording():
+                logits = check_logits(self.model(x))
+            check_labels(y, logits, "y")
+            log_probs = torch.log_softmax(at_least_fp32(logits), dim=-1)
+            nll = -log_probs.gather(1, y[:, None]).mean()
+            labels = y if self.empirical_fisher else sample_labels(logits, generator)
+            own_score = log_probs.gather(1, labels[:, None]).sum()
+            grads = torch.autograd.grad(own_score, params)
+            g = torch.cat([grad.reshape(-1) for grad in grads]).to(params[0].dtype)
+            squares = g.square()
+            fisher = squares.sum() if isinstance(self.family, UniformVariance) else squares
+            weighted, kl_variance = self.family.regulariser_terms(fisher, self.prior_variance)
+            sqgrad = weighted / (2 * logits.shape[0])
+            kl_mean = weight_decay(params, self.prior_variance)
+            kl = (self.kl_weight / self.n_data) * (kl_variance + kl_mean)
+            variance = self.family.log_variance.detach().exp()
+            gradient = objective_gradient(
+                self.model, self._names, params, g, variance, x, y, labels, rng, kinks
+            )
+            pieces = unflatten(gradient, params)
+            attached = sum((p * d).sum() for p, d in zip(params, pieces, strict=True))
+            total = nll.detach() + sqgrad + kl + (attached - attached.detach())
         return LossTerms(total, nll.detach(), sqgrad.detach(), kl.detach(), logits.detach())

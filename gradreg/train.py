@@ -24,10 +24,12 @@ from gradreg.models import build_model
 
 EVAL_CHUNK = 2048
 STATE_VERSION = 1
-# What a resumed run may change: how long it trains, and how it is evaluated (a sweep saved
+# What a resumed run may change: how long it trains, how it is evaluated (a sweep saved
 # before the predictive defaulted to each method's own resumes with the new default; only
-# the metrics from then on differ, not the trained weights so far).
-RESUMABLE_CHANGES = frozenset({"epochs", "predict", "n_samples"})
+# the metrics from then on differ, not the trained weights so far), and how the gradient of
+# the same objective is computed (regulariser_grad, compile: a checkpoint written before
+# they existed resumes with their defaults).
+RESUMABLE_CHANGES = frozenset({"epochs", "predict", "n_samples", "regulariser_grad", "compile"})
 
 
 @dataclass
@@ -79,6 +81,8 @@ EpochCallback = Callable[[EpochReport], bool | None]
 def build_posterior(config: TrainConfig, data: Dataset) -> GaussianPosterior:
     """The method's posterior around a fresh model (seed the RNG first for reproducibility)."""
     model = build_model(config.model, data.input_shape, data.n_classes, **config.model_options)
+    if config.compile:
+        model.compile()  # in place: parameter names and checkpoints stay those of the model
     return posterior(model, config.method_name, n_data=data.n_train, **config.posterior_settings())
 
 

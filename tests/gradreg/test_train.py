@@ -186,5 +186,11 @@ def test_a_resumed_run_may_change_how_it_is_evaluated_but_not_how_it_trains():
     resumed = fit({**SMALL, "epochs": 3, "predict": "sample", "n_samples": 4}, resume=states[0])
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     assert resumed.config.predict == "sample"
-    with pytest.raises(ValueError, match=r"differs in lr\); only epochs, n_samples, predict"):
+    with pytest.raises(
+        ValueError, match=r"differs in lr\); only compile, epochs, n_samples, predict, regul"
+    ):
         fit({**SMALL, "epochs": 2, "predict": "mean", "lr": 0.5}, resume=states[0])
+    # A checkpoint written before regulariser_grad and compile existed resumes with defaults.
+    older = {**states[0], "config": dict(states[0]["config"])}
+    del older["config"]["regulariser_grad"], older["config"]["compile"]
+    assert len(fit({**SMALL, "epochs": 2, "predict": "mean"}, resume=older).history) == 2
