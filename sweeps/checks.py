@@ -200,12 +200,14 @@ def _values_to_try(parameter: Any) -> list[Any]:
 
 
 def _setting_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
-    """Every fixed or searched setting must be one some method uses, and valid for it."""
+    """Every fixed or searched setting must be one some method uses, and valid for it: alone,
+    and together with the fixed settings (fisher exact with finite differences, say)."""
     learns = spec.fixed.get("learn_noise_scale") is True or "learn_noise_scale" in spec.parameters
     methods = spec.methods
     named = [("fixed", name) for name in spec.fixed] + [
         ("parameters", name) for name in spec.parameters if name != "method"
     ]
+    valid_fixed: dict[str, Any] = {}  # fixed settings that passed alone (named lists them first)
     for section, name in named:
         if name in SECTION_OWNED:
             yield SpecIssue((section, name), f"set this as {SECTION_OWNED[name]}")
@@ -233,15 +235,33 @@ def _setting_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
             yield SpecIssue((section, name, "type"), f"{name} is an integer: use type int")
             continue
         values = [spec.fixed[name]] if parameter is None else _values_to_try(parameter)
-        for value in values:
-            problem = _config_problem(spec, limits, users[0], {name: value})
-            if problem:
-                yield SpecIssue((section, name), problem)
-                break
+        method = users[0]
+        beside = {} if parameter is None else _used_by(method, valid_fixed, learns)
+        problem = next(
+            (
+                p
+                for v in values
+                if (p := _config_problem(spec, limits, method, {**beside, name: v}))
+            ),
+            None,
+        )
+        if problem:
+            yield SpecIssue((section, name), problem)
+        elif parameter is None:
+            valid_fixed[name] = spec.fixed[name]
     for method in methods:
+        together = _used_by(method, valid_fixed, learns)
+        problem = _config_problem(spec, limits, method, together) if len(together) > 1 else None
+        if problem:
+            yield SpecIssue(("fixed",), problem if len(methods) == 1 else f"{method}: {problem}")
         for name, hint in METHODS[method].required.items():
             if name not in spec.fixed and name not in spec.parameters:
                 yield SpecIssue(("fixed",), f"{method} needs {name} ({hint}): fix or search it")
+
+
+def _used_by(method: str, settings: Mapping[str, Any], learns: bool) -> dict[str, Any]:
+    used = METHODS[method].settings(learns)
+    return {name: value for name, value in settings.items() if name in used}
 
 
 def _config_problem(

@@ -201,6 +201,28 @@ def test_defaults_fill_the_optional_sections():
             "exceeds max_t (2)",
         ),
         ({"early_stopping": {"max_t": 2}}, "early_stopping.max_t", "only used with kind: asha"),
+        # settings that are valid alone but not together
+        (
+            {"fixed": {"epochs": 2, "fisher": "exact", "regulariser_grad": "finite_difference"}},
+            "fixed",
+            "regulariser_grad='finite_difference' needs fisher='sampled', not fisher='exact'",
+        ),
+        (
+            {
+                "fixed": {"epochs": 2, "regulariser_grad": "finite_difference"},
+                "parameters": {
+                    "noise_scale": {"type": "float", "low": 0.001, "high": 0.1},
+                    "fisher": {"type": "categorical", "choices": ["sampled", "per_example"]},
+                },
+            },
+            "parameters.fisher",
+            "needs fisher='sampled', not fisher='per_example'",
+        ),
+        (
+            {"fixed": {"epochs": 2, "fisher": "per_example", "compile": True}},
+            "fixed",
+            "compile=true needs fisher='sampled', not fisher='per_example'",
+        ),
         # resources
         ({"resources": {"gpu": 1.5}}, "resources.gpu", "GPUs come whole"),
         (
