@@ -84,7 +84,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     opt.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the model (map, mcvi, vl with fisher sampled)",
+        help="torch.compile the model (map and mcvi; vl and laplace refuse it)",
     )
     ev = p.add_argument_group("evaluation and output")
     ev.add_argument(

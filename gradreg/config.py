@@ -112,7 +112,7 @@ class TrainConfig:
             if problem:
                 raise ValueError(problem)
         if self.compile:
-            problem = compile_problem(entry, self.fisher)
+            problem = compile_problem(entry)
             if problem:
                 raise ValueError(problem)
         if not isinstance(self.device, str):

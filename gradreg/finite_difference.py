@@ -113,8 +113,11 @@ class KinkPattern:
 
     @contextmanager
     def replaying(self) -> Iterator[None]:
-        with _hooks(self.modules, self._replay, before=self._keep_inplace_input):
-            yield
+        try:
+            with _hooks(self.modules, self._replay, before=self._keep_inplace_input):
+                yield
+        finally:
+            self._saved.clear()  # nothing of a step is kept until the next
 
     def _record(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
         if isinstance(module, _POOLS):

@@ -71,6 +71,7 @@ class VariationalLaplace(GaussianPosterior):
         if problem:
             raise ValueError(problem)
         self.regulariser_grad = regulariser_grad
+        self._kinks: KinkPattern | None = None
         self.empirical_fisher = bool(empirical_fisher)
         self.variance = variance
         self.family = make_variance_family(
@@ -127,7 +128,9 @@ class VariationalLaplace(GaussianPosterior):
         needs no Hessian: g̃² enters it as data.
         """
         params = trainable_parameters(self.model)
-        rng, kinks = RngReplay(x.device), KinkPattern(self.model)
+        if self._kinks is None:  # the layers are found once, not every step
+            self._kinks = KinkPattern(self.model)
+        rng, kinks = RngReplay(x.device), self._kinks
         with torch.enable_grad():
             with kinks.recording():
                 logits = check_logits(self.model(x))

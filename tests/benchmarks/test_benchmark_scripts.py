@@ -29,7 +29,7 @@ def test_gpu_step_cost_smoke_run(tmp_path, monkeypatch, capsys):
             "resnet20",
             "--width",
             "2",
-            "--batch-size",
+            "--batch-sizes",
             "4",
             "--steps",
             "1",
@@ -41,10 +41,11 @@ def test_gpu_step_cost_smoke_run(tmp_path, monkeypatch, capsys):
         monkeypatch,
     )
     rows = json.loads(out.read_text())
-    assert {(r["method"], r["fisher"]) for r in rows} >= {
-        ("map", "-"),
-        ("mcvi", "K=1"),
-        ("vl-uniform", "sampled"),
+    assert {(r["method"], r["fisher"], r["grad"]) for r in rows} >= {
+        ("map", "-", "-"),
+        ("mcvi", "K=1", "-"),
+        ("vl-uniform", "sampled", "autograd"),
+        ("vl-uniform", "sampled", "finite_difference"),
     }
     assert {r["bf16"] for r in rows} == {False, True}
     refused = [r for r in rows if r["fisher"] == "per_example"]
@@ -58,7 +59,7 @@ def test_gpu_step_cost_smoke_run(tmp_path, monkeypatch, capsys):
 def test_step_cost_smoke_run(monkeypatch, capsys):
     _run("step_cost.py", ["--steps", "1", "--repeats", "1", "--batch-size", "16"], monkeypatch)
     lines = capsys.readouterr().out.splitlines()
-    assert len([line for line in lines if line.startswith(("mlp", "cnn"))]) == 2 * 7
+    assert len([line for line in lines if line.startswith(("mlp", "cnn"))]) == 2 * 9
 
 
 @pytest.mark.slow
@@ -110,3 +111,29 @@ def test_laplace_recipes_smoke_run(monkeypatch, capsys):
     assert "== iris: 2 seeds" in printed and "**(best val)**" in printed
     for recipe in ("val_nll + glm_probit", "fixed + sample", "| map |"):
         assert recipe in printed
+
+
+def test_finite_difference_accuracy_smoke_run(monkeypatch, capsys):
+    _run("finite_difference_accuracy.py", ["--networks", "mlp"], monkeypatch)
+    printed = capsys.readouterr().out
+    rows = [line.split() for line in printed.splitlines() if line.startswith("mlp")]
+    float64 = next(row for row in rows if row[1] == "float64")
+    assert float(float64[-1]) < 1e-6  # the float64 finite difference matches autograd
+    assert len(rows) == 5 + 8
+
+
+def test_gpu_packing_smoke_run(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "rows.json"
+    arguments = ["--device", "cpu", "--counts", "1,2", "--train-size", "200", "--epochs", "1"]
+    _run("gpu_packing.py", [*arguments, "--width", "2", "--json", str(out)], monkeypatch)
+    rows = json.loads(out.read_text())
+    assert [r["k"] for r in rows] == [1, 2]
+    assert rows[0]["slowdown"] == 1.0 and all(r["trials_per_hour"] > 0 for r in rows)
+
+
+def test_regulariser_grad_training_smoke_run(monkeypatch, capsys):
+    arguments = ["--seeds", "2", "--epochs", "1", "--datasets", "digits"]
+    _run("regulariser_grad_training.py", arguments, monkeypatch)
+    printed = capsys.readouterr().out
+    assert "| digits | vl-uniform | val_nll |" in printed
+    assert "| digits | vl-diagonal | s_per_epoch |" in printed
