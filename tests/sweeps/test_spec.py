@@ -219,9 +219,9 @@ def test_defaults_fill_the_optional_sections():
             "needs fisher='sampled', not fisher='per_example'",
         ),
         (
-            {"fixed": {"epochs": 2, "fisher": "per_example", "compile": True}},
-            "fixed",
-            "compile=true needs fisher='sampled', not fisher='per_example'",
+            {"fixed": {"epochs": 2, "compile": True}},
+            "fixed.compile",
+            "compile=true does not fit method 'vl-uniform'",
         ),
         # resources
         ({"resources": {"gpu": 1.5}}, "resources.gpu", "GPUs come whole"),
