@@ -61,8 +61,8 @@ def step_scaled(scale):
         mu_norm = float(torch.cat([p.detach().reshape(-1) for p in params]).norm())
         factor = (1 + mu_norm) if scale == "mu" else scale
 
-        def step_size(v_norm, dtype):
-            return rule(v_norm, dtype) * factor
+        def step_size(v_norm, epsilon):
+            return rule(v_norm, epsilon) * factor
 
         fd.step_size = step_size
         try:
@@ -81,10 +81,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--networks", default=",".join(NETWORKS))
+    parser.add_argument(
+        "--no-tf32", action="store_true", help="float32 convolutions in float32, not TF32"
+    )
     args = parser.parse_args()
+    if args.no_tf32:
+        torch.backends.cudnn.allow_tf32 = False
     device = resolve_device(args.device)
     names = [n for n in args.networks.split(",") if n]
-    print(f"# {device}, torch {torch.__version__}; reference: autograd in float64")
+    tf32 = torch.backends.cudnn.allow_tf32
+    print(f"# {device}, torch {torch.__version__}, TF32 convolutions {tf32}; reference: float64")
     print(f"{'network':<9} {'precision':<10} {'path':<18} {'cosine':>9} {'rel. error':>11}")
     for name in names:
         reference = gradient(name, torch.float64, "autograd", device)

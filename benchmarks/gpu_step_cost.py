@@ -122,15 +122,21 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--include-exact", action="store_true")
     parser.add_argument("--compile", action="store_true", help="add torch.compile rows")
+    parser.add_argument(
+        "--no-tf32", action="store_true", help="float32 convolutions in float32, not TF32"
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     args = parser.parse_args()
+    if args.no_tf32:
+        torch.backends.cudnn.allow_tf32 = False
     if args.width is None:
         args.width = 64 if args.model == "resnet18" else 16
     device = resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         print(f"# {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
-    print(f"# {args.model} (width {args.width}), {device}")
+    tf32 = torch.backends.cudnn.allow_tf32
+    print(f"# {args.model} (width {args.width}), {device}, TF32 convolutions {tf32}")
     header = f"{'batch':>5} {'method':<12} {'fisher':<12} {'grad':<18} {'compile':<7} {'bf16':<5}"
     print(f"{header} {'ms/step':>9} {'× MAP':>7} {'peak MiB':>9}")
     rows = []

@@ -1,16 +1,21 @@
 """What the sweep driver costs: the same 8 trials as a plain loop over fit and through the driver.
 
-    python benchmarks/sweep_overhead.py                 # 8 digits trials, 20 epochs each
+    python benchmarks/sweep_overhead.py                 # 8 digits trials, 20 epochs, 3 repeats
     python benchmarks/sweep_overhead.py --epochs 200    # longer trials
 
+Each repeat runs, in one process and one after another:
 (a) a serial loop over gradreg's fit, one torch thread, no tracking;
-(b) the driver (Ray Tune + Optuna + MLflow on SQLite) with 1 trial at a time, run twice:
-    a 1-trial sweep (the sweep's one-off start-up: Tuner, trial actor, imports, MLflow parent)
-    and the 8-trial sweep; the difference gives the marginal cost of one more trial;
+(b) the driver (Ray Tune + Optuna + MLflow on SQLite) with 1 trial at a time;
 (c) the driver with 2 concurrent trials (one CPU and one torch thread each);
 (d) the machine's own ceiling for (c): two plain processes, each looping over half the trials.
-Every mode trains the same configurations (given to the driver as initial points). Ray is
-started once, before (b); its start-up is printed but not charged to the sweeps.
+Every mode trains the same configurations (given to the driver as initial points).
+
+The driver's figures come from its trials' own start and end, as the driver saw them (the
+trial events of `run_sweep`'s hook), so the sweep's one-off start-up and wind-down are left
+out by construction rather than subtracted from another run: a sweep's span is its first
+trial's start to its last trial's end. The per-trial overhead is (b)'s span per trial minus
+(a)'s time per trial; the concurrency ratio is (b)'s span over (c)'s. Ray is started once;
+its start-up is printed but not charged.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +37,7 @@ import torch
 
 from gradreg.train import fit
 from sweeps import DriverOptions, Limits, parse_spec, run_sweep
+from sweeps.records import TrialEvent
 from sweeps.resolve import trial_config
 from sweeps.tracking import Tracker
 
@@ -96,68 +104,121 @@ def two_processes(epochs: int) -> float:
     return time.perf_counter() - started
 
 
-def through_driver(epochs: int, concurrent: int, root: Path, trials: int = N_TRIALS) -> float:
-    name = f"bench-{concurrent}-{trials}"
-    spec = parse_spec(sweep_document(epochs, concurrent, name, trials), Limits())
+@dataclass
+class DriverRun:
+    wall_s: float  # run_sweep's call, start-up and wind-down included
+    starts: list[float]  # each trial's start and end as the driver saw them, by start
+    ends: list[float]
+
+    @property
+    def span_s(self) -> float:
+        return max(self.ends) - min(self.starts)
+
+    @property
+    def startup_s(self) -> float:
+        return min(self.starts) - self.called
+
+    called: float = 0.0
+
+    def gaps(self) -> list[float]:
+        """Between one trial's end and the next one's start (1 concurrent)."""
+        return [later - end for end, later in zip(self.ends, self.starts[1:], strict=False)]
+
+
+def through_driver(epochs: int, concurrent: int, root: Path, tag: str) -> DriverRun:
+    name = f"bench-{concurrent}-{tag}"
+    spec = parse_spec(sweep_document(epochs, concurrent, name), Limits())
     options = DriverOptions(
         tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
         storage_path=str(root / "tune"),
         quiet=True,
     )
-    started = time.perf_counter()
-    outcome = run_sweep(spec, options)
-    elapsed = time.perf_counter() - started
-    if outcome.counts() != {"succeeded": trials}:
+    started: dict[str, float] = {}
+    ended: dict[str, float] = {}
+
+    def seen(event: TrialEvent) -> None:
+        now = time.perf_counter()
+        if event.state == "running":
+            started.setdefault(event.trial_id, now)
+        elif event.state == "succeeded":
+            ended[event.trial_id] = now
+
+    called = time.perf_counter()
+    outcome = run_sweep(spec, options, on_trial=seen)
+    wall = time.perf_counter() - called
+    if outcome.counts() != {"succeeded": N_TRIALS} or set(started) != set(ended):
         raise RuntimeError(f"benchmark sweep did not finish cleanly: {outcome.counts()}")
-    return elapsed
+    order = sorted(started, key=started.__getitem__)
+    return DriverRun(wall, [started[t] for t in order], [ended[t] for t in order], called=called)
+
+
+def spread(values: list[float], unit: str = "", digits: int = 2) -> str:
+    """median [min, max] over the repeats."""
+    median = statistics.median(values)
+    if len(values) == 1:
+        return f"{median:.{digits}f}{unit}"
+    return f"{median:.{digits}f}{unit} [{min(values):.{digits}f}, {max(values):.{digits}f}]"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    serial_s = serial(args.epochs)
-    ceiling = two_processes(args.epochs)
-    per_trial = serial_s / N_TRIALS
     started = time.perf_counter()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray_start = time.perf_counter() - started
+    figures: dict[str, list[float]] = {
+        key: []
+        for key in (
+            "serial_per_trial",
+            "startup",
+            "overhead",
+            "gap",
+            "concurrency",
+            "vs_serial",
+            "ceiling",
+        )
+    }
     with tempfile.TemporaryDirectory() as tmp:
         # The tracking database exists before a sweep in any real deployment: create it now.
         Tracker(f"sqlite:///{Path(tmp) / 'mlflow.db'}").experiment_id("warm-up")
-        single = through_driver(args.epochs, 1, Path(tmp), trials=1)
-        one = through_driver(args.epochs, 1, Path(tmp))
-        two = through_driver(args.epochs, 2, Path(tmp))
+        for repeat in range(args.repeats):
+            serial_s = serial(args.epochs)
+            one = through_driver(args.epochs, 1, Path(tmp), f"r{repeat}")
+            two = through_driver(args.epochs, 2, Path(tmp), f"r{repeat}")
+            ceiling = two_processes(args.epochs)
+            per_trial = serial_s / N_TRIALS
+            figures["serial_per_trial"].append(per_trial)
+            figures["startup"].append(one.startup_s)
+            figures["overhead"].append(one.span_s / N_TRIALS - per_trial)
+            figures["gap"].append(statistics.median(one.gaps()))
+            figures["concurrency"].append(one.span_s / two.span_s)
+            figures["vs_serial"].append(serial_s / two.span_s)
+            figures["ceiling"].append(serial_s / ceiling)
+            print(
+                f"repeat {repeat + 1}: serial {serial_s:.1f} s, driver spans {one.span_s:.1f} s "
+                f"(1 concurrent) and {two.span_s:.1f} s (2), plain processes {ceiling:.1f} s",
+                flush=True,
+            )
     ray.shutdown()
 
-    startup = single - per_trial
-    marginal = (one - single) / (N_TRIALS - 1) - per_trial
     print(f"# {N_TRIALS} trials: digits MLP (128, 128), VL-uniform, {args.epochs} epochs each")
     print(f"# {os.cpu_count()} CPUs, torch {torch.__version__}, ray {ray.__version__}")
     print(f"# Ray start-up (not charged to the sweeps): {ray_start:.1f} s")
-    print(f"{'mode':<30} {'wall s':>8} {'trials/min':>11} {'× serial':>9}")
-    rows = [
-        ("serial loop over fit", serial_s, N_TRIALS),
-        ("driver, 1 trial", single, 1),
-        ("driver, 1 concurrent", one, N_TRIALS),
-        ("driver, 2 concurrent", two, N_TRIALS),
-        ("2 plain processes (ceiling)", ceiling, N_TRIALS),
-    ]
-    for label, seconds, trials in rows:
-        rate = trials * 60 / seconds
-        print(
-            f"{label:<30} {seconds:>8.1f} {rate:>11.1f} {rate / (N_TRIALS * 60 / serial_s):>9.2f}"
-        )
-    print(f"serial time per trial:                      {per_trial:.2f} s")
-    print(f"sweep start-up (1-trial sweep minus 1 trial): {startup:.2f} s")
-    print(f"per-trial overhead, marginal (1 concurrent):  {marginal:.2f} s")
+    print(f"# median [min, max] over {args.repeats} repeat(s)")
     print(
-        f"per-trial overhead, start-up spread over {N_TRIALS}: {(one - serial_s) / N_TRIALS:.2f} s"
+        f"serial time per trial:                        {spread(figures['serial_per_trial'], ' s')}"
     )
-    print(f"2 concurrent vs serial throughput, end to end:     {serial_s / two:.2f}x")
-    print(f"2 concurrent vs serial throughput, after start-up: {serial_s / (two - startup):.2f}x")
-    print(f"2 plain processes vs serial (this machine's ceiling): {serial_s / ceiling:.2f}x")
+    print(f"sweep start-up (call to first trial's start): {spread(figures['startup'], ' s')}")
+    print(f"per-trial overhead, marginal (1 concurrent):  {spread(figures['overhead'], ' s')}")
+    print(f"  of which between trials (median gap):      {spread(figures['gap'], ' s', 3)}")
+    print(f"2 concurrent vs 1 concurrent, trials' span:   {spread(figures['concurrency'], 'x')}")
+    print(f"2 concurrent vs serial loop:                  {spread(figures['vs_serial'], 'x')}")
+    print(
+        f"2 plain processes vs serial (this machine's ceiling): {spread(figures['ceiling'], 'x')}"
+    )
 
 
 if __name__ == "__main__":

@@ -45,26 +45,38 @@ from gradreg.layer_rules import at_least_fp32
 _NORM_FLOOR = 1e-30
 
 
-def compute_dtype(params: Sequence[Tensor]) -> torch.dtype:
-    """The precision the forward runs in: autocast's where it is on, else the weights'."""
+TF32_EPSILON = 2.0**-10  # TensorFloat-32 keeps 10 bits of mantissa
+
+
+def forward_epsilon(model: nn.Module, params: Sequence[Tensor]) -> float:
+    """The machine epsilon of the arithmetic the forward really runs in.
+
+    Autocast's dtype where it is on, else the weights'; but float32 on CUDA runs in TF32
+    where torch allows it: convolutions by default (``torch.backends.cudnn.allow_tf32``),
+    matrix products when ``torch.backends.cuda.matmul.allow_tf32`` is set.
+    """
     device_type = params[0].device.type
     if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return params[0].dtype
+        return torch.finfo(torch.get_autocast_dtype(device_type)).eps
+    dtype = params[0].dtype
+    if dtype == torch.float32 and device_type == "cuda":
+        convolves = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+        if torch.backends.cuda.matmul.allow_tf32 or (convolves and torch.backends.cudnn.allow_tf32):
+            return TF32_EPSILON
+    return torch.finfo(dtype).eps
 
 
-def step_size(v_norm: Tensor, dtype: torch.dtype) -> Tensor:
-    """h = √ε / ‖v‖, ε the machine epsilon of the forward's precision ``dtype``.
+def step_size(v_norm: Tensor, epsilon: float) -> Tensor:
+    """h = √ε / ‖v‖, ε the machine epsilon of the forward's arithmetic (`forward_epsilon`).
 
-    The step h·v then has length √ε (1.5e-8 in float64, 3.5e-4 in float32, 0.088 in bfloat16):
-    the classic balance of a forward difference, whose truncation error grows with the step
-    and whose rounding error with ε divided by it. Scaling the step by ‖μ‖ instead, as for
-    one scalar variable, was measured worse on a BatchNorm ResNet-20 (float32, relative
-    error of the gradient 0.096 against 0.0035; `benchmarks/finite_difference_step.py`),
-    where the normalisation is curved along v. A 0-d tensor: choosing h never waits for the
-    device.
+    The step h·v then has length √ε (1.5e-8 in float64, 3.5e-4 in float32, 0.031 in TF32,
+    0.088 in bfloat16): the classic balance of a forward difference, whose truncation error
+    grows with the step and whose rounding error with ε divided by it. Scaling the step by
+    ‖μ‖ instead, as for one scalar variable, was measured worse on a BatchNorm ResNet-20
+    (`benchmarks/finite_difference_accuracy.py`), where the normalisation is curved along v.
+    A 0-d tensor: choosing h never waits for the device.
     """
-    return math.sqrt(torch.finfo(dtype).eps) / v_norm.clamp_min(_NORM_FLOOR)
+    return math.sqrt(epsilon) / v_norm.clamp_min(_NORM_FLOOR)
 
 
 class RngReplay:
@@ -190,7 +202,7 @@ def objective_gradient(
     ``y`` the true labels of the NLL, ``labels`` the ones S was taken with.
     """
     vector = variance * score_gradient
-    h = step_size(torch.linalg.vector_norm(vector), compute_dtype(params))
+    h = step_size(torch.linalg.vector_norm(vector), forward_epsilon(model, params))
     scale = 1.0 / (x.shape[0] * h)
     pieces = (h * vector).split([p.numel() for p in params])
     with torch.no_grad():

@@ -50,9 +50,9 @@ LAPLACE_PREDICTIVES: tuple[str, ...] = ("glm_probit", "glm_mc", "sample", "mean"
 # How VL computes its regulariser's μ-gradient (see gradreg.finite_difference).
 REGULARISER_GRADS: tuple[str, ...] = ("auto", "autograd", "finite_difference")
 # Where `auto` takes finite differences: on CUDA they are faster and leaner than the double
-# backward (BENCHMARKS.md, "GPU step cost"); on the CPU autograd is as fast or faster. Under
-# bf16 autocast `auto` keeps autograd: a forward difference in bf16 is much noisier there
-# (BENCHMARKS.md, "Finite-difference accuracy").
+# backward (BENCHMARKS.md, "GPU step cost"); on the CPU autograd is as fast or faster. In
+# reduced precision (bf16 autocast, TF32 convolutions) `auto` keeps autograd: a forward
+# difference there is much noisier (BENCHMARKS.md, "Finite-difference accuracy").
 FINITE_DIFFERENCE_DEVICES: tuple[str, ...] = ("cuda",)
 
 
@@ -85,7 +85,7 @@ def resolve_regulariser_grad(
     regulariser_grad: str, fisher: str, device_type: str, low_precision: bool = False
 ) -> str:
     """``autograd`` or ``finite_difference``: the path ``regulariser_grad`` takes on
-    ``device_type``, with the forward in bf16/fp16 autocast when ``low_precision``."""
+    ``device_type``; ``low_precision``: the forward runs below float32 (autocast, TF32)."""
     if regulariser_grad != "auto":
         return regulariser_grad
     if fisher == "sampled" and device_type in FINITE_DIFFERENCE_DEVICES and not low_precision:

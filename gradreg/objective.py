@@ -13,7 +13,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from gradreg.finite_difference import KinkPattern, RngReplay, objective_gradient
+from gradreg.finite_difference import (
+    KinkPattern,
+    RngReplay,
+    forward_epsilon,
+    objective_gradient,
+)
 from gradreg.fisher import (
     FisherPass,
     check_estimator,
@@ -46,8 +51,9 @@ class VariationalLaplace(GaussianPosterior):
     ``empirical_fisher=True`` it uses the true labels instead of labels sampled from the model.
     ``regulariser_grad`` picks how the regulariser's μ-gradient is computed: ``autograd``
     (a double backward), ``finite_difference`` (`gradreg.finite_difference`, ``sampled``
-    only), or ``auto``: finite differences on CUDA for ``sampled`` outside autocast, autograd
-    elsewhere. The loss and its parts are the same numbers either way.
+    only), or ``auto``: finite differences on CUDA for ``sampled`` when the forward runs in
+    float32 or better (no autocast, no TF32), autograd elsewhere. The loss and its parts are
+    the same numbers either way.
     """
 
     def __init__(
@@ -85,11 +91,12 @@ class VariationalLaplace(GaussianPosterior):
 
     def gradient_path(self, device: torch.device) -> str:
         """``autograd`` or ``finite_difference``: what ``auto`` means on ``device`` now
-        (inside or outside autocast)."""
-        low_precision = torch.is_autocast_enabled(device.type)
-        return resolve_regulariser_grad(
-            self.regulariser_grad, self.fisher, device.type, low_precision
-        )
+        (in or out of autocast, with or without TF32)."""
+        if self.regulariser_grad != "auto":
+            return self.regulariser_grad
+        params = trainable_parameters(self.model)
+        low_precision = forward_epsilon(self.model, params) > torch.finfo(torch.float32).eps
+        return resolve_regulariser_grad("auto", self.fisher, device.type, low_precision)
 
     def loss(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> LossTerms:
         """The VL objective on one minibatch; ``generator`` seeds the sampled Fisher labels."""

@@ -66,7 +66,7 @@ def test_step_cost_smoke_run(monkeypatch, capsys):
 def test_sweep_overhead_smoke_run(tmp_path):
     # Its own process: the script starts and stops a Ray instance of its own.
     done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "sweep_overhead.py"), "--epochs", "1"],
+        [sys.executable, str(BENCHMARKS / "sweep_overhead.py"), "--epochs", "1", "--repeats", "1"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -74,6 +74,7 @@ def test_sweep_overhead_smoke_run(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "per-trial overhead, marginal (1 concurrent):" in done.stdout
+    assert "2 concurrent vs 1 concurrent, trials' span:" in done.stdout
     assert "2 plain processes vs serial (this machine's ceiling):" in done.stdout
 
 

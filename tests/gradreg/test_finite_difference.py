@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from gradreg import TrainConfig, fit, posterior
-from gradreg.finite_difference import KinkPattern, step_size
+from gradreg.finite_difference import TF32_EPSILON, KinkPattern, forward_epsilon, step_size
 from gradreg.methods import resolve_regulariser_grad
 from gradreg.models import build_model
 
@@ -94,9 +94,14 @@ def test_bf16_autocast_is_close_on_an_mlp_and_auto_keeps_autograd_there():
 
 def test_the_step_has_length_root_epsilon_of_the_forward_precision():
     v_norm = torch.tensor(4.0)
-    for dtype, length in ((torch.float64, 2**-26), (torch.float32, 2**-11.5)):
-        assert float(step_size(v_norm, dtype) * v_norm) == pytest.approx(length)
-    assert float(step_size(v_norm, torch.bfloat16) * v_norm) == pytest.approx(2**-3.5)
+    for epsilon, length in ((2**-52, 2**-26), (2**-23, 2**-11.5), (TF32_EPSILON, 2**-5)):
+        assert float(step_size(v_norm, epsilon) * v_norm) == pytest.approx(length)
+    model = build_model("cnn", (1, 8, 8), 3)
+    params = list(model.parameters())
+    assert forward_epsilon(model, params) == 2**-23
+    assert forward_epsilon(model.double(), list(model.parameters())) == 2**-52
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert forward_epsilon(model, params) == 2**-7
 
 
 def test_batchnorm_statistics_and_the_rng_are_as_after_an_autograd_step():
