@@ -43,8 +43,6 @@ from torch.func import functional_call
 from gradreg.layer_rules import at_least_fp32
 
 _NORM_FLOOR = 1e-30
-
-
 TF32_EPSILON = 2.0**-10  # TensorFloat-32 keeps 10 bits of mantissa
 
 
@@ -178,10 +176,12 @@ def _hooks(modules: Sequence[nn.Module], after, before=None) -> Iterator[None]:
             handle.remove()
 
 
-def score(logits: Tensor, labels: Tensor) -> Tensor:
-    """S = Σ_i log p(label_i|x_i), in float32 or better."""
+def nll_and_score(logits: Tensor, y: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """The mean NLL of the true labels ``y`` and S = Σ_i log p(label_i|x_i), from one
+    log-softmax in float32 or better."""
     log_probs = torch.log_softmax(at_least_fp32(logits), dim=-1)
-    return log_probs.gather(1, labels[:, None]).sum()
+    nll = -log_probs.gather(1, y[:, None]).mean()
+    return nll, log_probs.gather(1, labels[:, None]).sum()
 
 
 def objective_gradient(
@@ -214,9 +214,7 @@ def objective_gradient(
     with torch.enable_grad():
         with rng.replayed(), kinks.replaying():
             logits = functional_call(model, {**buffers, **moved}, (x,))
-        log_probs = torch.log_softmax(at_least_fp32(logits), dim=-1)
-        nll = -log_probs.gather(1, y[:, None]).mean()
-        own_score = log_probs.gather(1, labels[:, None]).sum()
+        nll, own_score = nll_and_score(logits, y, labels)
         grads = torch.autograd.grad(nll + scale * own_score, list(moved.values()))
     flat = torch.cat([g.reshape(-1) for g in grads]).to(score_gradient.dtype)
     return flat - scale * score_gradient

@@ -17,6 +17,7 @@ from gradreg.finite_difference import (
     KinkPattern,
     RngReplay,
     forward_epsilon,
+    nll_and_score,
     objective_gradient,
 )
 from gradreg.fisher import (
@@ -35,7 +36,6 @@ from gradreg.gaussian import (
     make_variance_family,
     weight_decay,
 )
-from gradreg.layer_rules import at_least_fp32
 from gradreg.methods import regulariser_grad_problem, resolve_regulariser_grad
 
 __all__ = ["LossTerms", "VariationalLaplace"]
@@ -142,10 +142,8 @@ class VariationalLaplace(GaussianPosterior):
             with kinks.recording():
                 logits = check_logits(self.model(x))
             check_labels(y, logits, "y")
-            log_probs = torch.log_softmax(at_least_fp32(logits), dim=-1)
-            nll = -log_probs.gather(1, y[:, None]).mean()
             labels = y if self.empirical_fisher else sample_labels(logits, generator)
-            own_score = log_probs.gather(1, labels[:, None]).sum()
+            nll, own_score = nll_and_score(logits, y, labels)
             grads = torch.autograd.grad(own_score, params)
             g = torch.cat([grad.reshape(-1) for grad in grads]).to(params[0].dtype)
             squares = g.square()

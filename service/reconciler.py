@@ -145,7 +145,10 @@ class Reconciler:
         """A job Ray does not know is taken as gone only when a later pass, at least one interval
         on, still does not find it: one missing answer from a busy head ends no attempt."""
         first_missed = self._missing_since.setdefault(submission_id, time.monotonic())
-        return time.monotonic() - first_missed >= self.interval_s
+        if time.monotonic() - first_missed < self.interval_s:
+            return False
+        del self._missing_since[submission_id]
+        return True
 
     def _escalate(self, sweep: Sweep) -> None:
         first_seen = self._cancel_seen.setdefault(sweep.id, time.monotonic())
