@@ -48,8 +48,22 @@ class Client:
     def sweep(self, sweep_id: str) -> dict:
         return self._call("GET", f"/v1/sweeps/{sweep_id}")
 
-    def trials(self, sweep_id: str) -> list[dict]:
-        return self._call("GET", f"/v1/sweeps/{sweep_id}/trials")
+    def trial_page(self, sweep_id: str, **query: Any) -> dict:
+        """One page of trials: ``{"items": [...], "next_cursor": ...}``; ``query`` takes the
+        route's parameters (state, order_by, direction, limit, cursor)."""
+        given = {key: value for key, value in query.items() if value is not None}
+        return self._call("GET", f"/v1/sweeps/{sweep_id}/trials", params=given)
+
+    def trials(self, sweep_id: str, **query: Any) -> list[dict]:
+        """Every trial matching ``query``, following the pages."""
+        found: list[dict] = []
+        cursor = None
+        while True:
+            page = self.trial_page(sweep_id, **query, cursor=cursor)
+            found.extend(page["items"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return found
 
     def wait(self, sweep_id: str, poll_s: float = 1.0, out: Any = sys.stderr) -> dict:
         """Follow a sweep to its end, printing a progress line whenever it changes."""

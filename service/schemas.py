@@ -9,9 +9,16 @@ from typing import Any
 from pydantic import BaseModel
 
 from service.statuses import SWEEP_STATUSES
+from sweeps.records import TRIAL_STATES
 
-# The list filter's values, spelled out in the OpenAPI document (an unknown one is a 422).
+# The list filters' values, spelled out in the OpenAPI document (an unknown one is a 422).
 SweepStatus = StrEnum("SweepStatus", {status: status for status in SWEEP_STATUSES})
+TrialStateName = StrEnum("TrialStateName", {state: state for state in TRIAL_STATES})
+
+
+class Direction(StrEnum):
+    asc = "asc"
+    desc = "desc"
 
 
 class Links(BaseModel):
@@ -60,6 +67,11 @@ class TrialOut(BaseModel):
     mlflow_run_id: str | None
     error: str | None
     updated_at: datetime
+
+
+class TrialPage(BaseModel):
+    items: list[TrialOut]
+    next_cursor: str | None
 
 
 class EnsembleOut(BaseModel):

@@ -148,16 +148,24 @@ def _eligible(trial: Scored, finished_only: bool) -> bool:
     return trial.state in SCORED_STATES if finished_only else trial.state != "failed"
 
 
+def loss(objective: Goal, trial: Scored, *, finished_only: bool = True) -> float | None:
+    """The trial's ``objective`` as a loss (lower is better: a maximised metric is negated), or
+    None when the trial does not count (see `best_trials`) or has no finite value."""
+    if not _eligible(trial, finished_only):
+        return None
+    value = score(trial, objective.metric)
+    if value is None:
+        return None
+    return -value if (objective.goal or default_goal(objective.metric)) == "maximize" else value
+
+
 def ranked_trials(objective: Goal, trials: Iterable[T], *, finished_only: bool = True) -> list[T]:
     """Trials with a finite value of ``objective``, best first (ties keep their order)."""
-    sign = -1.0 if (objective.goal or default_goal(objective.metric)) == "maximize" else 1.0
     scored = []
     for trial in trials:
-        if not _eligible(trial, finished_only):
-            continue
-        value = score(trial, objective.metric)
+        value = loss(objective, trial, finished_only=finished_only)
         if value is not None:
-            scored.append((sign * value, trial))
+            scored.append((value, trial))
     return [trial for _, trial in sorted(scored, key=lambda item: item[0])]
 
 

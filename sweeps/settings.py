@@ -35,6 +35,13 @@ class SweepSettings(BaseSettings):
     placement_timeout_s: float = Field(
         600.0, gt=0, description="how long a trial may wait for resources before the sweep fails"
     )
+    store_flush_s: float = Field(
+        0.25,
+        ge=0,
+        le=60,
+        description="how often a driver hands its queued trial events to the store, at most "
+        "(one transaction per flush); a client sees a report this much later, plus the write",
+    )
 
     def resolved_tracking_uri(self) -> str:
         if self.tracking_uri:

@@ -17,12 +17,15 @@ from service.deps import LimitsDep, ReconcilerDep, SessionsDep, SettingsDep
 from service.openapi import SPEC_BODY, problem_responses
 from service.schemas import (
     BestOut,
+    Direction,
     EnsembleOut,
     Links,
     SweepOut,
     SweepPage,
     SweepStatus,
     TrialOut,
+    TrialPage,
+    TrialStateName,
 )
 from service.settings import ServiceSettings
 from service.statuses import TERMINAL
@@ -38,6 +41,7 @@ router = APIRouter(
     responses=problem_responses(401, 403, 413, 422, 503),
 )
 EVENT_POLL_S = 0.5
+TRIAL_PAGE_DEFAULT = 100
 HEARTBEAT_S = 15.0
 
 
@@ -154,11 +158,36 @@ def get_sweep(sessions: SessionsDep, settings: SettingsDep, sweep_id: str) -> Sw
         return sweep_out(settings, db, repository.get_sweep(db, sweep_id))
 
 
-@router.get("/{sweep_id}/trials", response_model=list[TrialOut], responses=problem_responses(404))
-def list_trials(sessions: SessionsDep, sweep_id: str) -> list[TrialOut]:
+@router.get("/{sweep_id}/trials", response_model=TrialPage, responses=problem_responses(400, 404))
+def list_trials(
+    sessions: SessionsDep,
+    sweep_id: str,
+    state: Annotated[list[TrialStateName] | None, Query()] = None,
+    order_by: Annotated[
+        str,
+        Query(
+            pattern=repository.METRIC_NAME.pattern,
+            description="trial_id, or a reported metric such as val_nll; trials without a "
+            "finite value of it come last in either direction, ties go by trial id",
+        ),
+    ] = repository.TRIAL_ORDER_DEFAULT,
+    direction: Direction = Direction.asc,
+    limit: Annotated[int, Query(ge=1, le=repository.MAX_PAGE)] = TRIAL_PAGE_DEFAULT,
+    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+) -> TrialPage:
+    """A page of the sweep's trials; ``next_cursor`` fetches the next one (the same query
+    with ``cursor``). The top 10 by val_nll: ``?order_by=val_nll&limit=10``."""
     with sessions() as db:
-        repository.get_sweep(db, sweep_id)
-        return [_trial_out(t) for t in repository.list_trials(db, sweep_id)]
+        trials, next_cursor = repository.trial_page(
+            db,
+            sweep_id,
+            states=None if state is None else [s.value for s in state],
+            order_by=order_by,
+            descending=direction is Direction.desc,
+            limit=limit,
+            cursor=cursor,
+        )
+        return TrialPage(items=[_trial_out(t) for t in trials], next_cursor=next_cursor)
 
 
 @router.get("/{sweep_id}/best", response_model=BestOut, responses=problem_responses(404))
@@ -287,11 +316,12 @@ def _changes(
     seen: dict[str, Any],
 ) -> tuple[list[tuple[str, dict[str, Any], int]], bool]:
     with sessions() as db:
-        sweep = repository.changes_since(db, sweep_id, version)
-        if sweep is None:
+        changed = repository.changes_since(db, sweep_id, version)
+        if changed is None:
             return [], False
+        sweep, trials = changed
         payloads: list[tuple[str, dict[str, Any], int]] = []
-        for trial in repository.list_trials(db, sweep_id):
+        for trial in trials:
             stamp = (trial.state, trial.epoch, trial.updated_at)
             if seen.get(trial.trial_id) != stamp:
                 seen[trial.trial_id] = stamp

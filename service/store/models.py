@@ -139,10 +139,18 @@ class Trial(Base):
     mlflow_run_id: Mapped[str | None] = mapped_column(sa.String(200))
     error: Mapped[str | None] = mapped_column(sa.Text)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The sweep's first objective as a loss (lower is better; negated when maximised), or None
+    # when the trial failed or has no finite value: the best so far is one indexed query.
+    objective: Mapped[float | None] = mapped_column(sa.Float)
+    # The sweep's version when this row was last written: readers following a sweep (the
+    # events stream) ask only for the trials written since the version they saw.
+    version: Mapped[int] = mapped_column(default=0, server_default="0")
 
     __table_args__ = (
         sa.CheckConstraint(f"state IN ({_in(TRIAL_STATES)})", name="state"),
-        sa.Index("ix_trials_sweep_state", "sweep_id", "state"),
+        sa.Index("ix_trials_sweep_state_trial", "sweep_id", "state", "trial_id"),
+        sa.Index("ix_trials_sweep_objective", "sweep_id", "objective", "trial_id"),
+        sa.Index("ix_trials_sweep_version", "sweep_id", "version"),
     )
 
     def summary(self) -> dict[str, Any]:

@@ -13,6 +13,8 @@ import base64
 import binascii
 import hashlib
 import json
+import math
+import re
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -26,6 +28,7 @@ from service.statuses import SWEEP_STATUSES, TERMINAL
 from service.store.database import WRITE_LOCK
 from service.store.models import (
     IDEMPOTENCY_KEY_MAX,
+    TRIAL_STATES,
     IdempotencyKey,
     Sweep,
     SweepTag,
@@ -108,15 +111,39 @@ def writing(session: Session) -> Iterator[None]:
         raise
 
 
-def update_row(session: Session, sweep_id: str, values: Mapping[str, Any], *where: Any) -> bool:
-    """UPDATE one sweep (if ``where`` holds), bumping its version; True if a row changed."""
+def update_row(
+    session: Session, sweep_id: str, values: Mapping[str, Any], *where: Any, bump: bool = True
+) -> bool:
+    """UPDATE one sweep (if ``where`` holds), bumping its version unless this transaction
+    already did (`bump`); True if a row changed."""
+    stamps = {"version": Sweep.version + 1, "updated_at": utcnow()} if bump else {}
     statement = (
         sa.update(Sweep)
         .where(Sweep.id == sweep_id, *where)
-        .values(**values, version=Sweep.version + 1, updated_at=utcnow())
+        .values(**values, **stamps)
         .execution_options(synchronize_session=False)
     )
     return session.execute(statement).rowcount == 1
+
+
+def bump(session: Session, sweep_id: str) -> tuple[int, str, Any]:
+    """Bump the sweep's version in this transaction; its new version, status and best.
+
+    Trials written in the transaction take this version: on PostgreSQL the UPDATE holds the
+    sweep's row until commit, and SQLite has one writer at a time, so the versions of a sweep's
+    trials grow in the order their transactions commit.
+    """
+    statement = (
+        sa.update(Sweep)
+        .where(Sweep.id == sweep_id)
+        .values(version=Sweep.version + 1, updated_at=utcnow())
+        .returning(Sweep.version, Sweep.status, Sweep.best)
+        .execution_options(synchronize_session=False)
+    )
+    row = session.execute(statement).one_or_none()
+    if row is None:
+        raise SweepNotFound(sweep_id)
+    return row[0], row[1], row[2]
 
 
 def reload(session: Session, sweep_id: str) -> Sweep:
@@ -347,10 +374,22 @@ def get_sweep(session: Session, sweep_id: str) -> Sweep:
     return reload(session, sweep_id)
 
 
-def changes_since(session: Session, sweep_id: str, version: int) -> Sweep | None:
-    """The sweep if it changed after ``version``, else None (for an event stream's poll)."""
+def changes_since(
+    session: Session, sweep_id: str, version: int
+) -> tuple[Sweep, list[Trial]] | None:
+    """The sweep and the trials written after ``version`` if it changed since, else None.
+
+    For an events stream's poll: its cost follows what changed, not the size of the sweep.
+    ``version`` 0 (a new follower) gets every trial.
+    """
     sweep = reload(session, sweep_id)
-    return sweep if sweep.version > version else None
+    if sweep.version <= version:
+        return None
+    query = sa.select(Trial).where(Trial.sweep_id == sweep_id)
+    if version > 0:
+        # A trial written after the sweep row was read has a higher version: the next poll.
+        query = query.where(Trial.version > version, Trial.version <= sweep.version)
+    return sweep, list(session.scalars(query.order_by(Trial.version, Trial.trial_id)))
 
 
 def list_sweeps(
@@ -415,10 +454,111 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def list_trials(session: Session, sweep_id: str) -> list[Trial]:
+    """Every trial of the sweep, by id (for the driver's side and tests; the API pages)."""
     reload(session, sweep_id)
     return list(
         session.scalars(sa.select(Trial).where(Trial.sweep_id == sweep_id).order_by(Trial.trial_id))
     )
+
+
+TRIAL_ORDER_DEFAULT = "trial_id"
+METRIC_NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,200}$")
+
+
+def trial_page(
+    session: Session,
+    sweep_id: str,
+    *,
+    states: Collection[str] | None = None,
+    order_by: str = TRIAL_ORDER_DEFAULT,
+    descending: bool = False,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[list[Trial], str | None]:
+    """A page of the sweep's trials and the cursor of the next page (None on the last).
+
+    ``order_by`` is ``trial_id`` or a reported metric (``val_nll``); by a metric, trials without
+    a finite value of it come last in either direction, and ties go by trial id. Paging by trial
+    id visits every trial that exists when the first page is read exactly once, whatever is
+    inserted meanwhile; by a metric, a trial whose value changes between two pages can move
+    across the cursor (running trials report as they go).
+    """
+    reload(session, sweep_id)
+    if not 1 <= limit <= MAX_PAGE:
+        raise ValueError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
+    if order_by != TRIAL_ORDER_DEFAULT and not METRIC_NAME.fullmatch(order_by):
+        raise ValueError(
+            f"order_by must be trial_id or a metric name (letters, digits, _ . : / -), "
+            f"got {order_by!r}"
+        )
+    query = sa.select(Trial).where(Trial.sweep_id == sweep_id)
+    if states is not None:
+        unknown = set(states) - set(TRIAL_STATES)
+        if unknown:
+            raise ValueError(
+                f"unknown trial state {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(TRIAL_STATES)}"
+            )
+        query = query.where(Trial.state.in_(list(states)))
+    order = (order_by, "desc" if descending else "asc")
+    if order_by == TRIAL_ORDER_DEFAULT:
+        if cursor is not None:
+            _, after_id = _decode_trial_cursor(cursor, order)
+            beyond = Trial.trial_id < after_id if descending else Trial.trial_id > after_id
+            query = query.where(beyond)
+        by_id = Trial.trial_id.desc() if descending else Trial.trial_id
+        trials = list(session.scalars(query.order_by(by_id).limit(limit + 1)))
+    else:
+        value = Trial.metrics[order_by].as_float()
+        if cursor is not None:
+            after, after_id = _decode_trial_cursor(cursor, order)
+            query = query.where(_after(value, after, after_id, descending))
+        ranked = value.desc() if descending else value.asc()
+        query = query.order_by(value.is_(None), ranked, Trial.trial_id).limit(limit + 1)
+        trials = list(session.scalars(query))
+    if len(trials) <= limit:
+        return trials, None
+    last = trials[limit - 1]
+    at = None if order_by == TRIAL_ORDER_DEFAULT else _metric(last, order_by)
+    return trials[:limit], _encode_trial_cursor(order, at, last.trial_id)
+
+
+def _after(value: Any, after: float | None, after_id: str, descending: bool) -> Any:
+    """Rows after (``after``, ``after_id``) in the order: value (NULLs last), then trial id."""
+    if after is None:
+        return sa.and_(value.is_(None), Trial.trial_id > after_id)
+    beyond = value < after if descending else value > after
+    return sa.or_(beyond, sa.and_(value == after, Trial.trial_id > after_id), value.is_(None))
+
+
+def _metric(trial: Trial, name: str) -> float | None:
+    value = (trial.metrics or {}).get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _encode_trial_cursor(order: tuple[str, str], value: float | None, trial_id: str) -> str:
+    raw = json.dumps([*order, value, trial_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_trial_cursor(cursor: str, order: tuple[str, str]) -> tuple[float | None, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        order_by, direction, value, trial_id = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError) as error:
+        raise InvalidCursor(f"not a trials cursor from this API: {cursor!r}") from error
+    if not isinstance(trial_id, str) or not (
+        value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+    ):
+        raise InvalidCursor(f"not a trials cursor from this API: {cursor!r}")
+    if (order_by, direction) != order:
+        raise InvalidCursor(
+            f"this cursor pages trials ordered by {order_by} {direction}, not by "
+            f"{order[0]} {order[1]}: ask with the order of the page it came from"
+        )
+    return (None if value is None else float(value)), trial_id
 
 
 def trial_counts(session: Session, sweep_id: str) -> dict[str, int]:
@@ -449,7 +589,11 @@ def interrupt_trials(
     keep: Collection[str] = (),
     states: Collection[str] = ("running", "retrying"),
 ) -> None:
-    """Mark the sweep's trials in ``states`` (except ``keep``) interrupted, saying why."""
+    """Mark the sweep's trials in ``states`` (except ``keep``) interrupted, saying why.
+
+    Called in a transaction that has bumped the sweep's version: the trials take it.
+    """
+    version = session.scalar(sa.select(Sweep.version).where(Sweep.id == sweep_id))
     unfinished = session.scalars(
         sa.select(Trial).where(Trial.sweep_id == sweep_id, Trial.state.in_(list(states)))
     )
@@ -458,4 +602,5 @@ def interrupt_trials(
             trial.state = "interrupted"
             trial.error = error
             trial.updated_at = utcnow()
+            trial.version = version
     session.flush()

@@ -1,15 +1,15 @@
 """The driver's side of the store: `sweeps.SweepStore` on the service's database.
 
-The driver reads its spec and writes what happens: the start, each trial event (with the
-best-so-far), and the outcome with each trial's final state. Each call is its own short
-transaction, since the driver makes them from Tune's loop.
+The driver reads its spec and writes what happens: the start, batches of trial events (with
+the best so far), and the outcome with each trial's final state. Each call is one short
+transaction whose cost does not grow with the number of trials in the sweep.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import asdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,14 +28,17 @@ from sweeps.records import (
     SweepRecord,
     TrialEvent,
     TrialSummary,
-    best_trials,
+    loss,
 )
 from sweeps.spec import Objective, SweepSpec
+
+IN_CHUNK = 1000  # trial ids per IN (...) list
 
 
 class DatabaseSweepStore:
     def __init__(self, engine: sa.Engine) -> None:
         self.sessions = session_factory(engine)
+        self._objectives: dict[str, Objective] = {}
 
     def load_spec(self, sweep_id: str) -> SweepSpec:
         """The spec as the API admitted it; the driver checks it once more when it starts."""
@@ -59,9 +62,20 @@ class DatabaseSweepStore:
                 tracking_uri=record.tracking_uri,
             )
 
-    def record_trial(self, sweep_id: str, event: TrialEvent) -> None:
+    def record_trials(self, sweep_id: str, events: Sequence[TrialEvent]) -> None:
+        if not events:
+            return
+        objective = self._objectives.get(sweep_id)
+        if objective is None:
+            with self.sessions() as session:
+                objective = objectives_of(repository.get_sweep(session, sweep_id).spec)[0]
+            self._objectives[sweep_id] = objective  # a sweep's objectives never change
         with self.sessions() as session:
-            upsert_trial(session, sweep_id, event)
+            upsert_trials(session, sweep_id, events, objective)
+
+    def record_trial(self, sweep_id: str, event: TrialEvent) -> None:
+        """One event alone (`record_trials` is what the driver calls)."""
+        self.record_trials(sweep_id, [event])
 
     def record_outcome(self, sweep_id: str, outcome: SweepOutcome) -> None:
         with self.sessions() as session:
@@ -76,63 +90,133 @@ class DatabaseSweepStore:
 
 
 def upsert_trial(session: Session, sweep_id: str, event: TrialEvent) -> Trial:
-    """Record one trial event; while the sweep is unfinished, refresh its best trial.
+    """Record one trial event (`upsert_trials` with the sweep's own first objective)."""
+    objective = objectives_of(repository.get_sweep(session, sweep_id).spec)[0]
+    return upsert_trials(session, sweep_id, [event], objective)[0]
 
-    An event without metrics (a retry announced before any report) keeps the last report.
+
+@dataclass(frozen=True)
+class TrialWrite:
+    """What the store writes of one trial: from a driver's event or from its outcome."""
+
+    trial_id: str
+    name: str
+    state: str
+    params: Mapping[str, Any]
+    metrics: Mapping[str, Any]
+    epoch: int | None
+    mlflow_run_id: str | None
+    error: str | None
+
+    @classmethod
+    def of_event(cls, event: TrialEvent) -> TrialWrite:
+        return cls(
+            event.trial_id,
+            event.trial_name,
+            event.state,
+            event.params,
+            event.metrics,
+            event.epoch,
+            event.mlflow_run_id,
+            event.error,
+        )
+
+    @classmethod
+    def of_summary(cls, summary: TrialSummary) -> TrialWrite:
+        epoch = summary.metrics.get("epoch")
+        return cls(
+            summary.trial_id,
+            summary.name,
+            summary.state,
+            summary.params,
+            summary.metrics,
+            int(epoch) if isinstance(epoch, int | float) else None,
+            summary.mlflow_run_id,
+            summary.error,
+        )
+
+
+def upsert_trials(
+    session: Session, sweep_id: str, events: Sequence[TrialEvent], objective: Objective
+) -> list[Trial]:
+    """Record trial events in order, in one transaction; while the sweep is unfinished, keep
+    its best so far by ``objective`` (the sweep's first).
+
+    An event without metrics (a retry announced before any report) keeps the last report. The
+    cost does not grow with the sweep: the touched rows are read by key, and the best so far is
+    one query on the (sweep, objective) index.
     """
     with repository.writing(session):
-        sweep = repository.locked(session, sweep_id)
-        trial = _write_trial(
-            session,
-            sweep_id,
-            trial_id=event.trial_id,
-            name=event.trial_name,
-            state=event.state,
-            params=event.params,
-            metrics=event.metrics,
-            epoch=event.epoch,
-            mlflow_run_id=event.mlflow_run_id,
-            error=event.error,
+        version, status, stored_best = repository.bump(session, sweep_id)
+        written = write_trials(
+            session, sweep_id, [TrialWrite.of_event(e) for e in events], version, objective
         )
-        values: dict[str, Any] = {}
-        if sweep.status not in TERMINAL:
-            best = _best_so_far(session, sweep)
-            values["best"] = None if best is None else [best.summary()]
-        repository.update_row(session, sweep_id, values)
-    return trial
+        if status not in TERMINAL:
+            best = session.scalars(
+                sa.select(Trial)
+                .where(Trial.sweep_id == sweep_id, Trial.objective.is_not(None))
+                .order_by(Trial.objective, Trial.trial_id)
+                .limit(1)
+            ).one_or_none()
+            summary = None if best is None else json_safe([best.summary()])
+            if summary != stored_best:
+                repository.update_row(session, sweep_id, {"best": summary}, bump=False)
+    return written
 
 
-def _write_trial(
+def write_trials(
     session: Session,
     sweep_id: str,
-    *,
-    trial_id: str,
-    name: str,
-    state: str,
-    params: Mapping[str, Any],
-    metrics: Mapping[str, Any],
-    epoch: int | None,
-    mlflow_run_id: str | None,
-    error: str | None,
-) -> Trial:
-    if state not in TRIAL_STATES:
-        raise ValueError(f"unknown trial state {state!r}; known: {', '.join(TRIAL_STATES)}")
-    trial = session.get(Trial, (sweep_id, trial_id), populate_existing=True)
-    if trial is None:
-        trial = Trial(sweep_id=sweep_id, trial_id=trial_id, params=json_safe(params), metrics={})
-        session.add(trial)
-    trial.name = name
-    trial.state = state
-    trial.error = error
-    trial.updated_at = utcnow()
-    if metrics:
-        trial.metrics = json_safe(metrics)
-    if epoch is not None and (metrics or trial.epoch is None):
-        trial.epoch = epoch
-    if mlflow_run_id is not None:
-        trial.mlflow_run_id = mlflow_run_id
+    writes: Sequence[TrialWrite],
+    version: int,
+    objective: Objective,
+) -> list[Trial]:
+    """Apply ``writes`` in order to the sweep's trial rows (read once, by key) and flush.
+
+    ``version`` is the sweep's, bumped in this transaction (`repository.bump`).
+    """
+    for write in writes:
+        if write.state not in TRIAL_STATES:
+            raise ValueError(
+                f"unknown trial state {write.state!r}; known: {', '.join(TRIAL_STATES)}"
+            )
+    ids = list(dict.fromkeys(write.trial_id for write in writes))
+    trials: dict[str, Trial] = {}
+    for start in range(0, len(ids), IN_CHUNK):
+        rows = session.scalars(
+            sa.select(Trial)
+            .where(Trial.sweep_id == sweep_id, Trial.trial_id.in_(ids[start : start + IN_CHUNK]))
+            .execution_options(populate_existing=True)
+        )
+        trials.update((trial.trial_id, trial) for trial in rows)
+    written = []
+    for write in writes:
+        trial = trials.get(write.trial_id)
+        if trial is None:
+            trial = Trial(
+                sweep_id=sweep_id,
+                trial_id=write.trial_id,
+                params=json_safe(write.params),
+                metrics={},
+            )
+            session.add(trial)
+            trials[write.trial_id] = trial
+        trial.name = write.name
+        trial.state = write.state
+        trial.error = write.error
+        trial.updated_at = utcnow()
+        if write.metrics:
+            trial.metrics = json_safe(write.metrics)
+        if write.epoch is not None and (write.metrics or trial.epoch is None):
+            trial.epoch = write.epoch
+        if write.mlflow_run_id is not None:
+            trial.mlflow_run_id = write.mlflow_run_id
+        written.append(trial)
+    for trial in trials.values():
+        trial.version = version
+        trial.objective = loss(objective, trial, finished_only=False)
     session.flush()
-    return trial
+    return written
 
 
 def json_safe(value: Any) -> Any:
@@ -151,16 +235,6 @@ def objectives_of(spec: Mapping[str, Any]) -> list[Objective]:
     return [Objective.model_validate(o) for o in spec.get("objectives") or [{"metric": "val_nll"}]]
 
 
-def _best_so_far(session: Session, sweep: Sweep) -> Trial | None:
-    """The best trial by the first objective among the latest reports of every trial that
-    has not failed (the final outcome replaces it with the driver's own choice)."""
-    trials = session.scalars(
-        sa.select(Trial).where(Trial.sweep_id == sweep.id).order_by(Trial.trial_id)
-    )
-    best = best_trials(objectives_of(sweep.spec)[:1], trials, finished_only=False)
-    return best[0] if best else None
-
-
 # ---------------------------------------------------------------- the driver's outcome
 
 
@@ -175,8 +249,9 @@ def record_outcome(session: Session, sweep_id: str, outcome: SweepOutcome) -> Sw
     with repository.writing(session):
         sweep = repository.locked(session, sweep_id)
         status = sweep.status
-        for summary in outcome.trials:
-            _write_summary(session, sweep_id, summary)
+        version, _, _ = repository.bump(session, sweep_id)
+        writes = [TrialWrite.of_summary(summary) for summary in outcome.trials]
+        write_trials(session, sweep_id, writes, version, objectives_of(sweep.spec)[0])
         # Trials Tune's saved state does not hold were started by a driver killed before Tune
         # saved them: the sweep cannot continue them and ran others in their place. The
         # reconciler may already have marked them interrupted when it failed the killed attempt;
@@ -217,19 +292,3 @@ def _final_status(sweep: Sweep, outcome_status: str) -> str | None:
     if outcome_status == "stopped":
         return "cancelled" if sweep.cancel_requested else None
     return "cancelled" if sweep.status == "cancelling" else outcome_status
-
-
-def _write_summary(session: Session, sweep_id: str, summary: TrialSummary) -> None:
-    epoch = summary.metrics.get("epoch")
-    _write_trial(
-        session,
-        sweep_id,
-        trial_id=summary.trial_id,
-        name=summary.name,
-        state=summary.state,
-        params=summary.params,
-        metrics=summary.metrics,
-        epoch=int(epoch) if isinstance(epoch, int | float) else None,
-        mlflow_run_id=summary.mlflow_run_id,
-        error=summary.error,
-    )

@@ -112,7 +112,7 @@ def test_mlflow_killed_mid_trial_fails_the_trial_loudly(service, tmp_path):
 
             finished = wait_for(client, sweep_id, lambda s: s["status"] in FINAL, 180)
             assert finished["status"] == "failed", finished
-            (trial,) = client.get(f"/v1/sweeps/{sweep_id}/trials").json()
+            (trial,) = client.get(f"/v1/sweeps/{sweep_id}/trials").json()["items"]
             # The trial stopped at its first write to the dead server and the store says why.
             assert trial["state"] == "failed", trial
             assert "MlflowException" in trial["error"], trial
@@ -128,7 +128,7 @@ def test_mlflow_killed_mid_trial_fails_the_trial_loudly(service, tmp_path):
 
 
 def trial_epoch(client: httpx.Client, sweep_id: str) -> int:
-    trials = client.get(f"/v1/sweeps/{sweep_id}/trials").json()
+    trials = client.get(f"/v1/sweeps/{sweep_id}/trials").json()["items"]
     return max((t["epoch"] or 0 for t in trials), default=0)
 
 

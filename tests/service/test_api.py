@@ -163,7 +163,7 @@ def test_a_sweep_runs_to_the_end_and_is_visible_in_the_api_and_mlflow(api, clien
     assert sweep["status"] == "succeeded" and sweep["counts"] == {"succeeded": 3}
     assert sweep["attempt"] == 1 and sweep["finished_at"]
     assert sweep["links"]["mlflow_parent_run"].endswith(sweep["mlflow_parent_run_id"])
-    trials = client.get(f"/v1/sweeps/{sweep_id}/trials").json()
+    trials = client.get(f"/v1/sweeps/{sweep_id}/trials").json()["items"]
     assert len(trials) == 3 and all(t["state"] == "succeeded" for t in trials)
     assert all(t["epoch"] == 2 and t["mlflow_run_id"] for t in trials)
     best = client.get(f"/v1/sweeps/{sweep_id}/best").json()
@@ -297,7 +297,7 @@ def test_a_killed_driver_is_resubmitted_and_resumes_without_rerunning_trials(api
         # must interrupt a trial that has work to lose, or it tests nothing.
         if sweep["counts"].get("succeeded", 0) < 1:
             return False
-        trials = client.get(f"/v1/sweeps/{sweep_id}/trials").json()
+        trials = client.get(f"/v1/sweeps/{sweep_id}/trials").json()["items"]
         return any(t["state"] == "running" and 3 <= (t["epoch"] or 0) < epochs - 5 for t in trials)
 
     first = wait_for(client, sweep_id, part_way)
@@ -305,12 +305,14 @@ def test_a_killed_driver_is_resubmitted_and_resumes_without_rerunning_trials(api
     # two save periods (and a half), the finished trial is in the saved state.
     time.sleep(2.5 * float(TUNE_ENV["TUNE_GLOBAL_CHECKPOINT_S"]))
     running = [
-        t for t in client.get(f"/v1/sweeps/{sweep_id}/trials").json() if t["state"] == "running"
+        t
+        for t in client.get(f"/v1/sweeps/{sweep_id}/trials").json()["items"]
+        if t["state"] == "running"
     ]
     assert running and all(0 < t["epoch"] < epochs for t in running), running
     done_before = {
         t["trial_id"]: t["metrics"]
-        for t in client.get(f"/v1/sweeps/{sweep_id}/trials").json()
+        for t in client.get(f"/v1/sweeps/{sweep_id}/trials").json()["items"]
         if t["state"] == "succeeded"
     }
     driver = subprocess.run(
@@ -324,7 +326,7 @@ def test_a_killed_driver_is_resubmitted_and_resumes_without_rerunning_trials(api
     finished = wait_for(client, sweep_id, lambda s: s["status"] in FINAL, timeout_s=300)
     assert finished["status"] == "succeeded", finished
     assert finished["attempt"] == first["attempt"] + 1
-    trials = client.get(f"/v1/sweeps/{sweep_id}/trials").json()
+    trials = client.get(f"/v1/sweeps/{sweep_id}/trials").json()["items"]
     succeeded = [t for t in trials if t["state"] == "succeeded"]
     # A trial the driver started just before the kill, and Tune had not saved yet, is lost:
     # it is shown as interrupted with why, and a new trial ran in its place.

@@ -42,7 +42,12 @@ def posted(monkeypatch) -> list[dict]:
         if request.method == "POST":
             bodies.append(json.loads(request.content))
             return httpx.Response(202, json=sweep)
-        return httpx.Response(200, json=[] if request.url.path.endswith("/trials") else sweep)
+        return httpx.Response(
+            200,
+            json={"items": [], "next_cursor": None}
+            if request.url.path.endswith("/trials")
+            else sweep,
+        )
 
     real_client = httpx.Client
 

@@ -105,7 +105,7 @@ def race(count: int, work: Callable[[int], Any]) -> list[Any]:
 def test_upgrade_creates_the_tables_and_running_it_again_changes_nothing(engine, session_factory):
     tables = set(sa.inspect(engine).get_table_names())
     assert {"sweeps", "sweep_tags", "trials", "idempotency_keys", "alembic_version"} <= tables
-    assert current_revision(engine) == "0002"
+    assert current_revision(engine) == "0003"
     with engine.connect() as connection:
         if is_postgres(engine):  # the test's own schema, not public
             schema = connection.scalar(sa.text("SELECT current_schema()"))
@@ -116,7 +116,7 @@ def test_upgrade_creates_the_tables_and_running_it_again_changes_nothing(engine,
 
     sweep_id = new_sweep(session_factory)
     upgrade(engine)
-    assert current_revision(engine) == "0002"
+    assert current_revision(engine) == "0003"
     assert status_of(session_factory, sweep_id).status == "pending"
 
 
@@ -130,7 +130,7 @@ def test_upgrade_accepts_a_url(store_url):
     upgrade(store_url)
     engine = make_engine(store_url)
     try:
-        assert current_revision(engine) == "0002"
+        assert current_revision(engine) == "0003"
     finally:
         engine.dispose()
 
@@ -555,7 +555,7 @@ def test_changes_since_reports_only_newer_versions(session_factory):
         assert repo.changes_since(session, sweep_id, version) is None
         upsert_trial(session, sweep_id, event("t1", val_nll=1.0))
         changed = repo.changes_since(session, sweep_id, version)
-        assert changed is not None and changed.version == version + 1
+        assert changed is not None and changed[0].version == version + 1
 
 
 # ---------------------------------------------------------------- the driver's store
@@ -752,7 +752,7 @@ def test_a_store_at_0001_upgrades_and_keeps_its_sweeps(store_url):
                 {"now": "2026-01-01 00:00:00"},
             )
         upgrade(engine)
-        assert current_revision(engine) == "0002"
+        assert current_revision(engine) == "0003"
         with make_sessions(engine)() as session:
             old = repo.get_sweep(session, "s1")
             assert (old.name, old.ensemble) == ("old", None)
