@@ -6,6 +6,7 @@ name; the live objects (user hooks, a store) sit in `SweepMonitor`, registered p
 
 from __future__ import annotations
 
+import heapq
 import os
 import signal
 import sys
@@ -24,7 +25,7 @@ from sweeps.records import (
     TrialEvent,
     TrialHook,
     TrialState,
-    best_trials,
+    loss,
     reported_metrics,
 )
 from sweeps.resolve import trial_epochs
@@ -66,6 +67,8 @@ class SweepMonitor:
     _last_poll: float = 0.0
     _last_event: dict[str, TrialEvent] = field(default_factory=dict)
     _last_line: str = ""
+    _ranked: list[tuple[float, str, int]] = field(default_factory=list)
+    _reports: dict[str, int] = field(default_factory=dict)
 
     def update(self, event: TrialEvent, result: dict[str, Any] | None = None) -> None:
         previous = self._last_event.get(event.trial_id)
@@ -77,6 +80,8 @@ class SweepMonitor:
             self.persist({k: v for k, v in self.states.items() if v in FINISHED_STATES})
         if event.metrics:
             self.latest[event.trial_id] = {"name": event.trial_name, **event.metrics}
+        if event.trial_id in self.latest:  # a new state (failed, say) can change the best too
+            self._rank(event)
         # The user's hook (the service's store) first: if MLflow is down, closing the trial's
         # run below fails the driver loudly, and the store must already hold the trial's state.
         if self.on_trial is not None:
@@ -93,14 +98,27 @@ class SweepMonitor:
         return self.max_failed_trials is not None and self.count("failed") > self.max_failed_trials
 
     def best(self) -> tuple[str, float] | None:
-        """The best first-objective value among the trials' latest reports."""
+        """The best first-objective value among the latest reports of the trials not failed.
+
+        Every report goes on a heap; entries that a newer report of their trial superseded, or
+        whose trial failed, are dropped when they reach the top: O(log n) per report.
+        """
         objective = self.objectives[0]
-        latest = [
-            _Latest(values["name"], self.states.get(trial_id, "running"), values)
-            for trial_id, values in self.latest.items()
-        ]
-        found = best_trials([objective], latest, finished_only=False)
-        return (found[0].name, float(found[0].metrics[objective.metric])) if found else None
+        while self._ranked:
+            _, trial_id, report = self._ranked[0]
+            if self._reports.get(trial_id) == report and self.states.get(trial_id) != "failed":
+                values = self.latest[trial_id]
+                return values["name"], float(values[objective.metric])
+            heapq.heappop(self._ranked)
+        return None
+
+    def _rank(self, event: TrialEvent) -> None:
+        report = self._reports.get(event.trial_id, 0) + 1
+        self._reports[event.trial_id] = report
+        latest = _Latest(event.trial_name, event.state, self.latest[event.trial_id])
+        value = loss(self.objectives[0], latest, finished_only=False)
+        if value is not None:
+            heapq.heappush(self._ranked, (value, event.trial_id, report))
 
     def progress_line(self) -> str:
         done = self.count(*FINISHED_STATES)

@@ -13,8 +13,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Protocol
@@ -26,6 +29,7 @@ from sweeps.records import SweepOutcome, SweepRecord, TrialEvent
 from sweeps.settings import SweepSettings
 from sweeps.spec import SweepSpec
 from sweeps.statefiles import has_state
+from sweeps.trial_writer import TrialWriter
 
 
 class SweepStore(Protocol):
@@ -40,7 +44,9 @@ class SweepStore(Protocol):
 
     def record_start(self, sweep_id: str, record: SweepRecord) -> None: ...
 
-    def record_trial(self, sweep_id: str, event: TrialEvent) -> None: ...
+    def record_trials(self, sweep_id: str, events: Sequence[TrialEvent]) -> None:
+        """Record trial events, in order (the driver hands them over in batches)."""
+        ...
 
     def record_outcome(self, sweep_id: str, outcome: SweepOutcome) -> None: ...
 
@@ -78,9 +84,12 @@ class DirectoryStore:
         target = self._dir(sweep_id) / "started.json"
         target.write_text(json.dumps(asdict(record), indent=2) + "\n")
 
-    def record_trial(self, sweep_id: str, event: TrialEvent) -> None:
+    def record_trials(self, sweep_id: str, events: Sequence[TrialEvent]) -> None:
         with open(self._dir(sweep_id) / "trials.jsonl", "a") as out:
-            out.write(json.dumps(asdict(event)) + "\n")
+            out.writelines(json.dumps(asdict(event)) + "\n" for event in events)
+
+    def record_trial(self, sweep_id: str, event: TrialEvent) -> None:
+        self.record_trials(sweep_id, [event])
 
     def trial_events(self, sweep_id: str) -> list[dict]:
         path = self._dir(sweep_id) / "trials.jsonl"
@@ -113,9 +122,10 @@ def run_stored(
     after a crash continues the same sweep instead of starting a second one.
     """
     options = options or DriverOptions()
-
-    def on_trial(event: TrialEvent) -> None:
-        store.record_trial(sweep_id, event)
+    settings = SweepSettings()
+    writer = TrialWriter(
+        functools.partial(store.record_trials, sweep_id), flush_s=settings.store_flush_s
+    )
 
     def should_stop() -> bool:
         return store.stop_requested(sweep_id)
@@ -123,28 +133,34 @@ def run_stored(
     def on_start(record: SweepRecord) -> None:
         store.record_start(sweep_id, record)
 
-    path = options.experiment_path(SweepSettings(), sweep_id)
+    path = options.experiment_path(settings, sweep_id)
     # The caps it was admitted under, not this process's environment's.
     limits = store.load_limits(sweep_id)
-    if has_state(path):
-        outcome = resume_sweep(
-            sweep_id,
-            options,
-            on_trial=on_trial,
-            should_stop=should_stop,
-            on_start=on_start,
-            limits=limits,
-        )
-    else:
-        spec = store.load_spec(sweep_id)
-        outcome = run_sweep(
-            spec,
-            options,
-            on_trial=on_trial,
-            should_stop=should_stop,
-            limits=limits,
-            sweep_name=sweep_id,
-            on_start=on_start,
-        )
+    try:
+        if has_state(path):
+            outcome = resume_sweep(
+                sweep_id,
+                options,
+                on_trial=writer.put,
+                should_stop=should_stop,
+                on_start=on_start,
+                limits=limits,
+            )
+        else:
+            spec = store.load_spec(sweep_id)
+            outcome = run_sweep(
+                spec,
+                options,
+                on_trial=writer.put,
+                should_stop=should_stop,
+                limits=limits,
+                sweep_name=sweep_id,
+                on_start=on_start,
+            )
+    except BaseException:
+        with contextlib.suppress(Exception):  # the driver's own error is the one to see
+            writer.close()
+        raise
+    writer.close()  # every trial's last event is in the store before the outcome
     store.record_outcome(sweep_id, outcome)
     return outcome
