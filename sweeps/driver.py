@@ -26,7 +26,11 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from gradreg.names import default_goal
-from sweeps.checkpoints import CheckpointPruner, searcher_follows_moved_experiment
+from sweeps.checkpoints import (
+    CheckpointPruner,
+    adaptive_state_saves,
+    searcher_follows_moved_experiment,
+)
 from sweeps.checks import admitted
 from sweeps.ensemble import SweepEnsemble, build_ensemble
 from sweeps.limits import Limits
@@ -70,8 +74,10 @@ TUNE_ENV = {
     # The driver turns Ctrl-C into its own stop request (sweeps.progress.stop_on_signals).
     "TUNE_DISABLE_SIGINT_HANDLER": "1",
     # How stale the experiment state a killed driver leaves can be: work done after the last
-    # save is done again on resume. Tune's default is 10 s or more; a save costs ~20 ms.
-    "TUNE_GLOBAL_CHECKPOINT_S": "1",
+    # save is done again on resume. "auto" with `adaptive_state_saves`: every second, or so
+    # that saves take at most 5% of the loop once a sweep holds enough trials (Tune's own auto
+    # waits at least 10 s).
+    "TUNE_GLOBAL_CHECKPOINT_S": "auto",
 }
 
 StartHook = Callable[[SweepRecord], None]
@@ -324,8 +330,9 @@ def _drive(
     )
     register(monitor)
     try:
-        with stop_on_signals(monitor):
+        with stop_on_signals(monitor), adaptive_state_saves():
             grid = tuner.fit()
+        monitor.save_states()
     except BaseException as error:
         tracker.fail_sweep(record, error)
         raise

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -69,15 +70,22 @@ class SweepMonitor:
     _last_line: str = ""
     _ranked: list[tuple[float, str, int]] = field(default_factory=list)
     _reports: dict[str, int] = field(default_factory=dict)
+    _counts: Counter[str | None] = field(default_factory=Counter)
+    _unsaved_states: bool = False
+
+    def __post_init__(self) -> None:
+        self._counts.update(self.states.values())
 
     def update(self, event: TrialEvent, result: dict[str, Any] | None = None) -> None:
         previous = self._last_event.get(event.trial_id)
         if previous is not None and (previous.state, previous.epoch) == (event.state, event.epoch):
             return  # Tune announces some changes twice (start, then restore)
         self._last_event[event.trial_id] = event
+        self._counts[self.states.get(event.trial_id)] -= 1
+        self._counts[event.state] += 1
         self.states[event.trial_id] = event.state
-        if event.state in FINISHED_STATES and self.persist is not None:
-            self.persist({k: v for k, v in self.states.items() if v in FINISHED_STATES})
+        if event.state in FINISHED_STATES:
+            self._unsaved_states = True
         if event.metrics:
             self.latest[event.trial_id] = {"name": event.trial_name, **event.metrics}
         if event.trial_id in self.latest:  # a new state (failed, say) can change the best too
@@ -91,7 +99,15 @@ class SweepMonitor:
         self.print_progress()
 
     def count(self, *states: TrialState) -> int:
-        return sum(1 for state in self.states.values() if state in states)
+        return sum(self._counts[state] for state in states)
+
+    def save_states(self) -> None:
+        """Persist the finished trials' states if any changed. Called while Tune saves its
+        experiment state (`SweepCallback.get_state`), so the file is as fresh as that state
+        and a sweep of n trials rewrites it once per save, not once per finished trial."""
+        if self._unsaved_states and self.persist is not None:
+            self.persist({k: v for k, v in self.states.items() if v in FINISHED_STATES})
+            self._unsaved_states = False
 
     @property
     def failed_too_often(self) -> bool:
@@ -271,6 +287,13 @@ class SweepCallback(tune.Callback):
         epoch = (trial.last_result or {}).get("epoch", 0)
         finished = epoch >= trial_epochs(self.spec, trial.config)
         self._emit(trial, "succeeded" if finished else "stopped")
+
+    def get_state(self) -> dict[str, Any] | None:
+        # Tune calls this while it saves the experiment state.
+        monitor = monitor_of(self.sweep)
+        if monitor is not None:
+            monitor.save_states()
+        return None  # the driver restores the states from their own file
 
     def on_step_end(self, iteration, trials, **info):
         monitor = monitor_of(self.sweep)

@@ -19,7 +19,7 @@ import pytest
 from mlflow import MlflowClient
 
 from service.launcher import free_port
-from sweeps.driver import TUNE_ENV
+from sweeps.checkpoints import MIN_STATE_SAVE_PERIOD_S
 from sweeps.records import LOST_TRIAL
 from tests.service.api import FINAL, TOKENS, ApiProcess, is_problem, wait_for
 
@@ -303,7 +303,7 @@ def test_a_killed_driver_is_resubmitted_and_resumes_without_rerunning_trials(api
     first = wait_for(client, sweep_id, part_way)
     # Work done after Tune's last save of its experiment state is done again on resume. Past
     # two save periods (and a half), the finished trial is in the saved state.
-    time.sleep(2.5 * float(TUNE_ENV["TUNE_GLOBAL_CHECKPOINT_S"]))
+    time.sleep(2.5 * MIN_STATE_SAVE_PERIOD_S)
     running = [
         t
         for t in client.get(f"/v1/sweeps/{sweep_id}/trials").json()["items"]

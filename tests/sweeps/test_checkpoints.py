@@ -5,9 +5,15 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pyarrow.fs
+import pytest
 from ray import tune
 
-from sweeps.checkpoints import CheckpointPruner, delete_older_checkpoints
+from sweeps.checkpoints import (
+    MIN_STATE_SAVE_PERIOD_S,
+    CheckpointPruner,
+    adaptive_state_saves,
+    delete_older_checkpoints,
+)
 
 LOCAL = pyarrow.fs.LocalFileSystem()
 
@@ -63,3 +69,51 @@ def test_only_numbered_checkpoint_directories_below_the_index_are_deleted(tmp_pa
         "result.json",
     ]
     assert delete_older_checkpoints(LOCAL, str(tmp_path / "gone"), 5) == []
+
+
+def test_a_save_lists_only_the_trials_with_a_newer_checkpoint(tmp_path, monkeypatch):
+    """A sweep of thousands of trials: each save must not list every trial directory again."""
+    listed: list[str] = []
+    real = delete_older_checkpoints
+
+    def counting(filesystem, trial_dir, index):
+        listed.append(trial_dir.rsplit("/", 1)[-1])
+        return real(filesystem, trial_dir, index)
+
+    monkeypatch.setattr("sweeps.checkpoints.delete_older_checkpoints", counting)
+    pruner = CheckpointPruner()
+    for name in ("a", "b", "c"):
+        path = tmp_path / name / "checkpoint_000000"
+        path.mkdir(parents=True)
+        trial = SimpleNamespace(trial_id=name)
+        pruner.on_checkpoint(0, [], trial, tune.Checkpoint(str(path), filesystem=LOCAL))
+    pruner.get_state()
+    pruner.get_state()  # prunes below what the first save named: each trial once
+    assert sorted(listed) == ["a", "b", "c"]
+    path = tmp_path / "b" / "checkpoint_000001"
+    path.mkdir()
+    pruner.on_checkpoint(
+        0, [], SimpleNamespace(trial_id="b"), tune.Checkpoint(str(path), filesystem=LOCAL)
+    )
+    listed.clear()
+    for _ in range(3):
+        pruner.get_state()
+    assert listed == ["b"]  # the finished a and c are never listed again
+    assert left(tmp_path / "b") == ["checkpoint_000001"]
+
+
+def test_state_saves_come_every_second_until_they_would_take_over_5_percent():
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
+    manager = SimpleNamespace(_auto_checkpoint_enabled=True, _checkpoint_period=10.0)
+    update = _ExperimentCheckpointManager._update_auto_checkpoint_time
+    with adaptive_state_saves():
+        _ExperimentCheckpointManager._update_auto_checkpoint_time(manager, 0.02)
+        assert manager._checkpoint_period == MIN_STATE_SAVE_PERIOD_S == 1.0
+        _ExperimentCheckpointManager._update_auto_checkpoint_time(manager, 0.5)  # 2,000 trials
+        assert manager._checkpoint_period == pytest.approx(10.0)  # 0.5 s of every 10.5 s
+    assert _ExperimentCheckpointManager._update_auto_checkpoint_time is update  # restored
+    fixed = SimpleNamespace(_auto_checkpoint_enabled=False, _checkpoint_period=5.0)
+    with adaptive_state_saves():  # a period the operator set stays theirs
+        _ExperimentCheckpointManager._update_auto_checkpoint_time(fixed, 3.0)
+    assert fixed._checkpoint_period == 5.0
