@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import runpy
 import subprocess
 import sys
@@ -76,6 +77,63 @@ def test_sweep_overhead_smoke_run(tmp_path):
     assert "per-trial overhead, marginal (1 concurrent):" in done.stdout
     assert "2 concurrent vs 1 concurrent, trials' span:" in done.stdout
     assert "2 plain processes vs serial (this machine's ceiling):" in done.stdout
+
+
+@pytest.mark.slow
+def test_sweep_scale_smoke_run(tmp_path):
+    # Its own process: the script starts a Ray instance and a driver process per size.
+    out = tmp_path / "scale.json"
+    arguments = [
+        *("--search-trials", "12", "24", "--gp-trials", "12", "16"),
+        *("--suggestions", "2", "--warmup-suggestions", "2", "--save-repeats", "1"),
+        *("--tune-trials", "8", "16", "--tune-repeats", "1", "--tune-epochs", "4"),
+        *("--tune-checkpoint-every", "2", "--summary-trials", "5", "10"),
+        *("--summary-repeats", "1", "--driver-trials", "4", "--driver-epochs", "2"),
+        *("--store-sizes", "5", "20", "--store-reports", "10", "--store-requests", "3"),
+    ]
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "sweep_scale.py"), *arguments, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert set(figures["parts"]) == {"search", "tune_state", "parent_summary", "driver", "store"}
+    search = figures["search"]
+    assert set(search) == {"tpe", "gp", "cmaes", "nsga2"}
+    for sampler, found in search.items():
+        rows = found["sizes"]
+        assert all(row["save_median_s"] > 0 and row["save_bytes"] > 0 for row in rows.values())
+        if sampler != "gp":
+            assert set(rows) == {"12", "24"}
+            assert all(row["run"] and row["ask_tell_median_s"] > 0 for row in rows.values())
+            assert rows["12"]["ask_tell_ratio"] == 1.0
+    gp = search["gp"]["sizes"]
+    assert gp["12"]["run"] and gp["16"]["run"] and not gp["24"]["run"]
+    assert gp["24"]["extrapolated_s"] > 0 and search["gp"]["fitted_exponent"] is not None
+    assert "not run (GP cost grows as n^3; extrapolated" in done.stdout
+    for row in figures["tune_state"].values():
+        assert row["save_s"] > 0 and row["upload_s"] > 0 and row["state_file_bytes"] > 0
+        assert set(row["parts_s"]) == {"trials_json", "state_file", "searcher", "callbacks"}
+        assert 0 < row["driver_share_at_1s"] < 1 and 0 < row["driver_share_adaptive"] < 0.05
+    assert set(figures["tune_state"]) == {"8", "16"}
+    assert figures["parent_summary"]["5"]["ratio"] == 1.0
+    assert all(row["finish_s"] > 0 for row in figures["parent_summary"].values())
+    driver = figures["driver"]["4"]
+    assert driver["counts"] == {"succeeded": 4}
+    assert driver["per_trial_s"] > 0 and driver["peak_rss_bytes"] > 0
+    assert driver["callback_events"]["count"] == 4 * (1 + 2 + 1)  # start, 2 results, end
+    assert driver["callback_events"]["p99_s"] > 0 and driver["calls"]["tune.save_to_dir"]["count"]
+    store = figures["store"]
+    assert set(store) == {f"{db}/{n}" for db in ("sqlite", "postgresql") for n in (5, 20)}
+    for name, row in store.items():
+        for figure in ("report", "legacy_report", "trials_page_50", "best", "events_poll"):
+            assert 0 < row[figure]["p50_ms"] <= row[figure]["p99_ms"], (name, figure)
+        if name.endswith("/5"):
+            assert row["ratios_p50"]["report"] == 1.0
 
 
 def test_method_comparison_smoke_run(tmp_path, monkeypatch, capsys):
