@@ -17,6 +17,7 @@ import uuid
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -368,3 +369,64 @@ def test_a_driver_killed_with_reports_queued_loses_nothing_the_next_attempt_rela
     assert all(expected[t].state == "succeeded" for t in finished_before)
     assert best and best[0]["trial_id"] in expected
     engine.dispose()
+
+
+def test_an_upgrade_mid_sweep_keeps_its_best_so_far_right(store_url):
+    """Trials stored before 0003 have no loss column: a running sweep's get one at upgrade,
+    so the indexed best still sees them."""
+    engine = make_engine(store_url)
+    try:
+        upgrade(engine, "0002")
+        with engine.begin() as connection:
+            for sweep_id, status in (("run", "running"), ("done", "succeeded")):
+                connection.execute(
+                    sa.text(
+                        "INSERT INTO sweeps (id, name, spec, tags, status, attempt,"
+                        " cancel_requested, created_at, updated_at, version) VALUES (:id, 'old',"
+                        " :spec, '[]', :status, 1, false, :now, :now, 1)"
+                    ),
+                    {
+                        "id": sweep_id,
+                        "status": status,
+                        "spec": json.dumps({"objectives": [{"metric": "val_accuracy"}]}),
+                        "now": "2026-01-01 00:00:00",
+                    },
+                )
+                for trial_id, state, accuracy in (
+                    ("a", "running", 0.9),
+                    ("b", "failed", 0.99),
+                    ("c", "succeeded", 0.8),
+                ):
+                    connection.execute(
+                        sa.text(
+                            "INSERT INTO trials (sweep_id, trial_id, name, state, params, metrics,"
+                            " epoch, updated_at) VALUES (:sweep, :id, :id, :state, '{}', :metrics,"
+                            " 1, :now)"
+                        ),
+                        {
+                            "sweep": sweep_id,
+                            "id": trial_id,
+                            "state": state,
+                            "metrics": json.dumps({"val_accuracy": accuracy}),
+                            "now": "2026-01-01 00:00:00",
+                        },
+                    )
+        upgrade(engine)
+        sessions = make_sessions(engine)
+        with sessions() as session:
+            losses = {
+                (t.sweep_id, t.trial_id): t.objective for t in session.scalars(sa.select(Trial))
+            }
+            assert losses == {
+                ("run", "a"): -0.9,  # maximised: negated
+                ("run", "b"): None,  # failed
+                ("run", "c"): -0.8,
+                ("done", "a"): None,  # a finished sweep's best is final: left alone
+                ("done", "b"): None,
+                ("done", "c"): None,
+            }
+            objective = objectives_of(repo.get_sweep(session, "run").spec)[0]
+            upsert_trials(session, "run", [report("d", val_accuracy=0.85)], objective)
+            assert repo.get_sweep(session, "run").best[0]["trial_id"] == "a"
+    finally:
+        engine.dispose()
