@@ -83,6 +83,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import problems
+from service.routes.sweeps import event_payloads
 from service.routes.sweeps import router as sweeps_router
 from service.settings import ServiceSettings
 from service.store import repository
@@ -1156,6 +1157,7 @@ def store_figures(
     args: argparse.Namespace,
     rng: random.Random,
 ) -> dict[str, Any]:
+    settings = ServiceSettings(api_tokens="bench")
     sweep_id = running_sweep(sessions, f"scale-{size}")
     ids = [f"{uuid.uuid4().hex[:8]}_{i:05d}" for i in range(size)]
     for start in range(0, size, 500):
@@ -1172,9 +1174,11 @@ def store_figures(
         with sessions() as session:
             legacy_report(session, sweep_id, trial_report(rng.choice(ids), rng))
 
-    def follow() -> None:  # a follower one report behind: what changed since it looked
-        with sessions() as session:
-            repository.changes_since(session, sweep_id, version_before_last_report)
+    def follow() -> None:
+        # One poll of the events stream one report behind: the changed trials and the sweep
+        # (with its counts), as JSON-ready payloads.
+        seen: dict[str, Any] = {}
+        event_payloads(sessions, settings, sweep_id, version_before_last_report, seen)
 
     batch = max(5, args.store_reports // 20)
     per_batch = timed(

@@ -292,7 +292,7 @@ async def _event_stream(
     quiet_since = asyncio.get_running_loop().time()
     while not await request.is_disconnected():
         payloads, final = await asyncio.to_thread(
-            _changes, sessions, settings, sweep_id, version, seen
+            event_payloads, sessions, settings, sweep_id, version, seen
         )
         for kind, data, version_now in payloads:
             version = max(version, version_now)
@@ -308,7 +308,7 @@ async def _event_stream(
         await asyncio.sleep(EVENT_POLL_S)
 
 
-def _changes(
+def event_payloads(
     sessions: sessionmaker[Session],
     settings: ServiceSettings,
     sweep_id: str,

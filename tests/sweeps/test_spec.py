@@ -250,6 +250,17 @@ def test_budgets_must_fit_the_deployments_caps():
     assert "cap of 1" in issues["fixed.epochs"]
 
 
+def test_gp_is_refused_beyond_the_trials_where_its_suggestions_stall_the_driver():
+    limits = Limits(max_trials=5000)
+    search = {"algorithm": "gp", "seed": 0}
+    issues = issues_of(with_changes(search=search, budget={"max_trials": 1001}), limits)
+    assert "about 1 s per suggestion at 1,000 finished trials" in issues["search.algorithm"]
+    assert "tpe or cmaes for more" in issues["search.algorithm"]
+    parse_spec(with_changes(search=search, budget={"max_trials": 1000}), limits)
+    tpe = {"algorithm": "tpe", "seed": 0}
+    parse_spec(with_changes(search=tpe, budget={"max_trials": 5000}), limits)
+
+
 def test_a_spec_without_a_time_budget_runs_under_the_cap_and_says_so():
     limits = Limits(max_time_budget_s=90)
     spec = parse_spec(with_changes(budget={"max_trials": 2}), limits)
