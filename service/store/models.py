@@ -155,15 +155,10 @@ class Trial(Base):
 
     def summary(self) -> dict[str, Any]:
         """The same shape as `sweeps.records.TrialSummary`, as stored in `Sweep.best`."""
-        return {
-            "trial_id": self.trial_id,
-            "name": self.name,
-            "state": self.state,
-            "params": self.params,
-            "metrics": self.metrics,
-            "mlflow_run_id": self.mlflow_run_id,
-            "error": self.error,
-        }
+        return {key: getattr(self, key) for key in SUMMARY_KEYS}
+
+
+SUMMARY_KEYS = ("trial_id", "name", "state", "params", "metrics", "mlflow_run_id", "error")
 
 
 class IdempotencyKey(Base):

@@ -7,18 +7,21 @@ transaction whose cost does not grow with the number of trials in the sweep.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from service.statuses import TERMINAL
 from service.store import repository
 from service.store.database import session_factory
-from service.store.models import TRIAL_STATES, Sweep, Trial, utcnow
+from service.store.models import SUMMARY_KEYS, TRIAL_STATES, Sweep, Trial, utcnow
 from sweeps.limits import Limits
 from sweeps.parse import validate_shape
 from sweeps.records import (
@@ -92,7 +95,10 @@ class DatabaseSweepStore:
 def upsert_trial(session: Session, sweep_id: str, event: TrialEvent) -> Trial:
     """Record one trial event (`upsert_trials` with the sweep's own first objective)."""
     objective = objectives_of(repository.get_sweep(session, sweep_id).spec)[0]
-    return upsert_trials(session, sweep_id, [event], objective)[0]
+    upsert_trials(session, sweep_id, [event], objective)
+    trial = session.get(Trial, (sweep_id, event.trial_id))
+    assert trial is not None  # just written
+    return trial
 
 
 @dataclass(frozen=True)
@@ -138,7 +144,7 @@ class TrialWrite:
 
 def upsert_trials(
     session: Session, sweep_id: str, events: Sequence[TrialEvent], objective: Objective
-) -> list[Trial]:
+) -> None:
     """Record trial events in order, in one transaction; while the sweep is unfinished, keep
     its best so far by ``objective`` (the sweep's first).
 
@@ -148,20 +154,41 @@ def upsert_trials(
     """
     with repository.writing(session):
         version, status, stored_best = repository.bump(session, sweep_id)
-        written = write_trials(
-            session, sweep_id, [TrialWrite.of_event(e) for e in events], version, objective
-        )
+        writes = [TrialWrite.of_event(event) for event in events]
+        write_trials(session, sweep_id, writes, version, objective)
         if status not in TERMINAL:
-            best = session.scalars(
-                sa.select(Trial)
-                .where(Trial.sweep_id == sweep_id, Trial.objective.is_not(None))
-                .order_by(Trial.objective, Trial.trial_id)
-                .limit(1)
-            ).one_or_none()
-            summary = None if best is None else json_safe([best.summary()])
-            if summary != stored_best:
-                repository.update_row(session, sweep_id, {"best": summary}, bump=False)
-    return written
+            _refresh_best(session, sweep_id, stored_best)
+
+
+def _refresh_best(session: Session, sweep_id: str, stored: Any) -> None:
+    """Point the sweep's best at the trial with the lowest loss: one lookup on the (sweep,
+    objective) index, which reads that trial's summary; an UPDATE only if it changed."""
+    columns = [getattr(Trial, key) for key in SUMMARY_KEYS]
+    best = (
+        session.execute(
+            sa.select(*columns)
+            .where(Trial.sweep_id == sweep_id, Trial.objective.is_not(None))
+            .order_by(Trial.objective, Trial.trial_id)
+            .limit(1)
+        )
+        .mappings()
+        .one_or_none()
+    )
+    summary = None if best is None else json_safe([dict(best)])
+    if summary != stored:
+        repository.update_row(session, sweep_id, {"best": summary}, bump=False)
+
+
+# What write_trials reads of a trial to merge an event into it.
+_MERGED = ("trial_id", "name", "state", "params", "metrics", "epoch", "mlflow_run_id", "error")
+
+
+@dataclass
+class _Merged:
+    """A trial's row as `loss` scores it."""
+
+    state: str
+    metrics: dict[str, Any]
 
 
 def write_trials(
@@ -170,53 +197,134 @@ def write_trials(
     writes: Sequence[TrialWrite],
     version: int,
     objective: Objective,
-) -> list[Trial]:
-    """Apply ``writes`` in order to the sweep's trial rows (read once, by key) and flush.
+) -> None:
+    """Apply ``writes`` in order to the sweep's trial rows.
 
-    ``version`` is the sweep's, bumped in this transaction (`repository.bump`).
+    Core statements, not the ORM's unit of work: reports (metrics and an epoch, the common
+    case) are one INSERT … ON CONFLICT DO UPDATE; anything else is one SELECT of the touched
+    rows by key, then one INSERT and one UPDATE (executemany). ``version`` is the sweep's,
+    bumped in this transaction (`repository.bump`). Trial objects the session already holds
+    are expired, so that it reads the new rows.
     """
     for write in writes:
         if write.state not in TRIAL_STATES:
             raise ValueError(
                 f"unknown trial state {write.state!r}; known: {', '.join(TRIAL_STATES)}"
             )
+    if writes and all(write.metrics and write.epoch is not None for write in writes):
+        _upsert_reports(session, sweep_id, writes, version, objective)
+        return
     ids = list(dict.fromkeys(write.trial_id for write in writes))
-    trials: dict[str, Trial] = {}
+    rows: dict[str, dict[str, Any]] = {}
+    columns = [getattr(Trial, key) for key in _MERGED]
     for start in range(0, len(ids), IN_CHUNK):
-        rows = session.scalars(
-            sa.select(Trial)
-            .where(Trial.sweep_id == sweep_id, Trial.trial_id.in_(ids[start : start + IN_CHUNK]))
-            .execution_options(populate_existing=True)
-        )
-        trials.update((trial.trial_id, trial) for trial in rows)
-    written = []
-    for write in writes:
-        trial = trials.get(write.trial_id)
-        if trial is None:
-            trial = Trial(
-                sweep_id=sweep_id,
-                trial_id=write.trial_id,
-                params=json_safe(write.params),
-                metrics={},
+        found = session.execute(
+            sa.select(*columns).where(
+                Trial.sweep_id == sweep_id, Trial.trial_id.in_(ids[start : start + IN_CHUNK])
             )
-            session.add(trial)
-            trials[write.trial_id] = trial
-        trial.name = write.name
-        trial.state = write.state
-        trial.error = write.error
-        trial.updated_at = utcnow()
+        )
+        rows.update((row["trial_id"], dict(row)) for row in found.mappings())
+    new = set(ids) - set(rows)
+    for write in writes:
+        row = rows.setdefault(
+            write.trial_id,
+            {
+                "trial_id": write.trial_id,
+                "params": json_safe(write.params),
+                "metrics": {},
+                "epoch": None,
+                "mlflow_run_id": None,
+            },
+        )
+        row["name"], row["state"], row["error"] = write.name, write.state, write.error
         if write.metrics:
-            trial.metrics = json_safe(write.metrics)
-        if write.epoch is not None and (write.metrics or trial.epoch is None):
-            trial.epoch = write.epoch
+            row["metrics"] = json_safe(write.metrics)
+        if write.epoch is not None and (write.metrics or row["epoch"] is None):
+            row["epoch"] = write.epoch
         if write.mlflow_run_id is not None:
-            trial.mlflow_run_id = write.mlflow_run_id
-        written.append(trial)
-    for trial in trials.values():
-        trial.version = version
-        trial.objective = loss(objective, trial, finished_only=False)
-    session.flush()
-    return written
+            row["mlflow_run_id"] = write.mlflow_run_id
+    now = utcnow()
+    for row in rows.values():
+        if row["epoch"] is None:
+            row["epoch"] = 0
+        merged = _Merged(row["state"], row["metrics"])
+        row["objective"] = loss(objective, merged, finished_only=False)
+        row.update(sweep_id=sweep_id, version=version, updated_at=now)
+    inserted = [row for trial_id, row in rows.items() if trial_id in new]
+    updated = [row for trial_id, row in rows.items() if trial_id not in new]
+    if inserted:
+        session.execute(sa.insert(Trial), inserted)
+    if updated:
+        session.execute(sa.update(Trial), updated)  # by primary key, executemany
+    session.expire_all()
+
+
+def _upsert_reports(
+    session: Session,
+    sweep_id: str,
+    writes: Sequence[TrialWrite],
+    version: int,
+    objective: Objective,
+) -> None:
+    """`write_trials` for writes that all carry metrics and an epoch (every report does): one
+    INSERT …
+    ON CONFLICT DO UPDATE … RETURNING per chunk, with no read first. A trial's last write
+    wins; params stay as first stored; a run id is kept until a write names another."""
+    last: dict[str, TrialWrite] = {}
+    run_ids: dict[str, str] = {}
+    for write in writes:
+        last[write.trial_id] = write
+        if write.mlflow_run_id is not None:
+            run_ids[write.trial_id] = write.mlflow_run_id
+    first_params = {w.trial_id: w.params for w in reversed(writes)}
+    now = utcnow()
+    values = [
+        {
+            "sweep_id": sweep_id,
+            "trial_id": trial_id,
+            "name": write.name,
+            "state": write.state,
+            "params": json_safe(first_params[trial_id]),
+            "metrics": json_safe(write.metrics),
+            "epoch": write.epoch,
+            "mlflow_run_id": run_ids.get(trial_id),
+            "error": write.error,
+            "objective": loss(
+                objective, _Merged(write.state, dict(write.metrics)), finished_only=False
+            ),
+            "version": version,
+            "updated_at": now,
+        }
+        for trial_id, write in last.items()
+    ]
+    statement = _report_upsert(session.get_bind().dialect.name)
+    for start in range(0, len(values), IN_CHUNK):
+        session.execute(statement, values[start : start + IN_CHUNK])
+    session.expire_all()
+
+
+@functools.cache
+def _report_upsert(dialect: str) -> Any:
+    """The INSERT … ON CONFLICT DO UPDATE of `_upsert_reports`, built once (SQLAlchemy then
+    reuses its compiled form; building it per call cost about 1 ms)."""
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    table = Trial.__table__
+    statement = insert(table)
+    new = statement.excluded
+    return statement.on_conflict_do_update(
+        index_elements=[table.c.sweep_id, table.c.trial_id],
+        set_={
+            "name": new.name,
+            "state": new.state,
+            "metrics": new.metrics,
+            "epoch": new.epoch,
+            "mlflow_run_id": sa.func.coalesce(new.mlflow_run_id, table.c.mlflow_run_id),
+            "error": new.error,
+            "objective": new.objective,
+            "version": new.version,
+            "updated_at": new.updated_at,
+        },
+    )
 
 
 def json_safe(value: Any) -> Any:
