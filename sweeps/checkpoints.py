@@ -45,6 +45,12 @@ class CheckpointPruner(tune.Callback):
         # save's work follows the trials that checkpointed, not every trial of the sweep.
         self._pruned: dict[str, _Named] = {}
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Tune pickles its callbacks into the experiment state: a sweep saved before
+        # `_pruned` existed resumes with a pruner that lacks it.
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_pruned", {})
+
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
         named = _named(checkpoint)
         if named is not None:

@@ -117,3 +117,21 @@ def test_state_saves_come_every_second_until_they_would_take_over_5_percent():
     with adaptive_state_saves():  # a period the operator set stays theirs
         _ExperimentCheckpointManager._update_auto_checkpoint_time(fixed, 3.0)
     assert fixed._checkpoint_period == 5.0
+
+
+def test_a_pruner_pickled_before_it_kept_what_it_pruned_still_prunes(tmp_path):
+    """Tune pickles callbacks into a sweep's saved state; an older pruner comes back as it was."""
+    import pickle
+
+    old = CheckpointPruner()
+    del old._pruned  # the attribute this version added
+    pruner = pickle.loads(pickle.dumps(old))
+    trial_dir = tmp_path / "a"
+    for index in (0, 1):
+        path = trial_dir / f"checkpoint_{index:06d}"
+        path.mkdir(parents=True)
+        checkpoint = tune.Checkpoint(str(path), filesystem=LOCAL)
+        pruner.on_checkpoint(0, [], SimpleNamespace(trial_id="a"), checkpoint)
+        pruner.get_state()
+    pruner.get_state()
+    assert left(trial_dir) == ["checkpoint_000001"]
