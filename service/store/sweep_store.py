@@ -180,11 +180,11 @@ def _refresh_best(session: Session, sweep_id: str, stored: Any) -> None:
 
 
 # What write_trials reads of a trial to merge an event into it.
-_MERGED = ("trial_id", "name", "state", "params", "metrics", "epoch", "mlflow_run_id", "error")
+_READ_TO_MERGE = (*SUMMARY_KEYS, "epoch")
 
 
 @dataclass
-class _Merged:
+class _Scored:
     """A trial's row as `loss` scores it."""
 
     state: str
@@ -216,7 +216,7 @@ def write_trials(
         return
     ids = list(dict.fromkeys(write.trial_id for write in writes))
     rows: dict[str, dict[str, Any]] = {}
-    columns = [getattr(Trial, key) for key in _MERGED]
+    columns = [getattr(Trial, key) for key in _READ_TO_MERGE]
     for start in range(0, len(ids), IN_CHUNK):
         found = session.execute(
             sa.select(*columns).where(
@@ -247,7 +247,7 @@ def write_trials(
     for row in rows.values():
         if row["epoch"] is None:
             row["epoch"] = 0
-        merged = _Merged(row["state"], row["metrics"])
+        merged = _Scored(row["state"], row["metrics"])
         row["objective"] = loss(objective, merged, finished_only=False)
         row.update(sweep_id=sweep_id, version=version, updated_at=now)
     inserted = [row for trial_id, row in rows.items() if trial_id in new]
@@ -290,7 +290,7 @@ def _upsert_reports(
             "mlflow_run_id": run_ids.get(trial_id),
             "error": write.error,
             "objective": loss(
-                objective, _Merged(write.state, dict(write.metrics)), finished_only=False
+                objective, _Scored(write.state, dict(write.metrics)), finished_only=False
             ),
             "version": version,
             "updated_at": now,
