@@ -22,6 +22,7 @@ from ray import tune
 
 from sweeps.records import (
     FINISHED_STATES,
+    Report,
     StopFlag,
     TrialEvent,
     TrialHook,
@@ -31,15 +32,6 @@ from sweeps.records import (
 )
 from sweeps.resolve import trial_epochs
 from sweeps.spec import Objective, SweepSpec
-
-
-@dataclass(frozen=True)
-class _Latest:
-    """A trial's latest report, as `best_trials` scores it."""
-
-    name: str
-    state: str
-    metrics: dict[str, Any]
 
 
 @dataclass
@@ -131,7 +123,7 @@ class SweepMonitor:
     def _rank(self, event: TrialEvent) -> None:
         report = self._reports.get(event.trial_id, 0) + 1
         self._reports[event.trial_id] = report
-        latest = _Latest(event.trial_name, event.state, self.latest[event.trial_id])
+        latest = Report(event.state, self.latest[event.trial_id])
         value = loss(self.objectives[0], latest, finished_only=False)
         if value is not None:
             heapq.heappush(self._ranked, (value, event.trial_id, report))

@@ -136,6 +136,14 @@ class Scored(Protocol):
 T = TypeVar("T", bound=Scored)
 
 
+@dataclass(frozen=True)
+class Report:
+    """A trial's state and latest metrics: the least that `loss` and `best_trials` score."""
+
+    state: str
+    metrics: dict[str, Any]
+
+
 def score(trial: Scored, metric: str) -> float | None:
     """The trial's ``metric`` as a finite float, or None (missing, NaN, not a number)."""
     value = (trial.metrics or {}).get(metric)

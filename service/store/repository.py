@@ -10,10 +10,8 @@ write to a sweep, its trials included, bumps the sweep's ``version`` and ``updat
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
-import math
 import re
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
@@ -36,6 +34,7 @@ from service.store.models import (
     new_sweep_id,
     utcnow,
 )
+from sweeps.records import score
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     "pending": frozenset({"submitted", "cancelled"}),
@@ -434,20 +433,29 @@ def list_sweeps(
 
 
 def encode_cursor(sweep: Sweep) -> str:
-    raw = json.dumps([sweep.created_at.isoformat(), sweep.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return _pack([sweep.created_at.isoformat(), sweep.id])
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, sweep_id = json.loads(raw)
+        created_at, sweep_id = _unpack(cursor)
         moment = datetime.fromisoformat(created_at)
-    except (binascii.Error, ValueError, TypeError) as error:
+    except (ValueError, TypeError) as error:
         raise InvalidCursor(f"not a cursor from this API: {cursor!r}") from error
     if moment.tzinfo is None or not isinstance(sweep_id, str):
         raise InvalidCursor(f"not a cursor from this API: {cursor!r}")
     return moment, sweep_id
+
+
+def _pack(values: list[Any]) -> str:
+    """A cursor: the page's last key as URL-safe base64 of JSON, unpadded."""
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+def _unpack(cursor: str) -> Any:
+    """`_pack` undone; ValueError (binascii's and JSON's errors are ValueErrors) if it is not
+    one."""
+    return json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
 
 
 # ---------------------------------------------------------------- trials
@@ -519,7 +527,7 @@ def trial_page(
     if len(trials) <= limit:
         return trials, None
     last = trials[limit - 1]
-    at = None if order_by == TRIAL_ORDER_DEFAULT else _metric(last, order_by)
+    at = None if order_by == TRIAL_ORDER_DEFAULT else score(last, order_by)
     return trials[:limit], _encode_trial_cursor(order, at, last.trial_id)
 
 
@@ -531,23 +539,14 @@ def _after(value: Any, after: float | None, after_id: str, descending: bool) -> 
     return sa.or_(beyond, sa.and_(value == after, Trial.trial_id > after_id), value.is_(None))
 
 
-def _metric(trial: Trial, name: str) -> float | None:
-    value = (trial.metrics or {}).get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
 def _encode_trial_cursor(order: tuple[str, str], value: float | None, trial_id: str) -> str:
-    raw = json.dumps([*order, value, trial_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return _pack([*order, value, trial_id])
 
 
 def _decode_trial_cursor(cursor: str, order: tuple[str, str]) -> tuple[float | None, str]:
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        order_by, direction, value, trial_id = json.loads(raw)
-    except (binascii.Error, ValueError, TypeError) as error:
+        order_by, direction, value, trial_id = _unpack(cursor)
+    except (ValueError, TypeError) as error:
         raise InvalidCursor(f"not a trials cursor from this API: {cursor!r}") from error
     if not isinstance(trial_id, str) or not (
         value is None or (isinstance(value, int | float) and not isinstance(value, bool))

@@ -27,6 +27,7 @@ from sweeps.parse import validate_shape
 from sweeps.records import (
     LOST_TRIAL,
     OUTCOME_STATUSES,
+    Report,
     SweepOutcome,
     SweepRecord,
     TrialEvent,
@@ -183,14 +184,6 @@ def _refresh_best(session: Session, sweep_id: str, stored: Any) -> None:
 _READ_TO_MERGE = (*SUMMARY_KEYS, "epoch")
 
 
-@dataclass
-class _Scored:
-    """A trial's row as `loss` scores it."""
-
-    state: str
-    metrics: dict[str, Any]
-
-
 def write_trials(
     session: Session,
     sweep_id: str,
@@ -247,7 +240,7 @@ def write_trials(
     for row in rows.values():
         if row["epoch"] is None:
             row["epoch"] = 0
-        merged = _Scored(row["state"], row["metrics"])
+        merged = Report(row["state"], row["metrics"])
         row["objective"] = loss(objective, merged, finished_only=False)
         row.update(sweep_id=sweep_id, version=version, updated_at=now)
     inserted = [row for trial_id, row in rows.items() if trial_id in new]
@@ -267,9 +260,8 @@ def _upsert_reports(
     objective: Objective,
 ) -> None:
     """`write_trials` for writes that all carry metrics and an epoch (every report does): one
-    INSERT …
-    ON CONFLICT DO UPDATE … RETURNING per chunk, with no read first. A trial's last write
-    wins; params stay as first stored; a run id is kept until a write names another."""
+    INSERT … ON CONFLICT DO UPDATE per chunk, with no read first. A trial's last write wins;
+    params stay as first stored; a run id is kept until a write names another."""
     last: dict[str, TrialWrite] = {}
     run_ids: dict[str, str] = {}
     for write in writes:
@@ -290,7 +282,7 @@ def _upsert_reports(
             "mlflow_run_id": run_ids.get(trial_id),
             "error": write.error,
             "objective": loss(
-                objective, _Scored(write.state, dict(write.metrics)), finished_only=False
+                objective, Report(write.state, dict(write.metrics)), finished_only=False
             ),
             "version": version,
             "updated_at": now,

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sweeps.progress import SweepMonitor, _Latest
-from sweeps.records import TrialEvent, best_trials
+from sweeps.progress import SweepMonitor
+from sweeps.records import Report, TrialEvent, best_trials
 from sweeps.spec import Objective
 from sweeps.trial_writer import TrialWriter
 
@@ -109,7 +109,7 @@ def test_the_monitors_best_is_the_brute_force_best(script, goal):
         metrics = {} if value is None else {"val_nll": value}
         monitor.update(event(trial_id, epoch, state, **metrics))
         latest = [
-            _Latest(trial_id, monitor.states[trial_id], values)
+            Report(monitor.states[trial_id], values)
             for trial_id, values in sorted(monitor.latest.items())
         ]
         found = best_trials([objective], latest, finished_only=False)

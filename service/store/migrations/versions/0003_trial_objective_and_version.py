@@ -15,8 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from gradreg.names import default_goal
-from sweeps.records import loss
+from service.store.sweep_store import objectives_of
+from sweeps.records import Report, loss
 
 revision = "0003"
 down_revision = "0002"
@@ -24,18 +24,6 @@ branch_labels = None
 depends_on = None
 
 UNFINISHED = ("pending", "submitted", "running", "cancelling")
-
-
-class _Goal:
-    def __init__(self, document: dict) -> None:
-        self.metric = document.get("metric") or "val_nll"
-        self.goal = document.get("goal") or default_goal(self.metric)
-
-
-class _Row:
-    def __init__(self, state: str, metrics: dict | None) -> None:
-        self.state = state
-        self.metrics = metrics or {}
 
 
 def upgrade() -> None:
@@ -64,15 +52,14 @@ def _backfill_unfinished() -> None:
         sa.select(sweeps.c.id, sweeps.c.spec).where(sweeps.c.status.in_(UNFINISHED))
     )
     for sweep_id, spec in running.all():
-        objectives = (spec or {}).get("objectives") or [{"metric": "val_nll"}]
-        goal = _Goal(objectives[0])
+        objective = objectives_of(spec or {})[0]
         rows = connection.execute(
             sa.select(trials.c.trial_id, trials.c.state, trials.c.metrics).where(
                 trials.c.sweep_id == sweep_id
             )
         )
         for trial_id, state, metrics in rows.all():
-            value = loss(goal, _Row(state, metrics), finished_only=False)
+            value = loss(objective, Report(state, metrics or {}), finished_only=False)
             if value is not None:
                 connection.execute(
                     sa.update(trials)
