@@ -1,5 +1,22 @@
+"""``python -m gradreg``: the command line of `gradreg.cli`, with Ctrl-C as exit status 130."""
+
+from __future__ import annotations
+
 import sys
+from collections.abc import Sequence
 
 from gradreg.cli import main
 
-sys.exit(main())
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a program stopped by Ctrl-C
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print("gradreg: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(run())

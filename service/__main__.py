@@ -3,20 +3,42 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import secrets
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from gradreg.version import add_version_argument
 from service.settings import ServiceSettings, prepare_ray_auth
 
 TOKEN_FILE = "api_token"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_INVALID = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a program stopped by Ctrl-C
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in (None, "serve"):
+            return serve_command(args)
+        return client_command(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    add_version_argument(parser)
     commands = parser.add_subparsers(dest="command")
-    commands.add_parser("serve", help="run the API (the default)")
+    serve = commands.add_parser("serve", help="run the API (the default)")
+    _add_serve_arguments(serve)
     submit = commands.add_parser("submit", help="post a sweep spec")
     submit.add_argument("spec")
     submit.add_argument("--wait", action="store_true", help="follow it to the end")
@@ -28,30 +50,81 @@ def main(argv: list[str] | None = None) -> int:
             "--url", default=os.environ.get("GRADREG_API_URL", "http://127.0.0.1:8000")
         )
         sub.add_argument("--token", default=os.environ.get("GRADREG_API_TOKEN"))
-    args = parser.parse_args(argv)
-    if args.command in (None, "serve"):
-        return serve(ServiceSettings())
-    return client_command(args)
+    return parser
 
 
-def serve(settings: ServiceSettings) -> int:
+def _add_serve_arguments(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--host", help="address to listen on (default: $GRADREG_HOST or 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=_port, help="port to listen on, 1-65535 (default: $GRADREG_PORT or 8000)"
+    )
+    serve.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default="info",
+        help="uvicorn's and the root logger's level (default: %(default)s)",
+    )
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is outside 1-65535")
+    return port
+
+
+def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
+    """The settings from the environment (GRADREG_*), with the flags given put over them.
+
+    Flags are passed as init arguments, so they go through the same validators as the
+    environment. Raises pydantic's ValidationError.
+    """
+    flags = {"host": getattr(args, "host", None), "port": getattr(args, "port", None)}
+    return ServiceSettings(**{name: value for name, value in flags.items() if value is not None})
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as error:
+        problems = "\n".join(
+            f"  GRADREG_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in error.errors()
+        )
+        print(f"error: invalid settings:\n{problems}", file=sys.stderr)
+        return EXIT_INVALID
+    return serve(settings, getattr(args, "log_level", "info"))
+
+
+def serve(settings: ServiceSettings, log_level: str = "info") -> int:
+    # Checked before anything is written or started: a refused address leaves no trace.
+    try:
+        settings.check_listen_address()
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INVALID
     prepare_ray_auth(settings.resolved_token_path())
     import uvicorn
 
     from service.app import create_app
 
-    try:
-        settings.check_listen_address()
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     if not settings.tokens:
         token = _generated_token(settings.var_dir)
         settings = settings.model_copy(update={"api_tokens": token})
         # Where, not what: stdout may be a log file others can read (`make demo` keeps one).
         print(f"API token in {(settings.var_dir / TOKEN_FILE).absolute()} (owner-only)", flush=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
-    return 0
+    logging.getLogger().setLevel(log_level.upper())
+    try:
+        uvicorn.run(
+            create_app(settings), host=settings.host, port=settings.port, log_level=log_level
+        )
+    except SystemExit as stop:
+        # uvicorn exits 3 when it cannot start (port taken, start-up failed); ours is 1.
+        return EXIT_FAILURE if stop.code else EXIT_OK
+    return EXIT_OK
 
 
 def _generated_token(var_dir: Path) -> str:
@@ -68,6 +141,8 @@ def _generated_token(var_dir: Path) -> str:
 
 
 def client_command(args: argparse.Namespace) -> int:
+    import httpx
+
     from service.client import ApiError, Client, SpecFileError, describe, read_spec
 
     token = args.token
@@ -75,7 +150,7 @@ def client_command(args: argparse.Namespace) -> int:
         token = Path("var", TOKEN_FILE).read_text().strip()
     if not token:
         print("error: give --token or set GRADREG_API_TOKEN", file=sys.stderr)
-        return 2
+        return EXIT_INVALID
     client = Client(args.url, token)
     try:
         if args.command == "submit":
@@ -88,8 +163,11 @@ def client_command(args: argparse.Namespace) -> int:
         print(describe(sweep, client.trials(sweep["id"])))
     except (ApiError, SpecFileError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0 if sweep["status"] != "failed" else 1
+        return EXIT_INVALID
+    except httpx.TransportError as error:
+        print(f"error: cannot reach the API at {args.url}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_FAILURE if sweep["status"] == "failed" else EXIT_OK
 
 
 if __name__ == "__main__":

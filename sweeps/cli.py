@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from gradreg.version import add_version_argument
 from sweeps import (
     DirectoryStore,
     DriverOptions,
@@ -23,8 +24,12 @@ from sweeps.driver import ensemble_sweep
 
 TABLE_METRICS = ("test_accuracy", "test_nll", "test_ece")
 ENSEMBLE_METRICS = ("accuracy", "nll", "ece", "brier")
-EXIT_INVALID = 2
+# A stopped sweep (Ctrl-C or SIGTERM once, or `stop`) exits 0: its state is saved and
+# `resume` finishes it. Only a KeyboardInterrupt that gets through (a second Ctrl-C, or one
+# before the driver runs) is 130.
 EXIT_SWEEP_FAILED = 1
+EXIT_INVALID = 2
+EXIT_INTERRUPTED = 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,10 +42,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INVALID
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sweeps", description=__doc__)
+    add_version_argument(parser)
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run a sweep from a spec file, or by id from a store")
@@ -125,7 +134,7 @@ def _validate(args: argparse.Namespace) -> int:
     for path in args.specs:
         try:
             spec = load_spec_file(path)
-        except SpecError as error:
+        except (ValueError, OSError) as error:  # SpecError, or a file that cannot be read
             print(f"{path}: {error}", file=sys.stderr)
             status = EXIT_INVALID
         else:

@@ -1,4 +1,4 @@
-"""python -m gradreg: train table, --json, --out files, data listing, errors."""
+"""python -m gradreg: train table, --json, --out files, data listing, --version, exit codes."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import json
 import socket
 import subprocess
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 import pytest
 
+import gradreg.version
+from gradreg.__main__ import run
 from gradreg.cli import main
 from gradreg.cli_options import parse_option_value
 from gradreg.metrics import ReliabilityBins
@@ -125,3 +128,47 @@ def test_file_dataset_commands_say_what_to_place_where(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "mnist files are missing" in err and "data download mnist" in err
+
+
+def test_version_prints_the_installed_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"gradreg {version('gradreg')}\n"
+
+
+def test_version_of_a_checkout_that_is_not_installed_says_so(monkeypatch, capsys):
+    def not_installed(name: str) -> str:
+        raise PackageNotFoundError(name)
+
+    monkeypatch.setattr(gradreg.version, "version", not_installed)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == "gradreg unknown (not installed)\n"
+
+
+def _raising(error: BaseException):
+    def fit(*args, **kwargs):
+        raise error
+
+    return fit
+
+
+def test_a_diverging_run_exits_1(monkeypatch, capsys):
+    diverged = FloatingPointError("training diverged in epoch 1, step 3: train_loss=nan")
+    monkeypatch.setattr("gradreg.train.fit", _raising(diverged))
+    assert main(["train", *FAST]) == 1
+    assert "gradreg: training diverged" in capsys.readouterr().err
+
+
+def test_bad_compare_settings_exit_2(capsys):
+    assert main(["compare", "--set", "noise_scale", "--quiet"]) == 2
+    assert "--set takes METHOD.KEY=VALUE" in capsys.readouterr().err
+
+
+def test_ctrl_c_exits_130(monkeypatch, capsys):
+    monkeypatch.setattr("gradreg.train.fit", _raising(KeyboardInterrupt()))
+    assert run(["train", *FAST]) == 130
+    err = capsys.readouterr().err
+    assert "gradreg: interrupted" in err and "Traceback" not in err

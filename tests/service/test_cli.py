@@ -1,0 +1,235 @@
+"""python -m service: --version, serve's flags over the environment, and the exit codes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from importlib.metadata import version
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service import client as service_client
+from service.__main__ import build_parser, main, settings_from_args
+from service.launcher import free_port
+from service.settings import ServiceSettings
+
+TOKEN = "cli-token-" + "c" * 24
+DUMMY = ["--url", "http://127.0.0.1:9", "--token", "not-used"]
+
+
+def serve_settings(*argv: str) -> ServiceSettings:
+    return settings_from_args(build_parser().parse_args(list(argv)))
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path) -> Path:
+    """No GRADREG_* from the caller's environment; var_dir under tmp_path (returned)."""
+    for name in [n for n in os.environ if n.startswith("GRADREG_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("GRADREG_VAR_DIR", str(tmp_path / "var"))
+    return tmp_path / "var"
+
+
+@pytest.fixture
+def fake_uvicorn(monkeypatch, clean_env) -> Iterator[list[dict]]:
+    """serve() up to uvicorn.run, which records its arguments; port 1 fails as a taken one."""
+    import uvicorn
+
+    calls: list[dict] = []
+
+    def run(app, **kwargs) -> None:
+        calls.append(kwargs)
+        if kwargs["port"] == 1:
+            raise SystemExit(3)  # what uvicorn does when it cannot bind or start
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    monkeypatch.setenv("GRADREG_API_TOKENS", TOKEN)
+    # prepare_ray_auth sets these in os.environ; monkeypatch puts them back afterwards.
+    monkeypatch.setenv("RAY_AUTH_MODE", "")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", "")
+    root = logging.getLogger()
+    level = root.level
+    yield calls
+    root.setLevel(level)
+
+
+def test_version_prints_the_installed_version():
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"python -m service {version('gradreg')}\n"
+
+
+def test_serve_flags_override_the_environment(clean_env, monkeypatch):
+    monkeypatch.setenv("GRADREG_HOST", "127.0.0.2")
+    monkeypatch.setenv("GRADREG_PORT", "9001")
+    for argv in ([], ["serve"]):  # `python -m service` alone is serve
+        settings = serve_settings(*argv)
+        assert (settings.host, settings.port) == ("127.0.0.2", 9001)
+    settings = serve_settings("serve", "--host", "::1", "--port", "9002")
+    assert (settings.host, settings.port) == ("::1", 9002)
+    assert settings.var_dir == clean_env  # what no flag names still comes from the environment
+    assert build_parser().parse_args(["serve", "--log-level", "DEBUG"]).log_level == "debug"
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag", "reason"),
+    [
+        (["--port", "0"], "--port", "0 is outside 1-65535"),
+        (["--port", "65536"], "--port", "65536 is outside 1-65535"),
+        (["--port", "http"], "--port", "not a port number: 'http'"),
+        (["--log-level", "verbose"], "--log-level", "invalid choice: 'verbose'"),
+    ],
+)
+def test_invalid_serve_flags_exit_2_naming_the_flag(capsys, argv, flag, reason):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", *argv])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: {reason}" in capsys.readouterr().err
+
+
+def test_a_host_flag_goes_through_the_same_listen_check_as_the_environment(clean_env, capsys):
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    assert "refusing to listen on 0.0.0.0 without API tokens" in capsys.readouterr().err
+    assert not clean_env.exists()  # refused before any token file was written
+
+
+def test_a_loopback_host_flag_over_a_public_environment_is_allowed(clean_env, monkeypatch):
+    monkeypatch.setenv("GRADREG_HOST", "0.0.0.0")
+    serve_settings("serve", "--host", "127.0.0.1").check_listen_address()
+
+
+def test_an_invalid_environment_exits_2_naming_the_variable(clean_env, monkeypatch, capsys):
+    monkeypatch.setenv("GRADREG_PORT", "eighty")
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid settings:") and "GRADREG_PORT" in err
+    assert "Traceback" not in err
+
+
+def test_serve_passes_the_log_level_to_uvicorn_and_the_root_logger(fake_uvicorn):
+    assert main(["serve", "--port", "8123", "--log-level", "warning"]) == 0
+    assert fake_uvicorn == [{"host": "127.0.0.1", "port": 8123, "log_level": "warning"}]
+    assert logging.getLogger().level == logging.WARNING
+
+
+def test_a_server_that_cannot_start_exits_1(fake_uvicorn):
+    assert main(["serve", "--port", "1"]) == 1
+
+
+def test_serve_listens_on_the_flags_port_and_ctrl_c_stops_it_cleanly(tmp_path):
+    port, env_port = free_port(), free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("GRADREG_")},
+        "GRADREG_PORT": str(env_port),  # the flag wins over it
+        "GRADREG_VAR_DIR": str(tmp_path / "var"),
+        "GRADREG_API_TOKENS": TOKEN,
+        # Nothing listens there: the API starts without a Ray head of its own (not ready).
+        "GRADREG_RAY_JOBS_URL": f"http://127.0.0.1:{free_port()}",
+        "GRADREG_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "OMP_NUM_THREADS": "1",
+    }
+    argv = ["serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    with open(tmp_path / "api.log", "wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "service", *argv],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_until_live(server, f"http://127.0.0.1:{port}/healthz", tmp_path / "api.log")
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{env_port}/healthz", timeout=5)
+        server.send_signal(signal.SIGINT)
+        # uvicorn shuts down gracefully on Ctrl-C and returns: exit 0, like a stopped sweep.
+        assert server.wait(timeout=60) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    # uvicorn's start-up lines are INFO: --log-level warning reached it.
+    assert "Uvicorn running on" not in (tmp_path / "api.log").read_text()
+
+
+def _wait_until_live(server: subprocess.Popen, url: str, log: Path, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert server.poll() is None, log.read_text()[-4000:]
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()[-4000:]
+        time.sleep(0.3)
+
+
+@pytest.fixture
+def answering(monkeypatch):
+    """The client talks to an in-process fake of the API that answers one sweep's status."""
+    sweep = {
+        "id": "sw-1",
+        "name": "x",
+        "status": "failed",
+        "attempt": 1,
+        "counts": {},
+        "best": [],
+        "links": {"trials": "/v1/sweeps/sw-1/trials"},
+    }
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/trials"):
+            return httpx.Response(200, json={"items": [], "next_cursor": None})
+        return httpx.Response(200, json=sweep)
+
+    real_client = httpx.Client
+    monkeypatch.setattr(
+        service_client.httpx,
+        "Client",
+        lambda **kwargs: real_client(transport=httpx.MockTransport(answer), **kwargs),
+    )
+    return sweep
+
+
+@pytest.mark.parametrize(("status", "code"), [("failed", 1), ("succeeded", 0), ("cancelled", 0)])
+def test_status_of_a_sweep_exits_by_how_it_ended(answering, capsys, status, code):
+    answering["status"] = status
+    assert main(["status", "sw-1", *DUMMY]) == code
+
+
+def test_an_unreachable_api_exits_1_without_a_traceback(capsys):
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    assert main(["status", "sw-1", "--url", url, "--token", "t"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot reach the API at {url}")
+
+
+def test_a_client_command_without_a_token_exits_2(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("GRADREG_API_TOKEN", raising=False)
+    monkeypatch.chdir(tmp_path)  # no var/api_token here
+    assert main(["status", "sw-1", "--url", "http://127.0.0.1:9"]) == 2
+    assert "give --token or set GRADREG_API_TOKEN" in capsys.readouterr().err
+
+
+def test_ctrl_c_exits_130(answering, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(service_client.Client, "sweep", interrupted)
+    assert main(["status", "sw-1", *DUMMY]) == 130
+    assert "interrupted" in capsys.readouterr().err
