@@ -1,4 +1,9 @@
-"""Offline classification datasets by name, with seeded stratified train/val/test splits."""
+"""Classification datasets by name, with seeded stratified train/val/test splits.
+
+Built-in sets (sklearn's, mnist1d, the image files of `gradreg.datafiles`) and ``file``, the
+user's own file (`gradreg.userdata`). Every `Dataset` carries the `InputTransform` that turns
+inputs in the dataset's own units into what the network was trained on.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,8 @@ import random
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from numbers import Real
 from pathlib import Path
 from typing import Any
@@ -19,10 +24,136 @@ from typing import Any
 import numpy as np
 import torch
 
-from gradreg import datafiles, settings
+from gradreg import datafiles, settings, userdata
 
 Arrays = tuple[np.ndarray, np.ndarray]
 _DEFAULT_TEST_FRACTION = 0.2
+FILE_DATASET = "file"
+FileDatasetError = userdata.FileDatasetError
+
+
+@dataclass(frozen=True)
+class InputTransform:
+    """How inputs in the dataset's own units (what the loader yields before standardisation)
+    become model inputs.
+
+    Built-in sets' units: sklearn's features and digits' pixels 0..16, mnist1d's signal,
+    mnist/fashion_mnist/cifar10 pixels in [0, 1]; a file dataset's: the values in the file
+    (an image folder's pixels 0..255). ``dtype`` is the precision the loader standardised in
+    (float64 for tables, float32 for images read as such), so the map is bit for bit the
+    loader's.
+    """
+
+    raw_shape: tuple[int, ...]  # per-example shape of raw inputs, e.g. (13,), (8, 8), (3, 32, 32)
+    input_shape: tuple[int, ...]  # the model's per-example input shape
+    mode: str  # "feature" | "global" | "channel", as _standardise
+    mean: np.ndarray  # float64 statistics, as _standardise computed them (keepdims layout)
+    scale: np.ndarray
+    dtype: str = "float64"
+
+    def __post_init__(self) -> None:
+        raw_shape = tuple(int(size) for size in self.raw_shape)
+        input_shape = tuple(int(size) for size in self.input_shape)
+        if math.prod(raw_shape) != math.prod(input_shape):
+            raise ValueError(f"raw_shape {raw_shape} and input_shape {input_shape} differ in size")
+        if self.mode not in _STATISTICS_AXES:
+            raise ValueError(f"unknown mode {self.mode!r}; accepted: {', '.join(_STATISTICS_AXES)}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        expected = _statistics_shape(self.mode, input_shape)
+        values = {}
+        for name in ("mean", "scale"):
+            array = np.array(getattr(self, name), dtype=np.float64)
+            if array.shape != expected:
+                raise ValueError(f"{name} must have shape {expected} for mode {self.mode!r}")
+            array.setflags(write=False)
+            values[name] = array
+        object.__setattr__(self, "raw_shape", raw_shape)
+        object.__setattr__(self, "input_shape", input_shape)
+        object.__setattr__(self, "mean", values["mean"])
+        object.__setattr__(self, "scale", values["scale"])
+
+    def __call__(self, x: np.ndarray) -> torch.Tensor:
+        """(N, *raw_shape), (N, *input_shape) or (N, prod(raw_shape)) -> (N, *input_shape).
+
+        float32, standardised as the loader did; a ValueError names the shapes accepted, and
+        refuses NaN or infinite inputs."""
+        x = np.asarray(x)
+        n_values = math.prod(self.raw_shape)
+        accepted = [self.raw_shape, self.input_shape, (n_values,)]
+        if x.ndim < 2 or tuple(x.shape[1:]) not in accepted:
+            shapes = " or ".join(
+                str(("N", *shape)).replace("'", "") for shape in dict.fromkeys(map(tuple, accepted))
+            )
+            raise ValueError(f"expected inputs of shape {shapes}, got {x.shape}")
+        if x.dtype.kind not in "biuf":
+            raise ValueError(f"inputs must be numbers, got dtype {x.dtype}")
+        rows = np.asarray(x, dtype=self.dtype).reshape(len(x), n_values)
+        bad = rows.size - int(np.count_nonzero(np.isfinite(rows)))
+        if bad:
+            raise ValueError(f"inputs hold {bad} NaN or infinite value(s)")
+        if self.mode == "channel":
+            rows = rows.reshape(len(x), self.input_shape[0], -1)
+        mean, scale = self.mean.astype(self.dtype), self.scale.astype(self.dtype)
+        standard = ((rows - mean) / scale).astype(np.float32, copy=False)
+        return torch.from_numpy(standard).reshape(len(x), *self.input_shape)
+
+    def invert(self, inputs: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Model inputs (N, *input_shape) back in raw units, float64 (N, *raw_shape): up to
+        float32 rounding, raw inputs that this transform maps to them (an input example)."""
+        values = inputs.detach().cpu().numpy() if isinstance(inputs, torch.Tensor) else inputs
+        values = np.asarray(values, dtype=np.float64)
+        if values.ndim < 1 or tuple(values.shape[1:]) != self.input_shape:
+            shape = str(("N", *self.input_shape)).replace("'", "")
+            raise ValueError(f"expected model inputs of shape {shape}, got {values.shape}")
+        rows = values.reshape(len(values), -1)
+        if self.mode == "channel":
+            rows = rows.reshape(len(values), self.input_shape[0], -1)
+        return (rows * self.scale + self.mean).reshape(len(values), *self.raw_shape)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, InputTransform):
+            return NotImplemented
+        return (
+            (self.raw_shape, self.input_shape, self.mode, self.dtype)
+            == (other.raw_shape, other.input_shape, other.mode, other.dtype)
+            and np.array_equal(self.mean, other.mean)
+            and np.array_equal(self.scale, other.scale)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able: shapes and statistics as (nested) lists."""
+        return {
+            "raw_shape": list(self.raw_shape),
+            "input_shape": list(self.input_shape),
+            "mode": self.mode,
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+            "dtype": self.dtype,
+        }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> InputTransform:
+        required = ("raw_shape", "input_shape", "mode", "mean", "scale")
+        missing = [key for key in required if key not in values]
+        if missing:
+            raise ValueError(f"an input transform needs {', '.join(missing)}")
+        return cls(
+            tuple(values["raw_shape"]),
+            tuple(values["input_shape"]),
+            values["mode"],
+            np.asarray(values["mean"], dtype=np.float64),
+            np.asarray(values["scale"], dtype=np.float64),
+            values.get("dtype", "float64"),
+        )
+
+
+def _statistics_shape(mode: str, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    if mode == "feature":
+        return (1, math.prod(input_shape))
+    if mode == "global":
+        return (1, 1)
+    return (1, input_shape[0], 1)
 
 
 @dataclass(frozen=True)
@@ -36,6 +167,13 @@ class Dataset:
     y_test: torch.Tensor
     n_classes: int
     input_shape: tuple[int, ...]
+    # raw inputs -> model inputs, with the train split's statistics (None: not known)
+    transform: InputTransform | None = None
+    # class c's name: "0".."C-1" for the built-in sets, a file's label values or folder names
+    class_names: tuple[str, ...] = ()
+    # where the data came from: {"name", "options"} for a built-in set; a file's path, format,
+    # sha256 digest, n_examples, x_shape (all its examples), class_names (and label column)
+    source: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
     @property
     def n_train(self) -> int:
@@ -57,6 +195,8 @@ class Dataset:
             "n_test": self.n_test,
             "n_classes": self.n_classes,
             "input_shape": self.input_shape,
+            "class_names": list(self.class_names),
+            "source": self.source,
         }
 
 
@@ -301,11 +441,23 @@ _DATASETS: dict[str, _DatasetSpec] = {
 
 def available_datasets() -> dict[str, str]:
     """Dataset names mapped to a one-line description."""
-    return {name: spec.description for name, spec in _DATASETS.items()}
+    return {
+        **{name: spec.description for name, spec in _DATASETS.items()},
+        FILE_DATASET: _FILE_DESCRIPTION,
+    }
+
+
+_FILE_DESCRIPTION = (
+    "your own file (option path, relative to DATA_DIR): .npz with x and y (and x_test, y_test), "
+    ".csv or .parquet with a label column (option label), or a folder of class folders of "
+    "images; format from the suffix, or option format"
+)
 
 
 def dataset_options(name: str) -> dict[str, Any]:
     """The options dataset `name` accepts (besides the split settings), with their defaults."""
+    if name == FILE_DATASET:
+        return dict(userdata.OPTIONS)
     return dict(_spec_for(name, {}).defaults)
 
 
@@ -330,13 +482,20 @@ def _check_split_sizes(sizes: dict[str, int], n_classes: int, knobs: str) -> Non
             )
 
 
-def _check_rarest_class(labels: np.ndarray, n_classes: int, splits: list[str]) -> None:
+def _check_rarest_class(
+    labels: np.ndarray,
+    n_classes: int,
+    splits: list[str],
+    class_names: Sequence[str] | None = None,
+) -> None:
     counts = np.bincount(labels, minlength=n_classes)
     smallest = int(np.argmin(counts))
     if counts[smallest] < len(splits):
+        name = class_names[smallest] if class_names else str(smallest)
+        named = f" ({name!r})" if name != str(smallest) else ""
         raise ValueError(
-            f"class {smallest} has only {counts[smallest]} example(s); every class needs at "
-            f"least {len(splits)} to appear in the {', '.join(splits[:-1])} and {splits[-1]} "
+            f"class {smallest}{named} has only {counts[smallest]} example(s); every class needs "
+            f"at least {len(splits)} to appear in the {', '.join(splits[:-1])} and {splits[-1]} "
             "splits"
         )
 
@@ -349,44 +508,61 @@ def _check_train_has_every_class(train_labels: np.ndarray, n_classes: int, knobs
         )
 
 
+_POOL_KNOBS = "val_fraction/test_fraction"
+_OFFICIAL_KNOBS = "val_fraction"
+
+
+def _split_sizes(n_total: int, val_fraction: float, test_fraction: float | None) -> dict[str, int]:
+    """Examples per split; without a test fraction the test set is the dataset's own."""
+    n_val = round(val_fraction * n_total)
+    if test_fraction is None:
+        return {"train": n_total - n_val, "val": n_val}
+    n_test = round(test_fraction * n_total)
+    return {"train": n_total - n_test - n_val, "val": n_val, "test": n_test}
+
+
 def _stratified_split(
-    labels: np.ndarray, n_classes: int, split_seed: int, val_fraction: float, test_fraction: float
+    labels: np.ndarray,
+    n_classes: int,
+    split_seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    class_names: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Indices of train, val and test examples, stratified by label."""
-    n_total = len(labels)
-    n_test = round(test_fraction * n_total)
-    n_val = round(val_fraction * n_total)
-    sizes = {"train": n_total - n_test - n_val, "val": n_val, "test": n_test}
-    _check_split_sizes(sizes, n_classes, "val_fraction/test_fraction")
-    _check_rarest_class(labels, n_classes, list(sizes))
+    sizes = _split_sizes(len(labels), val_fraction, test_fraction)
+    _check_split_sizes(sizes, n_classes, _POOL_KNOBS)
+    _check_rarest_class(labels, n_classes, list(sizes), class_names)
     from sklearn.model_selection import train_test_split
 
-    indices = np.arange(n_total)
+    indices = np.arange(len(labels))
     rest, test = train_test_split(
-        indices, test_size=n_test, stratify=labels, random_state=split_seed
+        indices, test_size=sizes["test"], stratify=labels, random_state=split_seed
     )
     train, val = train_test_split(
-        rest, test_size=n_val, stratify=labels[rest], random_state=split_seed
+        rest, test_size=sizes["val"], stratify=labels[rest], random_state=split_seed
     )
-    _check_train_has_every_class(labels[train], n_classes, "val_fraction/test_fraction")
+    _check_train_has_every_class(labels[train], n_classes, _POOL_KNOBS)
     return train, val, test
 
 
 def _carve_validation(
-    labels: np.ndarray, n_classes: int, split_seed: int, val_fraction: float
+    labels: np.ndarray,
+    n_classes: int,
+    split_seed: int,
+    val_fraction: float,
+    class_names: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices of train and val examples within an official train set, stratified by label."""
-    n_total = len(labels)
-    n_val = round(val_fraction * n_total)
-    sizes = {"train": n_total - n_val, "val": n_val}
-    _check_split_sizes(sizes, n_classes, "val_fraction")
-    _check_rarest_class(labels, n_classes, list(sizes))
+    sizes = _split_sizes(len(labels), val_fraction, None)
+    _check_split_sizes(sizes, n_classes, _OFFICIAL_KNOBS)
+    _check_rarest_class(labels, n_classes, list(sizes), class_names)
     from sklearn.model_selection import train_test_split
 
     train, val = train_test_split(
-        np.arange(n_total), test_size=n_val, stratify=labels, random_state=split_seed
+        np.arange(len(labels)), test_size=sizes["val"], stratify=labels, random_state=split_seed
     )
-    _check_train_has_every_class(labels[train], n_classes, "val_fraction")
+    _check_train_has_every_class(labels[train], n_classes, _OFFICIAL_KNOBS)
     return train, val
 
 
@@ -399,11 +575,12 @@ _STATISTICS_AXES: dict[str, int | tuple[int, ...] | None] = {
 
 def _standardise(
     x_train: np.ndarray, others: list[np.ndarray], mode: str, n_channels: int = 1
-) -> list[np.ndarray]:
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """Centre and scale every split with the train split's statistics.
 
     `mode` is "feature" (per column), "global" (one mean/std) or "channel" (one per channel
-    of rows laid out channel by channel).
+    of rows laid out channel by channel). Returns the standardised splits and the float64
+    statistics (mean, scale) in keepdims layout, for `InputTransform`.
     """
     if mode == "channel":
         x_train = x_train.reshape(len(x_train), n_channels, -1)
@@ -413,11 +590,11 @@ def _standardise(
     scale = x_train.std(axis=axes, dtype=np.float64, keepdims=True)
     scale[np.ptp(x_train, axis=axes, keepdims=True) == 0] = 1.0  # constant: centre only
     # statistics in float64, the transform in the data's own precision (float32 images)
-    mean, scale = mean.astype(x_train.dtype), scale.astype(x_train.dtype)
-    return [(x - mean) / scale for x in [x_train, *others]]
+    data_mean, data_scale = mean.astype(x_train.dtype), scale.astype(x_train.dtype)
+    return [(x - data_mean) / data_scale for x in [x_train, *others]], mean, scale
 
 
-Splits = list[Arrays]  # (x, y) of train, val, test
+Splits = list[Arrays]  # (x, y) of train, val, test; x as rows (N, features)
 
 
 def _split_pool(
@@ -449,7 +626,8 @@ def _split_official(
 
 def _spec_for(name: str, options: dict[str, Any]) -> _DatasetSpec:
     if name not in _DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(sorted(_DATASETS))}")
+        accepted = ", ".join(sorted(available_datasets()))
+        raise ValueError(f"unknown dataset {name!r}; available: {accepted}")
     spec = _DATASETS[name]
     unknown = sorted(set(options) - set(spec.defaults))
     if unknown:
@@ -461,14 +639,15 @@ def _spec_for(name: str, options: dict[str, Any]) -> _DatasetSpec:
 
 
 def _resolve_test_fraction(
-    name: str, spec: _DatasetSpec, val_fraction: float, test_fraction: float | None
+    owner: str, official: bool, val_fraction: float, test_fraction: float | None
 ) -> float | None:
-    """The test fraction to split off, or None when the dataset brings its own test set."""
-    if spec.official_test_split:
+    """The test fraction to split off, or None when the dataset brings its own test set
+    (``owner`` says whose it is, e.g. "dataset 'mnist' has an official test split")."""
+    if official:
         if test_fraction is not None:
             raise ValueError(
-                f"dataset {name!r} has an official test split, which is used as the test set; "
-                f"leave test_fraction unset (got {test_fraction})"
+                f"{owner}, which is used as the test set; leave test_fraction unset (got "
+                f"{test_fraction})"
             )
         return None
     if test_fraction is None:
@@ -482,6 +661,41 @@ def _resolve_test_fraction(
     return test_fraction
 
 
+def _assemble(
+    name: str,
+    splits: Splits,
+    *,
+    raw_shape: tuple[int, ...],
+    input_shape: tuple[int, ...],
+    mode: str,
+    class_names: tuple[str, ...],
+    source: dict[str, Any],
+) -> Dataset:
+    """Standardise the splits (rows) with train statistics; the Dataset and its transform."""
+    n_channels = input_shape[0] if mode == "channel" else 1
+    (x_train, x_val, x_test), mean, scale = _standardise(
+        splits[0][0], [splits[1][0], splits[2][0]], mode, n_channels
+    )
+    dtype = str(splits[0][0].dtype)
+    transform = InputTransform(raw_shape, input_shape, mode, mean, scale, dtype)
+
+    def as_tensors(x: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(x.astype(np.float32, copy=False)).reshape(len(labels), *input_shape)
+        return x, torch.from_numpy(labels.astype(np.int64))
+
+    return Dataset(
+        name,
+        *as_tensors(x_train, splits[0][1]),
+        *as_tensors(x_val, splits[1][1]),
+        *as_tensors(x_test, splits[2][1]),
+        n_classes=len(class_names),
+        input_shape=input_shape,
+        transform=transform,
+        class_names=class_names,
+        source=source,
+    )
+
+
 def load_dataset(
     name: str,
     *,
@@ -493,37 +707,112 @@ def load_dataset(
     """Load dataset `name`, split it stratified by label and standardise it with train stats.
 
     `options` are dataset-specific (see `available_datasets()`; e.g. `data_seed` for the
-    synthetic sets and mnist1d, `data_dir` for the image files). `split_seed` only controls
-    the split, not the data. Datasets with an official test split (mnist, fashion_mnist,
-    cifar10) use it as the test set and carve validation from their train set; the others
-    hold out `test_fraction` (None: 0.2) of their examples.
+    synthetic sets and mnist1d, `data_dir` for the image files, `path` for ``file``).
+    `split_seed` only controls the split, not the data. Datasets with an official test split
+    (mnist, fashion_mnist, cifar10, a .npz file with x_test and y_test) use it as the test set
+    and carve validation from their train set; the others hold out `test_fraction` (None: 0.2)
+    of their examples.
     """
+    if name == FILE_DATASET:
+        return _load_file(split_seed, val_fraction, test_fraction, options)
     spec = _spec_for(name, options)
     split_seed = _check_int("split_seed", split_seed, 0)
     val_fraction = _check_fraction("val_fraction", val_fraction)
-    test_fraction = _resolve_test_fraction(name, spec, val_fraction, test_fraction)
+    owner = f"dataset {name!r} has an official test split"
+    test_fraction = _resolve_test_fraction(
+        owner, spec.official_test_split, val_fraction, test_fraction
+    )
 
-    generated = spec.generate(**{**spec.defaults, **options})
+    resolved = {**spec.defaults, **options}
+    generated = spec.generate(**resolved)
     if test_fraction is None:
         splits = _split_official(*generated, split_seed, val_fraction)
     else:
         splits = _split_pool(*generated, split_seed, val_fraction, test_fraction)
-    n_channels = spec.image_shape[0] if spec.image_shape else 1
-    x_train, x_val, x_test = _standardise(
-        splits[0][0], [splits[1][0], splits[2][0]], spec.standardisation, n_channels
-    )
     input_shape = spec.image_shape or (splits[0][0].shape[1],)
+    # raw inputs: one grey channel goes without its axis, as sklearn's and the IDX files' do
+    raw_shape = input_shape[1:] if spec.image_shape and input_shape[0] == 1 else input_shape
     n_classes = int(max(labels.max(initial=0) for _, labels in splits)) + 1
-
-    def as_tensors(x: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(x.astype(np.float32, copy=False)).reshape(len(labels), *input_shape)
-        return x, torch.from_numpy(labels.astype(np.int64))
-
-    return Dataset(
+    return _assemble(
         name,
-        *as_tensors(x_train, splits[0][1]),
-        *as_tensors(x_val, splits[1][1]),
-        *as_tensors(x_test, splits[2][1]),
-        n_classes=n_classes,
+        splits,
+        raw_shape=raw_shape,
         input_shape=input_shape,
+        mode=spec.standardisation,
+        class_names=tuple(str(c) for c in range(n_classes)),
+        source={"name": name, "options": {k: _plain(v) for k, v in resolved.items()}},
+    )
+
+
+def _plain(value: Any) -> Any:
+    """An option value as JSON can hold it (paths as text)."""
+    return str(value) if isinstance(value, os.PathLike) else value
+
+
+# ---------------------------------------------------------------- the user's files
+
+
+def _file_test_fraction(
+    stored: userdata.FileData, val_fraction: float, test_fraction: float | None
+) -> float | None:
+    owner = f"{stored.source['path']} holds x_test and y_test, its own test split"
+    try:
+        return _resolve_test_fraction(owner, stored.x_test is not None, val_fraction, test_fraction)
+    except ValueError as error:
+        raise FileDatasetError(str(error), "test_fraction") from None
+
+
+def check_file_dataset(
+    *, val_fraction: float = 0.15, test_fraction: float | None = None, **options: Any
+) -> None:
+    """Everything `load_dataset("file", ...)` would refuse about this file and these split
+    settings, without splitting or keeping it (a sweep's submission check): raises
+    `FileDatasetError` whose ``field`` names the option at fault, with the loader's words."""
+    file = userdata.file_options(options)
+    stored = userdata.read_file_dataset(file)
+    val_fraction = _check_fraction("val_fraction", val_fraction)
+    test_fraction = _file_test_fraction(stored, val_fraction, test_fraction)
+    sizes = _split_sizes(len(stored.y), val_fraction, test_fraction)
+    n_classes = len(stored.class_names)
+    knobs = _OFFICIAL_KNOBS if test_fraction is None else _POOL_KNOBS
+    try:
+        _check_split_sizes(sizes, n_classes, knobs)
+    except ValueError as error:
+        raise FileDatasetError(str(error), "val_fraction") from None
+    try:
+        _check_rarest_class(stored.y, n_classes, list(sizes), stored.class_names)
+    except ValueError as error:
+        raise FileDatasetError(str(error), "path") from None
+
+
+def _load_file(
+    split_seed: int, val_fraction: float, test_fraction: float | None, options: dict[str, Any]
+) -> Dataset:
+    file = userdata.file_options(options)
+    split_seed = _check_int("split_seed", split_seed, 0)
+    val_fraction = _check_fraction("val_fraction", val_fraction)
+    stored = userdata.load_file_dataset(file)
+    test_fraction = _file_test_fraction(stored, val_fraction, test_fraction)
+    x, y, names = stored.x, stored.y, stored.class_names
+    if test_fraction is None:
+        assert stored.x_test is not None and stored.y_test is not None
+        train, val = _carve_validation(y, len(names), split_seed, val_fraction, names)
+        parts = [(x[train], y[train]), (x[val], y[val]), (stored.x_test, stored.y_test)]
+    else:
+        indices = _stratified_split(y, len(names), split_seed, val_fraction, test_fraction, names)
+        parts = [(x[split], y[split]) for split in indices]
+    # tables standardised per feature in float64, images per channel in float32 (as cifar10)
+    dtype = np.float32 if stored.is_image else np.float64
+    splits = [
+        (np.asarray(part, dtype=dtype).reshape(len(part), -1), labels) for part, labels in parts
+    ]
+    raw_shape = tuple(x.shape[1:])
+    return _assemble(
+        FILE_DATASET,
+        splits,
+        raw_shape=raw_shape,
+        input_shape=(1, *raw_shape) if x.ndim == 3 else raw_shape,
+        mode="channel" if stored.is_image else "feature",
+        class_names=names,
+        source=dict(stored.source),
     )

@@ -14,13 +14,19 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from gradreg.config import TrainConfig
-from gradreg.data import available_datasets, dataset_options
+from gradreg.data import (
+    FILE_DATASET,
+    FileDatasetError,
+    available_datasets,
+    check_file_dataset,
+    dataset_options,
+)
 from gradreg.methods import HYPERPARAMETERS, METHODS
 from gradreg.models import available_models, model_option_problems, model_options
 from gradreg.names import EPOCH_METRICS
 from sweeps.errors import SpecError, SpecIssue
 from sweeps.limits import Limits
-from sweeps.resolve import base_settings, max_epochs, resolve_data_dir
+from sweeps.resolve import base_settings, max_epochs, resolve_data_dir, resolve_data_file
 from sweeps.spec import (
     CategoricalParameter,
     FloatParameter,
@@ -85,9 +91,17 @@ def semantic_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
     yield from _early_stopping_issues(spec)
     yield from _budget_issues(spec, limits)
     yield from _resource_issues(spec, limits)
+    yield from _tracking_issues(spec)
 
 
 def _dataset_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
+    issues = list(_dataset_section_issues(spec, limits))
+    yield from issues
+    if not issues and spec.dataset.name == FILE_DATASET:
+        yield from _file_issues(spec, limits)
+
+
+def _dataset_section_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
     dataset = spec.dataset
     if dataset.name not in available_datasets():
         yield SpecIssue(
@@ -122,6 +136,33 @@ def _dataset_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
             )
     if dataset.test_fraction is not None and dataset.val_fraction + dataset.test_fraction >= 1:
         yield SpecIssue(("dataset", "test_fraction"), "val_fraction + test_fraction must be < 1")
+
+
+# Where a file dataset's problem is reported, by the field its error names.
+_FILE_FIELDS = {
+    "path": ("dataset", "options", "path"),
+    "format": ("dataset", "options", "format"),
+    "label": ("dataset", "options", "label"),
+    "val_fraction": ("dataset", "val_fraction"),
+    "test_fraction": ("dataset", "test_fraction"),
+}
+
+
+def _file_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
+    """Open the user's file and check it as a trial would (same words), without training:
+    the file is read once, and not kept."""
+    dataset = spec.dataset
+    options = dict(dataset.options)
+    try:
+        if isinstance(options.get("path"), str):
+            options["path"] = str(resolve_data_file(dataset, limits.data_root))
+        check_file_dataset(
+            val_fraction=dataset.val_fraction, test_fraction=dataset.test_fraction, **options
+        )
+    except FileDatasetError as error:
+        yield SpecIssue(_FILE_FIELDS[error.field], str(error))
+    except (ValueError, TypeError) as error:
+        yield SpecIssue(("dataset", "options", "path"), str(error))
 
 
 def _model_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
@@ -423,3 +464,13 @@ def _resource_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
             yield SpecIssue(("resources", "gpu"), f"device {device!r} needs resources.gpu > 0")
         if device == "cpu" and gpu > 0:
             yield SpecIssue(("resources", "gpu"), "device 'cpu' with a GPU reserved wastes it")
+
+
+def _tracking_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
+    tracking = spec.tracking
+    if tracking.register_best and not tracking.log_model:
+        yield SpecIssue(
+            ("tracking", "register_best"),
+            "registering the best trial needs its model: set log_model: true, or leave "
+            "register_best unset",
+        )

@@ -6,9 +6,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from gradreg import settings as gradreg_settings
 from gradreg.config import TrainConfig
+from gradreg.data import FILE_DATASET
 from gradreg.methods import get_method
-from sweeps.spec import CategoricalParameter, IntParameter, SweepSpec
+from sweeps.spec import CategoricalParameter, DatasetSection, IntParameter, SweepSpec
 
 
 def resolve_data_dir(data_dir: str, data_root: Path | None) -> Path | None:
@@ -23,8 +25,33 @@ def resolve_data_dir(data_dir: str, data_root: Path | None) -> Path | None:
     return candidate if candidate == root or root in candidate.parents else None
 
 
+def resolve_data_file(dataset: DatasetSection, data_root: Path | None) -> Path:
+    """The file dataset's ``options.path`` as an absolute path: relative to ``data_dir`` if
+    given, else to the data root, and inside the root (ValueError otherwise).
+
+    Without a root, relative to ``data_dir`` or gradreg's data directory, unbounded. The
+    submission check and the trial both call this, so they refuse with the same words.
+    """
+    path = dataset.options.get("path")
+    if not isinstance(path, str):
+        raise ValueError(f"dataset.options.path must be a string, got {path!r}")
+    if data_root is None:
+        base = Path(dataset.data_dir or gradreg_settings.data_dir()).expanduser()
+        return (base / Path(path).expanduser()).absolute()
+    root = data_root.resolve()
+    base = root / Path(dataset.data_dir).expanduser() if dataset.data_dir else root
+    candidate = (base / Path(path).expanduser()).resolve()
+    if candidate != root and root not in candidate.parents:
+        raise ValueError(
+            f"dataset.options.path {path!r} resolves outside the data root {root} "
+            "(GRADREG_DATA_DIR); give a path relative to it"
+        )
+    return candidate
+
+
 def base_settings(spec: SweepSpec, data_root: Path | None) -> dict[str, Any]:
-    """The TrainConfig settings that come from the dataset and model sections."""
+    """The TrainConfig settings that come from the dataset and model sections (a file
+    dataset's path as written: `trial_config` resolves it, once, for the trial)."""
     options = dict(spec.dataset.options)
     if spec.dataset.data_dir is not None:
         resolved = resolve_data_dir(spec.dataset.data_dir, data_root)
@@ -63,7 +90,11 @@ def trial_config(
     method = get_method(trial_method(spec, values))
     values.pop("method", None)
     settings = method.train_settings({**spec.fixed, **values})
-    return TrainConfig(**base_settings(spec, data_root), **settings)
+    data = base_settings(spec, data_root)
+    if spec.dataset.name == FILE_DATASET:
+        path = resolve_data_file(spec.dataset, data_root)
+        data["dataset_options"]["path"] = str(path)
+    return TrainConfig(**data, **settings)
 
 
 def trial_epochs(spec: SweepSpec, values: Mapping[str, Any]) -> int:

@@ -31,17 +31,34 @@ class _Section(BaseModel):
 
 
 class DatasetSection(_Section):
-    name: str = Field(description="a gradreg dataset, e.g. digits, mnist1d, cifar10")
+    name: str = Field(
+        description="a gradreg dataset, e.g. digits, mnist1d, cifar10, or file: your own file "
+        "(see options)"
+    )
     split_seed: int = Field(0, ge=0)
     val_fraction: float = Field(0.15, gt=0, lt=1)
     test_fraction: float | None = Field(
-        None, gt=0, lt=1, description="held-out test share; null keeps the dataset's default"
+        None,
+        gt=0,
+        lt=1,
+        description="held-out test share; null keeps the dataset's default (0.2, or the "
+        "dataset's own test split: mnist, fashion_mnist, cifar10, a .npz with x_test and y_test, "
+        "which then must stay null)",
     )
     data_dir: str | None = Field(
-        None, description="directory of the file datasets (mnist, fashion_mnist, cifar10)"
+        None,
+        description="directory of the file datasets (mnist, fashion_mnist, cifar10) and of a "
+        "file dataset's path, relative to the data root (GRADREG_DATA_DIR)",
     )
     options: dict[str, Scalar] = Field(
-        default_factory=dict, description="dataset options such as data_seed"
+        default_factory=dict,
+        description="dataset options such as data_seed. For name: file, path (relative to the "
+        "data root; a .npz with arrays x and y, and optionally x_test and y_test as the test "
+        "split; a .csv or .parquet table of numeric feature columns and a label column; or an "
+        "image folder root/<class name>/<image>.png|.jpg), format (npz, csv, parquet or "
+        "image_folder; default: from the suffix, a folder is image_folder) and label (a table's "
+        "label column, default label: integers 0..C-1, or any values, mapped to classes in "
+        "sorted order)",
     )
 
 
@@ -157,6 +174,26 @@ class Tracking(_Section):
     experiment: str | None = Field(None, description="MLflow experiment; default: the name")
     log_reliability_diagram: bool = True
     log_checkpoints: bool = Field(False, description="log the final posterior's state_dict")
+    log_model: bool = Field(
+        True,
+        description="log every finished trial's posterior as an MLflow pyfunc model: class "
+        "probabilities from inputs in the dataset's own units",
+    )
+    register_best: bool | None = Field(
+        None,
+        description="register the best trial's model (by the first objective) in the MLflow "
+        "Model Registry when the sweep ends; null: whenever log_model is on",
+    )
+    registered_model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="the registered model's name; default: the spec's name",
+    )
+
+    @property
+    def registers_best(self) -> bool:
+        return self.log_model if self.register_best is None else self.register_best
 
 
 class SweepSpec(_Section):

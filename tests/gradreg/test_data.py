@@ -42,7 +42,7 @@ def check_shapes_and_labels(dataset: Dataset, n_total: int, n_classes: int, shap
 
 def test_available_datasets_lists_all_with_descriptions():
     names = available_datasets()
-    assert set(names) == {*SMALL_DATASETS, "mnist1d", "mnist", "fashion_mnist", "cifar10"}
+    assert set(names) == {*SMALL_DATASETS, "mnist1d", "mnist", "fashion_mnist", "cifar10", "file"}
     assert all(isinstance(text, str) and text for text in names.values())
 
 
@@ -60,6 +60,8 @@ def test_shapes_dtypes_and_split_sizes(name):
         "n_test": dataset.n_test,
         "n_classes": n_classes,
         "input_shape": shape,
+        "class_names": [str(c) for c in range(n_classes)],
+        "source": {"name": name, "options": dataset_options(name)},
     }
 
 

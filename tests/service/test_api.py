@@ -368,3 +368,13 @@ def test_the_driver_enforces_the_caps_the_api_admitted_the_sweep_under(tmp_path)
             lenient.stop()
     finally:
         strict.stop()
+
+
+def test_a_file_dataset_whose_file_is_missing_is_refused_and_not_stored(client):
+    spec = small_sweep("missing-file")
+    spec["dataset"] = {"name": "file", "options": {"path": "nowhere/animals.csv"}}
+    body = is_problem(client.post("/v1/sweeps", json=spec), 422)
+    paths = {error["path"]: error["message"] for error in body["errors"]}
+    assert list(paths) == ["dataset.options.path"], paths
+    assert paths["dataset.options.path"].endswith("nowhere/animals.csv does not exist")
+    assert client.get("/v1/sweeps", params={"tag": "missing-file"}).json()["items"] == []

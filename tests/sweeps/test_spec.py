@@ -321,3 +321,111 @@ def test_objective_goal_defaults_by_metric():
 def test_yaml_examples_are_plain_yaml():
     for path in EXAMPLES:
         assert isinstance(yaml.safe_load(path.read_text()), dict)
+
+
+# ---------------------------------------------------------------- file datasets
+
+
+@pytest.fixture
+def file_root(tmp_path: Path) -> Path:
+    """A data root holding a good table and a few bad files (and a table outside it)."""
+    import numpy as np
+    import pandas as pd
+
+    root = tmp_path / "root"
+    (root / "sets").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame(
+        {"a": rng.normal(size=60), "b": rng.normal(size=60), "label": ["ant", "bee", "cat"] * 20}
+    )
+    for place in (root / "animals.csv", root / "sets" / "animals.csv", tmp_path / "outside.csv"):
+        table.to_csv(place, index=False)
+    table.assign(b=[np.nan] + [0.0] * 59).to_csv(root / "nan.csv", index=False)
+    x, y = rng.random((30, 4)), np.arange(30) % 2
+    np.savez(root / "split.npz", x=x, y=y, x_test=x[:6], y_test=y[:6])
+    np.savez(root / "gap.npz", x=x, y=y * 2)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("dataset", "path", "message"),
+    [
+        (
+            {"options": {"path": "nowhere.csv"}},
+            "dataset.options.path",
+            "nowhere.csv does not exist",
+        ),
+        (
+            {"options": {"path": "../outside.csv"}},
+            "dataset.options.path",
+            "dataset.options.path '../outside.csv' resolves outside the data root",
+        ),
+        ({"options": {}}, "dataset.options.path", "the file dataset needs option path"),
+        (
+            {"options": {"path": "animals.csv", "format": "xlsx"}},
+            "dataset.options.format",
+            "unknown format 'xlsx'; accepted: npz, csv, parquet, image_folder",
+        ),
+        (
+            {"options": {"path": "animals.csv", "label": "species"}},
+            "dataset.options.label",
+            "has no column 'species'",
+        ),
+        (
+            {"options": {"path": "animals.csv", "sep": ";"}},
+            "dataset.options.sep",
+            "unknown option for dataset 'file'; accepted: path, format, label",
+        ),
+        ({"options": {"path": "nan.csv"}}, "dataset.options.path", "values: 'b' (1)"),
+        (
+            {"options": {"path": "gap.npz"}},
+            "dataset.options.path",
+            "array 'y' has no example of 1 class(es) (1)",
+        ),
+        (
+            {"options": {"path": "split.npz"}, "test_fraction": 0.2},
+            "dataset.test_fraction",
+            "holds x_test and y_test, its own test split, which is used as the test set",
+        ),
+        (
+            {"options": {"path": "animals.csv"}, "val_fraction": 0.02},
+            "dataset.val_fraction",
+            "the val split would hold 1 of 60 examples, fewer than the 3 classes",
+        ),
+    ],
+)
+def test_a_file_dataset_is_opened_and_checked_at_submission(file_root, dataset, path, message):
+    document = with_changes(dataset={"name": "file", **dataset})
+    issues = issues_of(document, Limits(data_root=file_root))
+    assert path in issues, issues
+    assert message in issues[path]
+
+
+def test_a_good_file_dataset_passes_and_its_trial_trains(file_root):
+    from sweeps.resolve import trial_config
+
+    limits = Limits(data_root=file_root)
+    spec = parse_spec(
+        with_changes(dataset={"name": "file", "options": {"path": "animals.csv"}}), limits
+    )
+    in_sets = {"name": "file", "data_dir": "sets", "options": {"path": "animals.csv"}}
+    parse_spec(with_changes(dataset=in_sets), limits)
+
+    from gradreg.train import fit
+
+    config = trial_config(spec, {"noise_scale": 0.01, "prior_variance": 1.0}, file_root)
+    assert config.dataset_options["path"] == str(file_root / "animals.csv")
+    result = fit(config.replace(epochs=1))
+    assert result.dataset["class_names"] == ["ant", "bee", "cat"]
+    assert result.metrics["val_nll"] > 0
+
+
+def test_the_trial_refuses_a_file_outside_the_root_with_the_submission_words(file_root):
+    from sweeps.parse import validate_shape
+    from sweeps.resolve import trial_config
+
+    document = with_changes(dataset={"name": "file", "options": {"path": "../outside.csv"}})
+    submitted = issues_of(document, Limits(data_root=file_root))["dataset.options.path"]
+    with pytest.raises(ValueError) as caught:
+        trial_config(validate_shape(document), {"noise_scale": 0.01}, file_root)
+    assert str(caught.value) == submitted
