@@ -81,3 +81,32 @@ def write_reliability_diagram(
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png")
     return path
+
+
+def write_param_importances(
+    path: str | os.PathLike[str], importances: Mapping[str, float], *, title: str | None = None
+) -> Path:
+    """Write a PNG bar chart of parameter importances (name -> share), largest on top; return
+    path."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"path must end in .png, got {str(path)!r}")
+    if not importances:
+        raise ValueError("importances is empty; pass at least one parameter -> importance")
+    ranked = sorted(importances.items(), key=lambda item: item[1])  # barh draws bottom-up
+    names = [str(name) for name, _ in ranked]
+    values = [float(value) for _, value in ranked]
+
+    figure = Figure(figsize=(6, 1.5 + 0.4 * len(ranked)), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    bars = axes.barh(names, values, color=matplotlib.colormaps["tab10"].colors[0])
+    axes.bar_label(bars, labels=[f"{v:.2f}" for v in values], padding=3, fontsize="small")
+    axes.set_xlim(0, max(1.0, max(values)) * 1.1)
+    axes.set_xlabel("importance")
+    axes.set_title(title or "Parameter importances")
+    axes.grid(axis="x", alpha=0.3)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+    return path

@@ -23,7 +23,7 @@ import ray
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import Searcher
 
 from gradreg.names import default_goal
 from sweeps.checkpoints import (
@@ -34,6 +34,7 @@ from sweeps.checkpoints import (
 from sweeps.checks import admitted
 from sweeps.ensemble import SweepEnsemble, build_ensemble
 from sweeps.limits import Limits
+from sweeps.model import register_trial_model
 from sweeps.outcome import sweep_outcome
 from sweeps.parse import validate_shape
 from sweeps.progress import (
@@ -44,7 +45,15 @@ from sweeps.progress import (
     stop_on_signals,
     unregister,
 )
-from sweeps.records import SWEEP_NAME, StopFlag, SweepOutcome, SweepRecord, TrialHook
+from sweeps.records import (
+    SWEEP_NAME,
+    StopFlag,
+    SweepOutcome,
+    SweepRecord,
+    TrialHook,
+    ranked_trials,
+    trial_name,
+)
 from sweeps.resolve import max_epochs
 from sweeps.settings import SweepSettings, absolute_storage
 from sweeps.space import SearchSpace, make_sampler
@@ -57,6 +66,16 @@ from sweeps.statefiles import (
     read_record,
     write_json,
     write_record,
+)
+from sweeps.study import (
+    Importances,
+    StudyPlace,
+    attached,
+    check_resumable,
+    make_searcher,
+    resumed_place,
+    study_importances,
+    study_place,
 )
 from sweeps.tracking import Tracker
 from sweeps.trainable import TrialContext, run_trial
@@ -97,6 +116,10 @@ class DriverOptions:
     stop_poll_s: float = 1.0
     stream: TextIO | None = None  # progress lines; None: stderr
     quiet: bool = False
+    # The Optuna study: "memory" or an SQLAlchemy URL; None: GRADREG_STUDY_STORAGE, else the
+    # rules in sweeps.study. `run_stored` sets store_url to a store's database (the service's).
+    study_storage: str | None = None
+    store_url: str | None = None
 
     def experiment_path(self, settings: SweepSettings, name: str) -> str:
         storage = (
@@ -105,6 +128,10 @@ class DriverOptions:
             else settings.resolved_storage_path()
         )
         return experiment_path(storage, name)
+
+    def study_place(self, settings: SweepSettings, name: str, path: str) -> StudyPlace:
+        setting = self.study_storage or settings.study_storage
+        return study_place(name, path, store_url=self.store_url, setting=setting)
 
 
 # ---------------------------------------------------------------- entry points
@@ -140,25 +167,32 @@ def run_sweep(
             f"sweep {name!r} already has state at {path}; continue it with "
             f"`python -m sweeps resume {name}` or give the spec another name"
         )
-    experiment_id, parent = Tracker(tracking_uri).open_sweep(spec, name)
-    record = SweepRecord(
-        sweep=name,
-        spec=spec.to_document(),
-        tracking_uri=tracking_uri,
-        experiment_id=experiment_id,
-        parent_run_id=parent,
-        data_root=str(limits.data_root) if limits.data_root else None,
-    )
-    write_record(path, record)
-    if on_start is not None:
-        on_start(record)
-    with ray_session(options.ray_address or settings.ray_address):
-        tuner = tune.Tuner(
-            _trainable(spec, record),
-            tune_config=_tune_config(spec, name),
-            run_config=_run_config(spec, path),
+    place = options.study_place(settings, name, path)
+    with attached(place):
+        searcher, notes = make_searcher(place, path, **_optuna_search(spec))
+        _say(options, *notes)
+        tracker = Tracker(tracking_uri)
+        experiment_id, parent = tracker.open_sweep(spec, name)
+        tracker.tag_study(parent, place.shown, place.name, place.source)
+        record = SweepRecord(
+            sweep=name,
+            spec=spec.to_document(),
+            tracking_uri=tracking_uri,
+            experiment_id=experiment_id,
+            parent_run_id=parent,
+            data_root=str(limits.data_root) if limits.data_root else None,
+            extra={"study": place.recorded()},
         )
-        return _drive(tuner, spec, record, path, options, on_trial, should_stop)
+        write_record(path, record)
+        if on_start is not None:
+            on_start(record)
+        with ray_session(options.ray_address or settings.ray_address):
+            tuner = tune.Tuner(
+                _trainable(spec, record),
+                tune_config=_tune_config(spec, name, searcher),
+                run_config=_run_config(spec, path),
+            )
+            return _drive(tuner, spec, record, path, options, on_trial, should_stop, place)
 
 
 def resume_sweep(
@@ -192,11 +226,17 @@ def resume_sweep(
     limits = limits or Limits.from_settings(settings)
     root = Path(record.data_root) if record.data_root else None
     spec = admitted(validate_shape(record.spec), limits.with_data_root(root))
+    # The study where the sweep kept it: a persistent one is checked, then reconnected to.
+    recorded = record.extra.get("study")
+    check_resumable(place := options.study_place(settings, name, path), recorded)
+    place = resumed_place(place, recorded)
     tracker = Tracker(record.tracking_uri)
     tracker.client.update_run(record.parent_run_id, status="RUNNING")
+    tracker.tag_study(record.parent_run_id, place.shown, place.name, place.source)
+    _say(options, place.describe())
     if on_start is not None:
         on_start(record)
-    with ray_session(options.ray_address or settings.ray_address):
+    with ray_session(options.ray_address or settings.ray_address), attached(place):
         tuner = tune.Tuner.restore(
             path,
             trainable=_trainable(spec, record),
@@ -205,7 +245,7 @@ def resume_sweep(
             restart_errored=False,
         )
         with searcher_follows_moved_experiment(path):
-            return _drive(tuner, spec, record, path, options, on_trial, should_stop)
+            return _drive(tuner, spec, record, path, options, on_trial, should_stop, place)
 
 
 @contextmanager
@@ -243,16 +283,20 @@ def _trainable(spec: SweepSpec, record: SweepRecord) -> Any:
     return tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
 
 
-def _tune_config(spec: SweepSpec, sweep: str) -> tune.TuneConfig:
+def _optuna_search(spec: SweepSpec) -> dict[str, Any]:
+    """OptunaSearch's arguments for ``spec``, but for its study (`sweeps.study.make_searcher`)."""
     metrics = [o.metric for o in spec.objectives]
     modes = [o.mode for o in spec.objectives]
-    searcher = OptunaSearch(
-        space=SearchSpace(spec),
-        metric=metrics if spec.multi_objective else metrics[0],
-        mode=modes if spec.multi_objective else modes[0],
-        points_to_evaluate=[dict(p) for p in spec.search.initial_points] or None,
-        sampler=make_sampler(spec),
-    )
+    return {
+        "space": SearchSpace(spec),
+        "metric": metrics if spec.multi_objective else metrics[0],
+        "mode": modes if spec.multi_objective else modes[0],
+        "points_to_evaluate": [dict(p) for p in spec.search.initial_points] or None,
+        "sampler": make_sampler(spec),
+    }
+
+
+def _tune_config(spec: SweepSpec, sweep: str, searcher: Searcher) -> tune.TuneConfig:
     return tune.TuneConfig(
         search_alg=searcher,
         scheduler=_scheduler(spec),
@@ -268,7 +312,8 @@ def _tune_config(spec: SweepSpec, sweep: str) -> tune.TuneConfig:
 
 def _trial_name(sweep: str, trial: Any) -> str:
     # Tune pickles this function (by this import path) into a sweep's saved state.
-    return f"{sweep}-{trial.trial_id.rsplit('_', 1)[-1]}"
+    number = trial.experiment_tag.split("_", 1)[0]  # Tune's count of the sweep's trials
+    return trial_name(sweep, int(number) if number.isdigit() else None, trial.trial_id)
 
 
 def _scheduler(spec: SweepSpec) -> TrialScheduler:
@@ -312,6 +357,7 @@ def _drive(
     options: DriverOptions,
     on_trial: TrialHook | None,
     should_stop: StopFlag | None,
+    place: StudyPlace,
 ) -> SweepOutcome:
     tracker = Tracker(record.tracking_uri)
     monitor = SweepMonitor(
@@ -350,8 +396,39 @@ def _drive(
     )
     tracker.close_unfinished_runs(record, outcome)
     outcome = _with_ensemble(tracker, spec, record, outcome)
+    outcome = _with_registered_model(tracker, spec, record, outcome)
+    _log_importances(tracker, spec, record, outcome, place, options)
     tracker.finish_sweep(outcome)
     return outcome
+
+
+def _log_importances(
+    tracker: Tracker,
+    spec: SweepSpec,
+    record: SweepRecord,
+    outcome: SweepOutcome,
+    place: StudyPlace,
+    options: DriverOptions,
+) -> None:
+    """The parameter importances on the parent run (`sweeps.study`), or a tag saying why there
+    are none. A failure to compute them is theirs, not the sweep's: the tag says it."""
+    metric = spec.objectives[0].metric
+    try:
+        importances = study_importances(place, spec, outcome.trials)
+        tracker.log_importances(record.parent_run_id, importances)
+    except Exception as error:  # reported on the parent run (see the docstring)
+        importances = Importances(metric, {}, 0, f"failed: {type(error).__name__}: {error}")
+        tracker.log_importances(record.parent_run_id, importances)  # the tag alone
+    if importances.values:
+        shares = ", ".join(f"{k} {v:.2f}" for k, v in importances.values.items())
+        _say(options, f"parameter importances for {metric}: {shares} ({importances.note})")
+    else:
+        _say(options, f"parameter importances for {metric}: {importances.note}")
+
+
+def _say(options: DriverOptions, *lines: str) -> None:
+    if not options.quiet:
+        print(*lines, sep="\n", file=options.stream or sys.stderr)
 
 
 def _with_ensemble(
@@ -368,6 +445,24 @@ def _with_ensemble(
     if ensemble is None:
         return outcome
     return dataclasses.replace(outcome, ensemble=ensemble.summary())
+
+
+def _with_registered_model(
+    tracker: Tracker, spec: SweepSpec, record: SweepRecord, outcome: SweepOutcome
+) -> SweepOutcome:
+    """The outcome with the best trial's model registered (``tracking.register_best``). As
+    with the ensemble, a failure to register is reported in the outcome, not the sweep's."""
+    if not spec.tracking.registers_best:
+        return outcome
+    best = ranked_trials(spec.objectives[0], outcome.trials)
+    if not best or best[0].mlflow_run_id is None:
+        return outcome
+    name = spec.tracking.registered_model or spec.name
+    try:
+        registered = register_trial_model(tracker, spec, record, best[0], name)
+    except Exception as error:  # reported in the outcome (see the docstring)
+        registered = {"name": name, "error": f"{type(error).__name__}: {error}"}
+    return dataclasses.replace(outcome, registered_model=registered)
 
 
 def ensemble_sweep(

@@ -26,6 +26,11 @@ class SweepSettings(BaseSettings):
         None, description="Ray Tune storage (path or URI); default: var_dir/ray_results"
     )
     ray_address: str | None = Field(None, description="Ray cluster; default: a local instance")
+    study_storage: str | None = Field(
+        None,
+        description="where sweeps keep their Optuna studies: an SQLAlchemy URL, or 'memory'; "
+        "default: beside the service's store, else beside Tune's state (sweeps.study)",
+    )
     max_trials: int = Field(1000, ge=1)
     max_concurrent_trials: int = Field(64, ge=1)
     max_time_budget_s: float = Field(7 * 24 * 3600, gt=0)

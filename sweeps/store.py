@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -34,7 +35,11 @@ from sweeps.trial_writer import TrialWriter
 
 class SweepStore(Protocol):
     """What the driver needs from a store. ``load_spec`` returns the spec as it was admitted
-    (its shape is read back; the rules ran when it was submitted and run again in the driver)."""
+    (its shape is read back; the rules ran when it was submitted and run again in the driver).
+
+    A store on a database may also say which (`store_database_url`): the sweep's Optuna study
+    is then kept beside it (`sweeps.study`).
+    """
 
     def load_spec(self, sweep_id: str) -> SweepSpec: ...
 
@@ -122,6 +127,8 @@ def run_stored(
     after a crash continues the same sweep instead of starting a second one.
     """
     options = options or DriverOptions()
+    if options.store_url is None:
+        options = dataclasses.replace(options, store_url=store_database_url(store))
     settings = SweepSettings()
     writer = TrialWriter(
         functools.partial(store.record_trials, sweep_id), flush_s=settings.store_flush_s
@@ -164,3 +171,17 @@ def run_stored(
     writer.close()  # every trial's last event is in the store before the outcome
     store.record_outcome(sweep_id, outcome)
     return outcome
+
+
+def store_database_url(store: object) -> str | None:
+    """The database ``store`` keeps its sweeps in: its ``database_url``, else the URL (with its
+    password) of the engine its ``sessions`` are bound to, as the service's `DatabaseSweepStore`
+    has; None for a store without one (`DirectoryStore`)."""
+    url = getattr(store, "database_url", None)
+    if url is None:
+        sessions = getattr(store, "sessions", None)
+        bind = getattr(sessions, "kw", {}).get("bind")
+        url = getattr(bind, "url", None)
+    if url is None or isinstance(url, str):
+        return url
+    return url.render_as_string(hide_password=False)  # an sqlalchemy URL

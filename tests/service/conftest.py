@@ -59,7 +59,9 @@ def postgres_schema() -> Iterator[sa.URL]:
         yield base.update_query_dict({"options": f"-csearch_path={schema}"})
     finally:
         with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            # and the Optuna studies of the sweeps that ran on it (sweeps.study)
+            for name in (schema, f"{schema}_optuna"):
+                connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
         admin.dispose()
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from sweeps import DriverOptions, resume_sweep
-from sweeps.tracking import ROLE_TAG, TRIAL_TAG
+from sweeps.tracking import IMPORTANCE_TAG, ROLE_TAG, STUDY_STORAGE_TAG, TRIAL_TAG
 
 FIXTURE = Path(__file__).with_name("fixtures") / "saved_sweep.tar.gz"
 
@@ -56,3 +56,7 @@ def test_a_sweep_saved_by_the_earlier_layout_resumes(ray_local, tmp_path):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch")]
         assert steps == list(range(1, 9))  # the part-way trial went on from its checkpoint
         assert run.info.status == "FINISHED"
+    # Saved before studies persisted: its study resumed in memory, from Tune's pickle.
+    tags = client.get_run(outcome.parent_run_id).data.tags
+    assert tags[STUDY_STORAGE_TAG] == "memory"
+    assert tags[IMPORTANCE_TAG].startswith("not computed: 3 trial(s)")
