@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from gradreg.cli_compare import add_compare_arguments, run_compare
 from gradreg.cli_options import add_data_and_model_arguments, key_values, model_options
+from gradreg.cli_predict import add_predict_arguments, run_predict
 from gradreg.config import TrainConfig
 from gradreg.data import available_datasets, load_dataset
 from gradreg.fisher import ESTIMATORS
@@ -19,6 +20,7 @@ from gradreg.methods import (
     TRAINERS,
     VARIANCE_FAMILIES,
 )
+from gradreg.version import add_version_argument
 
 TABLE_METRICS = ("accuracy", "nll", "ece", "aece", "brier")
 
@@ -221,6 +223,11 @@ def _run_data(args: argparse.Namespace) -> int:
         print(f"{args.name}: {len(paths)} files under {resolve_data_dir(args.dir)}")
         return 0
     options = {"data_dir": args.dir} if args.dir else {}
+    file_options = {"path": args.path, "format": args.format, "label": args.label}
+    if args.name == "file":
+        options.update({key: value for key, value in file_options.items() if value is not None})
+    elif any(value is not None for value in file_options.values()):
+        raise ValueError("--path, --format and --label are for the file dataset")
     data = load_dataset(args.name, split_seed=args.split_seed, **options)
     print(json.dumps(data.summary(), indent=2))
     return 0
@@ -230,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gradreg", description="Variational Laplace for Bayesian neural networks"
     )
+    add_version_argument(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train one model and report calibration")
     _add_train_arguments(train)
@@ -237,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="VL against MAP, sampling VI and Laplace over several seeds"
     )
     add_compare_arguments(compare)
+    predict = commands.add_parser(
+        "predict", help="class probabilities, predicted class and entropy from a saved model"
+    )
+    add_predict_arguments(predict)
     data = commands.add_parser("data", help="list or inspect the offline datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     data_commands.add_parser("list", help="the datasets and what they are")
@@ -244,8 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("name", choices=sorted(available_datasets()), metavar="NAME")
     show.add_argument("--split-seed", type=int, default=0)
     show.add_argument(
-        "--dir", help="data directory of a file dataset (mnist, fashion_mnist, cifar10)"
+        "--dir", help="data directory of a file dataset (mnist, fashion_mnist, cifar10, file)"
     )
+    show.add_argument(
+        "--path", help="file: a .npz, .csv, .parquet or image folder, relative to the data dir"
+    )
+    show.add_argument("--format", help="file: npz, csv, parquet or image_folder (default: guessed)")
+    show.add_argument("--label", help="file: a table's label column (default label)")
     from gradreg.datafiles import DATA_DIR_ENV, downloadable
 
     fetch = data_commands.add_parser(
@@ -264,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_train(args)
         if args.command == "compare":
             return run_compare(args)
+        if args.command == "predict":
+            return run_predict(args)
         return _run_data(args)
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"gradreg: error: {error}", file=sys.stderr)

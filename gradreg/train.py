@@ -17,6 +17,7 @@ from gradreg.calibration import temperature_scaled_metrics
 from gradreg.config import TrainConfig
 from gradreg.data import Dataset, load_dataset
 from gradreg.device import resolve_device
+from gradreg.export import ModelInputs, SavedPosterior
 from gradreg.gaussian import GaussianPosterior
 from gradreg.methods import posterior
 from gradreg.metrics import ReliabilityBins, classification_metrics, reliability_bins
@@ -68,6 +69,14 @@ class FitResult:
     stopped_early: bool
     # The last evaluation's predictive probabilities, by split ("val", "test").
     predictions: dict[str, Predictions] = field(default_factory=dict)
+    # What the network expects besides its weights (for gradreg.export.SavedPosterior).
+    inputs: ModelInputs | None = None
+
+    def saved(self) -> SavedPosterior:
+        """The trained posterior with what it needs to predict from raw inputs."""
+        if self.inputs is None:
+            raise ValueError("this result carries no model inputs to save")
+        return SavedPosterior(self.posterior, self.config, self.inputs)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -262,6 +271,7 @@ def fit(
         evaluation.test_bins,
         stopped_early,
         evaluation.predictions,
+        ModelInputs.of(data),
     )
 
 

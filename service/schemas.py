@@ -49,6 +49,9 @@ class SweepOut(BaseModel):
     mlflow_parent_run_id: str | None
     counts: dict[str, int]
     best: list[dict[str, Any]] | None
+    # The best trial's model in the MLflow Model Registry: name, version and a models:/ URI
+    # to load or serve it (or name and error when registering failed); null until registered.
+    registered_model: dict[str, str] | None = None
     links: Links
 
 

@@ -79,6 +79,9 @@ class SweepOutcome:
     experiment_path: str
     # The sweep ensemble (`sweeps.ensemble`): selection, members, metrics; None when off.
     ensemble: dict[str, Any] | None = None
+    # The best trial's model in the registry (name, version, uri; or name and error); None
+    # when registration is off or no trial finished.
+    registered_model: dict[str, str] | None = None
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -101,6 +104,20 @@ class SweepRecord:
     parent_run_id: str
     data_root: str | None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def trial_name(sweep: str, number: int | None, trial_id: str) -> str:
+    """Tune's name of a trial: the sweep, the trial's number in it (from 1), its id."""
+    suffix = trial_id.rsplit("_", 1)[-1]
+    return f"{sweep}-{suffix}" if number is None else f"{sweep}-t{number}-{suffix}"
+
+
+def trial_number(name: str) -> int | None:
+    """The number in a `trial_name`; None for a name without one (a sweep saved before)."""
+    parts = name.rsplit("-", 2)
+    if len(parts) < 3 or not parts[1].startswith("t") or not parts[1][1:].isdigit():
+        return None
+    return int(parts[1][1:])
 
 
 def reported_metrics(result: dict[str, Any]) -> dict[str, float]:

@@ -9,6 +9,7 @@ found again by its Tune trial id, so a retried or resumed trial continues its ow
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 import time
@@ -19,7 +20,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import Dataset as DatasetEntity
+from mlflow.entities import DatasetInput, InputTag, Metric, Param
+from mlflow.exceptions import MlflowException
 
 from gradreg.metrics import ReliabilityBins
 from gradreg.train import Predictions
@@ -42,6 +45,7 @@ NOTE_TAG = "mlflow.note.content"
 SWEEP_TAG = "gradreg.sweep"
 ROLE_TAG = "gradreg.role"
 TRIAL_TAG = "gradreg.trial_id"
+TRIAL_NAME_TAG = "gradreg.trial_name"  # Tune's name of the trial; the run's own name is readable
 ATTEMPT_TAG = "gradreg.attempt"
 STATUS_TAG = "gradreg.status"
 ERROR_TAG = "gradreg.error"
@@ -49,6 +53,8 @@ MAX_TAG_LENGTH = 5000
 MAX_PARAM_LENGTH = 6000
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch
 MAX_SEARCH_RESULTS = 50_000  # MLflow's limit for one search_runs page
+DATASET_CONTEXT_TAG = "mlflow.data.context"
+DATASET_DIGEST_LENGTH = 16  # MLflow keeps at most 36 characters; the profile has it whole
 MLFLOW_STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "stopped": "KILLED"}
 
 
@@ -97,18 +103,23 @@ class Tracker:
         params: Mapping[str, Any],
         tags: Mapping[str, str],
         description: str,
+        run_name: str | None = None,
     ) -> str:
-        """The sweep's parent run: a new one, or the one an interrupted run of it left."""
+        """The sweep's parent run: a new one, or the one an interrupted run of it left.
+
+        ``sweep`` (the sweep's id) is its tag; ``run_name`` (default: ``sweep``) what people read.
+        """
         existing = self._find(
             experiment_id, f"tags.`{SWEEP_TAG}` = '{_quote(sweep)}' and tags.`{ROLE_TAG}` = 'sweep'"
         )
         if existing is not None:
             self.client.update_run(existing, status="RUNNING")
             return existing
-        run_tags = {RUN_NAME_TAG: sweep, SWEEP_TAG: sweep, ROLE_TAG: "sweep", **tags}
+        run_name = run_name or sweep
+        run_tags = {RUN_NAME_TAG: run_name, SWEEP_TAG: sweep, ROLE_TAG: "sweep", **tags}
         if description:
             run_tags[NOTE_TAG] = description
-        run = self.client.create_run(experiment_id, tags=run_tags, run_name=sweep)
+        run = self.client.create_run(experiment_id, tags=run_tags, run_name=run_name)
         self.client.log_batch(run.info.run_id, params=_params(params))
         return run.info.run_id
 
@@ -136,7 +147,12 @@ class Tracker:
         """(experiment id, parent run id) of sweep ``name``; the spec goes on the parent."""
         experiment_id = self.experiment_id(spec.experiment)
         parent = self.open_parent(
-            experiment_id, name, _parent_params(spec), _parent_tags(spec), spec.description
+            experiment_id,
+            name,
+            _parent_params(spec),
+            _parent_tags(spec),
+            spec.description,
+            run_name=spec.name,
         )
         self.log_text(parent, dump_spec(spec), "spec.yaml")
         return experiment_id, parent
@@ -207,8 +223,13 @@ class Tracker:
         trial_id: str,
         trial_name: str,
         params: Mapping[str, Any],
+        run_name: str | None = None,
     ) -> TrialRun:
-        """The trial's child run; an earlier attempt's run is reopened, never duplicated."""
+        """The trial's child run; an earlier attempt's run is reopened, never duplicated.
+
+        ``trial_id`` and ``trial_name`` (Tune's) are tags; ``run_name`` (default: the trial's
+        name) is what the MLflow UI lists.
+        """
         existing = self.find_trial(experiment_id, parent_run_id, trial_id)
         if existing is not None:
             run = self.client.get_run(existing)
@@ -218,16 +239,18 @@ class Tracker:
             self.client.set_tag(existing, ATTEMPT_TAG, str(attempt))
             self.client.set_tag(existing, STATUS_TAG, "running")
             return TrialRun(existing, attempt, max((int(m.value) for m in logged), default=0))
+        run_name = run_name or trial_name
         tags = {
             PARENT_RUN_TAG: parent_run_id,
-            RUN_NAME_TAG: trial_name,
+            RUN_NAME_TAG: run_name,
             SWEEP_TAG: sweep,
             ROLE_TAG: "trial",
             TRIAL_TAG: trial_id,
+            TRIAL_NAME_TAG: trial_name,
             ATTEMPT_TAG: "1",
             STATUS_TAG: "running",
         }
-        run = self.client.create_run(experiment_id, tags=tags, run_name=trial_name)
+        run = self.client.create_run(experiment_id, tags=tags, run_name=run_name)
         self.client.log_batch(run.info.run_id, params=_params(params))
         return TrialRun(run.info.run_id, 1, 0)
 
@@ -272,6 +295,34 @@ class Tracker:
         if state_file is not None:
             self.client.log_artifact(run_id, str(state_file), artifact_path="checkpoint")
 
+    def log_dataset(self, run_id: str, dataset: Mapping[str, Any]) -> None:
+        """The trial's data as an MLflow dataset input (``dataset``: `Dataset.summary()`): a
+        file's path and content digest, or a built-in set's name and options; its shape."""
+        source = dict(dataset.get("source") or {"name": dataset["name"]})
+        if "path" in source:
+            name = Path(str(source["path"])).name
+            source_type, location = "local", {"uri": str(source["path"])}
+            digest = str(source.get("digest", ""))
+        else:
+            name = str(source.get("name", dataset["name"]))
+            source_type, location = "code", {"tags": {"gradreg.dataset": name}}
+            digest = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()
+        profile = {k: v for k, v in dataset.items() if k not in ("source", "name")}
+        entity = DatasetEntity(
+            name=name,
+            digest=digest[:DATASET_DIGEST_LENGTH],
+            source_type=source_type,
+            source=json.dumps(location),
+            profile=json.dumps({**profile, "source": source}, default=str),
+        )
+        inputs = [DatasetInput(entity, tags=[InputTag(DATASET_CONTEXT_TAG, "training")])]
+        try:
+            self.client.log_inputs(run_id, datasets=inputs)
+        except MlflowException:
+            # Concurrent trials of a sweep insert the same dataset row at once and all but one
+            # break its unique key; once it exists, logging links the run to it.
+            self.client.log_inputs(run_id, datasets=inputs)
+
     def load_predictions(self, run_id: str) -> bytes | None:
         """A trial's ``predictions.npz``, or None if it wrote none."""
         if PREDICTIONS_FILE not in {a.path for a in self.client.list_artifacts(run_id)}:
@@ -307,7 +358,9 @@ class Tracker:
         return [
             TrialSummary(
                 trial_id=run.data.tags.get(TRIAL_TAG, ""),
-                name=run.data.tags.get(RUN_NAME_TAG, run.info.run_id),
+                name=run.data.tags.get(
+                    TRIAL_NAME_TAG, run.data.tags.get(RUN_NAME_TAG, run.info.run_id)
+                ),
                 state=run.data.tags.get(STATUS_TAG, "unknown"),
                 params=dict(run.data.params),
                 metrics=dict(run.data.metrics),
@@ -337,6 +390,40 @@ class Tracker:
             [experiment_id], filter_string, max_results=1, order_by=["attributes.start_time ASC"]
         )
         return runs[0].info.run_id if runs else None
+
+    # ------------------------------------------------------------ the search (sweeps.study)
+
+    def tag_study(self, run_id: str, storage: str, name: str, source: str) -> None:
+        """Where the sweep's Optuna study is (``storage``: its URL, password hidden, or
+        ``memory``), its name, and which rule chose the place."""
+        tags = {STUDY_STORAGE_TAG: storage, STUDY_NAME_TAG: name, STUDY_SOURCE_TAG: source}
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value[:MAX_TAG_LENGTH])
+
+    def log_importances(self, run_id: str, importances: Any) -> None:
+        """A `sweeps.study.Importances` on the parent run: ``importance.<param>`` metrics and
+        ``param_importances.png``, or only the tag that says why there are none."""
+        self.client.set_tag(run_id, IMPORTANCE_TAG, importances.note[:MAX_TAG_LENGTH])
+        if not importances.values:
+            return
+        metrics = {f"importance.{k}": v for k, v in importances.values.items()}
+        self.client.log_batch(run_id, metrics=_metrics(metrics, step=0))
+        from gradreg.plots import write_param_importances  # matplotlib: only when needed
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = write_param_importances(
+                Path(tmp, IMPORTANCE_FILE),
+                importances.values,
+                title=f"Parameter importances for {importances.metric} "
+                f"({importances.trials} trials)",
+            )
+            self.client.log_artifact(run_id, str(path))
+
+
+def trial_run_name(sweep_name: str, number: int | None, method: str) -> str:
+    """A trial run's name in the MLflow UI: ``digits-vl-uniform #7 vl-uniform``."""
+    numbered = sweep_name if number is None else f"{sweep_name} #{number}"
+    return f"{numbered} {method}" if method else numbered
 
 
 def _parent_params(spec: SweepSpec) -> dict[str, Any]:
@@ -380,3 +467,11 @@ def _metrics(metrics: Mapping[str, Any], step: int) -> list[Metric]:
         for key, value in metrics.items()
         if isinstance(value, int | float) and not isinstance(value, bool)
     ]
+
+
+# The search on the parent run (Tracker.tag_study, Tracker.log_importances).
+STUDY_STORAGE_TAG = "gradreg.study.storage"
+STUDY_NAME_TAG = "gradreg.study.name"
+STUDY_SOURCE_TAG = "gradreg.study.source"
+IMPORTANCE_TAG = "gradreg.importance"
+IMPORTANCE_FILE = "param_importances.png"

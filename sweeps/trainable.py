@@ -13,11 +13,12 @@ from typing import Any
 import torch
 from ray import tune
 
-from gradreg.train import EpochReport, fit
-from sweeps.records import BINS_KEY, RUN_ID_KEY
+from gradreg.train import EpochReport, FitResult, fit
+from sweeps.model import log_model
+from sweeps.records import BINS_KEY, RUN_ID_KEY, trial_number
 from sweeps.resolve import trial_config
 from sweeps.spec import SweepSpec
-from sweeps.tracking import Tracker
+from sweeps.tracking import Tracker, trial_run_name
 
 STATE_FILE = "state.pt"
 FLUSH_INTERVAL_S = 2.0
@@ -46,13 +47,16 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     tune_context = tune.get_context()
     tracker = Tracker(context.tracking_uri)
+    label = spec.method or config.get("method", "")
+    tune_name = tune_context.get_trial_name()
     run = tracker.open_trial(
         context.experiment_id,
         context.parent_run_id,
         context.sweep,
         tune_context.get_trial_id(),
-        tune_context.get_trial_name(),
+        tune_name,
         {**_settings_summary(train.to_dict()), **config},
+        run_name=trial_run_name(spec.name, trial_number(tune_name), label),
     )
     resume = _load_checkpoint()
     every = spec.fault_tolerance.checkpoint_every_epochs
@@ -72,9 +76,11 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
             torch.save(report.state_dict(), Path(tmp, STATE_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    label = spec.method or config.get("method", "")
     try:
         result = fit(train, on_epoch, resume=resume)
+        epochs.flush()
+        # A trial whose files did not all reach MLflow has not succeeded: it fails below.
+        _log_outcome(tracker, context, run.run_id, result, label)
     except SystemExit:
         # Tune ends a trial at a report by raising SystemExit there (ASHA, a sweep stop). The
         # actor may be torn down at once, so the driver closes the run (Tracker.close_ended_run).
@@ -85,14 +91,21 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         message = "".join(traceback.format_exception_only(type(error), error)).strip()
         tracker.close_trial(run.run_id, "FAILED", "failed", message)
         raise
-    epochs.flush()
-    state_file = None
+    tracker.close_trial(run.run_id, "FINISHED", "succeeded")
+
+
+def _log_outcome(
+    tracker: Tracker, context: TrialContext, run_id: str, result: FitResult, label: str
+) -> None:
+    """The finished trial's files: metrics, diagram, predictions, weights and its model."""
+    spec = context.spec
     with tempfile.TemporaryDirectory() as tmp:
+        state_file = None
         if spec.tracking.log_checkpoints:
             state_file = Path(tmp, STATE_FILE)
             torch.save(result.posterior.state_dict(), state_file)
         tracker.log_outcome(
-            run.run_id,
+            run_id,
             result.metrics,
             result.test_bins,
             label,
@@ -100,7 +113,10 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
             state_file,
             predictions=result.predictions if spec.ensemble.size else None,
         )
-    tracker.close_trial(run.run_id, "FINISHED", "succeeded")
+    tracker.log_dataset(run_id, result.dataset)
+    if spec.tracking.log_model:
+        saved = result.saved()
+        log_model(context.tracking_uri, run_id, saved, saved.inputs.example)
 
 
 class EpochLog:

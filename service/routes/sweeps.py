@@ -84,6 +84,7 @@ def sweep_out(
         if counts is not None
         else repository.counts_by_sweep(db, [sweep.id])[sweep.id],
         best=sweep.best,
+        registered_model=sweep.registered_model,
         links=links,
     )
 

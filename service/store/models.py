@@ -88,6 +88,8 @@ class Sweep(Base):
     best: Mapped[list[dict[str, Any]] | None] = mapped_column(sa.JSON)
     # The sweep ensemble's summary (sweeps.ensemble.SweepEnsemble.summary), once it finished.
     ensemble: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+    # The best trial's model in the registry (SweepOutcome.registered_model), once registered.
+    registered_model: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     submitted_at: Mapped[datetime | None]

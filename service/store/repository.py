@@ -56,6 +56,7 @@ SETTABLE_FIELDS = frozenset(
         "cancel_requested",
         "best",
         "ensemble",
+        "registered_model",
     }
 )
 MAX_PAGE = 500

@@ -366,6 +366,8 @@ def record_outcome(session: Session, sweep_id: str, outcome: SweepOutcome) -> Sw
         }
         if outcome.ensemble is not None:
             fields["ensemble"] = json_safe(outcome.ensemble)
+        if outcome.registered_model is not None:
+            fields["registered_model"] = json_safe(outcome.registered_model)
         for column, value in (
             ("mlflow_experiment_id", outcome.experiment_id),
             ("mlflow_parent_run_id", outcome.parent_run_id),

@@ -197,3 +197,10 @@ def test_regulariser_grad_training_smoke_run(monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "| digits | vl-uniform | val_nll |" in printed
     assert "| digits | vl-diagonal | s_per_epoch |" in printed
+
+
+def test_model_logging_smoke_run(monkeypatch, capsys):
+    _run("model_logging.py", ["--repeats", "1", "--epochs", "1", "--hidden", "8"], monkeypatch)
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["log_model_ms"] > 0 and figures["log_outcome_ms"] > 0
+    assert figures["log_model_vs_log_outcome"] > 0 and figures["register_ms"] > 0

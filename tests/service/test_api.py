@@ -185,6 +185,13 @@ def test_a_sweep_runs_to_the_end_and_is_visible_in_the_api_and_mlflow(api, clien
     assert len(children) == 3
     assert {r.info.run_id for r in children} == {t["mlflow_run_id"] for t in trials}
     assert all(r.info.status == "FINISHED" for r in children)
+    # The best trial's model is registered under the spec's name, and the sweep says where.
+    registered = sweep["registered_model"]
+    assert registered["name"] == posted.json()["name"] and registered["version"]
+    version = mlflow.get_model_version(registered["name"], registered["version"])
+    assert version.run_id == lowest["mlflow_run_id"]
+    assert version.tags["gradreg.sweep"] == sweep_id
+    assert registered["uri"] == f"models:/{registered['name']}/{registered['version']}"
 
     listed = client.get("/v1/sweeps", params={"tag": "e2e-digits"}).json()["items"]
     assert [s["id"] for s in listed] == [sweep_id]

@@ -105,7 +105,7 @@ def race(count: int, work: Callable[[int], Any]) -> list[Any]:
 def test_upgrade_creates_the_tables_and_running_it_again_changes_nothing(engine, session_factory):
     tables = set(sa.inspect(engine).get_table_names())
     assert {"sweeps", "sweep_tags", "trials", "idempotency_keys", "alembic_version"} <= tables
-    assert current_revision(engine) == "0003"
+    assert current_revision(engine) == "0004"
     with engine.connect() as connection:
         if is_postgres(engine):  # the test's own schema, not public
             schema = connection.scalar(sa.text("SELECT current_schema()"))
@@ -116,7 +116,7 @@ def test_upgrade_creates_the_tables_and_running_it_again_changes_nothing(engine,
 
     sweep_id = new_sweep(session_factory)
     upgrade(engine)
-    assert current_revision(engine) == "0003"
+    assert current_revision(engine) == "0004"
     assert status_of(session_factory, sweep_id).status == "pending"
 
 
@@ -130,7 +130,7 @@ def test_upgrade_accepts_a_url(store_url):
     upgrade(store_url)
     engine = make_engine(store_url)
     try:
-        assert current_revision(engine) == "0003"
+        assert current_revision(engine) == "0004"
     finally:
         engine.dispose()
 
@@ -752,10 +752,10 @@ def test_a_store_at_0001_upgrades_and_keeps_its_sweeps(store_url):
                 {"now": "2026-01-01 00:00:00"},
             )
         upgrade(engine)
-        assert current_revision(engine) == "0003"
+        assert current_revision(engine) == "0004"
         with make_sessions(engine)() as session:
             old = repo.get_sweep(session, "s1")
-            assert (old.name, old.ensemble) == ("old", None)
+            assert (old.name, old.ensemble, old.registered_model) == ("old", None, None)
     finally:
         engine.dispose()
 
@@ -780,3 +780,15 @@ def test_the_outcome_stores_the_sweep_ensemble(engine, session_factory):
     stored = status_of(session_factory, sweep_id).ensemble
     assert stored["members"] == ensemble["members"]
     assert stored["metrics"] == {"test_nll": 0.3, "test_ece_ts": None}  # JSON has no NaN
+    assert status_of(session_factory, sweep_id).registered_model is None
+
+
+def test_the_outcome_stores_the_registered_model(engine, session_factory):
+    store = DatabaseSweepStore(engine)
+    sweep_id, _ = create_from_example(session_factory)
+    store.record_start(sweep_id, record(sweep_id))
+    registered = {"name": "digits", "version": "3", "uri": "models:/digits/3"}
+    trials = [summary("a", "succeeded", 0.2)]
+    done = dataclasses.replace(outcome(sweep_id, "succeeded", trials), registered_model=registered)
+    store.record_outcome(sweep_id, done)
+    assert status_of(session_factory, sweep_id).registered_model == registered

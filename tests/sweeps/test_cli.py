@@ -1,4 +1,5 @@
-"""python -m sweeps: validate, schema, run by id from a store, stop and resume, Ctrl-C."""
+"""python -m sweeps: validate, schema, run by id from a store, stop and resume, Ctrl-C,
+--version and the exit codes."""
 
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ import subprocess
 import sys
 import threading
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow import MlflowClient
 
+from sweeps import cli
 from sweeps.cli import main
 from sweeps.driver import DriverOptions
+from sweeps.records import SweepOutcome, trial_number
 from sweeps.spec import SweepSpec
 from sweeps.store import DirectoryStore, run_stored
 from tests.sweeps.conftest import DIGITS_SWEEP, digits_spec
@@ -72,7 +76,9 @@ def test_stored_sweep_stops_on_request_and_a_second_attempt_resumes_it(
     finished = run_stored("sweep-0001", store, options)
     assert finished.status == "succeeded" and len(finished.trials) == 3
     assert finished.parent_run_id == stopped.parent_run_id  # the same sweep, a new attempt
-    assert {t.name.rsplit("-", 1)[0] for t in finished.trials} == {"sweep-0001"}
+    # Trials are named after the sweep and numbered on across its attempts.
+    assert {t.name.rsplit("-", 2)[0] for t in finished.trials} == {"sweep-0001"}
+    assert sorted(trial_number(t.name) for t in finished.trials) == [1, 2, 3]
     events = store.trial_events("sweep-0001")
     done = {e["trial_id"] for e in events if e["state"] == "succeeded"}
     assert done == {t.trial_id for t in finished.trials}
@@ -140,3 +146,62 @@ def test_a_signal_saves_the_sweep_and_resume_finishes_it_without_rerunning(tmp_p
     for child in children:
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "epoch")]
         assert steps == [1, 2, 3]
+
+
+def test_version_prints_the_installed_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"python -m sweeps {version('gradreg')}\n"
+
+
+@pytest.fixture
+def spec_file(tmp_path) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(DIGITS_SWEEP))
+    return path
+
+
+def _ended(status: str):
+    def run_sweep(spec, options):
+        return SweepOutcome(
+            sweep=spec.name,
+            status=status,
+            reason="as the test says",
+            objectives=[{"metric": "val_nll", "goal": "minimize"}],
+            trials=[],
+            best=[],
+            experiment_id="1",
+            parent_run_id="run",
+            tracking_uri="sqlite://",
+            experiment_path="tune",
+        )
+
+    return run_sweep
+
+
+@pytest.mark.parametrize(("status", "code"), [("succeeded", 0), ("stopped", 0), ("failed", 1)])
+def test_run_exits_by_how_the_sweep_ended(monkeypatch, capsys, spec_file, status, code):
+    # A stopped sweep is 0 on purpose: its state is saved and `resume` finishes it.
+    monkeypatch.setattr(cli, "run_sweep", _ended(status))
+    assert main(["run", str(spec_file), "--quiet"]) == code
+    assert f"sweep {DIGITS_SWEEP['name']}: {status}" in capsys.readouterr().out
+
+
+def test_a_missing_spec_file_exits_2(tmp_path, capsys, spec_file):
+    missing = tmp_path / "absent.yaml"
+    assert main(["run", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
+    assert main(["validate", str(missing), str(spec_file)]) == 2  # every file is still checked
+    captured = capsys.readouterr()
+    assert str(missing) in captured.err and f"{spec_file}: ok" in captured.out
+
+
+def test_ctrl_c_that_reaches_the_command_line_exits_130(monkeypatch, capsys, spec_file):
+    def interrupted(spec, options):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_sweep", interrupted)
+    assert main(["run", str(spec_file), "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err

@@ -7,11 +7,14 @@ import json
 import math
 import time
 
+import mlflow
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 
 from sweeps import TrialEvent, resume_sweep, run_sweep
 from sweeps.driver import SweepExistsError
+from sweeps.model import logged_model_uri
 from sweeps.records import LOST_TRIAL as LOST_TRIAL_RUN
 from sweeps.records import best_trials
 from sweeps.tracking import (
@@ -20,6 +23,7 @@ from sweeps.tracking import (
     PARENT_RUN_TAG,
     ROLE_TAG,
     STATUS_TAG,
+    TRIAL_TAG,
     Tracker,
 )
 from tests.sweeps.conftest import digits_spec
@@ -86,6 +90,38 @@ def test_digits_sweep_end_to_end(ray_local, driver_options, tracking_uri):
         with open(client.download_artifacts(run_id, "reliability_bins.json")) as handle:
             bins = json.load(handle)
         assert sum(bins["count"]) > 0
+
+    # Runs a person can read: the parent by the sweep, each child by its number and method;
+    # Tune's ids stay as tags.
+    assert parent.info.run_name == "digits-small"
+    names = sorted(child.info.run_name for child in children)
+    assert names == [f"digits-small #{n} vl-uniform" for n in (1, 2, 3, 4)]
+    assert all(
+        child.data.tags[TRIAL_TAG] in {t.trial_id for t in outcome.trials} for child in children
+    )
+    # Every trial saw the same dataset, recorded as its input.
+    for child in children:
+        (dataset,) = client.get_run(child.info.run_id).inputs.dataset_inputs
+        assert dataset.dataset.name == "digits" and dataset.dataset.source_type == "code"
+        assert json.loads(dataset.dataset.profile)["n_classes"] == 10
+
+    # Every trial logged its model; the best is registered under the sweep's name.
+    assert outcome.registered_model == {
+        "name": "digits-small",
+        "version": "1",
+        "uri": "models:/digits-small/1",
+    }
+    version = client.get_model_version("digits-small", "1")
+    assert version.run_id == best.mlflow_run_id
+    assert version.tags["gradreg.sweep"] == "digits-small"
+    assert float(version.tags["metric.val_nll"]) == pytest.approx(best.metrics["val_nll"], rel=1e-5)
+    assert "by val_nll (minimize)" in version.description
+    for child in children:
+        assert logged_model_uri(client, child.info.run_id) is not None
+    mlflow.set_tracking_uri(tracking_uri)
+    model = mlflow.pyfunc.load_model("models:/digits-small/1")
+    probs = model.predict(np.zeros((2, 8, 8)), params={"mode": "mean"}).to_numpy()
+    assert probs.shape == (2, 10) and np.allclose(probs.sum(axis=1), 1)
 
     # The hooks saw every trial start, report and finish; the progress line counted them.
     finished = [e for e in events if e.state == "succeeded"]

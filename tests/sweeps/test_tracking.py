@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from gradreg.metrics import reliability_bins
-from sweeps.tracking import ATTEMPT_TAG, PARENT_RUN_TAG, STATUS_TAG, Tracker
+from sweeps.records import trial_number
+from sweeps.tracking import (
+    ATTEMPT_TAG,
+    PARENT_RUN_TAG,
+    STATUS_TAG,
+    SWEEP_TAG,
+    TRIAL_NAME_TAG,
+    TRIAL_TAG,
+    Tracker,
+    trial_run_name,
+)
 
 
 def test_parent_is_reused_and_a_trial_keeps_one_run_across_attempts(tracking_uri, tmp_path):
@@ -57,3 +71,80 @@ def test_outcome_files_and_parent_summary(tracking_uri):
     assert run.data.metrics["best_val_nll"] == 0.5
     assert run.data.tags[STATUS_TAG] == "succeeded"
     assert tracker.running_trials(experiment, parent) == {}
+
+
+def test_runs_are_named_for_people_and_keep_their_ids_as_tags(tracking_uri):
+    tracker = Tracker(tracking_uri)
+    experiment = tracker.experiment_id("exp")
+    parent = tracker.open_parent(
+        experiment, "3f2a9c", {}, {}, "noise scale x prior variance", run_name="digits-vl"
+    )
+    run = tracker.client.get_run(parent)
+    assert run.info.run_name == "digits-vl"
+    assert run.data.tags[SWEEP_TAG] == "3f2a9c"
+    assert run.data.tags["mlflow.note.content"] == "noise scale x prior variance"
+
+    name = trial_run_name("digits-vl", trial_number("3f2a9c-t7-ab12cd34"), "vl-uniform")
+    assert name == "digits-vl #7 vl-uniform"
+    trial = tracker.open_trial(
+        experiment, parent, "3f2a9c", "ab12cd34", "3f2a9c-t7-ab12cd34", {}, run_name=name
+    )
+    run = tracker.client.get_run(trial.run_id)
+    assert run.info.run_name == "digits-vl #7 vl-uniform"
+    assert run.data.tags[TRIAL_TAG] == "ab12cd34"
+    assert run.data.tags[TRIAL_NAME_TAG] == "3f2a9c-t7-ab12cd34"
+    (summary,) = tracker.trial_summaries(experiment, parent)
+    assert summary.name == "3f2a9c-t7-ab12cd34"  # Tune's name, as the store knows it
+    # A trial saved before trials were numbered keeps a name without a number.
+    assert trial_number("digits-vl-ab12cd34") is None
+    assert trial_run_name("digits-vl", None, "map") == "digits-vl map"
+
+
+def test_a_file_dataset_is_a_run_input_with_its_path_and_digest(tracking_uri):
+    tracker = Tracker(tracking_uri)
+    experiment = tracker.experiment_id("exp")
+    run_id = tracker.client.create_run(experiment).info.run_id
+    digest = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    summary = {
+        "name": "file",
+        "n_train": 80,
+        "n_val": 10,
+        "n_test": 10,
+        "n_classes": 2,
+        "input_shape": (3,),
+        "class_names": ["cat", "dog"],
+        "source": {"name": "file", "path": "/data/pets.csv", "format": "csv", "digest": digest},
+    }
+    tracker.log_dataset(run_id, summary)
+    tracker.log_dataset(run_id, summary)  # a resumed trial logs it again: still one input
+    (logged,) = tracker.client.get_run(run_id).inputs.dataset_inputs
+    assert logged.dataset.name == "pets.csv"
+    assert logged.dataset.source_type == "local"
+    assert json.loads(logged.dataset.source) == {"uri": "/data/pets.csv"}
+    assert logged.dataset.digest == digest[:16]
+    profile = json.loads(logged.dataset.profile)
+    assert profile["source"]["digest"] == digest and profile["class_names"] == ["cat", "dog"]
+    assert {t.key: t.value for t in logged.tags} == {"mlflow.data.context": "training"}
+
+
+def test_concurrent_trials_log_the_same_dataset(tracking_uri):
+    # Trials of a sweep start together and log one dataset: the unique key on MLflow's
+    # dataset rows must not fail all but one of them.
+    tracker = Tracker(tracking_uri)
+    experiment = tracker.experiment_id("exp")
+    rounds, width = 8, 4
+    runs = [[tracker.client.create_run(experiment).info.run_id for _ in range(width)]
+            for _ in range(rounds)]  # fmt: skip
+    for index, group in enumerate(runs):
+        summary = {"name": f"set{index}", "n_classes": 2, "source": {"name": f"set{index}"}}
+        barrier = threading.Barrier(width)
+
+        def log(run_id: str, summary: dict = summary, barrier=barrier) -> None:
+            barrier.wait()
+            Tracker(tracking_uri).log_dataset(run_id, summary)
+
+        with ThreadPoolExecutor(width) as pool:
+            list(pool.map(log, group))
+        for run_id in group:
+            (logged,) = tracker.client.get_run(run_id).inputs.dataset_inputs
+            assert logged.dataset.name == f"set{index}"
