@@ -157,6 +157,17 @@ def test_the_api_submits_to_the_head_with_the_image_interpreter(services: dict) 
     assert environment["GRADREG_HOST"] == "0.0.0.0" and environment["GRADREG_API_TOKENS"]
 
 
+def test_the_api_reads_file_datasets_where_the_ray_nodes_do(services: dict) -> None:
+    # A sweep is admitted under the API's data root, and the submit check opens its file: the
+    # API needs the nodes' root and their volume (read-only: it never writes data).
+    for name in (*RAY_NODES, "api"):
+        assert services[name]["environment"]["GRADREG_DATA_DIR"] == "/data", name
+        (mount,) = [v for v in services[name]["volumes"] if v["target"] == "/data"]
+        assert mount["source"] == "datasets", name
+    (api_mount,) = [v for v in services["api"]["volumes"] if v["target"] == "/data"]
+    assert api_mount.get("read_only") is True
+
+
 def test_state_lives_in_named_volumes(services: dict, stack: dict) -> None:
     def named_volume_at(service: str, target: str) -> str:
         (mount,) = [v for v in services[service]["volumes"] if v["target"] == target]
