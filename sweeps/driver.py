@@ -34,7 +34,6 @@ from sweeps.checkpoints import (
 from sweeps.checks import admitted
 from sweeps.ensemble import SweepEnsemble, build_ensemble
 from sweeps.limits import Limits
-from sweeps.model import register_trial_model
 from sweeps.outcome import sweep_outcome
 from sweeps.parse import validate_shape
 from sweeps.progress import (
@@ -458,6 +457,8 @@ def _with_registered_model(
     if not best or best[0].mlflow_run_id is None:
         return outcome
     name = spec.tracking.registered_model or spec.name
+    from sweeps.model import register_trial_model  # MLflow's model code, only when needed
+
     try:
         registered = register_trial_model(tracker, spec, record, best[0], name)
     except Exception as error:  # reported in the outcome (see the docstring)

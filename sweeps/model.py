@@ -36,10 +36,13 @@ MODEL_CODE = Path(__file__).with_name("model_code.py")
 class PosteriorModel(mlflow.pyfunc.PythonModel):
     """MLflow's face of a `gradreg.export.SavedPosterior`."""
 
+    # The model has an explicit signature (`signature`); MLflow's type-hint validation would
+    # wrap predict and warn about its missing hints at every import.
+    _skip_type_hint_validation = True
+
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         self.saved = SavedPosterior.load(context.artifacts[POSTERIOR_ARTIFACT])
 
-    # No type hints: MLflow would derive a second, list-based schema from them.
     def predict(self, context, model_input, params=None):
         params = dict(params or {})
         probs = self.saved.predict_proba(

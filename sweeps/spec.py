@@ -188,7 +188,9 @@ class Tracking(_Section):
         None,
         min_length=1,
         max_length=256,
-        description="the registered model's name; default: the spec's name",
+        # MLflow refuses '/' and ':' in a model's name, and the name goes into models:/ URIs.
+        pattern=r"^[^/:\s](?:[^/:]*[^/:\s])?$",
+        description="the registered model's name (no '/' or ':'); default: the spec's name",
     )
 
     @property

@@ -429,3 +429,18 @@ def test_the_trial_refuses_a_file_outside_the_root_with_the_submission_words(fil
     with pytest.raises(ValueError) as caught:
         trial_config(validate_shape(document), {"noise_scale": 0.01}, file_root)
     assert str(caught.value) == submitted
+
+
+def test_registering_the_best_model_needs_models_and_a_name_mlflow_accepts():
+    assert parse_spec(copy.deepcopy(DIGITS_SWEEP)).tracking.registers_best
+    quiet = parse_spec({**copy.deepcopy(DIGITS_SWEEP), "tracking": {"log_model": False}})
+    assert not quiet.tracking.registers_best  # no models, so nothing to register
+    problems = issues_of({**DIGITS_SWEEP, "tracking": {"log_model": False, "register_best": True}})
+    assert "needs its model: set log_model: true" in problems["tracking.register_best"]
+    for name in ("team/digits", "digits:v2", " digits"):
+        problems = issues_of({**DIGITS_SWEEP, "tracking": {"registered_model": name}})
+        assert "tracking.registered_model" in problems
+    named = parse_spec(
+        {**copy.deepcopy(DIGITS_SWEEP), "tracking": {"registered_model": "Digits v2"}}
+    )
+    assert named.tracking.registered_model == "Digits v2"
