@@ -161,7 +161,11 @@ def client_command(args: argparse.Namespace) -> int:
         else:
             sweep = client.sweep(args.sweep_id)
         print(describe(sweep, client.trials(sweep["id"])))
-    except (ApiError, SpecFileError) as error:
+    except ApiError as error:
+        print(f"error: {error}", file=sys.stderr)
+        # the request was wrong (4xx), or the service failed to answer it (5xx)
+        return EXIT_FAILURE if error.status >= 500 else EXIT_INVALID
+    except SpecFileError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INVALID
     except httpx.TransportError as error:

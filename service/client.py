@@ -15,7 +15,11 @@ from sweeps.records import FINISHED_STATES
 
 
 class ApiError(RuntimeError):
-    pass
+    """An error answer from the API; ``status`` is its HTTP status code."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class SpecFileError(ValueError):
@@ -38,7 +42,8 @@ class Client:
             except ValueError:
                 body = {"detail": response.text}
             details = [f"  {e['path']}: {e['message']}" for e in body.get("errors", [])]
-            raise ApiError("\n".join([f"{response.status_code}: {body.get('detail')}", *details]))
+            message = "\n".join([f"{response.status_code}: {body.get('detail')}", *details])
+            raise ApiError(message, response.status_code)
         return response.json()
 
     def submit(self, document: dict[str, Any], idempotency_key: str | None = None) -> dict:

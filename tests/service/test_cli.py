@@ -193,6 +193,8 @@ def answering(monkeypatch):
     }
 
     def answer(request: httpx.Request) -> httpx.Response:
+        if "error" in sweep:
+            return httpx.Response(sweep["error"], json={"detail": "the answer's own words"})
         if request.url.path.endswith("/trials"):
             return httpx.Response(200, json={"items": [], "next_cursor": None})
         return httpx.Response(200, json=sweep)
@@ -233,3 +235,12 @@ def test_ctrl_c_exits_130(answering, monkeypatch, capsys):
     monkeypatch.setattr(service_client.Client, "sweep", interrupted)
     assert main(["status", "sw-1", *DUMMY]) == 130
     assert "interrupted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("error", "code"), [(404, 2), (422, 2), (500, 1), (503, 1)])
+def test_an_error_answer_exits_2_when_the_request_was_wrong_and_1_when_the_service_failed(
+    answering, capsys, error, code
+):
+    answering["error"] = error
+    assert main(["status", "sw-1", *DUMMY]) == code
+    assert f"error: {error}: the answer's own words" in capsys.readouterr().err
