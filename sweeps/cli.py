@@ -179,6 +179,14 @@ def format_outcome(outcome: SweepOutcome, top: int = 5) -> str:
         f"MLflow: {outcome.tracking_uri} experiment {outcome.experiment_id}, "
         f"parent run {outcome.parent_run_id}"
     )
+    registered = outcome.registered_model
+    if registered is not None:
+        lines.append(
+            f"registered model: not registered ({registered['error']})"
+            if "error" in registered
+            else f"registered model: {registered['uri']} (mlflow models serve -m "
+            f"{registered['uri']}, or python -m gradreg predict --model-uri {registered['uri']})"
+        )
     lines.append(f"Tune state: {outcome.experiment_path}")
     return "\n".join(lines)
 

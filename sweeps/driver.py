@@ -96,6 +96,8 @@ TUNE_ENV = {
     # that saves take at most 5% of the loop once a sweep holds enough trials (Tune's own auto
     # waits at least 10 s).
     "TUNE_GLOBAL_CHECKPOINT_S": "auto",
+    # A trial's model is saved and read back once at its end: a progress bar per file is noise.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
 StartHook = Callable[[SweepRecord], None]
@@ -450,8 +452,9 @@ def _with_registered_model(
     tracker: Tracker, spec: SweepSpec, record: SweepRecord, outcome: SweepOutcome
 ) -> SweepOutcome:
     """The outcome with the best trial's model registered (``tracking.register_best``). As
-    with the ensemble, a failure to register is reported in the outcome, not the sweep's."""
-    if not spec.tracking.registers_best:
+    with the ensemble, a failure to register is reported in the outcome, not the sweep's.
+    Only a sweep that succeeded registers: a stopped one registers when its resume ends."""
+    if not spec.tracking.registers_best or outcome.status != "succeeded":
         return outcome
     best = ranked_trials(spec.objectives[0], outcome.trials)
     if not best or best[0].mlflow_run_id is None:

@@ -186,7 +186,7 @@ def register_trial_model(
         **{
             f"metric.{key}": f"{value:.6g}"
             for key, value in trial.metrics.items()
-            if key.startswith(("val_", "test_"))
+            if key.startswith(("val_", "test_")) and key.count("_") == 1  # not _ts, _at_mean
         },
     }
     value = trial.metrics.get(objective.metric)

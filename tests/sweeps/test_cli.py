@@ -126,6 +126,7 @@ def test_a_signal_saves_the_sweep_and_resume_finishes_it_without_rerunning(tmp_p
     out, _ = driver.communicate(timeout=120)
     assert driver.returncode == 0, "".join(lines[-30:])
     assert "sweep digits-ctrl-c: stopped" in out
+    assert "registered model" not in out  # a stopped sweep has not ended
 
     resumed = subprocess.run(
         [sys.executable, "-m", "sweeps", "resume", "digits-ctrl-c", *common, "--quiet"],
@@ -137,6 +138,7 @@ def test_a_signal_saves_the_sweep_and_resume_finishes_it_without_rerunning(tmp_p
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "sweep digits-ctrl-c: succeeded" in resumed.stdout
     assert "best trials by val_nll" in resumed.stdout
+    assert "registered model: models:/digits-ctrl-c/1 (mlflow models serve" in resumed.stdout
 
     client = MlflowClient(tracking)
     experiment = client.get_experiment_by_name("digits-ctrl-c")
