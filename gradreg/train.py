@@ -191,18 +191,22 @@ def fit(
     on_epoch: EpochCallback | None = None,
     *,
     resume: Mapping[str, Any] | None = None,
+    on_data: Callable[[dict[str, Any]], None] | None = None,
 ) -> FitResult:
     """Train ``config`` with its method's objective; report after every epoch.
 
     ``on_epoch(report)`` may return True to stop after that epoch (a cooperative stop).
     ``resume`` is a ``report.state_dict()`` from an earlier run of the same config; training
     continues after its epoch with the same random streams, so results match an
-    uninterrupted run.
+    uninterrupted run. ``on_data(summary)`` gets the loaded dataset's `Dataset.summary()`
+    (sizes, classes, provenance) before training starts.
     """
     if not isinstance(config, TrainConfig):
         config = TrainConfig.from_dict(dict(config))
     device = resolve_device(config.device)
     data = load_config_dataset(config)
+    if on_data is not None:
+        on_data(data.summary())
     torch.manual_seed(config.seed)
     posterior = build_posterior(config, data).to(device)
     optimiser = torch.optim.Adam(posterior.param_groups(config.lr, config.variance_lr))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 import time
@@ -76,7 +77,9 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     try:
-        result = fit(train, on_epoch, resume=resume)
+        # The dataset is the run's input from the start: a trial that fails still names it.
+        data_logged = functools.partial(tracker.log_dataset, run.run_id)
+        result = fit(train, on_epoch, resume=resume, on_data=data_logged)
         epochs.flush()
         # A trial whose files did not all reach MLflow has not succeeded: it fails below.
         _log_outcome(tracker, context, run.run_id, result, label)
@@ -112,7 +115,6 @@ def _log_outcome(
             state_file,
             predictions=result.predictions if spec.ensemble.size else None,
         )
-    tracker.log_dataset(run_id, result.dataset)
     if spec.tracking.log_model:
         from sweeps.model import log_model  # MLflow's model code: 0.5 s the driver need not pay
 

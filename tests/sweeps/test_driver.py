@@ -167,6 +167,11 @@ def test_failing_trial_is_retried_then_recorded_as_failed(ray_local, driver_opti
     assert failed_run.data.tags[ATTEMPT_TAG] == "2"
     assert failed_run.data.tags[STATUS_TAG] == "failed"
     assert "diverged" in failed_run.data.tags["gradreg.error"]
+    # It still names its data, and has no model (it never finished).
+    (dataset,) = failed_run.inputs.dataset_inputs
+    assert dataset.dataset.name == "digits"
+    client = MlflowClient(tracking_uri)
+    assert logged_model_uri(client, failed_run.info.run_id) is None
     assert outcome.best[0].params["lr"] == 0.003
 
 
