@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 from mlflow import MlflowClient
 from mlflow.entities import Dataset as DatasetEntity
-from mlflow.entities import DatasetInput, InputTag, Metric, Param
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from gradreg.metrics import ReliabilityBins
@@ -368,6 +368,9 @@ class Tracker:
             )
             for run in runs
         ]
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, v[:MAX_TAG_LENGTH]) for k, v in tags.items()])
 
     def close_trial(self, run_id: str, status: str, state: str, error: str | None = None) -> None:
         """End a child run: MLflow ``status`` (FINISHED/FAILED/KILLED) and gradreg ``state``."""

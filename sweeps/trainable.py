@@ -15,6 +15,7 @@ import torch
 from ray import tune
 
 from gradreg.train import EpochReport, FitResult, fit
+from sweeps.placement import Placement, device_tags, trial_device
 from sweeps.records import BINS_KEY, RUN_ID_KEY, trial_number
 from sweeps.resolve import trial_config
 from sweeps.spec import SweepSpec
@@ -77,6 +78,13 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     try:
+        # Where it runs, first: a node that cannot give the device asked for fails here.
+        placement = Placement.here()
+        tracker.set_tags(run.run_id, placement.tags())
+        device, warning = trial_device(train.device, spec.resources.gpu, placement)
+        tracker.set_tags(run.run_id, device_tags(device, warning))
+        if warning:
+            logging.getLogger(__name__).warning("%s: %s", tune_name, warning)
         # The dataset is the run's input from the start: a trial that fails still names it.
         data_logged = functools.partial(tracker.log_dataset, run.run_id)
         result = fit(train, on_epoch, resume=resume, on_data=data_logged)

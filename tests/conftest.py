@@ -16,6 +16,7 @@ def ray_local():
     """One local Ray for every test that drives sweeps in-process (start-ups cost seconds)."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # One logical GPU, as a worker node started with --num-gpus=1 declares on a CPU machine.
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
