@@ -69,6 +69,9 @@ class TrialOut(BaseModel):
     epoch: int | None
     mlflow_run_id: str | None
     error: str | None
+    # Where it runs: node_id, node_ip, gpu_ids (those Ray assigned), device (what it trains
+    # on); null until its first report.
+    placement: dict[str, Any] | None = None
     updated_at: datetime
 
 

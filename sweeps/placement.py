@@ -10,6 +10,7 @@ cluster (or a test harness with logical GPUs) stays usable and the mismatch is v
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import ray
 import torch
@@ -63,6 +64,16 @@ def trial_device(name: str, gpu: float, placement: Placement) -> tuple[torch.dev
             f"it trained on {device} (device: {name}; give device: cuda to fail instead)"
         )
     return device, None
+
+
+def reported(placement: Placement, device: torch.device) -> dict[str, Any]:
+    """What the trial reports to Tune with every result, for the store and the API."""
+    return {
+        "node_id": placement.node_id,
+        "node_ip": placement.node_ip,
+        "gpu_ids": list(placement.gpu_ids),
+        "device": str(device),
+    }
 
 
 def device_tags(device: torch.device, warning: str | None) -> dict[str, str]:

@@ -22,6 +22,7 @@ from ray import tune
 
 from sweeps.records import (
     FINISHED_STATES,
+    PLACEMENT_KEY,
     Report,
     StopFlag,
     TrialEvent,
@@ -258,6 +259,7 @@ class SweepCallback(tune.Callback):
                 epoch=int(result.get("epoch", 0)),
                 mlflow_run_id=result.get("mlflow_run_id"),
                 error=error,
+                placement=result.get(PLACEMENT_KEY),
             ),
             result,
         )

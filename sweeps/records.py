@@ -29,6 +29,8 @@ SWEEP_NAME = re.compile(SWEEP_NAME_PATTERN)
 # Keys a trial adds to its Tune reports besides its metrics.
 RUN_ID_KEY = "mlflow_run_id"
 BINS_KEY = "test_reliability_bins"
+# Where the trial runs (`sweeps.placement`): node_id, node_ip, gpu_ids, device.
+PLACEMENT_KEY = "placement"
 LOST_TRIAL = (
     "lost: the sweep's driver stopped before Tune saved this trial, so the sweep could not "
     "continue it and ran another in its place"
@@ -48,6 +50,7 @@ class TrialEvent:
     epoch: int
     mlflow_run_id: str | None
     error: str | None = None
+    placement: dict[str, Any] | None = None
 
 
 TrialHook = Callable[[TrialEvent], None]

@@ -15,8 +15,8 @@ import torch
 from ray import tune
 
 from gradreg.train import EpochReport, FitResult, fit
-from sweeps.placement import Placement, device_tags, trial_device
-from sweeps.records import BINS_KEY, RUN_ID_KEY, trial_number
+from sweeps.placement import Placement, device_tags, reported, trial_device
+from sweeps.records import BINS_KEY, PLACEMENT_KEY, RUN_ID_KEY, trial_number
 from sweeps.resolve import trial_config
 from sweeps.spec import SweepSpec
 from sweeps.tracking import Tracker, trial_run_name
@@ -62,12 +62,18 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     resume = _load_checkpoint()
     every = spec.fault_tolerance.checkpoint_every_epochs
     epochs = EpochLog(tracker, run.run_id)
+    placed: dict[str, Any] = {}  # where the trial runs, once its device is settled (below)
 
     def on_epoch(report: EpochReport) -> None:
         if report.epoch > run.logged_through_epoch:
             epochs.add(report.epoch, report.metrics)
         # The bins travel with the report: if ASHA ends the trial here, the driver draws them.
-        metrics = {**report.metrics, RUN_ID_KEY: run.run_id, BINS_KEY: report.test_bins.to_dict()}
+        metrics = {
+            **report.metrics,
+            RUN_ID_KEY: run.run_id,
+            BINS_KEY: report.test_bins.to_dict(),
+            PLACEMENT_KEY: placed,
+        }
         if report.epoch % every and report.epoch != train.epochs:
             tune.report(metrics)
             return
@@ -83,6 +89,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         tracker.set_tags(run.run_id, placement.tags())
         device, warning = trial_device(train.device, spec.resources.gpu, placement)
         tracker.set_tags(run.run_id, device_tags(device, warning))
+        placed.update(reported(placement, device))
         if warning:
             logging.getLogger(__name__).warning("%s: %s", tune_name, warning)
         # The dataset is the run's input from the start: a trial that fails still names it.

@@ -342,5 +342,6 @@ def _trial_out(trial: Any) -> TrialOut:
         epoch=trial.epoch,
         mlflow_run_id=trial.mlflow_run_id,
         error=trial.error,
+        placement=trial.placement,
         updated_at=trial.updated_at,
     )

@@ -140,6 +140,9 @@ class Trial(Base):
     epoch: Mapped[int] = mapped_column(default=0)
     mlflow_run_id: Mapped[str | None] = mapped_column(sa.String(200))
     error: Mapped[str | None] = mapped_column(sa.Text)
+    # Where it runs (sweeps.placement.reported): node_id, node_ip, gpu_ids, device. None is
+    # SQL NULL, so that a report without it keeps the stored one (COALESCE in the upsert).
+    placement: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON(none_as_null=True))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     # The sweep's first objective as a loss (lower is better; negated when maximised), or None
     # when the trial failed or has no finite value: the best so far is one indexed query.

@@ -114,6 +114,7 @@ class TrialWrite:
     epoch: int | None
     mlflow_run_id: str | None
     error: str | None
+    placement: Mapping[str, Any] | None = None
 
     @classmethod
     def of_event(cls, event: TrialEvent) -> TrialWrite:
@@ -126,6 +127,7 @@ class TrialWrite:
             event.epoch,
             event.mlflow_run_id,
             event.error,
+            event.placement or None,
         )
 
     @classmethod
@@ -181,7 +183,7 @@ def _refresh_best(session: Session, sweep_id: str, stored: Any) -> None:
 
 
 # What write_trials reads of a trial to merge an event into it.
-_READ_TO_MERGE = (*SUMMARY_KEYS, "epoch")
+_READ_TO_MERGE = (*SUMMARY_KEYS, "epoch", "placement")
 
 
 def write_trials(
@@ -227,6 +229,7 @@ def write_trials(
                 "metrics": {},
                 "epoch": None,
                 "mlflow_run_id": None,
+                "placement": None,
             },
         )
         row["name"], row["state"], row["error"] = write.name, write.state, write.error
@@ -236,6 +239,8 @@ def write_trials(
             row["epoch"] = write.epoch
         if write.mlflow_run_id is not None:
             row["mlflow_run_id"] = write.mlflow_run_id
+        if write.placement is not None:
+            row["placement"] = dict(write.placement)
     now = utcnow()
     for row in rows.values():
         if row["epoch"] is None:
@@ -264,10 +269,13 @@ def _upsert_reports(
     params stay as first stored; a run id is kept until a write names another."""
     last: dict[str, TrialWrite] = {}
     run_ids: dict[str, str] = {}
+    placements: dict[str, dict[str, Any]] = {}
     for write in writes:
         last[write.trial_id] = write
         if write.mlflow_run_id is not None:
             run_ids[write.trial_id] = write.mlflow_run_id
+        if write.placement is not None:
+            placements[write.trial_id] = dict(write.placement)
     first_params = {w.trial_id: w.params for w in reversed(writes)}
     now = utcnow()
     values = [
@@ -280,6 +288,7 @@ def _upsert_reports(
             "metrics": json_safe(write.metrics),
             "epoch": write.epoch,
             "mlflow_run_id": run_ids.get(trial_id),
+            "placement": placements.get(trial_id),
             "error": write.error,
             "objective": loss(
                 objective, Report(write.state, dict(write.metrics)), finished_only=False
@@ -311,6 +320,7 @@ def _report_upsert(dialect: str) -> Any:
             "metrics": new.metrics,
             "epoch": new.epoch,
             "mlflow_run_id": sa.func.coalesce(new.mlflow_run_id, table.c.mlflow_run_id),
+            "placement": sa.func.coalesce(new.placement, table.c.placement),
             "error": new.error,
             "objective": new.objective,
             "version": new.version,

@@ -166,6 +166,10 @@ def test_a_sweep_runs_to_the_end_and_is_visible_in_the_api_and_mlflow(api, clien
     trials = client.get(f"/v1/sweeps/{sweep_id}/trials").json()["items"]
     assert len(trials) == 3 and all(t["state"] == "succeeded" for t in trials)
     assert all(t["epoch"] == 2 and t["mlflow_run_id"] for t in trials)
+    for trial in trials:  # where each ran: this machine's one node, on the CPU
+        placement = trial["placement"]
+        assert placement["node_id"] and placement["node_ip"]
+        assert placement["gpu_ids"] == [] and placement["device"] == "cpu"
     best = client.get(f"/v1/sweeps/{sweep_id}/best").json()
     assert best["pareto"] is False
     lowest = min(trials, key=lambda t: t["metrics"]["val_nll"])

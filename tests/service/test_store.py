@@ -792,3 +792,21 @@ def test_the_outcome_stores_the_registered_model(engine, session_factory):
     done = dataclasses.replace(outcome(sweep_id, "succeeded", trials), registered_model=registered)
     store.record_outcome(sweep_id, done)
     assert status_of(session_factory, sweep_id).registered_model == registered
+
+
+def test_a_trial_keeps_where_it_runs_until_a_report_says_otherwise(session_factory):
+    sweep_id = new_sweep(session_factory, "running")
+    here = {"node_id": "n1", "node_ip": "10.0.0.2", "gpu_ids": ["0"], "device": "cpu"}
+    moved = {**here, "node_id": "n2", "node_ip": "10.0.0.3"}
+    with session_factory() as session:
+        started = upsert_trial(session, sweep_id, event("t1", val_nll=0.5))
+        assert started.placement is None  # not known before the trial's first report
+        placed = dataclasses.replace(event("t1", epoch=2, val_nll=0.4), placement=here)
+        assert upsert_trial(session, sweep_id, placed).placement == here
+        # A report without it (the upsert) and an event without metrics (read, then write)
+        # keep it; a trial restored on another node reports its new place.
+        assert upsert_trial(session, sweep_id, event("t1", epoch=3)).placement == here
+        retry = TrialEvent("s", "t1", "trial_t1", "retrying", {}, {}, 0, None, "node died")
+        assert upsert_trial(session, sweep_id, retry).placement == here
+        again = dataclasses.replace(event("t1", epoch=4, val_nll=0.3), placement=moved)
+        assert upsert_trial(session, sweep_id, again).placement == moved

@@ -11,7 +11,7 @@ import ray
 import torch
 from mlflow import MlflowClient
 
-from sweeps import run_sweep
+from sweeps import TrialEvent, run_sweep
 from sweeps.placement import (
     DEVICE_TAG,
     DEVICE_WARNING_TAG,
@@ -46,10 +46,21 @@ def test_a_trial_records_its_node_and_gpus_and_says_it_trained_on_the_cpu(
         resources={"cpu": 1, "gpu": 0.5},
         budget={"max_trials": 2, "max_concurrent_trials": 2},
     )
-    outcome = run_sweep(spec, driver_options)
+    events: list[TrialEvent] = []
+    outcome = run_sweep(spec, driver_options, on_trial=events.append)
 
     assert outcome.counts() == {"succeeded": 2}
     node = ray.nodes()[0]
+    # The driver's events carry it too (for the store and GET /v1/sweeps/{id}/trials).
+    finished = [e for e in events if e.state == "succeeded"]
+    assert len(finished) == 2
+    for finished_event in finished:
+        assert finished_event.placement == {
+            "node_id": node["NodeID"],
+            "node_ip": node["NodeManagerAddress"],
+            "gpu_ids": ["0"],
+            "device": "cpu",
+        }
     runs = trial_runs(tracking_uri, spec.name)
     assert len(runs) == 2
     for run in runs:

@@ -1,4 +1,5 @@
-"""The best trial's model in the MLflow Model Registry (name, version, uri), once registered.
+"""The best trial's model in the MLflow Model Registry (name, version, uri), once registered;
+where each trial runs (its Ray node and GPUs, the device it trains on).
 
 Revision ID: 0004
 Revises: 0003
@@ -18,8 +19,11 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("sweeps", sa.Column("registered_model", sa.JSON(), nullable=True))
+    op.add_column("trials", sa.Column("placement", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("trials") as batch:
+        batch.drop_column("placement")
     with op.batch_alter_table("sweeps") as batch:
         batch.drop_column("registered_model")
