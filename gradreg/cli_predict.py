@@ -1,9 +1,8 @@
 """``python -m gradreg predict``: class probabilities from a saved posterior, without a server.
 
-The model is a saved posterior's directory (`gradreg.export`), an MLflow model directory that
-wraps one, or an MLflow URI (``models:/NAME/VERSION``, ``models:/MODEL_ID``,
-``runs:/RUN_ID/model``; MLflow is then needed, and ``--tracking-uri`` or
-``MLFLOW_TRACKING_URI`` says where the models are). Inputs are in the dataset's own units:
+The model is a saved posterior's directory (`gradreg.export`). An MLflow model or URI
+(``models:/NAME/VERSION``) is read by ``python -m sweeps predict``, which downloads it and
+runs this same command: gradreg itself has no MLflow. Inputs are in the dataset's own units:
 an ``.npy`` array, an ``.npz`` with an array ``x`` (or a single array), or a CSV / Parquet
 table of feature columns.
 """
@@ -11,26 +10,24 @@ table of feature columns.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from gradreg.export import DEFAULT_N_SAMPLES, MANIFEST_FILE, SavedPosterior
 
-# Where an MLflow model built by `sweeps.model` keeps the saved posterior.
-MLFLOW_POSTERIOR_DIR = Path("artifacts", "posterior")
 TABLE_FORMATS = (".csv", ".parquet")
+# model URI, a scratch directory -> the saved posterior's directory
+Locate = Callable[[str, str], Path]
 
 
-def add_predict_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model-uri",
-        required=True,
-        help="a saved posterior or MLflow model directory, or an MLflow URI (models:/NAME/VERSION)",
-    )
+def add_predict_arguments(
+    p: argparse.ArgumentParser, model_help: str = "a saved posterior's directory"
+) -> None:
+    p.add_argument("--model-uri", required=True, help=model_help)
     p.add_argument("--input", required=True, help=".npy, .npz (array x), .csv or .parquet")
     p.add_argument("--output", help="CSV to write (default: standard output)")
     p.add_argument("--mode", help="predictive: the method's own by default; mean, sample, …")
@@ -43,17 +40,13 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="a table column that is not a feature (e.g. the label); repeatable",
     )
-    p.add_argument(
-        "--tracking-uri",
-        default=os.environ.get("MLFLOW_TRACKING_URI"),
-        help="MLflow tracking server of an MLflow URI (default: $MLFLOW_TRACKING_URI)",
-    )
 
 
-def run_predict(args: argparse.Namespace) -> int:
+def run_predict(args: argparse.Namespace, locate: Locate | None = None) -> int:
+    """Predict for ``args``; ``locate`` finds the saved posterior (default: a local one)."""
     inputs = read_inputs(Path(args.input), args.drop_column)
     with tempfile.TemporaryDirectory() as tmp:
-        saved = SavedPosterior.load(_posterior_directory(args.model_uri, args.tracking_uri, tmp))
+        saved = SavedPosterior.load((locate or saved_directory)(args.model_uri, tmp))
     probs = saved.predict_proba(inputs, args.mode, args.n_samples, args.seed)
     table = prediction_table(probs, saved.class_names)
     if args.output:
@@ -132,30 +125,19 @@ def _read_table(path: Path, suffix: str, drop_columns: list[str]) -> np.ndarray:
     return frame.to_numpy(dtype=np.float64)
 
 
-def _posterior_directory(model_uri: str, tracking_uri: str | None, tmp: str) -> Path:
-    """The saved posterior's directory for ``model_uri``, downloaded into ``tmp`` if remote."""
+def saved_directory(model_uri: str, _tmp: str = "") -> Path:
+    """``model_uri`` as the directory of a saved posterior, or an error saying what it is."""
     local = Path(model_uri).expanduser()
+    if (local / MANIFEST_FILE).is_file():
+        return local
     if local.is_dir():
-        for candidate in (local, local / MLFLOW_POSTERIOR_DIR):
-            if (candidate / MANIFEST_FILE).is_file():
-                return candidate
         raise FileNotFoundError(
-            f"--model-uri {model_uri}: neither a saved posterior nor an MLflow model of one "
-            f"(no {MANIFEST_FILE} in it or in {MLFLOW_POSTERIOR_DIR})"
+            f"--model-uri {model_uri}: not a saved posterior (no {MANIFEST_FILE}); for an "
+            "MLflow model directory use python -m sweeps predict"
         )
-    if "://" not in model_uri and ":/" not in model_uri:
-        raise FileNotFoundError(f"--model-uri {model_uri}: no such directory")
-    try:
-        import mlflow
-    except ImportError as error:
+    if ":/" in model_uri:
         raise ValueError(
-            f"--model-uri {model_uri} is an MLflow URI: install gradreg[sweeps] for MLflow"
-        ) from error
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
-    downloaded = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
-    directory = Path(downloaded) / MLFLOW_POSTERIOR_DIR
-    if not (directory / MANIFEST_FILE).is_file():
-        raise ValueError(f"--model-uri {model_uri}: an MLflow model, but not a gradreg posterior")
-    return directory
+            f"--model-uri {model_uri} is an MLflow URI: python -m sweeps predict reads those "
+            "(the same arguments, and --tracking-uri)"
+        )
+    raise FileNotFoundError(f"--model-uri {model_uri}: no such directory")

@@ -1,12 +1,15 @@
-"""python -m sweeps run | resume | validate | schema | stop"""
+"""python -m sweeps run | resume | validate | schema | ensemble | predict | stop"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import sys
 from collections.abc import Sequence
 
+from gradreg.cli_predict import add_predict_arguments, run_predict
 from gradreg.version import add_version_argument
 from sweeps import (
     DirectoryStore,
@@ -80,11 +83,31 @@ def _parser() -> argparse.ArgumentParser:
     _driver_options(ensemble)
     ensemble.set_defaults(handler=_ensemble)
 
+    predict = commands.add_parser(
+        "predict", help="class probabilities, predicted class and entropy from an MLflow model"
+    )
+    add_predict_arguments(
+        predict, "an MLflow model: models:/NAME/VERSION, runs:/RUN_ID/model or a directory"
+    )
+    predict.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI"),
+        help="MLflow server or store of the model (default: $MLFLOW_TRACKING_URI)",
+    )
+    predict.set_defaults(handler=_predict)
+
     stop = commands.add_parser("stop", help="ask a stored sweep to stop (it stays resumable)")
     stop.add_argument("--sweep-id", required=True)
     stop.add_argument("--store", required=True)
     stop.set_defaults(handler=_stop)
     return parser
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from sweeps.model import download_posterior  # MLflow's model code, only for this command
+
+    locate = functools.partial(download_posterior, tracking_uri=args.tracking_uri)
+    return run_predict(args, locate)
 
 
 def _driver_options(parser: argparse.ArgumentParser) -> None:
@@ -185,7 +208,7 @@ def format_outcome(outcome: SweepOutcome, top: int = 5) -> str:
             f"registered model: not registered ({registered['error']})"
             if "error" in registered
             else f"registered model: {registered['uri']} (mlflow models serve -m "
-            f"{registered['uri']}, or python -m gradreg predict --model-uri {registered['uri']})"
+            f"{registered['uri']}, or python -m sweeps predict --model-uri {registered['uri']})"
         )
     lines.append(f"Tune state: {outcome.experiment_path}")
     return "\n".join(lines)

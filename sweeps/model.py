@@ -23,7 +23,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
-from gradreg.export import DEFAULT_N_SAMPLES, SavedPosterior
+from gradreg.export import DEFAULT_N_SAMPLES, MANIFEST_FILE, SavedPosterior
 from sweeps.records import SweepRecord, TrialSummary
 from sweeps.spec import SweepSpec
 from sweeps.tracking import SWEEP_TAG, TRIAL_TAG, Tracker
@@ -114,6 +114,25 @@ def log_model(
             metadata={"gradreg_method": saved.config.method_name},
         )
     return info.model_uri
+
+
+def download_posterior(model_uri: str, tmp: str, tracking_uri: str | None = None) -> Path:
+    """The saved posterior inside the MLflow model at ``model_uri`` (a ``models:/`` or
+    ``runs:/`` URI, or a local MLflow model directory), downloaded into ``tmp``; a saved
+    posterior's own directory is taken as it is."""
+    if (Path(model_uri).expanduser() / MANIFEST_FILE).is_file():
+        return Path(model_uri).expanduser()
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+    try:
+        downloaded = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+    except MlflowException as error:
+        raise ValueError(f"--model-uri {model_uri}: {error.message}") from error
+    directory = Path(downloaded, "artifacts", POSTERIOR_ARTIFACT)
+    if not (directory / MANIFEST_FILE).is_file():
+        raise ValueError(f"--model-uri {model_uri}: an MLflow model, but not a gradreg posterior")
+    return directory
 
 
 def _requirements() -> list[str]:

@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 from gradreg.cli import main as gradreg_main
 from gradreg.train import fit
 from service.launcher import free_port
+from sweeps.cli import main as sweeps_main
 from sweeps.model import log_model, logged_model_uri, register
 from tests.service.mlflow_server import MlflowServer
 
@@ -147,13 +148,13 @@ def test_mlflow_models_serve_answers_with_probabilities(saved, server, registere
         log.close()
 
 
-def _predict(argv: list[str], capsys) -> tuple[int, str, str]:
-    code = gradreg_main(["predict", *argv])
+def _predict(argv: list[str], capsys, cli=gradreg_main) -> tuple[int, str, str]:
+    code = cli(["predict", *argv])
     out = capsys.readouterr()
     return code, out.out, out.err
 
 
-def test_gradreg_predict_writes_probabilities_the_class_and_the_entropy(
+def test_predict_writes_probabilities_the_class_and_the_entropy(
     saved, server, registered, tmp_path, capsys
 ):
     raw = saved.inputs.example
@@ -165,6 +166,7 @@ def test_gradreg_predict_writes_probabilities_the_class_and_the_entropy(
             "--input", str(tmp_path / "x.npy"), "--output", str(output),
         ],
         capsys,
+        cli=sweeps_main,  # an MLflow URI: sweeps reads MLflow, gradreg does not
     )  # fmt: skip
     assert code == 0, err
     rows = list(csv.DictReader(io.StringIO(output.read_text())))
@@ -174,6 +176,19 @@ def test_gradreg_predict_writes_probabilities_the_class_and_the_entropy(
     assert [r["predicted"] for r in rows] == [saved.class_names[i] for i in expected.argmax(1)]
     entropy = -(expected * np.log(expected)).sum(axis=1)
     assert np.allclose([float(r["entropy"]) for r in rows], entropy, rtol=1e-8)
+
+    # gradreg sends an MLflow URI to sweeps.
+    code, _, err = _predict(
+        ["--model-uri", f"models:/{NAME}/1", "--input", str(tmp_path / "x.npy")], capsys
+    )
+    assert code == 2 and "python -m sweeps predict reads those" in err
+    code, _, err = _predict(
+        ["--model-uri", "models:/no-such-model/1", "--tracking-uri", server.url,
+         "--input", str(tmp_path / "x.npy")],
+        capsys,
+        cli=sweeps_main,
+    )  # fmt: skip
+    assert code == 2 and "--model-uri models:/no-such-model/1:" in err
 
     # A local directory (the saved posterior itself) needs no MLflow, and prints to stdout.
     directory = saved.save(tmp_path / "posterior")
@@ -217,4 +232,4 @@ def test_gradreg_predict_reads_tables_and_says_what_is_wrong(saved, tmp_path, ca
     code, _, err = _predict(
         ["--model-uri", str(tmp_path), "--input", str(table), "--drop-column", "species"], capsys
     )
-    assert code == 2 and "neither a saved posterior nor an MLflow model" in err
+    assert code == 2 and "not a saved posterior" in err
