@@ -151,5 +151,9 @@ def describe(sweep: dict, trials: list[dict]) -> str:
     links = sweep["links"]
     if links.get("mlflow_parent_run"):
         lines.append(f"  MLflow: {links['mlflow_parent_run']}")
+    registered = sweep.get("registered_model")
+    if registered:
+        where = registered.get("uri") or f"not registered ({registered.get('error')})"
+        lines.append(f"  registered model: {where}")
     lines.append(f"  {len(trials)} trial(s) listed at {links['trials']}")
     return "\n".join(lines)

@@ -12,7 +12,7 @@ import pytest
 
 from service import __main__ as service_main
 from service import client as service_client
-from service.client import SpecFileError, read_spec
+from service.client import SpecFileError, describe, read_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 DUMMY = ["--url", "http://127.0.0.1:9", "--token", "not-used"]  # never reached
@@ -132,3 +132,19 @@ def test_the_client_imports_nothing_heavy():
         [sys.executable, "-c", check], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert found.stdout.strip() == "[]"
+
+
+def test_describe_names_the_registered_model_or_why_there_is_none():
+    sweep = {
+        "id": "s1", "name": "digits", "status": "succeeded", "reason": "4 of 4", "attempt": 1,
+        "counts": {"succeeded": 4}, "best": [], "links": {"trials": "/v1/sweeps/s1/trials"},
+    }  # fmt: skip
+    assert "registered model" not in describe(sweep, [])
+    registered = {"name": "digits", "version": "2", "uri": "models:/digits/2"}
+    assert "  registered model: models:/digits/2" in describe(
+        {**sweep, "registered_model": registered}, []
+    )
+    failed = {"name": "digits", "error": "MlflowException: no registry"}
+    assert "not registered (MlflowException: no registry)" in describe(
+        {**sweep, "registered_model": failed}, []
+    )
