@@ -20,10 +20,11 @@ import numpy as np
 import torch
 
 from gradreg.config import TrainConfig
-from gradreg.data import Dataset, InputTransform
+from gradreg.data import Dataset
 from gradreg.gaussian import GaussianPosterior
 from gradreg.methods import get_method, posterior
 from gradreg.models import build_model
+from gradreg.transform import InputTransform
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "gradreg_model.json"

@@ -18,8 +18,9 @@ from sklearn.datasets import load_digits, load_wine
 
 from gradreg import data, userdata
 from gradreg.cli import main
-from gradreg.data import FileDatasetError, InputTransform, check_file_dataset, load_dataset
+from gradreg.data import FileDatasetError, check_file_dataset, load_dataset
 from gradreg.train import fit
+from gradreg.transform import InputTransform
 from tests.gradreg.test_datafiles import make_idx_dataset
 
 ANIMALS = ["zebra", "ant", "moth"]  # sorted: ant, moth, zebra
