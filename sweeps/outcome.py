@@ -53,6 +53,9 @@ def sweep_outcome(
     else:
         status = "succeeded"
         reason = f"{len(trials) - len(failed)} of {len(trials)} trials finished"
+    if status == "failed" and failed and failed[0].error:
+        # What broke, in the trial's words: a lost bucket or MLflow server names itself.
+        reason += f"; the first failure ({failed[0].name}): {failed[0].error}"
     return SweepOutcome(
         sweep=record.sweep,
         status=status,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
 import time
 from collections.abc import Mapping
@@ -47,6 +48,7 @@ ROLE_TAG = "gradreg.role"
 TRIAL_TAG = "gradreg.trial_id"
 TRIAL_NAME_TAG = "gradreg.trial_name"  # Tune's name of the trial; the run's own name is readable
 ATTEMPT_TAG = "gradreg.attempt"
+RESUMED_TAG = "gradreg.resumed_from_epoch"  # set by a retry that restored a checkpoint
 STATUS_TAG = "gradreg.status"
 ERROR_TAG = "gradreg.error"
 MAX_TAG_LENGTH = 5000
@@ -65,8 +67,16 @@ class TrialRun:
     logged_through_epoch: int  # epochs already logged by an earlier attempt
 
 
+# MLflow's defaults (a 120 s timeout, 7 retries with exponential backoff) let a server that
+# accepts connections and never answers hang a trial for hours; these bound a call to about
+# 30 s × 3 plus a few seconds of backoff. Set MLFLOW_HTTP_REQUEST_* to choose others.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
+
+
 class Tracker:
     def __init__(self, tracking_uri: str) -> None:
+        for name, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(name, value)
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
 

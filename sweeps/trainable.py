@@ -19,7 +19,7 @@ from sweeps.placement import Placement, device_tags, reported, trial_device
 from sweeps.records import BINS_KEY, PLACEMENT_KEY, RUN_ID_KEY, trial_number
 from sweeps.resolve import trial_config
 from sweeps.spec import SweepSpec
-from sweeps.tracking import Tracker, trial_run_name
+from sweeps.tracking import RESUMED_TAG, Tracker, trial_run_name
 
 STATE_FILE = "state.pt"
 FLUSH_INTERVAL_S = 2.0
@@ -35,6 +35,10 @@ class TrialContext:
     experiment_id: str
     parent_run_id: str
     data_root: str | None
+
+
+class CheckpointStorageError(OSError):
+    """A checkpoint that did not reach Tune's storage: the trial fails, naming the storage."""
 
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
@@ -60,6 +64,10 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         run_name=trial_run_name(spec.name, trial_number(tune_name), label),
     )
     resume = _load_checkpoint()
+    if resume is not None:
+        # Where a retry picked up: how a user (and the cluster tests) tell a resumed trial from
+        # one that began again.
+        tracker.set_tags(run.run_id, {RESUMED_TAG: str(int(resume["epoch"]))})
     every = spec.fault_tolerance.checkpoint_every_epochs
     epochs = EpochLog(tracker, run.run_id)
     placed: dict[str, Any] = {}  # where the trial runs, once its device is settled (below)
@@ -81,7 +89,11 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         epochs.flush()
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(report.state_dict(), Path(tmp, STATE_FILE))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+            try:
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+            except OSError as error:  # pyarrow's: the bucket or disk did not take it
+                message = f"could not save epoch {report.epoch}'s checkpoint to Tune's storage"
+                raise CheckpointStorageError(f"{message}: {error}") from error
 
     try:
         # Where it runs, first: a node that cannot give the device asked for fails here.
