@@ -1,11 +1,12 @@
 # On a fresh machine: `make demo` runs the sweep service with a digits sweep, `make stop` stops
-# it, `make test` runs the checks, `make train-demo` trains one model without the service.
+# it, `make test` runs the checks, `make train-demo` trains one model without the service,
+# `make cluster-up` / `make cluster-down` the compose deployment as processes (root).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo stop train-demo test lint deploy-check bench clean
+.PHONY: install demo stop train-demo test lint deploy-check bench clean cluster-up cluster-down
 
 # docker/constraints.txt pins the service's dependencies to the versions the images install:
 # the tests run those, not whatever PyPI released this morning (a new httpx or Optuna has
@@ -28,6 +29,15 @@ demo: install
 
 stop:
 	$(PY) -m service.demo stop
+
+# The compose deployment as processes on this machine: PostgreSQL, an S3 endpoint, MLflow's
+# server, a Ray head and two GPU workers in network namespaces, the API. Root only; see
+# docs/deploy.md, "Try the cluster on one machine".
+cluster-up: install
+	$(PY) -m localcluster up
+
+cluster-down:
+	$(PY) -m localcluster down
 
 train-demo: install
 	$(PY) -m gradreg train --dataset digits --method vl --variance uniform \

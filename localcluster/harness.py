@@ -38,6 +38,7 @@ DEFAULT_STATE = ROOT / "var" / "cluster"
 RAY_TMP = Path("/tmp/gradreg-cluster")  # Ray's Unix sockets need short paths
 MARKER = "gradreg local cluster"  # the comment on the databases the harness created
 LOCAL_POSTGRES = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+MARKER_VARIABLE = "GRADREG_LOCAL_CLUSTER"  # in every process the harness starts: its state dir
 
 NODES = {
     "minio": Node("gradreg-s3", f"{PREFIX}.2", ("minio",)),
@@ -70,6 +71,9 @@ def _settings() -> dict[str, str]:
         # Where users on this machine open the UI; the nodes use http://mlflow:5000.
         "GRADREG_MLFLOW_UI_URL": MLFLOW_URL,
         "MLFLOW_PUBLIC_HOST": f"{NODES['mlflow'].address}:5000",
+        # A hung MLflow server fails a call in about 10 s × 2 here (compose's default: 30 s × 3).
+        "GRADREG_MLFLOW_TIMEOUT_S": "10",
+        "GRADREG_MLFLOW_RETRIES": "1",
         # No hardware to build images for; the variant only names the image.
         "TORCH_VARIANT": "cpu",
     }
@@ -136,6 +140,8 @@ class Cluster:
         record = self._load()
         for pid in record.get("processes", {}).values():
             _kill_group(pid)
+        for pid in self.leftovers():  # e.g. a Ray worker that left its namespace's pid list
+            _send(pid, signal.SIGKILL)
         network.remove(list(NODES.values()))
         shutil.rmtree(RAY_TMP, ignore_errors=True)
         if record:
@@ -181,6 +187,20 @@ class Cluster:
                 _send(pid, signal.SIGKILL)
             time.sleep(0.1)
 
+    def leftovers(self) -> list[int]:
+        """Processes this cluster started (they carry its marker in their environment) that
+        are still running."""
+        marker = f"{MARKER_VARIABLE}={self.state}".encode()
+        found = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit() and int(proc.name) != os.getpid():
+                try:
+                    if marker in (proc / "environ").read_bytes().split(b"\0"):
+                        found.append(int(proc.name))
+                except OSError:  # gone, or a kernel thread
+                    continue
+        return found
+
     def pause(self, name: str) -> None:
         """SIGSTOP the node's processes: its ports still accept connections, nothing answers."""
         _signal_all(NODES[name], signal.SIGSTOP)
@@ -221,13 +241,14 @@ class Cluster:
 
     def _launch(self, node: Node, argv: list[str], env: dict[str, str] | None = None) -> None:
         log = self.state / "logs" / f"{node.name}.log"
+        env = env or {"PATH": f"{sys.prefix}/bin:{BASE_PATH}", "HOME": str(self.state)}
         with log.open("ab") as out:
             process = subprocess.Popen(
                 [*node.prefix, *argv],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
-                env=env or {"PATH": f"{sys.prefix}/bin:{BASE_PATH}", "HOME": str(self.state)},
+                env={**env, MARKER_VARIABLE: str(self.state)},
                 start_new_session=True,
             )
         record = self._load()
@@ -263,13 +284,15 @@ class Cluster:
             for database in ("gradreg", "mlflow"):
                 connection.execute(f"COMMENT ON DATABASE {database} IS '{MARKER}'")
         forward = [sys.executable, "-m", "localcluster.forward", f"{HOST_ADDRESS}:5432"]
-        process = subprocess.Popen(
-            [*forward, "127.0.0.1:5432"],
-            cwd=ROOT,
-            start_new_session=True,
-            stdout=subprocess.DEVNULL,
-            stderr=(self.state / "logs" / "forward.log").open("ab"),
-        )
+        with (self.state / "logs" / "forward.log").open("ab") as log:
+            process = subprocess.Popen(
+                [*forward, "127.0.0.1:5432"],
+                cwd=ROOT,
+                env={"PATH": BASE_PATH, MARKER_VARIABLE: str(self.state)},
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         record = self._load()
         record["processes"]["postgres-forward"] = process.pid
         self._save(record)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -381,7 +382,14 @@ def _drive(
             grid = tuner.fit()
         monitor.save_states()
     except BaseException as error:
-        tracker.fail_sweep(record, error)
+        try:
+            tracker.fail_sweep(record, error)
+        except Exception as tracking_error:
+            # The sweep's own error is what failed it; MLflow's (often the same lost bucket or
+            # server) must not take its place in the job's ending.
+            logging.getLogger(__name__).warning(
+                "MLflow could not record that the sweep failed: %s", tracking_error
+            )
         raise
     finally:
         unregister(record.sweep)

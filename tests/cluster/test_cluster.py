@@ -1,0 +1,304 @@
+"""The deployment run end to end and broken on purpose: sweeps through the API on the local
+cluster (a Ray head and two one-GPU workers at addresses of their own, Tune's state in an S3
+bucket, MLflow's server on PostgreSQL serving artifacts from the bucket).
+
+The tests run in this order and share the cluster: each leaves it whole again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import boto3
+import httpx
+import psycopg
+import pytest
+from mlflow import MlflowClient
+
+from localcluster.harness import MLFLOW_URL, NODES, WORKERS, Cluster
+from sweeps.tracking import ATTEMPT_TAG, RESUMED_TAG
+from tests.cluster.conftest import finished, submit, sweep, sweep_spec, trials, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+WORKER_IPS = {NODES[name].address: name for name in WORKERS}
+
+
+def figure(fault: str, **values: object) -> None:
+    """One line of RELIABILITY.md's cluster table (`pytest -s tests/cluster` prints them)."""
+    print(f"\ncluster figure: {fault}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+
+
+def s3(cluster: Cluster):
+    return boto3.client(
+        "s3",
+        endpoint_url=cluster.s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+
+
+def bucket_keys(cluster: Cluster, prefix: str) -> list[str]:
+    keys: list[str] = []
+    pages = (
+        s3(cluster).get_paginator("list_objects_v2").paginate(Bucket=cluster.bucket, Prefix=prefix)
+    )
+    for page in pages:
+        keys += [entry["Key"] for entry in page.get("Contents", [])]
+    return keys
+
+
+def saved_in_state(cluster: Cluster, sweep_id: str, trial_ids: list[str]) -> bool:
+    """Whether Tune's latest experiment state in the bucket names every one of the trials."""
+    keys = [k for k in bucket_keys(cluster, f"tune/{sweep_id}/") if "/experiment_state" in k]
+    if not keys:
+        return False
+    body = s3(cluster).get_object(Bucket=cluster.bucket, Key=max(keys))["Body"].read().decode()
+    return all(trial_id in body for trial_id in trial_ids)
+
+
+def epoch_steps(run_id: str) -> list[int]:
+    return [m.step for m in MlflowClient(MLFLOW_URL).get_metric_history(run_id, "val_nll")]
+
+
+def assert_each_epoch_logged_once(items: list[dict], epochs: int) -> None:
+    for trial in items:
+        steps = epoch_steps(trial["mlflow_run_id"])
+        assert sorted(steps) == list(range(1, epochs + 1)), (trial["name"], steps)
+
+
+def running_on(api: httpx.Client, sweep_id: str, worker: str, min_epoch: int) -> dict | None:
+    for trial in trials(api, sweep_id):
+        placement = trial.get("placement") or {}
+        on_worker = WORKER_IPS.get(placement.get("node_ip")) == worker
+        if trial["state"] == "running" and on_worker and (trial["epoch"] or 0) >= min_epoch:
+            return trial
+    return None
+
+
+def test_a_sweep_spreads_over_both_gpu_workers(cluster, api):
+    started = time.monotonic()
+    sweep_id = submit(api, sweep_spec("spread", trials=4, concurrent=4, gpu=0.5))
+
+    done = finished(api, sweep_id)
+    wall_s = time.monotonic() - started
+
+    assert done["status"] == "succeeded", done["reason"]
+    items = trials(api, sweep_id)
+    assert len(items) == 4 and {t["state"] for t in items} == {"succeeded"}
+    placements = [t["placement"] for t in items]
+    # Both workers ran trials; the head (no GPUs) ran none.
+    assert {WORKER_IPS[p["node_ip"]] for p in placements} == set(WORKERS)
+    # All four ran at once with 0.5 GPU each: never more than one GPU's worth on a GPU.
+    per_gpu = Counter((p["node_id"], gpu) for p in placements for gpu in p["gpu_ids"])
+    assert max(per_gpu.values()) * 0.5 <= 1.0, per_gpu
+    assert {p["device"] for p in placements} == {"cpu"}  # no CUDA here: recorded, not hidden
+    run = MlflowClient(MLFLOW_URL).get_run(items[0]["mlflow_run_id"])
+    assert run.data.tags["gradreg.node_ip"] == placements[0]["node_ip"]
+
+    # Tune's experiment state and every trial's checkpoints are in the bucket.
+    tune_keys = bucket_keys(cluster, f"tune/{sweep_id}/")
+    assert any(key.rsplit("/", 1)[-1].startswith("experiment_state") for key in tune_keys)
+    for trial in items:
+        assert any(f"/{trial['name']}/checkpoint_" in key for key in tune_keys), trial["name"]
+    # The metrics are in MLflow's PostgreSQL database, each epoch once.
+    run_ids = [t["mlflow_run_id"] for t in items]
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=mlflow") as db:
+        (rows,) = db.execute(
+            "SELECT count(*) FROM metrics WHERE key = 'val_nll' AND run_uuid = ANY(%s)",
+            (run_ids,),
+        ).fetchone()
+    assert rows == 4 * 6
+    # The reliability diagrams reached the bucket through the MLflow server.
+    experiment = done["mlflow_experiment_id"]
+    pngs = [k for k in bucket_keys(cluster, f"mlflow/{experiment}/") if k.endswith(".png")]
+    assert {run_id for run_id in run_ids if any(f"/{run_id}/" in k for k in pngs)} == set(run_ids)
+    per_node = Counter(WORKER_IPS[p["node_ip"]] for p in placements)
+    figure("none (placement)", sweep_s=round(wall_s), trials_per_node=dict(per_node))
+
+
+def test_the_api_restarted_keeps_following_its_sweep(cluster, api):
+    sweep_id = submit(api, sweep_spec("api-restart", trials=2, concurrent=2, gpu=1, epochs=20))
+    wait_until(lambda: sweep(api, sweep_id)["status"] == "running", 120, "the sweep running")
+
+    stopped = time.monotonic()
+    cluster.stop("api")
+    cluster.start("api")
+    down_s = time.monotonic() - stopped
+
+    done = finished(api, sweep_id)
+    assert done["status"] == "succeeded", done["reason"]
+    assert done["attempt"] == 1  # followed, not resubmitted
+    items = trials(api, sweep_id)
+    assert len(items) == 2 and {t["state"] for t in items} == {"succeeded"}
+    assert_each_epoch_logged_once(items, 20)
+    figure("API restarted", api_back_s=round(down_s), trials_lost=0, duplicate_epochs=0)
+
+
+def test_a_worker_killed_mid_trial_resumes_it_on_the_other_node(cluster, api):
+    epochs = 40
+    spec = sweep_spec("worker-lost", trials=2, concurrent=2, gpu=1, epochs=epochs, hidden=(256,))
+    sweep_id = submit(api, spec)
+    victim = wait_until(
+        lambda: running_on(api, sweep_id, "ray-worker-2", min_epoch=4), 240, "a trial on worker 2"
+    )
+
+    killed = time.monotonic()
+    cluster.kill("ray-worker-2")
+    try:
+
+        def running_elsewhere() -> bool:
+            moved = next(t for t in trials(api, sweep_id) if t["trial_id"] == victim["trial_id"])
+            on = WORKER_IPS.get((moved.get("placement") or {}).get("node_ip"))
+            return on == "ray-worker-1" and moved["state"] in ("running", "succeeded")
+
+        wait_until(running_elsewhere, 600, "the lost trial running on worker 1")
+        resumed_s = time.monotonic() - killed
+        done = finished(api, sweep_id, timeout_s=600)
+    finally:
+        cluster.start("ray-worker-2")
+
+    assert done["status"] == "succeeded", done["reason"]
+    items = trials(api, sweep_id)
+    assert len(items) == 2 and {t["state"] for t in items} == {"succeeded"}
+    moved = next(t for t in items if t["trial_id"] == victim["trial_id"])
+    assert WORKER_IPS[moved["placement"]["node_ip"]] == "ray-worker-1"
+    run = MlflowClient(MLFLOW_URL).get_run(moved["mlflow_run_id"])
+    assert run.data.tags[ATTEMPT_TAG] == "2"
+    # It carried on from a checkpoint in the bucket, not from the start.
+    assert 1 <= int(run.data.tags[RESUMED_TAG]) <= epochs
+    assert_each_epoch_logged_once(items, epochs)
+    runs = MlflowClient(MLFLOW_URL).search_runs(
+        [done["mlflow_experiment_id"]],
+        f"tags.mlflow.parentRunId = '{done['mlflow_parent_run_id']}'",
+    )
+    assert len(runs) == 2  # one run per trial, the retry's included
+    figure(
+        "worker SIGKILLed mid-trial",
+        running_again_s=round(resumed_s),
+        resumed_from_epoch=run.data.tags[RESUMED_TAG],
+        store_epoch_before_kill=victim["epoch"],
+        trials_lost=0,
+        duplicate_epochs=0,
+    )
+
+
+def test_the_head_killed_and_restarted_resubmits_and_resumes_the_sweep(cluster, api):
+    # Long enough trials (about 40 s here) that Tune saves its state while they run.
+    epochs = 150
+    spec = sweep_spec("head-lost", trials=4, concurrent=2, gpu=1, epochs=epochs, hidden=(128,))
+    sweep_id = submit(api, spec)
+
+    def two_done_the_rest_saved() -> list[dict] | None:
+        # A trial that Tune's state in the bucket does not hold yet is lost with the driver
+        # (the store says so and the sweep runs another in its place); on S3 a save can lag
+        # a trial's start by tens of seconds. So the loss comes once the state holds the
+        # running trials, and before they finish.
+        items = trials(api, sweep_id)
+        running = [t["trial_id"] for t in items if t["state"] == "running"]
+        done = [t for t in items if t["state"] == "succeeded"]
+        if len(done) < 2 or not running or not saved_in_state(cluster, sweep_id, running):
+            return None
+        return items
+
+    before = wait_until(two_done_the_rest_saved, 400, "two trials done, the rest saved by Tune")
+    finished_before = [t["trial_id"] for t in before if t["state"] == "succeeded"]
+    running_before = [t["trial_id"] for t in before if t["state"] == "running"]
+
+    # The head's death ends the Ray cluster: its workers go with it, and compose's restart
+    # policy starts all three again.
+    killed = time.monotonic()
+    cluster.kill("ray-head")
+    for worker in WORKERS:
+        cluster.kill(worker)
+    cluster.start("ray-head")
+    for worker in WORKERS:
+        cluster.start(worker)
+    restarted_s = time.monotonic() - killed
+
+    def resubmitted() -> bool:
+        state = sweep(api, sweep_id)
+        return state["attempt"] == 2 and state["status"] in ("running", "succeeded")
+
+    wait_until(resubmitted, 300, "attempt 2 running")
+    resubmitted_s = time.monotonic() - killed
+    done = finished(api, sweep_id, timeout_s=600)
+    assert done["status"] == "succeeded", done["reason"]
+    assert done["attempt"] == 2  # the reconciler resubmitted it
+    items = {t["trial_id"]: t for t in trials(api, sweep_id)}
+    assert len(items) == 4 and {t["state"] for t in items.values()} == {"succeeded"}
+    client = MlflowClient(MLFLOW_URL)
+    for trial_id in finished_before:
+        # Finished before the loss: not trained again (its run was never reopened).
+        run = client.get_run(items[trial_id]["mlflow_run_id"])
+        assert run.data.tags[ATTEMPT_TAG] == "1"
+    for trial_id in running_before:
+        # Running at the loss: the same trial went on from its checkpoint in the bucket.
+        run = client.get_run(items[trial_id]["mlflow_run_id"])
+        assert run.data.tags[ATTEMPT_TAG] == "2"
+        assert int(run.data.tags[RESUMED_TAG]) >= 1
+    assert_each_epoch_logged_once(list(items.values()), epochs)
+    figure(
+        "head SIGKILLed (and its workers), restarted",
+        cluster_back_s=round(restarted_s),
+        attempt_2_running_s=round(resubmitted_s),
+        trials_lost=0,
+        duplicate_epochs=0,
+        retrained_finished_trials=0,
+    )
+
+
+def test_a_hung_mlflow_server_fails_the_sweep_in_bounded_time(cluster, api):
+    spec = sweep_spec("mlflow-hung", trials=2, concurrent=2, gpu=1, epochs=60, retries=0)
+    sweep_id = submit(api, spec)
+    wait_until(
+        lambda: running_on(api, sweep_id, "ray-worker-1", min_epoch=2), 240, "a trial running"
+    )
+
+    cluster.pause("mlflow")  # its port still accepts connections; nothing answers
+    paused = time.monotonic()
+    try:
+        # Each MLflow call gives up after 10 s × 2 (the harness's GRADREG_MLFLOW_TIMEOUT_S and
+        # _RETRIES): the trials, then the driver, then each resubmitted attempt fail in turn.
+        done = finished(api, sweep_id, timeout_s=420)
+        hung_for_s = time.monotonic() - paused
+    finally:
+        cluster.resume("mlflow")
+
+    assert done["status"] == "failed"
+    assert "http://mlflow:5000" in done["reason"] and "timed out" in done["reason"], done["reason"]
+    assert done["attempt"] == 3  # GRADREG_MAX_ATTEMPTS: every attempt ended, none hung
+    items = trials(api, sweep_id)
+    assert items and {t["state"] for t in items} <= {"failed", "interrupted"}
+    for trial in items:
+        assert "mlflow:5000" in trial["error"], trial["error"]
+    assert hung_for_s < 420
+    figure("MLflow server hung (SIGSTOP)", sweep_failed_after_s=round(hung_for_s), attempts=3)
+
+
+def test_an_unreachable_bucket_fails_the_sweep_naming_the_storage(cluster, api):
+    spec = sweep_spec("bucket-lost", trials=2, concurrent=2, gpu=1, epochs=60, retries=0)
+    sweep_id = submit(api, spec)
+    wait_until(
+        lambda: running_on(api, sweep_id, "ray-worker-1", min_epoch=2), 240, "a trial running"
+    )
+
+    killed = time.monotonic()
+    cluster.kill("minio")
+    try:
+        done = finished(api, sweep_id, timeout_s=420)
+        failed_s = time.monotonic() - killed
+    finally:
+        cluster.start("minio")
+
+    assert done["status"] == "failed"
+    # The storage by name: pyarrow's errors name the bucket and Tune's key in it.
+    assert "bucket 'gradreg'" in done["reason"], done["reason"]
+    items = trials(api, sweep_id)
+    # Nothing whose checkpoint or artifacts did not reach the bucket counts as succeeded.
+    assert items and {t["state"] for t in items} <= {"failed", "interrupted"}
+    for trial in items:
+        assert "bucket 'gradreg'" in trial["error"], trial["error"]
+    figure("S3 endpoint down (SIGKILL)", sweep_failed_after_s=round(failed_s), succeeded=0)
