@@ -17,8 +17,9 @@ import pytest
 from mlflow import MlflowClient
 
 from localcluster.harness import MLFLOW_URL, NODES, WORKERS, Cluster
+from localcluster.sample import digits_sweep as sweep_spec
 from sweeps.tracking import ATTEMPT_TAG, RESUMED_TAG
-from tests.cluster.conftest import finished, submit, sweep, sweep_spec, trials, wait_until
+from tests.cluster.conftest import finished, submit, sweep, trials, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -76,6 +77,16 @@ def running_on(api: httpx.Client, sweep_id: str, worker: str, min_epoch: int) ->
         if trial["state"] == "running" and on_worker and (trial["epoch"] or 0) >= min_epoch:
             return trial
     return None
+
+
+def two_trials_running(api: httpx.Client, name: str) -> str:
+    """A sweep of two long trials without retries, once it is under way."""
+    spec = sweep_spec(name, trials=2, concurrent=2, gpu=1, epochs=60, retries=0)
+    sweep_id = submit(api, spec)
+    wait_until(
+        lambda: running_on(api, sweep_id, "ray-worker-1", min_epoch=2), 240, "a trial running"
+    )
+    return sweep_id
 
 
 def test_a_sweep_spreads_over_both_gpu_workers(cluster, api):
@@ -251,11 +262,7 @@ def test_the_head_killed_and_restarted_resubmits_and_resumes_the_sweep(cluster, 
 
 
 def test_a_hung_mlflow_server_fails_the_sweep_in_bounded_time(cluster, api):
-    spec = sweep_spec("mlflow-hung", trials=2, concurrent=2, gpu=1, epochs=60, retries=0)
-    sweep_id = submit(api, spec)
-    wait_until(
-        lambda: running_on(api, sweep_id, "ray-worker-1", min_epoch=2), 240, "a trial running"
-    )
+    sweep_id = two_trials_running(api, "mlflow-hung")
 
     cluster.pause("mlflow")  # its port still accepts connections; nothing answers
     paused = time.monotonic()
@@ -279,11 +286,7 @@ def test_a_hung_mlflow_server_fails_the_sweep_in_bounded_time(cluster, api):
 
 
 def test_an_unreachable_bucket_fails_the_sweep_naming_the_storage(cluster, api):
-    spec = sweep_spec("bucket-lost", trials=2, concurrent=2, gpu=1, epochs=60, retries=0)
-    sweep_id = submit(api, spec)
-    wait_until(
-        lambda: running_on(api, sweep_id, "ray-worker-1", min_epoch=2), 240, "a trial running"
-    )
+    sweep_id = two_trials_running(api, "bucket-lost")
 
     killed = time.monotonic()
     cluster.kill("minio")
