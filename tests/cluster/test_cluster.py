@@ -197,8 +197,9 @@ def test_a_worker_killed_mid_trial_resumes_it_on_the_other_node(cluster, api):
 
 
 def test_the_head_killed_and_restarted_resubmits_and_resumes_the_sweep(cluster, api):
-    # Long enough trials (about 40 s here) that Tune saves its state while they run.
-    epochs = 150
+    # Trials long enough (about 2 min here) that Tune saves its state while they run: a busy
+    # machine stretches the saves' period to 20× a save's time, and uploads to S3 are slow.
+    epochs = 400
     spec = sweep_spec("head-lost", trials=4, concurrent=2, gpu=1, epochs=epochs, hidden=(128,))
     sweep_id = submit(api, spec)
 
@@ -214,7 +215,7 @@ def test_the_head_killed_and_restarted_resubmits_and_resumes_the_sweep(cluster, 
             return None
         return items
 
-    before = wait_until(two_done_the_rest_saved, 400, "two trials done, the rest saved by Tune")
+    before = wait_until(two_done_the_rest_saved, 900, "two trials done, the rest saved by Tune")
     finished_before = [t["trial_id"] for t in before if t["state"] == "succeeded"]
     running_before = [t["trial_id"] for t in before if t["state"] == "running"]
 
@@ -235,7 +236,7 @@ def test_the_head_killed_and_restarted_resubmits_and_resumes_the_sweep(cluster, 
 
     wait_until(resubmitted, 300, "attempt 2 running")
     resubmitted_s = time.monotonic() - killed
-    done = finished(api, sweep_id, timeout_s=600)
+    done = finished(api, sweep_id, timeout_s=900)
     assert done["status"] == "succeeded", done["reason"]
     assert done["attempt"] == 2  # the reconciler resubmitted it
     items = {t["trial_id"]: t for t in trials(api, sweep_id)}
