@@ -6,6 +6,7 @@ Run with `-s` for the figures RELIABILITY.md quotes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import statistics
 import sys
 import time
@@ -93,35 +94,66 @@ def test_50_concurrent_readers_while_a_sweep_runs(service):
     with service.client() as client:
         sweep_id = client.post("/v1/sweeps", json=tiny_spec(tag) | {"name": "read-me"}).json()["id"]
         wait_for(client, sweep_id, lambda s: s["status"] in ("running", "succeeded"), 120)
-    latencies, statuses = asyncio.run(read_for(service.url, sweep_id))
-    assert statuses == {200: len(latencies)}
-    ordered = sorted(latencies)
+    reads = asyncio.run(read_for(service.url, sweep_id))
+    failed = [r for r in reads if r.status != 200]
+    assert not failed, (
+        f"{len(failed)} of {len(reads)} reads not answered 200: "
+        f"{[(r.path, r.status or r.error) for r in failed[:10]]}\n{service.log_tail()}"
+    )
+    # RFC 9112 lets a client resend an idempotent request on a reused connection closed before
+    # any answer came (a browser does); a server that did that often would still be broken.
+    resent = [r for r in reads if r.resent_after]
+    assert len(resent) <= max(1, len(reads) // 100), (
+        f"{len(resent)} of {len(reads)} reads had their connection dropped: "
+        f"{[r.resent_after for r in resent[:10]]}\n{service.log_tail()}"
+    )
+    ordered = sorted(r.seconds for r in reads)
     p50 = statistics.median(ordered)
     p99 = ordered[int(0.99 * (len(ordered) - 1))]
     print(
         f"\n{READERS} readers for {READ_SECONDS:.0f} s while a sweep ran: {len(ordered)} reads, "
-        f"{len(ordered) / READ_SECONDS:.0f}/s, p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms",
+        f"{len(ordered) / READ_SECONDS:.0f}/s, p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
+        f"{len(resent)} resent after a dropped connection",
         file=sys.stderr,
     )
     cancel_everything(service)
 
 
-async def read_for(url: str, sweep_id: str) -> tuple[list[float], dict[int, int]]:
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
+@dataclasses.dataclass
+class Read:
+    path: str
+    seconds: float
+    status: int | None = None
+    error: str | None = None
+    resent_after: str | None = None
+
+
+async def read_for(url: str, sweep_id: str) -> list[Read]:
+    reads: list[Read] = []
     deadline = time.perf_counter() + READ_SECONDS
     paths = [f"/v1/sweeps/{sweep_id}", f"/v1/sweeps/{sweep_id}/trials", "/v1/sweeps?limit=20"]
+
+    async def read(client: httpx.AsyncClient, path: str) -> Read:
+        started = time.perf_counter()
+        dropped = None
+        try:
+            try:
+                response = await client.get(path)
+            except (httpx.ReadError, httpx.RemoteProtocolError) as error:
+                dropped = repr(error)
+                response = await client.get(path)
+        except httpx.TransportError as error:
+            failure = f"{dropped}, then {error!r}" if dropped else repr(error)
+            return Read(path, time.perf_counter() - started, error=failure)
+        return Read(path, time.perf_counter() - started, response.status_code, None, dropped)
 
     async def reader(client: httpx.AsyncClient, offset: int) -> None:
         turn = offset
         while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            response = await client.get(paths[turn % len(paths)])
-            latencies.append(time.perf_counter() - started)
-            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+            reads.append(await read(client, paths[turn % len(paths)]))
             turn += 1
 
     limits = httpx.Limits(max_connections=READERS)
     async with httpx.AsyncClient(base_url=url, headers=HEADERS, timeout=60, limits=limits) as c:
         await asyncio.gather(*(reader(c, i) for i in range(READERS)))
-    return latencies, statuses
+    return reads
