@@ -17,8 +17,8 @@ search          Optuna's suggestion (``study.ask(distributions)`` + ``tell``) fo
                 the experiment state: `OptunaSearch.save_to_dir` (it pickles the whole study).
 tune_state      One save of Tune's experiment state at 1,000 and 10,000 trials, with Ray 2.60's
                 own objects: a `TuneController` holding N `Trial`s (each with its last result,
-                metric analysis and checkpoints, and result.json written by the real
-                `JsonLoggerCallback`), the driver's callbacks and an `OptunaSearch` whose study
+                metric analysis and checkpoints, and result.json written by the driver's
+                `LatestResultLogger`), the driver's callbacks and an `OptunaSearch` whose study
                 holds N trials. Timed: `TuneController.save_to_dir` (the driver's loop waits for
                 it; split into trials' JSON, the state file, the searcher and the callbacks'
                 state) after the ``--tune-running`` running trials reported once more, and the
@@ -460,13 +460,10 @@ def build_controller(
     from ray.tune.execution.placement_groups import PlacementGroupFactory
     from ray.tune.execution.tune_controller import TuneController
     from ray.tune.experiment import Trial
-    from ray.tune.logger import JsonLoggerCallback
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.search_generator import SearchGenerator
 
-    from sweeps.checkpoints import CheckpointPruner
-    from sweeps.driver import _trial_name
-    from sweeps.progress import SweepCallback
+    from sweeps.driver import _trial_name, tune_callbacks
 
     sweep = f"scale-{n}"
     spec = search_spec("tpe", n)
@@ -474,7 +471,7 @@ def build_controller(
     storage = StorageContext(storage_path=str(root / "tune"), experiment_dir_name=sweep)
     controller = TuneController(
         search_alg=SearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=running)),
-        callbacks=[SweepCallback(sweep, spec), JsonLoggerCallback(), CheckpointPruner()],
+        callbacks=tune_callbacks(sweep, spec),
         storage=storage,
         reuse_actors=True,
         checkpoint_period=GLOBAL_CHECKPOINT_S,

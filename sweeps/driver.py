@@ -22,14 +22,15 @@ from typing import Any, TextIO
 
 import ray
 from ray import tune
-from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from gradreg.names import default_goal
 from sweeps.checkpoints import (
     CheckpointPruner,
+    LatestResultLogger,
     adaptive_state_saves,
+    deletions_finished,
     searcher_follows_moved_experiment,
 )
 from sweeps.checks import admitted
@@ -87,7 +88,7 @@ TUNE_ENV = {
     # Tune's newer console output prints a banner and tables on stdout even at verbose=0;
     # the driver prints its own progress (stderr) and report (stdout, possibly JSON).
     "RAY_AIR_NEW_OUTPUT": "0",
-    # MLflow holds the metrics for people; Tune needs only its result.json (added below).
+    # MLflow holds the metrics for people; Tune needs only its result.json (tune_callbacks).
     # Its CSV and TensorBoard loggers took 7 ms of the driver's loop per report.
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     # The driver turns Ctrl-C into its own stop request (sweeps.progress.stop_on_signals).
@@ -335,14 +336,19 @@ def _scheduler(spec: SweepSpec) -> TrialScheduler:
     )
 
 
+def tune_callbacks(sweep: str, spec: SweepSpec) -> list[tune.Callback]:
+    """The driver's callbacks into Tune's loop."""
+    # Tune keeps every checkpoint; the pruner deletes them once no saved state names them.
+    return [SweepCallback(sweep, spec), LatestResultLogger(), CheckpointPruner()]
+
+
 def _run_config(spec: SweepSpec, path: str) -> tune.RunConfig:
     storage, sweep = path.rsplit("/", 1)
     return tune.RunConfig(
         name=sweep,
         storage_path=storage,
         failure_config=tune.FailureConfig(max_failures=spec.fault_tolerance.max_retries_per_trial),
-        # Tune keeps every checkpoint; the pruner deletes them once no saved state names them.
-        callbacks=[SweepCallback(sweep, spec), JsonLoggerCallback(), CheckpointPruner()],
+        callbacks=tune_callbacks(sweep, spec),
         stop=FailedTrialsStopper(sweep),
         verbose=0,
     )
@@ -378,7 +384,7 @@ def _drive(
     )
     register(monitor)
     try:
-        with stop_on_signals(monitor), adaptive_state_saves():
+        with stop_on_signals(monitor), adaptive_state_saves(), deletions_finished():
             grid = tuner.fit()
         monitor.save_states()
     except BaseException as error:

@@ -6,11 +6,13 @@ import io
 import json
 import math
 import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
+from ray.tune import ExperimentAnalysis
 
 from sweeps import TrialEvent, resume_sweep, run_sweep
 from sweeps.driver import SweepExistsError
@@ -334,6 +336,14 @@ def test_a_stopped_trial_resumes_from_its_checkpoint(
     client, _, (child,) = runs_of(tracking_uri, spec.name)
     steps = [m.step for m in client.get_metric_history(child.info.run_id, "epoch")]
     assert steps == [1, 2, 3, 4, 5, 6]
+    # Tune's results file, uploaded at every save of its state, holds the latest result only;
+    # what Tune resumes from is on storage.
+    analysis = ExperimentAnalysis(second.experiment_path)
+    (frame,) = analysis.trial_dataframes.values()
+    assert list(frame["epoch"]) == [6]
+    (saved,) = analysis.trials
+    latest = saved.run_metadata.checkpoint_manager.latest_checkpoint_result.checkpoint
+    assert Path(latest.path).is_dir()
 
 
 def test_a_trial_the_cluster_cannot_place_fails_the_sweep_saying_why(
