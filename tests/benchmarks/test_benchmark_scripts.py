@@ -137,6 +137,31 @@ def test_sweep_scale_smoke_run(tmp_path):
             assert row["ratios_p50"]["report"] == 1.0
 
 
+@pytest.mark.slow
+def test_tune_state_s3_smoke_run(tmp_path):
+    # Its own process: the script starts moto's S3 server and a Ray instance.
+    out = tmp_path / "state.json"
+    arguments = ["--epochs", "4", "--trials", "2", "--json", str(out)]
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "tune_state_s3.py"), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    for label in ("earlier", "now"):
+        row = figures[label]
+        assert row["saves"] >= 2 and row["state_bytes"] > 0 and row["result_bytes"] > 0
+        assert row["trial_events"] == 2 * 2  # each trial's start and end, seen in the bucket
+        assert 0 <= row["lag_p50_s"] <= row["lag_max_s"] < 60
+    # The earlier driver appended every report; now each trial's file holds its latest one.
+    assert figures["ratio"]["result_bytes"] < 0.5
+    assert "now/earlier" in done.stdout
+
+
 def test_method_comparison_smoke_run(tmp_path, monkeypatch, capsys):
     _run(
         "method_comparison.py",
