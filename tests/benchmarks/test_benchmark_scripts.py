@@ -19,6 +19,21 @@ def _run(script: str, args: list[str], monkeypatch) -> None:
     runpy.run_path(str(BENCHMARKS / script), run_name="__main__")
 
 
+def _run_apart(script: str, args: list[str], tmp_path: Path) -> tuple[str, dict]:
+    """Run ``script`` in its own process (one that starts Ray, say); its stdout and figures."""
+    out = tmp_path / "figures.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout, json.loads(out.read_text())
+
+
 def test_gpu_step_cost_smoke_run(tmp_path, monkeypatch, capsys):
     out = tmp_path / "rows.json"
     _run(
@@ -82,7 +97,6 @@ def test_sweep_overhead_smoke_run(tmp_path):
 @pytest.mark.slow
 def test_sweep_scale_smoke_run(tmp_path):
     # Its own process: the script starts a Ray instance and a driver process per size.
-    out = tmp_path / "scale.json"
     arguments = [
         # 1001: above the trials a gp spec may have; GP itself is timed at its own sizes only.
         *("--search-trials", "12", "1001", "--gp-trials", "12", "16"),
@@ -92,16 +106,7 @@ def test_sweep_scale_smoke_run(tmp_path):
         *("--summary-repeats", "1", "--driver-trials", "4", "--driver-epochs", "2"),
         *("--store-sizes", "5", "20", "--store-reports", "10", "--store-requests", "3"),
     ]
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "sweep_scale.py"), *arguments, "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    figures = json.loads(out.read_text())
+    stdout, figures = _run_apart("sweep_scale.py", arguments, tmp_path)
     assert set(figures["parts"]) == {"search", "tune_state", "parent_summary", "driver", "store"}
     search = figures["search"]
     assert set(search) == {"tpe", "gp", "cmaes", "nsga2"}
@@ -115,7 +120,7 @@ def test_sweep_scale_smoke_run(tmp_path):
     gp = search["gp"]["sizes"]
     assert gp["12"]["run"] and gp["16"]["run"] and not gp["1001"]["run"]
     assert gp["1001"]["extrapolated_s"] > 0 and search["gp"]["fitted_exponent"] is not None
-    assert "not run (GP cost grows as n^3; extrapolated" in done.stdout
+    assert "not run (GP cost grows as n^3; extrapolated" in stdout
     for row in figures["tune_state"].values():
         assert row["save_s"] > 0 and row["upload_s"] > 0 and row["state_file_bytes"] > 0
         assert set(row["parts_s"]) == {"trials_json", "state_file", "searcher", "callbacks"}
@@ -140,18 +145,7 @@ def test_sweep_scale_smoke_run(tmp_path):
 @pytest.mark.slow
 def test_tune_state_s3_smoke_run(tmp_path):
     # Its own process: the script starts moto's S3 server and a Ray instance.
-    out = tmp_path / "state.json"
-    arguments = ["--epochs", "4", "--trials", "2", "--json", str(out)]
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "tune_state_s3.py"), *arguments],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    figures = json.loads(out.read_text())
+    stdout, figures = _run_apart("tune_state_s3.py", ["--epochs", "4", "--trials", "2"], tmp_path)
     for label in ("earlier", "now"):
         row = figures[label]
         assert row["saves"] >= 2 and row["state_bytes"] > 0 and row["result_bytes"] > 0
@@ -159,7 +153,7 @@ def test_tune_state_s3_smoke_run(tmp_path):
         assert 0 <= row["lag_p50_s"] <= row["lag_max_s"] < 60
     # The earlier driver appended every report; now each trial's file holds its latest one.
     assert figures["ratio"]["result_bytes"] < 0.5
-    assert "now/earlier" in done.stdout
+    assert "now/earlier" in stdout
 
 
 def test_method_comparison_smoke_run(tmp_path, monkeypatch, capsys):
