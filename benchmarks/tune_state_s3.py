@@ -201,7 +201,7 @@ def run_one(label: str, args: argparse.Namespace, client: Any, root: Path) -> di
     lags = [watcher.first_seen.get(key, float("inf")) - at for key, at in sorted(events.items())]
     listing = client.list_objects_v2(Bucket=BUCKET, Prefix=f"tune/{name}/")["Contents"]
     sizes = {entry["Key"]: entry["Size"] for entry in listing}
-    periodic = [s for s in saves[:-1]]  # the last is Tune's forced save at the end
+    periodic = saves[:-1]  # the last is Tune's forced save at the end
     return {
         "wall_s": wall,
         "saves": len(saves),
@@ -263,9 +263,9 @@ def main() -> None:
         print(f"{title:>18}{show(before):>12}{show(now):>12}{shown:>13}")
     figures["ratio"] = ratios
     print(
-        "  saves and their period: Tune's periodic saves of its state (the last, forced one at "
-        "the end left out); bucket lag: from a trial's start or end (the driver's event) to "
-        "the bucket's state saying so, over every trial's start and end"
+        "  saves: every save of Tune's state, the forced one at the end included; a save's "
+        "time and the period: the periodic saves only; bucket lag: from a trial's start or "
+        "end (the driver's event) to the bucket's state saying so, over every start and end"
     )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")

@@ -202,17 +202,19 @@ def forget_older_checkpoints(bookkeeping: Any, index: int) -> None:
     bookkeeping._checkpoint_results = [
         result
         for result in bookkeeping._checkpoint_results
-        if (number := _index(posixpath.basename(result.checkpoint.path.rstrip("/")))) is None
-        or number >= index
+        if (number := _path_index(result.checkpoint.path)) is None or number >= index
     ]
 
 
 def _named(checkpoint: tune.Checkpoint) -> _Named | None:
-    path = checkpoint.path.rstrip("/")
-    index = _index(posixpath.basename(path))
+    index = _path_index(checkpoint.path)
     if index is None:
         return None
-    return _Named(checkpoint.filesystem, posixpath.dirname(path), index)
+    return _Named(checkpoint.filesystem, posixpath.dirname(checkpoint.path.rstrip("/")), index)
+
+
+def _path_index(path: str) -> int | None:
+    return _index(posixpath.basename(path.rstrip("/")))
 
 
 def _index(name: str) -> int | None:
