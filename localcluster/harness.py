@@ -143,12 +143,22 @@ class Cluster:
         for pid in self.leftovers():  # e.g. a Ray worker that left its namespace's pid list
             _send(pid, signal.SIGKILL)
         network.remove(list(NODES.values()))
+        self._keep_driver_logs()
         shutil.rmtree(RAY_TMP, ignore_errors=True)
         if record:
             _drop_databases()
         for private in (".env", "compose.json", "api_token", "secrets", "cluster.json"):
             target = self.state / private
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+
+    def _keep_driver_logs(self) -> None:
+        """Copy the sweep drivers' logs (Ray's job logs, in the head's session directories,
+        which go with RAY_TMP) to logs/ray/<node>/<session>/: what a failed run leaves to read."""
+        for log in sorted(RAY_TMP.glob("*/ray/session_2*/logs/job-driver-*.log")):
+            node, session = log.parts[-5], log.parts[-3]
+            kept = self.state / "logs" / "ray" / node / session
+            kept.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(log, kept / log.name)
 
     # --- one node ----------------------------------------------------------------------------
 
