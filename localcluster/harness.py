@@ -59,6 +59,17 @@ class ClusterError(RuntimeError):
     pass
 
 
+def keep_driver_logs(ray_tmp: Path, kept: Path) -> list[Path]:
+    """Copy the sweep drivers' logs (Ray's job logs, in each node's session directories under
+    ``ray_tmp``, which `down` removes) to ``kept``/<node>/<session>/; return the copies."""
+    copies = []
+    for log in sorted(ray_tmp.glob("*/ray/session_2*/logs/job-driver-*.log")):
+        node, session = log.parts[-5], log.parts[-3]
+        (kept / node / session).mkdir(parents=True, exist_ok=True)
+        copies.append(Path(shutil.copy2(log, kept / node / session / log.name)))
+    return copies
+
+
 def _settings() -> dict[str, str]:
     """The .env a deployment fills in, with fresh secrets: docker/ci.env names every variable
     compose insists on (make deploy-check renders the compose files with it)."""
@@ -77,6 +88,27 @@ def _settings() -> dict[str, str]:
         # No hardware to build images for; the variant only names the image.
         "TORCH_VARIANT": "cpu",
     }
+
+
+def drivers_report(tail_lines: int = 40) -> str:
+    """What the sweep drivers on the head are doing: each one's Python stacks (py-spy, which
+    Ray's dashboard installs) and the end of the latest Ray job logs. For a test that waited
+    for a sweep in vain."""
+    parts = []
+    for pid in network.pids(NODES["ray-head"]):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        except OSError:  # it ended
+            continue
+        command = " ".join(argv)
+        if Path(argv[0]).name.startswith("python") and "service.worker" in argv:  # not its sh
+            spy = [str(_venv_bin("py-spy")), "dump", "--pid", str(pid)]
+            dump = subprocess.run(spy, capture_output=True, text=True, timeout=120)
+            parts.append(f"driver {pid} ({command.strip()}):\n{dump.stdout}{dump.stderr}")
+    for log in sorted(RAY_TMP.glob("*/ray/session_2*/logs/job-driver-*.log"))[-2:]:
+        lines = log.read_text(errors="replace").splitlines()[-tail_lines:]
+        parts.append(f"{log}, its last {len(lines)} lines:\n" + "\n".join(lines))
+    return "\n\n".join(parts) or "no sweep driver runs on the head, and no driver log is there"
 
 
 @dataclass
@@ -143,22 +175,13 @@ class Cluster:
         for pid in self.leftovers():  # e.g. a Ray worker that left its namespace's pid list
             _send(pid, signal.SIGKILL)
         network.remove(list(NODES.values()))
-        self._keep_driver_logs()
+        keep_driver_logs(RAY_TMP, self.state / "logs" / "ray")
         shutil.rmtree(RAY_TMP, ignore_errors=True)
         if record:
             _drop_databases()
         for private in (".env", "compose.json", "api_token", "secrets", "cluster.json"):
             target = self.state / private
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-
-    def _keep_driver_logs(self) -> None:
-        """Copy the sweep drivers' logs (Ray's job logs, in the head's session directories,
-        which go with RAY_TMP) to logs/ray/<node>/<session>/: what a failed run leaves to read."""
-        for log in sorted(RAY_TMP.glob("*/ray/session_2*/logs/job-driver-*.log")):
-            node, session = log.parts[-5], log.parts[-3]
-            kept = self.state / "logs" / "ray" / node / session
-            kept.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(log, kept / log.name)
 
     # --- one node ----------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from localcluster.harness import API_URL, Cluster
+from localcluster.harness import API_URL, Cluster, drivers_report
 
 FINAL = ("succeeded", "failed", "cancelled")
 
@@ -74,4 +74,8 @@ def finished(api: httpx.Client, sweep_id: str, timeout_s: float = 300) -> dict[s
         state = sweep(api, sweep_id)
         return state if state["status"] in FINAL else None
 
-    return wait_until(done, timeout_s, f"sweep {sweep_id} finishing", interval_s=2)
+    try:
+        return wait_until(done, timeout_s, f"sweep {sweep_id} finishing", interval_s=2)
+    except AssertionError as error:
+        # CI prints only this: say what the sweep's driver was doing.
+        raise AssertionError(f"{error}: {sweep(api, sweep_id)}\n{drivers_report()}") from None

@@ -21,7 +21,7 @@ from localcluster.compose import (
     render,
     service,
 )
-from localcluster.harness import _settings
+from localcluster.harness import _settings, keep_driver_logs
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +114,19 @@ def test_the_image_env_and_scripts_are_read_from_the_dockerfile():
     assert image.env["GRADREG_PYTHON"] == "/opt/venv/bin/python"
     assert image.scripts["gradreg-ray-worker"] == ROOT / "docker/entrypoint/ray-worker.sh"
     assert image.scripts["gradreg-probe"] == ROOT / "docker/probe.py"
+
+
+def test_cluster_down_keeps_the_drivers_job_logs(tmp_path):
+    ray_tmp = tmp_path / "ray-tmp"
+    session = ray_tmp / "gradreg-head" / "ray" / "session_2026-12-06_00-00-00_1_2" / "logs"
+    session.mkdir(parents=True)
+    (session / "job-driver-gradreg-abc-2.log").write_text("sweep abc: succeeded\n")
+    (session / "raylet.out").write_text("not a driver's\n")
+    # Ray's link to the latest session must not copy the same log twice.
+    (ray_tmp / "gradreg-head" / "ray" / "session_latest").symlink_to(session.parent)
+
+    copies = keep_driver_logs(ray_tmp, tmp_path / "kept")
+
+    kept = tmp_path / "kept" / "gradreg-head" / "session_2026-12-06_00-00-00_1_2"
+    assert copies == [kept / "job-driver-gradreg-abc-2.log"]
+    assert copies[0].read_text() == "sweep abc: succeeded\n"
