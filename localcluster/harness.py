@@ -59,11 +59,17 @@ class ClusterError(RuntimeError):
     pass
 
 
+def _driver_logs(ray_tmp: Path) -> list[Path]:
+    """The sweep drivers' Ray job logs in every node's session directories, by node, then
+    session, oldest first (Ray's `session_latest` link left out)."""
+    return sorted(ray_tmp.glob("*/ray/session_2*/logs/job-driver-*.log"))
+
+
 def keep_driver_logs(ray_tmp: Path, kept: Path) -> list[Path]:
     """Copy the sweep drivers' logs (Ray's job logs, in each node's session directories under
     ``ray_tmp``, which `down` removes) to ``kept``/<node>/<session>/; return the copies."""
     copies = []
-    for log in sorted(ray_tmp.glob("*/ray/session_2*/logs/job-driver-*.log")):
+    for log in _driver_logs(ray_tmp):
         node, session = log.parts[-5], log.parts[-3]
         (kept / node / session).mkdir(parents=True, exist_ok=True)
         copies.append(Path(shutil.copy2(log, kept / node / session / log.name)))
@@ -105,7 +111,7 @@ def drivers_report(tail_lines: int = 40) -> str:
             spy = [str(_venv_bin("py-spy")), "dump", "--pid", str(pid)]
             dump = subprocess.run(spy, capture_output=True, text=True, timeout=120)
             parts.append(f"driver {pid} ({command.strip()}):\n{dump.stdout}{dump.stderr}")
-    for log in sorted(RAY_TMP.glob("*/ray/session_2*/logs/job-driver-*.log"))[-2:]:
+    for log in _driver_logs(RAY_TMP)[-2:]:
         lines = log.read_text(errors="replace").splitlines()[-tail_lines:]
         parts.append(f"{log}, its last {len(lines)} lines:\n" + "\n".join(lines))
     return "\n\n".join(parts) or "no sweep driver runs on the head, and no driver log is there"
