@@ -77,15 +77,20 @@ def admitted(spec: SweepSpec, limits: Limits) -> SweepSpec:
 
 
 def semantic_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
-    yield from _dataset_issues(spec, limits)
-    yield from _model_issues(spec)
+    dataset_issues = list(_dataset_issues(spec, limits))
+    model_issues = list(_model_issues(spec))
+    yield from dataset_issues
+    yield from model_issues
     methods_ok = True
     for issue in _method_issues(spec):
         methods_ok = False
         yield issue
     yield from _range_issues(spec)
     if methods_ok:
-        yield from _setting_issues(spec, limits)
+        # The settings are probed with the dataset and model sections only where those passed
+        # their own checks: a section's problem is reported once, at the section.
+        probe = _probe_base(spec, limits, dataset_ok=not dataset_issues, model_ok=not model_issues)
+        yield from _setting_issues(spec, probe)
         yield from _initial_point_issues(spec)
     yield from _objective_issues(spec)
     yield from _early_stopping_issues(spec)
@@ -240,9 +245,25 @@ def _values_to_try(parameter: Any) -> list[Any]:
     return [parameter.low, parameter.high]
 
 
-def _setting_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
+def _probe_base(
+    spec: SweepSpec, limits: Limits, *, dataset_ok: bool, model_ok: bool
+) -> dict[str, Any]:
+    """The TrainConfig settings from the spec's dataset and model sections that the settings
+    are probed with. A section with problems of its own is left to TrainConfig's defaults, so
+    that its problem (a data_dir outside the data root, an unknown dataset or model) is
+    reported once, at the section, and not again at every setting."""
+    model = {"model": spec.model.name, "model_options": dict(spec.model.options)}
+    if not dataset_ok:
+        # base_settings resolves data_dir, and refuses one outside the data root
+        return model if model_ok else {}
+    base = base_settings(spec, limits.data_root)
+    return base if model_ok else {k: v for k, v in base.items() if k not in model}
+
+
+def _setting_issues(spec: SweepSpec, probe_base: Mapping[str, Any]) -> Iterator[SpecIssue]:
     """Every fixed or searched setting must be one some method uses, and valid for it: alone,
-    and together with the fixed settings (fisher exact with finite differences, say)."""
+    and together with the fixed settings (fisher exact with finite differences, say).
+    ``probe_base`` is what the dataset and model sections give TrainConfig (`_probe_base`)."""
     learns = spec.fixed.get("learn_noise_scale") is True or "learn_noise_scale" in spec.parameters
     methods = spec.methods
     named = [("fixed", name) for name in spec.fixed] + [
@@ -279,11 +300,7 @@ def _setting_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
         method = users[0]
         beside = {} if parameter is None else _used_by(method, valid_fixed, learns)
         problem = next(
-            (
-                p
-                for v in values
-                if (p := _config_problem(spec, limits, method, {**beside, name: v}))
-            ),
+            (p for v in values if (p := _config_problem(probe_base, method, {**beside, name: v}))),
             None,
         )
         if problem:
@@ -292,7 +309,7 @@ def _setting_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
             valid_fixed[name] = spec.fixed[name]
     for method in methods:
         together = _used_by(method, valid_fixed, learns)
-        problem = _config_problem(spec, limits, method, together) if len(together) > 1 else None
+        problem = _config_problem(probe_base, method, together) if len(together) > 1 else None
         if problem:
             yield SpecIssue(("fixed",), problem if len(methods) == 1 else f"{method}: {problem}")
         for name, hint in METHODS[method].required.items():
@@ -306,13 +323,14 @@ def _used_by(method: str, settings: Mapping[str, Any], learns: bool) -> dict[str
 
 
 def _config_problem(
-    spec: SweepSpec, limits: Limits, method: str, values: Mapping[str, Any]
+    probe_base: Mapping[str, Any], method: str, values: Mapping[str, Any]
 ) -> str | None:
-    """Why TrainConfig refuses ``values`` for ``method`` (with defaults elsewhere), if it does."""
+    """Why TrainConfig refuses ``values`` for ``method`` (with ``probe_base`` from the dataset
+    and model sections, and defaults elsewhere), if it does."""
     probe = {**_probe_defaults(method), **values}
     try:
         settings = METHODS[method].train_settings(probe)
-        TrainConfig(**base_settings(spec, limits.data_root), **settings)
+        TrainConfig(**probe_base, **settings)
     except (TypeError, ValueError) as error:
         return str(error)
     return None

@@ -295,6 +295,29 @@ def test_data_dir_must_stay_inside_the_data_root(tmp_path):
         assert "must lie inside the data root" in issues_of(document, limits)["dataset.data_dir"]
 
 
+def test_a_section_problem_is_reported_once_at_its_field(tmp_path):
+    """A data_dir outside the root, an unknown dataset or model: one problem, at the field,
+    not repeated at every fixed and searched setting (each setting is probed with them)."""
+    limits = Limits(data_root=tmp_path)
+    outside = with_changes(
+        dataset={"name": "cifar10", "data_dir": "../elsewhere"}, model={"name": "cnn"}
+    )
+    for document, path in (
+        (outside, "dataset.data_dir"),
+        (with_changes(dataset={"name": "imagenet"}), "dataset.name"),
+        (with_changes(model={"name": "transformer"}), "model.name"),
+    ):
+        with pytest.raises(SpecError) as caught:
+            parse_spec(document, limits)
+        assert [issue.path for issue in caught.value.issues] == [path]
+    # the settings are still checked beside a section's problem
+    bad_lr = with_changes(
+        dataset={"name": "cifar10", "data_dir": "../elsewhere"},
+        fixed={**DIGITS_SWEEP["fixed"], "lr": -1.0},
+    )
+    assert set(issues_of(bad_lr, limits)) == {"dataset.data_dir", "fixed.lr"}
+
+
 def test_every_problem_is_reported_at_once():
     document = with_changes(
         dataset={"name": "imagenet"}, budget={"max_trials": 5000}, objectives=[{"metric": "nll"}]
