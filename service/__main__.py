@@ -1,8 +1,9 @@
-"""python -m service [serve] | submit SPEC [--wait] | status ID"""
+"""python -m service [serve] | submit SPEC [--wait] | status ID | spec ID [--json]"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import secrets
@@ -45,7 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--idempotency-key")
     status = commands.add_parser("status", help="print a sweep and its best trials")
     status.add_argument("sweep_id")
-    for sub in (submit, status):
+    spec = commands.add_parser(
+        "spec", help="print the spec a sweep runs under, as admitted, and the caps it was under"
+    )
+    spec.add_argument("sweep_id")
+    spec.add_argument(
+        "--json",
+        action="store_true",
+        help="print the API's answer (spec and caps) as JSON "
+        "(default: the spec as YAML, which submit takes, with the caps as comments)",
+    )
+    for sub in (submit, status, spec):
         sub.add_argument(
             "--url", default=os.environ.get("GRADREG_API_URL", "http://127.0.0.1:8000")
         )
@@ -143,7 +154,7 @@ def _generated_token(var_dir: Path) -> str:
 def client_command(args: argparse.Namespace) -> int:
     import httpx
 
-    from service.client import ApiError, Client, SpecFileError, describe, read_spec
+    from service.client import ApiError, Client, SpecFileError, describe, read_spec, spec_text
 
     token = args.token
     if not token and Path("var", TOKEN_FILE).exists():
@@ -153,6 +164,11 @@ def client_command(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     client = Client(args.url, token)
     try:
+        if args.command == "spec":
+            answer = client.spec(args.sweep_id)
+            text = json.dumps(answer, indent=2) + "\n" if args.json else spec_text(answer)
+            print(text, end="")
+            return EXIT_OK
         if args.command == "submit":
             sweep = client.submit(read_spec(args.spec), args.idempotency_key)
             print(f"submitted {sweep['id']} ({sweep['name']})", flush=True)

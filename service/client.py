@@ -1,4 +1,4 @@
-"""A small client of the API: `python -m service submit SPEC --wait` and `status ID`."""
+"""A small client of the API: `python -m service submit SPEC --wait`, `status ID` and `spec ID`."""
 
 from __future__ import annotations
 
@@ -52,6 +52,11 @@ class Client:
 
     def sweep(self, sweep_id: str) -> dict:
         return self._call("GET", f"/v1/sweeps/{sweep_id}")
+
+    def spec(self, sweep_id: str) -> dict:
+        """The spec the sweep runs under, as admitted, and its caps: ``{"sweep_id", "spec",
+        "limits"}``."""
+        return self._call("GET", f"/v1/sweeps/{sweep_id}/spec")
 
     def trial_page(self, sweep_id: str, **query: Any) -> dict:
         """One page of trials: ``{"items": [...], "next_cursor": ...}``; ``query`` takes the
@@ -136,6 +141,22 @@ def read_spec(path: str) -> dict[str, Any]:
             f"spec file {path}: holds a value JSON cannot carry ({error})"
         ) from None
     return document
+
+
+def spec_text(answer: dict) -> str:
+    """``GET /v1/sweeps/{id}/spec``'s answer as a YAML spec file: the caps it was admitted under
+    are comments above the spec, so the text is a spec that `submit` takes."""
+    # Imported here, as in read_spec: sweeps.parse loads torch through the spec module.
+    from sweeps.parse import dump_document
+
+    lines = [f"# sweep {answer['sweep_id']}: its spec as admitted, defaults filled in"]
+    limits = answer.get("limits")
+    if limits is None:
+        lines.append("# admitted before the caps were kept: its driver uses its own environment's")
+    else:
+        caps = ", ".join(f"{name} {json.dumps(value)}" for name, value in limits.items())
+        lines.append(f"# admitted under: {caps}")
+    return "\n".join(lines) + "\n" + dump_document(answer["spec"], "yaml")
 
 
 def describe(sweep: dict, trials: list[dict]) -> str:

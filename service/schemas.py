@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, WithJsonSchema
 
 from service.statuses import SWEEP_STATUSES
 from sweeps.records import TRIAL_STATES
@@ -27,6 +27,7 @@ class Links(BaseModel):
     best: str
     ensemble: str
     events: str
+    spec: str
     mlflow_experiment: str | None = None
     mlflow_parent_run: str | None = None
 
@@ -96,6 +97,32 @@ class BestOut(BaseModel):
     pareto: bool
     best: list[dict[str, Any]]
     ensemble: EnsembleOut | None = None
+
+
+class LimitsOut(BaseModel):
+    """The caps and data root a sweep was admitted under (`sweeps.Limits`): its driver enforces
+    these, not its own environment's."""
+
+    max_trials: int
+    max_concurrent_trials: int
+    max_time_budget_s: float
+    max_epochs: int
+    max_trial_cpus: float
+    max_trial_gpus: float
+    data_root: str | None
+
+
+class SpecOut(BaseModel):
+    """The spec a sweep runs under, as admitted: every default filled in (a time budget the spec
+    did not give is the cap's), with the caps it was admitted under."""
+
+    sweep_id: str
+    # The stored document, in the shape POST /v1/sweeps takes.
+    spec: Annotated[
+        dict[str, Any], WithJsonSchema({"allOf": [{"$ref": "#/components/schemas/SweepSpec"}]})
+    ]
+    # null for a sweep stored before the caps were kept: its driver uses its own environment's.
+    limits: LimitsOut | None
 
 
 class Problem(BaseModel):

@@ -80,7 +80,13 @@ def load_spec_file(path: str | Path, limits: Limits | None = None) -> SweepSpec:
 
 
 def dump_spec(spec: SweepSpec, fmt: str = "yaml") -> str:
-    document = spec.to_document()
+    return dump_document(spec.to_document(), fmt)
+
+
+def dump_document(document: Mapping[str, Any], fmt: str = "yaml") -> str:
+    """A spec document (a stored one, say) as JSON or YAML text that `read_document` reads
+    back the same."""
+    document = dict(document)
     if fmt == "json":
         return json.dumps(document, indent=2) + "\n"
     if fmt == "yaml":

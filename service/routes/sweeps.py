@@ -20,6 +20,7 @@ from service.schemas import (
     Direction,
     EnsembleOut,
     Links,
+    SpecOut,
     SweepOut,
     SweepPage,
     SweepStatus,
@@ -57,6 +58,7 @@ def sweep_out(
         best=f"{base}/best",
         ensemble=f"{base}/ensemble",
         events=f"{base}/events",
+        spec=f"{base}/spec",
         mlflow_experiment=f"{ui}/#/experiments/{experiment}" if experiment else None,
         mlflow_parent_run=(
             f"{ui}/#/experiments/{experiment}/runs/{sweep.mlflow_parent_run_id}"
@@ -344,4 +346,15 @@ def _trial_out(trial: Any) -> TrialOut:
         error=trial.error,
         placement=trial.placement,
         updated_at=trial.updated_at,
+    )
+
+
+@router.get("/{sweep_id}/spec", response_model=SpecOut, responses=problem_responses(404))
+def spec(sessions: SessionsDep, sweep_id: str) -> SpecOut:
+    """The spec the sweep runs under, as admitted: every default filled in (a time budget the
+    spec did not give is the cap's), with the caps and data root it was admitted under."""
+    with sessions() as db:
+        sweep = repository.get_sweep(db, sweep_id)
+    return SpecOut.model_validate(
+        {"sweep_id": sweep.id, "spec": sweep.spec, "limits": sweep.limits}
     )
