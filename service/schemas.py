@@ -64,6 +64,9 @@ class SweepPage(BaseModel):
 class TrialOut(BaseModel):
     trial_id: str
     name: str | None
+    # Its number in the sweep (the t7 in its name, #7 in its MLflow run's); null for a trial of
+    # a sweep that started before trials were numbered.
+    number: int | None = None
     state: str
     params: dict[str, Any]
     metrics: dict[str, Any]

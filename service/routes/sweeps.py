@@ -170,7 +170,9 @@ def list_trials(
         str,
         Query(
             pattern=repository.METRIC_NAME.pattern,
-            description="trial_id, or a reported metric such as val_nll; trials without a "
+            description="number (the trial's number in the sweep, the order Tune created "
+            "them in; trials of sweeps that started before trials were numbered have none and "
+            "come last), trial_id, or a reported metric such as val_nll; trials without a "
             "finite value of it come last in either direction, ties go by trial id",
         ),
     ] = repository.TRIAL_ORDER_DEFAULT,
@@ -338,6 +340,7 @@ def _trial_out(trial: Any) -> TrialOut:
     return TrialOut(
         trial_id=trial.trial_id,
         name=trial.name,
+        number=trial.number,
         state=trial.state,
         params=trial.params or {},
         metrics=trial.metrics or {},

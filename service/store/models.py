@@ -134,6 +134,10 @@ class Trial(Base):
     )
     trial_id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(500))
+    # The trial's number in its sweep, from 1, as its name carries it (`sweeps.records.
+    # trial_number`: ``<sweep>-t7-<id>``, MLflow's run ``<sweep> #7``); None for a name without
+    # one (a sweep that started before trials were numbered). /trials lists by it.
+    number: Mapped[int | None] = mapped_column(sa.Integer)
     state: Mapped[str] = mapped_column(sa.String(16))
     params: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
@@ -156,6 +160,7 @@ class Trial(Base):
         sa.Index("ix_trials_sweep_state_trial", "sweep_id", "state", "trial_id"),
         sa.Index("ix_trials_sweep_objective", "sweep_id", "objective", "trial_id"),
         sa.Index("ix_trials_sweep_version", "sweep_id", "version"),
+        sa.Index("ix_trials_sweep_number", "sweep_id", "number", "trial_id"),
     )
 
     def summary(self) -> dict[str, Any]:

@@ -470,7 +470,10 @@ def list_trials(session: Session, sweep_id: str) -> list[Trial]:
     )
 
 
-TRIAL_ORDER_DEFAULT = "trial_id"
+# /trials lists by the trial's number in the sweep (``<sweep>-t7-<id>``) unless asked otherwise.
+TRIAL_ORDER_DEFAULT = "number"
+TRIAL_ORDER_BY_ID = "trial_id"  # kept for the clients that page by it
+TRIAL_COLUMN_ORDERS = (TRIAL_ORDER_DEFAULT, TRIAL_ORDER_BY_ID)
 METRIC_NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,200}$")
 
 
@@ -486,18 +489,21 @@ def trial_page(
 ) -> tuple[list[Trial], str | None]:
     """A page of the sweep's trials and the cursor of the next page (None on the last).
 
-    ``order_by`` is ``trial_id`` or a reported metric (``val_nll``); by a metric, trials without
-    a finite value of it come last in either direction, and ties go by trial id. Paging by trial
-    id visits every trial that exists when the first page is read exactly once, whatever is
+    ``order_by`` is ``number`` (the trial's number in the sweep: the order Tune created them
+    in), ``trial_id``, or a reported metric (``val_nll``). By number, trials without one (of a
+    sweep that started before trials were numbered) come last in either direction, among
+    themselves by trial id in the same direction. By a metric, trials without a finite value of
+    it come last in either direction, and ties go by trial id. Paging by number or trial id
+    visits every trial that exists when the first page is read exactly once, whatever is
     inserted meanwhile; by a metric, a trial whose value changes between two pages can move
     across the cursor (running trials report as they go).
     """
     reload(session, sweep_id)
     if not 1 <= limit <= MAX_PAGE:
         raise ValueError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
-    if order_by != TRIAL_ORDER_DEFAULT and not METRIC_NAME.fullmatch(order_by):
+    if order_by not in TRIAL_COLUMN_ORDERS and not METRIC_NAME.fullmatch(order_by):
         raise ValueError(
-            f"order_by must be trial_id or a metric name (letters, digits, _ . : / -), "
+            f"order_by must be number, trial_id or a metric name (letters, digits, _ . : / -), "
             f"got {order_by!r}"
         )
     query = sa.select(Trial).where(Trial.sweep_id == sweep_id)
@@ -510,26 +516,70 @@ def trial_page(
             )
         query = query.where(Trial.state.in_(list(states)))
     order = (order_by, "desc" if descending else "asc")
+    after = None if cursor is None else _decode_trial_cursor(cursor, order)
     if order_by == TRIAL_ORDER_DEFAULT:
-        if cursor is not None:
-            _, after_id = _decode_trial_cursor(cursor, order)
-            beyond = Trial.trial_id < after_id if descending else Trial.trial_id > after_id
-            query = query.where(beyond)
+        trials = _by_number(session, query, after, descending, limit + 1)
+    elif order_by == TRIAL_ORDER_BY_ID:
+        if after is not None:
+            query = query.where(_beyond_id(after[1], descending))
         by_id = Trial.trial_id.desc() if descending else Trial.trial_id
         trials = list(session.scalars(query.order_by(by_id).limit(limit + 1)))
     else:
         value = Trial.metrics[order_by].as_float()
-        if cursor is not None:
-            after, after_id = _decode_trial_cursor(cursor, order)
-            query = query.where(_after(value, after, after_id, descending))
+        if after is not None:
+            query = query.where(_after(value, *after, descending))
         ranked = value.desc() if descending else value.asc()
         query = query.order_by(value.is_(None), ranked, Trial.trial_id).limit(limit + 1)
         trials = list(session.scalars(query))
     if len(trials) <= limit:
         return trials, None
     last = trials[limit - 1]
-    at = None if order_by == TRIAL_ORDER_DEFAULT else score(last, order_by)
+    at = (
+        last.number
+        if order_by == TRIAL_ORDER_DEFAULT
+        else None
+        if order_by == TRIAL_ORDER_BY_ID
+        else score(last, order_by)
+    )
     return trials[:limit], _encode_trial_cursor(order, at, last.trial_id)
+
+
+def _by_number(
+    session: Session,
+    query: Any,
+    after: tuple[float | None, str] | None,
+    descending: bool,
+    count: int,
+) -> list[Trial]:
+    """Up to ``count`` trials after ``after`` by (number, trial id), the unnumbered last: the
+    numbered ones, then as many unnumbered ones as the page has room for. Two queries rather
+    than one ORDER BY number IS NULL, so that each is a range of ix_trials_sweep_number."""
+    found: list[Trial] = []
+    if after is None or after[0] is not None:
+        numbered = query.where(Trial.number.is_not(None))
+        if after is not None:
+            number, after_id = after
+            beyond = Trial.number < number if descending else Trial.number > number
+            numbered = numbered.where(
+                sa.or_(beyond, sa.and_(Trial.number == number, _beyond_id(after_id, descending)))
+            )
+        keys = (
+            (Trial.number.desc(), Trial.trial_id.desc())
+            if descending
+            else (Trial.number, Trial.trial_id)
+        )
+        found = list(session.scalars(numbered.order_by(*keys).limit(count)))
+    if len(found) < count:
+        unnumbered = query.where(Trial.number.is_(None))
+        if after is not None and after[0] is None:
+            unnumbered = unnumbered.where(_beyond_id(after[1], descending))
+        by_id = Trial.trial_id.desc() if descending else Trial.trial_id
+        found += session.scalars(unnumbered.order_by(by_id).limit(count - len(found)))
+    return found
+
+
+def _beyond_id(after_id: str, descending: bool) -> Any:
+    return Trial.trial_id < after_id if descending else Trial.trial_id > after_id
 
 
 def _after(value: Any, after: float | None, after_id: str, descending: bool) -> Any:
@@ -558,6 +608,10 @@ def _decode_trial_cursor(cursor: str, order: tuple[str, str]) -> tuple[float | N
             f"this cursor pages trials ordered by {order_by} {direction}, not by "
             f"{order[0]} {order[1]}: ask with the order of the page it came from"
         )
+    if order_by == TRIAL_ORDER_DEFAULT:
+        if value is not None and not isinstance(value, int):
+            raise InvalidCursor(f"not a trials cursor from this API: {cursor!r}")
+        return value, trial_id
     return (None if value is None else float(value)), trial_id
 
 

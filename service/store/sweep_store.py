@@ -33,6 +33,7 @@ from sweeps.records import (
     TrialEvent,
     TrialSummary,
     loss,
+    trial_number,
 )
 from sweeps.spec import Objective, SweepSpec
 
@@ -247,6 +248,7 @@ def write_trials(
             row["epoch"] = 0
         merged = Report(row["state"], row["metrics"])
         row["objective"] = loss(objective, merged, finished_only=False)
+        row["number"] = trial_number(row["name"])
         row.update(sweep_id=sweep_id, version=version, updated_at=now)
     inserted = [row for trial_id, row in rows.items() if trial_id in new]
     updated = [row for trial_id, row in rows.items() if trial_id not in new]
@@ -283,6 +285,7 @@ def _upsert_reports(
             "sweep_id": sweep_id,
             "trial_id": trial_id,
             "name": write.name,
+            "number": trial_number(write.name),
             "state": write.state,
             "params": json_safe(first_params[trial_id]),
             "metrics": json_safe(write.metrics),
@@ -316,6 +319,7 @@ def _report_upsert(dialect: str) -> Any:
         index_elements=[table.c.sweep_id, table.c.trial_id],
         set_={
             "name": new.name,
+            "number": new.number,
             "state": new.state,
             "metrics": new.metrics,
             "epoch": new.epoch,

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import multiprocessing
+import random
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -17,16 +20,26 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from service import problems
+from service.routes.sweeps import router as sweeps_router
+from service.settings import ServiceSettings
 from service.statuses import SWEEP_STATUSES, TERMINAL
 from service.store import repository as repo
 from service.store.database import current_revision, make_engine, upgrade
 from service.store.database import session_factory as make_sessions
 from service.store.models import Base, IdempotencyKey, Sweep, Trial
-from service.store.sweep_store import DatabaseSweepStore, upsert_trial
+from service.store.sweep_store import (
+    DatabaseSweepStore,
+    objectives_of,
+    upsert_trial,
+    upsert_trials,
+)
 from sweeps import SweepOutcome, SweepRecord, TrialEvent, TrialSummary, load_spec_file
-from sweeps.records import LOST_TRIAL
+from sweeps.records import LOST_TRIAL, trial_name
 
 EXAMPLE = Path(__file__).parents[2] / "sweeps" / "examples" / "digits-vl-uniform.yaml"
 # A way into every status, from pending.
@@ -105,7 +118,7 @@ def race(count: int, work: Callable[[int], Any]) -> list[Any]:
 def test_upgrade_creates_the_tables_and_running_it_again_changes_nothing(engine, session_factory):
     tables = set(sa.inspect(engine).get_table_names())
     assert {"sweeps", "sweep_tags", "trials", "idempotency_keys", "alembic_version"} <= tables
-    assert current_revision(engine) == "0004"
+    assert current_revision(engine) == "0005"
     with engine.connect() as connection:
         if is_postgres(engine):  # the test's own schema, not public
             schema = connection.scalar(sa.text("SELECT current_schema()"))
@@ -116,7 +129,7 @@ def test_upgrade_creates_the_tables_and_running_it_again_changes_nothing(engine,
 
     sweep_id = new_sweep(session_factory)
     upgrade(engine)
-    assert current_revision(engine) == "0004"
+    assert current_revision(engine) == "0005"
     assert status_of(session_factory, sweep_id).status == "pending"
 
 
@@ -130,7 +143,7 @@ def test_upgrade_accepts_a_url(store_url):
     upgrade(store_url)
     engine = make_engine(store_url)
     try:
-        assert current_revision(engine) == "0004"
+        assert current_revision(engine) == "0005"
     finally:
         engine.dispose()
 
@@ -752,7 +765,7 @@ def test_a_store_at_0001_upgrades_and_keeps_its_sweeps(store_url):
                 {"now": "2026-01-01 00:00:00"},
             )
         upgrade(engine)
-        assert current_revision(engine) == "0004"
+        assert current_revision(engine) == "0005"
         with make_sessions(engine)() as session:
             old = repo.get_sweep(session, "s1")
             assert (old.name, old.ensemble, old.registered_model) == ("old", None, None)
@@ -810,3 +823,163 @@ def test_a_trial_keeps_where_it_runs_until_a_report_says_otherwise(session_facto
         assert upsert_trial(session, sweep_id, retry).placement == here
         again = dataclasses.replace(event("t1", epoch=4, val_nll=0.3), placement=moved)
         assert upsert_trial(session, sweep_id, again).placement == moved
+
+
+# ---------------------------------------------------------------- trials by number
+
+
+def numbered(number: int | None, trial_id: str) -> TrialEvent:
+    """A report of a trial named as the driver names it (`sweeps.records.trial_name`)."""
+    name = trial_name("demo", number, trial_id)
+    return TrialEvent("s", trial_id, name, "running", {}, {"val_nll": 0.5}, 1, f"run-{trial_id}")
+
+
+def tune_id(rng: random.Random) -> str:
+    """A trial id as Tune makes them: eight random hex digits."""
+    return f"{rng.getrandbits(32):08x}"
+
+
+def pages(session: Session, sweep_id: str, limit: int, **query: Any) -> list[str]:
+    """Every trial id, following the cursor from page to page."""
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page, cursor = repo.trial_page(session, sweep_id, limit=limit, cursor=cursor, **query)
+        assert len(page) <= limit
+        seen.extend(t.trial_id for t in page)
+        if cursor is None:
+            return seen
+
+
+def test_trials_are_listed_by_their_number_the_unnumbered_last(session_factory):
+    """Tune's trial ids are random hex, so by id t5 came before t1. By number, in both
+    directions and at every page size, with trials of a sweep from before trials were numbered
+    last, among themselves by id."""
+    sweep_id = new_sweep(session_factory, "running")
+    rng = random.Random(5)
+    ids = {number: tune_id(rng) for number in range(1, 13)}
+    twin = tune_id(rng)  # a second trial numbered 7: its id breaks the tie
+    unnumbered = sorted(tune_id(rng) for _ in range(2))
+    events = [numbered(n, t) for n, t in ids.items()] + [numbered(7, twin)]
+    events += [numbered(None, t) for t in unnumbered]
+    rng.shuffle(events)
+    objective = objectives_of({})[0]
+    with session_factory() as session:
+        # reports (one upsert) and events without metrics (read, then write) both number
+        upsert_trials(session, sweep_id, events[:8], objective)
+        for late in events[8:]:
+            upsert_trials(session, sweep_id, [dataclasses.replace(late, metrics={})], objective)
+        stored = {t.trial_id: t.number for t in repo.list_trials(session, sweep_id)}
+        expected = {t: n for n, t in ids.items()} | {twin: 7} | dict.fromkeys(unnumbered)
+        assert stored == expected
+        by_number = sorted([*ids.items(), (7, twin)])
+        ascending = [t for _, t in by_number] + unnumbered
+        descending = [t for _, t in reversed(by_number)] + unnumbered[::-1]
+        assert ascending != sorted(stored)  # the ids' order is not the numbers'
+        for limit in (1, 2, 3, 5, 50):
+            assert pages(session, sweep_id, limit) == ascending, limit
+            assert pages(session, sweep_id, limit, descending=True) == descending, limit
+            done = pages(session, sweep_id, limit, states=["running"], order_by="number")
+            assert done == ascending, limit
+        # the order by trial id is kept for the clients that page by it
+        assert pages(session, sweep_id, 4, order_by="trial_id") == sorted(stored)
+        _, cursor = repo.trial_page(session, sweep_id, limit=2)
+        with pytest.raises(repo.InvalidCursor, match="ordered by number asc"):
+            repo.trial_page(session, sweep_id, limit=2, order_by="trial_id", cursor=cursor)
+
+
+def test_paging_by_number_visits_every_trial_once_under_concurrent_inserts(session_factory):
+    sweep_id = new_sweep(session_factory, "running")
+    objective = objectives_of({})[0]
+    rng = random.Random(7)
+    numbers = itertools.count(1)
+
+    def add(count: int) -> list[str]:
+        events = [numbered(next(numbers), tune_id(rng)) for _ in range(count)]
+        with session_factory() as session:
+            upsert_trials(session, sweep_id, events, objective)
+        return [e.trial_id for e in events]
+
+    first = add(60)
+    stop = threading.Event()
+    inserted: list[str] = []
+
+    def insert() -> None:
+        while not stop.is_set():
+            inserted.extend(add(3))
+
+    writer = threading.Thread(target=insert)
+    writer.start()
+    try:
+        seen: list[str] = []
+        cursor = None
+        with session_factory() as session:
+            while True:
+                page, cursor = repo.trial_page(session, sweep_id, limit=7, cursor=cursor)
+                seen.extend(t.trial_id for t in page)
+                time.sleep(0.005)  # let the writer in between pages
+                if cursor is None:
+                    break
+    finally:
+        stop.set()
+        writer.join()
+    assert inserted, "nothing was inserted while paging: the test saw no concurrency"
+    assert len(seen) == len(set(seen)), "a trial came twice"
+    # every trial that existed, in order of number, then those inserted meanwhile, in order
+    assert seen[: len(first)] == first
+    assert seen[len(first) :] == inserted[: len(seen) - len(first)]
+
+
+def test_a_store_at_0004_numbers_its_trials_from_their_names(store_url):
+    engine = make_engine(store_url)
+    try:
+        upgrade(engine, "0004")
+        sessions = make_sessions(engine)
+        sweep_id = new_sweep(sessions, "running")
+        with engine.begin() as connection:  # trials written before the number column
+            for trial_id, name in [
+                ("b0", "demo-t10-b0"),
+                ("a1", "demo-t2-a1"),
+                ("c2", "demo-c2"),  # a sweep that started before trials were numbered
+                ("00", "my-sweep-2-t1-00"),  # dashes in the sweep's name
+            ]:
+                connection.execute(
+                    sa.text(
+                        "INSERT INTO trials (sweep_id, trial_id, name, state, params, metrics,"
+                        " epoch, updated_at, version) VALUES (:sweep, :trial, :name, 'running',"
+                        " '{}', '{}', 0, :now, 1)"
+                    ),
+                    {"sweep": sweep_id, "trial": trial_id, "name": name, "now": "2026-01-01"},
+                )
+        upgrade(engine)
+        assert current_revision(engine) == "0005"
+        with sessions() as session:
+            numbers = {t.trial_id: t.number for t in repo.list_trials(session, sweep_id)}
+            assert numbers == {"b0": 10, "a1": 2, "c2": None, "00": 1}
+            assert pages(session, sweep_id, 2) == ["00", "a1", "b0", "c2"]
+    finally:
+        engine.dispose()
+
+
+def test_the_trials_route_lists_by_number_and_shows_it(session_factory):
+    app = FastAPI()
+    problems.install(app)
+    app.include_router(sweeps_router)
+    app.state.settings = ServiceSettings(api_tokens="secret")
+    app.state.sessions = session_factory
+    api = TestClient(app, headers={"Authorization": "Bearer secret"})
+    sweep_id = new_sweep(session_factory, "running")
+    ids = {10: "0000000a", 1: "ffffffff", 5: "80000000", 3: "c0000000"}
+    with session_factory() as session:
+        events = [numbered(n, t) for n, t in ids.items()]
+        upsert_trials(session, sweep_id, events, objectives_of({})[0])
+    first = api.get(f"/v1/sweeps/{sweep_id}/trials", params={"limit": 3}).json()
+    assert [(t["number"], t["name"]) for t in first["items"]] == [
+        (1, "demo-t1-ffffffff"),
+        (3, "demo-t3-c0000000"),
+        (5, "demo-t5-80000000"),
+    ]
+    rest = api.get(f"/v1/sweeps/{sweep_id}/trials", params={"cursor": first["next_cursor"]})
+    assert [t["number"] for t in rest.json()["items"]] == [10]
+    by_id = api.get(f"/v1/sweeps/{sweep_id}/trials", params={"order_by": "trial_id"}).json()
+    assert [t["number"] for t in by_id["items"]] == [10, 5, 3, 1]
