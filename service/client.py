@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from service.statuses import TERMINAL
-from sweeps.records import FINISHED_STATES
+from sweeps.records import FINISHED_STATES, best_so_far_text
 
 
 class ApiError(RuntimeError):
@@ -77,10 +77,12 @@ class Client:
 
     def wait(self, sweep_id: str, poll_s: float = 1.0, out: Any = sys.stderr) -> dict:
         """Follow a sweep to its end, printing a progress line whenever it changes."""
+        # The sweep's first objective: the metric its best so far is ranked by (it never changes).
+        objective = self._call("GET", f"/v1/sweeps/{sweep_id}/best")["objectives"][0]["metric"]
         last = ""
         while True:
             sweep = self.sweep(sweep_id)
-            line = progress_line(sweep)
+            line = progress_line(sweep, objective)
             if line != last:
                 print(line, file=out, flush=True)
                 last = line
@@ -89,7 +91,9 @@ class Client:
             time.sleep(poll_s)
 
 
-def progress_line(sweep: dict) -> str:
+def progress_line(sweep: dict, objective: str) -> str:
+    """The line `wait` prints: the sweep's counts and its best so far by its first
+    ``objective`` (a metric name), in the words of the driver's own progress line."""
     counts = sweep["counts"]
     done = sum(counts.get(s, 0) for s in FINISHED_STATES)
     running = counts.get("running", 0) + counts.get("retrying", 0)
@@ -98,18 +102,13 @@ def progress_line(sweep: dict) -> str:
         f"{counts.get('failed', 0)} failed"
     )
     if sweep.get("best"):
+        # The store's best so far, or once the sweep ended, its best (the first of a Pareto set
+        # is the best by the first objective).
         best = sweep["best"][0]
-        metric, value = _first_metric(best)
-        if metric:
-            line += f" | best {metric} {value:.4g} ({best['name']})"
+        text = best_so_far_text(objective, best["name"], best.get("metrics") or {})
+        if text:
+            line += f" | {text}"
     return line
-
-
-def _first_metric(trial: dict) -> tuple[str | None, float]:
-    for name in ("val_nll", "val_ece", "val_accuracy"):
-        if isinstance(trial.get("metrics", {}).get(name), int | float):
-            return name, float(trial["metrics"][name])
-    return None, 0.0
 
 
 def read_spec(path: str) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from sweeps.records import (
     TrialEvent,
     TrialHook,
     TrialState,
+    best_so_far_text,
     loss,
     reported_metrics,
 )
@@ -107,17 +108,23 @@ class SweepMonitor:
         return self.max_failed_trials is not None and self.count("failed") > self.max_failed_trials
 
     def best(self) -> tuple[str, float] | None:
-        """The best first-objective value among the latest reports of the trials not failed.
+        """The best first-objective value among the latest reports of the trials not failed."""
+        found = self._best_trial()
+        if found is None:
+            return None
+        values = self.latest[found]
+        return values["name"], float(values[self.objectives[0].metric])
+
+    def _best_trial(self) -> str | None:
+        """The trial whose latest report ranks first (`ranked_trials`, ``finished_only=False``).
 
         Every report goes on a heap; entries that a newer report of their trial superseded, or
         whose trial failed, are dropped when they reach the top: O(log n) per report.
         """
-        objective = self.objectives[0]
         while self._ranked:
             _, trial_id, report = self._ranked[0]
             if self._reports.get(trial_id) == report and self.states.get(trial_id) != "failed":
-                values = self.latest[trial_id]
-                return values["name"], float(values[objective.metric])
+                return trial_id
             heapq.heappop(self._ranked)
         return None
 
@@ -135,9 +142,11 @@ class SweepMonitor:
             f"[{self.sweep}] trials {done}/{self.max_trials} done, "
             f"{self.count('running', 'retrying')} running, {self.count('failed')} failed"
         )
-        best = self.best()
+        best = self._best_trial()
         if best is not None:
-            line += f" | best {self.objectives[0].metric} {best[1]:.4g} ({best[0]})"
+            values = self.latest[best]
+            text = best_so_far_text(self.objectives[0].metric, values["name"], values)
+            line += f" | {text}"
         return line
 
     def print_progress(self) -> None:

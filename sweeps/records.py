@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -195,6 +195,20 @@ def ranked_trials(objective: Goal, trials: Iterable[T], *, finished_only: bool =
         if value is not None:
             scored.append((value, trial))
     return [trial for _, trial in sorted(scored, key=lambda item: item[0])]
+
+
+def best_so_far_text(metric: str, name: str, metrics: Mapping[str, Any]) -> str | None:
+    """What a progress line says of the best trial so far: the driver's and the API client's
+    say the same. The best so far is the trial whose latest report ranks first
+    (`ranked_trials` with ``finished_only=False``: the store's best so far, the driver's heap),
+    and the value is that latest report's, the one the trial would end with now. It can rise
+    while the same trial stays best (a later epoch overfits), so the line names the epoch."""
+    value = score(Report("running", dict(metrics)), metric)
+    if value is None:
+        return None
+    epoch = score(Report("running", dict(metrics)), "epoch")
+    at = f"{name} at epoch {int(epoch)}" if epoch is not None else name
+    return f"best {metric} {value:.4g} ({at}, its latest report)"
 
 
 def best_trials(
