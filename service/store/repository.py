@@ -558,11 +558,10 @@ def _by_number(
     if after is None or after[0] is not None:
         numbered = query.where(Trial.number.is_not(None))
         if after is not None:
-            number, after_id = after
-            beyond = Trial.number < number if descending else Trial.number > number
-            numbered = numbered.where(
-                sa.or_(beyond, sa.and_(Trial.number == number, _beyond_id(after_id, descending)))
-            )
+            # A row value, not OR: PostgreSQL and SQLite then start the index range at the
+            # cursor instead of filtering every row before it.
+            key, at = sa.tuple_(Trial.number, Trial.trial_id), sa.tuple_(*after)
+            numbered = numbered.where(key < at if descending else key > at)
         keys = (
             (Trial.number.desc(), Trial.trial_id.desc())
             if descending
