@@ -81,19 +81,26 @@ class InputTransform:
         object.__setattr__(self, "mean", values["mean"])
         object.__setattr__(self, "scale", values["scale"])
 
+    @property
+    def accepted_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """The per-example shapes `__call__` takes, each once: the raw shape, the model's
+        input shape (a grey image with its channel axis) and the flat row of values."""
+        flat = (math.prod(self.raw_shape),)
+        return tuple(dict.fromkeys([self.raw_shape, self.input_shape, flat]))
+
+    def describe_shapes(self) -> str:
+        """The accepted shapes as people write them: ``(N, 8, 8) or (N, 1, 8, 8) or (N, 64)``."""
+        return " or ".join(str(("N", *shape)).replace("'", "") for shape in self.accepted_shapes)
+
     def __call__(self, x: np.ndarray) -> torch.Tensor:
         """(N, *raw_shape), (N, *input_shape) or (N, prod(raw_shape)) -> (N, *input_shape).
 
-        float32, standardised as the loader did; a ValueError names the shapes accepted, and
-        refuses NaN or infinite inputs."""
+        Any real or integer dtype, computed in ``dtype`` as the loader did; float32 out. A
+        ValueError names the shapes accepted, and refuses NaN or infinite inputs."""
         x = np.asarray(x)
         n_values = math.prod(self.raw_shape)
-        accepted = [self.raw_shape, self.input_shape, (n_values,)]
-        if x.ndim < 2 or tuple(x.shape[1:]) not in accepted:
-            shapes = " or ".join(
-                str(("N", *shape)).replace("'", "") for shape in dict.fromkeys(map(tuple, accepted))
-            )
-            raise ValueError(f"expected inputs of shape {shapes}, got {x.shape}")
+        if x.ndim < 2 or tuple(x.shape[1:]) not in self.accepted_shapes:
+            raise ValueError(f"expected inputs of shape {self.describe_shapes()}, got {x.shape}")
         if x.dtype.kind not in "biuf":
             raise ValueError(f"inputs must be numbers, got dtype {x.dtype}")
         rows = np.asarray(x, dtype=self.dtype).reshape(len(x), n_values)
@@ -103,7 +110,9 @@ class InputTransform:
         if self.mode == "channel":
             rows = rows.reshape(len(x), self.input_shape[0], -1)
         mean, scale = self.mean.astype(self.dtype), self.scale.astype(self.dtype)
-        standard = ((rows - mean) / scale).astype(np.float32, copy=False)
+        # C order whatever the input's (a DataFrame's values come in Fortran order): the
+        # network's matmuls then round alike for the same values
+        standard = np.ascontiguousarray(((rows - mean) / scale).astype(np.float32, copy=False))
         return torch.from_numpy(standard).reshape(len(x), *self.input_shape)
 
     def invert(self, inputs: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -5,24 +5,36 @@ standardisation learnt from the training split travels inside it, in the saved p
 returns the posterior-predictive class probabilities, one column per class. Its params:
 ``mode`` (the method's own predictive by default, or ``mean`` / ``sample`` / …),
 ``n_samples`` and ``seed`` for a sampled predictive.
+
+Inputs: a numpy array, torch tensor, nested list or DataFrame of any real or integer dtype, in
+any of the shapes `InputTransform.accepted_shapes` lists (an image with or without its channel
+axis, or flat). The signature declares no input schema, on purpose: MLflow enforces a tensor
+schema's dtype exactly and its rank exactly (a float64 ``(-1, 8, 8)`` refuses float32 and
+``(N, 1, 8, 8)``), and a column schema either refuses unnamed arrays (named columns) or cuts
+extra columns off unseen (unnamed ones). `PosteriorModel.predict` checks shape, dtype and
+values itself and raises an MlflowException naming what it accepts (HTTP 400 when served).
+The accepted shapes are in the model's metadata (``gradreg_input_shapes``). Models logged
+with the earlier float64 tensor schema still load and predict; MLflow enforces their schema.
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
+import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
-from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
+from gradreg.data import FILE_DATASET
 from gradreg.export import DEFAULT_N_SAMPLES, MANIFEST_FILE, SavedPosterior
 from sweeps.records import SweepRecord, TrialSummary
 from sweeps.spec import SweepSpec
@@ -45,29 +57,48 @@ class PosteriorModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):
         params = dict(params or {})
-        probs = self.saved.predict_proba(
-            _as_array(model_input),
-            params.get("mode") or None,
-            int(params.get("n_samples", DEFAULT_N_SAMPLES)),
-            int(params.get("seed", 0)),
-        )
+        try:
+            probs = self.saved.predict_proba(
+                _as_array(model_input),
+                params.get("mode") or None,
+                int(params.get("n_samples", DEFAULT_N_SAMPLES)),
+                int(params.get("seed", 0)),
+            )
+        except (ValueError, TypeError) as error:  # the input's or a param's fault: say which
+            raise MlflowException.invalid_parameter_value(str(error)) from error
         return pd.DataFrame(probs, columns=list(self.saved.class_names))
 
 
 def _as_array(model_input: Any) -> np.ndarray:
+    """``model_input`` as one numpy array, its dtype kept (the transform checks shape, dtype
+    and values, and computes in the training data's precision)."""
     if isinstance(model_input, pd.DataFrame):
-        return model_input.to_numpy(dtype=np.float64)
+        wrong = [
+            str(column)
+            for column, dtype in model_input.dtypes.items()
+            if not pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_complex_dtype(dtype)
+        ]
+        if wrong:
+            raise ValueError(f"input column(s) {', '.join(wrong)} are not numbers")
+        return model_input.to_numpy(dtype=np.float64, na_value=np.nan)
     if isinstance(model_input, Mapping):  # a single named tensor
         if len(model_input) != 1:
             raise ValueError(f"expected one input tensor, got {sorted(model_input)}")
         model_input = next(iter(model_input.values()))
-    return np.asarray(model_input, dtype=np.float64)
+    if isinstance(model_input, torch.Tensor):
+        tensor = model_input.detach().cpu()
+        return (tensor.double() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+    try:
+        return np.asarray(model_input)
+    except ValueError as error:  # a ragged nested list
+        raise ValueError(f"inputs must be one rectangular array: {error}") from None
 
 
 def signature(saved: SavedPosterior) -> ModelSignature:
-    raw_shape = saved.inputs.transform.raw_shape
+    """Outputs and params only: the inputs are checked by `PosteriorModel.predict` (see the
+    module's docstring for why MLflow's input schemas do not fit)."""
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float64), (-1, *raw_shape))]),
+        inputs=None,
         outputs=Schema([ColSpec("double", name) for name in saved.class_names]),
         params=ParamSchema(
             [
@@ -111,7 +142,12 @@ def log_model(
             input_example=None if example is None else np.asarray(example, dtype=np.float64),
             # Listed, not inferred: inference loads the model in a subprocess (seconds per trial).
             pip_requirements=_requirements(),
-            metadata={"gradreg_method": saved.config.method_name},
+            metadata={
+                "gradreg_method": saved.config.method_name,
+                "gradreg_input_shapes": [
+                    [-1, *shape] for shape in saved.inputs.transform.accepted_shapes
+                ],
+            },
         )
     return info.model_uri
 
@@ -188,32 +224,59 @@ def logged_model_uri(client: MlflowClient, run_id: str) -> str | None:
 def register_trial_model(
     tracker: Tracker, spec: SweepSpec, record: SweepRecord, trial: TrialSummary, name: str
 ) -> dict[str, str]:
-    """Register ``trial``'s model as a new version of ``name``, tagged with where it came
-    from and what it scored; returns name, version and the version's URI."""
+    """Register ``trial``'s model as a new version of ``name``, described and tagged with what
+    it scored and where it came from (`registration_notes`); returns name, version and the
+    version's URI."""
     run_id = trial.mlflow_run_id
     model_uri = logged_model_uri(tracker.client, run_id) if run_id else None
     if run_id is None or model_uri is None:
         raise LookupError(f"trial {trial.name} has no logged model to register")
+    tags, description = registration_notes(spec, record, trial)
+    version = register(tracker.tracking_uri, name, model_uri, run_id, tags, description)
+    return {"name": name, "version": version, "uri": f"models:/{name}/{version}"}
+
+
+def registration_notes(
+    spec: SweepSpec, record: SweepRecord, trial: TrialSummary
+) -> tuple[dict[str, str], str]:
+    """A registered version's tags and description, the essentials first and short: MLflow's
+    model page cuts a version's description after 32 characters and a tag after 30 of key
+    and value together. The description opens with the objective's value, the method and the
+    dataset; the sweep and the trial follow. Tags: ``objective`` (``val_nll=0.1234``),
+    ``method``, ``dataset``, ``sweep`` (the spec's name), ``trial`` (its name), the sweep's
+    and the trial's ids as the runs carry them (``gradreg.sweep``, ``gradreg.trial_id``), then
+    the trial's plain ``val_*``/``test_*`` metrics as ``metric.<name>`` (6 significant
+    digits)."""
     objective = spec.objectives[0]
     method = spec.method or str(trial.params.get("method", ""))
+    dataset = _dataset_label(spec)
+    value = trial.metrics.get(objective.metric)
+    scored = objective.metric if value is None else f"{objective.metric}={value:.4g}"
     tags = {
-        SWEEP_TAG: record.sweep,
-        "gradreg.sweep_name": spec.name,
+        "objective": scored,
+        "method": method,
+        "dataset": dataset,
+        "sweep": spec.name,
+        "trial": trial.name,
+        SWEEP_TAG: record.sweep,  # the ids, under the keys the runs carry them
         TRIAL_TAG: trial.trial_id,
-        "gradreg.method": method,
-        "gradreg.objective": f"{objective.metric}:{objective.goal}",
         **{
-            f"metric.{key}": f"{value:.6g}"
-            for key, value in trial.metrics.items()
+            f"metric.{key}": f"{number:.6g}"
+            for key, number in trial.metrics.items()
             if key.startswith(("val_", "test_")) and key.count("_") == 1  # not _ts, _at_mean
         },
     }
-    value = trial.metrics.get(objective.metric)
+    score = f"{objective.metric} not reported" if value is None else scored.replace("=", " ")
+    sweep = spec.name if record.sweep == spec.name else f"{spec.name} ({record.sweep})"
     description = (
-        f"Best trial of sweep {spec.name} ({record.sweep}) by {objective.metric} "
-        f"({objective.goal}): {value:.6g}; method {method}; trial {trial.name}."
-        if value is not None
-        else f"Best trial of sweep {spec.name} ({record.sweep}); method {method}."
+        f"{score}, {method}, {dataset}. Best trial of sweep {sweep} by {objective.metric} "
+        f"({objective.goal}): {trial.name}."
     )
-    version = register(tracker.tracking_uri, name, model_uri, run_id, tags, description)
-    return {"name": name, "version": version, "uri": f"models:/{name}/{version}"}
+    return tags, description
+
+
+def _dataset_label(spec: SweepSpec) -> str:
+    """The dataset's name; a file dataset's file name (``animals.csv``)."""
+    if spec.dataset.name == FILE_DATASET and spec.dataset.options.get("path"):
+        return PurePosixPath(str(spec.dataset.options["path"])).name
+    return spec.dataset.name

@@ -116,6 +116,7 @@ def test_digits_sweep_end_to_end(ray_local, driver_options, tracking_uri):
     version = client.get_model_version("digits-small", "1")
     assert version.run_id == best.mlflow_run_id
     assert version.tags["gradreg.sweep"] == "digits-small"
+    assert version.tags["objective"] == f"val_nll={best.metrics['val_nll']:.4g}"
     assert float(version.tags["metric.val_nll"]) == pytest.approx(best.metrics["val_nll"], rel=1e-5)
     assert "by val_nll (minimize)" in version.description
     for child in children:

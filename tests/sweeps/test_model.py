@@ -4,6 +4,7 @@ tracking server, loaded by `mlflow.pyfunc`, served by `mlflow models serve`, and
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -11,22 +12,41 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 from gradreg.cli import main as gradreg_main
 from gradreg.train import fit
 from service.launcher import free_port
 from sweeps.cli import main as sweeps_main
-from sweeps.model import log_model, logged_model_uri, register
+from sweeps.model import (
+    MODEL_CODE,
+    POSTERIOR_ARTIFACT,
+    log_model,
+    logged_model_uri,
+    register,
+    registration_notes,
+)
+from sweeps.parse import validate_shape
+from sweeps.records import SweepRecord, TrialSummary
 from tests.service.mlflow_server import MlflowServer
+from tests.sweeps.conftest import DIGITS_SWEEP
 
 NAME = "iris-vl-uniform"
+IMAGE_NAME = "digits-vl-uniform"
+DIGITS_SHAPES = r"\(N, 8, 8\) or \(N, 1, 8, 8\) or \(N, 64\)"
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +60,25 @@ def saved():
             "variance": "uniform",
             "noise_scale": 0.05,
             "epochs": 2,
+            "lr": 0.01,
+            "device": "cpu",
+        }
+    )
+    return result.saved()
+
+
+@pytest.fixture(scope="module")
+def image():
+    """A digits posterior: raw inputs (8, 8), the network's (1, 8, 8)."""
+    result = fit(
+        {
+            "dataset": "digits",
+            "model": "mlp",
+            "model_options": {"hidden": [8]},
+            "method": "vl",
+            "variance": "uniform",
+            "noise_scale": 0.05,
+            "epochs": 1,
             "lr": 0.01,
             "device": "cpu",
         }
@@ -66,6 +105,15 @@ def registered(saved, server):
     return run_id, model_uri, version
 
 
+@pytest.fixture(scope="module")
+def registered_image(image, server):
+    """(run id, model URI, registered version) of the digits posterior."""
+    client = MlflowClient(server.url)
+    run_id = client.create_run(client.create_experiment("images")).info.run_id
+    model_uri = log_model(server.url, run_id, image, image.inputs.example)
+    return run_id, model_uri, register(server.url, IMAGE_NAME, model_uri, run_id, {}, "")
+
+
 def test_the_registered_model_predicts_probabilities_from_raw_inputs(saved, server, registered):
     run_id, model_uri, version = registered
     client = MlflowClient(server.url)
@@ -86,66 +134,252 @@ def test_the_registered_model_predicts_probabilities_from_raw_inputs(saved, serv
     assert np.allclose(sampled.to_numpy(), expected, rtol=0, atol=1e-12)
     assert not np.allclose(sampled.to_numpy(), saved.predict_proba(raw, "mean"))
 
-    inputs = model.metadata.get_input_schema().inputs
-    assert inputs[0].shape == (-1, *saved.inputs.transform.raw_shape)
+    # No input schema: MLflow's would refuse float32 or a shape the model takes (see
+    # test_the_model_takes_every_input_form); the accepted shapes are in the metadata.
+    assert model.metadata.get_input_schema() is None
+    assert model.metadata.metadata["gradreg_input_shapes"] == [[-1, 4]]
     params = {p.name: p.default for p in model.metadata.get_params_schema().params}
     assert params == {"mode": saved.predictives[0], "n_samples": 32, "seed": 0}
     # A second registration is the next version of the same model.
     assert register(server.url, NAME, model_uri, run_id, {}, "") == str(int(version) + 1)
 
 
-def test_bad_inputs_to_the_model_name_the_expected_shape(saved, server, registered):
+def test_the_model_takes_every_input_form(image, saved, server, registered, registered_image):
+    """Images with or without their channel axis or flat, tables, in float32 or float64 (or
+    integers), as numpy arrays, torch tensors, DataFrames or nested lists."""
     mlflow.set_tracking_uri(server.url)
-    model = mlflow.pyfunc.load_model(registered[1])
-    with pytest.raises(Exception, match=r"shape"):
-        model.predict(np.zeros((2, 7)))
+    model = mlflow.pyfunc.load_model(f"models:/{IMAGE_NAME}/{registered_image[2]}")
+    assert model.metadata.get_input_schema() is None
+    assert model.metadata.metadata["gradreg_input_shapes"] == [[-1, 8, 8], [-1, 1, 8, 8], [-1, 64]]
+    raw = np.rint(image.inputs.example)  # digits' pixels, whole numbers: exact in float32
+    expected = image.predict_proba(raw, "mean")
+    forms = {
+        "(N, 8, 8) float64": raw,
+        "(N, 8, 8) float32": raw.astype(np.float32),
+        "(N, 8, 8) int64": raw.astype(np.int64),
+        "(N, 1, 8, 8) float64": raw.reshape(-1, 1, 8, 8),
+        "(N, 1, 8, 8) float32": raw.reshape(-1, 1, 8, 8).astype(np.float32),
+        "(N, 64) float32": raw.reshape(-1, 64).astype(np.float32),
+        "tensor (N, 1, 8, 8) float32": torch.tensor(raw, dtype=torch.float32).reshape(-1, 1, 8, 8),
+        "tensor (N, 8, 8) float64": torch.tensor(raw),
+        "DataFrame of 64 float32 columns": pd.DataFrame(raw.reshape(-1, 64).astype(np.float32)),
+        "nested list (N, 1, 8, 8)": raw.reshape(-1, 1, 8, 8).tolist(),
+    }
+    for form, x in forms.items():
+        out = model.predict(x, params={"mode": "mean"})
+        assert list(out.columns) == list(image.class_names), form
+        assert np.array_equal(out.to_numpy(), expected), form
+
+    table = mlflow.pyfunc.load_model(registered[1])
+    rows = saved.inputs.example
+    as_float32 = rows.astype(np.float32)
+    expected = saved.predict_proba(as_float32.astype(np.float64), "mean")
+    columns = [f"f{i}" for i in range(rows.shape[1])]
+    for form, x in {
+        "float32": as_float32,
+        "tensor float32": torch.from_numpy(as_float32),
+        "DataFrame float32": pd.DataFrame(as_float32, columns=columns),
+    }.items():
+        out = table.predict(x, params={"mode": "mean"})
+        assert np.allclose(out.to_numpy(), expected, rtol=0, atol=1e-12), form
+    float64 = table.predict(rows, params={"mode": "mean"}).to_numpy()
+    assert np.allclose(float64, saved.predict_proba(rows, "mean"), rtol=0, atol=1e-12)
+    assert np.allclose(float64, expected, rtol=0, atol=1e-5)  # float32's rounding, no more
 
 
-@pytest.mark.slow
-def test_mlflow_models_serve_answers_with_probabilities(saved, server, registered, tmp_path):
+def test_bad_inputs_to_the_model_say_what_it_takes(
+    image, saved, server, registered, registered_image
+):
+    mlflow.set_tracking_uri(server.url)
+    model = mlflow.pyfunc.load_model(registered_image[1])
+    raw = image.inputs.example
+    nan = raw.copy()
+    nan[0, 3, 3] = np.nan
+    refused = [
+        (np.zeros((2, 7)), DIGITS_SHAPES + r", got \(2, 7\)"),
+        (np.zeros((2, 2, 8, 8), np.float32), DIGITS_SHAPES + r", got \(2, 2, 8, 8\)"),
+        (raw[0], DIGITS_SHAPES + r", got \(8, 8\)"),  # one image without its N axis
+        (nan, r"inputs hold 1 NaN or infinite value\(s\)"),
+        (np.full((2, 64), "a"), r"inputs must be numbers, got dtype <U1"),
+        ([[0.0] * 64, [0.0] * 63], r"inputs must be one rectangular array"),
+        (pd.DataFrame({"x": [1.0], "label": ["a"]}), r"input column\(s\) label are not numbers"),
+    ]
+    for x, message in refused:
+        with pytest.raises(MlflowException, match=message) as caught:
+            model.predict(x)
+        assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
+    with pytest.raises(MlflowException, match=r"has no predictive 'laplace'; accepted: sample"):
+        model.predict(raw, params={"mode": "laplace"})
+    # A table's model refuses a missing or an extra column, rather than dropping one.
+    table = mlflow.pyfunc.load_model(registered[1])
+    for n_columns in (3, 5):
+        with pytest.raises(MlflowException, match=rf"shape \(N, 4\), got \(2, {n_columns}\)"):
+            table.predict(np.zeros((2, n_columns), np.float32))
+
+
+def test_a_model_logged_with_the_earlier_tensor_schema_still_predicts(saved, tmp_path):
+    """Models logged before the signature lost its input schema: MLflow enforces theirs (a
+    float64 tensor of the raw shape), and the model predicts as it did."""
+    directory = saved.save(tmp_path / POSTERIOR_ARTIFACT)
+    earlier = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float64), (-1, 4))]),
+        outputs=Schema([ColSpec("double", name) for name in saved.class_names]),
+        params=ParamSchema([ParamSpec("mode", "string", "sample")]),
+    )
+    mlflow.pyfunc.save_model(
+        tmp_path / "model",
+        python_model=str(MODEL_CODE),
+        artifacts={POSTERIOR_ARTIFACT: str(directory)},
+        signature=earlier,
+        input_example=saved.inputs.example,
+    )
+    model = mlflow.pyfunc.load_model(str(tmp_path / "model"))
+    raw = saved.inputs.example
+    out = model.predict(raw, params={"mode": "mean"}).to_numpy()
+    assert np.allclose(out, saved.predict_proba(raw, "mean"), rtol=0, atol=1e-12)
+
+
+def test_a_registered_version_says_what_it_scored_first_and_briefly():
+    """MLflow's model page shows a version's description to 32 characters and a tag to 30 of
+    key and value: the objective's value, the method and the dataset come first."""
+    spec = validate_shape(DIGITS_SWEEP)
+    sweep_id = "0f3c9a2b7d4e4b1a9c8d7e6f5a4b3c2d"  # the service's sweeps have such ids
+    record = SweepRecord(sweep_id, {}, "sqlite://", "1", "parent", None)
+    metrics = {"val_nll": 0.1234567, "val_accuracy": 0.9722222, "val_nll_ts": 0.11, "test_nll": 2}
+    trial = TrialSummary("a1b2_00003", "digits-small-t3-00003", "succeeded", {}, metrics, "run")
+    tags, description = registration_notes(spec, record, trial)
+    assert description == (
+        f"val_nll 0.1235, vl-uniform, digits. Best trial of sweep digits-small ({sweep_id}) by "
+        "val_nll (minimize): digits-small-t3-00003."
+    )
+    assert tags == {
+        "objective": "val_nll=0.1235",
+        "method": "vl-uniform",
+        "dataset": "digits",
+        "sweep": "digits-small",
+        "trial": "digits-small-t3-00003",
+        "gradreg.sweep": sweep_id,
+        "gradreg.trial_id": "a1b2_00003",
+        "metric.val_nll": "0.123457",
+        "metric.val_accuracy": "0.972222",
+        "metric.test_nll": "2",
+    }
+    assert list(tags)[:3] == ["objective", "method", "dataset"]  # shown in this order
+    for key in ("objective", "method", "dataset", "sweep", "trial"):
+        assert len(key) + len(tags[key]) <= 30, key
+
+    # A sweep run from the CLI is named by its spec: said once. A file dataset by its file.
+    spec = validate_shape(
+        {
+            **DIGITS_SWEEP,
+            "dataset": {"name": "file", "options": {"path": "tables/animals.csv"}},
+            "objectives": [{"metric": "val_accuracy"}],
+        }
+    )
+    record = SweepRecord("digits-small", {}, "sqlite://", "1", "parent", None)
+    tags, description = registration_notes(spec, record, trial)
+    assert description.startswith(
+        "val_accuracy 0.9722, vl-uniform, animals.csv. Best trial of sweep digits-small by "
+        "val_accuracy (maximize)"
+    )
+    assert tags["objective"] == "val_accuracy=0.9722" and tags["dataset"] == "animals.csv"
+
+
+@contextlib.contextmanager
+def serving(model_uri: str, tracking_uri: str, log: Path) -> Iterator[str]:
+    """``mlflow models serve`` of ``model_uri`` (``--env-manager local``); yields its URL."""
     port = free_port()
     bin_dir = Path(sys.executable).parent  # MLflow starts `uvicorn` from the PATH
     env = {
         **os.environ,
-        "MLFLOW_TRACKING_URI": server.url,
+        "MLFLOW_TRACKING_URI": tracking_uri,
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     mlflow_cli = str(bin_dir / "mlflow")
-    log = (tmp_path / "serve.log").open("wb")
-    process = subprocess.Popen(
-        [
-            mlflow_cli, "models", "serve", "-m", f"models:/{NAME}/{registered[2]}",
-            "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
-        ],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, "mlflow models serve not up in 120 s"
-            time.sleep(0.5)
-        raw = saved.inputs.example
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [
+                mlflow_cli, "models", "serve", "-m", model_uri,
+                "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
+            ],
+            env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert process.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "mlflow models serve not up in 120 s"
+                time.sleep(0.5)
+            yield url
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+
+
+def _served(url: str, body: dict[str, Any], class_names: tuple[str, ...]) -> np.ndarray:
+    answer = httpx.post(f"{url}/invocations", json=body, timeout=30)
+    assert answer.status_code == 200, answer.text
+    rows = answer.json()["predictions"]
+    return np.array([[row[name] for name in class_names] for row in rows])
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_with_probabilities(
+    image, saved, server, registered, registered_image, tmp_path
+):
+    raw = np.rint(image.inputs.example)  # digits' pixels, whole numbers
+    expected = image.predict_proba(raw, "mean")
+    model_uri = f"models:/{IMAGE_NAME}/{registered_image[2]}"
+    with serving(model_uri, server.url, tmp_path / "image.log") as url:
+        for shape in [(-1, 8, 8), (-1, 1, 8, 8), (-1, 64)]:
+            body = {"inputs": raw.reshape(shape).tolist(), "params": {"mode": "mean"}}
+            served = _served(url, body, image.class_names)
+            assert np.allclose(served, expected, rtol=0, atol=1e-9), shape
+        # A named single tensor, as MLflow's clients send a dict of arrays.
+        body = {"inputs": {"x": raw.astype(int).tolist()}, "params": {"mode": "mean"}}
+        assert np.allclose(_served(url, body, image.class_names), expected, rtol=0, atol=1e-9)
+        # The sampled predictive, with its params.
+        body = {"inputs": raw.tolist(), "params": {"mode": "sample", "n_samples": 4, "seed": 1}}
+        sampled = image.predict_proba(raw, "sample", n_samples=4, seed=1)
+        assert np.allclose(_served(url, body, image.class_names), sampled, rtol=0, atol=1e-9)
+
+        answer = httpx.post(
+            f"{url}/invocations", json={"inputs": np.zeros((2, 7)).tolist()}, timeout=30
+        )
+        assert answer.status_code == 400
+        assert answer.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+        message = answer.json()["message"]
+        assert (
+            "expected inputs of shape (N, 8, 8) or (N, 1, 8, 8) or (N, 64), got (2, 7)" in message
+        )
         answer = httpx.post(
             f"{url}/invocations",
-            json={"inputs": raw.tolist(), "params": {"mode": "mean"}},
+            json={"inputs": raw.tolist(), "params": {"mode": "laplace"}},
             timeout=30,
         )
-        assert answer.status_code == 200, answer.text
-        rows = answer.json()["predictions"]
-        served = np.array([[row[name] for name in saved.class_names] for row in rows])
-        assert np.allclose(served, saved.predict_proba(raw, "mean"), rtol=0, atol=1e-9)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-        log.close()
+        assert answer.status_code == 400 and "has no predictive 'laplace'" in answer.text
+
+    rows = saved.inputs.example
+    expected = saved.predict_proba(rows, "mean")
+    with serving(registered[1], server.url, tmp_path / "table.log") as url:
+        body = {"inputs": rows.tolist(), "params": {"mode": "mean"}}
+        assert np.allclose(_served(url, body, saved.class_names), expected, rtol=0, atol=1e-9)
+        # A DataFrame, split: its columns by position.
+        split = pd.DataFrame(rows, columns=[f"f{i}" for i in range(4)]).to_dict(orient="split")
+        body = {"dataframe_split": split, "params": {"mode": "mean"}}
+        assert np.allclose(_served(url, body, saved.class_names), expected, rtol=0, atol=1e-9)
+        answer = httpx.post(
+            f"{url}/invocations", json={"inputs": np.zeros((2, 5)).tolist()}, timeout=30
+        )
+        assert answer.status_code == 400
+        assert "expected inputs of shape (N, 4), got (2, 5)" in answer.json()["message"]
 
 
 def _predict(argv: list[str], capsys, cli=gradreg_main) -> tuple[int, str, str]:
