@@ -21,6 +21,8 @@ def result_summary(result: FitResult) -> dict:
         "config": result.config.to_dict(),
         "dataset": result.dataset,
         "metrics": result.metrics,
+        # Why T was left at 1 (val_temperature_fitted 0), or None when it was fitted.
+        "temperature_scaling": result.temperature.reason if result.temperature else None,
         "epochs_run": len(result.history),
         "stopped_early": result.stopped_early,
         "posterior": result.posterior.variance_summary(),

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from gradreg.calibration import fit_temperature, scale
+from gradreg.calibration import TemperatureFit, scale
 from gradreg.config import METHOD_FIELDS, TrainConfig
-from gradreg.ensembles import average, evaluate_ensemble
+from gradreg.ensembles import EnsembleResult, average, evaluate_ensemble
 from gradreg.methods import METHODS, get_method
 from gradreg.metrics import ReliabilityBins, pool_reliability_bins, reliability_bins
 from gradreg.train import FitResult, Predictions, fit, load_config_dataset
@@ -247,13 +247,15 @@ def run_comparison(spec: CompareSpec, tick: Callable[[str], None] = lambda _: No
         config = spec.config(method, seed, **chosen[method])
         result = fit(config)
         runs.append(_run_record(method, seed, config, result))
-        _add_bins(bins, method, result.predictions)
+        assert result.temperature is not None  # fit() always evaluates
+        _add_bins(bins, method, result.predictions, result.temperature)
         tick(f"{method} seed {seed}")
         for label, members in _ensembles(spec, method, seed, config, result, search_runs, tick):
             if label not in labels:
                 labels.append(label)
-            runs.append(_ensemble_record(label, method, seed, members))
-            _add_bins(bins, label, _mean_predictions(members))
+            ensemble = _evaluate_members(members)
+            runs.append(_ensemble_record(label, method, seed, len(members), ensemble))
+            _add_bins(bins, label, _mean_predictions(members), ensemble.temperature)
     pooled = {key: pool_reliability_bins(parts) for key, parts in bins.items()}
     return Comparison(spec, chosen, search_runs, runs, pooled, labels)
 
@@ -293,12 +295,13 @@ def _ensembles(
     return found
 
 
-def _ensemble_metrics(members: list[dict[str, Predictions]]) -> dict[str, float]:
-    """The equal-weight ensemble's raw and temperature-scaled metrics on val and test."""
+def _evaluate_members(members: list[dict[str, Predictions]]) -> EnsembleResult:
+    """The equal-weight ensemble: its averaged predictive and its raw and temperature-scaled
+    metrics on val and test."""
     splits = list(members[0])
     probs = {s: [m[s].probs for m in members] for s in splits}
     labels = {s: members[0][s].labels for s in splits}
-    return evaluate_ensemble(probs, labels, range(len(members))).metrics
+    return evaluate_ensemble(probs, labels, range(len(members)))
 
 
 def _mean_predictions(members: list[dict[str, Predictions]]) -> dict[str, Predictions]:
@@ -321,6 +324,7 @@ def _run_record(method: str, seed: int, config: TrainConfig, result: FitResult) 
         "members": 1,
         "predictive": config.predict,
         **{k: v for k, v in metrics.items() if k.startswith(("val_", "test_"))},
+        "temperature_scaling": _temperature_note(result.temperature),
         "seconds_per_epoch": seconds,
         "ms_per_step": 1000 * seconds / steps,
         "epochs": len(result.history),
@@ -333,27 +337,34 @@ def _run_record(method: str, seed: int, config: TrainConfig, result: FitResult) 
 
 
 def _ensemble_record(
-    label: str, method: str, seed: int, members: list[dict[str, Predictions]]
+    label: str, method: str, seed: int, size: int, ensemble: EnsembleResult
 ) -> dict[str, Any]:
     return {
         "label": label,
         "method": method,
         "seed": seed,
-        "members": len(members),
+        "members": size,
         "predictive": "ensemble",
-        **_ensemble_metrics(members),
+        **ensemble.metrics,
+        "temperature_scaling": _temperature_note(ensemble.temperature),
     }
+
+
+def _temperature_note(temperature: TemperatureFit | None) -> str | None:
+    """Why a run's T was left at 1 (its ``val_temperature_fitted`` is 0); None when fitted."""
+    return temperature.reason if temperature is not None else None
 
 
 def _add_bins(
     bins: dict[tuple[str, str], list[ReliabilityBins]],
     label: str,
     predictions: dict[str, Predictions],
+    temperature: TemperatureFit,
 ) -> None:
-    """The test split's bins, raw and temperature-scaled (T fitted on val, as reported)."""
-    val, test = predictions["val"], predictions["test"]
-    temperature = fit_temperature(val.probs.clamp_min(1e-300).log(), val.labels)
-    scaled = scale(test.probs.clamp_min(1e-300).log(), temperature).exp()
+    """The test split's bins, raw and temperature-scaled (by the T reported: fitted on val,
+    or 1 where it was not fitted)."""
+    test = predictions["test"]
+    scaled = scale(test.probs.clamp_min(1e-300).log(), temperature.temperature).exp()
     bins.setdefault((label, "raw"), []).append(reliability_bins(test.probs, test.labels))
     bins.setdefault((label, "ts"), []).append(reliability_bins(scaled, test.labels))
 

@@ -1,7 +1,10 @@
 """Tables and files of a method comparison: summaries, paired differences, diagrams.
 
 A row label is a method (judged by its own predictive) or one of its ensembles; a variant is
-``raw`` or ``ts`` (after temperature scaling fitted on validation data).
+``raw`` or ``ts`` (after temperature scaling fitted on validation data). Where a seed's
+validation data did not determine a temperature (`gradreg.calibration`), its ``ts`` numbers
+are the raw ones (T = 1): the run says why (``temperature_scaling``), a ``ts`` summary row
+counts such seeds (``ts_not_fitted``), and the printed table marks the row.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ def summary_rows(comparison: Comparison) -> list[dict[str, Any]]:
         for metric in METRICS:
             values = [r[f"test_{metric}{VARIANTS[variant]}"] for r in runs]
             row[f"{metric}_mean"], row[f"{metric}_se"] = mean_and_se(values)
+        if variant == "ts":  # seeds whose T was left at 1: their "scaled" numbers are raw
+            row["ts_not_fitted"] = sum(r["val_temperature_fitted"] == 0.0 for r in runs)
         if variant == "raw":
             for extra in ("seconds_per_epoch", "ms_per_step", "posterior_std_final", "epochs"):
                 values = [r[extra] for r in runs if extra in r]
@@ -91,13 +96,31 @@ def format_summary(comparison: Comparison) -> str:
     header = f"{'':<22} {'predictive':<11}" + "".join(f"{m:>17}" for m in METRICS)
     header += f"{'s/epoch':>9}"
     lines = [header, "-" * len(header)]
+    notes = []
     for row in summary_rows(comparison):
         name = row["label"] + (" +TS" if row["variant"] == "ts" else "")
+        if row.get("ts_not_fitted"):
+            name += "*"
+            notes.append(_not_fitted_note(comparison, row))
         cells = "".join(f"{row[f'{m}_mean']:>9.4f} ±{row[f'{m}_se']:>6.4f}" for m in METRICS)
         seconds = row.get("seconds_per_epoch_mean")
         time = f"{seconds:>9.3f}" if seconds is not None else f"{'':>9}"
         lines.append(f"{name:<22} {row['predictive']:<11}{cells}{time}")
-    return "\n".join(lines)
+    return "\n".join(lines + notes)
+
+
+def _not_fitted_note(comparison: Comparison, row: dict[str, Any]) -> str:
+    """The footnote of a +TS row with seeds whose temperature was not fitted."""
+    runs = [r for r in comparison.runs if r["label"] == row["label"]]
+    unfitted = [r for r in runs if r["val_temperature_fitted"] == 0.0]
+    seeds = ("seed " if len(unfitted) == 1 else "seeds ") + ", ".join(
+        str(r["seed"]) for r in unfitted
+    )
+    reason = str(unfitted[0]["temperature_scaling"]).removeprefix("not fitted: ")
+    return (
+        f"* {row['label']} +TS: T not fitted on {len(unfitted)} of {len(runs)} seeds ({seeds}), "
+        f"whose +TS numbers are the raw ones (T = 1); seed {unfitted[0]['seed']}: {reason}"
+    )
 
 
 def format_paired(comparison: Comparison) -> str:

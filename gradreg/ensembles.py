@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from gradreg.calibration import temperature_scaled_metrics
+from gradreg.calibration import TemperatureFit, fit_temperature, temperature_scaled_metrics
 from gradreg.metrics import ReliabilityBins, classification_metrics, reliability_bins
 
 _TINY = 1e-300  # log of an average probability that underflowed to 0
@@ -25,9 +25,11 @@ _TINY = 1e-300  # log of an average probability that underflowed to 0
 @dataclass
 class EnsembleResult:
     members: list[int]  # indices into the candidates, with repeats for greedy selection
-    metrics: dict[str, float]  # {val,test}_{metric}, their _ts variants, val_temperature
+    # {val,test}_{metric}, their _ts variants, val_temperature, val_temperature_fitted
+    metrics: dict[str, float]
     test_bins: ReliabilityBins
     probs: dict[str, Tensor]  # the ensemble's predictive per split
+    temperature: TemperatureFit  # T fitted on val, or T = 1 and why not
 
 
 def average(probs: Sequence[Tensor], members: Sequence[int] | None = None) -> Tensor:
@@ -65,17 +67,20 @@ def evaluate_ensemble(
     probs: dict[str, Sequence[Tensor]], labels: dict[str, Tensor], members: Sequence[int]
 ) -> EnsembleResult:
     """The ensemble of ``members`` on every split: raw metrics, temperature-scaled ones (T
-    fitted on ``val``) and the test split's reliability bins."""
+    fitted on ``val``, or T = 1 where the validation data do not determine one) and the test
+    split's reliability bins."""
     averaged = {split: average(probs[split], members) for split in probs}
     metrics: dict[str, float] = {}
     for split, p in averaged.items():
         metrics.update(classification_metrics(p, labels[split], f"{split}_"))
     log = {s: (p.clamp_min(_TINY).log(), labels[s]) for s, p in averaged.items()}
     others = {f"{s}_": log[s] for s in log if s != "val"}
-    metrics.update(temperature_scaled_metrics(log["val"], others))
+    temperature = fit_temperature(*log["val"])
+    metrics.update(temperature_scaled_metrics(log["val"], others, temperature))
     return EnsembleResult(
         members=list(members),
         metrics=metrics,
         test_bins=reliability_bins(averaged["test"], labels["test"]),
         probs=averaged,
+        temperature=temperature,
     )

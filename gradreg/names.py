@@ -12,6 +12,9 @@ SPLITS: tuple[str, ...] = ("val", "test")
 # Suffixes of the variants reported beside a method's own predictive.
 TEMPERATURE_SCALED = "_ts"  # after temperature scaling fitted on val
 AT_MEAN = "_at_mean"  # the network at the posterior mean
+# The temperature scaling's own numbers: T, and whether it was fitted (1.0) or left at T = 1
+# because the validation data do not determine one (0.0; gradreg/calibration.py says when).
+TEMPERATURE_METRICS: tuple[str, ...] = ("val_temperature", "val_temperature_fitted")
 
 
 def split_metrics(suffix: str = "") -> tuple[str, ...]:
@@ -27,7 +30,7 @@ EPOCH_METRICS: tuple[str, ...] = (
     "train_sqgrad",
     "train_kl",
     *split_metrics(),
-    "val_temperature",
+    *TEMPERATURE_METRICS,
     *split_metrics(TEMPERATURE_SCALED),
     *split_metrics(AT_MEAN),
     "posterior_std_mean",

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradreg.calibration import temperature_scaled_metrics
+from gradreg.calibration import TemperatureFit, fit_temperature, temperature_scaled_metrics
 from gradreg.config import TrainConfig
 from gradreg.data import Dataset, load_dataset
 from gradreg.device import resolve_device
@@ -71,6 +71,8 @@ class FitResult:
     predictions: dict[str, Predictions] = field(default_factory=dict)
     # What the network expects besides its weights (for gradreg.export.SavedPosterior).
     inputs: ModelInputs | None = None
+    # The last evaluation's temperature scaling: T, and why it was not fitted when it was not.
+    temperature: TemperatureFit | None = None
 
     def saved(self) -> SavedPosterior:
         """The trained posterior with what it needs to predict from raw inputs."""
@@ -141,6 +143,7 @@ class Evaluation:
     metrics: dict[str, float]
     test_bins: ReliabilityBins
     predictions: dict[str, Predictions]
+    temperature: TemperatureFit
 
 
 def evaluate_splits(
@@ -153,7 +156,9 @@ def evaluate_splits(
 
     ``{split}_{metric}``: the method's predictive (``config.predict``);
     ``{split}_{metric}_ts``: the same after temperature scaling fitted on val
-    (``val_temperature``); ``{split}_{metric}_at_mean``: the network at the posterior mean.
+    (``val_temperature``; ``val_temperature_fitted`` is 0 and T = 1 where the validation data
+    do not determine a T, see `gradreg.calibration`); ``{split}_{metric}_at_mean``: the
+    network at the posterior mean.
     """
     posterior.eval()
     log_probs = {
@@ -164,10 +169,12 @@ def evaluate_splits(
     metrics: dict[str, float] = {}
     for split in splits:
         metrics.update(classification_metrics(log_probs[split].exp(), labels[split], f"{split}_"))
+    temperature = fit_temperature(log_probs["val"], labels["val"])
     metrics.update(
         temperature_scaled_metrics(
             (log_probs["val"], labels["val"]),
             {f"{s}_": (log_probs[s], labels[s]) for s in splits if s != "val"},
+            temperature,
         )
     )
     for split, (x, _) in splits.items():
@@ -183,6 +190,7 @@ def evaluate_splits(
         metrics=metrics,
         test_bins=reliability_bins(test_probs, labels["test"]),
         predictions={s: Predictions(log_probs[s].exp(), labels[s]) for s in splits},
+        temperature=temperature,
     )
 
 
@@ -276,6 +284,7 @@ def fit(
         stopped_early,
         evaluation.predictions,
         ModelInputs.of(data),
+        evaluation.temperature,
     )
 
 

@@ -23,7 +23,7 @@ from gradreg.data import (
 )
 from gradreg.methods import HYPERPARAMETERS, METHODS
 from gradreg.models import available_models, model_option_problems, model_options
-from gradreg.names import EPOCH_METRICS
+from gradreg.names import EPOCH_METRICS, TEMPERATURE_METRICS
 from sweeps.errors import SpecError, SpecIssue
 from sweeps.limits import Limits
 from sweeps.resolve import base_settings, max_epochs, resolve_data_dir, resolve_data_file
@@ -36,7 +36,7 @@ from sweeps.spec import (
 
 # Objectives steer the search, so they come from data the search may look at.
 OBJECTIVE_METRICS = tuple(
-    m for m in EPOCH_METRICS if m.startswith(("val_", "train_")) and m != "val_temperature"
+    m for m in EPOCH_METRICS if m.startswith(("val_", "train_")) and m not in TEMPERATURE_METRICS
 )
 # Searched integers need type: int; TrainConfig's annotations say which settings are integers.
 INTEGER_SETTINGS = tuple(

@@ -52,6 +52,7 @@ def test_the_ensemble_metrics_are_those_of_the_averaged_probabilities():
     for key, value in expected.items():
         assert result.metrics[key] == pytest.approx(value, rel=1e-12)
     assert {"val_temperature", "test_nll_ts", "val_ece_ts"} <= set(result.metrics)
+    assert result.temperature.fitted and result.metrics["val_temperature_fitted"] == 1.0
     assert result.test_bins.count.sum() == len(test_y)
 
 
@@ -61,3 +62,23 @@ def test_members_must_have_predicted_the_same_split():
         average([probs[0], probs[1][:10]])
     with pytest.raises(ValueError, match="at least one member"):
         average(probs, [])
+
+
+def test_an_ensemble_that_separates_the_validation_labels_leaves_its_temperature_at_1():
+    val, val_y = candidates(n=3, examples=20, seed=4)
+    # Every member right on every validation example, by a margin: so is their average.
+    val = [
+        torch.softmax(torch.log(p) + 6.0 * torch.nn.functional.one_hot(val_y, 4), -1) for p in val
+    ]
+    test, test_y = candidates(n=3, examples=30, seed=5)
+    result = evaluate_ensemble(
+        {"val": val, "test": test}, {"val": val_y, "test": test_y}, [0, 1, 2]
+    )
+    assert result.metrics["val_accuracy"] == 1.0 and result.metrics["test_accuracy"] < 1.0
+    assert not result.temperature.fitted and result.temperature.temperature == 1.0
+    assert "all 20 validation examples are classified correctly" in result.temperature.reason
+    assert result.metrics["val_temperature_fitted"] == 0.0
+    for split in ("val", "test"):
+        for metric in ("accuracy", "nll", "ece", "aece", "brier"):
+            key = f"{split}_{metric}"
+            assert result.metrics[f"{key}_ts"] == pytest.approx(result.metrics[key], rel=1e-9)

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from gradreg.artifacts import result_summary
 from gradreg.config import TrainConfig
 from gradreg.names import EPOCH_METRICS
 from gradreg.train import fit
@@ -34,6 +35,7 @@ EPOCH_KEYS = {
         for m in ("accuracy", "nll", "ece", "aece", "brier")
     ),
     "val_temperature",
+    "val_temperature_fitted",
     "posterior_std_mean",
     "train_seconds",
 }
@@ -64,6 +66,42 @@ def test_digits_vl_learns_something_real():
     )
     assert result.metrics["test_accuracy"] > 0.9
     assert result.metrics["test_nll"] < 0.4
+
+
+# Wine's 27 validation rows, all classified right by epoch 6 with one test error: the split
+# the user's noisy wine file gave. Fitted anyway, T ran off to 0.026 and the scaled test NLL
+# was 0.55 against 0.18 raw.
+SEPARABLE_VALIDATION = dict(
+    dataset="wine",
+    split_seed=15,
+    seed=15,
+    model="mlp",
+    model_options={"hidden": [16]},
+    epochs=6,
+    batch_size=32,
+    lr=0.01,
+    variance="uniform",
+    noise_scale=0.01,
+    device="cpu",
+)
+
+
+def test_a_validation_split_classified_correctly_leaves_the_temperature_at_1_and_says_why():
+    result = fit(SEPARABLE_VALIDATION)
+    final = result.metrics
+    assert final["val_accuracy"] == 1.0 and final["test_accuracy"] < 1.0  # the case at hand
+    assert (final["val_temperature"], final["val_temperature_fitted"]) == (1.0, 0.0)
+    for split in ("val", "test"):
+        for metric in ("accuracy", "nll", "ece", "aece", "brier"):
+            assert final[f"{split}_{metric}_ts"] == pytest.approx(final[f"{split}_{metric}"])
+    assert result.temperature is not None and not result.temperature.fitted
+    assert result.temperature.reason == (
+        "not fitted: all 27 validation examples are classified correctly with a margin, so "
+        "the NLL falls as T -> 0 and has no finite minimiser"
+    )
+    assert result_summary(result)["temperature_scaling"] == result.temperature.reason  # --json
+    # An epoch whose validation split is not yet separated still fits T.
+    assert any(h["val_temperature_fitted"] == 1.0 for h in result.history)
 
 
 def test_callback_returning_true_stops_after_that_epoch():
