@@ -88,11 +88,16 @@ class EnsembleOut(BaseModel):
     """The sweep ensemble: an equal-weight ensemble of the sweep's best finished trials."""
 
     selection: str
-    size: int
+    size: int  # the members it has (in ensembles stored before `requested`: the spec's size)
     members: list[dict[str, Any]]  # trial_id, name, mlflow_run_id, weight
-    metrics: dict[str, Any]  # {val,test}_{accuracy,nll,ece,aece,brier}, *_ts, val_temperature
+    # {val,test}_{accuracy,nll,ece,aece,brier}, *_ts, val_temperature, val_temperature_fitted
+    metrics: dict[str, Any]
     candidates: int
     skipped: list[dict[str, Any]]
+    # Absent (null) in ensembles stored before they existed:
+    requested: int | None = None  # the spec's ensemble.size
+    note: str | None = None  # why it has fewer members than requested
+    temperature_scaling: str | None = None  # why its temperature was not fitted (T = 1)
 
 
 class BestOut(BaseModel):

@@ -215,21 +215,37 @@ def format_outcome(outcome: SweepOutcome, top: int = 5) -> str:
 
 
 def format_ensemble(ensemble: dict) -> str:
-    """The sweep ensemble's test metrics, raw and temperature-scaled, and its members."""
+    """The sweep ensemble's test metrics, raw and temperature-scaled, its members, and why it
+    has fewer members than requested or an unfitted temperature, when it does."""
     if "error" in ensemble:
         return f"sweep ensemble: not built ({ensemble['error']})"
+    note = ensemble.get("note")  # absent from ensembles stored before it existed
     if not ensemble["members"]:
         skipped = len(ensemble.get("skipped", []))
-        return f"sweep ensemble: no finished trial with predictions ({skipped} skipped)"
+        why = f": {note}" if note else ""
+        return f"sweep ensemble: no finished trial with predictions ({skipped} skipped){why}"
     metrics = ensemble["metrics"]
     raw = ", ".join(f"{m} {metrics[f'test_{m}']:.4g}" for m in ENSEMBLE_METRICS)
-    scaled = ", ".join(f"{m} {metrics[f'test_{m}_ts']:.4g}" for m in ENSEMBLE_METRICS[1:])
-    members = ", ".join(f"{m['name']} ({m['weight']:.2g})" for m in ensemble["members"])
-    return (
-        f"sweep ensemble ({ensemble['selection']}, {len(ensemble['members'])} of "
-        f"{ensemble['candidates']} finished trials): test {raw} | +TS {scaled}\n"
-        f"  members: {members}"
+    unfitted = ensemble.get("temperature_scaling")
+    scaled = (
+        "+TS not fitted (T = 1)"
+        if unfitted
+        else "+TS " + ", ".join(f"{m} {metrics[f'test_{m}_ts']:.4g}" for m in ENSEMBLE_METRICS[1:])
     )
+    members = ", ".join(f"{m['name']} ({m['weight']:.2g})" for m in ensemble["members"])
+    size = len(ensemble["members"])
+    requested = ensemble.get("requested")
+    asked = f" ({requested} requested)" if requested is not None and requested != size else ""
+    lines = [
+        f"sweep ensemble ({ensemble['selection']}, {size} member{'' if size == 1 else 's'}"
+        f"{asked} from {ensemble['candidates']} finished trials): test {raw} | {scaled}",
+        f"  members: {members}",
+    ]
+    if note:
+        lines.append(f"  note: {note}")
+    if unfitted:
+        lines.append(f"  temperature scaling {unfitted}")
+    return "\n".join(lines)
 
 
 def _ranked(outcome: SweepOutcome, metric: str) -> list[TrialSummary]:

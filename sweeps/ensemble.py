@@ -5,7 +5,10 @@ Every finished trial keeps its validation and test class probabilities in its ML
 the best ``ensemble.size`` trials by the first objective (``selection: top``), or Caruana's
 greedy picks by validation NLL among the best 4 × size (``selection: greedy``), are averaged.
 Test data are never used to choose. Trials stopped early (ASHA) or failed never predicted on
-the whole splits, so they are not candidates.
+the whole splits, so they are not candidates; a finished trial without predictions is skipped
+and the next best takes its place. The ensemble reports the members it has (``size``) beside
+the spec's ``requested``, with a note when they differ (fewer finished trials with
+predictions than asked for; greedy picks that repeat a trial).
 """
 
 from __future__ import annotations
@@ -36,22 +39,33 @@ class PredictionSource(Protocol):
 @dataclass
 class SweepEnsemble:
     selection: str
-    size: int
+    requested: int  # the spec's ensemble.size
     members: list[dict[str, Any]]  # trial_id, name, mlflow_run_id, weight (share of picks)
-    metrics: dict[str, float]  # {val,test}_{metric}, _ts variants, val_temperature
+    # {val,test}_{metric}, _ts variants, val_temperature, val_temperature_fitted
+    metrics: dict[str, float]
     test_bins: ReliabilityBins | None
     candidates: int  # finished trials it could choose from
     skipped: list[dict[str, str]] = field(default_factory=list)  # trials without predictions
+    note: str | None = None  # why it has fewer members than requested
+    temperature_scaling: str | None = None  # why its T was left at 1; None when fitted
+
+    @property
+    def size(self) -> int:
+        """The members it has: distinct trials (greedy selection may pick one several times)."""
+        return len(self.members)
 
     def summary(self) -> dict[str, Any]:
         """The JSON-safe part that travels with the sweep's outcome to the store and the API."""
         return {
             "selection": self.selection,
             "size": self.size,
+            "requested": self.requested,
+            "note": self.note,
             "members": self.members,
             "metrics": self.metrics,
             "candidates": self.candidates,
             "skipped": self.skipped,
+            "temperature_scaling": self.temperature_scaling,
         }
 
 
@@ -89,17 +103,22 @@ def build_ensemble(
         return None
     finished = [t for t in trials if t.state == "succeeded" and t.mlflow_run_id]
     ranked = ranked_trials(objective, finished)
-    pool = ranked[: section.size * (GREEDY_POOL if section.selection == "greedy" else 1)]
+    pool = section.size * (GREEDY_POOL if section.selection == "greedy" else 1)
     loaded: list[tuple[TrialSummary, dict[str, Predictions]]] = []
     skipped = []
-    for trial in pool:
+    for trial in ranked:
+        if len(loaded) == pool:
+            break
         data = source.load_predictions(str(trial.mlflow_run_id))
         if data is None:
             skipped.append({"trial_id": trial.trial_id, "reason": f"no {PREDICTIONS_FILE}"})
             continue
         loaded.append((trial, decode_predictions(data)))
     if not loaded:
-        return SweepEnsemble(section.selection, section.size, [], {}, None, len(ranked), skipped)
+        note = _shortfall(section.size, 0, len(trials), len(ranked), len(skipped))
+        return SweepEnsemble(
+            section.selection, section.size, [], {}, None, len(ranked), skipped, note
+        )
     splits = list(loaded[0][1])
     probs = {s: [p[s].probs for _, p in loaded] for s in splits}
     labels = {s: loaded[0][1][s].labels for s in splits}
@@ -124,6 +143,15 @@ def build_ensemble(
         }
         for i, count in sorted(counts.items())
     ]
+    notes = []
+    if len(loaded) < section.size:
+        notes.append(_shortfall(section.size, len(loaded), len(trials), len(ranked), len(skipped)))
+    if section.selection == "greedy" and len(members) < section.size:
+        notes.append(
+            f"greedy selection made {section.size} picks, with replacement, and chose "
+            f"{len(members)} distinct trial{_s(len(members))} (each member's weight is its "
+            "share of the picks)"
+        )
     return SweepEnsemble(
         section.selection,
         section.size,
@@ -132,4 +160,21 @@ def build_ensemble(
         result.test_bins,
         len(ranked),
         skipped,
+        "; ".join(notes) or None,
+        result.temperature.reason,
     )
+
+
+def _shortfall(requested: int, loaded: int, trials: int, finished: int, skipped: int) -> str:
+    """Why an ensemble has fewer candidates with predictions than members asked for."""
+    had = f"only {loaded}" if loaded else "none"
+    without = f", {skipped} of them without {PREDICTIONS_FILE}" if skipped else ""
+    return (
+        f"{requested} member{_s(requested)} asked for, but {had} of the sweep's finished "
+        f"trials had predictions (the sweep has {trials} trial{_s(trials)}, {finished} "
+        f"finished{without})"
+    )
+
+
+def _s(count: int) -> str:
+    return "" if count == 1 else "s"

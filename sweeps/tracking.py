@@ -50,6 +50,10 @@ TRIAL_NAME_TAG = "gradreg.trial_name"  # Tune's name of the trial; the run's own
 ATTEMPT_TAG = "gradreg.attempt"
 RESUMED_TAG = "gradreg.resumed_from_epoch"  # set by a retry that restored a checkpoint
 STATUS_TAG = "gradreg.status"
+# Why temperature scaling was not fitted (T left at 1; gradreg.calibration says when): on a
+# trial's run, from its final evaluation; on the parent run, from the sweep ensemble's.
+TEMPERATURE_TAG = "gradreg.temperature_scaling"
+ENSEMBLE_TEMPERATURE_TAG = "gradreg.ensemble_temperature_scaling"
 ERROR_TAG = "gradreg.error"
 MAX_TAG_LENGTH = 5000
 MAX_PARAM_LENGTH = 6000
@@ -286,9 +290,11 @@ class Tracker:
         diagram: bool,
         state_file: Path | None = None,
         predictions: Mapping[str, Predictions] | None = None,
+        temperature_scaling: str | None = None,
     ) -> None:
         """The trial's final files: metrics, reliability bins and diagram, its validation and
-        test class probabilities (for the sweep ensemble), optional weights."""
+        test class probabilities (for the sweep ensemble), optional weights; and, when
+        ``temperature_scaling`` says why T was not fitted, the `TEMPERATURE_TAG`."""
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
             (out / "final_metrics.json").write_text(json.dumps(dict(metrics), indent=2) + "\n")
@@ -304,6 +310,15 @@ class Tracker:
             self.client.log_artifacts(run_id, str(out))
         if state_file is not None:
             self.client.log_artifact(run_id, str(state_file), artifact_path="checkpoint")
+        self._tag_temperature(run_id, TEMPERATURE_TAG, temperature_scaling)
+
+    def _tag_temperature(self, run_id: str, tag: str, reason: str | None) -> None:
+        """``tag`` says why T was not fitted; where it was fitted, an earlier such tag goes (a
+        retried trial, an ensemble built again)."""
+        if reason is not None:
+            self.client.set_tag(run_id, tag, reason[:MAX_TAG_LENGTH])
+        elif tag in self.client.get_run(run_id).data.tags:
+            self.client.delete_tag(run_id, tag)
 
     def log_dataset(self, run_id: str, dataset: Mapping[str, Any]) -> None:
         """The trial's data as an MLflow dataset input (``dataset``: `Dataset.summary()`): a
@@ -342,10 +357,11 @@ class Tracker:
 
     def log_ensemble(self, run_id: str, ensemble: SweepEnsemble) -> None:
         """The sweep ensemble on the parent run: ``ensemble_*`` metrics, its members and its
-        test reliability diagram."""
+        test reliability diagram, and `ENSEMBLE_TEMPERATURE_TAG` when its T was not fitted."""
         metrics = {f"ensemble_{k}": v for k, v in ensemble.metrics.items()}
         metrics["ensemble_members"] = float(len(ensemble.members))
         self.client.log_batch(run_id, metrics=_metrics(metrics, step=0))
+        self._tag_temperature(run_id, ENSEMBLE_TEMPERATURE_TAG, ensemble.temperature_scaling)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
             (out / "ensemble.json").write_text(json.dumps(ensemble.summary(), indent=2) + "\n")

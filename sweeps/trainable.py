@@ -141,6 +141,7 @@ def _log_outcome(
             _diagram(spec),
             state_file,
             predictions=result.predictions if spec.ensemble.size else None,
+            temperature_scaling=result.temperature.reason if result.temperature else None,
         )
     if spec.tracking.log_model:
         from sweeps.model import log_model  # MLflow's model code: 0.5 s the driver need not pay

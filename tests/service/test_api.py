@@ -179,6 +179,8 @@ def test_a_sweep_runs_to_the_end_and_is_visible_in_the_api_and_mlflow(api, clien
     assert ensemble == best["ensemble"]
     assert {m["trial_id"] for m in ensemble["members"]} == {t["trial_id"] for t in trials}
     assert ensemble["selection"] == "top" and ensemble["candidates"] == 3
+    assert (ensemble["size"], ensemble["requested"]) == (3, 5)  # the members it has, and why
+    assert ensemble["note"].startswith("5 members asked for, but only 3 of the sweep's finished")
     assert 0 < ensemble["metrics"]["test_accuracy"] <= 1 and "test_nll_ts" in ensemble["metrics"]
 
     mlflow = MlflowClient(api.tracking_uri)

@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 from gradreg.metrics import classification_metrics
 from gradreg.train import Predictions
 from sweeps import TrialSummary, run_sweep
+from sweeps.cli import format_ensemble
 from sweeps.driver import ensemble_sweep
 from sweeps.ensemble import (
     PREDICTIONS_FILE,
@@ -20,7 +21,7 @@ from sweeps.ensemble import (
     encode_predictions,
 )
 from sweeps.spec import EnsembleSection, Objective
-from sweeps.tracking import ROLE_TAG
+from sweeps.tracking import ENSEMBLE_TEMPERATURE_TAG, ROLE_TAG, TEMPERATURE_TAG
 from tests.sweeps.conftest import digits_spec
 
 
@@ -75,6 +76,109 @@ def test_greedy_picks_by_validation_nll_with_replacement_and_names_what_it_skipp
     assert found.skipped == [{"trial_id": "c", "reason": f"no {PREDICTIONS_FILE}"}]
     assert sum(m["weight"] for m in found.members) == pytest.approx(1.0)
     assert {m["trial_id"] for m in found.members} <= {"a", "b", "d"}
+
+
+def test_an_ensemble_of_fewer_finished_trials_than_asked_reports_the_members_it_has():
+    """A 4-trial sweep with the default ensemble.size 5: 4 members, and the reason."""
+    trials = [trial(name, nll) for name, nll in [("a", 0.4), ("b", 0.1), ("c", 0.3), ("d", 0.2)]]
+    trials.append(trial("e", 0.05, "failed"))
+    source = Stored({f"run-{t.name}": predictions(i) for i, t in enumerate(trials)})
+    found = build_ensemble(source, EnsembleSection(size=5), Objective(metric="val_nll"), trials)
+    assert (found.size, found.requested, len(found.members)) == (4, 5, 4)
+    note = (
+        "5 members asked for, but only 4 of the sweep's finished trials had predictions (the "
+        "sweep has 5 trials, 4 finished)"
+    )
+    assert found.note == note
+    summary = found.summary()
+    assert (summary["size"], summary["requested"], summary["note"]) == (4, 5, note)
+    printed = format_ensemble(summary)
+    assert printed.startswith("sweep ensemble (top, 4 members (5 requested) from 4 finished ")
+    assert f"\n  note: {note}" in printed
+    # As many as asked: no note.
+    enough = build_ensemble(source, EnsembleSection(size=4), Objective(metric="val_nll"), trials)
+    assert (enough.size, enough.requested, enough.note) == (4, 4, None)
+    assert "requested" not in format_ensemble(enough.summary())
+
+
+def test_a_top_trial_without_predictions_gives_its_place_to_the_next_best():
+    trials = [trial(name, nll) for name, nll in [("a", 0.1), ("b", 0.2), ("c", 0.3), ("d", 0.4)]]
+    stored = {f"run-{t.name}": predictions(i) for i, t in enumerate(trials)}
+    stored["run-a"] = None
+    source = Stored(stored)
+    found = build_ensemble(source, EnsembleSection(size=2), Objective(metric="val_nll"), trials)
+    assert [m["trial_id"] for m in found.members] == ["b", "c"]
+    assert source.asked == ["run-a", "run-b", "run-c"]  # d is not loaded
+    assert found.skipped == [{"trial_id": "a", "reason": f"no {PREDICTIONS_FILE}"}]
+    assert (found.size, found.requested, found.note) == (2, 2, None)
+    # None left to take its place: the note counts the trial without predictions.
+    short = build_ensemble(source, EnsembleSection(size=4), Objective(metric="val_nll"), trials)
+    assert short.size == 3 and short.note == (
+        f"4 members asked for, but only 3 of the sweep's finished trials had predictions (the "
+        f"sweep has 4 trials, 4 finished, 1 of them without {PREDICTIONS_FILE})"
+    )
+
+
+def test_greedy_picks_that_repeat_a_trial_are_said_to():
+    trials = [trial("a", 0.1), trial("b", 0.2)]
+    good, bad = predictions(0), predictions(1)
+    for split in ("val", "test"):  # a is right everywhere, b no better than chance
+        good[split] = Predictions(
+            torch.nn.functional.one_hot(good[split].labels, 3) * 0.9 + 0.1 / 3,
+            good[split].labels,
+        )
+    source = Stored({"run-a": good, "run-b": bad})
+    section = EnsembleSection(size=3, selection="greedy")
+    found = build_ensemble(source, section, Objective(metric="val_nll"), trials)
+    assert [(m["trial_id"], m["weight"]) for m in found.members] == [("a", 1.0)]
+    assert (found.size, found.requested) == (1, 3)
+    assert found.note == (
+        "3 members asked for, but only 2 of the sweep's finished trials had predictions (the "
+        "sweep has 2 trials, 2 finished); greedy selection made 3 picks, with replacement, "
+        "and chose 1 distinct trial (each member's weight is its share of the picks)"
+    )
+
+
+def test_an_ensemble_whose_validation_labels_are_separated_leaves_its_temperature_at_1():
+    trials = [trial("a", 0.1), trial("b", 0.2)]
+    stored = {}
+    for i, t in enumerate(trials):
+        found = predictions(i)
+        val = found["val"]  # every validation example right by a margin, in both trials
+        sharp = torch.softmax(val.probs.log() + 5.0 * torch.nn.functional.one_hot(val.labels), -1)
+        stored[f"run-{t.name}"] = {**found, "val": Predictions(sharp, val.labels)}
+    ensemble = build_ensemble(
+        Stored(stored), EnsembleSection(size=2), Objective(metric="val_nll"), trials
+    )
+    reason = (
+        "not fitted: all 40 validation examples are classified correctly with a margin, so the "
+        "NLL falls as T -> 0 and has no finite minimiser"
+    )
+    assert ensemble.temperature_scaling == reason
+    assert ensemble.metrics["val_temperature_fitted"] == 0.0
+    assert ensemble.metrics["test_nll_ts"] == pytest.approx(ensemble.metrics["test_nll"])
+    summary = ensemble.summary()
+    assert summary["temperature_scaling"] == reason
+    printed = format_ensemble(summary)
+    assert "| +TS not fitted (T = 1)\n" in printed
+    assert printed.endswith(f"\n  temperature scaling {reason}")
+
+
+def test_an_ensemble_stored_before_requested_and_note_still_prints():
+    """Stored sweeps keep the old summary: no requested, note or temperature_scaling."""
+    old = {
+        "selection": "top",
+        "size": 5,
+        "members": [{"trial_id": "a", "name": "t1", "mlflow_run_id": "r", "weight": 1.0}],
+        "metrics": {
+            f"test_{m}{v}": 0.5 for m in ("accuracy", "nll", "ece", "brier") for v in ("", "_ts")
+        },
+        "candidates": 1,
+        "skipped": [],
+    }
+    printed = format_ensemble(old)
+    assert printed.startswith("sweep ensemble (top, 1 member from 1 finished trials)")
+    assert "note" not in printed and "+TS nll 0.5" in printed
 
 
 def test_trials_that_predicted_different_examples_cannot_be_ensembled():
@@ -138,3 +242,50 @@ def test_a_sweep_logs_its_ensemble_on_the_parent_run(ray_local, driver_options, 
     assert all(
         PREDICTIONS_FILE in {a.path for a in client.list_artifacts(r.info.run_id)} for r in children
     )
+
+
+def test_a_sweep_says_where_temperature_scaling_was_not_fitted_and_why(
+    ray_local, driver_options, tracking_uri
+):
+    """Two trials on wine's split 15 (27 validation rows, all classified right by epoch 6),
+    with the default ensemble.size 5: each trial's run and the parent run carry the reason,
+    and the ensemble reports the 2 members it has."""
+    spec = digits_spec(
+        name="wine-separable",
+        dataset={"name": "wine", "split_seed": 15},
+        model={"name": "mlp", "options": {"hidden": [16]}},
+        fixed={"epochs": 6, "batch_size": 32, "lr": 0.01, "seed": 15, "device": "cpu"},
+        parameters={"noise_scale": {"type": "float", "low": 0.0099, "high": 0.0101}},
+        budget={"max_trials": 2, "max_concurrent_trials": 2},
+    )
+    outcome = run_sweep(spec, driver_options)
+
+    assert outcome.status == "succeeded" and len(outcome.trials) == 2
+    reason = (
+        "not fitted: all 27 validation examples are classified correctly with a margin, so the "
+        "NLL falls as T -> 0 and has no finite minimiser"
+    )
+    client = MlflowClient(tracking_uri)
+    for t in outcome.trials:
+        run = client.get_run(t.mlflow_run_id)
+        assert run.data.metrics["val_accuracy"] == 1.0
+        assert (
+            run.data.metrics["val_temperature"],
+            run.data.metrics["val_temperature_fitted"],
+        ) == (
+            1.0,
+            0.0,
+        )
+        assert run.data.metrics["test_nll_ts"] == pytest.approx(run.data.metrics["test_nll"])
+        assert run.data.tags[TEMPERATURE_TAG] == reason
+    ensemble = outcome.ensemble
+    assert (ensemble["size"], ensemble["requested"], len(ensemble["members"])) == (2, 5, 2)
+    assert ensemble["note"] == (
+        "5 members asked for, but only 2 of the sweep's finished trials had predictions (the "
+        "sweep has 2 trials, 2 finished)"
+    )
+    assert ensemble["temperature_scaling"] == reason
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.data.tags[ENSEMBLE_TEMPERATURE_TAG] == reason
+    assert parent.data.metrics["ensemble_val_temperature_fitted"] == 0.0
+    assert parent.data.metrics["ensemble_members"] == 2

@@ -9,12 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from gradreg.metrics import reliability_bins
+from sweeps.ensemble import SweepEnsemble
 from sweeps.records import trial_number
 from sweeps.tracking import (
     ATTEMPT_TAG,
+    ENSEMBLE_TEMPERATURE_TAG,
     PARENT_RUN_TAG,
     STATUS_TAG,
     SWEEP_TAG,
+    TEMPERATURE_TAG,
     TRIAL_NAME_TAG,
     TRIAL_TAG,
     Tracker,
@@ -148,3 +151,29 @@ def test_concurrent_trials_log_the_same_dataset(tracking_uri):
         for run_id in group:
             (logged,) = tracker.client.get_run(run_id).inputs.dataset_inputs
             assert logged.dataset.name == f"set{index}"
+
+
+def test_an_unfitted_temperature_is_a_tag_that_a_fitted_one_clears(tracking_uri):
+    tracker = Tracker(tracking_uri)
+    experiment = tracker.experiment_id("exp")
+    parent = tracker.open_parent(experiment, "s", {}, {}, "")
+    trial = tracker.open_trial(experiment, parent, "s", "t", "s-t", {})
+    reason = "not fitted: all 27 validation examples are classified correctly with a margin"
+    metrics = {"val_temperature": 1.0, "val_temperature_fitted": 0.0}
+    tracker.log_outcome(trial.run_id, metrics, None, "t", False, temperature_scaling=reason)
+    assert tracker.client.get_run(trial.run_id).data.tags[TEMPERATURE_TAG] == reason
+    # A retry whose final evaluation fitted T leaves no stale reason behind.
+    tracker.log_outcome(trial.run_id, {**metrics, "val_temperature_fitted": 1.0}, None, "t", False)
+    assert TEMPERATURE_TAG not in tracker.client.get_run(trial.run_id).data.tags
+
+    member = {"trial_id": "t", "name": "s-t", "mlflow_run_id": trial.run_id, "weight": 1.0}
+    unfitted = SweepEnsemble("top", 5, [member], metrics, None, 1, temperature_scaling=reason)
+    tracker.log_ensemble(parent, unfitted)
+    run = tracker.client.get_run(parent)
+    assert run.data.tags[ENSEMBLE_TEMPERATURE_TAG] == reason
+    assert run.data.metrics["ensemble_val_temperature_fitted"] == 0.0
+    with open(tracker.client.download_artifacts(parent, "ensemble.json")) as handle:
+        stored = json.load(handle)
+    assert (stored["size"], stored["requested"], stored["temperature_scaling"]) == (1, 5, reason)
+    tracker.log_ensemble(parent, SweepEnsemble("top", 1, [member], metrics, None, 1))
+    assert ENSEMBLE_TEMPERATURE_TAG not in tracker.client.get_run(parent).data.tags
