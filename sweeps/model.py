@@ -240,13 +240,13 @@ def registration_notes(
     spec: SweepSpec, record: SweepRecord, trial: TrialSummary
 ) -> tuple[dict[str, str], str]:
     """A registered version's tags and description, the essentials first and short: MLflow's
-    model page cuts a version's description after 32 characters and a tag after 30 of key
-    and value together. The description opens with the objective's value, the method and the
-    dataset; the sweep and the trial follow. Tags: ``objective`` (``val_nll=0.1234``),
-    ``method``, ``dataset``, ``sweep`` (the spec's name), ``trial`` (its name), the sweep's
-    and the trial's ids as the runs carry them (``gradreg.sweep``, ``gradreg.trial_id``), then
-    the trial's plain ``val_*``/``test_*`` metrics as ``metric.<name>`` (6 significant
-    digits)."""
+    model page shows a version's description to 29 characters and "..." (and only its first
+    line), and a tag whole up to 30 characters of key and value together. The description
+    opens with the objective's value, the method and the dataset; the sweep and the trial
+    follow. Tags: ``objective`` (``val_nll=0.1234``), ``method``, ``dataset``, ``sweep`` (the
+    spec's name), ``trial`` (its name), the sweep's and the trial's ids as the runs carry them
+    (``gradreg.sweep``, ``gradreg.trial_id``), then the trial's plain ``val_*``/``test_*``
+    metrics as ``metric.<name>`` (6 significant digits)."""
     objective = spec.objectives[0]
     method = spec.method or str(trial.params.get("method", ""))
     dataset = _dataset_label(spec)

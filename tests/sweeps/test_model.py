@@ -240,8 +240,8 @@ def test_a_model_logged_with_the_earlier_tensor_schema_still_predicts(saved, tmp
 
 
 def test_a_registered_version_says_what_it_scored_first_and_briefly():
-    """MLflow's model page shows a version's description to 32 characters and a tag to 30 of
-    key and value: the objective's value, the method and the dataset come first."""
+    """MLflow's model page shows a version's description to 29 characters and a tag whole up
+    to 30 of key and value: the objective's value, the method and the dataset come first."""
     spec = validate_shape(DIGITS_SWEEP)
     sweep_id = "0f3c9a2b7d4e4b1a9c8d7e6f5a4b3c2d"  # the service's sweeps have such ids
     record = SweepRecord(sweep_id, {}, "sqlite://", "1", "parent", None)
