@@ -169,8 +169,10 @@ def describe(sweep: dict, trials: list[dict]) -> str:
         }
         lines.append(f"  best: {best['name']} {best['params']} {metrics}")
     links = sweep["links"]
+    if links.get("mlflow_experiment"):
+        lines.append(f"  MLflow runs: {links['mlflow_experiment']}")
     if links.get("mlflow_parent_run"):
-        lines.append(f"  MLflow: {links['mlflow_parent_run']}")
+        lines.append(f"  MLflow parent run: {links['mlflow_parent_run']}")
     registered = sweep.get("registered_model")
     if registered:
         where = registered.get("uri") or f"not registered ({registered.get('error')})"

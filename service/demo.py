@@ -87,7 +87,7 @@ def start(spec: str) -> int:
     print(f"\nAPI {API_URL} (docs: {API_URL}/docs), MLflow UI {MLFLOW_URL}")
     print("API token: in var/api_token, owner-only (`cat var/api_token`)\n")
     done = subprocess.run(submit_command(python, spec))
-    print(f"\nBrowse the runs at {MLFLOW_URL}; stop everything with `make stop`.")
+    print("\nBrowse the sweep's runs at its MLflow runs link above; `make stop` stops everything.")
     return done.returncode
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from gradreg.cli_predict import add_predict_arguments, run_predict
 from gradreg.version import add_version_argument
@@ -24,9 +25,12 @@ from sweeps import (
     run_sweep,
 )
 from sweeps.driver import ensemble_sweep
+from sweeps.mlflow_ui import run_url, runs_url
 
 TABLE_METRICS = ("test_accuracy", "test_nll", "test_ece")
 ENSEMBLE_METRICS = ("accuracy", "nll", "ece", "brier")
+# Where `mlflow ui` serves a local store unless told otherwise.
+MLFLOW_UI_DEFAULT = "http://127.0.0.1:5000"
 # A stopped sweep (Ctrl-C or SIGTERM once, or `stop`) exits 0: its state is saved and
 # `resume` finishes it. Only a KeyboardInterrupt that gets through (a second Ctrl-C, or one
 # before the driver runs) is 130.
@@ -202,6 +206,7 @@ def format_outcome(outcome: SweepOutcome, top: int = 5) -> str:
         f"MLflow: {outcome.tracking_uri} experiment {outcome.experiment_id}, "
         f"parent run {outcome.parent_run_id}"
     )
+    lines.extend(_ui_links(outcome))
     registered = outcome.registered_model
     if registered is not None:
         lines.append(
@@ -212,6 +217,26 @@ def format_outcome(outcome: SweepOutcome, top: int = 5) -> str:
         )
     lines.append(f"Tune state: {outcome.experiment_path}")
     return "\n".join(lines)
+
+
+def _ui_links(outcome: SweepOutcome) -> list[str]:
+    """Where to see the sweep in the MLflow UI: its runs, its parent run and its best trials.
+
+    A tracking server serves its UI at the tracking URI; a local store is browsed with
+    `mlflow ui`, at that command's default address.
+    """
+    ui = outcome.tracking_uri
+    lines = []
+    if urlsplit(ui).scheme not in ("http", "https"):
+        ui = MLFLOW_UI_DEFAULT
+        lines.append(f"  browse it: mlflow ui --backend-store-uri {outcome.tracking_uri}")
+    lines.append(f"  runs: {runs_url(ui, outcome.experiment_id)}")
+    lines.append(f"  parent run: {run_url(ui, outcome.experiment_id, outcome.parent_run_id)}")
+    for trial in outcome.best:
+        if trial.mlflow_run_id:
+            url = run_url(ui, outcome.experiment_id, trial.mlflow_run_id)
+            lines.append(f"  best trial {trial.name}: {url}")
+    return lines
 
 
 def format_ensemble(ensemble: dict) -> str:

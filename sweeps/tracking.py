@@ -75,11 +75,15 @@ class TrialRun:
 # accepts connections and never answers hang a trial for hours; these bound a call to about
 # 30 s × 3 plus a few seconds of backoff. Set MLFLOW_HTTP_REQUEST_* to choose others.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
+# MLflow prints "View experiment at: <server>/#/experiments/<id>" whenever a run on a tracking
+# server ends (every trial's): MLflow 3's UI opens that link on its GenAI overview, without the
+# runs. The sweep's report prints `sweeps.mlflow_ui`'s links instead.
+PRINT_DEFAULTS = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
 class Tracker:
     def __init__(self, tracking_uri: str) -> None:
-        for name, value in HTTP_DEFAULTS.items():
+        for name, value in {**HTTP_DEFAULTS, **PRINT_DEFAULTS}.items():
             os.environ.setdefault(name, value)
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)

@@ -34,6 +34,7 @@ from service.store import repository
 from service.store.models import IDEMPOTENCY_KEY_MAX, Sweep
 from service.store.sweep_store import objectives_of
 from sweeps import SpecError, SpecIssue, parse_spec
+from sweeps.mlflow_ui import run_url, runs_url
 
 router = APIRouter(
     prefix="/v1/sweeps",
@@ -50,7 +51,7 @@ def sweep_out(
     settings: ServiceSettings, db: Session, sweep: Sweep, counts: dict[str, int] | None = None
 ) -> SweepOut:
     base = f"/v1/sweeps/{sweep.id}"
-    ui = settings.mlflow_ui_url.rstrip("/")
+    ui = settings.mlflow_ui_url
     experiment = sweep.mlflow_experiment_id
     links = Links(
         self=base,
@@ -59,9 +60,9 @@ def sweep_out(
         ensemble=f"{base}/ensemble",
         events=f"{base}/events",
         spec=f"{base}/spec",
-        mlflow_experiment=f"{ui}/#/experiments/{experiment}" if experiment else None,
+        mlflow_experiment=runs_url(ui, experiment) if experiment else None,
         mlflow_parent_run=(
-            f"{ui}/#/experiments/{experiment}/runs/{sweep.mlflow_parent_run_id}"
+            run_url(ui, experiment, sweep.mlflow_parent_run_id)
             if experiment and sweep.mlflow_parent_run_id
             else None
         ),

@@ -1,22 +1,52 @@
-"""The MLflow UI lists a sweep's runs: a real tracking server, a real sweep, headless Chromium.
+"""The MLflow UI shows a sweep's runs at the links gradreg gives: a real tracking server, a
+real sweep, headless Chromium.
 
-The sweep logs through the tracking server over HTTP, as trials on the cluster do, and the UI
-page of its experiment must name the parent run and every trial. The screenshot is kept under
-the test's tmp_path (and printed) for a person to look at.
+The sweep logs through the tracking server over HTTP, as trials on the cluster do. The links
+`python -m sweeps run` prints are opened as they are, each in a fresh browser profile: the runs
+link must list the parent run and every trial, a trial's link must show that trial's run and
+metrics. The API's links come from the same function (`sweeps.mlflow_ui`); a fast test checks
+their form, and tests/cluster/test_mlflow_ui.py opens them on the cluster. The screenshots are
+kept under the test's tmp_path (and printed) for a person to look at.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
+import re
+from datetime import UTC, datetime
 
 import pytest
+from mlflow import MlflowClient
 
+from service.client import describe
+from service.routes.sweeps import sweep_out
+from service.settings import ServiceSettings
+from service.store.models import Sweep
+from sweeps.cli import format_outcome
 from sweeps.driver import DriverOptions, run_sweep
+from tests.chromium import assert_lists_runs, assert_shows_run, dom
 from tests.service.mlflow_server import MlflowServer
 from tests.sweeps.conftest import digits_spec
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+def test_the_api_links_to_the_runs_list_and_the_parent_run():
+    """The links a sweep's answer gives (and `python -m service status` prints) are in the forms
+    the browser tests open: ``…/runs`` lists the runs, ``…/runs/<id>`` is a run's page."""
+    now = datetime.now(UTC)
+    sweep = Sweep(
+        id="abc", name="digits", spec={}, tags=[], status="succeeded", attempt=1,
+        cancel_requested=False, mlflow_experiment_id="7", mlflow_parent_run_id="f" * 32,
+        created_at=now, updated_at=now,
+    )  # fmt: skip
+    settings = ServiceSettings(mlflow_ui_url="https://mlflow.example.org/")
+
+    answer = sweep_out(settings, None, sweep, counts={}).model_dump(mode="json")
+
+    runs = "https://mlflow.example.org/#/experiments/7/runs"
+    assert answer["links"]["mlflow_experiment"] == runs
+    assert answer["links"]["mlflow_parent_run"] == f"{runs}/{'f' * 32}"
+    printed = describe(answer, [])
+    assert f"  MLflow runs: {runs}\n" in printed
+    assert f"  MLflow parent run: {runs}/{'f' * 32}\n" in printed
 
 
 @pytest.fixture
@@ -26,34 +56,37 @@ def mlflow_server(tmp_path):
     server.stop()
 
 
+def printed_links(report: str) -> dict[str, str]:
+    """The MLflow UI links in the CLI's report, by what they name ("runs", "best trial NAME")."""
+    return dict(re.findall(r"^  ([\w .#-]+): (http\S+)$", report, re.M))
+
+
 @pytest.mark.browser
-def test_mlflow_ui_lists_the_sweeps_runs(ray_local, mlflow_server, tmp_path):
-    if CHROMIUM is None:
-        pytest.fail("this test needs Chromium: apt-get install chromium (.ci/run installs it)")
+def test_mlflow_ui_shows_the_runs_the_cli_links_to(ray_local, mlflow_server, tmp_path, capfd):
     spec = digits_spec(name="ui-sweep", budget={"max_trials": 2, "max_concurrent_trials": 2})
     options = DriverOptions(
         tracking_uri=mlflow_server, storage_path=str(tmp_path / "tune"), quiet=True
     )
     outcome = run_sweep(spec, options)
     assert outcome.status == "succeeded"
+    report = format_outcome(outcome)
+    links = printed_links(report)
+    (best,) = outcome.best
+    assert set(links) == {"runs", "parent run", f"best trial {best.name}"}, links
+    # No other link into the UI was printed on the way (MLflow's own "View experiment at"
+    # link opens its GenAI overview): each one printed opens the runs or a run.
+    printed = capfd.readouterr().out + report
+    for link in re.findall(r"\S+/#/experiments/\S*", printed):
+        assert re.fullmatch(r".+/#/experiments/\d+/runs(/[0-9a-f]{32})?", link), link
 
-    page = f"{mlflow_server}/#/experiments/{outcome.experiment_id}/runs"
     screenshot = tmp_path / "mlflow-ui.png"
-    common = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", f"--user-data-dir={tmp_path / 'chrome'}",
-        "--window-size=1600,1000", "--virtual-time-budget=20000",
-    ]  # fmt: skip
-    dom = subprocess.run(
-        [*common, "--dump-dom", page], capture_output=True, text=True, timeout=120
-    ).stdout
-    subprocess.run([*common, f"--screenshot={screenshot}", page], capture_output=True, timeout=120)
-
-    # The runs table shows the parent run, its trials nested under it (collapsed), and the
-    # count of every run in the experiment.
-    assert "Training runs" in dom
-    assert ">ui-sweep</a>" in dom, f"the parent run is not listed on {page}"
-    assert f"<strong>{1 + len(outcome.trials)}</strong> matching runs" in dom
-    assert screenshot.stat().st_size > 10_000
+    runs = dom(links["runs"], tmp_path / "chrome-runs", screenshot)
     print(f"MLflow UI screenshot: {screenshot}")
+    assert_lists_runs(runs, outcome.experiment_id, outcome.parent_run_id, 1 + len(outcome.trials))
+    assert screenshot.stat().st_size > 10_000
+
+    trial_screenshot = tmp_path / "mlflow-ui-trial.png"
+    page = dom(links[f"best trial {best.name}"], tmp_path / "chrome-trial", trial_screenshot)
+    print(f"MLflow UI screenshot of a trial: {trial_screenshot}")
+    run = MlflowClient(mlflow_server).get_run(best.mlflow_run_id)
+    assert_shows_run(page, run, metrics=("val_nll", "test_accuracy"))
