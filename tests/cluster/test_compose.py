@@ -21,7 +21,7 @@ from localcluster.compose import (
     render,
     service,
 )
-from localcluster.harness import _settings, keep_driver_logs
+from localcluster.harness import MLFLOW_URL, _settings, keep_driver_logs
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,18 @@ def test_mlflow_runs_compose_command_against_postgres_and_the_bucket(model, path
     assert "--serve-artifacts" in run.argv
     assert any(word.startswith("--artifacts-destination=s3://") for word in run.argv)
     assert run.environment["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg://mlflow:")
+
+
+def test_mlflow_takes_requests_from_its_ui_where_the_harness_publishes_it(model, paths):
+    """The UI at MLFLOW_URL lists runs with POSTs, which MLflow refuses from an Origin it does
+    not allow (tests/cluster/test_mlflow_ui.py opens it in a browser)."""
+    from mlflow.server.security_utils import should_block_cors_request
+
+    run = run_as_harness(model, "mlflow", paths)
+    allowed = run.environment["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"].split(",")
+
+    assert not should_block_cors_request(MLFLOW_URL, "POST", allowed)
+    assert "*" not in allowed
 
 
 def test_a_new_service_is_drift(model):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -282,3 +283,46 @@ def test_env_example_leaves_every_secret_empty() -> None:
     for name, value in re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", section, re.M):
         if SECRET_NAME.search(name) and name != "GRADREG_S3_ACCESS_KEY":
             assert value == "", f".env.example gives {name} a value"
+
+
+# ---------------------------------------------------------------- the MLflow UI's address
+
+
+def _mlflow_environment(tmp_path: Path, public_host: str) -> dict[str, str]:
+    env_file = tmp_path / "ci.env"
+    env_file.write_text(CI_ENV.read_text() + f"MLFLOW_PUBLIC_HOST={public_host}\n")
+    result = run_compose(["docker-compose.yml"], "config", "--format", "json", env_file=env_file)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["services"]["mlflow"]["environment"]
+
+
+@pytest.mark.parametrize(
+    ("public_host", "origins"),
+    [
+        # Behind a TLS proxy on 443 (or plain HTTP on 80): the browser names no port.
+        ("mlflow.example.org", ["https://mlflow.example.org", "http://mlflow.example.org"]),
+        ("10.0.0.5:5000", ["http://10.0.0.5:5000"]),
+    ],
+)
+def test_mlflow_answers_its_ui_at_the_public_host_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, public_host: str, origins: list[str]
+) -> None:
+    """The UI lists runs with POSTs, which MLflow refuses from an Origin it does not allow:
+    MLflow's own checks, on the environment compose gives it."""
+    from mlflow.server.security_utils import (
+        get_allowed_hosts_from_env,
+        get_allowed_origins_from_env,
+        is_allowed_host_header,
+        should_block_cors_request,
+    )
+
+    for name, value in _mlflow_environment(tmp_path, public_host).items():
+        monkeypatch.setenv(name, value)
+    allowed_origins = get_allowed_origins_from_env()
+    assert allowed_origins and "*" not in allowed_origins  # not every site's pages
+
+    assert is_allowed_host_header(get_allowed_hosts_from_env(), public_host)
+    for origin in origins:
+        assert not should_block_cors_request(origin, "POST", allowed_origins), origin
+    for foreign in ("https://evil.example", "http://10.0.0.6:5000", f"{origins[0]}.evil.example"):
+        assert should_block_cors_request(foreign, "POST", allowed_origins), foreign
