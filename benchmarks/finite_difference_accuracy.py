@@ -7,7 +7,8 @@ large) on three networks: an MLP, the small CNN and a BatchNorm ResNet-20 (width
 inputs). The reference is autograd's gradient in float64; every row is the whole μ- and
 σ-gradient in another precision or path, as cosine similarity and relative error
 ‖g − g_ref‖/‖g_ref‖ against it. The last table varies the step length of the finite
-difference around its rule, √ε of the forward's precision (gradreg.finite_difference.step_size),
+difference around its rule, √ε of the forward's precision
+(gradreg.curvature.finite_difference.step_size),
 including the textbook √ε·(1 + ‖μ‖).
 """
 
@@ -18,8 +19,8 @@ from contextlib import contextmanager
 
 import torch
 
-import gradreg.finite_difference as fd
-import gradreg.objective as objective
+import gradreg.curvature.finite_difference as fd
+import gradreg.posteriors.variational_laplace as objective
 from gradreg import posterior
 from gradreg.device import resolve_device
 from gradreg.models import build_model

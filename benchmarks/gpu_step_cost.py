@@ -25,10 +25,10 @@ from contextlib import nullcontext
 
 import torch
 
-from gradreg.baselines import MAP, SamplingVI
 from gradreg.device import resolve_device
 from gradreg.models import build_model
-from gradreg.objective import VariationalLaplace
+from gradreg.posteriors.baselines import MAP, SamplingVI
+from gradreg.posteriors.variational_laplace import VariationalLaplace
 
 N_DATA = 50_000
 

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gradreg.compare import CompareSpec, run_comparison
-from gradreg.compare_report import format_paired, format_summary, write_comparison
+from gradreg.comparison.report import format_paired, format_summary, write_comparison
+from gradreg.comparison.runs import CompareSpec, run_comparison
 
 METHODS = ["map", "vl-uniform", "vl-diagonal", "mcvi", "laplace"]
 COMMON: dict[str, Any] = {

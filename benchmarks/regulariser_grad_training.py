@@ -17,7 +17,7 @@ import statistics
 import torch
 
 from gradreg import fit
-from gradreg.compare import mean_and_se
+from gradreg.comparison.runs import mean_and_se
 
 SETTINGS = {
     "digits": {"dataset": "digits"},

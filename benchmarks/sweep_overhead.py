@@ -38,7 +38,7 @@ import torch
 from gradreg.train import fit
 from sweeps import DriverOptions, Limits, parse_spec, run_sweep
 from sweeps.records import TrialEvent
-from sweeps.resolve import trial_config
+from sweeps.spec.resolve import trial_config
 from sweeps.tracking import Tracker
 
 N_TRIALS = 8

@@ -92,9 +92,6 @@ from service.store.database import session_factory as make_sessions
 from service.store.models import Trial
 from service.store.sweep_store import DatabaseSweepStore, TrialWrite, write_trials
 from sweeps.checkpoints import MIN_STATE_SAVE_PERIOD_S, STATE_SAVE_SHARE
-from sweeps.checks import GP_MAX_TRIALS
-from sweeps.limits import Limits
-from sweeps.parse import parse_spec, read_document
 from sweeps.records import (
     BINS_KEY,
     SweepOutcome,
@@ -105,6 +102,9 @@ from sweeps.records import (
 )
 from sweeps.space import SearchSpace, make_sampler
 from sweeps.spec import Objective, SweepSpec
+from sweeps.spec.checks import GP_MAX_TRIALS
+from sweeps.spec.limits import Limits
+from sweeps.spec.parse import parse_spec, read_document
 
 PARTS = ("search", "tune_state", "parent_summary", "driver", "store")
 SAMPLERS = ("tpe", "gp", "cmaes", "nsga2")

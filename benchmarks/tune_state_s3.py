@@ -160,7 +160,7 @@ def run_one(label: str, args: argparse.Namespace, client: Any, root: Path) -> di
     from localcluster.sample import digits_sweep
     from sweeps import run_sweep
     from sweeps.driver import DriverOptions
-    from sweeps.parse import parse_spec
+    from sweeps.spec.parse import parse_spec
 
     name = f"state-{label}"
     document = digits_sweep(

@@ -10,18 +10,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "ESTIMATORS": "gradreg.fisher",
-    "MAP": "gradreg.baselines",
+    "ESTIMATORS": "gradreg.curvature.fisher",
+    "MAP": "gradreg.posteriors.baselines",
     "METHODS": "gradreg.methods",
-    "GaussianPosterior": "gradreg.gaussian",
-    "Laplace": "gradreg.laplace",
-    "LossTerms": "gradreg.gaussian",
-    "SamplingVI": "gradreg.baselines",
+    "GaussianPosterior": "gradreg.posteriors.gaussian",
+    "Laplace": "gradreg.posteriors.laplace",
+    "LossTerms": "gradreg.posteriors.gaussian",
+    "SamplingVI": "gradreg.posteriors.baselines",
     "TrainConfig": "gradreg.config",
-    "VariationalLaplace": "gradreg.objective",
-    "fisher_diagonal": "gradreg.fisher",
+    "VariationalLaplace": "gradreg.posteriors.variational_laplace",
+    "fisher_diagonal": "gradreg.curvature.fisher",
     "fit": "gradreg.train",
-    "metrics": None,  # the module itself
+    "metrics": None,  # the module gradreg.evaluation.metrics
     "posterior": "gradreg.methods",
 }
 __all__ = [
@@ -42,14 +42,14 @@ __all__ = [
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from gradreg import metrics
-    from gradreg.baselines import MAP, SamplingVI
     from gradreg.config import TrainConfig
-    from gradreg.fisher import ESTIMATORS, fisher_diagonal
-    from gradreg.gaussian import GaussianPosterior, LossTerms
-    from gradreg.laplace import Laplace
+    from gradreg.curvature.fisher import ESTIMATORS, fisher_diagonal
+    from gradreg.evaluation import metrics
     from gradreg.methods import METHODS, posterior
-    from gradreg.objective import VariationalLaplace
+    from gradreg.posteriors.baselines import MAP, SamplingVI
+    from gradreg.posteriors.gaussian import GaussianPosterior, LossTerms
+    from gradreg.posteriors.laplace import Laplace
+    from gradreg.posteriors.variational_laplace import VariationalLaplace
     from gradreg.train import fit
 
 
@@ -58,7 +58,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'gradreg' has no attribute {name!r}")
     module = _EXPORTS[name]
     value = (
-        importlib.import_module(f"gradreg.{name}")
+        importlib.import_module("gradreg.evaluation.metrics")
         if module is None
         else getattr(importlib.import_module(module), name)
     )

@@ -1,11 +1,11 @@
-"""``python -m gradreg``: the command line of `gradreg.cli`, with Ctrl-C as exit status 130."""
+"""``python -m gradreg``: the command line of `gradreg.cli.main`, with Ctrl-C as exit status 130."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
 
-from gradreg.cli import main
+from gradreg.cli.main import main
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a program stopped by Ctrl-C
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gradreg.plots import write_reliability_diagram
+from gradreg.evaluation.plots import write_reliability_diagram
 from gradreg.train import FitResult
 
 METRICS_FILE = "metrics.json"

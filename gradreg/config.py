@@ -7,8 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from gradreg.curvature.fisher import ESTIMATORS
 from gradreg.data import available_datasets
-from gradreg.fisher import ESTIMATORS
 from gradreg.methods import (
     COMMON_SETTINGS,
     HYPERPARAMETERS,

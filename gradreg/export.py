@@ -21,10 +21,10 @@ import torch
 
 from gradreg.config import TrainConfig
 from gradreg.data import Dataset
-from gradreg.gaussian import GaussianPosterior
+from gradreg.data.transform import InputTransform
 from gradreg.methods import get_method, posterior
 from gradreg.models import build_model
-from gradreg.transform import InputTransform
+from gradreg.posteriors.gaussian import GaussianPosterior
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "gradreg_model.json"

@@ -44,10 +44,11 @@ POSTERIOR_ARGUMENTS: tuple[str, ...] = (
     "prior_fit",
     "regulariser_grad",
 )
-# How a post-hoc Laplace chooses its prior precision after training (see gradreg.laplace).
+# How a post-hoc Laplace chooses its prior precision after training
+# (see gradreg.posteriors.laplace).
 PRIOR_FITS: tuple[str, ...] = ("val_nll", "marglik", "fixed")
 LAPLACE_PREDICTIVES: tuple[str, ...] = ("glm_probit", "glm_mc", "sample", "mean")
-# How VL computes its regulariser's μ-gradient (see gradreg.finite_difference).
+# How VL computes its regulariser's μ-gradient (see gradreg.curvature.finite_difference).
 REGULARISER_GRADS: tuple[str, ...] = ("auto", "autograd", "finite_difference")
 # Where `auto` takes finite differences: on CUDA they are faster and leaner than the double
 # backward (BENCHMARKS.md, "GPU step cost"); on the CPU autograd is as fast or faster. In
@@ -242,7 +243,7 @@ METHODS: Mapping[str, Method] = MappingProxyType(
                 "vl-uniform",
                 "Variational Laplace, σ = noise_scale for every weight",
                 trainer="vl",
-                posterior_class="gradreg.objective:VariationalLaplace",
+                posterior_class="gradreg.posteriors.variational_laplace:VariationalLaplace",
                 variance="uniform",
                 own_settings=_VL_SETTINGS,
                 defaults={"fisher": "sampled", "regulariser_grad": "auto"},
@@ -257,7 +258,7 @@ METHODS: Mapping[str, Method] = MappingProxyType(
                 "vl-diagonal",
                 "Variational Laplace, one learned σ² per weight",
                 trainer="vl",
-                posterior_class="gradreg.objective:VariationalLaplace",
+                posterior_class="gradreg.posteriors.variational_laplace:VariationalLaplace",
                 variance="diagonal",
                 own_settings=_VL_SETTINGS,
                 defaults={"fisher": "sampled", "regulariser_grad": "auto"},
@@ -270,7 +271,7 @@ METHODS: Mapping[str, Method] = MappingProxyType(
                 "map",
                 "maximum a posteriori: σ = 0, NLL + weight decay",
                 trainer="map",
-                posterior_class="gradreg.baselines:MAP",
+                posterior_class="gradreg.posteriors.baselines:MAP",
                 space={"prior_variance": (0.01, 100.0)},
                 grid={"prior_variance": (0.1, 1.0)},
                 predictives=("mean", "sample"),  # σ = 0: both are the network at μ
@@ -279,7 +280,7 @@ METHODS: Mapping[str, Method] = MappingProxyType(
                 "mcvi",
                 "sampling VI: the ELBO by reparameterised weight samples, learned diagonal σ²",
                 trainer="mcvi",
-                posterior_class="gradreg.baselines:SamplingVI",
+                posterior_class="gradreg.posteriors.baselines:SamplingVI",
                 variance="diagonal",
                 own_settings=("mc_samples",),
                 defaults={"mc_samples": 1},
@@ -290,7 +291,7 @@ METHODS: Mapping[str, Method] = MappingProxyType(
                 "laplace",
                 "post-hoc Laplace: MAP training, then σ² = 1/(F + δ), δ chosen after training",
                 trainer="laplace",
-                posterior_class="gradreg.laplace:Laplace",
+                posterior_class="gradreg.posteriors.laplace:Laplace",
                 own_settings=(*_FISHER_SETTINGS, "prior_fit"),
                 defaults={"fisher": "exact", "prior_fit": "val_nll"},
                 # The prior precision is chosen after training; the training prior is MAP's.
@@ -307,7 +308,7 @@ METHODS: Mapping[str, Method] = MappingProxyType(
                 "mcvi-uniform",
                 "sampling VI with VL-uniform's posterior: σ = noise_scale for every weight",
                 trainer="mcvi",
-                posterior_class="gradreg.baselines:SamplingVI",
+                posterior_class="gradreg.posteriors.baselines:SamplingVI",
                 variance="uniform",
                 own_settings=("mc_samples",),
                 defaults={"mc_samples": 1},

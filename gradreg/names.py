@@ -13,7 +13,8 @@ SPLITS: tuple[str, ...] = ("val", "test")
 TEMPERATURE_SCALED = "_ts"  # after temperature scaling fitted on val
 AT_MEAN = "_at_mean"  # the network at the posterior mean
 # The temperature scaling's own numbers: T, and whether it was fitted (1.0) or left at T = 1
-# because the validation data do not determine one (0.0; gradreg/calibration.py says when).
+# because the validation data do not determine one (0.0; gradreg/evaluation/calibration.py says
+# when).
 TEMPERATURE_METRICS: tuple[str, ...] = ("val_temperature", "val_temperature_fitted")
 
 

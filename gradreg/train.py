@@ -13,15 +13,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradreg.calibration import TemperatureFit, fit_temperature, temperature_scaled_metrics
 from gradreg.config import TrainConfig
 from gradreg.data import Dataset, load_dataset
 from gradreg.device import resolve_device
+from gradreg.evaluation.calibration import (
+    TemperatureFit,
+    fit_temperature,
+    temperature_scaled_metrics,
+)
+from gradreg.evaluation.metrics import ReliabilityBins, classification_metrics, reliability_bins
 from gradreg.export import ModelInputs, SavedPosterior
-from gradreg.gaussian import GaussianPosterior
 from gradreg.methods import posterior
-from gradreg.metrics import ReliabilityBins, classification_metrics, reliability_bins
 from gradreg.models import build_model
+from gradreg.posteriors.gaussian import GaussianPosterior
 
 EVAL_CHUNK = 2048
 STATE_VERSION = 1
@@ -157,7 +161,7 @@ def evaluate_splits(
     ``{split}_{metric}``: the method's predictive (``config.predict``);
     ``{split}_{metric}_ts``: the same after temperature scaling fitted on val
     (``val_temperature``; ``val_temperature_fitted`` is 0 and T = 1 where the validation data
-    do not determine a T, see `gradreg.calibration`); ``{split}_{metric}_at_mean``: the
+    do not determine a T, see `gradreg.evaluation.calibration`); ``{split}_{metric}_at_mean``: the
     network at the posterior mean.
     """
     posterior.eval()

@@ -117,10 +117,10 @@ def read_spec(path: str) -> dict[str, Any]:
     JSON or YAML with YAML 1.2's numbers (``1e-4`` is a float, not a string). Whether it is
     a valid spec is for the API to say; this only refuses what cannot be sent as one.
     """
-    # Imported here: sweeps.parse imports the spec module and through it gradreg and torch,
+    # Imported here: sweeps.spec.parse imports the spec module and through it gradreg and torch,
     # which a client that only posts JSON should not load.
-    from sweeps.errors import SpecError
-    from sweeps.parse import read_document
+    from sweeps.spec.errors import SpecError
+    from sweeps.spec.parse import read_document
 
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -145,8 +145,8 @@ def read_spec(path: str) -> dict[str, Any]:
 def spec_text(answer: dict) -> str:
     """``GET /v1/sweeps/{id}/spec``'s answer as a YAML spec file: the caps it was admitted under
     are comments above the spec, so the text is a spec that `submit` takes."""
-    # Imported here, as in read_spec: sweeps.parse loads torch through the spec module.
-    from sweeps.parse import dump_document
+    # Imported here, as in read_spec: sweeps.spec.parse loads torch through the spec module.
+    from sweeps.spec.parse import dump_document
 
     lines = [f"# sweep {answer['sweep_id']}: its spec as admitted, defaults filled in"]
     limits = answer.get("limits")

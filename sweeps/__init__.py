@@ -12,20 +12,20 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "DirectoryStore": "sweeps.store",
     "DriverOptions": "sweeps.driver",
-    "Limits": "sweeps.limits",
-    "SpecError": "sweeps.errors",
-    "SpecIssue": "sweeps.errors",
+    "Limits": "sweeps.spec.limits",
+    "SpecError": "sweeps.spec.errors",
+    "SpecIssue": "sweeps.spec.errors",
     "SweepOutcome": "sweeps.records",
     "SweepRecord": "sweeps.records",
     "SweepSpec": "sweeps.spec",
     "SweepStore": "sweeps.store",
     "TrialEvent": "sweeps.records",
     "TrialSummary": "sweeps.records",
-    "dump_spec": "sweeps.parse",
-    "load_spec_file": "sweeps.parse",
-    "parse_spec": "sweeps.parse",
-    "parse_spec_text": "sweeps.parse",
-    "require_valid": "sweeps.checks",
+    "dump_spec": "sweeps.spec.parse",
+    "load_spec_file": "sweeps.spec.parse",
+    "parse_spec": "sweeps.spec.parse",
+    "parse_spec_text": "sweeps.spec.parse",
+    "require_valid": "sweeps.spec.checks",
     "resume_sweep": "sweeps.driver",
     "run_stored": "sweeps.store",
     "run_sweep": "sweeps.driver",
@@ -53,13 +53,13 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from sweeps.checks import require_valid
     from sweeps.driver import DriverOptions, resume_sweep, run_sweep
-    from sweeps.errors import SpecError, SpecIssue
-    from sweeps.limits import Limits
-    from sweeps.parse import dump_spec, load_spec_file, parse_spec, parse_spec_text
     from sweeps.records import SweepOutcome, SweepRecord, TrialEvent, TrialSummary
     from sweeps.spec import SweepSpec
+    from sweeps.spec.checks import require_valid
+    from sweeps.spec.errors import SpecError, SpecIssue
+    from sweeps.spec.limits import Limits
+    from sweeps.spec.parse import dump_spec, load_spec_file, parse_spec, parse_spec_text
     from sweeps.store import DirectoryStore, SweepStore, run_stored
 
 

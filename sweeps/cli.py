@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from gradreg.cli_predict import add_predict_arguments, run_predict
+from gradreg.cli.predict import add_predict_arguments, run_predict
 from gradreg.version import add_version_argument
 from sweeps import (
     DirectoryStore,

@@ -33,11 +33,8 @@ from sweeps.checkpoints import (
     deletions_finished,
     searcher_follows_moved_experiment,
 )
-from sweeps.checks import admitted
 from sweeps.ensemble import SweepEnsemble, build_ensemble
-from sweeps.limits import Limits
 from sweeps.outcome import sweep_outcome
-from sweeps.parse import validate_shape
 from sweeps.progress import (
     FailedTrialsStopper,
     SweepCallback,
@@ -55,10 +52,13 @@ from sweeps.records import (
     ranked_trials,
     trial_name,
 )
-from sweeps.resolve import max_epochs
 from sweeps.settings import SweepSettings, absolute_storage
 from sweeps.space import SearchSpace, make_sampler
 from sweeps.spec import EnsembleSection, SweepSpec
+from sweeps.spec.checks import admitted
+from sweeps.spec.limits import Limits
+from sweeps.spec.parse import validate_shape
+from sweeps.spec.resolve import max_epochs
 from sweeps.statefiles import (
     STATES_FILE,
     experiment_path,

@@ -22,8 +22,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from gradreg.ensembles import evaluate_ensemble, greedy_selection
-from gradreg.metrics import ReliabilityBins
+from gradreg.evaluation.ensembles import evaluate_ensemble, greedy_selection
+from gradreg.evaluation.metrics import ReliabilityBins
 from gradreg.train import Predictions
 from sweeps.records import Goal, TrialSummary, ranked_trials
 from sweeps.spec import EnsembleSection

@@ -14,8 +14,8 @@ from sweeps.records import (
     best_trials,
     reported_metrics,
 )
-from sweeps.resolve import trial_epochs
 from sweeps.spec import SweepSpec
+from sweeps.spec.resolve import trial_epochs
 
 
 def sweep_outcome(

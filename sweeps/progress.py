@@ -32,8 +32,8 @@ from sweeps.records import (
     loss,
     reported_metrics,
 )
-from sweeps.resolve import trial_epochs
 from sweeps.spec import Objective, SweepSpec
+from sweeps.spec.resolve import trial_epochs
 
 
 @dataclass

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Protocol
 
 from sweeps.driver import DriverOptions, resume_sweep, run_sweep
-from sweeps.limits import Limits
-from sweeps.parse import dump_spec, read_document, validate_shape
 from sweeps.records import SweepOutcome, SweepRecord, TrialEvent
 from sweeps.settings import SweepSettings
 from sweeps.spec import SweepSpec
+from sweeps.spec.limits import Limits
+from sweeps.spec.parse import dump_spec, read_document, validate_shape
 from sweeps.statefiles import has_state
 from sweeps.trial_writer import TrialWriter
 

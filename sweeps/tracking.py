@@ -25,10 +25,9 @@ from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from gradreg.metrics import ReliabilityBins
+from gradreg.evaluation.metrics import ReliabilityBins
 from gradreg.train import Predictions
 from sweeps.ensemble import PREDICTIONS_FILE, SweepEnsemble, encode_predictions
-from sweeps.parse import dump_spec
 from sweeps.records import (
     BINS_KEY,
     LOST_TRIAL,
@@ -38,6 +37,7 @@ from sweeps.records import (
     TrialSummary,
 )
 from sweeps.spec import SweepSpec
+from sweeps.spec.parse import dump_spec
 
 PARENT_RUN_TAG = "mlflow.parentRunId"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -50,7 +50,8 @@ TRIAL_NAME_TAG = "gradreg.trial_name"  # Tune's name of the trial; the run's own
 ATTEMPT_TAG = "gradreg.attempt"
 RESUMED_TAG = "gradreg.resumed_from_epoch"  # set by a retry that restored a checkpoint
 STATUS_TAG = "gradreg.status"
-# Why temperature scaling was not fitted (T left at 1; gradreg.calibration says when): on a
+# Why temperature scaling was not fitted (T left at 1; gradreg.evaluation.calibration says
+# when): on a
 # trial's run, from its final evaluation; on the parent run, from the sweep ensemble's.
 TEMPERATURE_TAG = "gradreg.temperature_scaling"
 ENSEMBLE_TEMPERATURE_TAG = "gradreg.ensemble_temperature_scaling"
@@ -308,7 +309,7 @@ class Tracker:
                 (out / "reliability_bins.json").write_text(json.dumps(bins.to_dict()) + "\n")
                 if diagram:
                     # matplotlib costs the driver 0.7 s of start-up for a file only trials write.
-                    from gradreg.plots import write_reliability_diagram
+                    from gradreg.evaluation.plots import write_reliability_diagram
 
                     write_reliability_diagram(out / "reliability.png", {label: bins})
             self.client.log_artifacts(run_id, str(out))
@@ -370,7 +371,7 @@ class Tracker:
             out = Path(tmp)
             (out / "ensemble.json").write_text(json.dumps(ensemble.summary(), indent=2) + "\n")
             if ensemble.test_bins is not None:
-                from gradreg.plots import write_reliability_diagram
+                from gradreg.evaluation.plots import write_reliability_diagram
 
                 label = f"ensemble of {len(ensemble.members)} ({ensemble.selection})"
                 write_reliability_diagram(
@@ -441,7 +442,7 @@ class Tracker:
             return
         metrics = {f"importance.{k}": v for k, v in importances.values.items()}
         self.client.log_batch(run_id, metrics=_metrics(metrics, step=0))
-        from gradreg.plots import write_param_importances  # matplotlib: only when needed
+        from gradreg.evaluation.plots import write_param_importances  # matplotlib: only when needed
 
         with tempfile.TemporaryDirectory() as tmp:
             path = write_param_importances(

@@ -17,8 +17,8 @@ from ray import tune
 from gradreg.train import EpochReport, FitResult, fit
 from sweeps.placement import Placement, device_tags, reported, trial_device
 from sweeps.records import BINS_KEY, PLACEMENT_KEY, RUN_ID_KEY, trial_number
-from sweeps.resolve import trial_config
 from sweeps.spec import SweepSpec
+from sweeps.spec.resolve import trial_config
 from sweeps.tracking import RESUMED_TAG, Tracker, trial_run_name
 
 STATE_FILE = "state.pt"

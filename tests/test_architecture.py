@@ -14,7 +14,13 @@ FORBIDDEN = {
     "gradreg": ("sweeps", "service", "ray", "mlflow", "optuna", "fastapi", "sqlalchemy"),
     "sweeps": ("service", "fastapi", "uvicorn"),
 }
-LIGHT_MODULES = ("gradreg.methods", "gradreg.names", "sweeps.records", "service.statuses")
+LIGHT_MODULES = (
+    "gradreg.methods",
+    "gradreg.names",
+    "sweeps.records",
+    "sweeps.mlflow_ui",
+    "service.statuses",
+)
 HEAVY = ("torch", "ray", "mlflow", "sqlalchemy", "fastapi")
 
 

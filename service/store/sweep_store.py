@@ -22,8 +22,6 @@ from service.statuses import TERMINAL
 from service.store import repository
 from service.store.database import session_factory
 from service.store.models import SUMMARY_KEYS, TRIAL_STATES, Sweep, Trial, utcnow
-from sweeps.limits import Limits
-from sweeps.parse import validate_shape
 from sweeps.records import (
     LOST_TRIAL,
     OUTCOME_STATUSES,
@@ -36,6 +34,8 @@ from sweeps.records import (
     trial_number,
 )
 from sweeps.spec import Objective, SweepSpec
+from sweeps.spec.limits import Limits
+from sweeps.spec.parse import validate_shape
 
 IN_CHUNK = 1000  # trial ids per IN (...) list
 

@@ -7,8 +7,8 @@ import importlib.util
 import yaml
 
 from sweeps import parse_spec
-from sweeps.checks import Limits, semantic_issues
 from sweeps.settings import SweepSettings
+from sweeps.spec.checks import Limits, semantic_issues
 from tests.deploy.conftest import ROOT
 
 

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from gradreg import VariationalLaplace
-from gradreg.baselines import MAP, SamplingVI
 from gradreg.config import TrainConfig
-from gradreg.laplace import Laplace
+from gradreg.posteriors.baselines import MAP, SamplingVI
+from gradreg.posteriors.laplace import Laplace
 from gradreg.train import evaluate, fit
 from tests.gradreg.oracles import brute_force_fisher, inputs_for, tiny_cnn2d, tiny_mlp
 

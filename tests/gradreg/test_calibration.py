@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from gradreg.calibration import (
+from gradreg.evaluation.calibration import (
     T_RANGE,
     TemperatureFit,
     fit_temperature,
@@ -18,7 +18,7 @@ from gradreg.calibration import (
     scaled_nll,
     temperature_scaled_metrics,
 )
-from gradreg.metrics import classification_metrics
+from gradreg.evaluation.metrics import classification_metrics
 
 
 def overconfident(n: int = 400, classes: int = 5, sharpness: float = 4.0, seed: int = 0):

@@ -12,9 +12,9 @@ import pytest
 
 import gradreg.version
 from gradreg.__main__ import run
-from gradreg.cli import main
-from gradreg.cli_options import parse_option_value
-from gradreg.metrics import ReliabilityBins
+from gradreg.cli.main import main
+from gradreg.cli.options import parse_option_value
+from gradreg.evaluation.metrics import ReliabilityBins
 
 FAST = ["--dataset", "iris", "--hidden", "8", "--epochs", "2", "--device", "cpu", "--quiet"]
 

@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 
-from gradreg.cli import main
-from gradreg.compare import (
+from gradreg.cli.main import main
+from gradreg.comparison.report import format_summary, paired_rows, summary_rows, write_comparison
+from gradreg.comparison.runs import (
     CompareSpec,
     _grid,
     _mean_predictions,
@@ -17,9 +18,8 @@ from gradreg.compare import (
     default_methods,
     run_comparison,
 )
-from gradreg.compare_report import format_summary, paired_rows, summary_rows, write_comparison
+from gradreg.evaluation.metrics import classification_metrics
 from gradreg.methods import METHODS
-from gradreg.metrics import classification_metrics
 from gradreg.train import fit
 
 SMALL = dict(

@@ -3,8 +3,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits, make_blobs
 
-from gradreg import data
-from gradreg.data import Dataset, available_datasets, dataset_options, load_dataset
+from gradreg.data import Dataset, available_datasets, dataset_options, datasets, load_dataset
 
 SMALL_DATASETS = ["digits", "iris", "wine", "breast_cancer", "moons", "blobs"]
 EXPECTED = {
@@ -141,7 +140,7 @@ def test_digits_standardised_globally_and_constant_pixels_stay_finite():
 
 def test_mnist1d_generated_cached_and_reloaded(tmp_path, monkeypatch):
     monkeypatch.setenv("GRADREG_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(data, "_MNIST1D_MEMO", {})
+    monkeypatch.setattr(datasets, "_MNIST1D_MEMO", {})
     np.random.seed(123)
     numpy_state = np.random.get_state()[1].copy()
 
@@ -156,8 +155,8 @@ def test_mnist1d_generated_cached_and_reloaded(tmp_path, monkeypatch):
     def regenerate(_args):
         raise AssertionError("mnist1d should have been read from the cache")
 
-    monkeypatch.setattr(data, "_MNIST1D_MEMO", {})
-    monkeypatch.setattr(data, "_generate_mnist1d", regenerate)
+    monkeypatch.setattr(datasets, "_MNIST1D_MEMO", {})
+    monkeypatch.setattr(datasets, "_generate_mnist1d", regenerate)
     reloaded = load_dataset("mnist1d")
     for field in ["x_train", "y_train", "x_val", "y_val", "x_test", "y_test"]:
         assert torch.equal(getattr(dataset, field), getattr(reloaded, field))
@@ -238,10 +237,10 @@ def test_split_with_fewer_examples_than_classes():
 def test_rare_class_is_rejected():
     labels = np.array([0] * 100 + [1] * 2)
     with pytest.raises(ValueError, match=r"class 1 has only 2 example"):
-        data._stratified_split(labels, 2, 0, 0.15, 0.2)
+        datasets._stratified_split(labels, 2, 0, 0.15, 0.2)
 
 
 def test_split_leaving_a_class_out_of_train_is_rejected():
     labels = np.array([0] * 1000 + [1] * 3)
     with pytest.raises(ValueError, match=r"train split would hold no example of class\(es\) \[1\]"):
-        data._stratified_split(labels, 2, 0, 0.45, 0.45)
+        datasets._stratified_split(labels, 2, 0, 0.45, 0.45)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradreg.ensembles import average, evaluate_ensemble, greedy_selection
-from gradreg.metrics import classification_metrics
+from gradreg.evaluation.ensembles import average, evaluate_ensemble, greedy_selection
+from gradreg.evaluation.metrics import classification_metrics
 
 
 def candidates(n: int = 6, examples: int = 50, classes: int = 4, seed: int = 0):

@@ -7,7 +7,12 @@ import torch
 from torch import nn
 
 from gradreg import TrainConfig, fit, posterior
-from gradreg.finite_difference import TF32_EPSILON, KinkPattern, forward_epsilon, step_size
+from gradreg.curvature.finite_difference import (
+    TF32_EPSILON,
+    KinkPattern,
+    forward_epsilon,
+    step_size,
+)
 from gradreg.methods import resolve_regulariser_grad
 from gradreg.models import build_model
 

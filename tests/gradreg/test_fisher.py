@@ -208,7 +208,7 @@ def test_bad_inputs_get_clear_errors():
 @pytest.mark.parametrize("kind", MODELS)
 @pytest.mark.parametrize("estimator", ["exact", "per_example", "sampled"])
 def test_total_fast_path_equals_the_sum_of_the_full_estimate_and_its_gradient(kind, estimator):
-    from gradreg.fisher import FisherPass
+    from gradreg.curvature.fisher import FisherPass
 
     model, x = _model_and_inputs(kind)
     labels = None if estimator == "exact" else _labels(model, x)

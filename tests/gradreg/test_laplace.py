@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from gradreg.glm import _by_jacobians, _rules_cover, logit_variances, mc_log_probs
-from gradreg.laplace import PRIOR_PRECISION_GRID, Laplace
-from gradreg.layer_rules import per_example_obstacle
+from gradreg.curvature.layer_rules import per_example_obstacle
 from gradreg.models import build_model
+from gradreg.posteriors.glm import _by_jacobians, _rules_cover, logit_variances, mc_log_probs
+from gradreg.posteriors.laplace import PRIOR_PRECISION_GRID, Laplace
 from gradreg.train import fit
 from tests.gradreg.oracles import brute_force_fisher, inputs_for, tiny_cnn2d, tiny_mlp
 

@@ -11,8 +11,8 @@ from torch import nn
 
 import gradreg
 from gradreg.config import TrainConfig
-from gradreg.fisher import fisher_diagonal
-from gradreg.layer_rules import LAYER_RULES, LayerRule, rule_for
+from gradreg.curvature.fisher import fisher_diagonal
+from gradreg.curvature.layer_rules import LAYER_RULES, LayerRule, rule_for
 from gradreg.methods import METHODS, get_method, method_for, posterior_class_of
 from tests.gradreg.oracles import brute_force_fisher, inputs_for, tiny_mlp
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gradreg.metrics import (
+from gradreg.evaluation.metrics import (
     ReliabilityBins,
     accuracy,
     adaptive_ece,
@@ -284,7 +284,7 @@ def test_n_bins_validation(function) -> None:
 
 
 def test_pooled_bins_equal_the_bins_of_the_concatenation():
-    from gradreg.metrics import pool_reliability_bins, reliability_bins
+    from gradreg.evaluation.metrics import pool_reliability_bins, reliability_bins
 
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(4), size=60)

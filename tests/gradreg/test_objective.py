@@ -12,8 +12,8 @@ from torch.distributions import Normal, kl_divergence
 from torch.func import functional_call, grad, vmap
 
 from gradreg import VariationalLaplace
-from gradreg.fisher import unflatten
-from gradreg.gaussian import gaussian_kl
+from gradreg.curvature.fisher import unflatten
+from gradreg.posteriors.gaussian import gaussian_kl
 from tests.gradreg.oracles import inputs_for, jacobian_fisher, tiny_cnn2d, tiny_mlp
 
 N_DATA, PRIOR = 50, 0.7

@@ -3,8 +3,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from gradreg.metrics import reliability_bins
-from gradreg.plots import write_reliability_diagram
+from gradreg.evaluation.metrics import reliability_bins
+from gradreg.evaluation.plots import write_reliability_diagram
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -59,7 +59,7 @@ def test_rejects_wrong_series_type(tmp_path) -> None:
 def test_metrics_module_offers_the_diagram_writer(tmp_path):
     import numpy as np
 
-    from gradreg import metrics
+    from gradreg.evaluation import metrics
 
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
     bins = metrics.reliability_bins(probs, np.array([0, 1, 1]))

@@ -16,11 +16,10 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits, load_wine
 
-from gradreg import data, userdata
-from gradreg.cli import main
-from gradreg.data import FileDatasetError, check_file_dataset, load_dataset
+from gradreg.cli.main import main
+from gradreg.data import FileDatasetError, check_file_dataset, datasets, load_dataset, userfiles
+from gradreg.data.transform import InputTransform
 from gradreg.train import fit
-from gradreg.transform import InputTransform
 from tests.gradreg.test_datafiles import make_idx_dataset
 
 ANIMALS = ["zebra", "ant", "moth"]  # sorted: ant, moth, zebra
@@ -29,7 +28,7 @@ ANIMALS = ["zebra", "ant", "moth"]  # sorted: ant, moth, zebra
 @pytest.fixture(autouse=True)
 def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("GRADREG_DATA_DIR", str(tmp_path))
-    monkeypatch.setattr(userdata, "_CACHE", OrderedDict())
+    monkeypatch.setattr(userfiles, "_CACHE", OrderedDict())
     return tmp_path
 
 
@@ -73,7 +72,7 @@ def write_image_folder(
 
 def split_indices(labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, ...]:
     """The loader's default split (split_seed 0, val 0.15, test 0.2)."""
-    return data._stratified_split(labels, n_classes, 0, 0.15, 0.2)
+    return datasets._stratified_split(labels, n_classes, 0, 0.15, 0.2)
 
 
 # ---------------------------------------------------------------- each format
@@ -159,7 +158,7 @@ def test_image_folder_reads_classes_in_folder_order(data_root, mode, channels):
     assert 64 < dataset.transform.mean.mean() < 192
     first = np.asarray(Image.open(data_root / "pets" / "cat" / "000.png"), dtype=np.uint8)
     first = first[None] if first.ndim == 2 else first.transpose(2, 0, 1)
-    stored = userdata.load_file_dataset(userdata.file_options({"path": "pets"}))
+    stored = userfiles.load_file_dataset(userfiles.file_options({"path": "pets"}))
     assert np.array_equal(stored.x[0], first) and stored.y[0] == 0
 
 
@@ -456,13 +455,13 @@ def test_a_file_is_read_once_per_process_until_it_changes(data_root, monkeypatch
     path = data_root / "animals.csv"
     animal_table().to_csv(path, index=False)
     reads = []
-    real = userdata.read_file_dataset
+    real = userfiles.read_file_dataset
 
     def counted(options):
         reads.append(options.path)
         return real(options)
 
-    monkeypatch.setattr(userdata, "read_file_dataset", counted)
+    monkeypatch.setattr(userfiles, "read_file_dataset", counted)
     first = load_dataset("file", path="animals.csv")
     second = load_dataset("file", path="animals.csv", split_seed=1)
     assert len(reads) == 1
@@ -478,7 +477,7 @@ def test_a_file_is_read_once_per_process_until_it_changes(data_root, monkeypatch
     for name in ("b.csv", "c.csv"):
         animal_table().to_csv(data_root / name, index=False)
         load_dataset("file", path=name)
-    assert len(userdata._CACHE) == userdata.CACHE_SIZE == 2
+    assert len(userfiles._CACHE) == userfiles.CACHE_SIZE == 2
     load_dataset("file", path="animals.csv")
     assert len(reads) == 5
 
@@ -486,12 +485,12 @@ def test_a_file_is_read_once_per_process_until_it_changes(data_root, monkeypatch
 def test_the_check_keeps_nothing(data_root):
     animal_table().to_csv(data_root / "animals.csv", index=False)
     check_file_dataset(path="animals.csv")
-    assert not userdata._CACHE
+    assert not userfiles._CACHE
 
 
 def test_cached_arrays_are_read_only(data_root):
     animal_table().to_csv(data_root / "animals.csv", index=False)
-    stored = userdata.load_file_dataset(userdata.file_options({"path": "animals.csv"}))
+    stored = userfiles.load_file_dataset(userfiles.file_options({"path": "animals.csv"}))
     with pytest.raises(ValueError, match="read-only"):
         stored.x[0, 0] = 1.0
 

@@ -20,7 +20,7 @@ from service.schemas import LimitsOut
 from service.store import repository
 from service.store.database import make_engine, session_factory
 from sweeps import Limits, parse_spec
-from sweeps.parse import read_document
+from sweeps.spec.parse import read_document
 from tests.service.api import TOKENS, ApiProcess, is_problem
 
 CAP_S = 5400.0  # the deployment's time budget cap: what a spec without one is given

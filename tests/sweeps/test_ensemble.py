@@ -9,7 +9,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from gradreg.metrics import classification_metrics
+from gradreg.evaluation.metrics import classification_metrics
 from gradreg.train import Predictions
 from sweeps import TrialSummary, run_sweep
 from sweeps.cli import format_ensemble

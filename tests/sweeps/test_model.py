@@ -27,7 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
-from gradreg.cli import main as gradreg_main
+from gradreg.cli.main import main as gradreg_main
 from gradreg.train import fit
 from service.launcher import free_port
 from sweeps.cli import main as sweeps_main
@@ -39,8 +39,8 @@ from sweeps.model import (
     register,
     registration_notes,
 )
-from sweeps.parse import validate_shape
 from sweeps.records import SweepRecord, TrialSummary
+from sweeps.spec.parse import validate_shape
 from tests.service.mlflow_server import MlflowServer
 from tests.sweeps.conftest import DIGITS_SWEEP
 

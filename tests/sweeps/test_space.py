@@ -9,8 +9,8 @@ from ray import cloudpickle
 from gradreg.config import TrainConfig
 from gradreg.methods import COMMON_SETTINGS, HYPERPARAMETERS, settings_used, train_settings
 from sweeps import Limits, load_spec_file, parse_spec
-from sweeps.resolve import trial_config
 from sweeps.space import SearchSpace, make_sampler
+from sweeps.spec.resolve import trial_config
 from tests.sweeps.conftest import DIGITS_SWEEP
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

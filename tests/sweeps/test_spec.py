@@ -21,7 +21,7 @@ from sweeps import (
 from tests.sweeps.conftest import DIGITS_SWEEP
 
 EXAMPLES = sorted(Path("sweeps/examples").glob("*.yaml"))
-SCHEMA_FILE = Path("sweeps/schema.json")
+SCHEMA_FILE = Path("sweeps/spec/schema.json")
 
 
 def issues_of(document: dict, limits: Limits | None = None) -> dict[str, str]:
@@ -425,7 +425,7 @@ def test_a_file_dataset_is_opened_and_checked_at_submission(file_root, dataset, 
 
 
 def test_a_good_file_dataset_passes_and_its_trial_trains(file_root):
-    from sweeps.resolve import trial_config
+    from sweeps.spec.resolve import trial_config
 
     limits = Limits(data_root=file_root)
     spec = parse_spec(
@@ -444,8 +444,8 @@ def test_a_good_file_dataset_passes_and_its_trial_trains(file_root):
 
 
 def test_the_trial_refuses_a_file_outside_the_root_with_the_submission_words(file_root):
-    from sweeps.parse import validate_shape
-    from sweeps.resolve import trial_config
+    from sweeps.spec.parse import validate_shape
+    from sweeps.spec.resolve import trial_config
 
     document = with_changes(dataset={"name": "file", "options": {"path": "../outside.csv"}})
     submitted = issues_of(document, Limits(data_root=file_root))["dataset.options.path"]

@@ -286,7 +286,7 @@ def test_importances_that_fail_are_the_tags_not_the_sweeps(tmp_path, tracking_ur
 
 
 def test_the_importance_plot_is_a_png(tmp_path):
-    from gradreg.plots import write_param_importances
+    from gradreg.evaluation.plots import write_param_importances
 
     path = write_param_importances(tmp_path / "p.png", {"lr": 0.7, "noise_scale": 0.3})
     assert path.read_bytes()[:8] == PNG_MAGIC

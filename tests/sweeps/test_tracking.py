@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from gradreg.metrics import reliability_bins
+from gradreg.evaluation.metrics import reliability_bins
 from sweeps.ensemble import SweepEnsemble
 from sweeps.records import trial_number
 from sweeps.tracking import (

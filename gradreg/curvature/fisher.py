@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from gradreg.layer_rules import (
+from gradreg.curvature.layer_rules import (
     LayerCapture,
     at_least_fp32,
     capture_layers,

@@ -1,7 +1,7 @@
 """Classification datasets by name, with seeded stratified train/val/test splits.
 
-Built-in sets (sklearn's, mnist1d, the image files of `gradreg.datafiles`) and ``file``, the
-user's own file (`gradreg.userdata`). Every `Dataset` carries the `InputTransform` that turns
+Built-in sets (sklearn's, mnist1d, the image files of `gradreg.data.standard_files`) and ``file``, the
+user's own file (`gradreg.data.userfiles`). Every `Dataset` carries the `InputTransform` that turns
 inputs in the dataset's own units into what the network was trained on.
 """
 
@@ -24,13 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from gradreg import datafiles, settings, userdata
-from gradreg.transform import InputTransform, standardise
+from gradreg import settings
+from gradreg.data import standard_files
+from gradreg.data import userfiles
+from gradreg.data.transform import InputTransform, standardise
 
 Arrays = tuple[np.ndarray, np.ndarray]
 _DEFAULT_TEST_FRACTION = 0.2
 FILE_DATASET = "file"
-FileDatasetError = userdata.FileDatasetError
+FileDatasetError = userfiles.FileDatasetError
 
 
 @dataclass(frozen=True)
@@ -237,7 +239,7 @@ def _load_mnist1d(data_seed: int, n_samples: int = 5000) -> Arrays:
 
 def _image_files(name: str) -> Callable[..., tuple[np.ndarray, ...]]:
     def generate(data_dir: str | os.PathLike[str] | None) -> tuple[np.ndarray, ...]:
-        x_train, y_train, x_test, y_test = datafiles.load_official_splits(name, data_dir)
+        x_train, y_train, x_test, y_test = standard_files.load_official_splits(name, data_dir)
         return _unit_pixels(x_train), y_train, _unit_pixels(x_test), y_test
 
     return generate
@@ -334,7 +336,7 @@ _FILE_DESCRIPTION = (
 def dataset_options(name: str) -> dict[str, Any]:
     """The options dataset `name` accepts (besides the split settings), with their defaults."""
     if name == FILE_DATASET:
-        return dict(userdata.OPTIONS)
+        return dict(userfiles.OPTIONS)
     return dict(_spec_for(name, {}).defaults)
 
 
@@ -602,7 +604,7 @@ def _plain(value: Any) -> Any:
 
 
 def _file_test_fraction(
-    stored: userdata.FileData, val_fraction: float, test_fraction: float | None
+    stored: userfiles.FileData, val_fraction: float, test_fraction: float | None
 ) -> float | None:
     owner = f"{stored.source['path']} holds x_test and y_test, its own test split"
     try:
@@ -617,8 +619,8 @@ def check_file_dataset(
     """Everything `load_dataset("file", ...)` would refuse about this file and these split
     settings, without splitting or keeping it (a sweep's submission check): raises
     `FileDatasetError` whose ``field`` names the option at fault, with the loader's words."""
-    file = userdata.file_options(options)
-    stored = userdata.read_file_dataset(file)
+    file = userfiles.file_options(options)
+    stored = userfiles.read_file_dataset(file)
     val_fraction = _check_fraction("val_fraction", val_fraction)
     test_fraction = _file_test_fraction(stored, val_fraction, test_fraction)
     sizes = _split_sizes(len(stored.y), val_fraction, test_fraction)
@@ -637,10 +639,10 @@ def check_file_dataset(
 def _load_file(
     split_seed: int, val_fraction: float, test_fraction: float | None, options: dict[str, Any]
 ) -> Dataset:
-    file = userdata.file_options(options)
+    file = userfiles.file_options(options)
     split_seed = _check_int("split_seed", split_seed, 0)
     val_fraction = _check_fraction("val_fraction", val_fraction)
-    stored = userdata.load_file_dataset(file)
+    stored = userfiles.load_file_dataset(file)
     test_fraction = _file_test_fraction(stored, val_fraction, test_fraction)
     x, y, names = stored.x, stored.y, stored.class_names
     if test_fraction is None:

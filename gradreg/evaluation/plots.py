@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from gradreg.metrics import ReliabilityBins
+from gradreg.evaluation.metrics import ReliabilityBins
 
 
 def _as_named_series(

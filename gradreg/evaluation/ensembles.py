@@ -16,8 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from gradreg.calibration import TemperatureFit, fit_temperature, temperature_scaled_metrics
-from gradreg.metrics import ReliabilityBins, classification_metrics, reliability_bins
+from gradreg.evaluation.calibration import (
+    TemperatureFit,
+    fit_temperature,
+    temperature_scaled_metrics,
+)
+from gradreg.evaluation.metrics import ReliabilityBins, classification_metrics, reliability_bins
 
 _TINY = 1e-300  # log of an average probability that underflowed to 0
 

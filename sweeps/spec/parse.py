@@ -1,6 +1,6 @@
 """Reading and writing specs: YAML or JSON text → a checked `SweepSpec`, and back.
 
-`parse_spec` is the front door: the shape (pydantic) and then the rules (`sweeps.checks`),
+`parse_spec` is the front door: the shape (pydantic) and then the rules (`sweeps.spec.checks`),
 run once; a spec that passes is not checked again downstream.
 """
 
@@ -15,15 +15,15 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from sweeps.checks import admitted
-from sweeps.errors import SpecError, SpecIssue
-from sweeps.limits import Limits
 from sweeps.spec import SweepSpec
+from sweeps.spec.checks import admitted
+from sweeps.spec.errors import SpecError, SpecIssue
+from sweeps.spec.limits import Limits
 
 
 def parse_spec(document: Mapping[str, Any], limits: Limits | None = None) -> SweepSpec:
     """Validate a spec given as a mapping (parsed YAML or JSON); the spec comes back as it is
-    admitted (see `sweeps.checks.admitted`: a missing time budget becomes the cap)."""
+    admitted (see `sweeps.spec.checks.admitted`: a missing time budget becomes the cap)."""
     return admitted(validate_shape(document), limits or Limits.from_settings())
 
 

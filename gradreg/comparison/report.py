@@ -2,9 +2,9 @@
 
 A row label is a method (judged by its own predictive) or one of its ensembles; a variant is
 ``raw`` or ``ts`` (after temperature scaling fitted on validation data). Where a seed's
-validation data did not determine a temperature (`gradreg.calibration`), its ``ts`` numbers
-are the raw ones (T = 1): the run says why (``temperature_scaling``), a ``ts`` summary row
-counts such seeds (``ts_not_fitted``), and the printed table marks the row.
+validation data did not determine a temperature (`gradreg.evaluation.calibration`), its ``ts``
+numbers are the raw ones (T = 1): the run says why (``temperature_scaling``), a ``ts`` summary
+row counts such seeds (``ts_not_fitted``), and the printed table marks the row.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from gradreg.compare import SELECTION_METRIC, Comparison, mean_and_se
+from gradreg.comparison.runs import SELECTION_METRIC, Comparison, mean_and_se
+from gradreg.evaluation.plots import write_reliability_diagram
 from gradreg.names import CLASSIFICATION_METRICS, higher_is_better
-from gradreg.plots import write_reliability_diagram
 
 METRICS = CLASSIFICATION_METRICS
 VARIANTS = {"raw": "", "ts": "_ts"}

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from gradreg.fisher import trainable_parameters
+from gradreg.curvature.fisher import trainable_parameters
 from gradreg.methods import family_problem
 
 PREDICT_MODES = ("mean", "sample")  # every Gaussian posterior's; methods may add their own

@@ -1,6 +1,6 @@
 """SweepSpec: the document a user writes to describe one sweep (YAML or JSON).
 
-The pydantic models here check shapes and types; `sweeps.checks` adds the rules that need
+The pydantic models here check shapes and types; `sweeps.spec.checks` adds the rules that need
 gradreg (known datasets, which method uses which setting, bounds, caps). `sweeps.parse_spec`
 runs both and raises one `SpecError` that lists every problem with its field path.
 """

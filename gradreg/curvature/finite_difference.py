@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from gradreg.layer_rules import at_least_fp32
+from gradreg.curvature.layer_rules import at_least_fp32
 
 _NORM_FLOOR = 1e-30
 TF32_EPSILON = 2.0**-10  # TensorFloat-32 keeps 10 bits of mantissa

@@ -23,11 +23,11 @@ import torch
 from scipy.optimize import brentq
 from torch import Tensor, nn
 
-from gradreg.baselines import MAP
-from gradreg.fisher import check_estimator, fisher_diagonal, trainable_parameters
-from gradreg.gaussian import DiagonalVariance
-from gradreg.glm import logit_variances, mc_log_probs, probit_log_probs
+from gradreg.curvature.fisher import check_estimator, fisher_diagonal, trainable_parameters
 from gradreg.methods import LAPLACE_PREDICTIVES, PRIOR_FITS
+from gradreg.posteriors.baselines import MAP
+from gradreg.posteriors.gaussian import DiagonalVariance
+from gradreg.posteriors.glm import logit_variances, mc_log_probs, probit_log_probs
 
 T = TypeVar("T")
 LAPLACE_BATCH = 256

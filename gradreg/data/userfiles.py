@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from gradreg.datafiles import resolve_data_dir
+from gradreg.data.standard_files import resolve_data_dir
 
 FORMATS = ("npz", "csv", "parquet", "image_folder")
 TABLE_FORMATS = ("csv", "parquet")

@@ -4,7 +4,7 @@
 * `SamplingVI` — the ELBO estimated with K reparameterised weight samples per step
   (local reparameterisation for Linear layers), exact Gaussian KL, learned variances.
 
-Post-hoc Laplace (MAP training, then curvature) is in `gradreg.laplace`.
+Post-hoc Laplace (MAP training, then curvature) is in `gradreg.posteriors.laplace`.
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from gradreg.fisher import check_labels, trainable_parameters
-from gradreg.gaussian import (
+from gradreg.curvature.fisher import check_labels, trainable_parameters
+from gradreg.curvature.layer_rules import at_least_fp32
+from gradreg.posteriors.gaussian import (
     GaussianPosterior,
     LossTerms,
     check_count,
     make_variance_family,
     weight_decay,
 )
-from gradreg.layer_rules import at_least_fp32
 
 # Keeps sqrt differentiable where a pre-activation's variance is exactly zero.
 _VARIANCE_FLOOR = 1e-16

@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from gradreg.calibration import TemperatureFit, scale
 from gradreg.config import METHOD_FIELDS, TrainConfig
-from gradreg.ensembles import EnsembleResult, average, evaluate_ensemble
+from gradreg.evaluation.calibration import TemperatureFit, scale
+from gradreg.evaluation.ensembles import EnsembleResult, average, evaluate_ensemble
+from gradreg.evaluation.metrics import ReliabilityBins, pool_reliability_bins, reliability_bins
 from gradreg.methods import METHODS, get_method
-from gradreg.metrics import ReliabilityBins, pool_reliability_bins, reliability_bins
 from gradreg.train import FitResult, Predictions, fit, load_config_dataset
 
 # Grid and search-space values for these settings are multiples of the comparison's lr.

@@ -24,15 +24,15 @@ from gradreg.data import (
 from gradreg.methods import HYPERPARAMETERS, METHODS
 from gradreg.models import available_models, model_option_problems, model_options
 from gradreg.names import EPOCH_METRICS, TEMPERATURE_METRICS
-from sweeps.errors import SpecError, SpecIssue
-from sweeps.limits import Limits
-from sweeps.resolve import base_settings, max_epochs, resolve_data_dir, resolve_data_file
 from sweeps.spec import (
     CategoricalParameter,
     FloatParameter,
     IntParameter,
     SweepSpec,
 )
+from sweeps.spec.errors import SpecError, SpecIssue
+from sweeps.spec.limits import Limits
+from sweeps.spec.resolve import base_settings, max_epochs, resolve_data_dir, resolve_data_file
 
 # Objectives steer the search, so they come from data the search may look at.
 OBJECTIVE_METRICS = tuple(

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
 
-from gradreg.metrics import classification_metrics
+from gradreg.evaluation.metrics import classification_metrics
 from gradreg.names import TEMPERATURE_METRICS
 
 # T is searched in [1/T_RANGE, T_RANGE].

@@ -7,12 +7,12 @@ import json
 import sys
 from collections.abc import Sequence
 
-from gradreg.cli_compare import add_compare_arguments, run_compare
-from gradreg.cli_options import add_data_and_model_arguments, key_values, model_options
-from gradreg.cli_predict import add_predict_arguments, run_predict
+from gradreg.cli.compare import add_compare_arguments, run_compare
+from gradreg.cli.options import add_data_and_model_arguments, key_values, model_options
+from gradreg.cli.predict import add_predict_arguments, run_predict
 from gradreg.config import TrainConfig
+from gradreg.curvature.fisher import ESTIMATORS
 from gradreg.data import available_datasets, load_dataset
-from gradreg.fisher import ESTIMATORS
 from gradreg.methods import (
     PREDICT_MODES,
     PRIOR_FITS,
@@ -213,7 +213,7 @@ def _run_data(args: argparse.Namespace) -> int:
             print(f"{name:<14} {description}")
         return 0
     if args.data_command == "download":
-        from gradreg.datafiles import DownloadError, download, resolve_data_dir
+        from gradreg.data.standard_files import DownloadError, download, resolve_data_dir
 
         try:
             paths = download(args.name, resolve_data_dir(args.dir), base_url=args.mirror)
@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("--format", help="file: npz, csv, parquet or image_folder (default: guessed)")
     show.add_argument("--label", help="file: a table's label column (default label)")
-    from gradreg.datafiles import DATA_DIR_ENV, downloadable
+    from gradreg.data.standard_files import DATA_DIR_ENV, downloadable
 
     fetch = data_commands.add_parser(
         "download", help="fetch a file dataset (needs internet; offline: says what to place where)"

@@ -4,7 +4,7 @@ Per datapoint, on a minibatch of B out of N datapoints::
 
     loss = (1/B) Σ_i −log p(y_i|x_i,μ) + (1/(2B)) Σ_λ σ_λ² F̂_λ + (kl_weight/N) KL(q‖p)
 
-with F̂ a batch-sum diagonal Fisher estimate (see :mod:`gradreg.fisher`) that stays
+with F̂ a batch-sum diagonal Fisher estimate (see :mod:`gradreg.curvature.fisher`) that stays
 differentiable in μ, and KL(q‖p) between q = N(μ, diag σ²) and the prior N(0, s² I).
 """
 
@@ -13,14 +13,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from gradreg.finite_difference import (
+from gradreg.curvature.finite_difference import (
     KinkPattern,
     RngReplay,
     forward_epsilon,
     nll_and_score,
     objective_gradient,
 )
-from gradreg.fisher import (
+from gradreg.curvature.fisher import (
     FisherPass,
     check_estimator,
     check_labels,
@@ -29,14 +29,14 @@ from gradreg.fisher import (
     trainable_parameters,
     unflatten,
 )
-from gradreg.gaussian import (
+from gradreg.methods import regulariser_grad_problem, resolve_regulariser_grad
+from gradreg.posteriors.gaussian import (
     GaussianPosterior,
     LossTerms,
     UniformVariance,
     make_variance_family,
     weight_decay,
 )
-from gradreg.methods import regulariser_grad_problem, resolve_regulariser_grad
 
 __all__ = ["LossTerms", "VariationalLaplace"]
 
@@ -50,7 +50,7 @@ class VariationalLaplace(GaussianPosterior):
     ``learn_noise_scale=True``. ``fisher`` picks the estimator of F̂; with
     ``empirical_fisher=True`` it uses the true labels instead of labels sampled from the model.
     ``regulariser_grad`` picks how the regulariser's μ-gradient is computed: ``autograd``
-    (a double backward), ``finite_difference`` (`gradreg.finite_difference`, ``sampled``
+    (a double backward), ``finite_difference`` (`gradreg.curvature.finite_difference`, ``sampled``
     only), or ``auto``: finite differences on CUDA for ``sampled`` when the forward runs in
     float32 or better (no autocast, no TF32), autograd elsewhere. The loss and its parts are
     the same numbers either way.
@@ -128,7 +128,7 @@ class VariationalLaplace(GaussianPosterior):
     def _finite_difference_loss(
         self, x: Tensor, y: Tensor, generator: torch.Generator | None
     ) -> LossTerms:
-        """The same loss value; its μ-gradient from `gradreg.finite_difference`.
+        """The same loss value; its μ-gradient from `gradreg.curvature.finite_difference`.
 
         ``loss`` carries that gradient as a detached vector dotted with μ (adding exactly
         zero to its value), the KL's own graph, and the regulariser's σ²-gradient, which

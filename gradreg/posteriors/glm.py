@@ -21,7 +21,12 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, jvp, vmap
 
-from gradreg.layer_rules import capture_layers, layer_weighted, per_example_obstacle, rule_for
+from gradreg.curvature.layer_rules import (
+    capture_layers,
+    layer_weighted,
+    per_example_obstacle,
+    rule_for,
+)
 
 # Jacobian chunks hold at most this many numbers (examples × classes × weights).
 JACOBIAN_BUDGET = 2**24
@@ -40,7 +45,7 @@ def logit_variances(
 
     ``variances`` is one tensor of σ² per trainable parameter (shaped like it), or a matrix
     (P, K) of K flat variance vectors: then v has shape (N, C, K), one per column. Models the
-    per-layer rules cover (`gradreg.layer_rules`) take one backward per class; others go
+    per-layer rules cover (`gradreg.curvature.layer_rules`) take one backward per class; others go
     through per-example Jacobians (`torch.func`), which is exact but slower.
     """
     params = [p for p in model.parameters() if p.requires_grad]

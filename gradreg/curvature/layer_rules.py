@@ -212,7 +212,7 @@ class LayerRule:
 
     ``weighted`` (optional) gives, per example i and column k of the per-parameter variances
     σ² (each shaped like its parameter, plus a trailing K), Σ_λ σ²_λk (∂_λ of example i)²:
-    what the linearised predictive's logit variances need (`gradreg.glm`).
+    what the linearised predictive's logit variances need (`gradreg.posteriors.glm`).
     """
 
     squares: SquaresRule

@@ -261,9 +261,10 @@ def write_reliability_diagram(
 ) -> Path:
     """The reliability-diagram PNG writer, here beside the bins it draws.
 
-    See :func:`gradreg.plots.write_reliability_diagram`; imported lazily so that using the
+    See :func:`gradreg.evaluation.plots.write_reliability_diagram`; imported lazily so that using
+    the
     metrics never loads matplotlib.
     """
-    from gradreg.plots import write_reliability_diagram as write
+    from gradreg.evaluation.plots import write_reliability_diagram as write
 
     return write(path, series, title=title)

@@ -8,13 +8,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from gradreg.cli_options import (
+from gradreg.cli.options import (
     add_data_and_model_arguments,
     key_values,
     model_options,
     parse_option_value,
 )
-from gradreg.fisher import ESTIMATORS
+from gradreg.curvature.fisher import ESTIMATORS
 from gradreg.methods import METHODS, REGULARISER_GRADS
 
 
@@ -32,7 +32,7 @@ def _method_settings(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 
 def add_compare_arguments(p: argparse.ArgumentParser) -> None:
-    from gradreg.compare import CompareSpec
+    from gradreg.comparison.runs import CompareSpec
 
     defaults = CompareSpec()
     add_data_and_model_arguments(p)
@@ -117,8 +117,7 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
 def run_compare(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from gradreg.compare import CompareSpec, plan_size, run_comparison
-    from gradreg.compare_report import (
+    from gradreg.comparison.report import (
         format_paired,
         format_summary,
         json_safe,
@@ -126,6 +125,7 @@ def run_compare(args: argparse.Namespace) -> int:
         summary_rows,
         write_comparison,
     )
+    from gradreg.comparison.runs import CompareSpec, plan_size, run_comparison
 
     spec = CompareSpec(
         dataset=args.dataset,

@@ -1,0 +1,1 @@
+"""``python -m gradreg``: train, compare, data and predict."""

@@ -1,0 +1,1 @@
+"""The method comparison: its runs (`runs`) and its tables and files (`report`)."""

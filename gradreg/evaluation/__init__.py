@@ -1,0 +1,1 @@
+"""Judging a predictive: metrics, temperature scaling, ensembles and reliability diagrams."""
