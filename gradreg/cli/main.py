@@ -213,7 +213,8 @@ def _run_data(args: argparse.Namespace) -> int:
             print(f"{name:<14} {description}")
         return 0
     if args.data_command == "download":
-        from gradreg.data.standard_files import DownloadError, download, resolve_data_dir
+        from gradreg.data.downloader import DownloadError, download
+        from gradreg.data.standard_files import resolve_data_dir
 
         try:
             paths = download(args.name, resolve_data_dir(args.dir), base_url=args.mirror)
@@ -263,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("--format", help="file: npz, csv, parquet or image_folder (default: guessed)")
     show.add_argument("--label", help="file: a table's label column (default label)")
-    from gradreg.data.standard_files import DATA_DIR_ENV, downloadable
+    from gradreg.data.downloader import downloadable
+    from gradreg.data.standard_files import DATA_DIR_ENV
 
     fetch = data_commands.add_parser(
         "download", help="fetch a file dataset (needs internet; offline: says what to place where)"

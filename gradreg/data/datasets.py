@@ -1,36 +1,39 @@
-"""Classification datasets by name, with seeded stratified train/val/test splits.
+"""The registry of datasets by name, and `load_dataset`, which loads one as a `Dataset`: split
+(`gradreg.data.splits`), standardised with the training split's statistics, and carrying the
+`InputTransform` that turns inputs in the dataset's own units into what the network was
+trained on.
 
-Built-in sets (sklearn's, mnist1d, the image files of `gradreg.data.standard_files`) and ``file``, the
-user's own file (`gradreg.data.userfiles`). Every `Dataset` carries the `InputTransform` that turns
-inputs in the dataset's own units into what the network was trained on.
+The names: sklearn's bundled sets, the generated ones (`gradreg.data.synthetic`), the image
+files in their standard formats (`gradreg.data.standard_files`) and ``file``, the user's own
+file (`gradreg.data.userfiles`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import os
-import random
-import tempfile
-import warnings
-import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from numbers import Real
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from gradreg import settings
-from gradreg.data import standard_files
-from gradreg.data import userfiles
+from gradreg.data import standard_files, synthetic, userfiles
+from gradreg.data.options import check_int
+from gradreg.data.splits import (
+    DEFAULT_VAL_FRACTION,
+    Arrays,
+    Splits,
+    check_fraction,
+    check_rarest_class,
+    check_split_sizes,
+    knobs,
+    resolve_test_fraction,
+    split_examples,
+    split_sizes,
+)
 from gradreg.data.transform import InputTransform, standardise
 
-Arrays = tuple[np.ndarray, np.ndarray]
-_DEFAULT_TEST_FRACTION = 0.2
 FILE_DATASET = "file"
 FileDatasetError = userfiles.FileDatasetError
 
@@ -101,140 +104,19 @@ class _DatasetSpec:
         return "channel" if self.per_channel else "global"
 
 
-# ---------------------------------------------------------------- option checks
+# ---------------------------------------------------------------- sources
 
 
-def _check_int(option: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{option} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{option} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_float(option: str, value: Any, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{option} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{option} must be finite and {bound}, got {value}")
-    return value
-
-
-# ---------------------------------------------------------------- generators
-
-
-# sklearn is imported where it is used: importing it costs about 2 s, and the sweep driver,
-# which only checks specs, would pay that before every sweep's first trial.
 def _sklearn_loader(name: str) -> Callable[..., Arrays]:
+    """One of sklearn's bundled sets (imported when loaded: sklearn costs about 2 s)."""
+
     def generate() -> Arrays:
         from sklearn import datasets as sk_datasets
 
-        return getattr(sk_datasets, name)(return_X_y=True)
+        x, y = getattr(sk_datasets, name)(return_X_y=True)
+        return x, y
 
     return generate
-
-
-def _make_moons(n_samples: int, noise: float, data_seed: int) -> Arrays:
-    from sklearn import datasets as sk_datasets
-
-    return sk_datasets.make_moons(
-        n_samples=_check_int("n_samples", n_samples, 1),
-        noise=_check_float("noise", noise, positive=False),
-        random_state=_check_int("data_seed", data_seed, 0),
-    )
-
-
-def _make_blobs(
-    n_samples: int, n_classes: int, n_features: int, cluster_std: float, data_seed: int
-) -> Arrays:
-    from sklearn import datasets as sk_datasets
-
-    return sk_datasets.make_blobs(
-        n_samples=_check_int("n_samples", n_samples, 1),
-        centers=_check_int("n_classes", n_classes, 2),
-        n_features=_check_int("n_features", n_features, 1),
-        cluster_std=_check_float("cluster_std", cluster_std, positive=True),
-        random_state=_check_int("data_seed", data_seed, 0),
-    )
-
-
-_MNIST1D_MEMO: dict[str, Arrays] = {}
-
-
-def _cache_dir() -> Path:
-    return settings.cache_dir()
-
-
-def _mnist1d_args(data_seed: int, n_samples: int) -> dict[str, Any]:
-    from mnist1d.data import get_dataset_args
-
-    args = get_dataset_args(as_dict=True)
-    args.pop("url", None)  # only used by the package's download path, never here
-    args["seed"] = data_seed
-    args["num_samples"] = n_samples
-    return args
-
-
-def _generate_mnist1d(args: dict[str, Any]) -> Arrays:
-    from mnist1d.data import make_dataset
-    from mnist1d.utils import ObjectView
-
-    # mnist1d seeds the global `random` and `np.random` generators; restore them afterwards.
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    try:
-        raw = make_dataset(ObjectView(dict(args)))
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
-    x = np.concatenate([raw["x"], raw["x_test"]]).astype(np.float32)
-    y = np.concatenate([raw["y"], raw["y_test"]]).astype(np.int64)
-    return x, y
-
-
-def _read_cache(path: Path) -> Arrays | None:
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            x, y = stored["x"], stored["y"]
-    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile):
-        return None  # unreadable or partial cache: regenerate
-    return (x, y) if x.ndim == 2 and len(x) == len(y) else None
-
-
-def _write_cache_atomically(path: Path, x: np.ndarray, y: np.ndarray) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as error:
-        warnings.warn(f"could not cache mnist1d in {path.parent}: {error}", stacklevel=3)
-        return
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, x=x, y=y)
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; the cache is meant to be shared
-        os.replace(tmp_name, path)
-    except OSError as error:
-        Path(tmp_name).unlink(missing_ok=True)
-        warnings.warn(f"could not cache mnist1d at {path}: {error}", stacklevel=3)
-
-
-def _load_mnist1d(data_seed: int, n_samples: int = 5000) -> Arrays:
-    args = _mnist1d_args(
-        _check_int("data_seed", data_seed, 0), _check_int("n_samples", n_samples, 50)
-    )
-    key = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
-    if key in _MNIST1D_MEMO:
-        return _MNIST1D_MEMO[key]
-    path = _cache_dir() / f"mnist1d-{key}.npz"
-    arrays = _read_cache(path) if path.exists() else None
-    if arrays is None:
-        arrays = _generate_mnist1d(args)
-        _write_cache_atomically(path, *arrays)
-    for array in arrays:
-        array.setflags(write=False)
-    _MNIST1D_MEMO[key] = arrays
-    return arrays
 
 
 def _image_files(name: str) -> Callable[..., tuple[np.ndarray, ...]]:
@@ -276,18 +158,18 @@ _DATASETS: dict[str, _DatasetSpec] = {
     ),
     "mnist1d": _DatasetSpec(
         "MNIST-1D generated locally: 5000 signals of length 40 (n_samples), 10 classes",
-        _load_mnist1d,
+        synthetic.load_mnist1d,
         {"data_seed": 42, "n_samples": 5000},
         image_shape=(1, 40),
     ),
     "moons": _DatasetSpec(
         "synthetic two interleaving half-circles in 2D, 2 classes",
-        _make_moons,
+        synthetic.make_moons,
         {"n_samples": 1000, "noise": 0.2, "data_seed": 0},
     ),
     "blobs": _DatasetSpec(
         "synthetic isotropic Gaussian blobs, one per class",
-        _make_blobs,
+        synthetic.make_blobs,
         {"n_samples": 1000, "n_classes": 3, "n_features": 2, "cluster_std": 1.0, "data_seed": 0},
     ),
     "mnist": _DatasetSpec(
@@ -340,141 +222,6 @@ def dataset_options(name: str) -> dict[str, Any]:
     return dict(_spec_for(name, {}).defaults)
 
 
-# ---------------------------------------------------------------- splitting
-
-
-def _check_fraction(option: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{option} must be a number in (0, 1), got {value!r}")
-    if not 0 < value < 1:
-        raise ValueError(f"{option} must be in (0, 1), got {value}")
-    return float(value)
-
-
-def _check_split_sizes(sizes: dict[str, int], n_classes: int, knobs: str) -> None:
-    n_total = sum(sizes.values())
-    for split, size in sizes.items():
-        if size < n_classes:
-            raise ValueError(
-                f"the {split} split would hold {size} of {n_total} examples, fewer than the "
-                f"{n_classes} classes; use more data or change {knobs}"
-            )
-
-
-def _check_rarest_class(
-    labels: np.ndarray,
-    n_classes: int,
-    splits: list[str],
-    class_names: Sequence[str] | None = None,
-) -> None:
-    counts = np.bincount(labels, minlength=n_classes)
-    smallest = int(np.argmin(counts))
-    if counts[smallest] < len(splits):
-        name = class_names[smallest] if class_names else str(smallest)
-        named = f" ({name!r})" if name != str(smallest) else ""
-        raise ValueError(
-            f"class {smallest}{named} has only {counts[smallest]} example(s); every class needs "
-            f"at least {len(splits)} to appear in the {', '.join(splits[:-1])} and {splits[-1]} "
-            "splits"
-        )
-
-
-def _check_train_has_every_class(train_labels: np.ndarray, n_classes: int, knobs: str) -> None:
-    missing = np.setdiff1d(np.arange(n_classes), train_labels)
-    if len(missing):
-        raise ValueError(
-            f"the train split would hold no example of class(es) {missing.tolist()}; lower {knobs}"
-        )
-
-
-_POOL_KNOBS = "val_fraction/test_fraction"
-_OFFICIAL_KNOBS = "val_fraction"
-
-
-def _split_sizes(n_total: int, val_fraction: float, test_fraction: float | None) -> dict[str, int]:
-    """Examples per split; without a test fraction the test set is the dataset's own."""
-    n_val = round(val_fraction * n_total)
-    if test_fraction is None:
-        return {"train": n_total - n_val, "val": n_val}
-    n_test = round(test_fraction * n_total)
-    return {"train": n_total - n_test - n_val, "val": n_val, "test": n_test}
-
-
-def _stratified_split(
-    labels: np.ndarray,
-    n_classes: int,
-    split_seed: int,
-    val_fraction: float,
-    test_fraction: float,
-    class_names: Sequence[str] | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Indices of train, val and test examples, stratified by label."""
-    sizes = _split_sizes(len(labels), val_fraction, test_fraction)
-    _check_split_sizes(sizes, n_classes, _POOL_KNOBS)
-    _check_rarest_class(labels, n_classes, list(sizes), class_names)
-    from sklearn.model_selection import train_test_split
-
-    indices = np.arange(len(labels))
-    rest, test = train_test_split(
-        indices, test_size=sizes["test"], stratify=labels, random_state=split_seed
-    )
-    train, val = train_test_split(
-        rest, test_size=sizes["val"], stratify=labels[rest], random_state=split_seed
-    )
-    _check_train_has_every_class(labels[train], n_classes, _POOL_KNOBS)
-    return train, val, test
-
-
-def _carve_validation(
-    labels: np.ndarray,
-    n_classes: int,
-    split_seed: int,
-    val_fraction: float,
-    class_names: Sequence[str] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of train and val examples within an official train set, stratified by label."""
-    sizes = _split_sizes(len(labels), val_fraction, None)
-    _check_split_sizes(sizes, n_classes, _OFFICIAL_KNOBS)
-    _check_rarest_class(labels, n_classes, list(sizes), class_names)
-    from sklearn.model_selection import train_test_split
-
-    train, val = train_test_split(
-        np.arange(len(labels)), test_size=sizes["val"], stratify=labels, random_state=split_seed
-    )
-    _check_train_has_every_class(labels[train], n_classes, _OFFICIAL_KNOBS)
-    return train, val
-
-
-Splits = list[Arrays]  # (x, y) of train, val, test; x as rows (N, features)
-
-
-def _split_pool(
-    features: np.ndarray,
-    labels: np.ndarray,
-    split_seed: int,
-    val_fraction: float,
-    test_fraction: float,
-) -> Splits:
-    features = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
-    labels = np.asarray(labels, dtype=np.int64)
-    n_classes = int(labels.max()) + 1
-    indices = _stratified_split(labels, n_classes, split_seed, val_fraction, test_fraction)
-    return [(features[split], labels[split]) for split in indices]
-
-
-def _split_official(
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_test: np.ndarray,
-    y_test: np.ndarray,
-    split_seed: int,
-    val_fraction: float,
-) -> Splits:
-    n_classes = int(max(y_train.max(), y_test.max(initial=0))) + 1
-    train, val = _carve_validation(y_train, n_classes, split_seed, val_fraction)
-    return [(x_train[train], y_train[train]), (x_train[val], y_train[val]), (x_test, y_test)]
-
-
 def _spec_for(name: str, options: dict[str, Any]) -> _DatasetSpec:
     if name not in _DATASETS:
         accepted = ", ".join(sorted(available_datasets()))
@@ -487,29 +234,6 @@ def _spec_for(name: str, options: dict[str, Any]) -> _DatasetSpec:
             f"unknown option(s) {', '.join(unknown)} for dataset {name!r}; accepted: {accepted}"
         )
     return spec
-
-
-def _resolve_test_fraction(
-    owner: str, official: bool, val_fraction: float, test_fraction: float | None
-) -> float | None:
-    """The test fraction to split off, or None when the dataset brings its own test set
-    (``owner`` says whose it is, e.g. "dataset 'mnist' has an official test split")."""
-    if official:
-        if test_fraction is not None:
-            raise ValueError(
-                f"{owner}, which is used as the test set; leave test_fraction unset (got "
-                f"{test_fraction})"
-            )
-        return None
-    if test_fraction is None:
-        test_fraction = _DEFAULT_TEST_FRACTION
-    test_fraction = _check_fraction("test_fraction", test_fraction)
-    if val_fraction + test_fraction >= 1:
-        raise ValueError(
-            f"val_fraction + test_fraction must be < 1 to leave training data, got "
-            f"{val_fraction} + {test_fraction}"
-        )
-    return test_fraction
 
 
 def _assemble(
@@ -551,7 +275,7 @@ def load_dataset(
     name: str,
     *,
     split_seed: int = 0,
-    val_fraction: float = 0.15,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
     test_fraction: float | None = None,
     **options: Any,
 ) -> Dataset:
@@ -567,19 +291,25 @@ def load_dataset(
     if name == FILE_DATASET:
         return _load_file(split_seed, val_fraction, test_fraction, options)
     spec = _spec_for(name, options)
-    split_seed = _check_int("split_seed", split_seed, 0)
-    val_fraction = _check_fraction("val_fraction", val_fraction)
+    split_seed = check_int("split_seed", split_seed, 0)
+    val_fraction = check_fraction("val_fraction", val_fraction)
     owner = f"dataset {name!r} has an official test split"
-    test_fraction = _resolve_test_fraction(
+    test_fraction = resolve_test_fraction(
         owner, spec.official_test_split, val_fraction, test_fraction
     )
 
     resolved = {**spec.defaults, **options}
     generated = spec.generate(**resolved)
     if test_fraction is None:
-        splits = _split_official(*generated, split_seed, val_fraction)
+        x, y, x_test, y_test = generated
+        n_classes = int(max(y.max(), y_test.max(initial=0))) + 1
+        test: Arrays | None = (x_test, y_test)
     else:
-        splits = _split_pool(*generated, split_seed, val_fraction, test_fraction)
+        x, y = generated
+        x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+        y = np.asarray(y, dtype=np.int64)
+        n_classes, test = int(y.max()) + 1, None
+    splits = split_examples(x, y, n_classes, split_seed, val_fraction, test_fraction, test=test)
     input_shape = spec.image_shape or (splits[0][0].shape[1],)
     # raw inputs: one grey channel goes without its axis, as sklearn's and the IDX files' do
     raw_shape = input_shape[1:] if spec.image_shape and input_shape[0] == 1 else input_shape
@@ -608,30 +338,32 @@ def _file_test_fraction(
 ) -> float | None:
     owner = f"{stored.source['path']} holds x_test and y_test, its own test split"
     try:
-        return _resolve_test_fraction(owner, stored.x_test is not None, val_fraction, test_fraction)
+        return resolve_test_fraction(owner, stored.x_test is not None, val_fraction, test_fraction)
     except ValueError as error:
         raise FileDatasetError(str(error), "test_fraction") from None
 
 
 def check_file_dataset(
-    *, val_fraction: float = 0.15, test_fraction: float | None = None, **options: Any
+    *,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    test_fraction: float | None = None,
+    **options: Any,
 ) -> None:
     """Everything `load_dataset("file", ...)` would refuse about this file and these split
     settings, without splitting or keeping it (a sweep's submission check): raises
     `FileDatasetError` whose ``field`` names the option at fault, with the loader's words."""
     file = userfiles.file_options(options)
     stored = userfiles.read_file_dataset(file)
-    val_fraction = _check_fraction("val_fraction", val_fraction)
+    val_fraction = check_fraction("val_fraction", val_fraction)
     test_fraction = _file_test_fraction(stored, val_fraction, test_fraction)
-    sizes = _split_sizes(len(stored.y), val_fraction, test_fraction)
+    sizes = split_sizes(len(stored.y), val_fraction, test_fraction)
     n_classes = len(stored.class_names)
-    knobs = _OFFICIAL_KNOBS if test_fraction is None else _POOL_KNOBS
     try:
-        _check_split_sizes(sizes, n_classes, knobs)
+        check_split_sizes(sizes, n_classes, knobs(test_fraction))
     except ValueError as error:
         raise FileDatasetError(str(error), "val_fraction") from None
     try:
-        _check_rarest_class(stored.y, n_classes, list(sizes), stored.class_names)
+        check_rarest_class(stored.y, n_classes, list(sizes), stored.class_names)
     except ValueError as error:
         raise FileDatasetError(str(error), "path") from None
 
@@ -640,18 +372,17 @@ def _load_file(
     split_seed: int, val_fraction: float, test_fraction: float | None, options: dict[str, Any]
 ) -> Dataset:
     file = userfiles.file_options(options)
-    split_seed = _check_int("split_seed", split_seed, 0)
-    val_fraction = _check_fraction("val_fraction", val_fraction)
+    split_seed = check_int("split_seed", split_seed, 0)
+    val_fraction = check_fraction("val_fraction", val_fraction)
     stored = userfiles.load_file_dataset(file)
     test_fraction = _file_test_fraction(stored, val_fraction, test_fraction)
     x, y, names = stored.x, stored.y, stored.class_names
-    if test_fraction is None:
-        assert stored.x_test is not None and stored.y_test is not None
-        train, val = _carve_validation(y, len(names), split_seed, val_fraction, names)
-        parts = [(x[train], y[train]), (x[val], y[val]), (stored.x_test, stored.y_test)]
-    else:
-        indices = _stratified_split(y, len(names), split_seed, val_fraction, test_fraction, names)
-        parts = [(x[split], y[split]) for split in indices]
+    test = None
+    if stored.x_test is not None and stored.y_test is not None:
+        test = (stored.x_test, stored.y_test)
+    parts = split_examples(
+        x, y, len(names), split_seed, val_fraction, test_fraction, test=test, class_names=names
+    )
     # tables standardised per feature in float64, images per channel in float32 (as cifar10)
     dtype = np.float32 if stored.is_image else np.float64
     splits = [

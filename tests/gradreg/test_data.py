@@ -1,9 +1,20 @@
+import stat
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 from sklearn.datasets import load_digits, make_blobs
 
-from gradreg.data import Dataset, available_datasets, dataset_options, datasets, load_dataset
+from gradreg.data import (
+    Dataset,
+    available_datasets,
+    dataset_options,
+    load_dataset,
+    splits,
+    synthetic,
+)
 
 SMALL_DATASETS = ["digits", "iris", "wine", "breast_cancer", "moons", "blobs"]
 EXPECTED = {
@@ -140,7 +151,7 @@ def test_digits_standardised_globally_and_constant_pixels_stay_finite():
 
 def test_mnist1d_generated_cached_and_reloaded(tmp_path, monkeypatch):
     monkeypatch.setenv("GRADREG_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(datasets, "_MNIST1D_MEMO", {})
+    monkeypatch.setattr(synthetic, "_MNIST1D_MEMO", {})
     np.random.seed(123)
     numpy_state = np.random.get_state()[1].copy()
 
@@ -155,14 +166,57 @@ def test_mnist1d_generated_cached_and_reloaded(tmp_path, monkeypatch):
     def regenerate(_args):
         raise AssertionError("mnist1d should have been read from the cache")
 
-    monkeypatch.setattr(datasets, "_MNIST1D_MEMO", {})
-    monkeypatch.setattr(datasets, "_generate_mnist1d", regenerate)
+    monkeypatch.setattr(synthetic, "_MNIST1D_MEMO", {})
+    monkeypatch.setattr(synthetic, "_generate_mnist1d", regenerate)
     reloaded = load_dataset("mnist1d")
     for field in ["x_train", "y_train", "x_val", "y_val", "x_test", "y_test"]:
         assert torch.equal(getattr(dataset, field), getattr(reloaded, field))
     # memoised in-process: even the cache file is no longer needed
     cached[0].unlink()
     assert torch.equal(load_dataset("mnist1d").x_test, dataset.x_test)
+
+
+def test_mnist1d_cache_is_shared_and_one_that_cannot_be_written_is_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADREG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(synthetic, "_MNIST1D_MEMO", {})
+    x, y = synthetic.load_mnist1d(data_seed=3, n_samples=60)
+    (cached,) = (tmp_path / "cache").glob("mnist1d-*.npz")
+    assert stat.S_IMODE(cached.stat().st_mode) == 0o644  # others on the machine reuse it
+
+    blocked = tmp_path / "not_a_folder"
+    blocked.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("GRADREG_CACHE_DIR", str(blocked))
+    monkeypatch.setattr(synthetic, "_MNIST1D_MEMO", {})
+    with pytest.warns(UserWarning, match=r"could not cache mnist1d at .*not_a_folder"):
+        again = synthetic.load_mnist1d(data_seed=3, n_samples=60)
+    assert np.array_equal(again[0], x) and np.array_equal(again[1], y)
+
+
+def test_the_split_module_imports_no_torch():
+    # the sweep spec reads the split defaults from it
+    check = "import sys, gradreg.data.splits; print('torch' in sys.modules)"
+    found = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, check=True
+    )
+    assert found.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("test_fraction", [None, 0.2])
+def test_splits_are_sklearns_stratified_splits_of_the_seed(test_fraction):
+    """The indices saved sweeps were trained on: a test share first (when the dataset has no
+    test set), then validation from the rest, each by sklearn with the split seed."""
+    from sklearn.model_selection import train_test_split
+
+    labels = np.random.default_rng(0).integers(0, 3, 200)
+    train, val, *test = splits.stratified_split(labels, 3, 7, 0.15, test_fraction)
+    rest = np.arange(200)
+    if test_fraction is not None:
+        rest, expected_test = train_test_split(rest, test_size=40, stratify=labels, random_state=7)
+        assert np.array_equal(test[0], expected_test)
+    else:
+        assert test == []
+    expected = train_test_split(rest, test_size=30, stratify=labels[rest], random_state=7)
+    assert np.array_equal(train, expected[0]) and np.array_equal(val, expected[1])
 
 
 def test_unknown_dataset_lists_available():
@@ -237,10 +291,10 @@ def test_split_with_fewer_examples_than_classes():
 def test_rare_class_is_rejected():
     labels = np.array([0] * 100 + [1] * 2)
     with pytest.raises(ValueError, match=r"class 1 has only 2 example"):
-        datasets._stratified_split(labels, 2, 0, 0.15, 0.2)
+        splits.stratified_split(labels, 2, 0, 0.15, 0.2)
 
 
 def test_split_leaving_a_class_out_of_train_is_rejected():
     labels = np.array([0] * 1000 + [1] * 3)
     with pytest.raises(ValueError, match=r"train split would hold no example of class\(es\) \[1\]"):
-        datasets._stratified_split(labels, 2, 0, 0.45, 0.45)
+        splits.stratified_split(labels, 2, 0, 0.45, 0.45)

@@ -28,8 +28,9 @@ import numpy as np
 import pytest
 import torch
 
-from gradreg.data import available_datasets, load_dataset, standard_files
-from gradreg.data.standard_files import DownloadError, UnsafePickleError, read_cifar_batch, read_idx
+from gradreg.data import available_datasets, downloader, load_dataset, standard_files
+from gradreg.data.downloader import DownloadError
+from gradreg.data.standard_files import UnsafePickleError, read_cifar_batch, read_idx
 
 IDX_NAMES = [
     "train-images-idx3-ubyte",
@@ -49,7 +50,7 @@ def hermetic_environment(monkeypatch):
             monkeypatch.delenv(variable)
     monkeypatch.setenv("NO_PROXY", "*")
     monkeypatch.delenv(standard_files.DATA_DIR_ENV, raising=False)
-    monkeypatch.delenv(standard_files.MIRROR_ENV, raising=False)
+    monkeypatch.delenv(downloader.MIRROR_ENV, raising=False)
     connect = socket.create_connection
 
     def loopback_only(address, *args, **kwargs):
@@ -250,13 +251,13 @@ def sha256_of(path: Path) -> str:
 def pin_served(monkeypatch, name: str, directory: Path, sizes: dict[str, int] | None = None):
     """Pin dataset `name`'s files to those in `directory`: their sha256, and their size (or
     `sizes[file]`) as the cap, as the real pins pin the real files."""
-    source = standard_files._SOURCES[name]
+    source = downloader._SOURCES[name]
     pins = dict(source.pins)
     for path in directory.iterdir():
         if path.name in pins:
             size = (sizes or {}).get(path.name, path.stat().st_size)
-            pins[path.name] = standard_files._Pin(sha256_of(path), size)
-    monkeypatch.setitem(standard_files._SOURCES, name, dataclasses.replace(source, pins=pins))
+            pins[path.name] = downloader._Pin(sha256_of(path), size)
+    monkeypatch.setitem(downloader._SOURCES, name, dataclasses.replace(source, pins=pins))
 
 
 def closed_port_url() -> str:
@@ -529,9 +530,7 @@ def test_download_idx_files_then_skip_them(tmp_path, serve, tls, monkeypatch):
     pin_served(monkeypatch, "mnist", tmp_path / "mirror")
     url, requests = serve(tmp_path / "mirror")
     data_dir = tmp_path / "data"
-    paths = standard_files.download(
-        "mnist", data_dir, base_url=url, timeout=5, ssl_context=tls.client
-    )
+    paths = downloader.download("mnist", data_dir, base_url=url, timeout=5, ssl_context=tls.client)
     assert paths == [data_dir / "mnist" / f"{name}.gz" for name in IDX_NAMES]
     assert sorted(requests) == sorted(f"/{name}.gz" for name in IDX_NAMES)
     assert sorted(p.name for p in (data_dir / "mnist").iterdir()) == sorted(
@@ -544,9 +543,7 @@ def test_download_idx_files_then_skip_them(tmp_path, serve, tls, monkeypatch):
     dataset = load_dataset("mnist", data_dir=data_dir)
     assert dataset.y_test.tolist() == raw["t10k-labels-idx1-ubyte"].tolist()
 
-    again = standard_files.download(
-        "mnist", data_dir, base_url=url, timeout=5, ssl_context=tls.client
-    )
+    again = downloader.download("mnist", data_dir, base_url=url, timeout=5, ssl_context=tls.client)
     assert again == paths
     assert len(requests) == len(IDX_NAMES)
 
@@ -555,8 +552,8 @@ def test_download_from_mirror_env_uses_the_dataset_subdirectory(tmp_path, serve,
     make_idx_dataset(tmp_path / "mirror" / "fashion_mnist", gz=True)
     pin_served(monkeypatch, "fashion_mnist", tmp_path / "mirror" / "fashion_mnist")
     url, requests = serve(tmp_path / "mirror")
-    monkeypatch.setenv(standard_files.MIRROR_ENV, url)
-    standard_files.download("fashion_mnist", tmp_path / "data", timeout=5, ssl_context=tls.client)
+    monkeypatch.setenv(downloader.MIRROR_ENV, url)
+    downloader.download("fashion_mnist", tmp_path / "data", timeout=5, ssl_context=tls.client)
     assert all(path.startswith("/fashion_mnist/") for path in requests)
     assert load_dataset("fashion_mnist", data_dir=tmp_path / "data").n_test == N_TEST
 
@@ -568,7 +565,7 @@ def test_download_rejects_a_wrong_file_and_keeps_nothing(tmp_path, serve, tls, m
     pin_served(monkeypatch, "mnist", tmp_path / "mirror")
     url, _ = serve(tmp_path / "mirror")
     with pytest.raises(ValueError, match=re.escape(f"{url}t10k-images-idx3-ubyte.gz")):
-        standard_files.download(
+        downloader.download(
             "mnist", tmp_path / "data", base_url=url, timeout=5, ssl_context=tls.client
         )
     assert not list((tmp_path / "data" / "mnist").glob("t10k-images*"))
@@ -588,7 +585,7 @@ def test_download_refuses_a_file_whose_digest_is_not_the_pinned_one(
     assert actual != expected
     url, _ = serve(tmp_path / "mirror")
     with pytest.raises(DownloadError) as caught:
-        standard_files.download(
+        downloader.download(
             "mnist", tmp_path / "data", base_url=url, timeout=5, ssl_context=tls.client
         )
     message = str(caught.value)
@@ -605,7 +602,7 @@ def test_download_refuses_a_declared_body_over_the_cap(tmp_path, serve, tls, mon
     pin_served(monkeypatch, "mnist", tmp_path / "mirror", sizes={big.name: cap})
     url, _ = serve(tmp_path / "mirror")
     with pytest.raises(DownloadError, match=rf"{big.name}.*more than its {cap} bytes"):
-        standard_files.download(
+        downloader.download(
             "mnist", tmp_path / "data", base_url=url, timeout=5, ssl_context=tls.client
         )
     assert not list((tmp_path / "data" / "mnist").glob("*train-images*"))
@@ -615,9 +612,9 @@ def test_download_cuts_off_an_endless_body(tmp_path, serve, tls, monkeypatch):
     make_idx_dataset(tmp_path / "mirror", gz=True)
     pin_served(monkeypatch, "mnist", tmp_path / "mirror")  # a few KiB each
     url, requests = serve(tmp_path / "mirror", endless=True)  # 64 MiB, no Content-Length
-    cap = standard_files._SOURCES["mnist"].pins["train-images-idx3-ubyte.gz"].size
+    cap = downloader._SOURCES["mnist"].pins["train-images-idx3-ubyte.gz"].size
     with pytest.raises(DownloadError, match=rf"train-images-idx3-ubyte.gz.*more than its {cap}"):
-        standard_files.download(
+        downloader.download(
             "mnist", tmp_path / "data", base_url=url, timeout=5, ssl_context=tls.client
         )
     assert requests == ["/train-images-idx3-ubyte.gz"]
@@ -632,17 +629,21 @@ def test_download_refuses_a_mirror_that_is_not_https(tmp_path, serve, monkeypatc
     mirror = mirror.format(host=url.removeprefix("http://").rstrip("/"))
     options = {"base_url": mirror} if via == "base_url" else {}
     if via == "env":
-        monkeypatch.setenv(standard_files.MIRROR_ENV, mirror)
+        monkeypatch.setenv(downloader.MIRROR_ENV, mirror)
     with pytest.raises(DownloadError, match=rf"{re.escape(mirror)}.*not an https URL") as caught:
-        standard_files.download("mnist", tmp_path / "data", timeout=5, **options)
-    assert (standard_files.MIRROR_ENV in str(caught.value)) == (via == "env")
+        downloader.download("mnist", tmp_path / "data", timeout=5, **options)
+    assert (downloader.MIRROR_ENV in str(caught.value)) == (via == "env")
     assert requests == []  # nothing was fetched over it
 
 
 def test_the_official_sources_are_https_and_every_file_is_pinned():
-    for name, source in standard_files._SOURCES.items():
+    assert (
+        sorted(downloader._SOURCES) == sorted(standard_files.LAYOUTS) == downloader.downloadable()
+    )
+    for name, source in downloader._SOURCES.items():
+        files = standard_files.LAYOUTS[name].files
         assert source.default_url.startswith("https://"), name
-        fetched = [source.archive] if source.archive else [f"{file}.gz" for file in source.files]
+        fetched = [source.archive] if source.archive else [f"{file}.gz" for file in files]
         assert sorted(source.pins) == sorted(fetched), name
         for pin in source.pins.values():
             assert re.fullmatch(r"[0-9a-f]{64}", pin.sha256) and pin.size > 0
@@ -656,7 +657,7 @@ def test_download_refuses_a_redirect_to_http(tmp_path, serve, tls, monkeypatch):
     target = f"{plain_url}train-images-idx3-ubyte.gz"
     url, _ = serve(tmp_path / "mirror", redirects={"/train-images-idx3-ubyte.gz": target})
     with pytest.raises(DownloadError, match=rf"refusing the redirect .* to {re.escape(target)}"):
-        standard_files.download(
+        downloader.download(
             "mnist", tmp_path / "data", base_url=url, timeout=5, ssl_context=tls.client
         )
     assert plain_requests == []
@@ -669,7 +670,7 @@ def test_download_follows_a_redirect_to_https(tmp_path, serve, tls, monkeypatch)
     url, requests = serve(tmp_path / "mirror")
     moved = {f"/moved/{name}.gz": f"{url}{name}.gz" for name in IDX_NAMES}
     old_url, _ = serve(tmp_path / "mirror", redirects=moved)
-    standard_files.download(
+    downloader.download(
         "mnist", tmp_path / "data", base_url=old_url + "moved/", timeout=5, ssl_context=tls.client
     )
     assert sorted(requests) == sorted(f"/{name}.gz" for name in IDX_NAMES)
@@ -681,7 +682,7 @@ def test_download_cifar_tarball_extracts_and_removes_it(tmp_path, serve, tls, mo
     pin_served(monkeypatch, "cifar10", tmp_path / "mirror")
     url, requests = serve(tmp_path / "mirror")
     data_dir = tmp_path / "data"
-    paths = standard_files.download(
+    paths = downloader.download(
         "cifar10", data_dir, base_url=url, timeout=5, ssl_context=tls.client
     )
     assert paths == [data_dir / "cifar10" / "cifar-10-batches-py" / b for b in CIFAR_BATCHES]
@@ -690,7 +691,7 @@ def test_download_cifar_tarball_extracts_and_removes_it(tmp_path, serve, tls, mo
     dataset = load_dataset("cifar10", data_dir=data_dir)
     assert dataset.y_test.tolist() == raw["y_test"].tolist()
 
-    standard_files.download("cifar10", data_dir, base_url=url, timeout=5, ssl_context=tls.client)
+    downloader.download("cifar10", data_dir, base_url=url, timeout=5, ssl_context=tls.client)
     assert len(requests) == 1
 
 
@@ -698,9 +699,9 @@ def test_download_refuses_a_cifar_tarball_with_the_wrong_digest(tmp_path, serve,
     make_cifar_dataset(tmp_path / "batches")
     make_cifar_tarball(tmp_path / "mirror" / "cifar-10-python.tar.gz", tmp_path / "batches")
     url, _ = serve(tmp_path / "mirror")  # pinned to the real archive, which this is not
-    real = standard_files._SOURCES["cifar10"].pins["cifar-10-python.tar.gz"].sha256
+    real = downloader._SOURCES["cifar10"].pins["cifar-10-python.tar.gz"].sha256
     with pytest.raises(DownloadError, match=rf"cifar-10-python.tar.gz.*expected sha256 {real}"):
-        standard_files.download(
+        downloader.download(
             "cifar10", tmp_path / "data", base_url=url, timeout=5, ssl_context=tls.client
         )
     assert not list((tmp_path / "data" / "cifar10").iterdir())
@@ -715,7 +716,7 @@ def test_download_rejects_tarball_escaping_the_directory(tmp_path, serve, tls, m
     pin_served(monkeypatch, "cifar10", tmp_path / "mirror")
     url, _ = serve(tmp_path / "mirror")
     with pytest.raises(ValueError, match=rf"unsafe member {re.escape(repr(member))}"):
-        standard_files.download(
+        downloader.download(
             "cifar10", tmp_path / "data" / "deep", base_url=url, timeout=5, ssl_context=tls.client
         )
     assert not list(tmp_path.rglob("evil"))
@@ -733,7 +734,7 @@ def test_download_rejects_tarball_escaping_the_directory(tmp_path, serve, tls, m
 def test_download_offline_says_what_to_place_by_hand(tmp_path, name, first_file, expected_files):
     url = closed_port_url()
     with pytest.raises(DownloadError) as caught:
-        standard_files.download(name, tmp_path, base_url=url, timeout=5)
+        downloader.download(name, tmp_path, base_url=url, timeout=5)
     assert isinstance(caught.value, RuntimeError)
     message = str(caught.value)
     assert f"{url}{first_file}" in message and "offline" in message
@@ -745,14 +746,14 @@ def test_download_http_error_names_the_url(tmp_path, serve, tls):
     (tmp_path / "empty").mkdir()
     url, _ = serve(tmp_path / "empty")
     with pytest.raises(DownloadError, match=rf"{re.escape(url)}train-images.*404"):
-        standard_files.download(
+        downloader.download(
             "mnist", tmp_path / "data", base_url=url, timeout=5, ssl_context=tls.client
         )
 
 
 def test_download_unknown_dataset(tmp_path):
     with pytest.raises(ValueError, match=r"no data files known for 'digits'"):
-        standard_files.download("digits", tmp_path)
+        downloader.download("digits", tmp_path)
 
 
 def test_cifar_batch_written_by_python2_loads(tmp_path):

@@ -17,7 +17,7 @@ from PIL import Image
 from sklearn.datasets import load_digits, load_wine
 
 from gradreg.cli.main import main
-from gradreg.data import FileDatasetError, check_file_dataset, datasets, load_dataset, userfiles
+from gradreg.data import FileDatasetError, check_file_dataset, load_dataset, splits, userfiles
 from gradreg.data.transform import InputTransform
 from gradreg.train import fit
 from tests.gradreg.test_datafiles import make_idx_dataset
@@ -72,7 +72,7 @@ def write_image_folder(
 
 def split_indices(labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, ...]:
     """The loader's default split (split_seed 0, val 0.15, test 0.2)."""
-    return datasets._stratified_split(labels, n_classes, 0, 0.15, 0.2)
+    return splits.stratified_split(labels, n_classes, 0, 0.15, 0.2)
 
 
 # ---------------------------------------------------------------- each format
