@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gradreg.curvature.fisher import ESTIMATORS
-from gradreg.data import available_datasets
+from gradreg.data import DEFAULT_VAL_FRACTION, available_datasets
 from gradreg.methods import (
     COMMON_SETTINGS,
     HYPERPARAMETERS,
@@ -35,7 +35,7 @@ class TrainConfig:
     dataset: str = "digits"
     dataset_options: dict[str, Any] = field(default_factory=dict)
     split_seed: int = 0
-    val_fraction: float = 0.15
+    val_fraction: float = DEFAULT_VAL_FRACTION
     test_fraction: float | None = None  # None: the dataset's default (its official split)
     model: str = "mlp"
     model_options: dict[str, Any] = field(default_factory=dict)

@@ -38,6 +38,8 @@ EPOCH_METRICS: tuple[str, ...] = (
     "train_seconds",
 )
 Goal = Literal["minimize", "maximize"]
+# What a sweep optimises when its spec names no objective (minimised: see `default_goal`).
+DEFAULT_OBJECTIVE = "val_nll"
 
 
 def higher_is_better(metric: str) -> bool:

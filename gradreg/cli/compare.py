@@ -15,6 +15,7 @@ from gradreg.cli.options import (
     parse_option_value,
 )
 from gradreg.curvature.fisher import ESTIMATORS
+from gradreg.data.splits import DEFAULT_VAL_FRACTION
 from gradreg.methods import METHODS, REGULARISER_GRADS
 
 
@@ -107,7 +108,9 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ensemble-of", metavar="METHODS", help="comma-separated: only these get ensemble rows"
     )
-    p.add_argument("--val-fraction", type=float, help="default: the dataset's (0.15)")
+    p.add_argument(
+        "--val-fraction", type=float, help=f"default: the dataset's ({DEFAULT_VAL_FRACTION})"
+    )
     p.add_argument("--device", default=defaults.device)
     p.add_argument("--out", metavar="DIR", help="write CSV, JSON and reliability diagrams")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")

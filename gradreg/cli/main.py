@@ -13,6 +13,7 @@ from gradreg.cli.predict import add_predict_arguments, run_predict
 from gradreg.config import TrainConfig
 from gradreg.curvature.fisher import ESTIMATORS
 from gradreg.data import available_datasets, load_dataset
+from gradreg.data.splits import DEFAULT_TEST_FRACTION
 from gradreg.methods import (
     PREDICT_MODES,
     PRIOR_FITS,
@@ -34,7 +35,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--test-fraction",
         type=float,
         default=defaults.test_fraction,
-        help="default 0.2; datasets with an official test split use it instead",
+        help=f"default {DEFAULT_TEST_FRACTION}; datasets with an official test split use it "
+        "instead",
     )
     vl = p.add_argument_group("method and posterior")
     vl.add_argument(

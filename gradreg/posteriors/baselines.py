@@ -16,6 +16,7 @@ from torch.func import functional_call
 
 from gradreg.curvature.fisher import check_labels, trainable_parameters
 from gradreg.curvature.layer_rules import at_least_fp32
+from gradreg.methods import method_for
 from gradreg.posteriors.gaussian import (
     GaussianPosterior,
     LossTerms,
@@ -24,6 +25,8 @@ from gradreg.posteriors.gaussian import (
     weight_decay,
 )
 
+# The method table is the defaults' one home (its two MC-VI entries share them).
+_MCVI_DEFAULTS = method_for("mcvi").defaults
 # Keeps sqrt differentiable where a pre-activation's variance is exactly zero.
 _VARIANCE_FLOOR = 1e-16
 
@@ -61,7 +64,7 @@ class SamplingVI(GaussianPosterior):
         init_variance: float | None = None,
         learn_noise_scale: bool = False,
         kl_weight: float = 1.0,
-        mc_samples: int = 1,
+        mc_samples: int = _MCVI_DEFAULTS["mc_samples"],
         local_reparameterisation: bool = True,
     ) -> None:
         super().__init__(model, n_data=n_data, prior_variance=prior_variance, kl_weight=kl_weight)

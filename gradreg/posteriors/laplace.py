@@ -24,12 +24,13 @@ from scipy.optimize import brentq
 from torch import Tensor, nn
 
 from gradreg.curvature.fisher import check_estimator, fisher_diagonal, trainable_parameters
-from gradreg.methods import LAPLACE_PREDICTIVES, PRIOR_FITS
+from gradreg.methods import LAPLACE_PREDICTIVES, METHODS, PRIOR_FITS
 from gradreg.posteriors.baselines import MAP
 from gradreg.posteriors.gaussian import DiagonalVariance
 from gradreg.posteriors.glm import logit_variances, mc_log_probs, probit_log_probs
 
 T = TypeVar("T")
+_DEFAULTS = METHODS["laplace"].defaults  # the method table is the defaults' one home
 LAPLACE_BATCH = 256
 # Candidate prior precisions for prior_fit="val_nll": laplace-torch's grid (1e-4 … 1e4)
 # and two decades more, where the posterior is all but the MAP network.
@@ -47,9 +48,9 @@ class Laplace(MAP):
         n_data: int,
         prior_variance: float = 1.0,
         kl_weight: float = 1.0,
-        fisher: str = "exact",
+        fisher: str = _DEFAULTS["fisher"],
         empirical_fisher: bool = False,
-        prior_fit: str = "val_nll",
+        prior_fit: str = _DEFAULTS["prior_fit"],
     ) -> None:
         super().__init__(model, n_data=n_data, prior_variance=prior_variance, kl_weight=kl_weight)
         self.fisher = check_estimator(fisher)

@@ -29,7 +29,7 @@ from gradreg.curvature.fisher import (
     trainable_parameters,
     unflatten,
 )
-from gradreg.methods import regulariser_grad_problem, resolve_regulariser_grad
+from gradreg.methods import method_for, regulariser_grad_problem, resolve_regulariser_grad
 from gradreg.posteriors.gaussian import (
     GaussianPosterior,
     LossTerms,
@@ -39,6 +39,9 @@ from gradreg.posteriors.gaussian import (
 )
 
 __all__ = ["LossTerms", "VariationalLaplace"]
+
+# The method table is the defaults' one home (its two VL entries share them).
+_DEFAULTS = method_for("vl").defaults
 
 
 class VariationalLaplace(GaussianPosterior):
@@ -65,11 +68,11 @@ class VariationalLaplace(GaussianPosterior):
         variance: str = "diagonal",
         noise_scale: float | None = None,
         init_variance: float | None = None,
-        fisher: str = "sampled",
+        fisher: str = _DEFAULTS["fisher"],
         kl_weight: float = 1.0,
         learn_noise_scale: bool = False,
         empirical_fisher: bool = False,
-        regulariser_grad: str = "auto",
+        regulariser_grad: str = _DEFAULTS["regulariser_grad"],
     ) -> None:
         super().__init__(model, n_data=n_data, prior_variance=prior_variance, kl_weight=kl_weight)
         self.fisher = check_estimator(fisher)

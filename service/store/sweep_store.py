@@ -18,6 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from gradreg.names import DEFAULT_OBJECTIVE
 from service.statuses import TERMINAL
 from service.store import repository
 from service.store.database import session_factory
@@ -345,8 +346,9 @@ def json_safe(value: Any) -> Any:
 
 
 def objectives_of(spec: Mapping[str, Any]) -> list[Objective]:
-    """A stored spec document's objectives (val_nll, minimised, when it names none)."""
-    return [Objective.model_validate(o) for o in spec.get("objectives") or [{"metric": "val_nll"}]]
+    """A stored spec document's objectives (DEFAULT_OBJECTIVE, minimised, when it names none)."""
+    default = [{"metric": DEFAULT_OBJECTIVE}]
+    return [Objective.model_validate(o) for o in spec.get("objectives") or default]
 
 
 # ---------------------------------------------------------------- the driver's outcome

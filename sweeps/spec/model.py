@@ -11,8 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from gradreg.data.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
 from gradreg.methods import METHOD_NAMES
-from gradreg.names import default_goal
+from gradreg.names import DEFAULT_OBJECTIVE, default_goal
 from sweeps.records import SWEEP_NAME_PATTERN
 
 MethodName = Literal[METHOD_NAMES]  # the method table's names, in its order
@@ -36,14 +37,14 @@ class DatasetSection(_Section):
         "(see options)"
     )
     split_seed: int = Field(0, ge=0)
-    val_fraction: float = Field(0.15, gt=0, lt=1)
+    val_fraction: float = Field(DEFAULT_VAL_FRACTION, gt=0, lt=1)
     test_fraction: float | None = Field(
         None,
         gt=0,
         lt=1,
-        description="held-out test share; null keeps the dataset's default (0.2, or the "
-        "dataset's own test split: mnist, fashion_mnist, cifar10, a .npz with x_test and y_test, "
-        "which then must stay null)",
+        description="held-out test share; null keeps the dataset's default "
+        f"({DEFAULT_TEST_FRACTION}, or the dataset's own test split: mnist, fashion_mnist, "
+        "cifar10, a .npz with x_test and y_test, which then must stay null)",
     )
     data_dir: str | None = Field(
         None,
@@ -229,7 +230,7 @@ class SweepSpec(_Section):
         default_factory=dict, description="the search space, bounds in natural units"
     )
     objectives: list[Objective] = Field(
-        default_factory=lambda: [Objective(metric="val_nll")], min_length=1
+        default_factory=lambda: [Objective(metric=DEFAULT_OBJECTIVE)], min_length=1
     )
     search: SearchSection = Field(default_factory=SearchSection)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 
@@ -42,6 +43,19 @@ def test_train_config_trains_the_method_the_table_names(name):
     assert method_for(config.method, config.variance) is entry
     for setting, default in entry.defaults.items():
         assert getattr(config, setting) == default
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_a_posterior_class_built_directly_has_its_method_table_defaults(name):
+    """`METHODS` is the defaults' one home: the constructors read them, so a class built
+    without the front door trains what the table says (and entries sharing a class agree)."""
+    entry = METHODS[name]
+    parameters = inspect.signature(posterior_class_of(entry)).parameters
+    for setting, default in entry.defaults.items():
+        assert parameters[setting].default == default, setting
+    for other in METHODS.values():
+        if other.posterior_class == entry.posterior_class:
+            assert other.defaults == entry.defaults, other.name
 
 
 def test_unknown_names_and_settings_are_value_errors_that_list_what_is_accepted():
