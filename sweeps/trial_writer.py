@@ -19,6 +19,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from sweeps.records import TrialEvent
 
@@ -28,7 +29,21 @@ MAX_QUEUED = 10_000
 _CLOSE = object()
 
 
+class Wakeup(Protocol):
+    """What the writer thread waits on between flushes: `threading.Event` or a test's own."""
+
+    def set(self) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
 class TrialWriter:
+    """``write`` takes each batch of events on a thread of the writer's own.
+
+    ``clock`` (seconds, monotonic) times the flush interval, and ``wakeup`` is what the thread
+    waits on in between (`close` sets it); a test passes a clock it moves itself.
+    """
+
     def __init__(
         self,
         write: Callable[[Sequence[TrialEvent]], None],
@@ -36,6 +51,8 @@ class TrialWriter:
         flush_s: float = 0.25,
         max_batch: int = MAX_BATCH,
         max_queued: int = MAX_QUEUED,
+        clock: Callable[[], float] = time.monotonic,
+        wakeup: Wakeup | None = None,
     ) -> None:
         if flush_s < 0 or max_batch < 1 or max_queued < 1:
             raise ValueError(
@@ -45,20 +62,27 @@ class TrialWriter:
         self._write = write
         self._flush_s = flush_s
         self._max_batch = max_batch
+        self._clock = clock
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queued)
         self._error: BaseException | None = None
         self._closed = False
-        self._closing = threading.Event()
+        self._closing: Wakeup = threading.Event() if wakeup is None else wakeup
         self.batches = 0  # how many writes the store has taken (for tests and benchmarks)
+        self.full_waits = 0  # how many puts found the queue full and waited (the store lagged)
         self._thread = threading.Thread(target=self._run, name="trial-writer", daemon=True)
         self._thread.start()
 
     def put(self, event: TrialEvent) -> None:
-        """Queue ``event``; raises the writer's error if an earlier write failed."""
+        """Queue ``event``, waiting while the queue is full; raises the writer's error if an
+        earlier write failed."""
         self._raise_failure()
         if self._closed:
             raise RuntimeError("the trial writer is closed")
-        self._queue.put(event)
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self.full_waits += 1
+            self._queue.put(event)
 
     def close(self) -> None:
         """Write what is queued, stop the thread, and raise a write's error if one failed."""
@@ -93,7 +117,7 @@ class TrialWriter:
                     break
             if not batch:
                 continue
-            started = time.monotonic()
+            started = self._clock()
             if self._error is None:
                 try:
                     self._write(batch)
@@ -101,6 +125,6 @@ class TrialWriter:
                 except BaseException as error:  # kept for the driver's thread to raise
                     self._error = error
             # Coalesce the reports of the next flush_s into one transaction.
-            rest = self._flush_s - (time.monotonic() - started)
+            rest = self._flush_s - (self._clock() - started)
             if rest > 0 and not closing:
                 self._closing.wait(rest)
