@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -13,20 +14,30 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException
 
-from service.store.repository import (
-    IdempotencyConflict,
-    InvalidCursor,
-    InvalidTransition,
-    SweepNotFound,
-)
+from service.store.paging import InvalidCursor
+from service.store.status_machine import InvalidTransition
+from service.store.sweep_queries import IdempotencyConflict
+from service.store.transactions import SweepNotFound
 from sweeps import SpecError
 
 log = logging.getLogger(__name__)
 MEDIA_TYPE = "application/problem+json"
+# The store's errors that are the caller's, and the status each answers with (its message the
+# detail).
+CALLER_ERRORS: dict[type[Exception], int] = {
+    SweepNotFound: 404,
+    InvalidTransition: 409,
+    IdempotencyConflict: 409,
+    InvalidCursor: 400,
+}
 
 
 def problem(
-    status: int, detail: str | None = None, *, headers: dict[str, str] | None = None, **extra: Any
+    status: int,
+    detail: str | None = None,
+    *,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
 ) -> JSONResponse:
     body: dict[str, Any] = {"type": "about:blank", "title": HTTPStatus(status).phrase}
     body["status"] = status
@@ -57,21 +68,12 @@ def install(app: FastAPI) -> None:
         errors = [issue.to_dict() for issue in error.issues]
         return problem(422, f"the sweep spec has {len(errors)} problem(s)", errors=errors)
 
-    @app.exception_handler(SweepNotFound)
-    async def _not_found(request: Request, error: SweepNotFound) -> JSONResponse:
-        return problem(404, str(error))
+    async def _callers_error(request: Request, error: Exception) -> JSONResponse:
+        status = next(code for kind, code in CALLER_ERRORS.items() if isinstance(error, kind))
+        return problem(status, str(error))
 
-    @app.exception_handler(InvalidTransition)
-    async def _conflict(request: Request, error: InvalidTransition) -> JSONResponse:
-        return problem(409, str(error))
-
-    @app.exception_handler(IdempotencyConflict)
-    async def _key_reused(request: Request, error: IdempotencyConflict) -> JSONResponse:
-        return problem(409, str(error))
-
-    @app.exception_handler(InvalidCursor)
-    async def _bad_cursor(request: Request, error: InvalidCursor) -> JSONResponse:
-        return problem(400, str(error))
+    for error_type in CALLER_ERRORS:
+        app.add_exception_handler(error_type, _callers_error)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, error: HTTPException) -> JSONResponse:

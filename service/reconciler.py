@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.launcher import FINAL_JOB_STATES, RayJobs
 from service.statuses import ACTIVE
-from service.store import repository
+from service.store import status_machine, sweep_queries
 from service.store.models import Sweep
 
 log = logging.getLogger(__name__)
@@ -90,23 +90,23 @@ class Reconciler:
                         active += 1
                 elif reason is None:
                     # Said once, not every pass: a resubmitted sweep keeps why it was resubmitted.
-                    repository.update_sweep(session, sweep_id, reason=self._queued_reason)
+                    status_machine.update_sweep(session, sweep_id, reason=self._queued_reason)
             for sweep_id in _ids(session, ACTIVE):
                 self._check(session, sweep_id)
 
     def _submit(self, session: Session, sweep_id: str) -> bool:
-        sweep = repository.get_sweep(session, sweep_id)
+        sweep = sweep_queries.get_sweep(session, sweep_id)
         try:
             submission_id = self.jobs.submit(sweep.id, sweep.attempt)
         except Exception as error:
             # Ray may be restarting: keep the sweep pending and say why; the next pass retries.
-            repository.update_sweep(session, sweep_id, reason=f"submission failed: {error}")
+            status_machine.update_sweep(session, sweep_id, reason=f"submission failed: {error}")
             return False
         try:
-            repository.transition(
+            status_machine.transition(
                 session, sweep_id, "submitted", submission_id=submission_id, reason=None
             )
-        except repository.InvalidTransition as error:
+        except status_machine.InvalidTransition as error:
             # Cancelled between this pass reading it and the job starting: the job must not run.
             log.warning("sweep %s: %s; stopping the job just submitted", sweep_id, error)
             self.jobs.stop(submission_id)
@@ -114,7 +114,7 @@ class Reconciler:
         return True
 
     def _check(self, session: Session, sweep_id: str) -> None:
-        sweep = repository.get_sweep(session, sweep_id)
+        sweep = sweep_queries.get_sweep(session, sweep_id)
         if sweep.submission_id is None:
             return
         state = self.jobs.state(sweep.submission_id)
@@ -127,17 +127,17 @@ class Reconciler:
         if state is None and not self._gone_for_good(sweep.submission_id):
             return
         session.expire_all()  # the driver may have written its final status just now
-        sweep = repository.get_sweep(session, sweep_id)
+        sweep = sweep_queries.get_sweep(session, sweep_id)
         if sweep.status not in ACTIVE:
             return
         ended = "vanished from Ray" if state is None else f"{state.status.value}"
         detail = f": {failure_line(state.message)}" if state is not None and state.message else ""
         if sweep.status == "cancelling":
-            repository.transition(session, sweep_id, "cancelled", reason=f"driver job {ended}")
+            status_machine.transition(session, sweep_id, "cancelled", reason=f"driver job {ended}")
             return
         reason = f"the driver's job ended ({ended}{detail}) without a result"
         resubmit = sweep.attempt < self.max_attempts
-        repository.end_attempt(session, sweep_id, reason, resubmit=resubmit)
+        status_machine.end_attempt(session, sweep_id, reason, resubmit=resubmit)
         if resubmit:
             log.warning("sweep %s: %s; resubmitting", sweep_id, reason)
 

@@ -1,6 +1,6 @@
 """A sweep's statuses in the service, and the sets the store, reconciler, routes and client use.
 
-The transitions between them are the store's status machine (`service.store.repository`).
+The transitions between them are the store's status machine (`service.store.status_machine`).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from service.schemas import (
 )
 from service.settings import ServiceSettings
 from service.statuses import TERMINAL
-from service.store import repository
+from service.store import paging, status_machine, sweep_queries, trial_queries
 from service.store.models import IDEMPOTENCY_KEY_MAX, Sweep
 from service.store.sweep_store import objectives_of
 from sweeps import SpecError, SpecIssue, parse_spec
@@ -85,7 +85,7 @@ def sweep_out(
         mlflow_parent_run_id=sweep.mlflow_parent_run_id,
         counts=counts
         if counts is not None
-        else repository.counts_by_sweep(db, [sweep.id])[sweep.id],
+        else trial_queries.counts_by_sweep(db, [sweep.id])[sweep.id],
         best=sweep.best,
         registered_model=sweep.registered_model,
         links=links,
@@ -121,7 +121,7 @@ async def submit_sweep(
 
     def store() -> tuple[SweepOut, bool]:
         with sessions() as db:
-            sweep, created = repository.create_sweep(
+            sweep, created = sweep_queries.create_sweep(
                 db,
                 spec.to_document(),
                 idempotency_key=idempotency_key,
@@ -144,14 +144,14 @@ def list_sweeps(
     settings: SettingsDep,
     status: SweepStatus | None = None,
     tag: Annotated[str | None, Query(max_length=200)] = None,
-    limit: Annotated[int, Query(ge=1, le=repository.MAX_PAGE)] = 50,
+    limit: Annotated[int, Query(ge=1, le=paging.MAX_PAGE)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> SweepPage:
     with sessions() as db:
-        sweeps, next_cursor = repository.list_sweeps(
+        sweeps, next_cursor = sweep_queries.list_sweeps(
             db, status=status and status.value, tag=tag, limit=limit, cursor=cursor
         )
-        counts = repository.counts_by_sweep(db, [s.id for s in sweeps])
+        counts = trial_queries.counts_by_sweep(db, [s.id for s in sweeps])
         items = [sweep_out(settings, db, s, counts[s.id]) for s in sweeps]
     return SweepPage(items=items, next_cursor=next_cursor)
 
@@ -159,7 +159,7 @@ def list_sweeps(
 @router.get("/{sweep_id}", response_model=SweepOut, responses=problem_responses(404))
 def get_sweep(sessions: SessionsDep, settings: SettingsDep, sweep_id: str) -> SweepOut:
     with sessions() as db:
-        return sweep_out(settings, db, repository.get_sweep(db, sweep_id))
+        return sweep_out(settings, db, sweep_queries.get_sweep(db, sweep_id))
 
 
 @router.get("/{sweep_id}/trials", response_model=TrialPage, responses=problem_responses(400, 404))
@@ -170,21 +170,21 @@ def list_trials(
     order_by: Annotated[
         str,
         Query(
-            pattern=repository.METRIC_NAME.pattern,
+            pattern=trial_queries.METRIC_NAME.pattern,
             description="number (the trial's number in the sweep, the order Tune created "
             "them in; trials of sweeps that started before trials were numbered have none and "
             "come last), trial_id, or a reported metric such as val_nll; trials without a "
             "finite value of it come last in either direction, ties go by trial id",
         ),
-    ] = repository.TRIAL_ORDER_DEFAULT,
+    ] = trial_queries.TRIAL_ORDER_DEFAULT,
     direction: Direction = Direction.asc,
-    limit: Annotated[int, Query(ge=1, le=repository.MAX_PAGE)] = TRIAL_PAGE_DEFAULT,
+    limit: Annotated[int, Query(ge=1, le=paging.MAX_PAGE)] = TRIAL_PAGE_DEFAULT,
     cursor: Annotated[str | None, Query(max_length=1000)] = None,
 ) -> TrialPage:
     """A page of the sweep's trials; ``next_cursor`` fetches the next one (the same query
     with ``cursor``). The top 10 by val_nll: ``?order_by=val_nll&limit=10``."""
     with sessions() as db:
-        trials, next_cursor = repository.trial_page(
+        trials, next_cursor = trial_queries.trial_page(
             db,
             sweep_id,
             states=None if state is None else [s.value for s in state],
@@ -199,7 +199,7 @@ def list_trials(
 @router.get("/{sweep_id}/best", response_model=BestOut, responses=problem_responses(404))
 def best(sessions: SessionsDep, sweep_id: str) -> BestOut:
     with sessions() as db:
-        sweep = repository.get_sweep(db, sweep_id)
+        sweep = sweep_queries.get_sweep(db, sweep_id)
     objectives = [o.model_dump(mode="json") for o in objectives_of(sweep.spec)]
     ensemble = _ensemble_or_none(sweep)
     return BestOut(
@@ -211,7 +211,7 @@ def best(sessions: SessionsDep, sweep_id: str) -> BestOut:
 def ensemble(sessions: SessionsDep, sweep_id: str) -> EnsembleOut:
     """The ensemble of the sweep's best trials, built when its driver finished."""
     with sessions() as db:
-        sweep = repository.get_sweep(db, sweep_id)
+        sweep = sweep_queries.get_sweep(db, sweep_id)
     found = _ensemble_or_none(sweep)
     if found is None:
         stored = sweep.ensemble or {}
@@ -246,7 +246,7 @@ def cancel(
     """Running trials stop at their next report with their state saved; the job is stopped
     if the driver has not wound down within the grace period."""
     with sessions() as db:
-        out = sweep_out(settings, db, repository.request_cancel(db, sweep_id))
+        out = sweep_out(settings, db, status_machine.request_cancel(db, sweep_id))
     reconciler.kick()
     return out
 
@@ -262,7 +262,7 @@ def resume(
 ) -> SweepOut:
     """A failed or cancelled sweep continues as a new attempt; finished trials are kept."""
     with sessions() as db:
-        out = sweep_out(settings, db, repository.transition(db, sweep_id, "pending"))
+        out = sweep_out(settings, db, status_machine.transition(db, sweep_id, "pending"))
     reconciler.kick()
     return out
 
@@ -277,7 +277,7 @@ async def events(
 
     def exists() -> None:
         with sessions() as db:
-            repository.get_sweep(db, sweep_id)  # 404 before the stream starts
+            sweep_queries.get_sweep(db, sweep_id)  # 404 before the stream starts
 
     await run_in_threadpool(exists)
     return StreamingResponse(
@@ -322,7 +322,7 @@ def event_payloads(
     seen: dict[str, Any],
 ) -> tuple[list[tuple[str, dict[str, Any], int]], bool]:
     with sessions() as db:
-        changed = repository.changes_since(db, sweep_id, version)
+        changed = sweep_queries.changes_since(db, sweep_id, version)
         if changed is None:
             return [], False
         sweep, trials = changed
@@ -358,7 +358,7 @@ def spec(sessions: SessionsDep, sweep_id: str) -> SpecOut:
     """The spec the sweep runs under, as admitted: every default filled in (a time budget the
     spec did not give is the cap's), with the caps and data root it was admitted under."""
     with sessions() as db:
-        sweep = repository.get_sweep(db, sweep_id)
+        sweep = sweep_queries.get_sweep(db, sweep_id)
     return SpecOut.model_validate(
         {"sweep_id": sweep.id, "spec": sweep.spec, "limits": sweep.limits}
     )

@@ -20,12 +20,11 @@ from sqlalchemy.orm import Session
 
 from gradreg.names import DEFAULT_OBJECTIVE
 from service.statuses import TERMINAL
-from service.store import repository
+from service.store import status_machine, sweep_queries, transactions, trial_queries
 from service.store.database import session_factory
 from service.store.models import SUMMARY_KEYS, TRIAL_STATES, Sweep, Trial, utcnow
 from sweeps.records import (
     LOST_TRIAL,
-    OUTCOME_STATUSES,
     Report,
     SweepOutcome,
     SweepRecord,
@@ -49,18 +48,18 @@ class DatabaseSweepStore:
     def load_spec(self, sweep_id: str) -> SweepSpec:
         """The spec as the API admitted it; the driver checks it once more when it starts."""
         with self.sessions() as session:
-            document = repository.get_sweep(session, sweep_id).spec
+            document = sweep_queries.get_sweep(session, sweep_id).spec
         return validate_shape(document)
 
     def load_limits(self, sweep_id: str) -> Limits | None:
         """The caps and data root the API admitted the sweep under (None for older sweeps)."""
         with self.sessions() as session:
-            document = repository.get_sweep(session, sweep_id).limits
+            document = sweep_queries.get_sweep(session, sweep_id).limits
         return None if document is None else Limits.from_document(document)
 
     def record_start(self, sweep_id: str, record: SweepRecord) -> None:
         with self.sessions() as session:
-            repository.mark_running(
+            status_machine.mark_running(
                 session,
                 sweep_id,
                 mlflow_experiment_id=record.experiment_id,
@@ -74,7 +73,7 @@ class DatabaseSweepStore:
         objective = self._objectives.get(sweep_id)
         if objective is None:
             with self.sessions() as session:
-                objective = objectives_of(repository.get_sweep(session, sweep_id).spec)[0]
+                objective = objectives_of(sweep_queries.get_sweep(session, sweep_id).spec)[0]
             self._objectives[sweep_id] = objective  # a sweep's objectives never change
         with self.sessions() as session:
             upsert_trials(session, sweep_id, events, objective)
@@ -89,7 +88,7 @@ class DatabaseSweepStore:
 
     def stop_requested(self, sweep_id: str) -> bool:
         with self.sessions() as session:
-            return repository.get_sweep(session, sweep_id).cancel_requested
+            return sweep_queries.get_sweep(session, sweep_id).cancel_requested
 
 
 # ---------------------------------------------------------------- trial events
@@ -97,7 +96,7 @@ class DatabaseSweepStore:
 
 def upsert_trial(session: Session, sweep_id: str, event: TrialEvent) -> Trial:
     """Record one trial event (`upsert_trials` with the sweep's own first objective)."""
-    objective = objectives_of(repository.get_sweep(session, sweep_id).spec)[0]
+    objective = objectives_of(sweep_queries.get_sweep(session, sweep_id).spec)[0]
     upsert_trials(session, sweep_id, [event], objective)
     trial = session.get(Trial, (sweep_id, event.trial_id))
     assert trial is not None  # just written
@@ -157,8 +156,8 @@ def upsert_trials(
     cost does not grow with the sweep: the touched rows are read by key, and the best so far is
     one query on the (sweep, objective) index.
     """
-    with repository.writing(session):
-        version, status, stored_best = repository.bump(session, sweep_id)
+    with transactions.writing(session):
+        version, status, stored_best = transactions.bump(session, sweep_id)
         writes = [TrialWrite.of_event(event) for event in events]
         write_trials(session, sweep_id, writes, version, objective)
         if status not in TERMINAL:
@@ -181,7 +180,7 @@ def _refresh_best(session: Session, sweep_id: str, stored: Any) -> None:
     )
     summary = None if best is None else json_safe([dict(best)])
     if summary != stored:
-        repository.update_row(session, sweep_id, {"best": summary}, bump=False)
+        transactions.update_row(session, sweep_id, {"best": summary}, bump=False)
 
 
 # What write_trials reads of a trial to merge an event into it.
@@ -200,7 +199,7 @@ def write_trials(
     Core statements, not the ORM's unit of work: reports (metrics and an epoch, the common
     case) are one INSERT … ON CONFLICT DO UPDATE; anything else is one SELECT of the touched
     rows by key, then one INSERT and one UPDATE (executemany). ``version`` is the sweep's,
-    bumped in this transaction (`repository.bump`). Trial objects the session already holds
+    bumped in this transaction (`transactions.bump`). Trial objects the session already holds
     are expired, so that it reads the new rows.
     """
     for write in writes:
@@ -355,17 +354,12 @@ def objectives_of(spec: Mapping[str, Any]) -> list[Objective]:
 
 
 def record_outcome(session: Session, sweep_id: str, outcome: SweepOutcome) -> Sweep:
-    """Store what the driver reports at its end: final trials, best, status.
-
-    succeeded/failed become that status (cancelled if a cancel was pending: the sweep was asked
-    to stop and the status machine has no way from cancelling to anything else). stopped becomes
-    cancelled if a cancel was requested; otherwise the status stays and only the reason is kept,
-    so the reconciler can resubmit a sweep whose driver stopped unasked.
-    """
-    with repository.writing(session):
-        sweep = repository.locked(session, sweep_id)
-        status = sweep.status
-        version, _, _ = repository.bump(session, sweep_id)
+    """Store what the driver reports at its end: final trials, best, and the status it leads
+    to (`status_machine.outcome_target`)."""
+    with transactions.writing(session):
+        sweep = transactions.locked(session, sweep_id)
+        status, cancel_requested = sweep.status, sweep.cancel_requested
+        version, _, _ = transactions.bump(session, sweep_id)
         writes = [TrialWrite.of_summary(summary) for summary in outcome.trials]
         write_trials(session, sweep_id, writes, version, objectives_of(sweep.spec)[0])
         # Trials Tune's saved state does not hold were started by a driver killed before Tune
@@ -373,11 +367,10 @@ def record_outcome(session: Session, sweep_id: str, outcome: SweepOutcome) -> Sw
         # reconciler may already have marked them interrupted when it failed the killed attempt;
         # now it is known that they will not come back, so the reason says so.
         known = {summary.trial_id for summary in outcome.trials}
-        repository.interrupt_trials(
+        trial_queries.interrupt_trials(
             session, sweep_id, LOST_TRIAL, keep=known, states=("running", "retrying", "interrupted")
         )
         fields: dict[str, Any] = {
-            "reason": outcome.reason,
             "best": json_safe([asdict(trial) for trial in outcome.best]) or None,
         }
         if outcome.ensemble is not None:
@@ -391,22 +384,6 @@ def record_outcome(session: Session, sweep_id: str, outcome: SweepOutcome) -> Sw
         ):
             if value and getattr(sweep, column) is None:
                 fields[column] = value
-        target = _final_status(sweep, outcome.status)
-        if target is None or target == status:
-            repository.update_row(session, sweep_id, fields)
-            return repository.reload(session, sweep_id)
-        if status in ("pending", "submitted") and target != "cancelled":
-            repository.apply_mark_running(session, sweep_id, {})
-        if status == "cancelling" and outcome.status != "stopped":
-            fields["reason"] = f"cancel requested; the sweep had {outcome.status}: {outcome.reason}"
-        return repository.apply_transition(session, sweep_id, target, fields)
-
-
-def _final_status(sweep: Sweep, outcome_status: str) -> str | None:
-    if outcome_status not in OUTCOME_STATUSES:
-        raise ValueError(
-            f"unknown outcome status {outcome_status!r}; known: {', '.join(OUTCOME_STATUSES)}"
+        return status_machine.apply_outcome(
+            session, sweep_id, status, cancel_requested, outcome.status, outcome.reason, fields
         )
-    if outcome_status == "stopped":
-        return "cancelled" if sweep.cancel_requested else None
-    return "cancelled" if sweep.status == "cancelling" else outcome_status

@@ -17,7 +17,7 @@ from service import problems
 from service.client import Client, progress_line
 from service.routes.sweeps import router as sweeps_router
 from service.settings import ServiceSettings
-from service.store import repository as repo
+from service.store import status_machine
 from service.store.sweep_store import objectives_of, upsert_trials
 from sweeps import TrialEvent
 from sweeps.progress import SweepMonitor
@@ -105,7 +105,7 @@ def test_wait_prints_the_line_by_the_sweeps_objective(session_factory, api):
     with session_factory() as session:
         events = [event for event, _ in OVERFITTING]
         upsert_trials(session, sweep_id, events, goal)
-        repo.transition(session, sweep_id, "cancelled")  # a final status: wait returns
+        status_machine.transition(session, sweep_id, "cancelled")  # a final status: wait returns
     out = io.StringIO()
     api.wait(sweep_id, out=out)
     assert out.getvalue() == (

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.launcher import JobState, RayJobs
 from service.reconciler import Reconciler, failure_line
-from service.store import repository as repo
+from service.store import status_machine, sweep_queries
 from service.store.models import Sweep
 from service.store.sweep_store import upsert_trial
 from tests.service.test_store import event as trial_event
@@ -73,17 +73,17 @@ def test_at_most_max_active_sweeps_run_and_the_rest_wait_in_order(session_factor
     assert jobs.submitted == ids[:2]
 
     with session_factory() as session:  # the first driver finishes its sweep
-        repo.transition(session, ids[0], "running")
-        repo.transition(session, ids[0], "succeeded")
+        status_machine.transition(session, ids[0], "running")
+        status_machine.transition(session, ids[0], "succeeded")
     passes.reconcile_once()
     assert jobs.submitted == ids[:3]
     third = status_of(session_factory, ids[2])
     assert (third.status, third.reason) == ("submitted", None)
 
     with session_factory() as session:  # a queued sweep cancelled before it started
-        repo.request_cancel(session, ids[3])
+        status_machine.request_cancel(session, ids[3])
     with session_factory() as session:
-        repo.transition(session, ids[1], "failed", reason="boom")
+        status_machine.transition(session, ids[1], "failed", reason="boom")
     passes.reconcile_once()
     assert jobs.submitted == [*ids[:3], ids[4]]
 
@@ -93,8 +93,8 @@ def test_a_queued_resubmission_keeps_the_reason_it_was_resubmitted(session_facto
     running = new_sweep(session_factory, "running")
     retried = new_sweep(session_factory, "failed")
     with session_factory() as session:
-        repo.transition(session, retried, "pending")
-        repo.update_sweep(session, retried, reason="attempt 2 resumes it: the job ended")
+        status_machine.transition(session, retried, "pending")
+        status_machine.update_sweep(session, retried, reason="attempt 2 resumes it: the job ended")
     reconciler(session_factory, jobs, max_active=1).reconcile_once()
     assert jobs.submitted == []
     assert status_of(session_factory, running).status == "running"
@@ -114,9 +114,9 @@ def test_a_driver_that_died_is_resubmitted_until_its_attempts_run_out(engine, se
     for attempt in (1, 2, 3):
         passes.reconcile_once()  # submits the attempt
         with session_factory() as session:
-            repo.transition(session, sweep_id, "running")
+            status_machine.transition(session, sweep_id, "running")
             upsert_trial(session, sweep_id, trial_event(f"t{attempt}"))
-            version = repo.get_sweep(session, sweep_id).version
+            version = sweep_queries.get_sweep(session, sweep_id).version
         jobs.finish(f"job-{sweep_id}-{attempt}")  # ... and its driver dies without a word
         committed.clear()
         sa.event.listen(Session, "after_commit", observe)
@@ -147,7 +147,7 @@ def test_a_sweep_cancelled_while_its_job_is_submitted_has_that_job_stopped(sessi
     def cancel_first(sweep_id: str) -> None:  # the user's cancel lands mid-submission
         if sweep_id == cancelled:
             with session_factory() as session:
-                repo.request_cancel(session, cancelled)
+                status_machine.request_cancel(session, cancelled)
 
     jobs.while_submitting = cancel_first
     reconciler(session_factory, jobs, max_active=1).reconcile_once()
@@ -187,8 +187,8 @@ def test_a_driver_that_ignores_its_cancel_is_stopped_after_the_grace_period(sess
     )
     passes.reconcile_once()  # submitted
     with session_factory() as session:
-        repo.mark_running(session, sweep_id)
-        repo.request_cancel(session, sweep_id)
+        status_machine.mark_running(session, sweep_id)
+        status_machine.request_cancel(session, sweep_id)
     job = f"job-{sweep_id}-1"
 
     passes.reconcile_once()  # within the grace period the driver may wind down by itself

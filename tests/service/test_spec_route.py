@@ -17,7 +17,7 @@ import yaml
 from service import __main__ as service_main
 from service.launcher import free_port
 from service.schemas import LimitsOut
-from service.store import repository
+from service.store import sweep_queries
 from service.store.database import make_engine, session_factory
 from sweeps import Limits, parse_spec
 from sweeps.spec.parse import read_document
@@ -112,7 +112,7 @@ def test_a_sweep_stored_before_caps_were_kept_has_null_limits(api, client):
     try:
         with session_factory(engine)() as session:
             document = parse_spec(SPEC, Limits()).to_document()
-            sweep, _ = repository.create_sweep(session, document, limits=None)
+            sweep, _ = sweep_queries.create_sweep(session, document, limits=None)
             sweep_id = sweep.id
     finally:
         engine.dispose()

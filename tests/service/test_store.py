@@ -28,7 +28,7 @@ from service import problems
 from service.routes.sweeps import router as sweeps_router
 from service.settings import ServiceSettings
 from service.statuses import SWEEP_STATUSES, TERMINAL
-from service.store import repository as repo
+from service.store import paging, status_machine, sweep_queries, transactions, trial_queries
 from service.store.database import current_revision, make_engine, upgrade
 from service.store.database import session_factory as make_sessions
 from service.store.models import Base, IdempotencyKey, Sweep, Trial
@@ -74,15 +74,15 @@ def spec_document(name: str = "demo", tags: list[str] | None = None, **extra: An
 
 def new_sweep(sessions: sessionmaker[Session], status: str = "pending", **document: Any) -> str:
     with sessions() as session:
-        sweep, _ = repo.create_sweep(session, spec_document(**document))
+        sweep, _ = sweep_queries.create_sweep(session, spec_document(**document))
         for step in PATHS[status]:
-            repo.transition(session, sweep.id, step)
+            status_machine.transition(session, sweep.id, step)
         return sweep.id
 
 
 def status_of(sessions: sessionmaker[Session], sweep_id: str) -> Sweep:
     with sessions() as session:
-        return repo.get_sweep(session, sweep_id)
+        return sweep_queries.get_sweep(session, sweep_id)
 
 
 def trial_states(
@@ -90,7 +90,9 @@ def trial_states(
 ) -> dict[str, tuple[str, str | None]]:
     """Each trial's (state, error), by trial id."""
     with sessions() as session:
-        return {t.trial_id: (t.state, t.error) for t in repo.list_trials(session, sweep_id)}
+        return {
+            t.trial_id: (t.state, t.error) for t in trial_queries.list_trials(session, sweep_id)
+        }
 
 
 def is_postgres(engine: sa.Engine) -> bool:
@@ -165,7 +167,7 @@ def write_from_another_process(url: str, sweep_id: str, worker: int) -> None:
     try:
         for index in range(15):
             with sessions() as session:
-                repo.create_sweep(session, spec_document(f"w{worker}-{index}"))
+                sweep_queries.create_sweep(session, spec_document(f"w{worker}-{index}"))
                 trial = event(f"w{worker}-{index}", val_nll=float(worker + index))
                 upsert_trial(session, sweep_id, trial)
     finally:
@@ -191,8 +193,8 @@ def test_several_processes_write_one_sqlite_file(tmp_path):
         assert [worker.exitcode for worker in workers] == [0, 0, 0]
         with sessions() as session:
             assert session.scalar(sa.select(sa.func.count()).select_from(Sweep)) == 46
-            assert repo.trial_counts(session, sweep_id) == {"running": 45}
-            assert repo.get_sweep(session, sweep_id).version == 3 + 45
+            assert trial_queries.trial_counts(session, sweep_id) == {"running": 45}
+            assert sweep_queries.get_sweep(session, sweep_id).version == 3 + 45
             assert best_id(session, sweep_id) == "w0-0"
     finally:
         engine.dispose()
@@ -205,9 +207,9 @@ def test_every_allowed_transition_applies_and_stamps_times(session_factory):
     for source, target in sorted(ALLOWED):
         sweep_id = new_sweep(session_factory, source)
         with session_factory() as session:
-            before = repo.get_sweep(session, sweep_id)
+            before = sweep_queries.get_sweep(session, sweep_id)
             version, attempt = before.version, before.attempt
-            after = repo.transition(session, sweep_id, target, reason=f"to {target}")
+            after = status_machine.transition(session, sweep_id, target, reason=f"to {target}")
         assert (source, after.status) == (source, target)
         assert after.version == version + 1
         assert after.updated_at >= before.updated_at
@@ -232,8 +234,11 @@ def test_forbidden_transitions_raise_and_change_nothing(session_factory):
         for target in SWEEP_STATUSES:
             if (source, target) in ALLOWED:
                 continue
-            with session_factory() as session, pytest.raises(repo.InvalidTransition) as caught:
-                repo.transition(session, sweep_id, target)
+            with (
+                session_factory() as session,
+                pytest.raises(status_machine.InvalidTransition) as caught,
+            ):
+                status_machine.transition(session, sweep_id, target)
             error = caught.value
             assert (error.current, error.target) == (source, target)
             assert error.allowed == sorted(t for s, t in ALLOWED if s == source)
@@ -247,24 +252,24 @@ def test_forbidden_transitions_raise_and_change_nothing(session_factory):
 def test_transition_rejects_unknown_sweeps_statuses_and_fields(session_factory):
     sweep_id = new_sweep(session_factory)
     with session_factory() as session:
-        with pytest.raises(repo.SweepNotFound):
-            repo.transition(session, "0" * 32, "submitted")
+        with pytest.raises(transactions.SweepNotFound):
+            status_machine.transition(session, "0" * 32, "submitted")
         with pytest.raises(ValueError, match="unknown sweep status 'done'"):
-            repo.transition(session, sweep_id, "done")
+            status_machine.transition(session, sweep_id, "done")
         with pytest.raises(ValueError, match="cannot set attempt"):
-            repo.transition(session, sweep_id, "submitted", attempt=7)
+            status_machine.transition(session, sweep_id, "submitted", attempt=7)
     assert status_of(session_factory, sweep_id).status == "pending"
 
 
 def test_resume_bumps_the_attempt_and_clears_the_cancel(session_factory):
     sweep_id = new_sweep(session_factory, "running")
     with session_factory() as session:
-        repo.request_cancel(session, sweep_id)
-        repo.transition(session, sweep_id, "cancelled", reason="user")
-        resumed = repo.transition(session, sweep_id, "pending")
+        status_machine.request_cancel(session, sweep_id)
+        status_machine.transition(session, sweep_id, "cancelled", reason="user")
+        resumed = status_machine.transition(session, sweep_id, "pending")
         assert (resumed.attempt, resumed.cancel_requested, resumed.reason) == (2, False, None)
         for step in ["submitted", "failed", "pending"]:
-            resumed = repo.transition(session, sweep_id, step)
+            resumed = status_machine.transition(session, sweep_id, step)
         assert resumed.attempt == 3
 
 
@@ -275,13 +280,15 @@ def test_two_racing_writers_cannot_both_win(engine, session_factory):
 
         def move(index: int, sweep_id: str = sweep_id) -> str:
             with session_factory() as session:
-                return repo.transition(session, sweep_id, ["succeeded", "cancelling"][index]).status
+                return status_machine.transition(
+                    session, sweep_id, ["succeeded", "cancelling"][index]
+                ).status
 
         results = race(2, move)
         winners = [result for result in results if isinstance(result, str)]
         losers = [result for result in results if not isinstance(result, str)]
         assert len(winners) == 1 and len(losers) == 1
-        assert isinstance(losers[0], repo.InvalidTransition)
+        assert isinstance(losers[0], status_machine.InvalidTransition)
         assert status_of(session_factory, sweep_id).status == winners[0]
 
 
@@ -291,11 +298,15 @@ def test_many_racing_submitters_exactly_one_wins(engine, session_factory):
 
     def submit(index: int) -> str:
         with session_factory() as session:
-            return repo.transition(session, sweep_id, "submitted", submission_id=f"job-{index}").id
+            return status_machine.transition(
+                session, sweep_id, "submitted", submission_id=f"job-{index}"
+            ).id
 
     results = race(threads, submit)
     assert sum(isinstance(result, str) for result in results) == 1
-    assert all(isinstance(result, str | repo.InvalidTransition) for result in results), results
+    assert all(isinstance(result, str | status_machine.InvalidTransition) for result in results), (
+        results
+    )
     sweep = status_of(session_factory, sweep_id)
     winner = results.index(sweep_id)
     assert (sweep.submission_id, sweep.version) == (f"job-{winner}", 2)
@@ -309,17 +320,17 @@ def test_request_cancel_depends_on_where_the_sweep_is(session_factory):
             ("running", "cancelling"),
         ]:
             sweep_id = new_sweep(session_factory, status)
-            sweep = repo.request_cancel(session, sweep_id)
+            sweep = status_machine.request_cancel(session, sweep_id)
             assert (sweep.status, sweep.cancel_requested) == (expected, True)
             version = sweep.version
-            again = repo.request_cancel(session, sweep_id)  # asking twice changes nothing
+            again = status_machine.request_cancel(session, sweep_id)  # asking twice changes nothing
             assert (again.status, again.version) == (expected, version)
         for status in ["succeeded", "failed"]:
             sweep_id = new_sweep(session_factory, status)
-            with pytest.raises(repo.InvalidTransition):
-                repo.request_cancel(session, sweep_id)
-        with pytest.raises(repo.SweepNotFound):
-            repo.request_cancel(session, "f" * 32)
+            with pytest.raises(status_machine.InvalidTransition):
+                status_machine.request_cancel(session, sweep_id)
+        with pytest.raises(transactions.SweepNotFound):
+            status_machine.request_cancel(session, "f" * 32)
 
 
 # ---------------------------------------------------------------- creating, idempotency
@@ -328,8 +339,8 @@ def test_request_cancel_depends_on_where_the_sweep_is(session_factory):
 def test_create_stores_the_document_tags_and_a_fresh_id(session_factory):
     document = spec_document("alpha", ["a", "b", "a"], description="x")
     with session_factory() as session:
-        sweep, created = repo.create_sweep(session, document)
-        other, _ = repo.create_sweep(session, document)
+        sweep, created = sweep_queries.create_sweep(session, document)
+        other, _ = sweep_queries.create_sweep(session, document)
     assert created and other.id != sweep.id
     stored = status_of(session_factory, sweep.id)
     assert len(stored.id) == 32 and int(stored.id, 16) >= 0
@@ -345,15 +356,17 @@ def test_create_stores_the_document_tags_and_a_fresh_id(session_factory):
 
 def test_same_key_same_body_returns_the_first_sweep(session_factory):
     with session_factory() as session:
-        first, created = repo.create_sweep(session, spec_document(tags=["x"]), idempotency_key="k1")
+        first, created = sweep_queries.create_sweep(
+            session, spec_document(tags=["x"]), idempotency_key="k1"
+        )
         # Key order does not change the body's hash.
         reordered = dict(reversed(list(spec_document(tags=["x"]).items())))
-        second, created_again = repo.create_sweep(session, reordered, idempotency_key="k1")
+        second, created_again = sweep_queries.create_sweep(session, reordered, idempotency_key="k1")
         assert (created, created_again, second.id) == (True, False, first.id)
-        with pytest.raises(repo.IdempotencyConflict, match="k1"):
-            repo.create_sweep(session, spec_document("other"), idempotency_key="k1")
+        with pytest.raises(sweep_queries.IdempotencyConflict, match="k1"):
+            sweep_queries.create_sweep(session, spec_document("other"), idempotency_key="k1")
         with pytest.raises(ValueError, match="1 to 200"):
-            repo.create_sweep(session, spec_document(), idempotency_key="k" * 201)
+            sweep_queries.create_sweep(session, spec_document(), idempotency_key="k" * 201)
         assert session.scalar(sa.select(sa.func.count()).select_from(Sweep)) == 1
 
 
@@ -365,7 +378,7 @@ def test_one_key_posted_concurrently_creates_one_sweep(engine, session_factory):
 
         def post(_: int) -> tuple[str, bool]:
             with sessions() as session:
-                sweep, created = repo.create_sweep(
+                sweep, created = sweep_queries.create_sweep(
                     session, spec_document(), idempotency_key="same-key"
                 )
                 return sweep.id, created
@@ -389,7 +402,7 @@ def test_distinct_keys_posted_concurrently_create_one_sweep_each(engine, session
 
     def post(index: int) -> str:
         with sessions() as session:
-            sweep, created = repo.create_sweep(
+            sweep, created = sweep_queries.create_sweep(
                 session, spec_document(f"s{index}"), idempotency_key=f"key-{index}"
             )
             assert created
@@ -411,7 +424,7 @@ def test_distinct_keys_posted_concurrently_create_one_sweep_each(engine, session
 def page_through(session: Session, **filters: Any) -> list[list[str]]:
     pages, cursor = [], None
     while True:
-        sweeps, cursor = repo.list_sweeps(session, limit=10, cursor=cursor, **filters)
+        sweeps, cursor = sweep_queries.list_sweeps(session, limit=10, cursor=cursor, **filters)
         pages.append([sweep.id for sweep in sweeps])
         if cursor is None:
             return pages
@@ -429,7 +442,7 @@ def test_cursor_pagination_is_newest_first_without_gaps_or_repeats(session_facto
         assert flat(pages) == ids[::-1]
 
         for index in range(0, 25, 3):
-            repo.transition(session, ids[index], "submitted")
+            status_machine.transition(session, ids[index], "submitted")
         submitted = [ids[index] for index in range(0, 25, 3)][::-1]
         assert flat(page_through(session, status="submitted")) == submitted
         assert flat(page_through(session, status=["submitted", "pending"])) == ids[::-1]
@@ -437,14 +450,14 @@ def test_cursor_pagination_is_newest_first_without_gaps_or_repeats(session_facto
         assert flat(page_through(session, tag="odd", status="submitted")) == [
             sweep_id for sweep_id in submitted if ids.index(sweep_id) % 2 == 1
         ]
-        assert repo.list_sweeps(session, tag="missing") == ([], None)
-        assert repo.list_sweeps(session, status="failed") == ([], None)
+        assert sweep_queries.list_sweeps(session, tag="missing") == ([], None)
+        assert sweep_queries.list_sweeps(session, status="failed") == ([], None)
 
 
 def test_pagination_breaks_ties_in_creation_time_by_id(session_factory):
     ids = [new_sweep(session_factory) for _ in range(25)]
     with session_factory() as session:
-        first = repo.get_sweep(session, ids[0]).created_at
+        first = sweep_queries.get_sweep(session, ids[0]).created_at
         moments = [first, first + timedelta(seconds=1)]
         for index, sweep_id in enumerate(ids):
             session.execute(
@@ -460,12 +473,12 @@ def test_list_rejects_bad_cursors_limits_and_statuses(session_factory):
     new_sweep(session_factory)
     with session_factory() as session:
         for cursor in ["not a cursor", "bm90IGpzb24", "WyIyMDI0LTAxLTAxIiwgIngiXQ"]:
-            with pytest.raises(repo.InvalidCursor):
-                repo.list_sweeps(session, cursor=cursor)
+            with pytest.raises(paging.InvalidCursor):
+                sweep_queries.list_sweeps(session, cursor=cursor)
         with pytest.raises(ValueError, match="limit"):
-            repo.list_sweeps(session, limit=0)
+            sweep_queries.list_sweeps(session, limit=0)
         with pytest.raises(ValueError, match="unknown sweep status"):
-            repo.list_sweeps(session, status="done")
+            sweep_queries.list_sweeps(session, status="done")
 
 
 # ---------------------------------------------------------------- trials and best
@@ -485,7 +498,7 @@ def event(trial_id: str, state: str = "running", epoch: int = 1, **metrics: floa
 
 
 def best_id(session: Session, sweep_id: str) -> str | None:
-    best = repo.get_sweep(session, sweep_id).best
+    best = sweep_queries.get_sweep(session, sweep_id).best
     return None if best is None else best[0]["trial_id"]
 
 
@@ -493,7 +506,7 @@ def test_upsert_trial_inserts_then_updates_and_tracks_the_lowest(session_factory
     objectives = [{"metric": "val_nll", "goal": "minimize"}]
     sweep_id = new_sweep(session_factory, "running", objectives=objectives)
     with session_factory() as session:
-        version = repo.get_sweep(session, sweep_id).version
+        version = sweep_queries.get_sweep(session, sweep_id).version
         upsert_trial(session, sweep_id, event("t1", val_nll=0.5))
         assert best_id(session, sweep_id) == "t1"
         upsert_trial(session, sweep_id, event("t2", val_nll=0.7))
@@ -503,13 +516,13 @@ def test_upsert_trial_inserts_then_updates_and_tracks_the_lowest(session_factory
         upsert_trial(session, sweep_id, event("t3", val_nll=math.nan))
         upsert_trial(session, sweep_id, event("t4"))  # no objective reported yet
         assert best_id(session, sweep_id) == "t2"
-        assert repo.get_sweep(session, sweep_id).version == version + 5
+        assert sweep_queries.get_sweep(session, sweep_id).version == version + 5
 
         # A failed trial is not the best any more, whatever its last value.
         failed = TrialEvent(**{**asdict(event("t2", "failed", 2, val_nll=0.3)), "error": "OOM"})
         upsert_trial(session, sweep_id, failed)
         assert best_id(session, sweep_id) == "t1"
-        best = repo.get_sweep(session, sweep_id).best
+        best = sweep_queries.get_sweep(session, sweep_id).best
         assert best == [
             {
                 "trial_id": "t1",
@@ -528,11 +541,15 @@ def test_upsert_trial_inserts_then_updates_and_tracks_the_lowest(session_factory
         assert (trial.params, trial.metrics["val_nll"], trial.epoch) == ({"lr": 0.2}, 0.5, 1)
         assert (trial.state, trial.error, trial.mlflow_run_id) == ("retrying", "lost", "run-t1")
 
-        trials = repo.list_trials(session, sweep_id)
+        trials = trial_queries.list_trials(session, sweep_id)
         assert [t.trial_id for t in trials] == ["t1", "t2", "t3", "t4"]
         assert trials[1].metrics == {"epoch": 2.0, "val_nll": 0.3} and trials[1].epoch == 2
         assert trials[2].metrics == {"epoch": 1.0, "val_nll": None}  # NaN: JSON has none
-        assert repo.trial_counts(session, sweep_id) == {"retrying": 1, "failed": 1, "running": 2}
+        assert trial_queries.trial_counts(session, sweep_id) == {
+            "retrying": 1,
+            "failed": 1,
+            "running": 2,
+        }
 
 
 def test_best_follows_a_maximised_objective(session_factory):
@@ -550,24 +567,24 @@ def test_best_defaults_to_val_nll_and_freezes_once_finished(session_factory):
         upsert_trial(session, sweep_id, event("t1", val_nll=2.0, val_accuracy=0.9))
         upsert_trial(session, sweep_id, event("t2", val_nll=1.0, val_accuracy=0.1))
         assert best_id(session, sweep_id) == "t2"
-        repo.transition(session, sweep_id, "succeeded", best=[{"trial_id": "final"}])
+        status_machine.transition(session, sweep_id, "succeeded", best=[{"trial_id": "final"}])
         upsert_trial(session, sweep_id, event("t3", val_nll=0.1))
         assert best_id(session, sweep_id) == "final"
         # What ran when it finished lost its driver; a late event is still recorded.
-        assert repo.trial_counts(session, sweep_id) == {"interrupted": 2, "running": 1}
-        first = repo.list_trials(session, sweep_id)[0]
+        assert trial_queries.trial_counts(session, sweep_id) == {"interrupted": 2, "running": 1}
+        first = trial_queries.list_trials(session, sweep_id)[0]
         assert first.error == "the sweep became succeeded while it ran: no reason given"
-        with pytest.raises(repo.SweepNotFound):
+        with pytest.raises(transactions.SweepNotFound):
             upsert_trial(session, "0" * 32, event("t1"))
 
 
 def test_changes_since_reports_only_newer_versions(session_factory):
     sweep_id = new_sweep(session_factory, "running")
     with session_factory() as session:
-        version = repo.get_sweep(session, sweep_id).version
-        assert repo.changes_since(session, sweep_id, version) is None
+        version = sweep_queries.get_sweep(session, sweep_id).version
+        assert sweep_queries.changes_since(session, sweep_id, version) is None
         upsert_trial(session, sweep_id, event("t1", val_nll=1.0))
-        changed = repo.changes_since(session, sweep_id, version)
+        changed = sweep_queries.changes_since(session, sweep_id, version)
         assert changed is not None and changed[0].version == version + 1
 
 
@@ -614,8 +631,8 @@ def outcome(sweep_id: str, status: str, trials: list[TrialSummary], **extra: Any
 def create_from_example(session_factory: sessionmaker[Session]) -> tuple[str, Any]:
     spec = load_spec_file(EXAMPLE)
     with session_factory() as session:
-        sweep, _ = repo.create_sweep(session, spec.to_document())
-        repo.transition(session, sweep.id, "submitted", submission_id="raysubmit_1")
+        sweep, _ = sweep_queries.create_sweep(session, spec.to_document())
+        status_machine.transition(session, sweep.id, "submitted", submission_id="raysubmit_1")
     return sweep.id, spec
 
 
@@ -637,17 +654,17 @@ def test_driver_store_round_trip_ending_in_a_cancel(engine, session_factory):
     store.record_trial(sweep_id, event("t2", val_nll=0.6))
     assert not store.stop_requested(sweep_id)
     with session_factory() as session:
-        repo.request_cancel(session, sweep_id)
+        status_machine.request_cancel(session, sweep_id)
     assert store.stop_requested(sweep_id)
 
     trials = [summary("t1", "succeeded", 0.4), summary("t2", "interrupted", 0.5)]
     store.record_outcome(sweep_id, outcome(sweep_id, "stopped", trials, reason="stop asked"))
     with session_factory() as session:
-        sweep = repo.get_sweep(session, sweep_id)
+        sweep = sweep_queries.get_sweep(session, sweep_id)
         assert (sweep.status, sweep.reason) == ("cancelled", "stop asked")
         assert sweep.finished_at is not None
         assert sweep.best == [asdict(trials[0])]
-        trials = repo.list_trials(session, sweep_id)
+        trials = trial_queries.list_trials(session, sweep_id)
         states = {t.trial_id: (t.state, t.metrics["val_nll"]) for t in trials}
         assert states == {"t1": ("succeeded", 0.4), "t2": ("interrupted", 0.5)}
 
@@ -703,7 +720,7 @@ def test_a_lost_trial_of_a_failed_attempt_is_relabelled_lost_when_the_next_one_e
     store.record_trial(sweep_id, event("t1", state="succeeded", val_nll=0.4))
     store.record_trial(sweep_id, event("t2"))  # running when the driver was killed
     with session_factory() as session:  # what the reconciler does with a killed driver
-        repo.end_attempt(session, sweep_id, "driver job FAILED", resubmit=True)
+        status_machine.end_attempt(session, sweep_id, "driver job FAILED", resubmit=True)
     killed = ("interrupted", "the sweep became failed while it ran: driver job FAILED")
     assert trial_states(session_factory, sweep_id)["t2"] == killed
     store.record_start(sweep_id, record(sweep_id))
@@ -720,7 +737,7 @@ def test_a_lost_trial_of_a_failed_attempt_is_relabelled_lost_when_the_next_one_e
 def test_driver_store_started_by_hand_and_finishing_while_cancelling(engine, session_factory):
     store = DatabaseSweepStore(engine)
     with session_factory() as session:
-        sweep, _ = repo.create_sweep(session, load_spec_file(EXAMPLE).to_document())
+        sweep, _ = sweep_queries.create_sweep(session, load_spec_file(EXAMPLE).to_document())
     store.record_start(sweep.id, record(sweep.id))  # pending, never submitted
     started = status_of(session_factory, sweep.id)
     assert started.status == "running" and started.submitted_at is not None
@@ -729,14 +746,14 @@ def test_driver_store_started_by_hand_and_finishing_while_cancelling(engine, ses
     assert status_of(session_factory, sweep.id).status == "running"
 
     with session_factory() as session:
-        repo.request_cancel(session, sweep.id)
+        status_machine.request_cancel(session, sweep.id)
     store.record_outcome(sweep.id, outcome(sweep.id, "succeeded", [summary("a", "succeeded", 1)]))
     finished = status_of(session_factory, sweep.id)
     assert finished.status == "cancelled" and "succeeded" in finished.reason
 
-    with pytest.raises(repo.SweepNotFound):
+    with pytest.raises(transactions.SweepNotFound):
         store.stop_requested("0" * 32)
-    with pytest.raises(repo.InvalidTransition):  # a finished sweep cannot start again
+    with pytest.raises(status_machine.InvalidTransition):  # a finished sweep cannot start again
         store.record_start(sweep.id, record(sweep.id))
 
 
@@ -746,8 +763,8 @@ def test_trial_rows_belong_to_their_sweep(session_factory):
         upsert_trial(session, first, event("t1", val_nll=1.0))
         upsert_trial(session, second, event("t1", val_nll=2.0))
         assert session.scalar(sa.select(sa.func.count()).select_from(Trial)) == 2
-        assert repo.list_trials(session, first)[0].metrics["val_nll"] == 1.0
-        assert repo.trial_counts(session, second) == {"running": 1}
+        assert trial_queries.list_trials(session, first)[0].metrics["val_nll"] == 1.0
+        assert trial_queries.trial_counts(session, second) == {"running": 1}
 
 
 def test_a_store_at_0001_upgrades_and_keeps_its_sweeps(store_url):
@@ -767,7 +784,7 @@ def test_a_store_at_0001_upgrades_and_keeps_its_sweeps(store_url):
         upgrade(engine)
         assert current_revision(engine) == "0005"
         with make_sessions(engine)() as session:
-            old = repo.get_sweep(session, "s1")
+            old = sweep_queries.get_sweep(session, "s1")
             assert (old.name, old.ensemble, old.registered_model) == ("old", None, None)
     finally:
         engine.dispose()
@@ -844,7 +861,9 @@ def pages(session: Session, sweep_id: str, limit: int, **query: Any) -> list[str
     seen: list[str] = []
     cursor = None
     while True:
-        page, cursor = repo.trial_page(session, sweep_id, limit=limit, cursor=cursor, **query)
+        page, cursor = trial_queries.trial_page(
+            session, sweep_id, limit=limit, cursor=cursor, **query
+        )
         assert len(page) <= limit
         seen.extend(t.trial_id for t in page)
         if cursor is None:
@@ -869,7 +888,7 @@ def test_trials_are_listed_by_their_number_the_unnumbered_last(session_factory):
         upsert_trials(session, sweep_id, events[:8], objective)
         for late in events[8:]:
             upsert_trials(session, sweep_id, [dataclasses.replace(late, metrics={})], objective)
-        stored = {t.trial_id: t.number for t in repo.list_trials(session, sweep_id)}
+        stored = {t.trial_id: t.number for t in trial_queries.list_trials(session, sweep_id)}
         expected = {t: n for n, t in ids.items()} | {twin: 7} | dict.fromkeys(unnumbered)
         assert stored == expected
         by_number = sorted([*ids.items(), (7, twin)])
@@ -883,9 +902,9 @@ def test_trials_are_listed_by_their_number_the_unnumbered_last(session_factory):
             assert done == ascending, limit
         # the order by trial id is kept for the clients that page by it
         assert pages(session, sweep_id, 4, order_by="trial_id") == sorted(stored)
-        _, cursor = repo.trial_page(session, sweep_id, limit=2)
-        with pytest.raises(repo.InvalidCursor, match="ordered by number asc"):
-            repo.trial_page(session, sweep_id, limit=2, order_by="trial_id", cursor=cursor)
+        _, cursor = trial_queries.trial_page(session, sweep_id, limit=2)
+        with pytest.raises(paging.InvalidCursor, match="ordered by number asc"):
+            trial_queries.trial_page(session, sweep_id, limit=2, order_by="trial_id", cursor=cursor)
 
 
 def test_paging_by_number_visits_every_trial_once_under_concurrent_inserts(session_factory):
@@ -915,7 +934,7 @@ def test_paging_by_number_visits_every_trial_once_under_concurrent_inserts(sessi
         cursor = None
         with session_factory() as session:
             while True:
-                page, cursor = repo.trial_page(session, sweep_id, limit=7, cursor=cursor)
+                page, cursor = trial_queries.trial_page(session, sweep_id, limit=7, cursor=cursor)
                 seen.extend(t.trial_id for t in page)
                 time.sleep(0.005)  # let the writer in between pages
                 if cursor is None:
@@ -954,7 +973,7 @@ def test_a_store_at_0004_numbers_its_trials_from_their_names(store_url):
         upgrade(engine)
         assert current_revision(engine) == "0005"
         with sessions() as session:
-            numbers = {t.trial_id: t.number for t in repo.list_trials(session, sweep_id)}
+            numbers = {t.trial_id: t.number for t in trial_queries.list_trials(session, sweep_id)}
             assert numbers == {"b0": 10, "a1": 2, "c2": None, "00": 1}
             assert pages(session, sweep_id, 2) == ["00", "a1", "b0", "c2"]
     finally:

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import problems
 from service.routes.sweeps import router as sweeps_router
 from service.settings import ServiceSettings
-from service.store import repository as repo
+from service.store import paging, status_machine, sweep_queries, transactions, trial_queries
 from service.store.database import make_engine, upgrade
 from service.store.database import session_factory as make_sessions
 from service.store.models import Trial
@@ -54,14 +54,14 @@ def report(trial_id: str, state: str = "running", **metrics: float) -> TrialEven
 
 def brute_force_best(session: Session, sweep_id: str) -> tuple[str, float] | None:
     """What the old full scan chose: the best latest report among the trials not failed."""
-    sweep = repo.get_sweep(session, sweep_id)
-    trials = repo.list_trials(session, sweep_id)
+    sweep = sweep_queries.get_sweep(session, sweep_id)
+    trials = trial_queries.list_trials(session, sweep_id)
     found = best_trials(objectives_of(sweep.spec)[:1], trials, finished_only=False)
     return (found[0].trial_id, found[0].metrics["val_nll"]) if found else None
 
 
 def stored_best(session: Session, sweep_id: str) -> tuple[str, float] | None:
-    best = repo.get_sweep(session, sweep_id).best
+    best = sweep_queries.get_sweep(session, sweep_id).best
     return (best[0]["trial_id"], best[0]["metrics"]["val_nll"]) if best else None
 
 
@@ -93,9 +93,9 @@ def test_the_incremental_best_is_the_brute_force_best(session_factory, script):
     with session_factory() as session:
         for kind, payload in script:
             if kind == "interrupt":
-                with repo.writing(session):
-                    repo.bump(session, sweep_id)
-                    repo.interrupt_trials(session, sweep_id, "the driver was lost")
+                with transactions.writing(session):
+                    transactions.bump(session, sweep_id)
+                    trial_queries.interrupt_trials(session, sweep_id, "the driver was lost")
                 continue
             if kind == "outcome":
                 summaries = [
@@ -148,7 +148,9 @@ def all_pages(session: Session, sweep_id: str, limit: int, **query: Any) -> list
     found: list[Trial] = []
     cursor = None
     while True:
-        page, cursor = repo.trial_page(session, sweep_id, limit=limit, cursor=cursor, **query)
+        page, cursor = trial_queries.trial_page(
+            session, sweep_id, limit=limit, cursor=cursor, **query
+        )
         assert len(page) <= limit
         found.extend(page)
         if cursor is None:
@@ -187,16 +189,16 @@ def test_pages_filter_by_state_and_refuse_a_cursor_of_another_order(session_fact
             session, sweep_id, 2, states=["succeeded"], order_by="val_nll", descending=True
         )
         assert [t.trial_id for t in done] == ["t7", "t5", "t2"]
-        _, cursor = repo.trial_page(session, sweep_id, limit=2, order_by="val_nll")
+        _, cursor = trial_queries.trial_page(session, sweep_id, limit=2, order_by="val_nll")
         assert cursor is not None
-        with pytest.raises(repo.InvalidCursor, match="ordered by val_nll asc"):
-            repo.trial_page(session, sweep_id, limit=2, order_by="val_ece", cursor=cursor)
-        with pytest.raises(repo.InvalidCursor, match="not a trials cursor"):
-            repo.trial_page(session, sweep_id, cursor="bm90LWEtY3Vyc29y")
+        with pytest.raises(paging.InvalidCursor, match="ordered by val_nll asc"):
+            trial_queries.trial_page(session, sweep_id, limit=2, order_by="val_ece", cursor=cursor)
+        with pytest.raises(paging.InvalidCursor, match="not a trials cursor"):
+            trial_queries.trial_page(session, sweep_id, cursor="bm90LWEtY3Vyc29y")
         with pytest.raises(ValueError, match="unknown trial state bogus"):
-            repo.trial_page(session, sweep_id, states=["bogus"])
+            trial_queries.trial_page(session, sweep_id, states=["bogus"])
         with pytest.raises(ValueError, match="order_by must be"):
-            repo.trial_page(session, sweep_id, order_by="val nll; drop")
+            trial_queries.trial_page(session, sweep_id, order_by="val nll; drop")
 
 
 def test_paging_by_id_visits_every_trial_once_under_concurrent_inserts(engine, session_factory):
@@ -219,7 +221,7 @@ def test_paging_by_id_visits_every_trial_once_under_concurrent_inserts(engine, s
         cursor = None
         with session_factory() as session:
             while True:
-                page, cursor = repo.trial_page(session, sweep_id, limit=7, cursor=cursor)
+                page, cursor = trial_queries.trial_page(session, sweep_id, limit=7, cursor=cursor)
                 seen.extend(t.trial_id for t in page)
                 time.sleep(0.005)  # let the writer in between pages
                 if cursor is None:
@@ -237,16 +239,18 @@ def test_a_follower_gets_only_the_trials_written_since_its_version(session_facto
     sweep_id = new_sweep(session_factory, "running")
     fill(session_factory, sweep_id, {f"t{i}": 1.0 for i in range(50)})
     with session_factory() as session:
-        sweep, everything = repo.changes_since(session, sweep_id, 0)
+        sweep, everything = sweep_queries.changes_since(session, sweep_id, 0)
         assert len(everything) == 50
         seen = sweep.version
         fill(session_factory, sweep_id, {"t3": 0.5, "t40": 0.7})
-        with repo.writing(session):  # the reconciler relabels what was running
-            repo.bump(session, sweep_id)
-            repo.interrupt_trials(session, sweep_id, "lost", keep=[f"t{i}" for i in range(1, 50)])
-        sweep, changed = repo.changes_since(session, sweep_id, seen)
+        with transactions.writing(session):  # the reconciler relabels what was running
+            transactions.bump(session, sweep_id)
+            trial_queries.interrupt_trials(
+                session, sweep_id, "lost", keep=[f"t{i}" for i in range(1, 50)]
+            )
+        sweep, changed = sweep_queries.changes_since(session, sweep_id, seen)
         assert sorted(t.trial_id for t in changed) == ["t0", "t3", "t40"]
-        assert repo.changes_since(session, sweep_id, sweep.version) is None
+        assert sweep_queries.changes_since(session, sweep_id, sweep.version) is None
 
 
 # ---------------------------------------------------------------- the API's pages
@@ -282,7 +286,7 @@ def test_the_trials_route_pages_sorts_and_filters(api, session_factory):
 
     for params, status in [
         ({"limit": 0}, 422),
-        ({"limit": repo.MAX_PAGE + 1}, 422),
+        ({"limit": paging.MAX_PAGE + 1}, 422),
         ({"state": "bogus"}, 422),
         ({"order_by": "val nll"}, 422),
         ({"direction": "sideways"}, 422),
@@ -312,8 +316,8 @@ def test_a_driver_killed_with_reports_queued_loses_nothing_the_next_attempt_rela
         budget={"max_trials": 6, "max_concurrent_trials": 1},
     )
     with sessions() as session:
-        sweep, _ = repo.create_sweep(session, spec.to_document())
-        repo.transition(session, sweep.id, "submitted")
+        sweep, _ = sweep_queries.create_sweep(session, spec.to_document())
+        status_machine.transition(session, sweep.id, "submitted")
     options = {
         "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "storage_path": str(tmp_path / "tune"),
@@ -349,17 +353,17 @@ def test_a_driver_killed_with_reports_queued_loses_nothing_the_next_attempt_rela
         driver.wait()
     finished_before = {k for k, v in json.loads(states.read_text()).items() if v == "succeeded"}
     with sessions() as session:
-        stored = {t.trial_id: t.state for t in repo.list_trials(session, sweep.id)}
+        stored = {t.trial_id: t.state for t in trial_queries.list_trials(session, sweep.id)}
     # The condition under test arose: the store had not been told of a finished trial.
     assert any(stored.get(t) != "succeeded" for t in finished_before), stored
 
     with sessions() as session:  # what the reconciler does when it finds the job gone
-        repo.end_attempt(session, sweep.id, "the driver's job vanished", resubmit=True)
+        status_machine.end_attempt(session, sweep.id, "the driver's job vanished", resubmit=True)
     final = run_stored(sweep.id, DatabaseSweepStore(engine), DriverOptions(quiet=True, **options))
     assert final.status == "succeeded", final.reason
     with sessions() as session:
-        rows = {t.trial_id: t for t in repo.list_trials(session, sweep.id)}
-        best = repo.get_sweep(session, sweep.id).best
+        rows = {t.trial_id: t for t in trial_queries.list_trials(session, sweep.id)}
+        best = sweep_queries.get_sweep(session, sweep.id).best
     expected = {t.trial_id: t for t in final.trials}
     for trial_id, trial in rows.items():
         if trial_id in expected:
@@ -427,8 +431,8 @@ def test_an_upgrade_mid_sweep_keeps_its_best_so_far_right(store_url):
                 ("done", "b"): None,
                 ("done", "c"): None,
             }
-            objective = objectives_of(repo.get_sweep(session, "run").spec)[0]
+            objective = objectives_of(sweep_queries.get_sweep(session, "run").spec)[0]
             upsert_trials(session, "run", [report("d", val_accuracy=0.85)], objective)
-            assert repo.get_sweep(session, "run").best[0]["trial_id"] == "a"
+            assert sweep_queries.get_sweep(session, "run").best[0]["trial_id"] == "a"
     finally:
         engine.dispose()

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.store import repository as repo
+from service.store import status_machine, sweep_queries, trial_queries
 from service.store.database import make_engine, upgrade
 from service.store.database import session_factory as make_sessions
 from service.store.sweep_store import DatabaseSweepStore
@@ -49,7 +49,7 @@ class Backend:
         assert self.sessions is not None
         document = None if limits is None else limits.to_document()
         with self.sessions() as session:
-            return repo.create_sweep(session, spec.to_document(), limits=document)[0].id
+            return sweep_queries.create_sweep(session, spec.to_document(), limits=document)[0].id
 
     def request_stop(self, sweep_id: str) -> None:
         if isinstance(self.store, DirectoryStore):
@@ -57,7 +57,7 @@ class Backend:
         else:
             assert self.sessions is not None
             with self.sessions() as session:
-                repo.request_cancel(session, sweep_id)
+                status_machine.request_cancel(session, sweep_id)
 
     def final_trials(self, sweep_id: str) -> dict[str, tuple[str, dict[str, Any]]]:
         """Each trial's state and metrics as the store holds them after the outcome."""
@@ -67,7 +67,10 @@ class Backend:
             return {t["trial_id"]: (t["state"], t["metrics"]) for t in document["trials"]}
         assert self.sessions is not None
         with self.sessions() as session:
-            return {t.trial_id: (t.state, t.metrics) for t in repo.list_trials(session, sweep_id)}
+            return {
+                t.trial_id: (t.state, t.metrics)
+                for t in trial_queries.list_trials(session, sweep_id)
+            }
 
 
 @pytest.fixture(params=["directory", "sqlite", "postgresql"])

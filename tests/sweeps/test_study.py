@@ -364,7 +364,7 @@ def test_a_resumed_sweep_continues_its_study_one_optuna_trial_per_tune_trial(
 def test_a_service_sweep_keeps_its_study_apart_from_the_services_tables(
     ray_local, postgres_store, tmp_path
 ):
-    from service.store import repository as repo
+    from service.store import sweep_queries, trial_queries
     from service.store.database import current_revision
     from service.store.sweep_store import DatabaseSweepStore
 
@@ -374,7 +374,7 @@ def test_a_service_sweep_keeps_its_study_apart_from_the_services_tables(
         budget={"max_trials": 2, "max_concurrent_trials": 1},
     )
     with sessions() as session:
-        sweep_id = repo.create_sweep(session, spec.to_document())[0].id
+        sweep_id = sweep_queries.create_sweep(session, spec.to_document())[0].id
     revision, tables, trial_columns = _service_schema(engine)
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     options = DriverOptions(
@@ -388,7 +388,7 @@ def test_a_service_sweep_keeps_its_study_apart_from_the_services_tables(
     assert _service_schema(engine) == (revision, tables, trial_columns)
     assert revision == current_revision(engine) and "studies" not in tables
     with sessions() as session:
-        assert len(repo.list_trials(session, sweep_id)) == 2
+        assert len(trial_queries.list_trials(session, sweep_id)) == 2
     # Optuna's tables, its own Alembic stamp among them, in the schema beside it.
     study_url = beside_store(url)
     study_engine = sa.create_engine(study_url)

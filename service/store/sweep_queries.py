@@ -1,0 +1,180 @@
+"""Sweep queries: a sweep created (once per idempotency key), read, listed a page at a time, and
+what changed in it since a version (for the events stream)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Collection, Mapping
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.statuses import SWEEP_STATUSES
+from service.store.models import (
+    IDEMPOTENCY_KEY_MAX,
+    IdempotencyKey,
+    Sweep,
+    SweepTag,
+    Trial,
+    new_sweep_id,
+)
+from service.store.paging import InvalidCursor, check_limit, pack, unpack
+from service.store.transactions import reload, writing
+
+
+class IdempotencyConflict(ValueError):
+    def __init__(self, key: str, sweep_id: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} was already used with a different request "
+            f"(it created sweep {sweep_id})"
+        )
+        self.key = key
+        self.sweep_id = sweep_id
+
+
+def request_hash(document: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of a request body: key order and spacing do not matter."""
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def create_sweep(
+    session: Session,
+    spec_document: Mapping[str, Any],
+    *,
+    idempotency_key: str | None = None,
+    limits: Mapping[str, Any] | None = None,
+) -> tuple[Sweep, bool]:
+    """Store a new pending sweep; with a key seen before, return that key's sweep instead.
+
+    Returns (sweep, created). The same key with a different body raises `IdempotencyConflict`.
+    """
+    name = spec_document.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a spec document needs a name; got {name!r}")
+    tags = list(spec_document.get("tags") or [])
+    digest = request_hash(spec_document)
+    if idempotency_key is not None:
+        if not 0 < len(idempotency_key) <= IDEMPOTENCY_KEY_MAX:
+            raise ValueError(
+                f"idempotency key must have 1 to {IDEMPOTENCY_KEY_MAX} characters, "
+                f"got {len(idempotency_key)}"
+            )
+        existing = _keyed_sweep(session, idempotency_key, digest)
+        if existing is not None:
+            return existing, False
+    with writing(session):
+        sweep = Sweep(
+            id=new_sweep_id(),
+            name=name,
+            spec=dict(spec_document),
+            limits=None if limits is None else dict(limits),
+            tags=tags,
+            status="pending",
+            tag_rows=[SweepTag(tag=tag) for tag in dict.fromkeys(tags)],
+        )
+        session.add(sweep)
+        if idempotency_key is not None:
+            session.add(IdempotencyKey(key=idempotency_key, sweep=sweep, request_hash=digest))
+        try:
+            session.flush()
+        except IntegrityError:
+            # Another request with this key committed first: answer with its sweep.
+            session.rollback()
+            existing = _keyed_sweep(session, idempotency_key, digest)
+            if existing is None:
+                raise
+            return existing, False
+    return sweep, True
+
+
+def _keyed_sweep(session: Session, key: str | None, digest: str) -> Sweep | None:
+    if key is None:
+        return None
+    row = session.get(IdempotencyKey, key, populate_existing=True)
+    if row is None:
+        return None
+    if row.request_hash != digest:
+        raise IdempotencyConflict(key, row.sweep_id)
+    return reload(session, row.sweep_id)
+
+
+def get_sweep(session: Session, sweep_id: str) -> Sweep:
+    return reload(session, sweep_id)
+
+
+def changes_since(
+    session: Session, sweep_id: str, version: int
+) -> tuple[Sweep, list[Trial]] | None:
+    """The sweep and the trials written after ``version`` if it changed since, else None.
+
+    For an events stream's poll: its cost follows what changed, not the size of the sweep.
+    ``version`` 0 (a new follower) gets every trial.
+    """
+    sweep = reload(session, sweep_id)
+    if sweep.version <= version:
+        return None
+    query = sa.select(Trial).where(Trial.sweep_id == sweep_id)
+    if version > 0:
+        # A trial written after the sweep row was read has a higher version: the next poll.
+        query = query.where(Trial.version > version, Trial.version <= sweep.version)
+    return sweep, list(session.scalars(query.order_by(Trial.version, Trial.trial_id)))
+
+
+def list_sweeps(
+    session: Session,
+    *,
+    status: str | Collection[str] | None = None,
+    tag: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[list[Sweep], str | None]:
+    """A page of sweeps, newest first, and the cursor of the next page (None on the last)."""
+    check_limit(limit)
+    query = sa.select(Sweep)
+    if status is not None:
+        statuses = [status] if isinstance(status, str) else list(status)
+        unknown = set(statuses) - set(SWEEP_STATUSES)
+        if unknown:
+            raise ValueError(
+                f"unknown sweep status {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(SWEEP_STATUSES)}"
+            )
+        query = query.where(Sweep.status.in_(statuses))
+    if tag is not None:
+        tagged = sa.select(SweepTag.sweep_id).where(
+            SweepTag.sweep_id == Sweep.id, SweepTag.tag == tag
+        )
+        query = query.where(tagged.exists())
+    if cursor is not None:
+        created_at, sweep_id = decode_cursor(cursor)
+        query = query.where(
+            sa.or_(
+                Sweep.created_at < created_at,
+                sa.and_(Sweep.created_at == created_at, Sweep.id < sweep_id),
+            )
+        )
+    query = query.order_by(Sweep.created_at.desc(), Sweep.id.desc()).limit(limit + 1)
+    sweeps = list(session.scalars(query))
+    if len(sweeps) <= limit:
+        return sweeps, None
+    return sweeps[:limit], encode_cursor(sweeps[limit - 1])
+
+
+def encode_cursor(sweep: Sweep) -> str:
+    return pack([sweep.created_at.isoformat(), sweep.id])
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created_at, sweep_id = unpack(cursor)
+        moment = datetime.fromisoformat(created_at)
+    except (ValueError, TypeError) as error:
+        raise InvalidCursor(f"not a cursor from this API: {cursor!r}") from error
+    if moment.tzinfo is None or not isinstance(sweep_id, str):
+        raise InvalidCursor(f"not a cursor from this API: {cursor!r}")
+    return moment, sweep_id
