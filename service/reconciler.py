@@ -14,6 +14,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
@@ -36,8 +37,11 @@ class Reconciler:
         cancel_grace_s: float,
         max_attempts: int,
         max_active: int,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` gives the seconds the grace periods count in (tests move their own)."""
         self.sessions = sessions
+        self.clock = clock
         self.jobs = jobs
         self.interval_s = interval_s
         self.cancel_grace_s = cancel_grace_s
@@ -144,20 +148,23 @@ class Reconciler:
     def _gone_for_good(self, submission_id: str) -> bool:
         """A job Ray does not know is taken as gone only when a later pass, at least one interval
         on, still does not find it: one missing answer from a busy head ends no attempt."""
-        first_missed = self._missing_since.setdefault(submission_id, time.monotonic())
-        if time.monotonic() - first_missed < self.interval_s:
+        now = self.clock()
+        first_missed = self._missing_since.setdefault(submission_id, now)
+        if now - first_missed < self.interval_s:
             return False
         del self._missing_since[submission_id]
         return True
 
     def _escalate(self, sweep: Sweep) -> None:
-        first_seen = self._cancel_seen.setdefault(sweep.id, time.monotonic())
-        waited = time.monotonic() - first_seen
-        if waited < self.cancel_grace_s or sweep.submission_id in self._stop_sent:
+        now = self.clock()
+        first_seen = self._cancel_seen.setdefault(sweep.id, now)
+        waited = now - first_seen
+        job = sweep.submission_id
+        if waited < self.cancel_grace_s or job is None or job in self._stop_sent:
             return
         log.warning("sweep %s ignored its cancel for %.0f s; stopping its job", sweep.id, waited)
-        self.jobs.stop(sweep.submission_id)
-        self._stop_sent.add(sweep.submission_id)
+        self.jobs.stop(job)
+        self._stop_sent.add(job)
 
 
 def _ids(session: Session, statuses: tuple[str, ...]) -> list[str]:

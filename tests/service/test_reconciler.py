@@ -5,7 +5,6 @@ The end-to-end tests (tests/service/test_api.py, tests/reliability) run it again
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import pytest
@@ -18,6 +17,7 @@ from service.reconciler import Reconciler, failure_line
 from service.store import status_machine, sweep_queries
 from service.store.models import Sweep
 from service.store.sweep_store import upsert_trial
+from tests.helpers.clock import ManualClock
 from tests.service.test_store import event as trial_event
 from tests.service.test_store import new_sweep, status_of, trial_states
 
@@ -180,10 +180,16 @@ def test_a_dead_drivers_reason_is_its_exception_line_not_a_trailer():
 
 
 def test_a_driver_that_ignores_its_cancel_is_stopped_after_the_grace_period(session_factory):
-    jobs = RecordingJobs()
+    jobs, clock = RecordingJobs(), ManualClock()
     sweep_id = new_sweep(session_factory, name="stubborn")
     passes = Reconciler(
-        session_factory, jobs, interval_s=1, cancel_grace_s=0.5, max_attempts=3, max_active=1
+        session_factory,
+        jobs,
+        interval_s=1,
+        cancel_grace_s=30,
+        max_attempts=3,
+        max_active=1,
+        clock=clock,
     )
     passes.reconcile_once()  # submitted
     with session_factory() as session:
@@ -191,10 +197,12 @@ def test_a_driver_that_ignores_its_cancel_is_stopped_after_the_grace_period(sess
         status_machine.request_cancel(session, sweep_id)
     job = f"job-{sweep_id}-1"
 
-    passes.reconcile_once()  # within the grace period the driver may wind down by itself
+    passes.reconcile_once()  # the grace period starts when the reconciler sees the cancel
+    clock.advance(29.5)
+    passes.reconcile_once()  # within it the driver may wind down by itself
     assert jobs.stopped == [] and status_of(session_factory, sweep_id).status == "cancelling"
-    time.sleep(0.6)
-    passes.reconcile_once()  # past it, the job is stopped, once
+    clock.advance(0.5)
+    passes.reconcile_once()  # at its end, the job is stopped, once
     assert jobs.stopped == [job]
     passes.reconcile_once()  # the stopped job has ended: the sweep is cancelled, saying why
     sweep = status_of(session_factory, sweep_id)
@@ -203,10 +211,16 @@ def test_a_driver_that_ignores_its_cancel_is_stopped_after_the_grace_period(sess
 
 
 def test_a_job_missing_from_one_answer_is_not_taken_for_dead(session_factory):
-    jobs = RecordingJobs()
+    jobs, clock = RecordingJobs(), ManualClock()
     sweep_id = new_sweep(session_factory, name="flicker")
     passes = Reconciler(
-        session_factory, jobs, interval_s=0.3, cancel_grace_s=30, max_attempts=3, max_active=1
+        session_factory,
+        jobs,
+        interval_s=5,
+        cancel_grace_s=30,
+        max_attempts=3,
+        max_active=1,
+        clock=clock,
     )
     passes.reconcile_once()
     job = f"job-{sweep_id}-1"
@@ -216,12 +230,15 @@ def test_a_job_missing_from_one_answer_is_not_taken_for_dead(session_factory):
         "submitted",
         [sweep_id],
     )
+    clock.advance(10)
     jobs.missing.clear()  # ... and there it is again: the next miss starts a fresh wait
     passes.reconcile_once()
     jobs.missing.add(job)
     passes.reconcile_once()
+    clock.advance(4.5)
+    passes.reconcile_once()  # missing for less than an interval: still not gone
     assert status_of(session_factory, sweep_id).status == "submitted"
-    time.sleep(0.35)
+    clock.advance(0.5)
     passes.reconcile_once()  # still missing one interval on: gone, and resubmitted
     sweep = status_of(session_factory, sweep_id)
     assert (sweep.status, sweep.attempt) == ("pending", 2)
