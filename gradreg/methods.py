@@ -12,7 +12,7 @@ are named by import path and loaded only when a posterior is built.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -192,12 +192,26 @@ class Method:
         return FAMILIES[self.variance] if self.variance else None
 
     @property
+    def learn_switch(self) -> str | None:
+        """The true/false setting that turns learning σ² on (the uniform family's
+        ``learn_noise_scale``, whichever trainer holds it), or None where σ² is always or
+        never learned."""
+        learned = self.family.learned if self.family else False
+        return learned if isinstance(learned, str) else None
+
+    def learns_variance(self, values: Mapping[str, Any]) -> bool:
+        """Whether a run with these settings learns σ² (and so reads ``variance_lr``)."""
+        learned = self.family.learned if self.family else False
+        return bool(values.get(learned, False)) if isinstance(learned, str) else learned
+
+    @property
     def required(self) -> Mapping[str, str]:
         """Settings the method cannot train without, with a hint of a value."""
         return self.family.required if self.family else {}
 
     def settings(self, learns_noise_scale: bool = False) -> tuple[str, ...]:
-        """Every setting the method reads. A uniform σ² has a learning rate only when learned."""
+        """Every setting the method reads; ``learns_noise_scale``: its `learn_switch` is on.
+        A uniform σ² has a learning rate only when learned."""
         own = list(self.family.settings) if self.family else []
         if self.family is not None:
             learned = self.family.learned
@@ -206,10 +220,19 @@ class Method:
         own += self.own_settings
         return COMMON_SETTINGS + tuple(own)
 
+    def search_settings(
+        self, fixed: Mapping[str, Any], searched: Collection[str]
+    ) -> tuple[str, ...]:
+        """Every setting the method may read in a search that fixes ``fixed`` and searches
+        the settings named in ``searched``: σ² may be learned where its `learn_switch` is
+        fixed on or searched."""
+        switch = self.learn_switch
+        return self.settings(self.learns_variance(fixed) or switch in searched)
+
     def train_settings(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """TrainConfig keyword arguments for this method: its identity plus the ``values``
         it reads (others are dropped: a searched setting another method uses)."""
-        used = self.settings(bool(values.get("learn_noise_scale", False)))
+        used = self.settings(self.learns_variance(values))
         identity: dict[str, Any] = {"method": self.trainer}
         if self.variance is not None:
             identity["variance"] = self.variance

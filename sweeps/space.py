@@ -21,20 +21,26 @@ class SearchSpace:
     def __init__(self, spec: SweepSpec) -> None:
         self.method = spec.method
         self.parameters = dict(spec.parameters)
-        self.learns_noise_scale = (
-            spec.fixed.get("learn_noise_scale") is True or "learn_noise_scale" in spec.parameters
+        # Whether the spec fixes a method's σ² switch on; a searched switch is drawn per trial
+        # instead. (Saved sweeps pickled "fixed on or searched" here, which draws the same.)
+        self.learns_noise_scale = any(
+            METHODS[m].learn_switch is not None and METHODS[m].learns_variance(spec.fixed)
+            for m in spec.methods
         )
 
     def __call__(self, trial: optuna.Trial) -> None:
         method = self.method
         if method is None:
             method = suggest(trial, "method", self.parameters["method"])
-        learns = self.learns_noise_scale
-        if "learn_noise_scale" in self.parameters and method == "vl-uniform":
-            learns = bool(suggest(trial, "learn_noise_scale", self.parameters["learn_noise_scale"]))
-        used = METHODS[method].settings(learns)
+        entry = METHODS[method]
+        switch = entry.learn_switch  # every method of the uniform family has it, not VL's only
+        if switch is not None and switch in self.parameters:
+            learns = bool(suggest(trial, switch, self.parameters[switch]))
+        else:
+            learns = self.learns_noise_scale
+        used = entry.settings(learns)
         for name, parameter in self.parameters.items():
-            if name in ("method", "learn_noise_scale") or name not in used:
+            if name in ("method", switch) or name not in used:
                 continue
             suggest(trial, name, parameter)
 

@@ -264,7 +264,6 @@ def _setting_issues(spec: SweepSpec, probe_base: Mapping[str, Any]) -> Iterator[
     """Every fixed or searched setting must be one some method uses, and valid for it: alone,
     and together with the fixed settings (fisher exact with finite differences, say).
     ``probe_base`` is what the dataset and model sections give TrainConfig (`_probe_base`)."""
-    learns = spec.fixed.get("learn_noise_scale") is True or "learn_noise_scale" in spec.parameters
     methods = spec.methods
     named = [("fixed", name) for name in spec.fixed] + [
         ("parameters", name) for name in spec.parameters if name != "method"
@@ -282,10 +281,10 @@ def _setting_issues(spec: SweepSpec, probe_base: Mapping[str, Any]) -> Iterator[
         if section == "parameters" and name in spec.fixed:
             yield SpecIssue((section, name), "both fixed and searched; keep one")
             continue
-        users = [m for m in methods if name in METHODS[m].settings(learns)]
+        users = [m for m in methods if name in _reads(spec, m)]
         if not users:
             which = f"method {methods[0]!r} does not" if len(methods) == 1 else "no method"
-            hint = ", ".join(METHODS[methods[0]].settings(learns))
+            hint = ", ".join(_reads(spec, methods[0]))
             yield SpecIssue(
                 (section, name),
                 f"{which} use {name}"
@@ -298,7 +297,7 @@ def _setting_issues(spec: SweepSpec, probe_base: Mapping[str, Any]) -> Iterator[
             continue
         values = [spec.fixed[name]] if parameter is None else _values_to_try(parameter)
         method = users[0]
-        beside = {} if parameter is None else _used_by(method, valid_fixed, learns)
+        beside = {} if parameter is None else _used_by(spec, method, valid_fixed)
         problem = next(
             (p for v in values if (p := _config_problem(probe_base, method, {**beside, name: v}))),
             None,
@@ -308,7 +307,7 @@ def _setting_issues(spec: SweepSpec, probe_base: Mapping[str, Any]) -> Iterator[
         elif parameter is None:
             valid_fixed[name] = spec.fixed[name]
     for method in methods:
-        together = _used_by(method, valid_fixed, learns)
+        together = _used_by(spec, method, valid_fixed)
         problem = _config_problem(probe_base, method, together) if len(together) > 1 else None
         if problem:
             yield SpecIssue(("fixed",), problem if len(methods) == 1 else f"{method}: {problem}")
@@ -317,8 +316,14 @@ def _setting_issues(spec: SweepSpec, probe_base: Mapping[str, Any]) -> Iterator[
                 yield SpecIssue(("fixed",), f"{method} needs {name} ({hint}): fix or search it")
 
 
-def _used_by(method: str, settings: Mapping[str, Any], learns: bool) -> dict[str, Any]:
-    used = METHODS[method].settings(learns)
+def _reads(spec: SweepSpec, method: str) -> tuple[str, ...]:
+    """The settings ``method`` may read in this spec's search (σ² learned where its switch is
+    fixed on or searched)."""
+    return METHODS[method].search_settings(spec.fixed, spec.parameters)
+
+
+def _used_by(spec: SweepSpec, method: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    used = _reads(spec, method)
     return {name: value for name, value in settings.items() if name in used}
 
 
@@ -341,7 +346,6 @@ def _probe_defaults(method: str) -> dict[str, Any]:
 
 
 def _initial_point_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
-    learns = spec.fixed.get("learn_noise_scale") is True or "learn_noise_scale" in spec.parameters
     for i, point in enumerate(spec.search.initial_points):
         at = ("search", "initial_points", i)
         method = point.get("method", spec.method)
@@ -351,11 +355,7 @@ def _initial_point_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
                 yield SpecIssue((*at, name), f"not a searched parameter; searched: {_names(spec)}")
             elif not _within(parameter, value):
                 yield SpecIssue((*at, name), f"{value!r} is outside {_describe(parameter)}")
-            elif (
-                name != "method"
-                and method in METHODS
-                and name not in METHODS[method].settings(learns)
-            ):
+            elif name != "method" and method in METHODS and name not in _reads(spec, method):
                 yield SpecIssue((*at, name), f"method {method!r} does not use {name}")
 
 

@@ -58,6 +58,25 @@ def test_a_posterior_class_built_directly_has_its_method_table_defaults(name):
             assert other.defaults == entry.defaults, other.name
 
 
+def test_the_uniform_familys_switch_and_the_settings_a_search_may_reach():
+    switched = {name for name, entry in METHODS.items() if entry.learn_switch}
+    assert switched == {"vl-uniform", "mcvi-uniform"}  # the family's, whichever trainer
+    for name in switched:
+        entry = METHODS[name]
+        assert entry.learn_switch == "learn_noise_scale"
+        assert "variance_lr" not in entry.search_settings({}, ())
+        assert "variance_lr" in entry.search_settings({"learn_noise_scale": True}, ())
+        assert "variance_lr" in entry.search_settings({}, ("learn_noise_scale",))
+        assert "variance_lr" not in entry.train_settings({"variance_lr": 0.1})
+        assert (
+            entry.train_settings({"learn_noise_scale": True, "variance_lr": 0.1})["variance_lr"]
+            == 0.1
+        )
+    # a learned family reads variance_lr whatever the switch; a point estimate never does
+    assert "variance_lr" in METHODS["vl-diagonal"].search_settings({}, ())
+    assert "variance_lr" not in METHODS["map"].search_settings({}, ("learn_noise_scale",))
+
+
 def test_unknown_names_and_settings_are_value_errors_that_list_what_is_accepted():
     model = tiny_mlp()
     with pytest.raises(ValueError, match=r"unknown method 'vl-full'; accepted: vl-uniform, "):
