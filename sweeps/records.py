@@ -222,18 +222,45 @@ def best_trials(
     """
     if len(objectives) == 1:
         return ranked_trials(objectives[0], trials, finished_only=finished_only)[:1]
-    signs = [-1.0 if (o.goal or default_goal(o.metric)) == "maximize" else 1.0 for o in objectives]
     scored: list[tuple[list[float], T]] = []
     for trial in trials:
-        if not _eligible(trial, finished_only):
-            continue
-        values = [score(trial, o.metric) for o in objectives]
-        if all(v is not None for v in values):
-            losses = [s * v for s, v in zip(signs, values, strict=True)]  # type: ignore[operator]
+        losses = _losses(objectives, trial, finished_only)
+        if losses is not None:
             scored.append((losses, trial))
-
-    def dominates(a: list[float], b: list[float]) -> bool:
-        return all(x <= y for x, y in zip(a, b, strict=True)) and a != b
-
     front = [(own, t) for own, t in scored if not any(dominates(other, own) for other, _ in scored)]
     return [trial for _, trial in sorted(front, key=lambda item: item[0])]
+
+
+def pareto_update(objectives: Sequence[Goal], front: Sequence[T], trial: T) -> list[T]:
+    """The Pareto set of several ``objectives`` with one more trial: ``front`` is `best_trials`
+    of the finished trials so far, the result is `best_trials` with ``trial`` among them.
+
+    A trial that does not count (not finished, or without a finite value of every objective)
+    or that a member dominates changes nothing; otherwise it joins and the members it
+    dominates leave. The order is `best_trials`'s, ``trial`` after the members it ties with.
+    """
+    new = _losses(objectives, trial, True)
+    if new is None:
+        return list(front)
+    members: list[tuple[list[float], T]] = []
+    for member in front:
+        own = _losses(objectives, member, True)
+        if own is None:
+            raise ValueError(f"a Pareto set holds a trial that does not count: {member!r}")
+        members.append((own, member))
+    if any(dominates(own, new) for own, _ in members):
+        return list(front)
+    kept = [(own, member) for own, member in members if not dominates(new, own)]
+    return [member for _, member in sorted([*kept, (new, trial)], key=lambda item: item[0])]
+
+
+def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Whether losses ``a`` dominate ``b``: no worse in any objective and not the same."""
+    return all(x <= y for x, y in zip(a, b, strict=True)) and list(a) != list(b)
+
+
+def _losses(objectives: Sequence[Goal], trial: Scored, finished_only: bool) -> list[float] | None:
+    """The trial's value of each objective as a loss; None if it lacks one or does not count."""
+    values = [loss(objective, trial, finished_only=finished_only) for objective in objectives]
+    losses = [value for value in values if value is not None]
+    return losses if len(losses) == len(values) else None
