@@ -80,27 +80,30 @@ class Readiness:
             self.probe_now()
 
 
-def store_probe(engine: sa.Engine) -> Probe:
+def answering(what: str, call: Callable[[], object]) -> Probe:
+    """A probe that calls ``call``: fine if it returns, and ``what: <error type>`` if it raises."""
+
     def probe() -> str | None:
         try:
-            with engine.connect() as connection:
-                connection.execute(sa.text("SELECT 1"))
+            call()
         except Exception as error:
-            return f"store: {type(error).__name__}"
+            return f"{what}: {type(error).__name__}"
         return None
 
     return probe
+
+
+def store_probe(engine: sa.Engine) -> Probe:
+    def select_one() -> None:
+        with engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+
+    return answering("store", select_one)
 
 
 def ray_probe(jobs: RayJobs) -> Probe:
-    def probe() -> str | None:
-        try:
-            jobs.client.get_version()
-        except Exception as error:
-            return f"Ray jobs API at {jobs.dashboard_url}: {type(error).__name__}"
-        return None
-
-    return probe
+    # The client is made on first use, so it is looked up at each probe, not now.
+    return answering(f"Ray jobs API at {jobs.dashboard_url}", lambda: jobs.client.get_version())
 
 
 def mlflow_probe(tracking_uri: str) -> Probe:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from service.auth import require_token
 from service.deps import LimitsDep, ReconcilerDep, SessionsDep, SettingsDep
 from service.openapi import SPEC_BODY, problem_responses
+from service.reconciler import Reconciler
 from service.schemas import (
     BestOut,
     Direction,
@@ -31,7 +32,7 @@ from service.schemas import (
 from service.settings import ServiceSettings
 from service.statuses import TERMINAL
 from service.store import paging, status_machine, sweep_queries, trial_queries
-from service.store.models import IDEMPOTENCY_KEY_MAX, Sweep
+from service.store.models import IDEMPOTENCY_KEY_MAX, Sweep, Trial
 from service.store.sweep_store import objectives_of
 from sweeps import SpecError, SpecIssue, parse_spec
 from sweeps.mlflow_ui import run_url, runs_url
@@ -45,6 +46,8 @@ router = APIRouter(
 EVENT_POLL_S = 0.5
 TRIAL_PAGE_DEFAULT = 100
 HEARTBEAT_S = 15.0
+# SweepOut's fields that are not a column of the sweep's row.
+SWEEP_EXTRA = frozenset({"counts", "links"})
 
 
 def sweep_out(
@@ -67,29 +70,11 @@ def sweep_out(
             else None
         ),
     )
-    return SweepOut(
-        id=sweep.id,
-        name=sweep.name,
-        status=sweep.status,
-        reason=sweep.reason,
-        attempt=sweep.attempt,
-        tags=list(sweep.tags or []),
-        cancel_requested=sweep.cancel_requested,
-        created_at=sweep.created_at,
-        updated_at=sweep.updated_at,
-        submitted_at=sweep.submitted_at,
-        started_at=sweep.started_at,
-        finished_at=sweep.finished_at,
-        submission_id=sweep.submission_id,
-        mlflow_experiment_id=experiment,
-        mlflow_parent_run_id=sweep.mlflow_parent_run_id,
-        counts=counts
-        if counts is not None
-        else trial_queries.counts_by_sweep(db, [sweep.id])[sweep.id],
-        best=sweep.best,
-        registered_model=sweep.registered_model,
-        links=links,
-    )
+    if counts is None:
+        counts = trial_queries.counts_by_sweep(db, [sweep.id])[sweep.id]
+    # Every other field is the row's column of the same name.
+    columns = {name: getattr(sweep, name) for name in SweepOut.model_fields.keys() - SWEEP_EXTRA}
+    return SweepOut(**columns, counts=counts, links=links)
 
 
 @router.post(
@@ -245,10 +230,7 @@ def cancel(
 ) -> SweepOut:
     """Running trials stop at their next report with their state saved; the job is stopped
     if the driver has not wound down within the grace period."""
-    with sessions() as db:
-        out = sweep_out(settings, db, status_machine.request_cancel(db, sweep_id))
-    reconciler.kick()
-    return out
+    return _changed(sessions, settings, reconciler, status_machine.request_cancel, sweep_id)
 
 
 @router.post(
@@ -261,8 +243,19 @@ def resume(
     sessions: SessionsDep, settings: SettingsDep, reconciler: ReconcilerDep, sweep_id: str
 ) -> SweepOut:
     """A failed or cancelled sweep continues as a new attempt; finished trials are kept."""
+    return _changed(sessions, settings, reconciler, status_machine.resume, sweep_id)
+
+
+def _changed(
+    sessions: sessionmaker[Session],
+    settings: ServiceSettings,
+    reconciler: Reconciler,
+    change: Callable[[Session, str], Sweep],
+    sweep_id: str,
+) -> SweepOut:
+    """The sweep after ``change``, and the reconciler told to act on it now."""
     with sessions() as db:
-        out = sweep_out(settings, db, status_machine.transition(db, sweep_id, "pending"))
+        out = sweep_out(settings, db, change(db, sweep_id))
     reconciler.kick()
     return out
 
@@ -337,20 +330,8 @@ def event_payloads(
         return payloads, sweep.status in TERMINAL
 
 
-def _trial_out(trial: Any) -> TrialOut:
-    return TrialOut(
-        trial_id=trial.trial_id,
-        name=trial.name,
-        number=trial.number,
-        state=trial.state,
-        params=trial.params or {},
-        metrics=trial.metrics or {},
-        epoch=trial.epoch,
-        mlflow_run_id=trial.mlflow_run_id,
-        error=trial.error,
-        placement=trial.placement,
-        updated_at=trial.updated_at,
-    )
+def _trial_out(trial: Trial) -> TrialOut:
+    return TrialOut.model_validate(trial, from_attributes=True)
 
 
 @router.get("/{sweep_id}/spec", response_model=SpecOut, responses=problem_responses(404))

@@ -122,6 +122,11 @@ def transition(session: Session, sweep_id: str, to: str, **fields: Any) -> Sweep
         return apply_transition(session, sweep_id, to, fields)
 
 
+def resume(session: Session, sweep_id: str) -> Sweep:
+    """A failed or cancelled sweep's next attempt: it becomes pending (see `transition`)."""
+    return transition(session, sweep_id, "pending")
+
+
 def end_attempt(session: Session, sweep_id: str, reason: str, resubmit: bool) -> Sweep:
     """The sweep's driver ended without a result: the attempt failed, saying why.
 
