@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from gradreg.lazy import lazy_attributes
+
 _EXPORTS = {
     "ESTIMATORS": "gradreg.curvature.fisher",
     "MAP": "gradreg.posteriors.baselines",
@@ -39,7 +41,6 @@ __all__ = [
     "metrics",
     "posterior",
 ]
-__version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from gradreg.config import TrainConfig
@@ -53,17 +54,18 @@ if TYPE_CHECKING:
     from gradreg.train import fit
 
 
+_load, _ = lazy_attributes(__name__, {k: v for k, v in _EXPORTS.items() if v})
+
+
 def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'gradreg' has no attribute {name!r}")
-    module = _EXPORTS[name]
-    value = (
-        importlib.import_module("gradreg.evaluation.metrics")
-        if module is None
-        else getattr(importlib.import_module(module), name)
-    )
-    globals()[name] = value
-    return value
+    if name == "__version__":  # the installed distribution's: pyproject.toml is its one home
+        from gradreg.version import distribution_version
+
+        return distribution_version()
+    if name == "metrics":  # a module, kept under its old name
+        globals()[name] = importlib.import_module("gradreg.evaluation.metrics")
+        return globals()[name]
+    return _load(name)
 
 
 def __dir__() -> list[str]:

@@ -6,8 +6,7 @@ import sys
 from collections.abc import Sequence
 
 from gradreg.cli.main import main
-
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a program stopped by Ctrl-C
+from gradreg.version import EXIT_INTERRUPTED
 
 
 def run(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""The installed version, for every command line's ``--version`` (gradreg, sweeps, service)."""
+"""What every command line shares (gradreg, sweeps, service): the installed version, for
+``--version`` and ``gradreg.__version__``, and the exit status of a run stopped by Ctrl-C."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 DISTRIBUTION = "gradreg"  # pyproject.toml's [project] name: one distribution holds all three
 NOT_INSTALLED = "unknown (not installed)"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a program stopped by Ctrl-C
 
 
 def distribution_version() -> str:

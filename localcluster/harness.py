@@ -30,6 +30,7 @@ from pathlib import Path
 
 import psycopg
 
+from gradreg.files import write_private
 from localcluster import network
 from localcluster.compose import ROOT, Image, Paths, Service, check_roles, render, service
 from localcluster.network import HOST_ADDRESS, PREFIX, Node
@@ -357,12 +358,7 @@ class Cluster:
         return True
 
     def _write_private(self, name: str, text: str) -> None:
-        path = self.state / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as out:
-            out.write(text)
+        write_private(self.state / name, text)
 
     def _load(self) -> dict:
         return json.loads(self._file.read_text()) if self._file.exists() else {}

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from gradreg.version import add_version_argument
+from gradreg.files import write_private
+from gradreg.version import EXIT_INTERRUPTED, add_version_argument
 from service.settings import ServiceSettings, prepare_ray_auth
 
 TOKEN_FILE = "api_token"
@@ -20,7 +21,6 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_INVALID = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a program stopped by Ctrl-C
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,11 +143,8 @@ def _generated_token(var_dir: Path) -> str:
     path = var_dir / TOKEN_FILE
     if path.exists():
         return path.read_text().strip()
-    var_dir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(token + "\n")
+    write_private(path, token + "\n", exclusive=True)
     return token
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gradreg.files import write_private
 from sweeps.settings import SweepSettings
 
 
@@ -98,15 +99,9 @@ SECRET_VARIABLES = ("GRADREG_API_TOKENS", "GRADREG_API_TOKEN", "GRADREG_DATABASE
 
 
 def write_secret(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` readable by its owner only (replacing what was there)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.unlink(missing_ok=True)
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text + "\n")
-    os.replace(partial, path)
-    return path
+    """Write ``text`` and a newline to ``path`` readable by its owner only (replacing what was
+    there)."""
+    return write_private(path, text + "\n")
 
 
 def prepare_ray_auth(token_path: Path) -> Path:
@@ -115,10 +110,7 @@ def prepare_ray_auth(token_path: Path) -> Path:
     Ray reads these variables when it is imported, so call this before importing ray.
     """
     if not token_path.exists():
-        token_path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(secrets.token_hex(32))
+        write_private(token_path, secrets.token_hex(32), exclusive=True)
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path)
     return token_path

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from gradreg.cli.predict import add_predict_arguments, run_predict
-from gradreg.version import add_version_argument
+from gradreg.version import EXIT_INTERRUPTED, add_version_argument
 from sweeps import (
     DirectoryStore,
     DriverOptions,
@@ -36,7 +36,6 @@ MLFLOW_UI_DEFAULT = "http://127.0.0.1:5000"
 # before the driver runs) is 130.
 EXIT_SWEEP_FAILED = 1
 EXIT_INVALID = 2
-EXIT_INTERRUPTED = 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:

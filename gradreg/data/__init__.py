@@ -15,8 +15,9 @@ modules (`gradreg.data.splits`) stay cheap to import for the sweep spec.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from gradreg.lazy import lazy_attributes
 
 _EXPORTS = {
     "DEFAULT_VAL_FRACTION": "gradreg.data.splits",
@@ -52,13 +53,4 @@ if TYPE_CHECKING:
     from gradreg.data.userfiles import FileDatasetError
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'gradreg.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)

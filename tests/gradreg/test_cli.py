@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import pytest
 
@@ -146,6 +148,15 @@ def test_version_of_a_checkout_that_is_not_installed_says_so(monkeypatch, capsys
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out == "gradreg unknown (not installed)\n"
+
+
+def test_the_package_version_is_the_installed_distributions(monkeypatch):
+    """pyproject.toml is the version's one home: gradreg.__version__ reads what was installed."""
+    pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    declared = re.search(r'^version = "([^"]+)"$', pyproject, re.MULTILINE)
+    assert declared and gradreg.__version__ == version("gradreg") == declared.group(1)
+    monkeypatch.setattr(gradreg.version, "version", lambda name: "9.9.9")
+    assert gradreg.__version__ == "9.9.9"
 
 
 def _raising(error: BaseException):
