@@ -26,7 +26,6 @@ of 150 epochs made a 2.5 MB state, 94% of it that list.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -42,12 +41,16 @@ from typing import Any
 
 import pyarrow.fs
 from ray import tune
-from ray.air.constants import EXPR_RESULT_FILE
-from ray.train._internal.storage import get_fs_and_path
-from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+from ray.air.constants import EXPR_PARAM_FILE, EXPR_RESULT_FILE
 from ray.tune.logger import JsonLoggerCallback
-from ray.tune.search.search_generator import SearchGenerator
-from ray.tune.utils.util import SafeFallbackEncoder
+
+from sweeps._ray_compat import (
+    SafeFallbackEncoder,
+    auto_save_period,
+    checkpoint_bookkeeping,
+    forget_checkpoints,
+    new_trials_stored_at,
+)
 
 CHECKPOINT_PREFIX = "checkpoint_"
 
@@ -87,11 +90,18 @@ class CheckpointPruner(tune.Callback):
         self.__dict__.setdefault("_pruned", {})
         self._live_parts()
 
-    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
+    def on_checkpoint(
+        self,
+        iteration: int,
+        trials: list[Any],
+        trial: Any,
+        checkpoint: tune.Checkpoint,
+        **info: Any,
+    ) -> None:
         named = _named(checkpoint)
         if named is not None:
             self._latest[trial.trial_id] = named
-            self._bookkeeping[trial.trial_id] = trial.run_metadata.checkpoint_manager
+            self._bookkeeping[trial.trial_id] = checkpoint_bookkeeping(trial)
 
     def get_state(self) -> dict[str, Any] | None:
         # Called while Tune saves the experiment state: this save names self._latest.
@@ -193,17 +203,18 @@ def delete_older_checkpoints(
 def forget_older_checkpoints(bookkeeping: Any, index: int) -> None:
     """Drop the checkpoints numbered below ``index`` from a trial's Tune bookkeeping.
 
-    ``bookkeeping`` is Ray 2.60's `_CheckpointManager`, whose `_checkpoint_results` list is what
-    Tune saves and what `Result.best_checkpoints` reads: after a deletion both would name
-    directories that are gone. Its latest checkpoint is kept apart and never dropped.
+    ``bookkeeping`` (`sweeps._ray_compat.checkpoint_bookkeeping`) lists the checkpoints Tune
+    saves with the experiment state and `Result.best_checkpoints` reads: after a deletion both
+    would name directories that are gone. Its latest checkpoint is kept apart and never dropped.
     """
     if bookkeeping is None:
         return
-    bookkeeping._checkpoint_results = [
-        result
-        for result in bookkeeping._checkpoint_results
-        if (number := _path_index(result.checkpoint.path)) is None or number >= index
-    ]
+
+    def keep(path: str) -> bool:
+        number = _path_index(path)
+        return number is None or number >= index
+
+    forget_checkpoints(bookkeeping, keep)
 
 
 def _named(checkpoint: tune.Checkpoint) -> _Named | None:
@@ -235,11 +246,11 @@ class LatestResultLogger(JsonLoggerCallback):
     def log_trial_start(self, trial: Any) -> None:
         self.update_config(trial, trial.config)
 
-    def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
-        if trial not in self._trial_configs:
+    def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
+        if not Path(trial.local_path, EXPR_PARAM_FILE).exists():
             self.log_trial_start(trial)
         # Written beside the staging directory, then moved in: an upload never reads half.
-        beside = Path(trial.storage.experiment_driver_staging_path).parent
+        beside = Path(trial.local_experiment_path).parent
         with tempfile.NamedTemporaryFile("w", dir=beside, delete=False) as staged:
             json.dump(result, staged, cls=SafeFallbackEncoder)
             staged.write("\n")
@@ -262,17 +273,8 @@ STATE_SAVE_SHARE = 0.05
 def adaptive_state_saves(min_period_s: float = MIN_STATE_SAVE_PERIOD_S) -> Iterator[None]:
     """While a sweep runs with ``TUNE_GLOBAL_CHECKPOINT_S=auto``: save the experiment state
     every ``min_period_s``, or less often once a save takes more than 5% of that."""
-    original = _ExperimentCheckpointManager._update_auto_checkpoint_time
-
-    def update(self: _ExperimentCheckpointManager, time_taken: float) -> None:
-        if self._auto_checkpoint_enabled:
-            self._checkpoint_period = max(min_period_s, time_taken / STATE_SAVE_SHARE)
-
-    _ExperimentCheckpointManager._update_auto_checkpoint_time = update
-    try:
+    with auto_save_period(lambda time_taken: max(min_period_s, time_taken / STATE_SAVE_SHARE)):
         yield
-    finally:
-        _ExperimentCheckpointManager._update_auto_checkpoint_time = original
 
 
 @contextmanager
@@ -286,18 +288,5 @@ def searcher_follows_moved_experiment(path: str) -> Iterator[None]:
     and then fails ("Unable to set up cluster storage") or writes to the old place.
     """
     storage, _ = path.rstrip("/").rsplit("/", 1)
-    filesystem, fs_path = get_fs_and_path(storage, None)
-    original = SearchGenerator.set_state
-
-    def set_state(self: SearchGenerator, state: dict) -> None:
-        original(self, state)
-        experiment = self._experiment
-        moved = copy.copy(experiment.storage)
-        moved.storage_filesystem, moved.storage_fs_path = filesystem, fs_path
-        experiment.storage = experiment.spec["storage"] = moved  # new trials take the spec's
-
-    SearchGenerator.set_state = set_state
-    try:
+    with new_trials_stored_at(storage):
         yield
-    finally:
-        SearchGenerator.set_state = original

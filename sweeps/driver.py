@@ -26,6 +26,9 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from gradreg.names import default_goal
+
+# Their version checks, before anything starts (sweeps.tested_versions).
+from sweeps import _optuna_compat, _ray_compat  # noqa: F401
 from sweeps.checkpoints import (
     CheckpointPruner,
     LatestResultLogger,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import optuna
 
 from gradreg.methods import METHODS
+from sweeps._optuna_compat import LockFreeNSGAIISampler
 from sweeps.spec import CategoricalParameter, FloatParameter, IntParameter, SweepSpec
 
 
@@ -76,18 +76,10 @@ def suggest(
     return trial.suggest_categorical(name, parameter.choices)
 
 
-class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+class PicklableNSGAIISampler(LockFreeNSGAIISampler):
     """NSGA-II that Tune can save: Optuna 5.1's genetic samplers hold a `threading.Lock`,
-    which neither pickle nor cloudpickle can write into the experiment state."""
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state.pop("_thread_lock", None)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._thread_lock = threading.Lock()
+    which neither pickle nor cloudpickle can write into the experiment state
+    (`sweeps._optuna_compat`). Tune's saved states name this import path."""
 
 
 def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:

@@ -38,10 +38,11 @@ import sqlalchemy as sa
 from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 from optuna.search_space import intersection_search_space
 from optuna.storages import RDBStorage
-from optuna.storages._cached_storage import _CachedStorage
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from sweeps._optuna_compat import CachedRDBStorage, set_trial_user_attr
+from sweeps._ray_compat import asked_trials, searcher_study
 from sweeps.records import SCORED_STATES, TrialSummary
 from sweeps.space import SearchSpace
 from sweeps.spec import SweepSpec
@@ -182,13 +183,14 @@ def attached(place: StudyPlace) -> Iterator[None]:
         _ATTACHED.pop(place.name, None)
 
 
-class StudyStorage(_CachedStorage):
+class StudyStorage(CachedRDBStorage):
     """Optuna's RDB storage (with its cache) for one sweep's study, pickled by place only.
 
     Tune pickles the searcher, its study and trials into the sweep's saved state, by this
     import path: the pickle keeps the study's name, its redacted URL, and the URL itself only
-    when it holds no password. Unpickled, it reconnects to the URL `attached` for the study, else
-    to that saved URL.
+    when it holds no password, never the trials Optuna's cache holds (`sweeps._optuna_compat`
+    says why this is a subclass of that cache). Unpickled, it reconnects to the URL `attached`
+    for the study, else to that saved URL.
     """
 
     def __init__(self, url: str, study_name: str) -> None:
@@ -212,7 +214,7 @@ class StudyStorage(_CachedStorage):
                 "password the saved state does not keep: resume the sweep through the driver "
                 "(`python -m sweeps resume`, `sweeps.resume_sweep` or `sweeps.run_stored`)"
             )
-        self.__init__(url, state["study_name"])
+        StudyStorage.__init__(self, url, state["study_name"])
 
 
 def _rdb_storage(url: str) -> RDBStorage:
@@ -274,31 +276,32 @@ class StudySearch(OptunaSearch):
     so every other trial is one Tune trial.
     """
 
-    def suggest(self, trial_id: str) -> dict | None:
-        new = trial_id not in self._ot_trials
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        asked = asked_trials(self)
+        new = trial_id not in asked
         config = super().suggest(trial_id)
-        if new and trial_id in self._ot_trials:
-            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+        if new and trial_id in asked:
+            asked[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
         return config
 
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """Not written: nothing prunes (the search's pruner is Optuna's NopPruner), MLflow holds
         every epoch, and a write per report would sit on Tune's loop (about 2 ms each here)."""
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
-        mark_lost_trials(self._ot_study, {t._trial_id for t in self._ot_trials.values()})
+        mark_lost_trials(searcher_study(self), {t.number for t in asked_trials(self).values()})
 
 
 def mark_lost_trials(study: optuna.Study, known: set[int]) -> list[int]:
-    """Fail the study's running trials that no Tune trial holds; queue their fixed points
-    again. Return their numbers."""
+    """Fail the study's running trials that no Tune trial holds (``known``: the numbers of those
+    it does); queue their fixed points again. Return their numbers."""
     lost = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if trial._trial_id in known:
+        if trial.number in known:
             continue
-        study._storage.set_trial_user_attr(trial._trial_id, LOST_ATTR, LOST)
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        set_trial_user_attr(study, trial, LOST_ATTR, LOST)
+        study.tell(trial.number, state=TrialState.FAIL)
         if "fixed_params" in trial.system_attrs:
             study.enqueue_trial(trial.system_attrs["fixed_params"])
         lost.append(trial.number)
@@ -339,8 +342,9 @@ def make_searcher(
             f"({count} trials; Tune saved no state for them)"
         )
     searcher = StudySearch(storage=storage, study_name=place.name, **optuna_search)
-    searcher._ot_study.set_user_attr(SWEEP_ATTR, place.name)
-    searcher._ot_study.set_user_attr(EXPERIMENT_ATTR, experiment)
+    study = searcher_study(searcher)
+    study.set_user_attr(SWEEP_ATTR, place.name)
+    study.set_user_attr(EXPERIMENT_ATTR, experiment)
     return searcher, notes
 
 

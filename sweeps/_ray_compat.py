@@ -1,0 +1,119 @@
+"""The only place the engine touches Ray Tune's internals; it refuses at import (the driver imports
+it before it starts anything) a Ray it was not tested with (`sweeps.tested_versions`).
+
+What is private here, and why no public API does it (Ray 2.60.0):
+
+- `auto_save_period`: Tune's "auto" period for saving the experiment state is at least 10 s
+  (`_ExperimentCheckpointManager._update_auto_checkpoint_time`); a fixed
+  ``TUNE_GLOBAL_CHECKPOINT_S`` cannot grow with a large sweep's save time. The rule is patched
+  in while a sweep runs (`sweeps.checkpoints.adaptive_state_saves` says which).
+- `new_trials_stored_at`: a resumed `SearchGenerator` brings back the pickled `Experiment`,
+  storage and all (`SearchGenerator.set_state`), so trials it creates after a resume from a
+  moved directory would be stored at the old place; nothing public re-points it.
+- `checkpoint_bookkeeping`, `forget_checkpoints`: a trial's list of registered checkpoints
+  (`_CheckpointManager._checkpoint_results`), which Tune writes into every state save, has no
+  public way to drop entries (`sweeps.checkpoints` deletes the directories they name).
+- `asked_trials`, `searcher_study`: Ray's `OptunaSearch` keeps its Optuna study and the trials
+  it asked for in private attributes (``_ot_study``, ``_ot_trials``).
+- `SafeFallbackEncoder`: the JSON encoder of Tune's result files (``ray.air._internal``).
+- `STORAGE_LOGGER`: the name of the logger of Ray's storage layer.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import ray
+from ray.air._internal.json import SafeFallbackEncoder
+from ray.train._internal.storage import get_fs_and_path
+from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search.search_generator import SearchGenerator
+
+from sweeps.tested_versions import require_tested
+
+if TYPE_CHECKING:
+    import optuna
+
+require_tested("ray", ray.__version__)
+
+__all__ = [
+    "STORAGE_LOGGER",
+    "SafeFallbackEncoder",
+    "asked_trials",
+    "auto_save_period",
+    "checkpoint_bookkeeping",
+    "forget_checkpoints",
+    "new_trials_stored_at",
+    "searcher_study",
+]
+
+STORAGE_LOGGER = "ray.train._internal.storage"
+
+
+@contextmanager
+def auto_save_period(period: Callable[[float], float]) -> Iterator[None]:
+    """While inside: with ``TUNE_GLOBAL_CHECKPOINT_S=auto``, Tune waits ``period(s)`` seconds
+    after an experiment-state save that took ``s`` seconds before the next one."""
+    original = _ExperimentCheckpointManager._update_auto_checkpoint_time
+
+    def update(self: _ExperimentCheckpointManager, time_taken: float) -> None:
+        if self._auto_checkpoint_enabled:
+            self._checkpoint_period = period(time_taken)
+
+    _ExperimentCheckpointManager._update_auto_checkpoint_time = update  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        _ExperimentCheckpointManager._update_auto_checkpoint_time = original  # type: ignore[method-assign]
+
+
+@contextmanager
+def new_trials_stored_at(storage_path: str) -> Iterator[None]:
+    """While inside: a restored `SearchGenerator` creates its trials under ``storage_path`` (Tune's
+    storage path or URI), not where the pickled experiment was."""
+    filesystem, fs_path = get_fs_and_path(storage_path, None)
+    original = SearchGenerator.set_state
+
+    def set_state(self: SearchGenerator, state: dict[str, Any]) -> None:
+        original(self, state)
+        experiment: Any = self._experiment
+        moved = copy.copy(experiment.storage)
+        moved.storage_filesystem, moved.storage_fs_path = filesystem, fs_path
+        experiment.storage = experiment.spec["storage"] = moved  # new trials take the spec's
+
+    SearchGenerator.set_state = set_state  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        SearchGenerator.set_state = original  # type: ignore[method-assign]
+
+
+def checkpoint_bookkeeping(trial: Any) -> Any:
+    """A Tune trial's checkpoint bookkeeping (`_CheckpointManager`), for `forget_checkpoints`."""
+    return trial.run_metadata.checkpoint_manager
+
+
+def forget_checkpoints(bookkeeping: Any, keep: Callable[[str], bool]) -> None:
+    """Drop from a trial's bookkeeping the registered checkpoints whose path ``keep`` refuses.
+    Its latest checkpoint is kept apart by Tune and never dropped."""
+    bookkeeping._checkpoint_results = [
+        result for result in bookkeeping._checkpoint_results if keep(result.checkpoint.path)
+    ]
+
+
+def asked_trials(searcher: OptunaSearch) -> dict[str, optuna.Trial]:
+    """The Optuna trials ``searcher`` asked for, by Tune trial id (the live dict)."""
+    trials: dict[str, optuna.Trial] = searcher._ot_trials
+    return trials
+
+
+def searcher_study(searcher: OptunaSearch) -> optuna.Study:
+    """The Optuna study behind ``searcher`` (set once it knows its search space)."""
+    study: optuna.Study | None = searcher._ot_study
+    if study is None:
+        raise RuntimeError("the OptunaSearch has no study yet: it was given no search space")
+    return study
