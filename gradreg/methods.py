@@ -11,6 +11,7 @@ are named by import path and loaded only when a posterior is built.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -258,38 +259,55 @@ _LEARNED_SPACE = {
     "variance_lr": (1.0, 30.0),
 }
 _LEARNED_GRID = {"prior_variance": (0.1, 1.0), "kl_weight": (0.1, 1.0), "variance_lr": (1.0, 10.0)}
+_VL_DIAGONAL = Method(
+    "vl-diagonal",
+    "Variational Laplace, one learned σ² per weight",
+    trainer="vl",
+    posterior_class="gradreg.posteriors.variational_laplace:VariationalLaplace",
+    variance="diagonal",
+    own_settings=_VL_SETTINGS,
+    defaults={"fisher": "sampled", "regulariser_grad": "auto"},
+    compile_obstacle=_VL_COMPILE,
+    space=_LEARNED_SPACE,
+    grid=_LEARNED_GRID,
+    uses_fisher=True,
+)
+_MCVI = Method(
+    "mcvi",
+    "sampling VI: the ELBO by reparameterised weight samples, learned diagonal σ²",
+    trainer="mcvi",
+    posterior_class="gradreg.posteriors.baselines:SamplingVI",
+    variance="diagonal",
+    own_settings=("mc_samples",),
+    defaults={"mc_samples": 1},
+    space=_LEARNED_SPACE,
+    grid=_LEARNED_GRID,
+)
+
+
+def _uniform(method: Method, name: str, summary: str, **changes: Any) -> Method:
+    """``method`` with the uniform family: σ = noise_scale, searched like a hyperparameter."""
+    return dataclasses.replace(
+        method,
+        name=name,
+        summary=summary,
+        variance="uniform",
+        preset={"noise_scale": 0.01},
+        space={"prior_variance": (0.01, 100.0), "noise_scale": (1e-3, 0.3)},
+        grid={"prior_variance": (0.1, 1.0), "noise_scale": (0.003, 0.01, 0.03)},
+        trainer_default=False,
+        **changes,
+    )
+
+
 METHODS: Mapping[str, Method] = MappingProxyType(
     {
         m.name: m
         for m in (
-            Method(
-                "vl-uniform",
-                "Variational Laplace, σ = noise_scale for every weight",
-                trainer="vl",
-                posterior_class="gradreg.posteriors.variational_laplace:VariationalLaplace",
-                variance="uniform",
-                own_settings=_VL_SETTINGS,
-                defaults={"fisher": "sampled", "regulariser_grad": "auto"},
-                compile_obstacle=_VL_COMPILE,
-                preset={"noise_scale": 0.01},
-                space={"prior_variance": (0.01, 100.0), "noise_scale": (1e-3, 0.3)},
-                grid={"prior_variance": (0.1, 1.0), "noise_scale": (0.003, 0.01, 0.03)},
-                uses_fisher=True,
-                trainer_default=False,
+            _uniform(
+                _VL_DIAGONAL, "vl-uniform", "Variational Laplace, σ = noise_scale for every weight"
             ),
-            Method(
-                "vl-diagonal",
-                "Variational Laplace, one learned σ² per weight",
-                trainer="vl",
-                posterior_class="gradreg.posteriors.variational_laplace:VariationalLaplace",
-                variance="diagonal",
-                own_settings=_VL_SETTINGS,
-                defaults={"fisher": "sampled", "regulariser_grad": "auto"},
-                compile_obstacle=_VL_COMPILE,
-                space=_LEARNED_SPACE,
-                grid=_LEARNED_GRID,
-                uses_fisher=True,
-            ),
+            _VL_DIAGONAL,
             Method(
                 "map",
                 "maximum a posteriori: σ = 0, NLL + weight decay",
@@ -299,17 +317,7 @@ METHODS: Mapping[str, Method] = MappingProxyType(
                 grid={"prior_variance": (0.1, 1.0)},
                 predictives=("mean", "sample"),  # σ = 0: both are the network at μ
             ),
-            Method(
-                "mcvi",
-                "sampling VI: the ELBO by reparameterised weight samples, learned diagonal σ²",
-                trainer="mcvi",
-                posterior_class="gradreg.posteriors.baselines:SamplingVI",
-                variance="diagonal",
-                own_settings=("mc_samples",),
-                defaults={"mc_samples": 1},
-                space=_LEARNED_SPACE,
-                grid=_LEARNED_GRID,
-            ),
+            _MCVI,
             Method(
                 "laplace",
                 "post-hoc Laplace: MAP training, then σ² = 1/(F + δ), δ chosen after training",
@@ -327,18 +335,10 @@ METHODS: Mapping[str, Method] = MappingProxyType(
                     "trained network; train it without compile"
                 ),
             ),
-            Method(
+            _uniform(
+                _MCVI,
                 "mcvi-uniform",
                 "sampling VI with VL-uniform's posterior: σ = noise_scale for every weight",
-                trainer="mcvi",
-                posterior_class="gradreg.posteriors.baselines:SamplingVI",
-                variance="uniform",
-                own_settings=("mc_samples",),
-                defaults={"mc_samples": 1},
-                preset={"noise_scale": 0.01},
-                space={"prior_variance": (0.01, 100.0), "noise_scale": (1e-3, 0.3)},
-                grid={"prior_variance": (0.1, 1.0), "noise_scale": (0.003, 0.01, 0.03)},
-                trainer_default=False,
                 compare_by_default=False,
             ),
         )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +12,8 @@ from gradreg.cli.options import (
     key_values,
     model_options,
     parse_option_value,
+    progress,
+    say_written,
 )
 from gradreg.curvature.fisher import ESTIMATORS
 from gradreg.data.splits import DEFAULT_VAL_FRACTION
@@ -118,8 +119,6 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from gradreg.comparison.report import (
         format_paired,
         format_summary,
@@ -153,23 +152,13 @@ def run_compare(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         device=args.device,
     )
-    bar = tqdm(
-        total=plan_size(spec),
-        desc="runs",
-        unit="run",
-        disable=args.quiet,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
+    with progress(plan_size(spec), "runs", "run", args.quiet) as bar:
 
-    def tick(label: str) -> None:
-        bar.set_postfix_str(label)
-        bar.update(1)
+        def tick(label: str) -> None:
+            bar.set_postfix_str(label)
+            bar.update(1)
 
-    try:
         comparison = run_comparison(spec, tick)
-    finally:
-        bar.close()
     written = write_comparison(comparison, args.out) if args.out else []
     if args.json:
         print(
@@ -199,6 +188,5 @@ def run_compare(args: argparse.Namespace) -> int:
     print(format_summary(comparison))
     print()
     print(format_paired(comparison))
-    if written:
-        print(f"wrote {', '.join(p.name for p in written)} to {args.out}")
+    say_written(written, args.out)
     return 0

@@ -8,7 +8,13 @@ import sys
 from collections.abc import Sequence
 
 from gradreg.cli.compare import add_compare_arguments, run_compare
-from gradreg.cli.options import add_data_and_model_arguments, key_values, model_options
+from gradreg.cli.options import (
+    add_data_and_model_arguments,
+    key_values,
+    model_options,
+    progress,
+    say_written,
+)
 from gradreg.cli.predict import add_predict_arguments, run_predict
 from gradreg.config import TrainConfig
 from gradreg.curvature.fisher import ESTIMATORS
@@ -163,34 +169,22 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from gradreg.artifacts import result_summary, write_run_artifacts
-    from gradreg.train import fit
+    from gradreg.train import EpochReport, fit
 
     config = config_from_args(args)
-    bar = tqdm(
-        total=config.epochs,
-        desc="epochs",
-        unit="epoch",
-        disable=args.quiet,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
+    with progress(config.epochs, "epochs", "epoch", args.quiet) as bar:
 
-    def on_epoch(report) -> None:
-        m = report.metrics
-        bar.set_postfix(
-            loss=f"{m['train_loss']:.4g}",
-            val_acc=f"{m['val_accuracy']:.3f}",
-            val_nll=f"{m['val_nll']:.3f}",
-        )
-        bar.update(1)
+        def on_epoch(report: EpochReport) -> None:
+            m = report.metrics
+            bar.set_postfix(
+                loss=f"{m['train_loss']:.4g}",
+                val_acc=f"{m['val_accuracy']:.3f}",
+                val_nll=f"{m['val_nll']:.3f}",
+            )
+            bar.update(1)
 
-    try:
         result = fit(config, on_epoch)
-    finally:
-        bar.close()
     written = write_run_artifacts(result, args.out) if args.out else []
     if args.json:
         summary = result_summary(result)
@@ -204,8 +198,7 @@ def _run_train(args: argparse.Namespace) -> int:
         f"{len(result.history)} epochs, {config.predict} predictive"
     )
     print(format_table(rows))
-    if written:
-        print(f"wrote {', '.join(p.name for p in written)} to {args.out}")
+    say_written(written, args.out)
     return 0
 
 

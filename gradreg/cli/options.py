@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from gradreg.config import TrainConfig
@@ -41,28 +44,11 @@ def add_data_and_model_arguments(
 ) -> tuple[argparse._ArgumentGroup, argparse._ArgumentGroup]:
     defaults = TrainConfig()
     data = p.add_argument_group("data")
-    data.add_argument(
-        "--dataset",
-        default=defaults.dataset,
-        choices=sorted(available_datasets()),
-        metavar="NAME",
-        help="one of: %(choices)s",
-    )
-    data.add_argument(
-        "--dataset-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dataset option, e.g. n_samples=2000 or data_dir=/data (repeatable)",
+    _add_named(
+        data, "dataset", defaults.dataset, available_datasets(), "n_samples=2000 or data_dir=/data"
     )
     model = p.add_argument_group("model")
-    model.add_argument(
-        "--model",
-        default=defaults.model,
-        choices=sorted(available_models()),
-        metavar="NAME",
-        help="one of: %(choices)s",
-    )
+    _add_named(model, "model", defaults.model, available_models(), "channels=16,32 or width=16")
     model.add_argument(
         "--hidden",
         type=int,
@@ -70,14 +56,27 @@ def add_data_and_model_arguments(
         metavar="WIDTH",
         help="hidden widths of the mlp, e.g. --hidden 128 128",
     )
-    model.add_argument(
-        "--model-option",
+    return data, model
+
+
+def _add_named(
+    group: argparse._ArgumentGroup, kind: str, default: str, names: Iterable[str], example: str
+) -> None:
+    """``--KIND NAME`` from a registry's names, and its repeatable ``--KIND-option KEY=VALUE``."""
+    group.add_argument(
+        f"--{kind}",
+        default=default,
+        choices=sorted(names),
+        metavar="NAME",
+        help="one of: %(choices)s",
+    )
+    group.add_argument(
+        f"--{kind}-option",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="model option, e.g. channels=16,32 or width=16 (repeatable)",
+        help=f"{kind} option, e.g. {example} (repeatable)",
     )
-    return data, model
 
 
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -85,3 +84,23 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.hidden is not None:
         options["hidden"] = list(args.hidden)
     return options
+
+
+@contextmanager
+def progress(total: int, desc: str, unit: str, quiet: bool) -> Iterator[Any]:
+    """A progress bar on stderr (none with --quiet), closed however the run ends."""
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=total, desc=desc, unit=unit, disable=quiet, file=sys.stderr, dynamic_ncols=True
+    )
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def say_written(written: Sequence[Path], out: str | None) -> None:
+    """The line that names the files a run wrote to ``--out``."""
+    if written:
+        print(f"wrote {', '.join(p.name for p in written)} to {out}")

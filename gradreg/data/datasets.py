@@ -107,24 +107,38 @@ class _DatasetSpec:
 # ---------------------------------------------------------------- sources
 
 
-def _sklearn_loader(name: str) -> Callable[..., Arrays]:
-    """One of sklearn's bundled sets (imported when loaded: sklearn costs about 2 s)."""
+def _bundled(
+    loader: str, description: str, image_shape: tuple[int, ...] | None = None
+) -> _DatasetSpec:
+    """One of sklearn's bundled sets (sklearn is imported when it loads: it costs about 2 s)."""
 
     def generate() -> Arrays:
         from sklearn import datasets as sk_datasets
 
-        x, y = getattr(sk_datasets, name)(return_X_y=True)
+        x, y = getattr(sk_datasets, loader)(return_X_y=True)
         return x, y
 
-    return generate
+    return _DatasetSpec(description, generate, {}, image_shape=image_shape)
 
 
-def _image_files(name: str) -> Callable[..., tuple[np.ndarray, ...]]:
+def _image_files(
+    name: str, description: str, image_shape: tuple[int, ...], per_channel: bool = False
+) -> _DatasetSpec:
+    """An image dataset read from its standard files in the data directory, with its own
+    official test set."""
+
     def generate(data_dir: str | os.PathLike[str] | None) -> tuple[np.ndarray, ...]:
         x_train, y_train, x_test, y_test = standard_files.load_official_splits(name, data_dir)
         return _unit_pixels(x_train), y_train, _unit_pixels(x_test), y_test
 
-    return generate
+    return _DatasetSpec(
+        description,
+        generate,
+        {"data_dir": None},
+        image_shape=image_shape,
+        official_test_split=True,
+        per_channel=per_channel,
+    )
 
 
 def _unit_pixels(images: np.ndarray) -> np.ndarray:
@@ -135,26 +149,15 @@ def _unit_pixels(images: np.ndarray) -> np.ndarray:
 
 
 _DATASETS: dict[str, _DatasetSpec] = {
-    "digits": _DatasetSpec(
+    "digits": _bundled(
+        "load_digits",
         "sklearn handwritten digits: 1797 8x8 grey images, 10 classes",
-        _sklearn_loader("load_digits"),
-        {},
         image_shape=(1, 8, 8),
     ),
-    "iris": _DatasetSpec(
-        "sklearn iris: 150 flowers, 4 features, 3 classes",
-        _sklearn_loader("load_iris"),
-        {},
-    ),
-    "wine": _DatasetSpec(
-        "sklearn wine: 178 wines, 13 features, 3 classes",
-        _sklearn_loader("load_wine"),
-        {},
-    ),
-    "breast_cancer": _DatasetSpec(
-        "sklearn breast cancer: 569 tumours, 30 features, 2 classes",
-        _sklearn_loader("load_breast_cancer"),
-        {},
+    "iris": _bundled("load_iris", "sklearn iris: 150 flowers, 4 features, 3 classes"),
+    "wine": _bundled("load_wine", "sklearn wine: 178 wines, 13 features, 3 classes"),
+    "breast_cancer": _bundled(
+        "load_breast_cancer", "sklearn breast cancer: 569 tumours, 30 features, 2 classes"
     ),
     "mnist1d": _DatasetSpec(
         "MNIST-1D generated locally: 5000 signals of length 40 (n_samples), 10 classes",
@@ -172,29 +175,23 @@ _DATASETS: dict[str, _DatasetSpec] = {
         synthetic.make_blobs,
         {"n_samples": 1000, "n_classes": 3, "n_features": 2, "cluster_std": 1.0, "data_seed": 0},
     ),
-    "mnist": _DatasetSpec(
+    "mnist": _image_files(
+        "mnist",
         "MNIST handwritten digits from IDX files in DATA_DIR/mnist: 60000 train + 10000 "
         "official test 28x28 grey images, 10 classes",
-        _image_files("mnist"),
-        {"data_dir": None},
         image_shape=(1, 28, 28),
-        official_test_split=True,
     ),
-    "fashion_mnist": _DatasetSpec(
+    "fashion_mnist": _image_files(
+        "fashion_mnist",
         "Fashion-MNIST clothing from IDX files in DATA_DIR/fashion_mnist: 60000 train + "
         "10000 official test 28x28 grey images, 10 classes",
-        _image_files("fashion_mnist"),
-        {"data_dir": None},
         image_shape=(1, 28, 28),
-        official_test_split=True,
     ),
-    "cifar10": _DatasetSpec(
+    "cifar10": _image_files(
+        "cifar10",
         "CIFAR-10 from python batches in DATA_DIR/cifar10: 50000 train + 10000 official "
         "test 32x32 colour images, 10 classes",
-        _image_files("cifar10"),
-        {"data_dir": None},
         image_shape=(3, 32, 32),
-        official_test_split=True,
         per_channel=True,
     ),
 }

@@ -21,7 +21,6 @@ from gradreg.posteriors.gaussian import (
     GaussianPosterior,
     LossTerms,
     check_count,
-    make_variance_family,
     weight_decay,
 )
 
@@ -68,11 +67,8 @@ class SamplingVI(GaussianPosterior):
         local_reparameterisation: bool = True,
     ) -> None:
         super().__init__(model, n_data=n_data, prior_variance=prior_variance, kl_weight=kl_weight)
-        self.variance = variance
-        self.family = make_variance_family(
-            trainable_parameters(model),
+        self._use_family(
             variance,
-            prior_variance=self.prior_variance,
             noise_scale=noise_scale,
             init_variance=init_variance,
             learn_noise_scale=learn_noise_scale,

@@ -9,7 +9,8 @@ groups and prediction at the mean or averaged over weight samples.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,18 @@ class LossTerms:
             f"{prefix}sqgrad": float(self.sqgrad),
             f"{prefix}kl": float(self.kl),
         }
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode for the block (BatchNorm at its running statistics, no dropout),
+    its own mode back afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def check_positive(name: str, value: float | None) -> float:
@@ -213,6 +226,25 @@ class GaussianPosterior(nn.Module):
         self._names = [n for n, p in model.named_parameters() if p.requires_grad]
         self.family: VarianceFamily = PointMass(trainable_parameters(model))
 
+    def _use_family(
+        self,
+        variance: str,
+        *,
+        noise_scale: float | None,
+        init_variance: float | None,
+        learn_noise_scale: bool,
+    ) -> None:
+        """Hold σ² in the named family (`make_variance_family`): the trained posteriors'."""
+        self.variance = variance
+        self.family = make_variance_family(
+            trainable_parameters(self.model),
+            variance,
+            prior_variance=self.prior_variance,
+            noise_scale=noise_scale,
+            init_variance=init_variance,
+            learn_noise_scale=learn_noise_scale,
+        )
+
     # ---------------------------------------------------------------- posterior
     def kl(self, means: Sequence[Tensor] | None = None) -> Tensor:
         """KL(q‖p) in full (not divided by N); for σ = 0 only its μ-part, Σμ²/(2s²)."""
@@ -300,9 +332,7 @@ class GaussianPosterior(nn.Module):
         if mode not in PREDICT_MODES:
             raise ValueError(f"unknown predict mode {mode!r}; accepted: {', '.join(PREDICT_MODES)}")
         check_count("n_samples", n_samples)
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with evaluating(self.model):
             if mode == "mean" or isinstance(self.family, PointMass):
                 return torch.log_softmax(self.model(x).double(), dim=-1)
             draws = []
@@ -310,8 +340,6 @@ class GaussianPosterior(nn.Module):
                 logits = functional_call(self.model, self.sample_weights(generator), (x,))
                 draws.append(torch.log_softmax(logits.double(), dim=-1))
             return torch.logsumexp(torch.stack(draws), dim=0) - math.log(n_samples)
-        finally:
-            self.model.train(was_training)
 
     def sample_weights(
         self, generator: torch.Generator | None = None, skip: frozenset[int] = frozenset()

@@ -16,8 +16,6 @@ the reference (Daxberger et al. 2021); its diag-GGN posterior variance matches t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import TypeVar
 
 import torch
 from scipy.optimize import brentq
@@ -26,10 +24,9 @@ from torch import Tensor, nn
 from gradreg.curvature.fisher import check_estimator, fisher_diagonal, trainable_parameters
 from gradreg.methods import LAPLACE_PREDICTIVES, METHODS, PRIOR_FITS
 from gradreg.posteriors.baselines import MAP
-from gradreg.posteriors.gaussian import DiagonalVariance
+from gradreg.posteriors.gaussian import DiagonalVariance, evaluating
 from gradreg.posteriors.glm import logit_variances, mc_log_probs, probit_log_probs
 
-T = TypeVar("T")
 _DEFAULTS = METHODS["laplace"].defaults  # the method table is the defaults' one home
 LAPLACE_BATCH = 256
 # Candidate prior precisions for prior_fit="val_nll": laplace-torch's grid (1e-4 … 1e4)
@@ -80,9 +77,8 @@ class Laplace(MAP):
             )
         params = trainable_parameters(self.model)
         totals = [torch.zeros_like(p) for p in params]
-        was_training = self.model.training
-        self.model.eval()  # curvature at the trained network, BatchNorm at running statistics
-        try:
+        # curvature at the trained network, BatchNorm at running statistics
+        with evaluating(self.model):
             for xb, yb in zip(x.split(LAPLACE_BATCH), y.split(LAPLACE_BATCH), strict=True):
                 batch = fisher_diagonal(
                     self.model,
@@ -92,8 +88,6 @@ class Laplace(MAP):
                     generator=generator,
                 )
                 totals = [t + f for t, f in zip(totals, batch, strict=True)]
-        finally:
-            self.model.train(was_training)
         with torch.no_grad():
             self.fisher_total.copy_(torch.cat([t.reshape(-1) for t in totals]))
             self.set_prior_precision(float(self.prior_precision))
@@ -156,7 +150,8 @@ class Laplace(MAP):
             variances = torch.stack(
                 [1.0 / (self.fisher_total.double() + d) for d in PRIOR_PRECISION_GRID], dim=1
             )
-            f_mu, v = self._evaluating(lambda: logit_variances(self.model, x_val, variances))
+            with evaluating(self.model):
+                f_mu, v = logit_variances(self.model, x_val, variances)
             log_probs = probit_log_probs(f_mu, v)
             for precision, lp in zip(PRIOR_PRECISION_GRID, log_probs, strict=True):
                 scores[precision] = _nll(lp, y_val)
@@ -208,13 +203,12 @@ class Laplace(MAP):
         if mode == "sample":
             return self._sampled(x, n_samples, generator)
         if mode == "glm_probit":
-            with torch.enable_grad():
-                f_mu, v = self._evaluating(lambda: logit_variances(self.model, x, self.variances()))
+            with torch.enable_grad(), evaluating(self.model):
+                f_mu, v = logit_variances(self.model, x, self.variances())
             return probit_log_probs(f_mu, v)
         if mode == "glm_mc":
-            return self._evaluating(
-                lambda: mc_log_probs(self.model, x, self.variances(), n_samples, generator)
-            )
+            with evaluating(self.model):
+                return mc_log_probs(self.model, x, self.variances(), n_samples, generator)
         raise ValueError(
             f"unknown Laplace predictive {mode!r}; accepted: {', '.join(LAPLACE_PREDICTIVES)}"
         )
@@ -227,21 +221,11 @@ class Laplace(MAP):
     def _params(self) -> list[nn.Parameter]:
         return trainable_parameters(self.model)
 
-    def _evaluating(self, compute: Callable[[], T]) -> T:
-        """``compute()`` with the model in eval mode."""
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            return compute()
-        finally:
-            self.model.train(was_training)
-
     @torch.no_grad()
     def _log_likelihood(self, x: Tensor, y: Tensor) -> float:
         total = 0.0
-        log_probs = self._evaluating(
-            lambda: [torch.log_softmax(self.model(xb).double(), -1) for xb in x.split(1024)]
-        )
+        with evaluating(self.model):
+            log_probs = [torch.log_softmax(self.model(xb).double(), -1) for xb in x.split(1024)]
         for lp, yb in zip(log_probs, y.split(1024), strict=True):
             total += float(lp.gather(1, yb[:, None]).sum())
         return total

@@ -34,7 +34,6 @@ from gradreg.posteriors.gaussian import (
     GaussianPosterior,
     LossTerms,
     UniformVariance,
-    make_variance_family,
     weight_decay,
 )
 
@@ -82,11 +81,8 @@ class VariationalLaplace(GaussianPosterior):
         self.regulariser_grad = regulariser_grad
         self._kinks: KinkPattern | None = None
         self.empirical_fisher = bool(empirical_fisher)
-        self.variance = variance
-        self.family = make_variance_family(
-            trainable_parameters(model),
+        self._use_family(
             variance,
-            prior_variance=self.prior_variance,
             noise_scale=noise_scale,
             init_variance=init_variance,
             learn_noise_scale=learn_noise_scale,
