@@ -15,6 +15,7 @@ import torch
 from ray import tune
 
 from gradreg.train import EpochReport, FitResult, fit
+from sweeps._ray_compat import STORAGE_LOGGER
 from sweeps.placement import Placement, device_tags, reported, trial_device
 from sweeps.records import BINS_KEY, PLACEMENT_KEY, RUN_ID_KEY, trial_number
 from sweeps.spec import SweepSpec
@@ -44,7 +45,7 @@ class CheckpointStorageError(OSError):
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """Tune function trainable. ``config`` holds only the searched values."""
     # One line per checkpoint from Ray's storage layer is noise in the driver's output.
-    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    logging.getLogger(STORAGE_LOGGER).setLevel(logging.WARNING)
     spec = context.spec
     data_root = Path(context.data_root) if context.data_root else None
     train = trial_config(spec, config, data_root)
