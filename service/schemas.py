@@ -6,14 +6,21 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, WithJsonSchema
+from pydantic import BaseModel, Field, WithJsonSchema
 
-from service.statuses import SWEEP_STATUSES
+from service.statuses import BEST_BASES, SWEEP_STATUSES
 from sweeps.records import TRIAL_STATES
 
-# The list filters' values, spelled out in the OpenAPI document (an unknown one is a 422).
-SweepStatus = StrEnum("SweepStatus", {status: status for status in SWEEP_STATUSES})
-TrialStateName = StrEnum("TrialStateName", {state: state for state in TRIAL_STATES})
+# The list filters' values, spelled out in the OpenAPI document (an unknown one is a 422). The
+# members come from their one home, which mypy cannot read through StrEnum's call.
+SweepStatus = StrEnum("SweepStatus", {s: s for s in SWEEP_STATUSES})  # type: ignore[misc]
+TrialStateName = StrEnum("TrialStateName", {s: s for s in TRIAL_STATES})  # type: ignore[misc]
+BASIS = (
+    "what best is: "
+    + "; ".join(f"'{basis}'" for basis in BEST_BASES)
+    + " (service.statuses says when each applies); null for a sweep whose best was stored "
+    "before the basis was kept and that has not run since"
+)
 
 
 class Direction(StrEnum):
@@ -50,6 +57,7 @@ class SweepOut(BaseModel):
     mlflow_parent_run_id: str | None
     counts: dict[str, int]
     best: list[dict[str, Any]] | None
+    best_basis: str | None = Field(None, description=BASIS)
     # The best trial's model in the MLflow Model Registry: name, version and a models:/ URI
     # to load or serve it (or name and error when registering failed); null until registered.
     registered_model: dict[str, str] | None = None
@@ -101,8 +109,13 @@ class EnsembleOut(BaseModel):
 
 
 class BestOut(BaseModel):
+    """A sweep's best: for several objectives (``pareto``) the Pareto set of its finished
+    trials, empty until one finishes; for one, the best so far by latest report while it runs
+    and the best finished trial once its driver has ended (``basis`` says which)."""
+
     objectives: list[dict[str, Any]]
-    pareto: bool
+    pareto: bool  # several objectives: best is a Pareto set
+    basis: str | None = Field(description=BASIS)
     best: list[dict[str, Any]]
     ensemble: EnsembleOut | None = None
 

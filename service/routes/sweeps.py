@@ -188,7 +188,11 @@ def best(sessions: SessionsDep, sweep_id: str) -> BestOut:
     objectives = [o.model_dump(mode="json") for o in objectives_of(sweep.spec)]
     ensemble = _ensemble_or_none(sweep)
     return BestOut(
-        objectives=objectives, pareto=len(objectives) > 1, best=sweep.best or [], ensemble=ensemble
+        objectives=objectives,
+        pareto=len(objectives) > 1,
+        basis=sweep.best_basis,
+        best=sweep.best or [],
+        ensemble=ensemble,
     )
 
 

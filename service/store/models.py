@@ -86,6 +86,9 @@ class Sweep(Base):
     tracking_uri: Mapped[str | None] = mapped_column(sa.Text)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     best: Mapped[list[dict[str, Any]] | None] = mapped_column(sa.JSON)
+    # What ``best`` is (`service.statuses.BEST_BASES`); None for a sweep whose best was stored
+    # before the basis was kept and that has not run since.
+    best_basis: Mapped[str | None] = mapped_column(sa.String(64))
     # The sweep ensemble's summary (sweeps.ensemble.SweepEnsemble.summary), once it finished.
     ensemble: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
     # The best trial's model in the registry (SweepOutcome.registered_model), once registered.

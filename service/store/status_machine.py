@@ -38,6 +38,7 @@ SETTABLE_FIELDS = frozenset(
         "tracking_uri",
         "cancel_requested",
         "best",
+        "best_basis",
         "ensemble",
         "registered_model",
     }

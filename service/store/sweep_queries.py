@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.statuses import SWEEP_STATUSES
+from service.store import best
 from service.store.models import (
     IDEMPOTENCY_KEY_MAX,
     IdempotencyKey,
@@ -75,6 +76,7 @@ def create_sweep(
             limits=None if limits is None else dict(limits),
             tags=tags,
             status="pending",
+            best_basis=best.basis_while_running(len(spec_document.get("objectives") or [])),
             tag_rows=[SweepTag(tag=tag) for tag in dict.fromkeys(tags)],
         )
         session.add(sweep)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -20,15 +21,17 @@ from sqlalchemy.orm import Session
 
 from gradreg.names import DEFAULT_OBJECTIVE
 from service.statuses import TERMINAL
-from service.store import status_machine, sweep_queries, transactions, trial_queries
+from service.store import best, status_machine, sweep_queries, transactions, trial_queries
 from service.store.database import session_factory
-from service.store.models import SUMMARY_KEYS, TRIAL_STATES, Sweep, Trial, utcnow
+from service.store.models import SUMMARY_KEYS, Sweep, Trial, utcnow
 from sweeps.records import (
     LOST_TRIAL,
+    TRIAL_STATES,
     Report,
     SweepOutcome,
     SweepRecord,
     TrialEvent,
+    TrialState,
     TrialSummary,
     loss,
     trial_number,
@@ -43,7 +46,7 @@ IN_CHUNK = 1000  # trial ids per IN (...) list
 class DatabaseSweepStore:
     def __init__(self, engine: sa.Engine) -> None:
         self.sessions = session_factory(engine)
-        self._objectives: dict[str, Objective] = {}
+        self._objectives: dict[str, list[Objective]] = {}
 
     def load_spec(self, sweep_id: str) -> SweepSpec:
         """The spec as the API admitted it; the driver checks it once more when it starts."""
@@ -70,13 +73,13 @@ class DatabaseSweepStore:
     def record_trials(self, sweep_id: str, events: Sequence[TrialEvent]) -> None:
         if not events:
             return
-        objective = self._objectives.get(sweep_id)
-        if objective is None:
+        objectives = self._objectives.get(sweep_id)
+        if objectives is None:
             with self.sessions() as session:
-                objective = objectives_of(sweep_queries.get_sweep(session, sweep_id).spec)[0]
-            self._objectives[sweep_id] = objective  # a sweep's objectives never change
+                objectives = objectives_of(sweep_queries.get_sweep(session, sweep_id).spec)
+            self._objectives[sweep_id] = objectives  # a sweep's objectives never change
         with self.sessions() as session:
-            upsert_trials(session, sweep_id, events, objective)
+            upsert_trials(session, sweep_id, events, objectives)
 
     def record_trial(self, sweep_id: str, event: TrialEvent) -> None:
         """One event alone (`record_trials` is what the driver calls)."""
@@ -95,92 +98,32 @@ class DatabaseSweepStore:
 
 
 def upsert_trial(session: Session, sweep_id: str, event: TrialEvent) -> Trial:
-    """Record one trial event (`upsert_trials` with the sweep's own first objective)."""
-    objective = objectives_of(sweep_queries.get_sweep(session, sweep_id).spec)[0]
-    upsert_trials(session, sweep_id, [event], objective)
+    """Record one trial event (`upsert_trials` with the sweep's own objectives)."""
+    objectives = objectives_of(sweep_queries.get_sweep(session, sweep_id).spec)
+    upsert_trials(session, sweep_id, [event], objectives)
     trial = session.get(Trial, (sweep_id, event.trial_id))
     assert trial is not None  # just written
     return trial
 
 
-@dataclass(frozen=True)
-class TrialWrite:
-    """What the store writes of one trial: from a driver's event or from its outcome."""
-
-    trial_id: str
-    name: str
-    state: str
-    params: Mapping[str, Any]
-    metrics: Mapping[str, Any]
-    epoch: int | None
-    mlflow_run_id: str | None
-    error: str | None
-    placement: Mapping[str, Any] | None = None
-
-    @classmethod
-    def of_event(cls, event: TrialEvent) -> TrialWrite:
-        return cls(
-            event.trial_id,
-            event.trial_name,
-            event.state,
-            event.params,
-            event.metrics,
-            event.epoch,
-            event.mlflow_run_id,
-            event.error,
-            event.placement or None,
-        )
-
-    @classmethod
-    def of_summary(cls, summary: TrialSummary) -> TrialWrite:
-        epoch = summary.metrics.get("epoch")
-        return cls(
-            summary.trial_id,
-            summary.name,
-            summary.state,
-            summary.params,
-            summary.metrics,
-            int(epoch) if isinstance(epoch, int | float) else None,
-            summary.mlflow_run_id,
-            summary.error,
-        )
-
-
 def upsert_trials(
-    session: Session, sweep_id: str, events: Sequence[TrialEvent], objective: Objective
+    session: Session, sweep_id: str, events: Sequence[TrialEvent], objectives: Sequence[Objective]
 ) -> None:
     """Record trial events in order, in one transaction; while the sweep is unfinished, keep
-    its best so far by ``objective`` (the sweep's first).
+    its best by ``objectives`` (the sweep's: `service.store.best`).
 
     An event without metrics (a retry announced before any report) keeps the last report. The
-    cost does not grow with the sweep: the touched rows are read by key, and the best so far is
-    one query on the (sweep, objective) index.
+    cost does not grow with the sweep: the touched rows are read by key, the best so far of one
+    objective is one query on the (sweep, objective) index, and a Pareto set changes only by
+    the trials that finish.
     """
     with transactions.writing(session):
-        version, status, stored_best = transactions.bump(session, sweep_id)
-        writes = [TrialWrite.of_event(event) for event in events]
-        write_trials(session, sweep_id, writes, version, objective)
-        if status not in TERMINAL:
-            _refresh_best(session, sweep_id, stored_best)
-
-
-def _refresh_best(session: Session, sweep_id: str, stored: Any) -> None:
-    """Point the sweep's best at the trial with the lowest loss: one lookup on the (sweep,
-    objective) index, which reads that trial's summary; an UPDATE only if it changed."""
-    columns = [getattr(Trial, key) for key in SUMMARY_KEYS]
-    best = (
-        session.execute(
-            sa.select(*columns)
-            .where(Trial.sweep_id == sweep_id, Trial.objective.is_not(None))
-            .order_by(Trial.objective, Trial.trial_id)
-            .limit(1)
-        )
-        .mappings()
-        .one_or_none()
-    )
-    summary = None if best is None else json_safe([dict(best)])
-    if summary != stored:
-        transactions.update_row(session, sweep_id, {"best": summary}, bump=False)
+        bumped = transactions.bump(session, sweep_id)
+        write_trials(session, sweep_id, events, bumped.version, objectives[0])
+        if bumped.status not in TERMINAL:
+            states = {event.trial_id: event.state for event in events}
+            stored = (bumped.best, bumped.best_basis)
+            best.refresh(session, sweep_id, objectives, stored, states)
 
 
 # What write_trials reads of a trial to merge an event into it.
@@ -190,27 +133,59 @@ _READ_TO_MERGE = (*SUMMARY_KEYS, "epoch", "placement")
 def write_trials(
     session: Session,
     sweep_id: str,
-    writes: Sequence[TrialWrite],
+    events: Sequence[TrialEvent],
     version: int,
     objective: Objective,
 ) -> None:
-    """Apply ``writes`` in order to the sweep's trial rows.
+    """Apply ``events`` in order to the sweep's trial rows; ``objective`` is the sweep's first
+    (each row keeps its loss by latest report, `Trial.objective`).
 
-    Core statements, not the ORM's unit of work: reports (metrics and an epoch, the common
-    case) are one INSERT … ON CONFLICT DO UPDATE; anything else is one SELECT of the touched
-    rows by key, then one INSERT and one UPDATE (executemany). ``version`` is the sweep's,
-    bumped in this transaction (`transactions.bump`). Trial objects the session already holds
-    are expired, so that it reads the new rows.
+    Core statements, not the ORM's unit of work: reports (events with metrics, the common case)
+    are one INSERT … ON CONFLICT DO UPDATE; anything else is one SELECT of the touched rows by
+    key, then one INSERT and one UPDATE (executemany). ``version`` is the sweep's, bumped in
+    this transaction (`transactions.bump`). Trial objects the session already holds are
+    expired, so that it reads the new rows.
     """
-    for write in writes:
-        if write.state not in TRIAL_STATES:
+    for event in events:
+        if event.state not in TRIAL_STATES:
             raise ValueError(
-                f"unknown trial state {write.state!r}; known: {', '.join(TRIAL_STATES)}"
+                f"unknown trial state {event.state!r}; known: {', '.join(TRIAL_STATES)}"
             )
-    if writes and all(write.metrics and write.epoch is not None for write in writes):
-        _upsert_reports(session, sweep_id, writes, version, objective)
-        return
-    ids = list(dict.fromkeys(write.trial_id for write in writes))
+    stamp = functools.partial(
+        _stamp, sweep_id=sweep_id, version=version, objective=objective, now=utcnow()
+    )
+    if events and all(event.metrics for event in events):
+        _upsert_reports(session, [stamp(row) for row in _last_reports(events)])
+    else:
+        _merge_events(session, sweep_id, events, stamp)
+    session.expire_all()
+
+
+def _stamp(
+    row: dict[str, Any], *, sweep_id: str, version: int, objective: Objective, now: datetime
+) -> dict[str, Any]:
+    """``row`` with what follows from it: its number (from its name) and its loss by
+    ``objective``; and the sweep's id and version, and the time, of this write."""
+    report = Report(row["state"], row["metrics"])
+    row.update(
+        sweep_id=sweep_id,
+        number=trial_number(row["name"]),
+        objective=loss(objective, report, finished_only=False),
+        version=version,
+        updated_at=now,
+    )
+    return row
+
+
+def _merge_events(
+    session: Session,
+    sweep_id: str,
+    events: Sequence[TrialEvent],
+    stamp: Callable[[dict[str, Any]], dict[str, Any]],
+) -> None:
+    """Events merged into their trials' rows as read: an event without metrics (a retry
+    announced before any report) keeps the last report, and its epoch unless there is none."""
+    ids = list(dict.fromkeys(event.trial_id for event in events))
     rows: dict[str, dict[str, Any]] = {}
     columns = [getattr(Trial, key) for key in _READ_TO_MERGE]
     for start in range(0, len(ids), IN_CHUNK):
@@ -221,90 +196,71 @@ def write_trials(
         )
         rows.update((row["trial_id"], dict(row)) for row in found.mappings())
     new = set(ids) - set(rows)
-    for write in writes:
+    for event in events:
         row = rows.setdefault(
-            write.trial_id,
+            event.trial_id,
             {
-                "trial_id": write.trial_id,
-                "params": json_safe(write.params),
+                "trial_id": event.trial_id,
+                "params": json_safe(event.params),
                 "metrics": {},
                 "epoch": None,
                 "mlflow_run_id": None,
                 "placement": None,
             },
         )
-        row["name"], row["state"], row["error"] = write.name, write.state, write.error
-        if write.metrics:
-            row["metrics"] = json_safe(write.metrics)
-        if write.epoch is not None and (write.metrics or row["epoch"] is None):
-            row["epoch"] = write.epoch
-        if write.mlflow_run_id is not None:
-            row["mlflow_run_id"] = write.mlflow_run_id
-        if write.placement is not None:
-            row["placement"] = dict(write.placement)
-    now = utcnow()
-    for row in rows.values():
-        if row["epoch"] is None:
-            row["epoch"] = 0
-        merged = Report(row["state"], row["metrics"])
-        row["objective"] = loss(objective, merged, finished_only=False)
-        row["number"] = trial_number(row["name"])
-        row.update(sweep_id=sweep_id, version=version, updated_at=now)
-    inserted = [row for trial_id, row in rows.items() if trial_id in new]
-    updated = [row for trial_id, row in rows.items() if trial_id not in new]
+        row["name"], row["state"], row["error"] = event.trial_name, event.state, event.error
+        if event.metrics:
+            row["metrics"] = json_safe(event.metrics)
+        if event.metrics or row["epoch"] is None:
+            row["epoch"] = event.epoch
+        if event.mlflow_run_id is not None:
+            row["mlflow_run_id"] = event.mlflow_run_id
+        if event.placement:
+            row["placement"] = dict(event.placement)
+    stamped = {trial_id: stamp(row) for trial_id, row in rows.items()}
+    inserted = [row for trial_id, row in stamped.items() if trial_id in new]
+    updated = [row for trial_id, row in stamped.items() if trial_id not in new]
     if inserted:
         session.execute(sa.insert(Trial), inserted)
     if updated:
         session.execute(sa.update(Trial), updated)  # by primary key, executemany
-    session.expire_all()
 
 
-def _upsert_reports(
-    session: Session,
-    sweep_id: str,
-    writes: Sequence[TrialWrite],
-    version: int,
-    objective: Objective,
-) -> None:
-    """`write_trials` for writes that all carry metrics and an epoch (every report does): one
-    INSERT … ON CONFLICT DO UPDATE per chunk, with no read first. A trial's last write wins;
-    params stay as first stored; a run id is kept until a write names another."""
-    last: dict[str, TrialWrite] = {}
+def _last_reports(events: Sequence[TrialEvent]) -> list[dict[str, Any]]:
+    """Each trial's row after reports that all carry metrics: its last report wins; params stay
+    as first given; a run id and a placement are kept until a report names another."""
+    last: dict[str, TrialEvent] = {}
     run_ids: dict[str, str] = {}
     placements: dict[str, dict[str, Any]] = {}
-    for write in writes:
-        last[write.trial_id] = write
-        if write.mlflow_run_id is not None:
-            run_ids[write.trial_id] = write.mlflow_run_id
-        if write.placement is not None:
-            placements[write.trial_id] = dict(write.placement)
-    first_params = {w.trial_id: w.params for w in reversed(writes)}
-    now = utcnow()
-    values = [
+    for event in events:
+        last[event.trial_id] = event
+        if event.mlflow_run_id is not None:
+            run_ids[event.trial_id] = event.mlflow_run_id
+        if event.placement:
+            placements[event.trial_id] = dict(event.placement)
+    first_params = {event.trial_id: event.params for event in reversed(events)}
+    return [
         {
-            "sweep_id": sweep_id,
             "trial_id": trial_id,
-            "name": write.name,
-            "number": trial_number(write.name),
-            "state": write.state,
+            "name": event.trial_name,
+            "state": event.state,
             "params": json_safe(first_params[trial_id]),
-            "metrics": json_safe(write.metrics),
-            "epoch": write.epoch,
+            "metrics": json_safe(event.metrics),
+            "epoch": event.epoch,
             "mlflow_run_id": run_ids.get(trial_id),
             "placement": placements.get(trial_id),
-            "error": write.error,
-            "objective": loss(
-                objective, Report(write.state, dict(write.metrics)), finished_only=False
-            ),
-            "version": version,
-            "updated_at": now,
+            "error": event.error,
         }
-        for trial_id, write in last.items()
+        for trial_id, event in last.items()
     ]
+
+
+def _upsert_reports(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Rows written with no read first: one INSERT … ON CONFLICT DO UPDATE per chunk, which
+    keeps the stored params, and the stored run id and placement where a row has none."""
     statement = _report_upsert(session.get_bind().dialect.name)
-    for start in range(0, len(values), IN_CHUNK):
-        session.execute(statement, values[start : start + IN_CHUNK])
-    session.expire_all()
+    for start in range(0, len(rows), IN_CHUNK):
+        session.execute(statement, rows[start : start + IN_CHUNK])
 
 
 @functools.cache
@@ -359,9 +315,10 @@ def record_outcome(session: Session, sweep_id: str, outcome: SweepOutcome) -> Sw
     with transactions.writing(session):
         sweep = transactions.locked(session, sweep_id)
         status, cancel_requested = sweep.status, sweep.cancel_requested
-        version, _, _ = transactions.bump(session, sweep_id)
-        writes = [TrialWrite.of_summary(summary) for summary in outcome.trials]
-        write_trials(session, sweep_id, writes, version, objectives_of(sweep.spec)[0])
+        version = transactions.bump(session, sweep_id).version
+        objectives = objectives_of(sweep.spec)
+        events = [summary_event(outcome.sweep, summary) for summary in outcome.trials]
+        write_trials(session, sweep_id, events, version, objectives[0])
         # Trials Tune's saved state does not hold were started by a driver killed before Tune
         # saved them: the sweep cannot continue them and ran others in their place. The
         # reconciler may already have marked them interrupted when it failed the killed attempt;
@@ -372,6 +329,7 @@ def record_outcome(session: Session, sweep_id: str, outcome: SweepOutcome) -> Sw
         )
         fields: dict[str, Any] = {
             "best": json_safe([asdict(trial) for trial in outcome.best]) or None,
+            "best_basis": best.basis_of_outcome(len(objectives)),
         }
         if outcome.ensemble is not None:
             fields["ensemble"] = json_safe(outcome.ensemble)
@@ -387,3 +345,22 @@ def record_outcome(session: Session, sweep_id: str, outcome: SweepOutcome) -> Sw
         return status_machine.apply_outcome(
             session, sweep_id, status, cancel_requested, outcome.status, outcome.reason, fields
         )
+
+
+def summary_event(sweep: str, summary: TrialSummary) -> TrialEvent:
+    """A trial's final summary as the event the store writes: its epoch is its metrics' (0
+    without one, as the driver's events have it)."""
+    if summary.state not in TRIAL_STATES:
+        raise ValueError(f"unknown trial state {summary.state!r}; known: {', '.join(TRIAL_STATES)}")
+    epoch = summary.metrics.get("epoch")
+    return TrialEvent(
+        sweep=sweep,
+        trial_id=summary.trial_id,
+        trial_name=summary.name,
+        state=cast(TrialState, summary.state),
+        params=summary.params,
+        metrics=summary.metrics,
+        epoch=int(epoch) if isinstance(epoch, int | float) and math.isfinite(epoch) else 0,
+        mlflow_run_id=summary.mlflow_run_id,
+        error=summary.error,
+    )

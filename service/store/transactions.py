@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -54,7 +54,16 @@ def update_row(
     return cast(sa.CursorResult[Any], session.execute(statement)).rowcount == 1
 
 
-def bump(session: Session, sweep_id: str) -> tuple[int, str, Any]:
+class Bumped(NamedTuple):
+    """A sweep's row as `bump` leaves it: what a trial write needs to know of it."""
+
+    version: int
+    status: str
+    best: list[dict[str, Any]] | None
+    best_basis: str | None
+
+
+def bump(session: Session, sweep_id: str) -> Bumped:
     """Bump the sweep's version in this transaction; its new version, status and best.
 
     Trials written in the transaction take this version: on PostgreSQL the UPDATE holds the
@@ -65,13 +74,13 @@ def bump(session: Session, sweep_id: str) -> tuple[int, str, Any]:
         sa.update(Sweep)
         .where(Sweep.id == sweep_id)
         .values(version=Sweep.version + 1, updated_at=utcnow())
-        .returning(Sweep.version, Sweep.status, Sweep.best)
+        .returning(Sweep.version, Sweep.status, Sweep.best, Sweep.best_basis)
         .execution_options(synchronize_session=False)
     )
     row = session.execute(statement).one_or_none()
     if row is None:
         raise SweepNotFound(sweep_id)
-    return row[0], row[1], row[2]
+    return Bumped(*row)
 
 
 def reload(session: Session, sweep_id: str) -> Sweep:

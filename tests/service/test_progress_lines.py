@@ -92,7 +92,7 @@ def test_the_driver_and_the_client_say_the_same_of_the_best(
     for (event, _), said in zip(OVERFITTING, expected, strict=True):
         monitor.update(event)
         with session_factory() as session:
-            upsert_trials(session, sweep_id, [event], goal[0])
+            upsert_trials(session, sweep_id, [event], goal)
         driver = best_part(monitor.progress_line())
         client = best_part(progress_line(api.sweep(sweep_id), objective))
         assert driver == client == f"{said}, its latest report)"
@@ -101,7 +101,7 @@ def test_the_driver_and_the_client_say_the_same_of_the_best(
 def test_wait_prints_the_line_by_the_sweeps_objective(session_factory, api):
     objectives = [{"metric": "val_accuracy"}]
     sweep_id = new_sweep(session_factory, "running", objectives=objectives)
-    goal = objectives_of({"objectives": objectives})[0]
+    goal = objectives_of({"objectives": objectives})
     with session_factory() as session:
         events = [event for event, _ in OVERFITTING]
         upsert_trials(session, sweep_id, events, goal)

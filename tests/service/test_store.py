@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import multiprocessing
 import random
@@ -120,7 +121,7 @@ def race(count: int, work: Callable[[int], Any]) -> list[Any]:
 def test_upgrade_creates_the_tables_and_running_it_again_changes_nothing(engine, session_factory):
     tables = set(sa.inspect(engine).get_table_names())
     assert {"sweeps", "sweep_tags", "trials", "idempotency_keys", "alembic_version"} <= tables
-    assert current_revision(engine) == "0005"
+    assert current_revision(engine) == "0006"
     with engine.connect() as connection:
         if is_postgres(engine):  # the test's own schema, not public
             schema = connection.scalar(sa.text("SELECT current_schema()"))
@@ -131,7 +132,7 @@ def test_upgrade_creates_the_tables_and_running_it_again_changes_nothing(engine,
 
     sweep_id = new_sweep(session_factory)
     upgrade(engine)
-    assert current_revision(engine) == "0005"
+    assert current_revision(engine) == "0006"
     assert status_of(session_factory, sweep_id).status == "pending"
 
 
@@ -145,7 +146,7 @@ def test_upgrade_accepts_a_url(store_url):
     upgrade(store_url)
     engine = make_engine(store_url)
     try:
-        assert current_revision(engine) == "0005"
+        assert current_revision(engine) == "0006"
     finally:
         engine.dispose()
 
@@ -553,7 +554,7 @@ def test_upsert_trial_inserts_then_updates_and_tracks_the_lowest(session_factory
 
 
 def test_best_follows_a_maximised_objective(session_factory):
-    objectives = [{"metric": "val_accuracy", "goal": "maximize"}, {"metric": "val_ece"}]
+    objectives = [{"metric": "val_accuracy", "goal": "maximize"}]
     sweep_id = new_sweep(session_factory, "running", objectives=objectives)
     with session_factory() as session:
         for trial_id, accuracy in [("t1", 0.8), ("t2", 0.95), ("t3", 0.9)]:
@@ -767,6 +768,30 @@ def test_trial_rows_belong_to_their_sweep(session_factory):
         assert trial_queries.trial_counts(session, second) == {"running": 1}
 
 
+def old_sweep(
+    connection: sa.Connection,
+    sweep_id: str,
+    status: str,
+    spec: dict[str, Any] | None = None,
+    best: list[dict[str, Any]] | None = None,
+) -> None:
+    """A sweep row as a store at an earlier revision holds it (the models have moved on)."""
+    connection.execute(
+        sa.text(
+            "INSERT INTO sweeps (id, name, spec, tags, status, attempt, cancel_requested, best,"
+            " created_at, updated_at, version) VALUES (:id, 'old', :spec, '[]', :status, 1,"
+            " false, :best, :now, :now, 1)"
+        ),
+        {
+            "id": sweep_id,
+            "spec": json.dumps(spec or {}),
+            "status": status,
+            "best": None if best is None else json.dumps(best),
+            "now": "2026-01-01 00:00:00",
+        },
+    )
+
+
 def test_a_store_at_0001_upgrades_and_keeps_its_sweeps(store_url):
     engine = make_engine(store_url)
     try:
@@ -782,7 +807,7 @@ def test_a_store_at_0001_upgrades_and_keeps_its_sweeps(store_url):
                 {"now": "2026-01-01 00:00:00"},
             )
         upgrade(engine)
-        assert current_revision(engine) == "0005"
+        assert current_revision(engine) == "0006"
         with make_sessions(engine)() as session:
             old = sweep_queries.get_sweep(session, "s1")
             assert (old.name, old.ensemble, old.registered_model) == ("old", None, None)
@@ -882,12 +907,12 @@ def test_trials_are_listed_by_their_number_the_unnumbered_last(session_factory):
     events = [numbered(n, t) for n, t in ids.items()] + [numbered(7, twin)]
     events += [numbered(None, t) for t in unnumbered]
     rng.shuffle(events)
-    objective = objectives_of({})[0]
+    objectives = objectives_of({})
     with session_factory() as session:
         # reports (one upsert) and events without metrics (read, then write) both number
-        upsert_trials(session, sweep_id, events[:8], objective)
+        upsert_trials(session, sweep_id, events[:8], objectives)
         for late in events[8:]:
-            upsert_trials(session, sweep_id, [dataclasses.replace(late, metrics={})], objective)
+            upsert_trials(session, sweep_id, [dataclasses.replace(late, metrics={})], objectives)
         stored = {t.trial_id: t.number for t in trial_queries.list_trials(session, sweep_id)}
         expected = {t: n for n, t in ids.items()} | {twin: 7} | dict.fromkeys(unnumbered)
         assert stored == expected
@@ -909,14 +934,14 @@ def test_trials_are_listed_by_their_number_the_unnumbered_last(session_factory):
 
 def test_paging_by_number_visits_every_trial_once_under_concurrent_inserts(session_factory):
     sweep_id = new_sweep(session_factory, "running")
-    objective = objectives_of({})[0]
+    objectives = objectives_of({})
     rng = random.Random(7)
     numbers = itertools.count(1)
 
     def add(count: int) -> list[str]:
         events = [numbered(next(numbers), tune_id(rng)) for _ in range(count)]
         with session_factory() as session:
-            upsert_trials(session, sweep_id, events, objective)
+            upsert_trials(session, sweep_id, events, objectives)
         return [e.trial_id for e in events]
 
     first = add(60)
@@ -954,8 +979,9 @@ def test_a_store_at_0004_numbers_its_trials_from_their_names(store_url):
     try:
         upgrade(engine, "0004")
         sessions = make_sessions(engine)
-        sweep_id = new_sweep(sessions, "running")
+        sweep_id = "s1"
         with engine.begin() as connection:  # trials written before the number column
+            old_sweep(connection, sweep_id, "running")
             for trial_id, name in [
                 ("b0", "demo-t10-b0"),
                 ("a1", "demo-t2-a1"),
@@ -971,7 +997,7 @@ def test_a_store_at_0004_numbers_its_trials_from_their_names(store_url):
                     {"sweep": sweep_id, "trial": trial_id, "name": name, "now": "2026-01-01"},
                 )
         upgrade(engine)
-        assert current_revision(engine) == "0005"
+        assert current_revision(engine) == "0006"
         with sessions() as session:
             numbers = {t.trial_id: t.number for t in trial_queries.list_trials(session, sweep_id)}
             assert numbers == {"b0": 10, "a1": 2, "c2": None, "00": 1}
@@ -991,7 +1017,7 @@ def test_the_trials_route_lists_by_number_and_shows_it(session_factory):
     ids = {10: "0000000a", 1: "ffffffff", 5: "80000000", 3: "c0000000"}
     with session_factory() as session:
         events = [numbered(n, t) for n, t in ids.items()]
-        upsert_trials(session, sweep_id, events, objectives_of({})[0])
+        upsert_trials(session, sweep_id, events, objectives_of({}))
     first = api.get(f"/v1/sweeps/{sweep_id}/trials", params={"limit": 3}).json()
     assert [(t["number"], t["name"]) for t in first["items"]] == [
         (1, "demo-t1-ffffffff"),

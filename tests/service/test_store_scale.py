@@ -89,7 +89,7 @@ def as_event(trial_id: str, state: str, value: float | None) -> TrialEvent:
 @given(st.lists(steps, min_size=1, max_size=12))
 def test_the_incremental_best_is_the_brute_force_best(session_factory, script):
     sweep_id = new_sweep(session_factory, "running")
-    objective = objectives_of({})[0]
+    objectives = objectives_of({})
     with session_factory() as session:
         for kind, payload in script:
             if kind == "interrupt":
@@ -108,27 +108,27 @@ def test_the_incremental_best_is_the_brute_force_best(session_factory, script):
                 stopped = outcome(sweep_id, "stopped", summaries, best=summaries[-1:])
                 record_outcome(session, sweep_id, stopped)
                 continue
-            upsert_trials(session, sweep_id, [as_event(*r) for r in payload], objective)
+            upsert_trials(session, sweep_id, [as_event(*r) for r in payload], objectives)
             assert stored_best(session, sweep_id) == brute_force_best(session, sweep_id)
 
 
 def test_a_best_that_gets_worse_or_fails_gives_way_to_the_next(session_factory):
     sweep_id = new_sweep(session_factory, "running")
-    objective = objectives_of({})[0]
+    objectives = objectives_of({})
     with session_factory() as session:
         upsert_trials(
             session,
             sweep_id,
             [report(t, val_nll=v) for t, v in [("a", 0.3), ("b", 0.5), ("c", 0.4)]],
-            objective,
+            objectives,
         )
         assert stored_best(session, sweep_id) == ("a", 0.3)
-        upsert_trials(session, sweep_id, [report("a", val_nll=0.9)], objective)  # overfits
+        upsert_trials(session, sweep_id, [report("a", val_nll=0.9)], objectives)  # overfits
         assert stored_best(session, sweep_id) == ("c", 0.4)
-        upsert_trials(session, sweep_id, [report("c", "failed")], objective)
+        upsert_trials(session, sweep_id, [report("c", "failed")], objectives)
         assert stored_best(session, sweep_id) == ("b", 0.5)
         # Ties go to the lower trial id, as the full scan's order had them.
-        upsert_trials(session, sweep_id, [report("d", val_nll=0.5)], objective)
+        upsert_trials(session, sweep_id, [report("d", val_nll=0.5)], objectives)
         assert stored_best(session, sweep_id) == ("b", 0.5)
 
 
@@ -136,12 +136,12 @@ def test_a_best_that_gets_worse_or_fails_gives_way_to_the_next(session_factory):
 
 
 def fill(sessions: sessionmaker[Session], sweep_id: str, values: dict[str, Any]) -> None:
-    objective = objectives_of({})[0]
+    objectives = objectives_of({})
     events = [
         report(t, val_nll=v) if v is not None else report(t, epoch=1) for t, v in values.items()
     ]
     with sessions() as session:
-        upsert_trials(session, sweep_id, events, objective)
+        upsert_trials(session, sweep_id, events, objectives)
 
 
 def all_pages(session: Session, sweep_id: str, limit: int, **query: Any) -> list[Trial]:
@@ -177,13 +177,13 @@ def test_ordering_by_a_metric_puts_nan_and_missing_last_in_both_directions(sessi
 def test_pages_filter_by_state_and_refuse_a_cursor_of_another_order(session_factory):
     sweep_id = new_sweep(session_factory, "running")
     fill(session_factory, sweep_id, {f"t{i}": i / 10 for i in range(10)})
-    objective = objectives_of({})[0]
+    objectives = objectives_of({})
     with session_factory() as session:
         upsert_trials(
             session,
             sweep_id,
             [report(f"t{i}", "succeeded", val_nll=i / 10) for i in (2, 5, 7)],
-            objective,
+            objectives,
         )
         done = all_pages(
             session, sweep_id, 2, states=["succeeded"], order_by="val_nll", descending=True
@@ -431,8 +431,8 @@ def test_an_upgrade_mid_sweep_keeps_its_best_so_far_right(store_url):
                 ("done", "b"): None,
                 ("done", "c"): None,
             }
-            objective = objectives_of(sweep_queries.get_sweep(session, "run").spec)[0]
-            upsert_trials(session, "run", [report("d", val_accuracy=0.85)], objective)
+            objectives = objectives_of(sweep_queries.get_sweep(session, "run").spec)
+            upsert_trials(session, "run", [report("d", val_accuracy=0.85)], objectives)
             assert sweep_queries.get_sweep(session, "run").best[0]["trial_id"] == "a"
     finally:
         engine.dispose()
