@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import runpy
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -94,52 +97,175 @@ def test_sweep_overhead_smoke_run(tmp_path):
     assert "2 plain processes vs serial (this machine's ceiling):" in done.stdout
 
 
+# ---------------------------------------------------------------- sweep_scale_*.py
+
+
+def _scale_run(
+    script: str, args: list[str], tmp_path: Path, monkeypatch=None, capsys=None
+) -> tuple[list[str], dict]:
+    """A sweep_scale script's printed lines and its figures, checked to be its own part's: in
+    this process (given ``monkeypatch`` and ``capsys``), or in its own where it starts Ray."""
+    name = f"sweep_scale_{script}.py"
+    if monkeypatch is None:
+        stdout, document = _run_apart(name, args, tmp_path)
+    else:
+        monkeypatch.syspath_prepend(str(BENCHMARKS))  # where it finds its shared module
+        out = tmp_path / "figures.json"
+        _run(name, [*args, "--json", str(out)], monkeypatch)
+        stdout, document = capsys.readouterr().out, json.loads(out.read_text())
+    assert document["part"] == script
+    return stdout.splitlines(), document["figures"]
+
+
+def _ratios(line: str) -> list[str]:
+    """The ratios a table row prints (``1.23x``), in order."""
+    return re.findall(r"\b\d+\.\d\dx\b", line)
+
+
+def _row(lines: list[str], *first: str) -> str:
+    """The one printed line whose first words are ``first`` and that shows ratios."""
+    found = [line for line in lines if line.split()[: len(first)] == list(first) and _ratios(line)]
+    assert len(found) == 1, (first, lines)
+    return found[0]
+
+
+def _shown(value: float, baseline: float) -> str:
+    return f"{value / baseline:.2f}x"
+
+
+def _finite_positive(row: dict, *keys: str) -> None:
+    for key in keys:
+        assert math.isfinite(row[key]) and row[key] > 0, (key, row[key])
+
+
 @pytest.mark.slow
-def test_sweep_scale_smoke_run(tmp_path):
-    # Its own process: the script starts a Ray instance and a driver process per size.
+def test_sweep_scale_search_smoke_run(tmp_path, monkeypatch, capsys):
+    # 1001: above the trials a gp spec may have; GP itself is timed at its own sizes only.
     arguments = [
-        # 1001: above the trials a gp spec may have; GP itself is timed at its own sizes only.
-        *("--search-trials", "12", "1001", "--gp-trials", "12", "16"),
+        *("--search-trials", "12", "1001", "--gp-trials", "12", "16", "30"),
         *("--suggestions", "2", "--warmup-suggestions", "2", "--save-repeats", "1"),
-        *("--tune-trials", "8", "16", "--tune-repeats", "1", "--tune-epochs", "4"),
-        *("--tune-checkpoint-every", "2", "--summary-trials", "5", "10"),
-        *("--summary-repeats", "1", "--driver-trials", "4", "--driver-epochs", "2"),
-        *("--store-sizes", "5", "20", "--store-reports", "10", "--store-requests", "3"),
     ]
-    stdout, figures = _run_apart("sweep_scale.py", arguments, tmp_path)
-    assert set(figures["parts"]) == {"search", "tune_state", "parent_summary", "driver", "store"}
-    search = figures["search"]
-    assert set(search) == {"tpe", "gp", "cmaes", "nsga2"}
-    for sampler, found in search.items():
+    lines, figures = _scale_run("search", arguments, tmp_path, monkeypatch, capsys)
+    assert set(figures) == {"tpe", "gp", "cmaes", "nsga2"}
+    for sampler, found in figures.items():
         rows = found["sizes"]
-        assert all(row["save_median_s"] > 0 and row["save_bytes"] > 0 for row in rows.values())
-        if sampler != "gp":
-            assert set(rows) == {"12", "1001"}
-            assert all(row["run"] and row["ask_tell_median_s"] > 0 for row in rows.values())
-            assert rows["12"]["ask_tell_ratio"] == 1.0
-    gp = search["gp"]["sizes"]
-    assert gp["12"]["run"] and gp["16"]["run"] and not gp["1001"]["run"]
-    assert gp["1001"]["extrapolated_s"] > 0 and search["gp"]["fitted_exponent"] is not None
-    assert "not run (GP cost grows as n^3; extrapolated" in stdout
-    for row in figures["tune_state"].values():
-        assert row["save_s"] > 0 and row["upload_s"] > 0 and row["state_file_bytes"] > 0
+        sizes = {"12", "16", "30", "1001"} if sampler == "gp" else {"12", "1001"}
+        assert set(rows) == sizes
+        save_base = rows["12"]["save_median_s"]
+        ask_base = rows["12"]["ask_tell_median_s"]
+        for n, row in rows.items():
+            _finite_positive(row, "save_median_s", "save_bytes")
+            asked = row["ask_tell_median_s"] if row["run"] else row["extrapolated_s"]
+            assert math.isfinite(asked) and asked > 0
+            assert row["save_ratio"] == pytest.approx(row["save_median_s"] / save_base)
+            assert row["ask_tell_ratio"] == pytest.approx(asked / ask_base)
+            assert _ratios(_row(lines, sampler, n)) == [
+                _shown(asked, ask_base),
+                _shown(row["save_median_s"], save_base),
+            ]
+        assert rows["1001"]["save_bytes"] > rows["12"]["save_bytes"]  # the study grew
+    gp = figures["gp"]
+    assert [n for n, row in gp["sizes"].items() if not row["run"]] == ["1001"]
+    # GP's extrapolation: the least-squares line through log(time) over log(trials).
+    fitted = {int(n): row["ask_tell_median_s"] for n, row in gp["sizes"].items() if row["run"]}
+    slope, intercept = np.polyfit(np.log(list(fitted)), np.log(list(fitted.values())), 1)
+    assert gp["fitted_exponent"] == pytest.approx(slope)
+    assert gp["sizes"]["1001"]["extrapolated_s"] == pytest.approx(
+        math.exp(intercept + slope * math.log(1001))
+    )
+    assert "not run (GP cost grows as n^3; extrapolated" in "\n".join(lines)
+
+
+@pytest.mark.slow
+def test_sweep_scale_tune_state_smoke_run(tmp_path):
+    from sweeps.checkpoints import MIN_STATE_SAVE_PERIOD_S, STATE_SAVE_SHARE
+
+    arguments = ["--tune-trials", "8", "16", "--tune-repeats", "1", "--tune-epochs", "4"]
+    lines, figures = _scale_run(
+        "tune_state", [*arguments, "--tune-checkpoint-every", "2"], tmp_path
+    )
+    assert set(figures) == {"8", "16"}
+    base = figures["8"]
+    for n, row in figures.items():
+        _finite_positive(row, "save_s", "cold_save_s", "upload_s", "state_file_bytes")
         assert set(row["parts_s"]) == {"trials_json", "state_file", "searcher", "callbacks"}
-        assert 0 < row["driver_share_at_1s"] < 1 and 0 < row["driver_share_adaptive"] < 0.05
-    assert set(figures["tune_state"]) == {"8", "16"}
-    assert figures["parent_summary"]["5"]["ratio"] == 1.0
-    assert all(row["finish_s"] > 0 for row in figures["parent_summary"].values())
-    driver = figures["driver"]["4"]
-    assert driver["counts"] == {"succeeded": 4}
-    assert driver["per_trial_s"] > 0 and driver["peak_rss_bytes"] > 0
-    assert driver["callback_events"]["count"] == 4 * (1 + 2 + 1)  # start, 2 results, end
-    assert driver["callback_events"]["p99_s"] > 0 and driver["calls"]["tune.save_to_dir"]["count"]
-    store = figures["store"]
-    assert set(store) == {f"{db}/{n}" for db in ("sqlite", "postgresql") for n in (5, 20)}
-    for name, row in store.items():
-        for figure in ("report", "legacy_report", "trials_page_50", "best", "events_poll"):
-            assert 0 < row[figure]["p50_ms"] <= row[figure]["p99_ms"], (name, figure)
-        if name.endswith("/5"):
-            assert row["ratios_p50"]["report"] == 1.0
+        _finite_positive(row["parts_s"], *row["parts_s"])  # the parts fit within the save
+        save = row["save_s"]
+        assert row["driver_share_at_1s"] == pytest.approx(save / (1.0 + save))
+        # The period the driver's adaptive_state_saves gives Tune after a save that long.
+        assert row["adaptive_period_s"] == pytest.approx(
+            max(MIN_STATE_SAVE_PERIOD_S, save / STATE_SAVE_SHARE)
+        )
+        assert row["driver_share_adaptive"] == pytest.approx(
+            save / (row["adaptive_period_s"] + save)
+        )
+        assert row["save_ratio"] == pytest.approx(save / base["save_s"])
+        assert row["upload_ratio"] == pytest.approx(row["upload_s"] / base["upload_s"])
+        assert _ratios(_row(lines, n)) == [
+            _shown(save, base["save_s"]),
+            _shown(row["upload_s"], base["upload_s"]),
+        ]
+    assert figures["16"]["state_file_bytes"] > base["state_file_bytes"]
+
+
+@pytest.mark.slow
+def test_sweep_scale_parent_summary_smoke_run(tmp_path, monkeypatch, capsys):
+    arguments = ["--summary-trials", "5", "10", "--summary-repeats", "1"]
+    lines, figures = _scale_run("parent_summary", arguments, tmp_path, monkeypatch, capsys)
+    assert set(figures) == {"5", "10"}
+    for n, row in figures.items():
+        _finite_positive(row, "finish_s", "summary_bytes")
+        assert row["ratio"] == pytest.approx(row["finish_s"] / figures["5"]["finish_s"])
+        assert _ratios(_row(lines, n)) == [_shown(row["finish_s"], figures["5"]["finish_s"])]
+    assert figures["10"]["summary_bytes"] > figures["5"]["summary_bytes"]
+
+
+@pytest.mark.slow
+def test_sweep_scale_driver_smoke_run(tmp_path):
+    arguments = ["--driver-trials", "2", "3", "--driver-epochs", "2"]
+    lines, figures = _scale_run("driver", arguments, tmp_path)
+    assert set(figures) == {"2", "3"}
+    base = figures["2"]
+    for n, row in figures.items():
+        trials = int(n)
+        assert row["counts"] == {"succeeded": trials}
+        _finite_positive(row, "per_trial_s", "driver_cpu_per_trial_s", "peak_rss_bytes")
+        assert row["per_trial_s"] == pytest.approx(row["span_s"] / trials)
+        events = row["callback_events"]
+        assert events["count"] == trials * (1 + 2 + 1)  # start, 2 results, end
+        for call in (events, *row["calls"].values()):
+            if call["count"]:
+                assert 0 < call["p50_s"] <= call["p99_s"] <= call["max_s"] <= call["total_s"]
+        assert row["calls"]["tune.save_to_dir"]["count"] >= 1
+        assert row["calls"]["searcher.suggest"]["count"] == trials
+        pairs = [
+            (row["per_trial_s"], base["per_trial_s"]),
+            (row["driver_cpu_per_trial_s"], base["driver_cpu_per_trial_s"]),
+            (events["p99_s"], base["callback_events"]["p99_s"]),
+            (row["peak_rss_bytes"], base["peak_rss_bytes"]),
+        ]
+        assert _ratios(_row(lines, n)) == [_shown(value, baseline) for value, baseline in pairs]
+        assert row["per_trial_ratio"] == pytest.approx(pairs[0][0] / pairs[0][1])
+        assert row["peak_rss_ratio"] == pytest.approx(pairs[3][0] / pairs[3][1])
+
+
+@pytest.mark.slow
+def test_sweep_scale_store_smoke_run(tmp_path, monkeypatch, capsys):
+    arguments = ["--store-sizes", "5", "20", "--store-reports", "10", "--store-requests", "3"]
+    lines, figures = _scale_run("store", arguments, tmp_path, monkeypatch, capsys)
+    assert set(figures) == {f"{db}/{n}" for db in ("sqlite", "postgresql") for n in (5, 20)}
+    for name, row in figures.items():
+        backend, size = name.split("/")
+        base = figures[f"{backend}/5"]
+        for figure, timing in row.items():
+            _finite_positive(timing, "p50_ms", "p99_ms")
+            assert timing["p50_ms"] <= timing["p99_ms"], (name, figure)
+            assert timing["ratio_p50"] == pytest.approx(timing["p50_ms"] / base[figure]["p50_ms"])
+        shown = [
+            _shown(row[figure]["p50_ms"], base[figure]["p50_ms"])
+            for figure in ("report", "legacy_report", "trials_top_50_by_val_nll")
+        ]
+        assert _ratios(_row(lines, backend, size)) == shown
 
 
 @pytest.mark.slow
@@ -207,7 +333,18 @@ def test_gpu_packing_smoke_run(tmp_path, monkeypatch, capsys):
     _run("gpu_packing.py", [*arguments, "--width", "2", "--json", str(out)], monkeypatch)
     rows = json.loads(out.read_text())
     assert [r["k"] for r in rows] == [1, 2]
-    assert rows[0]["slowdown"] == 1.0 and all(r["trials_per_hour"] > 0 for r in rows)
+    first, second = rows
+    assert all(r["train_s_per_trial"] > 0 and r["trials_per_hour"] > 0 for r in rows)
+    assert second["slowdown"] == pytest.approx(
+        second["train_s_per_trial"] / first["train_s_per_trial"]
+    )
+    assert second["rate_vs_k1"] == pytest.approx(
+        second["trials_per_hour"] / first["trials_per_hour"]
+    )
+    printed = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert [row[:3] for row in printed if row[:1] == ["2"]] == [
+        ["2", f"{second['train_s_per_trial']:.1f}", f"{second['slowdown']:.2f}"]
+    ]
 
 
 def test_regulariser_grad_training_smoke_run(monkeypatch, capsys):
