@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import secrets
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from pydantic import ValidationError
 
 from gradreg.files import write_private
 from gradreg.version import EXIT_INTERRUPTED, add_version_argument
-from service.settings import ServiceSettings, prepare_ray_auth
+from service.settings import ClientSettings, ServiceSettings, prepare_ray_auth
 
 TOKEN_FILE = "api_token"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -56,11 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the API's answer (spec and caps) as JSON "
         "(default: the spec as YAML, which submit takes, with the caps as comments)",
     )
+    client = ClientSettings()
+    fallback = ClientSettings.model_fields["url"].default
     for sub in (submit, status, spec):
         sub.add_argument(
-            "--url", default=os.environ.get("GRADREG_API_URL", "http://127.0.0.1:8000")
+            "--url", default=client.url, help=f"default: $GRADREG_API_URL, else {fallback}"
         )
-        sub.add_argument("--token", default=os.environ.get("GRADREG_API_TOKEN"))
+        sub.add_argument(
+            "--token",
+            default=client.token,
+            help=f"default: $GRADREG_API_TOKEN, else the one in var/{TOKEN_FILE}",
+        )
     return parser
 
 

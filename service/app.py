@@ -43,13 +43,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             head = LocalRayHead(settings.var_dir / "ray" / "head.json", withheld=SECRET_VARIABLES)
             jobs_url = head.start()
             log.info("started a local Ray head; jobs API at %s", jobs_url)
-        sweep_settings = settings.sweeps()
-        tracking_uri = sweep_settings.resolved_tracking_uri()
+        tracking_uri = settings.resolved_tracking_uri()
         jobs = RayJobs(jobs_url, settings.python, _driver_env(settings, tracking_uri))
         app.state.settings = settings
         app.state.engine = engine
         app.state.sessions = session_factory(engine)
-        app.state.limits = Limits.from_settings(sweep_settings)
+        app.state.limits = Limits.from_settings(settings)
         app.state.jobs = jobs
         app.state.tracking_uri = tracking_uri
         app.state.reconciler = Reconciler(
@@ -100,10 +99,9 @@ def _driver_env(settings: ServiceSettings, tracking_uri: str) -> dict[str, str]:
     password never goes in it: the local head's drivers read it from an owner-only file, and
     a cluster's head must carry GRADREG_DATABASE_URL itself (docker-compose.yml sets it).
     """
-    sweep_settings = settings.sweeps()
     env = {
         "GRADREG_TRACKING_URI": tracking_uri,
-        "GRADREG_STORAGE_PATH": sweep_settings.resolved_storage_path(),
+        "GRADREG_STORAGE_PATH": settings.resolved_storage_path(),
         "GRADREG_VAR_DIR": str(settings.var_dir.absolute()),
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }

@@ -1,4 +1,5 @@
-"""The environment variables the service reads (prefix ``GRADREG_``), in one place."""
+"""The environment variables the service reads, in one place: the API's (prefix ``GRADREG_``,
+the sweep engine's included), its driver jobs' and its command-line client's."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from gradreg.files import write_private
 from sweeps.settings import SweepSettings
 
 
-class ServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GRADREG_", extra="ignore")
+class ServiceSettings(SweepSettings):
+    """The API's settings: the sweep engine's (`SweepSettings`: var_dir, tracking_uri, the caps,
+    ...), which it shares with its drivers, and its own."""
 
     host: str = Field("127.0.0.1", description="address the API listens on")
     port: int = Field(8000, ge=0, le=65535)
@@ -27,8 +29,6 @@ class ServiceSettings(BaseSettings):
     database_url_file: Path | None = Field(
         None, description="a file holding the store URL (how the API hands it to its drivers)"
     )
-    var_dir: Path = Path("var")
-    tracking_uri: str | None = Field(None, description="MLflow for the sweeps (see sweeps)")
     mlflow_ui_url: str = Field("http://127.0.0.1:5000", description="base of the run links")
     ray_jobs_url: str | None = Field(
         None, description="Ray dashboard URL for job submission; none: start a local head"
@@ -76,9 +76,6 @@ class ServiceSettings(BaseSettings):
     def resolved_token_path(self) -> Path:
         return (self.ray_auth_token_path or self.var_dir / "ray" / "auth_token").absolute()
 
-    def sweeps(self) -> SweepSettings:
-        return SweepSettings(var_dir=self.var_dir, tracking_uri=self.tracking_uri)
-
     def check_listen_address(self) -> None:
         """Refuse to serve a non-loopback address without tokens: it would run anyone's code."""
         if self.tokens:
@@ -92,6 +89,27 @@ class ServiceSettings(BaseSettings):
                 f"refusing to listen on {self.host} without API tokens; set GRADREG_API_TOKENS "
                 "or listen on 127.0.0.1"
             )
+
+
+class DriverJobSettings(ServiceSettings):
+    """A sweep driver's settings as a Ray Job (`service.worker`): the API's, and the address of
+    the cluster its job runs on, which Ray sets in a job's environment."""
+
+    job_ray_address: str | None = Field(
+        None,
+        validation_alias="RAY_ADDRESS",
+        description="set by Ray inside a job: its cluster (default: 'auto', the local one)",
+    )
+
+
+class ClientSettings(BaseSettings):
+    """What `python -m service submit|status|spec` reads: where the API is and how to call it.
+    Flags (--url, --token) go over these."""
+
+    model_config = SettingsConfigDict(env_prefix="GRADREG_API_", extra="ignore")
+
+    url: str = Field("http://127.0.0.1:8000", description="the API's base URL")
+    token: str | None = Field(None, description="a bearer token of the API's GRADREG_API_TOKENS")
 
 
 # What the service's own processes must not pass on to the Ray head, its drivers and trials.

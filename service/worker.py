@@ -7,10 +7,9 @@ job belongs to, and writes trial progress and the outcome back through the store
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from service.settings import ServiceSettings
+from service.settings import DriverJobSettings
 from service.store.database import make_engine
 from service.store.sweep_store import DatabaseSweepStore
 from sweeps import DriverOptions, run_stored
@@ -20,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service.worker", description=__doc__)
     parser.add_argument("--sweep-id", required=True)
     args = parser.parse_args(argv)
-    settings = ServiceSettings()
+    settings = DriverJobSettings()
     if not settings.store_configured:
         # The local default would be a fresh SQLite file in the job's working directory: a
         # store that holds no sweep. Say what is missing instead.
@@ -33,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     store = DatabaseSweepStore(make_engine(settings.resolved_database_url()))
     options = DriverOptions(
         # Inside a Ray Job, RAY_ADDRESS names the job's cluster; never start a second one.
-        ray_address=os.environ.get("RAY_ADDRESS") or "auto",
-        tracking_uri=settings.sweeps().resolved_tracking_uri(),
-        storage_path=settings.sweeps().resolved_storage_path(),
+        ray_address=settings.job_ray_address or "auto",
+        tracking_uri=settings.resolved_tracking_uri(),
+        storage_path=settings.resolved_storage_path(),
     )
     outcome = run_stored(args.sweep_id, store, options)
     print(f"sweep {args.sweep_id}: {outcome.status} ({outcome.reason})")
