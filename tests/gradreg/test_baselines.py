@@ -14,7 +14,7 @@ from gradreg.config import TrainConfig
 from gradreg.posteriors.baselines import MAP, SamplingVI
 from gradreg.posteriors.laplace import Laplace
 from gradreg.train import evaluate, fit
-from tests.gradreg.oracles import brute_force_fisher, inputs_for, tiny_cnn2d, tiny_mlp
+from tests.helpers.oracles import brute_force_fisher, inputs_for, tiny_cnn2d, tiny_mlp
 
 
 def _batch(model, batch=6, seed=2):

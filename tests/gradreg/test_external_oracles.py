@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gradreg import Laplace as GradregLaplace
 from gradreg import fisher_diagonal
-from tests.gradreg.oracles import inputs_for, tiny_cnn2d, tiny_mlp
+from tests.helpers.oracles import inputs_for, tiny_cnn2d, tiny_mlp
 
 try:
     with warnings.catch_warnings():

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from gradreg import fisher_diagonal
-from tests.gradreg.oracles import (
+from tests.helpers.oracles import (
     TokenModel,
     brute_force_fisher,
     inputs_for,

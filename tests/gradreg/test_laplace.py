@@ -18,7 +18,7 @@ from gradreg.models import build_model
 from gradreg.posteriors.glm import _by_jacobians, _rules_cover, logit_variances, mc_log_probs
 from gradreg.posteriors.laplace import PRIOR_PRECISION_GRID, Laplace
 from gradreg.train import fit
-from tests.gradreg.oracles import brute_force_fisher, inputs_for, tiny_cnn2d, tiny_mlp
+from tests.helpers.oracles import brute_force_fisher, inputs_for, tiny_cnn2d, tiny_mlp
 
 
 def softmax_regression(d: int = 4, classes: int = 3, n: int = 30, seed: int = 0):

@@ -15,7 +15,7 @@ from gradreg.config import TrainConfig
 from gradreg.curvature.fisher import fisher_diagonal
 from gradreg.curvature.layer_rules import LAYER_RULES, LayerRule, rule_for
 from gradreg.methods import METHODS, get_method, method_for, posterior_class_of
-from tests.gradreg.oracles import brute_force_fisher, inputs_for, tiny_mlp
+from tests.helpers.oracles import brute_force_fisher, inputs_for, tiny_mlp
 
 
 def needed(name: str) -> dict[str, float]:

@@ -14,7 +14,7 @@ from torch.func import functional_call, grad, vmap
 from gradreg import VariationalLaplace
 from gradreg.curvature.fisher import unflatten
 from gradreg.posteriors.gaussian import gaussian_kl
-from tests.gradreg.oracles import inputs_for, jacobian_fisher, tiny_cnn2d, tiny_mlp
+from tests.helpers.oracles import inputs_for, jacobian_fisher, tiny_cnn2d, tiny_mlp
 
 N_DATA, PRIOR = 50, 0.7
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.service.api import ApiProcess
+from tests.helpers.api import ApiProcess
 from tests.service.conftest import postgres_schema
 
 CAPS = {

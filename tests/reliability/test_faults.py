@@ -13,10 +13,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.reliability.netns import TestHost
-from tests.reliability.proxy import CuttableProxy
-from tests.service.api import FINAL, TOKENS, ApiProcess, is_problem, wait_for
-from tests.service.mlflow_server import MlflowServer
+from tests.helpers.api import FINAL, TOKENS, ApiProcess, is_problem, wait_for
+from tests.helpers.mlflow_server import MlflowServer
+from tests.helpers.netns import TestHost
+from tests.helpers.proxy import CuttableProxy
 
 pytestmark = pytest.mark.slow
 

@@ -32,7 +32,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from service.problems import MEDIA_TYPE
-from tests.service.api import TOKENS, wait_for
+from tests.helpers.api import TOKENS, wait_for
 
 pytestmark = pytest.mark.slow
 

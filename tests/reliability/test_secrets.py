@@ -18,7 +18,7 @@ import pytest
 
 from service.demo import submit_command
 from service.redaction import REDACTED, RedactTokens
-from tests.service.api import FINAL, ApiProcess, wait_for
+from tests.helpers.api import FINAL, ApiProcess, wait_for
 from tests.service.test_api import small_sweep
 
 pytestmark = pytest.mark.slow

@@ -13,8 +13,8 @@ import os
 import httpx
 import pytest
 
+from tests.helpers.api import TOKENS
 from tests.reliability.conftest import all_sweeps
-from tests.service.api import TOKENS
 
 pytestmark = pytest.mark.slow
 

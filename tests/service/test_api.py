@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from service.launcher import free_port
 from sweeps.checkpoints import MIN_STATE_SAVE_PERIOD_S
 from sweeps.records import LOST_TRIAL
-from tests.service.api import FINAL, TOKENS, ApiProcess, is_problem, wait_for
+from tests.helpers.api import FINAL, TOKENS, ApiProcess, is_problem, wait_for
 
 
 def small_sweep(name: str, *, epochs: int = 2, trials: int = 3, concurrent: int = 2) -> dict:

@@ -23,8 +23,8 @@ from service.settings import ServiceSettings
 from service.store.models import Sweep
 from sweeps.cli import format_outcome
 from sweeps.driver import DriverOptions, run_sweep
-from tests.chromium import assert_lists_runs, assert_shows_run, dom
-from tests.service.mlflow_server import MlflowServer
+from tests.helpers.chromium import assert_lists_runs, assert_shows_run, dom
+from tests.helpers.mlflow_server import MlflowServer
 from tests.sweeps.conftest import digits_spec
 
 

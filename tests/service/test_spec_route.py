@@ -21,7 +21,7 @@ from service.store import sweep_queries
 from service.store.database import make_engine, session_factory
 from sweeps import Limits, parse_spec
 from sweeps.spec.parse import read_document
-from tests.service.api import TOKENS, ApiProcess, is_problem
+from tests.helpers.api import TOKENS, ApiProcess, is_problem
 
 CAP_S = 5400.0  # the deployment's time budget cap: what a spec without one is given
 SPEC = {
