@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from gradreg.evaluation.plots import write_reliability_diagram
 from gradreg.train import FitResult
@@ -15,7 +16,7 @@ DIAGRAM_FILE = "reliability.png"
 CONFIG_FILE = "config.json"
 
 
-def result_summary(result: FitResult) -> dict:
+def result_summary(result: FitResult) -> dict[str, Any]:
     """A JSON-safe summary: config, dataset, final metrics and the σ of each parameter."""
     return {
         "config": result.config.to_dict(),

@@ -146,6 +146,13 @@ class TrainConfig:
         return entry
 
     @property
+    def predict_mode(self) -> str:
+        """``predict`` as filled in when the config was made: the method's own predictive
+        unless one was given."""
+        assert self.predict is not None  # __post_init__ fills it in
+        return self.predict
+
+    @property
     def method_name(self) -> str:
         """The method table's name for what this config trains (``vl-uniform``, ``map``, …)."""
         return method_for(self.method, self.variance).name

@@ -392,7 +392,10 @@ def method_for(trainer: str, variance: str | None = None) -> Method:
 def posterior_class_of(method: Method) -> type:
     """The class that implements ``method`` (imports torch)."""
     module, _, name = method.posterior_class.partition(":")
-    return getattr(importlib.import_module(module), name)
+    cls = getattr(importlib.import_module(module), name)
+    if not isinstance(cls, type):
+        raise TypeError(f"{method.posterior_class} is not a class")
+    return cls
 
 
 def posterior(model: Any, method: str, *, n_data: int, **settings: Any) -> Any:

@@ -132,7 +132,8 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu2(out + self.shortcut(x))
+        activated: torch.Tensor = self.relu2(out + self.shortcut(x))
+        return activated
 
 
 def _cifar_resnet(

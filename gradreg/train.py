@@ -98,7 +98,10 @@ def build_posterior(config: TrainConfig, data: Dataset) -> GaussianPosterior:
     model = build_model(config.model, data.input_shape, data.n_classes, **config.model_options)
     if config.compile:
         model.compile()  # in place: parameter names and checkpoints stay those of the model
-    return posterior(model, config.method_name, n_data=data.n_train, **config.posterior_settings())
+    built: GaussianPosterior = posterior(
+        model, config.method_name, n_data=data.n_train, **config.posterior_settings()
+    )
+    return built
 
 
 def load_config_dataset(config: TrainConfig) -> Dataset:
@@ -137,7 +140,7 @@ def evaluate(
     generator: torch.Generator | None = None,
 ) -> tuple[dict[str, float], ReliabilityBins]:
     """Metrics of the predictive chosen by ``config.predict`` on (x, y)."""
-    log_probs = predictive_log_probs(posterior, x, config.predict, config.n_samples, generator)
+    log_probs = predictive_log_probs(posterior, x, config.predict_mode, config.n_samples, generator)
     probs, labels = log_probs.exp(), y.cpu()
     return classification_metrics(probs, labels, prefix), reliability_bins(probs, labels)
 
@@ -166,7 +169,7 @@ def evaluate_splits(
     """
     posterior.eval()
     log_probs = {
-        split: predictive_log_probs(posterior, x, config.predict, config.n_samples, generator)
+        split: predictive_log_probs(posterior, x, config.predict_mode, config.n_samples, generator)
         for split, (x, _) in splits.items()
     }
     labels = {split: y.cpu() for split, (_, y) in splits.items()}
@@ -261,7 +264,7 @@ def fit(
             chosen = posterior.after_training(
                 (x_train, y_train),
                 (x_val, y_val),
-                predict=config.predict,
+                predict=config.predict_mode,
                 n_samples=config.n_samples,
                 generator=sampling,
             )

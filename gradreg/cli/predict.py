@@ -122,7 +122,8 @@ def _read_table(path: Path, suffix: str, drop_columns: list[str]) -> np.ndarray:
             f"--input {path}: column(s) {', '.join(text)} are not numbers; drop them with "
             "--drop-column"
         )
-    return frame.to_numpy(dtype=np.float64)
+    values: np.ndarray = frame.to_numpy(dtype=np.float64)
+    return values
 
 
 def saved_directory(model_uri: str, _tmp: str = "") -> Path:

@@ -88,7 +88,8 @@ def paired_rows(comparison: Comparison) -> list[dict[str, Any]]:
 def _value(comparison: Comparison, label: str, seed: int, key: str) -> float:
     for run in comparison.runs:
         if (run["label"], run["seed"]) == (label, seed):
-            return run[key]
+            value: float = run[key]
+            return value
     raise KeyError((label, seed))
 
 

@@ -32,7 +32,7 @@ above rounding, that changed the gradient by 35% on a ReLU MLP and by 9× on a s
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -136,7 +136,9 @@ class KinkPattern:
         else:  # the output's sign is the input's, also for an in-place ReLU
             self._saved[id(module)] = output.detach() > 0
 
-    def _keep_inplace_input(self, module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+    def _keep_inplace_input(
+        self, module: nn.Module, inputs: tuple[Tensor, ...]
+    ) -> tuple[Tensor, ...] | None:
         if getattr(module, "inplace", False):
             return (inputs[0].clone(), *inputs[1:])
         return None
@@ -151,7 +153,8 @@ class KinkPattern:
         return x * saved
 
 
-def _pool_with_indices(module: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+def _pool_with_indices(module: nn.MaxPool1d | nn.MaxPool2d, x: Tensor) -> tuple[Tensor, Tensor]:
+    pool: Callable[..., tuple[Tensor, Tensor]]
     pool = F.max_pool1d if isinstance(module, nn.MaxPool1d) else F.max_pool2d
     return pool(
         x,
@@ -165,7 +168,11 @@ def _pool_with_indices(module: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @contextmanager
-def _hooks(modules: Sequence[nn.Module], after, before=None) -> Iterator[None]:
+def _hooks(
+    modules: Sequence[nn.Module],
+    after: Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor | None],
+    before: Callable[[nn.Module, tuple[Tensor, ...]], tuple[Tensor, ...] | None] | None = None,
+) -> Iterator[None]:
     handles = [m.register_forward_hook(after) for m in modules]
     if before is not None:
         handles += [m.register_forward_pre_hook(before) for m in modules]

@@ -107,6 +107,7 @@ def _per_layer_fisher(
     """
     probes = [layer.probe for layer in capture.layers]
     totals: dict[int, Tensor] = {}
+    jobs: list[tuple[Tensor, Tensor | None]]
     if labels is not None:
         jobs = [(log_probs.gather(1, labels[:, None]).sum(), None)]
     else:
@@ -193,6 +194,7 @@ class FisherPass:
 
     def forward(self, x: Tensor) -> Tensor:
         """Run the model once; keeps the logits and their float32+ log-softmax."""
+        logits: Tensor
         if self.uses_layers:
             with capture_layers(self.model) as capture:
                 logits = self.model(x)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -99,7 +100,8 @@ def capture_layers(model: nn.Module) -> Iterator[LayerCapture]:
 def _weighted_batch_sum(squares: Tensor, weights: Tensor | None) -> Tensor:
     if weights is None:
         return squares.sum(0)
-    return torch.tensordot(weights.to(squares.dtype), squares, dims=1)
+    weighted: Tensor = torch.tensordot(weights.to(squares.dtype), squares, dims=1)
+    return weighted
 
 
 def _linear_squares(
@@ -153,16 +155,18 @@ def _linear_weighted(
     return out
 
 
-def _conv_per_example(module: nn.Conv1d | nn.Conv2d, a: Tensor, g: Tensor) -> tuple:
+def _conv_per_example(module: nn.Conv1d | nn.Conv2d, a: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
     """(per-example weight gradients (B, O, in·kernel), output gradients (B, O, L))."""
     a, g = at_least_fp32(a), at_least_fp32(g)
+    padding = module.padding
+    if isinstance(padding, str):  # _conv_obstacle refuses such a layer before it gets here
+        raise ValueError(f"the per-example rule needs integer padding, got {padding!r}")
     if isinstance(module, nn.Conv1d):
         a = a.unsqueeze(2)
         kernel, stride = (1, *module.kernel_size), (1, *module.stride)
-        padding, dilation = (0, *module.padding), (1, *module.dilation)
+        padding, dilation = (0, *padding), (1, *module.dilation)
     else:
-        kernel, stride = module.kernel_size, module.stride
-        padding, dilation = module.padding, module.dilation
+        kernel, stride, dilation = module.kernel_size, module.stride, module.dilation
     cols = F.unfold(a, kernel, dilation=dilation, padding=padding, stride=stride)
     g = g.reshape(g.shape[0], g.shape[1], -1)
     return torch.einsum("bol,bkl->bok", g, cols), g
@@ -200,12 +204,13 @@ def _conv_obstacle(module: nn.Conv1d | nn.Conv2d) -> str | None:
     return None
 
 
-SquaresRule = Callable[[nn.Module, Tensor, Tensor, "Tensor | None"], list[Tensor]]
-WeightedRule = Callable[[nn.Module, Tensor, Tensor, Sequence[Tensor]], Tensor]
+M = TypeVar("M", bound=nn.Module)
+SquaresRule = Callable[[M, Tensor, Tensor, "Tensor | None"], list[Tensor]]
+WeightedRule = Callable[[M, Tensor, Tensor, Sequence[Tensor]], Tensor]
 
 
 @dataclass(frozen=True)
-class LayerRule:
+class LayerRule(Generic[M]):
     """The per-example Fisher of one layer type, from its inputs ``a`` and output gradients
     ``g``: per parameter, in the order the module declares them (weight, then bias),
     Σ_i w_i (per-example gradient)².
@@ -215,21 +220,21 @@ class LayerRule:
     what the linearised predictive's logit variances need (`gradreg.posteriors.glm`).
     """
 
-    squares: SquaresRule
-    totals: SquaresRule | None = None  # each parameter's sum over entries, if cheaper
-    obstacle: Callable[[nn.Module], str | None] | None = None  # configurations it cannot do
-    weighted: WeightedRule | None = None
+    squares: SquaresRule[M]
+    totals: SquaresRule[M] | None = None  # each parameter's sum over entries, if cheaper
+    obstacle: Callable[[M], str | None] | None = None  # configurations it cannot do
+    weighted: WeightedRule[M] | None = None
 
 
-# A new layer type is one rule function and one entry here.
-LAYER_RULES: dict[type[nn.Module], LayerRule] = {
+# A new layer type is one rule function and one entry here (a rule for M takes an M).
+LAYER_RULES: dict[type[nn.Module], LayerRule[Any]] = {
     nn.Linear: LayerRule(_linear_squares, totals=_linear_totals, weighted=_linear_weighted),
     nn.Conv1d: LayerRule(_conv_squares, obstacle=_conv_obstacle, weighted=_conv_weighted),
     nn.Conv2d: LayerRule(_conv_squares, obstacle=_conv_obstacle, weighted=_conv_weighted),
 }
 
 
-def rule_for(module: nn.Module) -> LayerRule | None:
+def rule_for(module: nn.Module) -> LayerRule[Any] | None:
     """The rule of ``module``'s type or of the nearest base class that has one."""
     for cls in type(module).__mro__:
         if cls in LAYER_RULES:

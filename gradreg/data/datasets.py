@@ -252,8 +252,8 @@ def _assemble(
     transform = InputTransform(raw_shape, input_shape, mode, mean, scale, dtype)
 
     def as_tensors(x: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(x.astype(np.float32, copy=False)).reshape(len(labels), *input_shape)
-        return x, torch.from_numpy(labels.astype(np.int64))
+        inputs = torch.from_numpy(x.astype(np.float32, copy=False))
+        return inputs.reshape(len(labels), *input_shape), torch.from_numpy(labels.astype(np.int64))
 
     return Dataset(
         name,

@@ -21,7 +21,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Protocol
 
 from gradreg import settings
 from gradreg.data.standard_files import (
@@ -144,7 +144,11 @@ _NETWORK_ERRORS = (
 _CHUNK = 1 << 20
 
 
-def _write_checked(destination: Path, stream: IO[bytes], *checks: Callable[[Path], object]) -> None:
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def _write_checked(destination: Path, stream: _Readable, *checks: Callable[[Path], object]) -> None:
     """Copy ``stream`` to ``destination`` whole or not at all; each of ``checks`` may read the
     copy and refuse it. Data directories are usually shared: the file is world-readable."""
 
@@ -165,7 +169,15 @@ def _is_https(url: str) -> bool:
 class _HttpsOnlyRedirects(urllib.request.HTTPRedirectHandler):
     """Follows a redirect only to another https URL."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
         if not _is_https(newurl):
             raise DownloadError(
                 f"refusing the redirect ({code}) from {req.full_url} to {newurl}: "

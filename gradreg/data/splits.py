@@ -23,9 +23,10 @@ Splits = list[Arrays]  # (x, y) of train, val and test
 def check_fraction(option: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{option} must be a number in (0, 1), got {value!r}")
-    if not 0 < value < 1:
+    fraction = float(value)
+    if not 0 < fraction < 1:
         raise ValueError(f"{option} must be in (0, 1), got {value}")
-    return float(value)
+    return fraction
 
 
 def resolve_test_fraction(

@@ -13,6 +13,7 @@ Nothing here touches the network; `gradreg.data.downloader` fetches the files.
 from __future__ import annotations
 
 import gzip
+import importlib
 import math
 import os
 import pickle
@@ -20,18 +21,23 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import IO, Any, NamedTuple
 
 import numpy as np
 
 from gradreg import settings
 
-try:
-    from numpy._core import multiarray as _multiarray
-    from numpy._core import numeric as _numeric
-except ImportError:  # numpy < 1.26
-    from numpy.core import multiarray as _multiarray
-    from numpy.core import numeric as _numeric
+
+def _numpy_core(name: str) -> ModuleType:
+    """numpy's private core module ``name``: numpy._core since 1.26, numpy.core before."""
+    try:
+        return importlib.import_module(f"numpy._core.{name}")
+    except ImportError:
+        return importlib.import_module(f"numpy.core.{name}")
+
+
+_multiarray, _numeric = _numpy_core("multiarray"), _numpy_core("numeric")
 
 DATA_DIR_ENV = settings.DATA_DIR_ENV
 N_CLASSES = 10
@@ -65,7 +71,7 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path:
 
 # ---------------------------------------------------------------- IDX (MNIST format)
 
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype[Any]] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),
@@ -118,7 +124,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
             f"{path}: {problem}: shape {shape} of {dtype.itemsize}-byte values needs "
             f"{expected} bytes, the file holds {len(content)}"
         )
-    data = np.frombuffer(content, dtype, offset=header_size).reshape(shape)
+    data: np.ndarray = np.frombuffer(content, dtype, offset=header_size).reshape(shape)
     return data.astype(dtype.newbyteorder("="))
 
 

@@ -103,7 +103,7 @@ class InputTransform:
             raise ValueError(f"expected inputs of shape {self.describe_shapes()}, got {x.shape}")
         if x.dtype.kind not in "biuf":
             raise ValueError(f"inputs must be numbers, got dtype {x.dtype}")
-        rows = np.asarray(x, dtype=self.dtype).reshape(len(x), n_values)
+        rows: np.ndarray = np.asarray(x, dtype=self.dtype).reshape(len(x), n_values)
         bad = rows.size - int(np.count_nonzero(np.isfinite(rows)))
         if bad:
             raise ValueError(f"inputs hold {bad} NaN or infinite value(s)")
@@ -123,10 +123,11 @@ class InputTransform:
         if values.ndim < 1 or tuple(values.shape[1:]) != self.input_shape:
             shape = str(("N", *self.input_shape)).replace("'", "")
             raise ValueError(f"expected model inputs of shape {shape}, got {values.shape}")
-        rows = values.reshape(len(values), -1)
+        rows: np.ndarray = values.reshape(len(values), -1)
         if self.mode == "channel":
             rows = rows.reshape(len(values), self.input_shape[0], -1)
-        return (rows * self.scale + self.mean).reshape(len(values), *self.raw_shape)
+        raw: np.ndarray = rows * self.scale + self.mean
+        return raw.reshape(len(values), *self.raw_shape)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, InputTransform):

@@ -1,4 +1,4 @@
-"""The user's own dataset files: .npz arrays, CSV or Parquet tables, image folders.
+"""One concept, the user's own dataset files (.npz arrays, CSV or Parquet tables, image folders).
 
 `file_options` checks the options of the ``file`` dataset and finds the file;
 `read_file_dataset` parses it and refuses what cannot train, with a message that names the
@@ -230,7 +230,8 @@ def _class_indices(labels: np.ndarray, where: str) -> int:
 
 def _missing(present: np.ndarray, limit: int) -> list[int]:
     """The first ``limit`` integers in 0..max(present) absent from sorted ``present``."""
-    missing, expected = [], 0
+    missing: list[int] = []
+    expected = 0
     for value in present.tolist():
         while expected < value and len(missing) < limit:
             missing.append(expected)
@@ -316,9 +317,10 @@ def _read_npz(options: FileOptions) -> FileData:
 
 def _npz_array(archive: Any, name: str) -> np.ndarray:
     try:
-        return archive[name]
+        array: np.ndarray = archive[name]
     except ValueError as error:  # object arrays need pickle, which is never allowed
         raise FileDatasetError(f"array {name!r} cannot be read ({error}); store numbers") from None
+    return array
 
 
 def _check_npz_inputs(x: np.ndarray, name: str) -> None:
@@ -488,8 +490,9 @@ def _decode(content: bytes, name: str) -> np.ndarray:
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(content)) as image:
-            image.load()
+        with Image.open(io.BytesIO(content)) as opened:
+            opened.load()
+            image: Image.Image = opened
             if image.mode == "1":
                 image = image.convert("L")
             elif image.mode == "P":

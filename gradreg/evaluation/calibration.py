@@ -67,7 +67,9 @@ class TemperatureFit:
         return dict(zip(TEMPERATURE_METRICS, values, strict=True))
 
 
-def _log_probs_array(log_probs: torch.Tensor | np.ndarray, labels: object) -> tuple:
+def _log_probs_array(
+    log_probs: torch.Tensor | np.ndarray, labels: object
+) -> tuple[np.ndarray, np.ndarray]:
     lp = log_probs.detach().cpu().double().numpy() if torch.is_tensor(log_probs) else log_probs
     lp = np.asarray(lp, dtype=np.float64)
     y = labels.detach().cpu().numpy() if torch.is_tensor(labels) else np.asarray(labels)

@@ -10,7 +10,7 @@ never used to choose.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -68,7 +68,7 @@ def greedy_selection(val_probs: Sequence[Tensor], val_labels: Tensor, size: int)
 
 
 def evaluate_ensemble(
-    probs: dict[str, Sequence[Tensor]], labels: dict[str, Tensor], members: Sequence[int]
+    probs: Mapping[str, Sequence[Tensor]], labels: Mapping[str, Tensor], members: Sequence[int]
 ) -> EnsembleResult:
     """The ensemble of ``members`` on every split: raw metrics, temperature-scaled ones (T
     fitted on ``val``, or T = 1 where the validation data do not determine one) and the test

@@ -55,7 +55,7 @@ class ReliabilityBins:
         gaps = np.abs(self.accuracy[filled] - self.confidence[filled])
         return float(np.sum(self.count[filled] * gaps) / self.count.sum())
 
-    def to_dict(self) -> dict[str, list]:
+    def to_dict(self) -> dict[str, list[Any]]:
         """JSON-safe lists; NaN (empty bin) becomes None."""
 
         def floats(a: np.ndarray) -> list[float | None]:
@@ -70,10 +70,10 @@ class ReliabilityBins:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, list]) -> ReliabilityBins:
+    def from_dict(cls, data: dict[str, list[Any]]) -> ReliabilityBins:
         """Inverse of `to_dict`."""
 
-        def floats(values: list) -> np.ndarray:
+        def floats(values: list[Any]) -> np.ndarray:
             return np.array([np.nan if v is None else v for v in values], dtype=float)
 
         return cls(
@@ -91,7 +91,8 @@ def _to_numpy(x: Any) -> np.ndarray:
         if x.is_floating_point():
             # numpy has no bfloat16, so widen in torch before converting
             x = x.to(torch.float64)
-        return x.numpy()
+        array: np.ndarray = x.numpy()
+        return array
     return np.asarray(x)
 
 

@@ -54,7 +54,7 @@ def write_reliability_diagram(
     top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
 
-    palette = matplotlib.colormaps["tab10" if len(named) <= 10 else "tab20"].colors
+    palette = _palette("tab10" if len(named) <= 10 else "tab20")
     for i, (label, bins) in enumerate(named.items()):
         color = palette[i % len(palette)]
         filled = bins.count > 0
@@ -100,7 +100,7 @@ def write_param_importances(
     figure = Figure(figsize=(6, 1.5 + 0.4 * len(ranked)), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots()
-    bars = axes.barh(names, values, color=matplotlib.colormaps["tab10"].colors[0])
+    bars = axes.barh(names, values, color=_palette("tab10")[0])
     axes.bar_label(bars, labels=[f"{v:.2f}" for v in values], padding=3, fontsize="small")
     axes.set_xlim(0, max(1.0, max(values)) * 1.1)
     axes.set_xlabel("importance")
@@ -110,3 +110,9 @@ def write_param_importances(
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png")
     return path
+
+
+def _palette(name: str) -> list[tuple[float, float, float, float]]:
+    """The colours of one of matplotlib's qualitative colour maps, in order (RGBA)."""
+    colormap = matplotlib.colormaps[name]
+    return [colormap(i) for i in range(colormap.N)]

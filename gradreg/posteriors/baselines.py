@@ -18,8 +18,10 @@ from gradreg.curvature.fisher import check_labels, trainable_parameters
 from gradreg.curvature.layer_rules import at_least_fp32
 from gradreg.methods import method_for
 from gradreg.posteriors.gaussian import (
+    DiagonalVariance,
     GaussianPosterior,
     LossTerms,
+    UniformVariance,
     check_count,
     weight_decay,
 )
@@ -52,6 +54,8 @@ class MAP(GaussianPosterior):
 class SamplingVI(GaussianPosterior):
     """Mean-field VI: −ELBO/N estimated with ``mc_samples`` weight samples per step."""
 
+    family: DiagonalVariance | UniformVariance
+
     def __init__(
         self,
         model: nn.Module,
@@ -79,14 +83,12 @@ class SamplingVI(GaussianPosterior):
     def loss(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> LossTerms:
         """``nll`` is the Monte-Carlo estimate of E_q[−log p(y|x,w)] averaged over the batch."""
         with torch.enable_grad():
-            nll = None
-            for _ in range(self.mc_samples):
+            logits = self.sampled_logits(x, generator)
+            check_labels(y, logits, "y")
+            nll = _nll(logits, y)
+            for _ in range(self.mc_samples - 1):
                 logits = self.sampled_logits(x, generator)
-                if nll is None:
-                    check_labels(y, logits, "y")
-                    nll = _nll(logits, y)
-                else:
-                    nll = nll + _nll(logits, y)
+                nll = nll + _nll(logits, y)
             nll = nll / self.mc_samples
             kl = (self.kl_weight / self.n_data) * self.kl()
             total = nll + kl
@@ -107,6 +109,7 @@ class SamplingVI(GaussianPosterior):
         weights = self.sample_weights(generator, skip=local_ids)
 
         def add_noise(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+            assert isinstance(module, nn.Linear)  # hooked on the local layers only
             weight_var, bias_var = local[module]
             a = inputs[0]
             var = F.linear(
@@ -121,13 +124,17 @@ class SamplingVI(GaussianPosterior):
 
         handles = [m.register_forward_hook(add_noise) for m in local]
         try:
-            return functional_call(self.model, weights, (x,))
+            logits: Tensor = functional_call(self.model, weights, (x,))
+            return logits
         finally:
             for handle in handles:
                 handle.remove()
 
-    def _local_layers(self, variances: dict[int, Tensor]) -> dict[nn.Module, tuple]:
-        layers = {}
+    def _local_layers(
+        self, variances: dict[int, Tensor]
+    ) -> dict[nn.Module, tuple[Tensor, Tensor | None]]:
+        """The Linear layers whose weight and bias (if any) are all trainable: their σ²."""
+        layers: dict[nn.Module, tuple[Tensor, Tensor | None]] = {}
         for module in self.model.modules():
             if not isinstance(module, nn.Linear) or id(module.weight) not in variances:
                 continue

@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -95,6 +96,8 @@ class DiagonalVariance(nn.Module):
     Learned by default; ``learn=False`` keeps it fixed (the post-hoc Laplace posterior).
     """
 
+    log_variance: Tensor  # a Parameter when learned, else a buffer
+
     def __init__(self, params: Sequence[Tensor], init_variance: float, learn: bool = True) -> None:
         super().__init__()
         init_variance = check_positive("init_variance", init_variance)
@@ -128,6 +131,8 @@ class DiagonalVariance(nn.Module):
 
 class UniformVariance(nn.Module):
     """σ² = noise_scale² for every weight; fixed by default, optionally learned."""
+
+    log_variance: Tensor  # a Parameter when learned, else a buffer
 
     def __init__(self, params: Sequence[Tensor], noise_scale: float, learn: bool = False) -> None:
         super().__init__()
@@ -197,6 +202,7 @@ def make_variance_family(
         if init_variance is None:
             init_variance = DEFAULT_INIT_VARIANCE_FACTOR * prior_variance
         return DiagonalVariance(params, init_variance)
+    assert noise_scale is not None  # family_problem: the uniform family needs one
     return UniformVariance(params, noise_scale, learn=learn_noise_scale)
 
 
@@ -280,7 +286,7 @@ class GaussianPosterior(nn.Module):
             }
         return summary
 
-    def param_groups(self, lr: float, variance_lr: float | None = None) -> list[dict]:
+    def param_groups(self, lr: float, variance_lr: float | None = None) -> list[dict[str, Any]]:
         """Optimiser groups: the means at ``lr``, learned variances at ``variance_lr``.
 
         ``variance_lr`` defaults to 10 × ``lr``: variances converge slowly (Unlu & Aitchison).
@@ -371,4 +377,5 @@ class GaussianPosterior(nn.Module):
 
 def weight_decay(means: Sequence[Tensor], prior_variance: float) -> Tensor:
     """Σ_λ μ_λ²/(2s²): the μ-part of the KL to the prior N(0, s² I)."""
-    return sum(mu.square().sum() for mu in means) / (2 * prior_variance)
+    first, *rest = means
+    return sum((mu.square().sum() for mu in rest), first.square().sum()) / (2 * prior_variance)

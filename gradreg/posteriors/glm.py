@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, jvp, vmap
 
 from gradreg.curvature.layer_rules import (
+    CapturedLayer,
     capture_layers,
     layer_weighted,
     per_example_obstacle,
@@ -49,9 +50,11 @@ def logit_variances(
     through per-example Jacobians (`torch.func`), which is exact but slower.
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    stacked = torch.is_tensor(variances) and variances.dim() == 2
-    flat = variances if stacked else torch.cat([v.reshape(-1) for v in variances])[:, None]
-    flat = flat.double()
+    stacked = isinstance(variances, Tensor) and variances.dim() == 2
+    if isinstance(variances, Tensor) and stacked:
+        flat = variances.double()
+    else:
+        flat = torch.cat([v.reshape(-1) for v in variances])[:, None].double()
     if per_example_obstacle(model, params) is None and _rules_cover(model):
         f_mu, v = _by_layer_rules(model, x, params, flat)
     else:
@@ -87,13 +90,20 @@ def _by_layer_rules(
                 logits[:, c].sum(), probes, retain_graph=c + 1 < logits.shape[1]
             )
             with torch.no_grad():
-                total = 0
-                for layer, grad in zip(capture.layers, grads, strict=True):
-                    total = total + layer_weighted(layer, grad, variances).double()
-            per_class.append(total)
+                first, *rest = [
+                    _weighted(layer, grad, variances)
+                    for layer, grad in zip(capture.layers, grads, strict=True)
+                ]
+                per_class.append(sum(rest, first))
         means.append(logits.detach().double())
         out.append(torch.stack(per_class, dim=1))
     return torch.cat(means), torch.cat(out)
+
+
+def _weighted(layer: CapturedLayer, grad: Tensor, variances: dict[int, Tensor]) -> Tensor:
+    weighted = layer_weighted(layer, grad, variances)
+    assert weighted is not None  # _rules_cover: every layer's rule has one
+    return weighted.double()
 
 
 def _by_jacobians(model: nn.Module, x: Tensor, flat: Tensor) -> tuple[Tensor, Tensor]:
@@ -101,7 +111,8 @@ def _by_jacobians(model: nn.Module, x: Tensor, flat: Tensor) -> tuple[Tensor, Te
     names = list(params)
 
     def logits(p: dict[str, Tensor], xi: Tensor) -> Tensor:
-        return functional_call(model, p, (xi.unsqueeze(0),)).squeeze(0)
+        out: Tensor = functional_call(model, p, (xi.unsqueeze(0),))
+        return out.squeeze(0)
 
     with torch.no_grad():
         f_mu = model(x)
@@ -140,10 +151,12 @@ def mc_log_probs(
     std = [v.sqrt() for v in variances]
 
     def logits(p: dict[str, Tensor]) -> Tensor:
-        return functional_call(model, p, (x,))
+        out: Tensor = functional_call(model, p, (x,))
+        return out
 
     def change(tangent: dict[str, Tensor]) -> Tensor:
-        return jvp(logits, (params,), (tangent,))[1]
+        out: Tensor = jvp(logits, (params,), (tangent,))[1]
+        return out
 
     with torch.no_grad():
         f_mu = model(x)

@@ -38,6 +38,12 @@ _PRECISION_RANGE = (1e-8, 1e8)
 class Laplace(MAP):
     """MAP training; after the last epoch a diagonal Laplace posterior (see the module)."""
 
+    family: DiagonalVariance  # fixed: σ² = 1/(F + δ) once fitted
+    # buffers, so that a checkpoint taken at any epoch loads
+    fitted: Tensor
+    prior_precision: Tensor
+    fisher_total: Tensor
+
     def __init__(
         self,
         model: nn.Module,
@@ -56,12 +62,14 @@ class Laplace(MAP):
             raise ValueError(f"unknown prior_fit {prior_fit!r}; accepted: {', '.join(PRIOR_FITS)}")
         self.prior_fit = prior_fit
         params = trainable_parameters(model)
-        like = {"dtype": params[0].dtype, "device": params[0].device}
+        dtype, device = params[0].dtype, params[0].device
         # The buffers exist from the start so that a checkpoint taken at any epoch loads.
         self.family = DiagonalVariance(params, self.prior_variance, learn=False)
-        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool, device=like["device"]))
-        self.register_buffer("prior_precision", torch.tensor(1.0 / self.prior_variance, **like))
-        self.register_buffer("fisher_total", torch.zeros(sum(p.numel() for p in params), **like))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool, device=device))
+        precision = torch.tensor(1.0 / self.prior_variance, dtype=dtype, device=device)
+        self.register_buffer("prior_precision", precision)
+        n_weights = sum(p.numel() for p in params)
+        self.register_buffer("fisher_total", torch.zeros(n_weights, dtype=dtype, device=device))
 
     # ---------------------------------------------------------------- the post-hoc fit
 

@@ -31,6 +31,7 @@ from gradreg.curvature.fisher import (
 )
 from gradreg.methods import method_for, regulariser_grad_problem, resolve_regulariser_grad
 from gradreg.posteriors.gaussian import (
+    DiagonalVariance,
     GaussianPosterior,
     LossTerms,
     UniformVariance,
@@ -57,6 +58,8 @@ class VariationalLaplace(GaussianPosterior):
     float32 or better (no autocast, no TF32), autograd elsewhere. The loss and its parts are
     the same numbers either way.
     """
+
+    family: DiagonalVariance | UniformVariance
 
     def __init__(
         self,
@@ -156,6 +159,8 @@ class VariationalLaplace(GaussianPosterior):
                 self.model, self._names, params, g, variance, x, y, labels, rng, kinks
             )
             pieces = unflatten(gradient, params)
-            attached = sum((p * d).sum() for p, d in zip(params, pieces, strict=True))
+            # the μ-gradient, carried by a term whose value is exactly zero
+            attached = torch.stack([(p * d).sum() for p, d in zip(params, pieces, strict=True)])
+            attached = attached.sum()
             total = nll.detach() + sqgrad + kl + (attached - attached.detach())
         return LossTerms(total, nll.detach(), sqgrad.detach(), kl.detach(), logits.detach())

@@ -355,7 +355,12 @@ def _initial_point_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
                 yield SpecIssue((*at, name), f"not a searched parameter; searched: {_names(spec)}")
             elif not _within(parameter, value):
                 yield SpecIssue((*at, name), f"{value!r} is outside {_describe(parameter)}")
-            elif name != "method" and method in METHODS and name not in _reads(spec, method):
+            elif (
+                name != "method"
+                and isinstance(method, str)
+                and method in METHODS
+                and name not in _reads(spec, method)
+            ):
                 yield SpecIssue((*at, name), f"method {method!r} does not use {name}")
 
 
