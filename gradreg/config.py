@@ -9,6 +9,7 @@ from typing import Any
 
 from gradreg.curvature.fisher import ESTIMATORS
 from gradreg.data import DEFAULT_VAL_FRACTION, available_datasets
+from gradreg.families import family_problem
 from gradreg.methods import (
     COMMON_SETTINGS,
     HYPERPARAMETERS,
@@ -18,7 +19,6 @@ from gradreg.methods import (
     TRAINERS,
     Method,
     compile_problem,
-    family_problem,
     method_for,
     regulariser_grad_problem,
 )

@@ -20,12 +20,12 @@ from gradreg.config import TrainConfig
 from gradreg.curvature.fisher import ESTIMATORS
 from gradreg.data import available_datasets, load_dataset
 from gradreg.data.splits import DEFAULT_TEST_FRACTION
+from gradreg.families import VARIANCE_FAMILIES
 from gradreg.methods import (
     PREDICT_MODES,
     PRIOR_FITS,
     REGULARISER_GRADS,
     TRAINERS,
-    VARIANCE_FAMILIES,
 )
 from gradreg.version import add_version_argument
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from gradreg.curvature.fisher import trainable_parameters
-from gradreg.methods import family_problem
+from gradreg.families import family_problem
 
 PREDICT_MODES = ("mean", "sample")  # every Gaussian posterior's; methods may add their own
 DEFAULT_VARIANCE_LR_FACTOR = 10.0
