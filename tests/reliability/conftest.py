@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.helpers.api import ApiProcess
-from tests.service.conftest import postgres_schema
+from tests.helpers.store import postgres_schema
 
 CAPS = {
     "GRADREG_MAX_ACTIVE_SWEEPS": "1",

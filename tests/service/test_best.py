@@ -29,8 +29,8 @@ from service.store.models import Sweep
 from service.store.sweep_store import DatabaseSweepStore, objectives_of, upsert_trials
 from sweeps import DriverOptions, SweepOutcome, TrialEvent, TrialSummary, run_stored
 from sweeps.records import SCORED_STATES, best_trials, trial_name
-from tests.service.test_store import new_sweep, old_sweep, outcome, record
-from tests.sweeps.conftest import digits_spec
+from tests.helpers.specs import digits_spec
+from tests.helpers.store import new_sweep, old_sweep, outcome, record
 
 TWO = [{"metric": "val_nll", "goal": "minimize"}, {"metric": "val_accuracy", "goal": "maximize"}]
 ONE = [{"metric": "val_nll", "goal": "minimize"}]

@@ -25,7 +25,7 @@ from sweeps.cli import format_outcome
 from sweeps.driver import DriverOptions, run_sweep
 from tests.helpers.chromium import assert_lists_runs, assert_shows_run, dom
 from tests.helpers.mlflow_server import MlflowServer
-from tests.sweeps.conftest import digits_spec
+from tests.helpers.specs import digits_spec
 
 
 def test_the_api_links_to_the_runs_list_and_the_parent_run():

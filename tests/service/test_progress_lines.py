@@ -22,7 +22,7 @@ from service.store.sweep_store import objectives_of, upsert_trials
 from sweeps import TrialEvent
 from sweeps.progress import SweepMonitor
 from sweeps.records import trial_name
-from tests.service.test_store import new_sweep
+from tests.helpers.store import new_sweep
 
 TOKEN = "secret"
 

@@ -18,8 +18,8 @@ from service.store import status_machine, sweep_queries
 from service.store.models import Sweep
 from service.store.sweep_store import upsert_trial
 from tests.helpers.clock import ManualClock
-from tests.service.test_store import event as trial_event
-from tests.service.test_store import new_sweep, status_of, trial_states
+from tests.helpers.store import event as trial_event
+from tests.helpers.store import new_sweep, status_of, trial_states
 
 
 class RecordingJobs:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import multiprocessing
 import random
@@ -39,20 +38,21 @@ from service.store.sweep_store import (
     upsert_trial,
     upsert_trials,
 )
-from sweeps import SweepOutcome, SweepRecord, TrialEvent, TrialSummary, load_spec_file
+from sweeps import TrialEvent, load_spec_file
 from sweeps.records import LOST_TRIAL, trial_name
+from tests.helpers.store import (
+    event,
+    new_sweep,
+    old_sweep,
+    outcome,
+    record,
+    spec_document,
+    status_of,
+    summary,
+    trial_states,
+)
 
 EXAMPLE = Path(__file__).parents[2] / "sweeps" / "examples" / "digits-vl-uniform.yaml"
-# A way into every status, from pending.
-PATHS = {
-    "pending": [],
-    "submitted": ["submitted"],
-    "running": ["submitted", "running"],
-    "cancelling": ["submitted", "running", "cancelling"],
-    "succeeded": ["submitted", "running", "succeeded"],
-    "failed": ["submitted", "failed"],
-    "cancelled": ["cancelled"],
-}
 ALLOWED = {
     ("pending", "submitted"),
     ("pending", "cancelled"),
@@ -67,33 +67,6 @@ ALLOWED = {
     ("failed", "pending"),
     ("cancelled", "pending"),
 }
-
-
-def spec_document(name: str = "demo", tags: list[str] | None = None, **extra: Any) -> dict:
-    return {"name": name, "tags": tags or [], "dataset": {"name": "digits"}, **extra}
-
-
-def new_sweep(sessions: sessionmaker[Session], status: str = "pending", **document: Any) -> str:
-    with sessions() as session:
-        sweep, _ = sweep_queries.create_sweep(session, spec_document(**document))
-        for step in PATHS[status]:
-            status_machine.transition(session, sweep.id, step)
-        return sweep.id
-
-
-def status_of(sessions: sessionmaker[Session], sweep_id: str) -> Sweep:
-    with sessions() as session:
-        return sweep_queries.get_sweep(session, sweep_id)
-
-
-def trial_states(
-    sessions: sessionmaker[Session], sweep_id: str
-) -> dict[str, tuple[str, str | None]]:
-    """Each trial's (state, error), by trial id."""
-    with sessions() as session:
-        return {
-            t.trial_id: (t.state, t.error) for t in trial_queries.list_trials(session, sweep_id)
-        }
 
 
 def is_postgres(engine: sa.Engine) -> bool:
@@ -485,19 +458,6 @@ def test_list_rejects_bad_cursors_limits_and_statuses(session_factory):
 # ---------------------------------------------------------------- trials and best
 
 
-def event(trial_id: str, state: str = "running", epoch: int = 1, **metrics: float) -> TrialEvent:
-    return TrialEvent(
-        sweep="s",
-        trial_id=trial_id,
-        trial_name=f"trial_{trial_id}",
-        state=state,
-        params={"lr": 0.1 * (1 + int(trial_id[-1]))},
-        metrics={"epoch": float(epoch), **metrics},
-        epoch=epoch,
-        mlflow_run_id=f"run-{trial_id}",
-    )
-
-
 def best_id(session: Session, sweep_id: str) -> str | None:
     best = sweep_queries.get_sweep(session, sweep_id).best
     return None if best is None else best[0]["trial_id"]
@@ -590,43 +550,6 @@ def test_changes_since_reports_only_newer_versions(session_factory):
 
 
 # ---------------------------------------------------------------- the driver's store
-
-
-def record(sweep_id: str) -> SweepRecord:
-    return SweepRecord(
-        sweep=sweep_id,
-        spec={},
-        tracking_uri="sqlite:///mlflow.db",
-        experiment_id="7",
-        parent_run_id="parent-1",
-        data_root=None,
-    )
-
-
-def summary(trial_id: str, state: str, val_nll: float) -> TrialSummary:
-    return TrialSummary(
-        trial_id=trial_id,
-        name=f"trial_{trial_id}",
-        state=state,
-        params={"lr": 0.01},
-        metrics={"epoch": 3.0, "val_nll": val_nll},
-        mlflow_run_id=f"run-{trial_id}",
-    )
-
-
-def outcome(sweep_id: str, status: str, trials: list[TrialSummary], **extra: Any) -> SweepOutcome:
-    return SweepOutcome(
-        sweep=sweep_id,
-        status=status,
-        reason=extra.pop("reason", f"sweep {status}"),
-        objectives=[{"metric": "val_nll", "goal": "minimize"}],
-        trials=trials,
-        best=extra.pop("best", trials[:1]),
-        experiment_id="7",
-        parent_run_id="parent-1",
-        tracking_uri="sqlite:///mlflow.db",
-        experiment_path="/tmp/x",
-    )
 
 
 def create_from_example(session_factory: sessionmaker[Session]) -> tuple[str, Any]:
@@ -766,30 +689,6 @@ def test_trial_rows_belong_to_their_sweep(session_factory):
         assert session.scalar(sa.select(sa.func.count()).select_from(Trial)) == 2
         assert trial_queries.list_trials(session, first)[0].metrics["val_nll"] == 1.0
         assert trial_queries.trial_counts(session, second) == {"running": 1}
-
-
-def old_sweep(
-    connection: sa.Connection,
-    sweep_id: str,
-    status: str,
-    spec: dict[str, Any] | None = None,
-    best: list[dict[str, Any]] | None = None,
-) -> None:
-    """A sweep row as a store at an earlier revision holds it (the models have moved on)."""
-    connection.execute(
-        sa.text(
-            "INSERT INTO sweeps (id, name, spec, tags, status, attempt, cancel_requested, best,"
-            " created_at, updated_at, version) VALUES (:id, 'old', :spec, '[]', :status, 1,"
-            " false, :best, :now, :now, 1)"
-        ),
-        {
-            "id": sweep_id,
-            "spec": json.dumps(spec or {}),
-            "status": status,
-            "best": None if best is None else json.dumps(best),
-            "now": "2026-01-01 00:00:00",
-        },
-    )
 
 
 def test_a_store_at_0001_upgrades_and_keeps_its_sweeps(store_url):

@@ -40,8 +40,8 @@ from service.store.sweep_store import (
 from sweeps import DriverOptions, TrialEvent, run_stored
 from sweeps.records import LOST_TRIAL, TrialSummary, best_trials
 from sweeps.statefiles import STATES_FILE
-from tests.service.test_store import new_sweep, outcome
-from tests.sweeps.conftest import digits_spec
+from tests.helpers.specs import digits_spec
+from tests.helpers.store import new_sweep, outcome
 
 STATES = ["running", "retrying", "failed", "succeeded", "stopped", "interrupted"]
 TRIAL_IDS = [f"t{i}" for i in range(6)]

@@ -27,9 +27,8 @@ from sweeps import (
     TrialEvent,
     run_stored,
 )
-from tests.service.conftest import postgres_schema
-from tests.service.test_store import outcome, record, summary
-from tests.sweeps.conftest import digits_spec
+from tests.helpers.specs import digits_spec
+from tests.helpers.store import outcome, postgres_schema, record, summary
 
 
 @dataclass

@@ -23,7 +23,7 @@ from sweeps.driver import DriverOptions
 from sweeps.records import SweepOutcome, trial_number
 from sweeps.spec import SweepSpec
 from sweeps.store import DirectoryStore, run_stored
-from tests.sweeps.conftest import DIGITS_SWEEP, digits_spec
+from tests.helpers.specs import DIGITS_SWEEP, digits_spec
 
 
 def test_validate_accepts_the_examples_and_names_problems(tmp_path, capsys):

@@ -18,7 +18,7 @@ from sweeps._ray_compat import searcher_study
 from sweeps.driver import _optuna_search
 from sweeps.study import StudyStorage, attached, make_searcher, study_place
 from sweeps.tested_versions import TESTED, UntestedVersionError, require_tested, version_problem
-from tests.sweeps.conftest import digits_spec
+from tests.helpers.specs import digits_spec
 
 ROOT = Path(__file__).parents[2]
 

@@ -28,7 +28,7 @@ from sweeps.tracking import (
     TRIAL_TAG,
     Tracker,
 )
-from tests.sweeps.conftest import digits_spec
+from tests.helpers.specs import digits_spec
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

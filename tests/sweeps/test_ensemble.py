@@ -22,7 +22,7 @@ from sweeps.ensemble import (
 )
 from sweeps.spec import EnsembleSection, Objective
 from sweeps.tracking import ENSEMBLE_TEMPERATURE_TAG, ROLE_TAG, TEMPERATURE_TAG
-from tests.sweeps.conftest import digits_spec
+from tests.helpers.specs import digits_spec
 
 
 def predictions(seed: int, n: int = 40, classes: int = 3) -> dict[str, Predictions]:

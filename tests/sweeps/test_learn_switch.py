@@ -10,7 +10,7 @@ from gradreg.methods import METHODS
 from sweeps import Limits, parse_spec
 from sweeps.space import SearchSpace, make_sampler
 from sweeps.spec.resolve import trial_config
-from tests.sweeps.conftest import DIGITS_SWEEP
+from tests.helpers.specs import DIGITS_SWEEP
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SWITCHED = [name for name, entry in METHODS.items() if entry.learn_switch == "learn_noise_scale"]

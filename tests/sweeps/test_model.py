@@ -42,7 +42,7 @@ from sweeps.model import (
 from sweeps.records import SweepRecord, TrialSummary
 from sweeps.spec.parse import validate_shape
 from tests.helpers.mlflow_server import MlflowServer
-from tests.sweeps.conftest import DIGITS_SWEEP
+from tests.helpers.specs import DIGITS_SWEEP
 
 NAME = "iris-vl-uniform"
 IMAGE_NAME = "digits-vl-uniform"

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from sweeps.outcome import sweep_outcome
 from sweeps.records import SweepRecord
-from tests.sweeps.conftest import digits_spec
+from tests.helpers.specs import digits_spec
 
 STORAGE_ERROR = (
     "CheckpointStorageError: could not save epoch 2's checkpoint to Tune's storage: When "

@@ -22,7 +22,7 @@ from sweeps.placement import (
     trial_device,
 )
 from sweeps.tracking import ERROR_TAG, ROLE_TAG
-from tests.sweeps.conftest import DIGITS_SWEEP, digits_spec
+from tests.helpers.specs import DIGITS_SWEEP, digits_spec
 
 pytestmark = pytest.mark.skipif(
     torch.cuda.is_available(), reason="checks a node whose trials see no CUDA device"

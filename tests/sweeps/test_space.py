@@ -11,7 +11,7 @@ from gradreg.methods import COMMON_SETTINGS, HYPERPARAMETERS, settings_used, tra
 from sweeps import Limits, load_spec_file, parse_spec
 from sweeps.space import SearchSpace, make_sampler
 from sweeps.spec.resolve import trial_config
-from tests.sweeps.conftest import DIGITS_SWEEP
+from tests.helpers.specs import DIGITS_SWEEP
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -18,7 +18,7 @@ from sweeps import (
     parse_spec,
     parse_spec_text,
 )
-from tests.sweeps.conftest import DIGITS_SWEEP
+from tests.helpers.specs import DIGITS_SWEEP
 
 EXAMPLES = sorted(Path("sweeps/examples").glob("*.yaml"))
 SCHEMA_FILE = Path("sweeps/spec/schema.json")

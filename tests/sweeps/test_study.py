@@ -48,7 +48,7 @@ from sweeps.tracking import (
     STUDY_SOURCE_TAG,
     STUDY_STORAGE_TAG,
 )
-from tests.sweeps.conftest import digits_spec
+from tests.helpers.specs import digits_spec
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 INITIAL_POINT = {"noise_scale": 0.01, "prior_variance": 1.0}
@@ -468,7 +468,7 @@ def postgres_store() -> Iterator[tuple[sa.Engine, object, str]]:
 
 @contextlib.contextmanager
 def _postgres_schema() -> Iterator[str]:
-    from tests.service.conftest import postgres_schema
+    from tests.helpers.store import postgres_schema
 
     schemas = postgres_schema()
     url = next(schemas)
