@@ -178,7 +178,7 @@ def client_command(args: argparse.Namespace) -> int:
                 sweep = client.wait(sweep["id"])
         else:
             sweep = client.sweep(args.sweep_id)
-        print(describe(sweep, client.trials(sweep["id"])))
+        print(describe(sweep, client.trials(sweep["id"]), client.best(sweep["id"])))
     except ApiError as error:
         print(f"error: {error}", file=sys.stderr)
         # the request was wrong (4xx), or the service failed to answer it (5xx)

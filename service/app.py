@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 import sqlalchemy as sa
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import openapi, problems
 from service.launcher import LocalRayHead, RayJobs
@@ -131,7 +131,7 @@ class BodyLimit:
             return
         received = 0
 
-        async def limited() -> dict:
+        async def limited() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":

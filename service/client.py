@@ -6,12 +6,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import httpx
 
-from service.statuses import TERMINAL
+from service.statuses import PARETO_OF_FINISHED, TERMINAL
 from sweeps.records import FINISHED_STATES, best_so_far_text
+
+Json = dict[str, Any]  # an answer of the API, as its schemas (service.schemas) describe it
 
 
 class ApiError(RuntimeError):
@@ -34,39 +36,45 @@ class Client:
             timeout=timeout_s,
         )
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _call(self, method: str, path: str, **kwargs: Any) -> Json:
         response = self.http.request(method, path, **kwargs)
         if response.status_code >= 400:
             try:
                 body = response.json()
             except ValueError:
                 body = {"detail": response.text}
-            details = [f"  {e['path']}: {e['message']}" for e in body.get("errors", [])]
+            details = [f"  {e['path']}: {e['message']}" for e in body.get("errors") or []]
             message = "\n".join([f"{response.status_code}: {body.get('detail')}", *details])
             raise ApiError(message, response.status_code)
-        return response.json()
+        answer: Json = response.json()
+        return answer
 
-    def submit(self, document: dict[str, Any], idempotency_key: str | None = None) -> dict:
+    def submit(self, document: Json, idempotency_key: str | None = None) -> Json:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._call("POST", "/v1/sweeps", json=document, headers=headers)
 
-    def sweep(self, sweep_id: str) -> dict:
+    def sweep(self, sweep_id: str) -> Json:
         return self._call("GET", f"/v1/sweeps/{sweep_id}")
 
-    def spec(self, sweep_id: str) -> dict:
+    def best(self, sweep_id: str) -> Json:
+        """The sweep's objectives, its best and what that is (``basis``): ``{"objectives",
+        "pareto", "basis", "best", "ensemble"}``."""
+        return self._call("GET", f"/v1/sweeps/{sweep_id}/best")
+
+    def spec(self, sweep_id: str) -> Json:
         """The spec the sweep runs under, as admitted, and its caps: ``{"sweep_id", "spec",
         "limits"}``."""
         return self._call("GET", f"/v1/sweeps/{sweep_id}/spec")
 
-    def trial_page(self, sweep_id: str, **query: Any) -> dict:
+    def trial_page(self, sweep_id: str, **query: Any) -> Json:
         """One page of trials: ``{"items": [...], "next_cursor": ...}``; ``query`` takes the
         route's parameters (state, order_by, direction, limit, cursor)."""
         given = {key: value for key, value in query.items() if value is not None}
         return self._call("GET", f"/v1/sweeps/{sweep_id}/trials", params=given)
 
-    def trials(self, sweep_id: str, **query: Any) -> list[dict]:
+    def trials(self, sweep_id: str, **query: Any) -> list[Json]:
         """Every trial matching ``query``, following the pages."""
-        found: list[dict] = []
+        found: list[Json] = []
         cursor = None
         while True:
             page = self.trial_page(sweep_id, **query, cursor=cursor)
@@ -75,10 +83,12 @@ class Client:
             if cursor is None:
                 return found
 
-    def wait(self, sweep_id: str, poll_s: float = 1.0, out: Any = sys.stderr) -> dict:
-        """Follow a sweep to its end, printing a progress line whenever it changes."""
+    def wait(self, sweep_id: str, poll_s: float = 1.0, out: TextIO | None = None) -> Json:
+        """Follow a sweep to its end, printing a progress line to ``out`` (sys.stderr as it is
+        when called) whenever it changes."""
+        out = out or sys.stderr
         # The sweep's first objective: the metric its best so far is ranked by (it never changes).
-        objective = self._call("GET", f"/v1/sweeps/{sweep_id}/best")["objectives"][0]["metric"]
+        objective = self.best(sweep_id)["objectives"][0]["metric"]
         last = ""
         while True:
             sweep = self.sweep(sweep_id)
@@ -91,9 +101,10 @@ class Client:
             time.sleep(poll_s)
 
 
-def progress_line(sweep: dict, objective: str) -> str:
-    """The line `wait` prints: the sweep's counts and its best so far by its first
-    ``objective`` (a metric name), in the words of the driver's own progress line."""
+def progress_line(sweep: Json, objective: str) -> str:
+    """The line `wait` prints: the sweep's counts and its best, as its basis says: for several
+    objectives the size of the Pareto set of its finished trials, for one the best so far by
+    its ``objective`` (a metric name) in the words of the driver's own progress line."""
     counts = sweep["counts"]
     done = sum(counts.get(s, 0) for s in FINISHED_STATES)
     running = counts.get("running", 0) + counts.get("retrying", 0)
@@ -101,10 +112,13 @@ def progress_line(sweep: dict, objective: str) -> str:
         f"[{sweep['name']}] {sweep['status']}: trials {done} done, {running} running, "
         f"{counts.get('failed', 0)} failed"
     )
-    if sweep.get("best"):
-        # The store's best so far, or once the sweep ended, its best (the first of a Pareto set
-        # is the best by the first objective).
-        best = sweep["best"][0]
+    best_set = sweep.get("best") or []
+    if sweep.get("best_basis") == PARETO_OF_FINISHED:
+        names = ", ".join(trial["name"] for trial in best_set) or "none has finished"
+        line += f" | {PARETO_OF_FINISHED}: {names}"
+    elif best_set:
+        # The store's best so far, or once the sweep ended, its best finished trial.
+        best = best_set[0]
         text = best_so_far_text(objective, best["name"], best.get("metrics") or {})
         if text:
             line += f" | {text}"
@@ -142,7 +156,7 @@ def read_spec(path: str) -> dict[str, Any]:
     return document
 
 
-def spec_text(answer: dict) -> str:
+def spec_text(answer: Json) -> str:
     """``GET /v1/sweeps/{id}/spec``'s answer as a YAML spec file: the caps it was admitted under
     are comments above the spec, so the text is a spec that `submit` takes."""
     # Imported here, as in read_spec: sweeps.spec.parse loads torch through the spec module.
@@ -158,16 +172,30 @@ def spec_text(answer: dict) -> str:
     return "\n".join(lines) + "\n" + dump_document(answer["spec"], "yaml")
 
 
-def describe(sweep: dict, trials: list[dict]) -> str:
+def describe(sweep: Json, trials: list[Json], best: Json) -> str:
+    """What `status` and `submit --wait` print of a sweep: its status, its best by its objectives
+    (``best``: the answer of `Client.best`), its links and its registered model."""
     lines = [f"sweep {sweep['id']} ({sweep['name']}): {sweep['status']}"]
     if sweep.get("reason"):
         lines.append(f"  reason: {sweep['reason']}")
     lines.append(f"  attempt {sweep['attempt']}, trials {sweep['counts']}")
-    for best in sweep.get("best") or []:
-        metrics = {
-            k: round(v, 4) for k, v in best["metrics"].items() if k.startswith(("val_", "test_"))
-        }
-        lines.append(f"  best: {best['name']} {best['params']} {metrics}")
+    objectives = [objective["metric"] for objective in best["objectives"]]
+    goals = ", ".join(f"{o['metric']} ({o['goal']})" for o in best["objectives"])
+    which = "objectives" if len(objectives) > 1 else "objective"
+    # A sweep stored before its best's basis was kept has none to say.
+    basis = f"{best['basis']}; " if best.get("basis") else ""
+    heading = f"  best ({basis}{which} {goals})"
+    lines.append(f"{heading}:" if best["best"] else f"{heading}: none yet")
+    for trial in best["best"]:
+        metrics = trial.get("metrics") or {}
+        values = ", ".join(f"{name} {_number(metrics.get(name))}" for name in objectives)
+        others = ", ".join(
+            f"{name} {_number(value)}"
+            for name, value in metrics.items()
+            if name not in objectives and name.startswith(("val_", "test_"))
+        )
+        lines.append(f"    {trial['name']} ({trial['state']}): {values}")
+        lines.append(f"      params {trial['params']}" + (f"; also {others}" if others else ""))
     links = sweep["links"]
     if links.get("mlflow_experiment"):
         lines.append(f"  MLflow runs: {links['mlflow_experiment']}")
@@ -179,3 +207,11 @@ def describe(sweep: dict, trials: list[dict]) -> str:
         lines.append(f"  registered model: {where}")
     lines.append(f"  {len(trials)} trial(s) listed at {links['trials']}")
     return "\n".join(lines)
+
+
+def _number(value: Any) -> str:
+    """A metric as `describe` prints it: 4 significant digits, or what it is when not a number
+    (missing, or null where the store could not keep a NaN)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:.4g}"
+    return "none" if value is None else str(value)

@@ -32,18 +32,21 @@ class RedactTokens(logging.Filter):
             # Formatters print exc_text when it is set: format it here, then scrub it.
             record.exc_text = self._formatter.formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = self._scrub(record.exc_text)
+            record.exc_text = self._scrub_text(record.exc_text)
         if record.stack_info:
-            record.stack_info = self._scrub(record.stack_info)
+            record.stack_info = self._scrub_text(record.stack_info)
         return True
+
+    def _scrub_text(self, text: str) -> str:
+        for form in self.forms:
+            text = text.replace(form, REDACTED)
+        return text
 
     def _scrub(self, value: object) -> object:
         text = value if isinstance(value, str) else str(value)
         if not any(form in text for form in self.forms):
             return value  # keep non-strings as they are, for %d and friends
-        for form in self.forms:
-            text = text.replace(form, REDACTED)
-        return text
+        return self._scrub_text(text)
 
 
 def redact_tokens_in_logs(tokens: Iterable[str]) -> RedactTokens:

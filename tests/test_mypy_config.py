@@ -34,13 +34,25 @@ def options_for(module: str) -> Options:
     return options.clone_for_module(module)
 
 
-@pytest.mark.parametrize("module", ["gradreg", "gradreg.train", "gradreg.data.splits"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "gradreg",
+        "gradreg.train",
+        "gradreg.data.splits",
+        "service.schemas",
+        "service.client",
+        "service.settings",
+    ],
+)
 def test_the_strict_modules_get_every_flag_of_strict(module):
     options = options_for(module)
     assert [(dest, getattr(options, dest)) for dest, _ in strict_flags()] == strict_flags()
 
 
-@pytest.mark.parametrize("module", ["sweeps.cli", "sweeps.tracking", "sweeps.checkpoints"])
+@pytest.mark.parametrize(
+    "module", ["sweeps.cli", "sweeps.tracking", "sweeps.checkpoints", "service.app"]
+)
 def test_the_other_modules_are_checked_the_ordinary_way(module):
     """`strict = true` in an override made every module strict: mypy applies it to the run."""
     options = options_for(module)

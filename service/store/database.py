@@ -58,11 +58,9 @@ def make_engine(url: str | sa.URL, **engine_options: Any) -> sa.Engine:
     # and tcp_user_timeout (unacknowledged data) break a pooled one to a dead server, and
     # statement_timeout bounds a query the server does run.
     connect_args = {**POSTGRES_CONNECT_ARGS, **engine_options.pop("connect_args", {})}
-    options = " ".join(
-        part
-        for part in (url.query.get("options"), f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
-        if part
-    )
+    given = url.query.get("options")  # a tuple when the URL repeats it
+    parts = [given] if isinstance(given, str) else list(given or ())
+    options = " ".join([*parts, f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"])
     url = url.update_query_dict({"options": options})
     return sa.create_engine(url, connect_args=connect_args, **engine_options)
 
@@ -104,7 +102,7 @@ def alembic_config() -> Config:
 def upgrade(url_or_engine: str | sa.URL | sa.Engine, revision: str = "head") -> None:
     """Migrate the database to ``revision``; safe to call on every start, from any process."""
     owned = not isinstance(url_or_engine, sa.Engine)
-    engine = make_engine(url_or_engine) if owned else url_or_engine
+    engine = url_or_engine if isinstance(url_or_engine, sa.Engine) else make_engine(url_or_engine)
     try:
         with engine.connect() as connection:
             connection = connection.execution_options(**{WRITE_LOCK: True})

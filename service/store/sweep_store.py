@@ -268,7 +268,7 @@ def _report_upsert(dialect: str) -> Any:
     """The INSERT … ON CONFLICT DO UPDATE of `_upsert_reports`, built once (SQLAlchemy then
     reuses its compiled form; building it per call cost about 1 ms)."""
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    table = Trial.__table__
+    table = cast(sa.Table, Trial.__table__)
     statement = insert(table)
     new = statement.excluded
     return statement.on_conflict_do_update(

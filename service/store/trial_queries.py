@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from service.store.models import Sweep, Trial, utcnow
 from service.store.paging import InvalidCursor, check_limit, pack, unpack
-from service.store.transactions import reload
+from service.store.transactions import SweepNotFound, reload
 from sweeps.records import TRIAL_STATES, score
 
 
@@ -200,6 +200,8 @@ def interrupt_trials(
     Called in a transaction that has bumped the sweep's version: the trials take it.
     """
     version = session.scalar(sa.select(Sweep.version).where(Sweep.id == sweep_id))
+    if version is None:
+        raise SweepNotFound(sweep_id)
     unfinished = session.scalars(
         sa.select(Trial).where(Trial.sweep_id == sweep_id, Trial.state.in_(list(states)))
     )

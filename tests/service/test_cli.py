@@ -7,21 +7,30 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from service import client as service_client
+from service import problems
 from service.__main__ import build_parser, main, settings_from_args
 from service.launcher import free_port
 from service.settings import ServiceSettings
+from service.statuses import PARETO_OF_FINISHED
+from service.store import status_machine, sweep_queries
+from service.store.sweep_store import objectives_of, upsert_trials
+from sweeps import TrialEvent
+from tests.helpers import poll_until
+from tests.helpers.store import new_sweep
+from tests.service.conftest import LiveApi
 
 TOKEN = "cli-token-" + "c" * 24
-DUMMY = ["--url", "http://127.0.0.1:9", "--token", "not-used"]
 
 
 def serve_settings(*argv: str) -> ServiceSettings:
@@ -179,39 +188,84 @@ def _wait_until_live(server: subprocess.Popen, url: str, log: Path, timeout_s: f
         time.sleep(0.3)
 
 
-@pytest.fixture
-def answering(monkeypatch):
-    """The client talks to an in-process fake of the API that answers one sweep's status."""
-    sweep = {
-        "id": "sw-1",
-        "name": "x",
-        "status": "failed",
-        "attempt": 1,
-        "counts": {},
-        "best": [],
-        "links": {"trials": "/v1/sweeps/sw-1/trials"},
-    }
+# ---------------------------------------------------------------- the client commands
+# Against the real routes (`live_api`: the app served in this process, without Ray), so what
+# the client reads is what the API answers.
 
-    def answer(request: httpx.Request) -> httpx.Response:
-        if "error" in sweep:
-            return httpx.Response(sweep["error"], json={"detail": "the answer's own words"})
-        if request.url.path.endswith("/trials"):
-            return httpx.Response(200, json={"items": [], "next_cursor": None})
-        return httpx.Response(200, json=sweep)
 
-    real_client = httpx.Client
-    monkeypatch.setattr(
-        service_client.httpx,
-        "Client",
-        lambda **kwargs: real_client(transport=httpx.MockTransport(answer), **kwargs),
-    )
-    return sweep
+def client_args(live_api: LiveApi) -> list[str]:
+    return ["--url", live_api.url, "--token", live_api.token]
+
+
+def stored_sweep(live_api: LiveApi, status: str, **document: Any) -> str:
+    """A sweep in ``status`` in the live API's store."""
+    return new_sweep(live_api.sessions, status, **document)
 
 
 @pytest.mark.parametrize(("status", "code"), [("failed", 1), ("succeeded", 0), ("cancelled", 0)])
-def test_status_of_a_sweep_exits_by_how_it_ended(answering, capsys, status, code):
-    answering["status"] = status
-    assert main(["status", "sw-1", *DUMMY]) == code
+def test_status_of_a_sweep_exits_by_how_it_ended(live_api, capsys, status, code):
+    sweep_id = stored_sweep(live_api, status)
+    assert main(["status", sweep_id, *client_args(live_api)]) == code
+    out = capsys.readouterr().out
+    assert out.startswith(f"sweep {sweep_id} (demo): {status}\n")
+    assert f"0 trial(s) listed at /v1/sweeps/{sweep_id}/trials" in out
+
+
+def test_status_names_the_best_by_the_sweeps_objectives_and_basis(live_api, capsys):
+    two = [{"metric": "val_nll"}, {"metric": "val_accuracy", "goal": "maximize"}]
+    sweep_id = stored_sweep(live_api, "running", objectives=two)
+    args = ["status", sweep_id, *client_args(live_api)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    heading = (
+        f"  best ({PARETO_OF_FINISHED}; objectives val_nll (minimize), "
+        "val_accuracy (maximize)): none yet"
+    )
+    assert heading in out
+    with live_api.sessions() as session:
+        upsert_trials(
+            session,
+            sweep_id,
+            [
+                TrialEvent(
+                    "demo", "t1", "demo-t1-t1", "succeeded", {"lr": 0.1},
+                    {"epoch": 3.0, "val_nll": 0.25, "val_accuracy": 0.875, "test_nll": 0.3},
+                    3, None,
+                )
+            ],
+            objectives_of({"objectives": two}),
+        )  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert heading.removesuffix(" none yet") in out
+    assert "    demo-t1-t1 (succeeded): val_nll 0.25, val_accuracy 0.875\n" in out
+    assert "      params {'lr': 0.1}; also test_nll 0.3\n" in out
+
+
+def test_submit_wait_follows_the_sweep_to_its_end(live_api, capsys, tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: waited\ndataset: {name: iris}\nmethod: map\nfixed: {epochs: 1}\n")
+    code: list[int] = []
+    waiting = threading.Thread(
+        target=lambda: code.append(main(["submit", str(path), "--wait", *client_args(live_api)]))
+    )
+    waiting.start()
+
+    def submitted() -> str | None:
+        with live_api.sessions() as session:
+            found, _ = sweep_queries.list_sweeps(session, limit=500)
+            return next((sweep.id for sweep in found if sweep.name == "waited"), None)
+
+    sweep_id = poll_until(submitted, 60, "the submitted sweep in the store")
+    with live_api.sessions() as session:
+        status_machine.request_cancel(session, sweep_id)  # nothing runs it: no Ray here
+    waiting.join(timeout=60)
+    assert code == [0]
+    out, err = capsys.readouterr()
+    assert out.startswith(f"submitted {sweep_id} (waited)\n")
+    assert f"sweep {sweep_id} (waited): cancelled" in out
+    # the progress lines, the last one final
+    assert err.splitlines()[-1] == "[waited] cancelled: trials 0 done, 0 running, 0 failed"
 
 
 def test_an_unreachable_api_exits_1_without_a_traceback(capsys):
@@ -228,19 +282,42 @@ def test_a_client_command_without_a_token_exits_2(monkeypatch, tmp_path, capsys)
     assert "give --token or set GRADREG_API_TOKEN" in capsys.readouterr().err
 
 
-def test_ctrl_c_exits_130(answering, monkeypatch, capsys):
+def test_ctrl_c_exits_130(live_api, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(service_client.Client, "sweep", interrupted)
-    assert main(["status", "sw-1", *DUMMY]) == 130
+    assert main(["status", "sw-1", *client_args(live_api)]) == 130
     assert "interrupted" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("error", "code"), [(404, 2), (422, 2), (500, 1), (503, 1)])
-def test_an_error_answer_exits_2_when_the_request_was_wrong_and_1_when_the_service_failed(
-    answering, capsys, error, code
-):
-    answering["error"] = error
-    assert main(["status", "sw-1", *DUMMY]) == code
+def test_a_wrong_request_exits_2_with_the_apis_words(live_api, capsys, tmp_path):
+    missing = "0" * 32
+    assert main(["status", missing, *client_args(live_api)]) == 2
+    assert capsys.readouterr().err == f"error: 404: no sweep '{missing}'\n"
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\ndataset: {name: iris}\nmethod: no-such-method\n")
+    assert main(["submit", str(path), *client_args(live_api)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 422: the sweep spec has 1 problem(s)\n  method: ")
+    assert main(["status", "x", "--url", live_api.url, "--token", "wrong"]) == 2
+    assert capsys.readouterr().err == "error: 403: that token is not accepted here\n"
+
+
+@pytest.mark.parametrize("error", [500, 503])
+def test_a_failed_service_exits_1(monkeypatch, capsys, error):
+    """The API's own problem answer for a failure it cannot be made to have here (a bug, a
+    store that is down: tests/reliability makes those for real)."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = problems.problem(error, "the answer's own words").body
+        return httpx.Response(error, content=body, headers={"content-type": problems.MEDIA_TYPE})
+
+    real_client = httpx.Client
+    monkeypatch.setattr(
+        service_client.httpx,
+        "Client",
+        lambda **kwargs: real_client(transport=httpx.MockTransport(answer), **kwargs),
+    )
+    assert main(["status", "sw-1", "--url", "http://127.0.0.1:9", "--token", "t"]) == 1
     assert f"error: {error}: the answer's own words" in capsys.readouterr().err

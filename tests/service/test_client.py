@@ -7,15 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from service import __main__ as service_main
-from service import client as service_client
-from service.client import SpecFileError, describe, read_spec
+from service.client import SpecFileError, read_spec
+from service.store import status_machine, sweep_queries
+from tests.helpers.store import new_sweep
+from tests.service.conftest import LiveApi
 
 ROOT = Path(__file__).resolve().parents[2]
-DUMMY = ["--url", "http://127.0.0.1:9", "--token", "not-used"]  # never reached
 SPEC = """\
 name: yaml-numbers
 dataset: {name: iris}
@@ -24,38 +24,14 @@ fixed: {lr: 1e-4, epochs: 1}
 """
 
 
-@pytest.fixture
-def posted(monkeypatch) -> list[dict]:
-    """Every body `submit` posts, answered by an in-process fake of the API."""
-    bodies: list[dict] = []
-    sweep = {
-        "id": "sw-1",
-        "name": "yaml-numbers",
-        "status": "pending",
-        "attempt": 1,
-        "counts": {},
-        "best": [],
-        "links": {"trials": "/v1/sweeps/sw-1/trials"},
-    }
+def client_args(live_api: LiveApi) -> list[str]:
+    return ["--url", live_api.url, "--token", live_api.token]
 
-    def answer(request: httpx.Request) -> httpx.Response:
-        if request.method == "POST":
-            bodies.append(json.loads(request.content))
-            return httpx.Response(202, json=sweep)
-        return httpx.Response(
-            200,
-            json={"items": [], "next_cursor": None}
-            if request.url.path.endswith("/trials")
-            else sweep,
-        )
 
-    real_client = httpx.Client
-
-    def fake_client(**kwargs):
-        return real_client(transport=httpx.MockTransport(answer), **kwargs)
-
-    monkeypatch.setattr(service_client.httpx, "Client", fake_client)
-    return bodies
+def sweep_names(live_api: LiveApi) -> list[str]:
+    """The names of the sweeps the live API has stored, oldest first."""
+    with live_api.sessions() as session:
+        return [sweep.name for sweep in reversed(sweep_queries.list_sweeps(session, limit=500)[0])]
 
 
 def test_yaml_exponent_without_a_dot_is_a_float(tmp_path):
@@ -65,19 +41,15 @@ def test_yaml_exponent_without_a_dot_is_a_float(tmp_path):
     assert document["fixed"]["lr"] == 1e-4 and isinstance(document["fixed"]["lr"], float)
 
 
-def test_submit_posts_the_number_not_a_string(tmp_path, posted, capsys):
+def test_submit_posts_the_number_not_a_string(tmp_path, live_api, capsys):
     path = tmp_path / "spec.yaml"
     path.write_text(SPEC)
-    assert service_main.main(["submit", str(path), *DUMMY]) == 0
-    assert posted == [
-        {
-            "name": "yaml-numbers",
-            "dataset": {"name": "iris"},
-            "method": "map",
-            "fixed": {"lr": 1e-4, "epochs": 1},
-        }
-    ]
-    assert "submitted sw-1" in capsys.readouterr().out
+    assert service_main.main(["submit", str(path), *client_args(live_api)]) == 0
+    sweep_id = capsys.readouterr().out.split()[1]
+    with live_api.sessions() as session:
+        stored = sweep_queries.get_sweep(session, sweep_id).spec
+    assert (stored["name"], stored["fixed"]) == ("yaml-numbers", {"lr": 1e-4, "epochs": 1})
+    assert isinstance(stored["fixed"]["lr"], float)
 
 
 def test_json_spec_is_read_too(tmp_path):
@@ -96,31 +68,35 @@ def test_json_spec_is_read_too(tmp_path):
         ("name: x\nwhen: 2024-01-01\n", "JSON cannot carry"),
     ],
 )
-def test_bad_spec_file_is_a_clean_error_naming_the_file(tmp_path, posted, capsys, content, problem):
+def test_bad_spec_file_is_a_clean_error_naming_the_file(
+    tmp_path, live_api, capsys, content, problem
+):
     path = tmp_path / "bad.yaml"
     path.write_text(content)
     with pytest.raises(SpecFileError, match=problem) as caught:
         read_spec(str(path))
     assert str(path) in str(caught.value)
 
-    assert service_main.main(["submit", str(path), *DUMMY]) == 2
+    before = sweep_names(live_api)
+    assert service_main.main(["submit", str(path), *client_args(live_api)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(path) in err and problem in err
     assert "Traceback" not in err
-    assert posted == []  # nothing was sent
+    assert sweep_names(live_api) == before  # nothing was sent
 
 
 @pytest.mark.parametrize("kind", ["missing", "directory", "not utf-8"])
-def test_unreadable_spec_file_is_a_clean_error(tmp_path, posted, capsys, kind):
+def test_unreadable_spec_file_is_a_clean_error(tmp_path, live_api, capsys, kind):
     path = tmp_path / "spec.yaml"
     if kind == "directory":
         path.mkdir()
     elif kind == "not utf-8":
         path.write_bytes(b"name: \xff\xfe\n")
-    assert service_main.main(["submit", str(path), *DUMMY]) == 2
+    before = sweep_names(live_api)
+    assert service_main.main(["submit", str(path), *client_args(live_api)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: cannot read spec file {path}")
-    assert posted == []
+    assert sweep_names(live_api) == before
 
 
 def test_the_client_imports_nothing_heavy():
@@ -134,17 +110,19 @@ def test_the_client_imports_nothing_heavy():
     assert found.stdout.strip() == "[]"
 
 
-def test_describe_names_the_registered_model_or_why_there_is_none():
-    sweep = {
-        "id": "s1", "name": "digits", "status": "succeeded", "reason": "4 of 4", "attempt": 1,
-        "counts": {"succeeded": 4}, "best": [], "links": {"trials": "/v1/sweeps/s1/trials"},
-    }  # fmt: skip
-    assert "registered model" not in describe(sweep, [])
-    registered = {"name": "digits", "version": "2", "uri": "models:/digits/2"}
-    assert "  registered model: models:/digits/2" in describe(
-        {**sweep, "registered_model": registered}, []
-    )
-    failed = {"name": "digits", "error": "MlflowException: no registry"}
-    assert "not registered (MlflowException: no registry)" in describe(
-        {**sweep, "registered_model": failed}, []
-    )
+def test_status_names_the_registered_model_or_why_there_is_none(live_api, capsys):
+    sweep_id = new_sweep(live_api.sessions, "succeeded")
+    args = ["status", sweep_id, *client_args(live_api)]
+    assert service_main.main(args) == 0
+    assert "registered model" not in capsys.readouterr().out
+    for registered, said in [
+        ({"name": "digits", "version": "2", "uri": "models:/digits/2"}, "models:/digits/2"),
+        (
+            {"name": "digits", "error": "MlflowException: no registry"},
+            "not registered (MlflowException: no registry)",
+        ),
+    ]:
+        with live_api.sessions() as session:
+            status_machine.update_sweep(session, sweep_id, registered_model=registered)
+        assert service_main.main(args) == 0
+        assert f"  registered model: {said}\n" in capsys.readouterr().out
