@@ -4,21 +4,21 @@
 finished trials are kept, never re-run). Both accept the hooks the service needs: a per-trial
 callback and a cooperative stop flag, checked by the driver between Tune steps. This module
 only orchestrates: the MLflow rules are in `sweeps.tracking`, how a sweep ended in
-`sweeps.outcome`, and the files beside Tune's state in `sweeps.statefiles`.
+`sweeps.outcome`, what follows Tune (ensemble, registration, importances) in `sweeps.postrun`,
+and the files beside Tune's state in `sweeps.statefiles`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypedDict
 
 import ray
 from ray import tune
@@ -38,6 +38,7 @@ from sweeps.checkpoints import (
 )
 from sweeps.ensemble import SweepEnsemble, build_ensemble
 from sweeps.outcome import sweep_outcome
+from sweeps.postrun import after_tune
 from sweeps.progress import (
     FailedTrialsStopper,
     SweepCallback,
@@ -52,7 +53,6 @@ from sweeps.records import (
     SweepOutcome,
     SweepRecord,
     TrialHook,
-    ranked_trials,
     trial_name,
 )
 from sweeps.settings import SweepSettings, absolute_storage
@@ -72,17 +72,18 @@ from sweeps.statefiles import (
     write_record,
 )
 from sweeps.study import (
-    Importances,
     StudyPlace,
     attached,
     check_resumable,
     make_searcher,
     resumed_place,
-    study_importances,
     study_place,
 )
 from sweeps.tracking import Tracker
 from sweeps.trainable import TrialContext, run_trial
+
+if TYPE_CHECKING:
+    from typing import Unpack
 
 # Tune's settings for every sweep (environment variables it reads; set unless already set).
 TUNE_ENV = {
@@ -106,6 +107,31 @@ TUNE_ENV = {
 }
 
 StartHook = Callable[[SweepRecord], None]
+
+
+class SweepHooks(TypedDict, total=False):
+    """How a caller (the service's store) follows a sweep and stops it; each may be left out.
+
+    ``on_trial(event)`` hears every trial event; ``should_stop()`` is asked between Tune's steps,
+    at most every ``DriverOptions.stop_poll_s``, and True stops the sweep so that it can be
+    resumed; ``on_start(record)`` is called once the MLflow parent run exists, before the first
+    trial.
+    """
+
+    on_trial: TrialHook | None
+    should_stop: StopFlag | None
+    on_start: StartHook | None
+
+
+def _check_hooks(function: str, hooks: Mapping[str, object]) -> None:
+    """Refuse a keyword that is no hook (a typo would otherwise go unheard)."""
+    unknown = sorted(set(hooks) - SweepHooks.__optional_keys__)
+    if unknown:
+        accepted = ", ".join(sorted(SweepHooks.__optional_keys__))
+        raise TypeError(
+            f"{function}() got an unexpected keyword argument {', '.join(map(repr, unknown))}; "
+            f"its hooks are {accepted}"
+        )
 
 
 class SweepExistsError(FileExistsError):
@@ -147,18 +173,16 @@ def run_sweep(
     spec: SweepSpec,
     options: DriverOptions | None = None,
     *,
-    on_trial: TrialHook | None = None,
-    should_stop: StopFlag | None = None,
     limits: Limits | None = None,
     sweep_name: str | None = None,
-    on_start: StartHook | None = None,
+    **hooks: Unpack[SweepHooks],
 ) -> SweepOutcome:
     """Run ``spec`` to the end (or until ``should_stop()``), and return what it found.
 
     ``sweep_name`` (default: the spec's name) names the Tune experiment directory, the MLflow
-    parent run and the trials; `resume_sweep` takes the same name. ``on_start(record)`` is
-    called once the MLflow parent run exists, before the first trial.
+    parent run and the trials; `resume_sweep` takes the same name. ``hooks``: `SweepHooks`.
     """
+    _check_hooks("run_sweep", hooks)
     options = options or DriverOptions()
     name = sweep_name or spec.name
     if not SWEEP_NAME.match(name):
@@ -190,7 +214,7 @@ def run_sweep(
             extra={"study": place.recorded()},
         )
         write_record(path, record)
-        if on_start is not None:
+        if (on_start := hooks.get("on_start")) is not None:
             on_start(record)
         with ray_session(options.ray_address or settings.ray_address):
             tuner = tune.Tuner(
@@ -198,23 +222,22 @@ def run_sweep(
                 tune_config=_tune_config(spec, name, searcher),
                 run_config=_run_config(spec, path),
             )
-            return _drive(tuner, spec, record, path, options, on_trial, should_stop, place)
+            return _drive(tuner, spec, record, path, options, hooks, place)
 
 
 def resume_sweep(
     name: str,
     options: DriverOptions | None = None,
     *,
-    on_trial: TrialHook | None = None,
-    should_stop: StopFlag | None = None,
-    on_start: StartHook | None = None,
     limits: Limits | None = None,
+    **hooks: Unpack[SweepHooks],
 ) -> SweepOutcome:
     """Continue sweep ``name`` from its saved Tune state; finished trials are not re-run.
 
     The spec is checked again against today's caps (``limits``), under the data root the
-    sweep was started with.
+    sweep was started with. ``hooks``: `SweepHooks`.
     """
+    _check_hooks("resume_sweep", hooks)
     options = options or DriverOptions()
     settings = SweepSettings()
     path = options.experiment_path(settings, name)
@@ -240,7 +263,7 @@ def resume_sweep(
     tracker.client.update_run(record.parent_run_id, status="RUNNING")
     tracker.tag_study(record.parent_run_id, place.shown, place.name, place.source)
     _say(options, place.describe())
-    if on_start is not None:
+    if (on_start := hooks.get("on_start")) is not None:
         on_start(record)
     with ray_session(options.ray_address or settings.ray_address), attached(place):
         tuner = tune.Tuner.restore(
@@ -251,7 +274,7 @@ def resume_sweep(
             restart_errored=False,
         )
         with searcher_follows_moved_experiment(path):
-            return _drive(tuner, spec, record, path, options, on_trial, should_stop, place)
+            return _drive(tuner, spec, record, path, options, hooks, place)
 
 
 @contextmanager
@@ -366,8 +389,7 @@ def _drive(
     record: SweepRecord,
     path: str,
     options: DriverOptions,
-    on_trial: TrialHook | None,
-    should_stop: StopFlag | None,
+    hooks: SweepHooks,
     place: StudyPlace,
 ) -> SweepOutcome:
     tracker = Tracker(record.tracking_uri)
@@ -375,8 +397,8 @@ def _drive(
         sweep=record.sweep,
         objectives=list(spec.objectives),
         max_trials=spec.budget.max_trials,
-        on_trial=on_trial,
-        should_stop=should_stop,
+        on_trial=hooks.get("on_trial"),
+        should_stop=hooks.get("should_stop"),
         stop_poll_s=options.stop_poll_s,
         max_failed_trials=spec.budget.max_failed_trials,
         stream=None if options.quiet else (options.stream or sys.stderr),
@@ -412,78 +434,12 @@ def _drive(
         failed_too_often=monitor.failed_too_often,
         unplaceable=monitor.unplaceable,
     )
-    tracker.close_unfinished_runs(record, outcome)
-    outcome = _with_ensemble(tracker, spec, record, outcome)
-    outcome = _with_registered_model(tracker, spec, record, outcome)
-    _log_importances(tracker, spec, record, outcome, place, options)
-    tracker.finish_sweep(outcome)
-    return outcome
-
-
-def _log_importances(
-    tracker: Tracker,
-    spec: SweepSpec,
-    record: SweepRecord,
-    outcome: SweepOutcome,
-    place: StudyPlace,
-    options: DriverOptions,
-) -> None:
-    """The parameter importances on the parent run (`sweeps.study`), or a tag saying why there
-    are none. A failure to compute them is theirs, not the sweep's: the tag says it."""
-    metric = spec.objectives[0].metric
-    try:
-        importances = study_importances(place, spec, outcome.trials)
-        tracker.log_importances(record.parent_run_id, importances)
-    except Exception as error:  # reported on the parent run (see the docstring)
-        importances = Importances(metric, {}, 0, f"failed: {type(error).__name__}: {error}")
-        tracker.log_importances(record.parent_run_id, importances)  # the tag alone
-    if importances.values:
-        shares = ", ".join(f"{k} {v:.2f}" for k, v in importances.values.items())
-        _say(options, f"parameter importances for {metric}: {shares} ({importances.note})")
-    else:
-        _say(options, f"parameter importances for {metric}: {importances.note}")
+    return after_tune(tracker, spec, record, outcome, place, functools.partial(_say, options))
 
 
 def _say(options: DriverOptions, *lines: str) -> None:
     if not options.quiet:
         print(*lines, sep="\n", file=options.stream or sys.stderr)
-
-
-def _with_ensemble(
-    tracker: Tracker, spec: SweepSpec, record: SweepRecord, outcome: SweepOutcome
-) -> SweepOutcome:
-    """The outcome with its sweep ensemble, logged on the parent run. A failure to build one
-    is the ensemble's, not the sweep's: the outcome says why and keeps every trial."""
-    try:
-        ensemble = build_ensemble(tracker, spec.ensemble, spec.objectives[0], outcome.trials)
-        if ensemble is not None and ensemble.members:
-            tracker.log_ensemble(record.parent_run_id, ensemble)
-    except Exception as error:  # reported in the outcome (see the docstring)
-        return dataclasses.replace(outcome, ensemble={"error": f"{type(error).__name__}: {error}"})
-    if ensemble is None:
-        return outcome
-    return dataclasses.replace(outcome, ensemble=ensemble.summary())
-
-
-def _with_registered_model(
-    tracker: Tracker, spec: SweepSpec, record: SweepRecord, outcome: SweepOutcome
-) -> SweepOutcome:
-    """The outcome with the best trial's model registered (``tracking.register_best``). As
-    with the ensemble, a failure to register is reported in the outcome, not the sweep's.
-    Only a sweep that succeeded registers: a stopped one registers when its resume ends."""
-    if not spec.tracking.registers_best or outcome.status != "succeeded":
-        return outcome
-    best = ranked_trials(spec.objectives[0], outcome.trials)
-    if not best or best[0].mlflow_run_id is None:
-        return outcome
-    name = spec.tracking.registered_model or spec.name
-    from sweeps.model import register_trial_model  # MLflow's model code, only when needed
-
-    try:
-        registered = register_trial_model(tracker, spec, record, best[0], name)
-    except Exception as error:  # reported in the outcome (see the docstring)
-        registered = {"name": name, "error": f"{type(error).__name__}: {error}"}
-    return dataclasses.replace(outcome, registered_model=registered)
 
 
 def ensemble_sweep(

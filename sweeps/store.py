@@ -23,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Protocol
 
-from sweeps.driver import DriverOptions, resume_sweep, run_sweep
+from sweeps.driver import DriverOptions, SweepHooks, resume_sweep, run_sweep
 from sweeps.records import SweepOutcome, SweepRecord, TrialEvent
 from sweeps.settings import SweepSettings
 from sweeps.spec import SweepSpec
@@ -143,27 +143,13 @@ def run_stored(
     path = options.experiment_path(settings, sweep_id)
     # The caps it was admitted under, not this process's environment's.
     limits = store.load_limits(sweep_id)
+    hooks: SweepHooks = {"on_trial": writer.put, "should_stop": should_stop, "on_start": on_start}
     try:
         if has_state(path):
-            outcome = resume_sweep(
-                sweep_id,
-                options,
-                on_trial=writer.put,
-                should_stop=should_stop,
-                on_start=on_start,
-                limits=limits,
-            )
+            outcome = resume_sweep(sweep_id, options, limits=limits, **hooks)
         else:
             spec = store.load_spec(sweep_id)
-            outcome = run_sweep(
-                spec,
-                options,
-                on_trial=writer.put,
-                should_stop=should_stop,
-                limits=limits,
-                sweep_name=sweep_id,
-                on_start=on_start,
-            )
+            outcome = run_sweep(spec, options, limits=limits, sweep_name=sweep_id, **hooks)
     except BaseException:
         with contextlib.suppress(Exception):  # the driver's own error is the one to see
             writer.close()

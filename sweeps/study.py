@@ -1,5 +1,5 @@
-"""A sweep's Optuna study: where it is kept, the searcher that keeps it there, and the
-parameter importances it gives when the sweep ends.
+"""A sweep's Optuna study: where it is kept, and the searcher that keeps it there (the
+parameter importances it gives when the sweep ends: `sweeps.importances`).
 
 Where the study is kept (`study_place`), the first rule that applies:
 
@@ -26,26 +26,20 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 import sqlalchemy as sa
-from optuna.importance import FanovaImportanceEvaluator, get_param_importances
-from optuna.search_space import intersection_search_space
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from sweeps._optuna_compat import CachedRDBStorage, set_trial_user_attr
 from sweeps._ray_compat import asked_trials, searcher_study
-from sweeps.records import SCORED_STATES, TrialSummary
-from sweeps.space import SearchSpace
-from sweeps.spec import SweepSpec
 
 STUDY_FILE = "optuna.db"
 STORE_FILE_SUFFIX = ".optuna.db"
@@ -57,11 +51,6 @@ EXPERIMENT_ATTR = "gradreg.experiment"
 TUNE_TRIAL_ATTR = "tune_trial_id"
 LOST_ATTR = "gradreg.lost"
 LOST = "asked by a driver that stopped before Tune saved the trial; Tune never ran it"
-# Parameter importances on the parent run: at least this many trials finished with the first
-# objective, and at least two parameters to compare (one alone always gets 1.0).
-MIN_IMPORTANCE_TRIALS = 4
-MIN_IMPORTANCE_PARAMS = 2
-IMPORTANCE_SEED = 0
 SQLITE_TIMEOUT_S = 30  # several drivers share the service's study file
 _CREATION_LOCK_ID = 0x6F70747A  # PostgreSQL advisory lock around Optuna's table creation
 
@@ -380,96 +369,3 @@ def resumed_place(place: StudyPlace, recorded: Mapping[str, str] | None) -> Stud
         return place
     why = "as the sweep kept it" if recorded else "the sweep was saved before studies persisted"
     return StudyPlace(place.name, None, "memory", why)
-
-
-# ---------------------------------------------------------------- importances
-
-
-@dataclass(frozen=True)
-class Importances:
-    """Each parameter's share in the first objective's variation; empty, with ``note`` saying
-    why, when there was too little to tell."""
-
-    metric: str
-    values: dict[str, float]
-    trials: int
-    note: str
-
-
-def study_importances(
-    place: StudyPlace, spec: SweepSpec, trials: Sequence[TrialSummary]
-) -> Importances:
-    """The sweep's parameter importances for its first objective, from its study (a study kept in
-    memory is rebuilt from ``trials``, the outcome's)."""
-    if place.url is not None:
-        study = optuna.load_study(
-            study_name=place.name, storage=StudyStorage(place.url, place.name)
-        )
-    else:
-        study = rebuilt_study(spec, trials)
-    return param_importances(study, spec.objectives[0].metric)
-
-
-def param_importances(study: optuna.Study, metric: str) -> Importances:
-    """fANOVA importances (seeded: the same trials give the same figures) for objective 0."""
-    finished = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.values and math.isfinite(t.values[0])
-    ]
-    n = len(finished)
-    if n < MIN_IMPORTANCE_TRIALS:
-        return Importances(
-            metric,
-            {},
-            n,
-            f"not computed: {n} trial(s) finished with {metric}, importances need "
-            f"{MIN_IMPORTANCE_TRIALS}",
-        )
-    space = {k: d for k, d in intersection_search_space(finished).items() if not d.single()}
-    if len(space) < MIN_IMPORTANCE_PARAMS:
-        names = ", ".join(sorted(space)) or "none"
-        return Importances(
-            metric,
-            {},
-            n,
-            f"not computed: {len(space)} searched parameter(s) in every finished trial "
-            f"({names}), importances compare {MIN_IMPORTANCE_PARAMS} or more",
-        )
-    targets = {t.values[0] for t in finished}
-    if len(targets) == 1:
-        return Importances(
-            metric, {}, n, f"not computed: every finished trial has {metric} = {targets.pop()}"
-        )
-    values = get_param_importances(
-        study,
-        evaluator=FanovaImportanceEvaluator(seed=IMPORTANCE_SEED),
-        params=sorted(space),
-        target=lambda trial: trial.values[0],
-    )
-    note = f"fANOVA, seed {IMPORTANCE_SEED}, over {n} finished trials, target {metric}"
-    return Importances(metric, dict(values), n, note)
-
-
-def rebuilt_study(spec: SweepSpec, trials: Sequence[TrialSummary]) -> optuna.Study:
-    """An in-memory study of the outcome's scored trials (what Tune told its searcher)."""
-    distributions = SearchSpace(spec).distributions()
-    metrics = [o.metric for o in spec.objectives]
-    study = optuna.create_study(directions=[o.goal for o in spec.objectives])
-    for trial in trials:
-        values = [trial.metrics.get(m) for m in metrics]
-        if trial.state not in SCORED_STATES or not all(_finite(v) for v in values):
-            continue
-        params = {k: v for k, v in trial.params.items() if k in distributions}
-        study.add_trial(
-            optuna.trial.create_trial(
-                params=params,
-                distributions={k: distributions[k] for k in params},
-                values=[float(v) for v in values],
-            )
-        )
-    return study
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from mlflow import MlflowClient
@@ -38,6 +38,9 @@ from sweeps.records import (
 )
 from sweeps.spec import SweepSpec
 from sweeps.spec.parse import dump_spec
+
+if TYPE_CHECKING:
+    from sweeps.importances import Importances
 
 PARENT_RUN_TAG = "mlflow.parentRunId"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -434,8 +437,8 @@ class Tracker:
         for key, value in tags.items():
             self.client.set_tag(run_id, key, value[:MAX_TAG_LENGTH])
 
-    def log_importances(self, run_id: str, importances: Any) -> None:
-        """A `sweeps.study.Importances` on the parent run: ``importance.<param>`` metrics and
+    def log_importances(self, run_id: str, importances: Importances) -> None:
+        """A sweep's parameter importances on its parent run: ``importance.<param>`` metrics and
         ``param_importances.png``, or only the tag that says why there are none."""
         self.client.set_tag(run_id, IMPORTANCE_TAG, importances.note[:MAX_TAG_LENGTH])
         if not importances.values:

@@ -207,6 +207,13 @@ def test_multi_objective_returns_the_pareto_set(ray_local, driver_options):
     assert pareto  # a finite set of points always has a non-dominated one
 
 
+@pytest.mark.parametrize("entry", [run_sweep, resume_sweep])
+def test_a_misspelt_hook_is_refused_before_anything_starts(entry, driver_options):
+    first = digits_spec() if entry is run_sweep else "digits-small"
+    with pytest.raises(TypeError, match=r"'on_trail'; its hooks are on_start, on_trial, should"):
+        entry(first, driver_options, on_trail=print)
+
+
 def test_best_trials_ignores_failed_and_non_finite():
     from sweeps import TrialSummary
     from sweeps.spec import Objective
