@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import sys
 from collections.abc import Sequence
 from urllib.parse import urlsplit
@@ -94,8 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     predict.add_argument(
         "--tracking-uri",
-        default=os.environ.get("MLFLOW_TRACKING_URI"),
-        help="MLflow server or store of the model (default: $MLFLOW_TRACKING_URI)",
+        help="MLflow server or store of the model (default: MLflow's own, $MLFLOW_TRACKING_URI)",
     )
     predict.set_defaults(handler=_predict)
 
@@ -196,7 +194,7 @@ def format_outcome(outcome: SweepOutcome, top: int = 5) -> str:
         lines.append(f"Pareto set over {', '.join(objectives)} ({len(outcome.best)} trials):")
         shown = outcome.best
     else:
-        shown = _ranked(outcome, objectives[0])[:top]
+        shown = outcome.ranked()[:top]
         lines.append(f"best trials by {objectives[0]}:")
     lines.append(_table(shown, objectives))
     if outcome.ensemble is not None:
@@ -270,12 +268,6 @@ def format_ensemble(ensemble: dict) -> str:
     if unfitted:
         lines.append(f"  temperature scaling {unfitted}")
     return "\n".join(lines)
-
-
-def _ranked(outcome: SweepOutcome, metric: str) -> list[TrialSummary]:
-    goal = outcome.objectives[0]["goal"]
-    scored = [t for t in outcome.trials if metric in t.metrics and t.state != "failed"]
-    return sorted(scored, key=lambda t: t.metrics[metric], reverse=goal == "maximize")
 
 
 def _table(trials: list[TrialSummary], objectives: list[str]) -> str:

@@ -92,6 +92,12 @@ class SweepOutcome:
             counts[trial.state] = counts.get(trial.state, 0) + 1
         return counts
 
+    def ranked(self) -> list[TrialSummary]:
+        """The trials that count for "best", best first by the first objective: the rule of
+        `ranked_trials` (ended on their own terms, with a finite value)."""
+        first = self.objectives[0]
+        return ranked_trials(MetricGoal(first["metric"], first.get("goal")), self.trials)
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "counts": self.counts()}
 
@@ -154,6 +160,15 @@ class Scored(Protocol):
 
 
 T = TypeVar("T", bound=Scored)
+
+
+@dataclass(frozen=True)
+class MetricGoal:
+    """An objective as `SweepOutcome.objectives` and the store carry it: a metric and its goal
+    (None: the metric's default)."""
+
+    metric: str
+    goal: str | None = None
 
 
 @dataclass(frozen=True)

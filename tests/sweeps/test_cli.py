@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -20,9 +21,10 @@ from mlflow import MlflowClient
 from sweeps import cli
 from sweeps.cli import main
 from sweeps.driver import DriverOptions
-from sweeps.records import SweepOutcome, trial_number
+from sweeps.records import SweepOutcome, TrialSummary, trial_number
 from sweeps.spec import SweepSpec
 from sweeps.store import DirectoryStore, run_stored
+from tests.helpers import poll_until
 from tests.helpers.specs import DIGITS_SWEEP, digits_spec
 
 
@@ -117,11 +119,14 @@ def test_a_signal_saves_the_sweep_and_resume_finishes_it_without_rerunning(tmp_p
     lines: list[str] = []
     reader = threading.Thread(target=_read_lines, args=(driver.stderr, lines), daemon=True)
     reader.start()
-    deadline = time.monotonic() + 180
-    while not any("trials 1/3 done" in line for line in lines):
+
+    def one_done() -> bool:
+        if any("trials 1/3 done" in line for line in lines):
+            return True
         assert driver.poll() is None, "".join(lines[-30:])
-        assert time.monotonic() < deadline, "".join(lines[-30:])
-        time.sleep(0.2)
+        return False
+
+    poll_until(one_done, 180, "a trial done", interval_s=0.2, detail=lambda: "".join(lines[-30:]))
     driver.send_signal(signum)
     out, _ = driver.communicate(timeout=120)
     assert driver.returncode == 0, "".join(lines[-30:])
@@ -188,6 +193,33 @@ def test_run_exits_by_how_the_sweep_ended(monkeypatch, capsys, spec_file, status
     monkeypatch.setattr(cli, "run_sweep", _ended(status))
     assert main(["run", str(spec_file), "--quiet"]) == code
     assert f"sweep {DIGITS_SWEEP['name']}: {status}" in capsys.readouterr().out
+
+
+def test_the_report_ranks_by_the_one_rule_for_best():
+    """Only trials that ended on their own terms with a finite value rank (the rule of
+    sweeps.records.ranked_trials, which the outcome's best follows): not a NaN, not a trial
+    interrupted or still running part-way, however good its last report."""
+
+    def trial(name: str, state: str, val_nll: float) -> TrialSummary:
+        return TrialSummary(name, name, state, {"lr": 0.01}, {"val_nll": val_nll}, None)
+
+    trials = [
+        trial("t1", "succeeded", 0.5),
+        trial("t2", "stopped", 0.3),
+        trial("t3", "succeeded", math.nan),
+        trial("t4", "interrupted", 0.1),
+        trial("t5", "running", 0.05),
+        trial("t6", "failed", 0.01),
+        trial("t7", "succeeded", 0.4),
+    ]
+    outcome = dataclasses.replace(
+        _ended("stopped")(digits_spec(), None), trials=trials, best=[trials[1]]
+    )
+    assert [t.name for t in outcome.ranked()] == ["t2", "t7", "t1"]
+    report = cli.format_outcome(outcome, top=5).splitlines()
+    table = report[report.index("best trials by val_nll:") + 1 :]
+    assert [row.split()[0] for row in table[1:4]] == ["t2", "t7", "t1"]
+    assert table[4].startswith("MLflow:")
 
 
 def test_a_missing_spec_file_exits_2(tmp_path, capsys, spec_file):

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from sweeps.model import (
 )
 from sweeps.records import SweepRecord, TrialSummary
 from sweeps.spec.parse import validate_shape
+from tests.helpers import poll_until
 from tests.helpers.mlflow_server import MlflowServer
 from tests.helpers.specs import DIGITS_SWEEP
 
@@ -306,16 +306,17 @@ def serving(model_uri: str, tracking_uri: str, log: Path) -> Iterator[str]:
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 120
-            while True:
+
+            def up() -> bool:
                 try:
                     if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
-                        break
+                        return True
                 except httpx.HTTPError:
                     pass
                 assert process.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, "mlflow models serve not up in 120 s"
-                time.sleep(0.5)
+                return False
+
+            poll_until(up, 120, "mlflow models serve answering /ping", interval_s=0.5)
             yield url
         finally:
             if process.poll() is None:
@@ -435,6 +436,25 @@ def test_predict_writes_probabilities_the_class_and_the_entropy(
         [*(f"p_{n}" for n in saved.class_names), "predicted", "entropy"]
     )
     assert len(out.splitlines()) == 1 + len(raw)
+
+
+def test_sweeps_predict_finds_the_model_where_mlflow_tracking_uri_says(
+    saved, server, registered, tmp_path
+):
+    """MLflow reads its own variable: without --tracking-uri the command asks MLflow's default,
+    $MLFLOW_TRACKING_URI (a fresh process: this one has set MLflow's tracking URI already)."""
+    raw = saved.inputs.example
+    np.save(tmp_path / "x.npy", raw)
+    command = [
+        sys.executable, "-m", "sweeps", "predict", "--model-uri", f"models:/{NAME}/{registered[2]}",
+        "--input", str(tmp_path / "x.npy"), "--mode", "mean",
+    ]  # fmt: skip
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server.url}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    probs = np.array([[float(r[f"p_{name}"]) for name in saved.class_names] for r in rows])
+    assert np.allclose(probs, saved.predict_proba(raw, "mean"), rtol=1e-8, atol=0)
 
 
 def test_gradreg_predict_reads_tables_and_says_what_is_wrong(saved, tmp_path, capsys):
