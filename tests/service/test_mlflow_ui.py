@@ -19,8 +19,10 @@ from mlflow import MlflowClient
 
 from service.client import describe
 from service.routes.sweeps import sweep_out
+from service.schemas import BestOut
 from service.settings import ServiceSettings
 from service.store.models import Sweep
+from service.store.sweep_store import objectives_of
 from sweeps.cli import format_outcome
 from sweeps.driver import DriverOptions, run_sweep
 from tests.helpers.chromium import assert_lists_runs, assert_shows_run, dom
@@ -44,7 +46,9 @@ def test_the_api_links_to_the_runs_list_and_the_parent_run():
     runs = "https://mlflow.example.org/#/experiments/7/runs"
     assert answer["links"]["mlflow_experiment"] == runs
     assert answer["links"]["mlflow_parent_run"] == f"{runs}/{'f' * 32}"
-    printed = describe(answer, [])
+    objectives = [o.model_dump(mode="json") for o in objectives_of(sweep.spec)]
+    best = BestOut(objectives=objectives, pareto=False, basis=None, best=[])
+    printed = describe(answer, [], best.model_dump(mode="json"))
     assert f"  MLflow runs: {runs}\n" in printed
     assert f"  MLflow parent run: {runs}/{'f' * 32}\n" in printed
 
