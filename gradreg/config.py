@@ -1,8 +1,14 @@
-"""TrainConfig: everything one training run needs, validated when it is made."""
+"""TrainConfig: everything one training run needs, validated when it is made.
+
+Making one never imports user code: a model or dataset given as an entry point
+``"package.module:function"`` is checked for its syntax only (`gradreg.user_code`), and its
+options for being JSON values; the builder or loader judges its options when it is called.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +29,7 @@ from gradreg.methods import (
     regulariser_grad_problem,
 )
 from gradreg.models import available_models
+from gradreg.user_code import is_entry_point, name_problem
 
 # The fields only some methods read; the method table says which.
 METHOD_FIELDS = tuple(sorted({*HYPERPARAMETERS, "variance"} - set(COMMON_SETTINGS)))
@@ -32,12 +39,12 @@ METHOD_FIELDS = tuple(sorted({*HYPERPARAMETERS, "variance"} - set(COMMON_SETTING
 class TrainConfig:
     """One training run. Hyperparameter names follow the project-wide conventions."""
 
-    dataset: str = "digits"
+    dataset: str = "digits"  # a dataset's name, or a loader "package.module:function"
     dataset_options: dict[str, Any] = field(default_factory=dict)
     split_seed: int = 0
     val_fraction: float = DEFAULT_VAL_FRACTION
     test_fraction: float | None = None  # None: the dataset's default (its official split)
-    model: str = "mlp"
+    model: str = "mlp"  # a built-in model's name, or a builder "package.module:function"
     model_options: dict[str, Any] = field(default_factory=dict)
     method: str = "vl"
     variance: str | None = None
@@ -63,8 +70,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (see gradreg.methods.compile_problem)
 
     def __post_init__(self) -> None:
-        _choice("dataset", self.dataset, tuple(available_datasets()))
-        _choice("model", self.model, tuple(available_models()))
+        _named_or_entry_point("dataset", self.dataset, tuple(available_datasets()))
+        _named_or_entry_point("model", self.model, tuple(available_models()))
         _choice("method", self.method, TRAINERS)
         entry = self._resolve_method_settings()
         if self.fisher is not None:
@@ -87,6 +94,9 @@ class TrainConfig:
         for name in ("dataset_options", "model_options"):
             if not isinstance(getattr(self, name), dict):
                 raise TypeError(f"{name} must be a mapping, got {getattr(self, name)!r}")
+        for name in ("dataset", "model"):
+            if is_entry_point(getattr(self, name)):
+                _json_options(f"{name}_options", getattr(self, f"{name}_options"))
         for name in ("epochs", "batch_size", "n_samples"):
             _integer(name, getattr(self, name), minimum=1)
         for name in ("seed", "split_seed"):
@@ -146,6 +156,12 @@ class TrainConfig:
         return entry
 
     @property
+    def entry_points(self) -> tuple[str, ...]:
+        """The user's code this config runs: its model and dataset where they are entry
+        points, model first."""
+        return tuple(value for value in (self.model, self.dataset) if is_entry_point(value))
+
+    @property
     def predict_mode(self) -> str:
         """``predict`` as filled in when the config was made: the method's own predictive
         unless one was given."""
@@ -189,6 +205,29 @@ class TrainConfig:
 def _choice(name: str, value: Any, accepted: tuple[str, ...]) -> None:
     if value not in accepted:
         raise ValueError(f"unknown {name} {value!r}; accepted: {', '.join(accepted)}")
+
+
+def _named_or_entry_point(name: str, value: Any, accepted: tuple[str, ...]) -> None:
+    """A built-in name, or the syntax of an entry point (nothing imported)."""
+    problem = name_problem(name, value, accepted)
+    if problem:
+        raise ValueError(problem)
+
+
+def _json_options(name: str, options: dict[str, Any]) -> None:
+    """A user's builder or loader options: keyword names, and values JSON holds (numbers,
+    strings, true/false, null, lists and mappings of them), since they travel in specs, the
+    saved model's manifest and MLflow."""
+    for key, value in options.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ValueError(f"{name}: {key!r} is not a keyword argument name")
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"{name}: {key}={value!r} is not a JSON value ({error}); options are numbers, "
+                "strings, true/false, null, and lists and mappings of them"
+            ) from None
 
 
 def _integer(name: str, value: Any, minimum: int) -> None:

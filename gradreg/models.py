@@ -1,4 +1,12 @@
-"""Classifier architectures by name; every model maps a batch of inputs to logits."""
+"""Classifier architectures by name, or a user's builder by entry point; every model maps a
+batch of inputs to logits.
+
+A user's builder is named ``"package.module:function"`` (`gradreg.user_code`) and called as
+``build(input_shape, n_classes, **options)``: ``input_shape`` the shape of one example as a
+tuple of ints (what the loader gives, e.g. ``(1, 64)``), ``n_classes`` an int >= 2, and the
+options as keyword arguments, the builder's own to check. It returns a ``torch.nn.Module``
+that maps a batch ``(B, *input_shape)`` of float32 inputs to logits ``(B, n_classes)``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,10 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from gradreg.user_code import UserCodeError, call, described, is_entry_point
+
+BUILDER = "model builder"  # the role a user's builder plays in an error message
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -217,7 +229,8 @@ _OPTION_CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
 
 
 def model_option_problems(name: str, options: dict[str, Any]) -> dict[str, str]:
-    """Option -> why its value is not accepted, for the options of model ``name`` it knows."""
+    """Option -> why its value is not accepted, for the options of model ``name`` it knows
+    (none of a user's builder: its options are its own to check, when it is called)."""
     checks = _OPTION_CHECKS.get(name, {})
     problems: dict[str, str] = {}
     for option, value in options.items():
@@ -232,18 +245,44 @@ def model_option_problems(name: str, options: dict[str, Any]) -> dict[str, str]:
 def build_model(
     name: str, input_shape: tuple[int, ...], n_classes: int, **options: Any
 ) -> nn.Module:
-    """Build model `name` for examples of shape `input_shape`; it returns `n_classes` logits."""
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(_MODELS)}")
+    """Build model `name` for examples of shape `input_shape`; it returns `n_classes` logits.
+
+    `name` is a built-in model (`available_models`) or a user's builder
+    ``"package.module:function"``, imported and called with the options as keyword
+    arguments; what it returns must be an ``nn.Module`` (else a `UserCodeError`)."""
+    user = is_entry_point(name)
+    if not user and name not in _MODELS:
+        raise ValueError(
+            f"unknown model {name!r}; available: {', '.join(_MODELS)}, or a builder "
+            "'package.module:function'"
+        )
+    shape = _positive_ints("input_shape", input_shape, allow_empty=False)
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int):
+        raise TypeError(f"n_classes must be an int >= 2, got {n_classes!r}")
+    if n_classes < 2:
+        raise ValueError(f"n_classes must be >= 2, got {n_classes}")
+    if user:
+        return _build_user_model(name, shape, n_classes, options)
     build = _MODELS[name][1]
     accepted = _accepted_options(build)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         listed = ", ".join(f"{option}={default!r}" for option, default in accepted.items())
         raise TypeError(f"unknown option(s) {', '.join(unknown)} for {name!r}; accepted: {listed}")
-    shape = _positive_ints("input_shape", input_shape, allow_empty=False)
-    if isinstance(n_classes, bool) or not isinstance(n_classes, int):
-        raise TypeError(f"n_classes must be an int >= 2, got {n_classes!r}")
-    if n_classes < 2:
-        raise ValueError(f"n_classes must be >= 2, got {n_classes}")
     return build(shape, n_classes, **options)
+
+
+def _build_user_model(
+    entry_point: str, input_shape: tuple[int, ...], n_classes: int, options: dict[str, Any]
+) -> nn.Module:
+    built = call(entry_point, input_shape, n_classes, role=BUILDER, **options)
+    if not isinstance(built, nn.Module):
+        hint = " (an instance of it is)" if inspect.isclass(built) else ""
+        raise UserCodeError(
+            entry_point,
+            f"returned {described(built)}, not a torch.nn.Module{hint}; a builder returns the "
+            "network: build(input_shape, n_classes, **options) -> nn.Module",
+            kind="result",
+            role=BUILDER,
+        )
+    return built
