@@ -5,7 +5,8 @@ trained on.
 
 The names: sklearn's bundled sets, the generated ones (`gradreg.data.synthetic`), the image
 files in their standard formats (`gradreg.data.standard_files`) and ``file``, the user's own
-file (`gradreg.data.userfiles`).
+file (`gradreg.data.userfiles`). Besides names, a user's loader by entry point
+``"package.module:function"`` (`gradreg.data.user_loaders`, which states its contract).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gradreg.data import standard_files, synthetic, userfiles
+from gradreg.data import standard_files, synthetic, user_loaders, userfiles
 from gradreg.data.options import check_int
 from gradreg.data.splits import (
     DEFAULT_VAL_FRACTION,
@@ -32,7 +33,8 @@ from gradreg.data.splits import (
     split_examples,
     split_sizes,
 )
-from gradreg.data.transform import InputTransform, standardise
+from gradreg.data.transform import InputTransform, standardise, unit_statistics
+from gradreg.user_code import is_entry_point
 
 FILE_DATASET = "file"
 FileDatasetError = userfiles.FileDatasetError
@@ -51,10 +53,12 @@ class Dataset:
     input_shape: tuple[int, ...]
     # raw inputs -> model inputs, with the train split's statistics (None: not known)
     transform: InputTransform | None = None
-    # class c's name: "0".."C-1" for the built-in sets, a file's label values or folder names
+    # class c's name: "0".."C-1" for the built-in sets, a file's label values or folder names,
+    # a loader's class_names
     class_names: tuple[str, ...] = ()
     # where the data came from: {"name", "options"} for a built-in set; a file's path, format,
-    # sha256 digest, n_examples, x_shape (all its examples), class_names (and label column)
+    # sha256 digest, n_examples, x_shape (all its examples), class_names (and label column); a
+    # user loader's entry point, options, digest, … (gradreg.data.user_loaders)
     source: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
     @property
@@ -242,12 +246,18 @@ def _assemble(
     mode: str,
     class_names: tuple[str, ...],
     source: dict[str, Any],
+    standardised: bool = True,
 ) -> Dataset:
-    """Standardise the splits (rows) with train statistics; the Dataset and its transform."""
+    """Standardise the splits (rows) with train statistics; the Dataset and its transform.
+    Not ``standardised``: the rows as they are, and the identity transform."""
     n_channels = input_shape[0] if mode == "channel" else 1
-    (x_train, x_val, x_test), mean, scale = standardise(
-        splits[0][0], [splits[1][0], splits[2][0]], mode, n_channels
-    )
+    if standardised:
+        (x_train, x_val, x_test), mean, scale = standardise(
+            splits[0][0], [splits[1][0], splits[2][0]], mode, n_channels
+        )
+    else:
+        x_train, x_val, x_test = (np.array(x) for x, _ in splits)  # copies: the caller's stay
+        mean, scale = unit_statistics(mode, input_shape)
     dtype = str(splits[0][0].dtype)
     transform = InputTransform(raw_shape, input_shape, mode, mean, scale, dtype)
 
@@ -283,8 +293,12 @@ def load_dataset(
     `split_seed` only controls the split, not the data. Datasets with an official test split
     (mnist, fashion_mnist, cifar10, a .npz file with x_test and y_test) use it as the test set
     and carve validation from their train set; the others hold out `test_fraction` (None: 0.2)
-    of their examples.
+    of their examples. A user's loader ``"package.module:function"`` is called with
+    `options` (`gradreg.data.user_loaders`): its one pair (x, y) is split as a file's, its own
+    test split (and validation split, if it gives one) is kept.
     """
+    if is_entry_point(name):
+        return _load_user(name, split_seed, val_fraction, test_fraction, options)
     if name == FILE_DATASET:
         return _load_file(split_seed, val_fraction, test_fraction, options)
     spec = _spec_for(name, options)
@@ -394,4 +408,58 @@ def _load_file(
         mode="channel" if stored.is_image else "feature",
         class_names=names,
         source=dict(stored.source),
+    )
+
+
+# ---------------------------------------------------------------- the user's loaders
+
+
+def _load_user(
+    entry_point: str,
+    split_seed: int,
+    val_fraction: float,
+    test_fraction: float | None,
+    options: dict[str, Any],
+) -> Dataset:
+    split_seed = check_int("split_seed", split_seed, 0)
+    val_fraction = check_fraction("val_fraction", val_fraction)
+    data = user_loaders.load_user_data(entry_point, options)
+    owner = f"data loader {entry_point!r} returns its own test split"
+    own_test = data.x_test is not None
+    test_fraction = resolve_test_fraction(owner, own_test, val_fraction, test_fraction)
+    names = data.class_names
+    if data.x_val is not None and data.y_val is not None:
+        assert data.x_test is not None and data.y_test is not None
+        parts = [(data.x, data.y), (data.x_val, data.y_val), (data.x_test, data.y_test)]
+    else:
+        test = None
+        if data.x_test is not None and data.y_test is not None:
+            test = (data.x_test, data.y_test)
+        try:
+            parts = split_examples(
+                data.x,
+                data.y,
+                len(names),
+                split_seed,
+                val_fraction,
+                test_fraction,
+                test=test,
+                class_names=names,
+            )
+        except ValueError as error:
+            raise ValueError(f"data loader {entry_point!r}: {error}") from None
+    # as a file's: features standardised in float64, signals and images per channel in float32
+    dtype = np.float64 if data.x.ndim == 2 else np.float32
+    splits = [
+        (np.asarray(part, dtype=dtype).reshape(len(part), -1), labels) for part, labels in parts
+    ]
+    return _assemble(
+        entry_point,
+        splits,
+        raw_shape=data.input_shape,
+        input_shape=data.input_shape,
+        mode="feature" if data.x.ndim == 2 else "channel",
+        class_names=names,
+        source=data.source,
+        standardised=data.standardise,
     )

@@ -40,6 +40,12 @@ def standardise(
     return [(x - data_mean) / data_scale for x in [x_train, *others]], mean, scale
 
 
+def unit_statistics(mode: str, input_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean 0 and scale 1 in `standardise`'s layout for ``mode``: the identity transform."""
+    shape = _statistics_shape(mode, input_shape)
+    return np.zeros(shape, dtype=np.float64), np.ones(shape, dtype=np.float64)
+
+
 @dataclass(frozen=True)
 class InputTransform:
     """How inputs in the dataset's own units (what the loader yields before standardisation)

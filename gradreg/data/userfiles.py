@@ -204,8 +204,9 @@ def _quoted(names: list[Any]) -> str:
 # ---------------------------------------------------------------- labels
 
 
-def _class_indices(labels: np.ndarray, where: str) -> int:
-    """The number of classes C of integer labels that must be 0..C-1, each class present."""
+def class_indices(labels: np.ndarray, where: str) -> int:
+    """The number of classes C of integer labels that must be 0..C-1, each class present (the
+    rule for a file's labels and a user loader's, `gradreg.data.user_loaders`)."""
     if len(labels) == 0:
         raise FileDatasetError(f"{where} holds no examples")
     if labels.min() < 0:
@@ -242,8 +243,9 @@ def _missing(present: np.ndarray, limit: int) -> list[int]:
     return missing
 
 
-def _integer_labels(values: np.ndarray, where: str) -> np.ndarray:
-    """``values`` as int64, if they are whole numbers (any integer, bool or float dtype)."""
+def integer_labels(values: np.ndarray, where: str) -> np.ndarray:
+    """``values`` as int64, if they are whole numbers (any integer, bool or float dtype): a
+    file's labels and a user loader's."""
     if values.dtype.kind in "iub":
         return values.astype(np.int64)
     if values.dtype.kind == "f":
@@ -295,7 +297,7 @@ def _read_npz(options: FileOptions) -> FileData:
     x, y = arrays["x"], arrays["y"]
     _check_npz_inputs(x, "x")
     labels = _npz_labels(y, "y", len(x))
-    n_classes = _class_indices(labels, "array 'y'")
+    n_classes = class_indices(labels, "array 'y'")
     data: dict[str, Any] = {"x": x, "y": labels, "class_names": [str(c) for c in range(n_classes)]}
     if "x_test" in arrays:
         x_test, y_test = arrays["x_test"], arrays["y_test"]
@@ -349,7 +351,7 @@ def _npz_labels(y: np.ndarray, name: str, n_examples: int) -> np.ndarray:
         raise FileDatasetError(
             f"array {x_name!r} holds {n_examples} examples but {name!r} holds {len(y)} labels"
         )
-    return _integer_labels(y, f"array {name!r}")
+    return integer_labels(y, f"array {name!r}")
 
 
 # ---------------------------------------------------------------- tables
@@ -424,8 +426,8 @@ def _table_labels(column: Any, label: str) -> tuple[np.ndarray, list[str]]:
         if len(names) < 2:
             raise FileDatasetError(f"{where} holds one class only; a classifier needs at least 2")
         return codes.astype(np.int64).reshape(-1), [str(name) for name in names]
-    labels = _integer_labels(column.to_numpy(), where)
-    n_classes = _class_indices(labels, where)
+    labels = integer_labels(column.to_numpy(), where)
+    n_classes = class_indices(labels, where)
     return labels, [str(c) for c in range(n_classes)]
 
 
