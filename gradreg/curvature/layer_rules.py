@@ -41,28 +41,75 @@ class LayerCapture:
 
 
 def per_example_obstacle(model: nn.Module, params: Sequence[nn.Parameter]) -> str | None:
-    """Why the per-layer identities do not apply to ``model``, or None when they do."""
+    """Why the per-layer identities do not apply to ``model``, or None when they do: every
+    layer in the way, named (`per_example_obstacles`, joined)."""
+    problems = per_example_obstacles(model, params)
+    return "; ".join(problems) if problems else None
+
+
+def per_example_obstacles(model: nn.Module, params: Sequence[nn.Parameter]) -> list[str]:
+    """Each reason the per-layer identities do not apply to ``model``: BatchNorm layers that
+    normalise with batch statistics, then layers with parameters but no rule (grouped by
+    type), then layers whose configuration their rule cannot do; empty when they apply."""
+    batch_statistics: dict[str, list[str]] = {}
+    no_rule: dict[str, list[str]] = {}
+    configurations: list[str] = []
     for name, module in model.named_modules():
+        kind = type(module).__name__
         if isinstance(module, _BatchNorm) and module.training:
-            return (
-                f"layer {name!r} ({type(module).__name__}) normalises with batch statistics, which "
-                "couple the examples, so per-example gradients do not exist"
-            )
-        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
-        if not own:
+            batch_statistics.setdefault(kind, []).append(name)
+            continue
+        if not any(p.requires_grad for p in module.parameters(recurse=False)):
             continue
         rule = rule_for(module)
         if rule is None:
-            return (
-                f"layer {name!r} ({type(module).__name__}) has parameters but no per-example rule"
-            )
+            no_rule.setdefault(kind, []).append(name)
+            continue
         problem = rule.obstacle(module) if rule.obstacle else None
         if problem:
-            return f"layer {name!r} {problem}"
-    covered = {id(p) for m in model.modules() if rule_for(m) for p in m.parameters(recurse=False)}
-    if any(id(p) not in covered for p in params):
-        return "some trainable parameters are not held by a layer with a per-example rule"
-    return None
+            configurations.append(f"layer {name!r} {problem}")
+    problems = [
+        f"{_layers(names, kind)} {_verb(names, 'normalises', 'normalise')} with batch "
+        "statistics, which couple the examples, so per-example gradients do not exist"
+        for kind, names in batch_statistics.items()
+    ]
+    problems += [
+        f"{_layers(names, kind)} {_verb(names, 'has', 'have')} parameters but no per-example rule"
+        for kind, names in no_rule.items()
+    ]
+    problems += configurations
+    if not problems:
+        covered = {
+            id(p) for m in model.modules() if rule_for(m) for p in m.parameters(recurse=False)
+        }
+        if any(id(p) not in covered for p in params):
+            problems.append(
+                "some trainable parameters are not held by a layer with a per-example rule"
+            )
+    return problems
+
+
+_NAMED = 5  # layers a message names, at most
+
+
+def _layers(names: list[str], kind: str) -> str:
+    """ "layer 'norm' (LayerNorm)", "layers 'a', 'b' and 'c' (LayerNorm)"."""
+    if len(names) == 1:
+        return f"layer {_quoted(names[0])} ({kind})"
+    quoted = [_quoted(name) for name in names[:_NAMED]]
+    if len(names) > _NAMED:
+        listed = f"{', '.join(quoted)} and {len(names) - _NAMED} more"
+    else:
+        listed = f"{', '.join(quoted[:-1])} and {quoted[-1]}"
+    return f"layers {listed} ({kind})"
+
+
+def _quoted(name: str) -> str:
+    return repr(name) if name else "'' (the model itself)"
+
+
+def _verb(names: list[str], one: str, several: str) -> str:
+    return one if len(names) == 1 else several
 
 
 @contextmanager

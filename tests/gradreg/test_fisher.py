@@ -221,3 +221,44 @@ def test_total_fast_path_equals_the_sum_of_the_full_estimate_and_its_gradient(ki
     grad_full = torch.autograd.grad(full, params, retain_graph=True)
     grad_total = torch.autograd.grad(total, params)
     assert max_abs_diff(list(grad_full), list(grad_total)) < 1e-10
+
+
+def test_per_example_names_every_layer_in_its_way():
+    """Each BatchNorm in training mode, then every layer without a rule (grouped by type), then
+    each layer whose configuration its rule cannot do: all named, in one message."""
+
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = nn.LayerNorm(6)
+            self.linear = nn.Linear(6, 6)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.linear(self.norm(x))
+
+    model = nn.Sequential(
+        nn.Conv1d(1, 2, 3, padding=1, groups=1),
+        nn.BatchNorm1d(2),
+        nn.Conv1d(2, 2, 3, padding=1, groups=2),
+        nn.Flatten(),
+        nn.Linear(12, 6),
+        Residual(),
+        Residual(),
+        nn.LayerNorm(6),
+        nn.Linear(6, 3),
+    ).double()
+    x = torch.randn(4, 1, 6, dtype=torch.float64)
+    expected = (
+        "fisher='per_example' cannot handle this model: layer '1' (BatchNorm1d) normalises "
+        "with batch statistics, which couple the examples, so per-example gradients do not "
+        "exist; layers '5.norm', '6.norm' and '7' (LayerNorm) have parameters but no "
+        "per-example rule; layer '2' uses groups=2, padding=(1,), padding_mode='zeros'; the "
+        "per-example rule needs groups=1, integer padding and padding_mode='zeros'. Use "
+        "fisher='sampled', which works for any architecture."
+    )
+    with pytest.raises(ValueError) as error:
+        fisher_diagonal(model, x, estimator="per_example")
+    assert str(error.value) == expected
+    model.eval()  # at its running statistics BatchNorm is a layer without a rule
+    with pytest.raises(ValueError, match=r"layer '1' \(BatchNorm1d\) has parameters but no"):
+        fisher_diagonal(model, x, estimator="per_example")
