@@ -223,12 +223,15 @@ def _ensemble_or_none(sweep: Sweep) -> EnsembleOut | None:
     return EnsembleOut.model_validate(stored)
 
 
-@router.post(
-    "/{sweep_id}/cancel",
-    status_code=202,
-    response_model=SweepOut,
-    responses=problem_responses(404, 409),
-)
+# What the routes that change a sweep's status answer: the sweep, accepted for the reconciler.
+STATUS_CHANGE: dict[str, Any] = {
+    "status_code": 202,
+    "response_model": SweepOut,
+    "responses": problem_responses(404, 409),
+}
+
+
+@router.post("/{sweep_id}/cancel", **STATUS_CHANGE)
 def cancel(
     sessions: SessionsDep, settings: SettingsDep, reconciler: ReconcilerDep, sweep_id: str
 ) -> SweepOut:
@@ -237,12 +240,7 @@ def cancel(
     return _changed(sessions, settings, reconciler, status_machine.request_cancel, sweep_id)
 
 
-@router.post(
-    "/{sweep_id}/resume",
-    status_code=202,
-    response_model=SweepOut,
-    responses=problem_responses(404, 409),
-)
+@router.post("/{sweep_id}/resume", **STATUS_CHANGE)
 def resume(
     sessions: SessionsDep, settings: SettingsDep, reconciler: ReconcilerDep, sweep_id: str
 ) -> SweepOut:

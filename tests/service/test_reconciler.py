@@ -5,6 +5,7 @@ The end-to-end tests (tests/service/test_api.py, tests/reliability) run it again
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
@@ -52,9 +53,22 @@ class RecordingJobs:
         self.finished.add(submission_id)
 
 
-def reconciler(sessions: sessionmaker[Session], jobs: RecordingJobs, max_active: int) -> Reconciler:
+def reconciler(
+    sessions: sessionmaker[Session],
+    jobs: RecordingJobs,
+    max_active: int,
+    clock: ManualClock | None = None,
+    interval_s: float = 1,
+) -> Reconciler:
+    """A reconciler with a 30 s cancel grace period and 3 attempts, on ``clock`` if given."""
     return Reconciler(
-        sessions, jobs, interval_s=1, cancel_grace_s=30, max_attempts=3, max_active=max_active
+        sessions,
+        jobs,
+        interval_s=interval_s,
+        cancel_grace_s=30,
+        max_attempts=3,
+        max_active=max_active,
+        clock=clock or time.monotonic,
     )
 
 
@@ -182,15 +196,7 @@ def test_a_dead_drivers_reason_is_its_exception_line_not_a_trailer():
 def test_a_driver_that_ignores_its_cancel_is_stopped_after_the_grace_period(session_factory):
     jobs, clock = RecordingJobs(), ManualClock()
     sweep_id = new_sweep(session_factory, name="stubborn")
-    passes = Reconciler(
-        session_factory,
-        jobs,
-        interval_s=1,
-        cancel_grace_s=30,
-        max_attempts=3,
-        max_active=1,
-        clock=clock,
-    )
+    passes = reconciler(session_factory, jobs, max_active=1, clock=clock)
     passes.reconcile_once()  # submitted
     with session_factory() as session:
         status_machine.mark_running(session, sweep_id)
@@ -213,15 +219,7 @@ def test_a_driver_that_ignores_its_cancel_is_stopped_after_the_grace_period(sess
 def test_a_job_missing_from_one_answer_is_not_taken_for_dead(session_factory):
     jobs, clock = RecordingJobs(), ManualClock()
     sweep_id = new_sweep(session_factory, name="flicker")
-    passes = Reconciler(
-        session_factory,
-        jobs,
-        interval_s=5,
-        cancel_grace_s=30,
-        max_attempts=3,
-        max_active=1,
-        clock=clock,
-    )
+    passes = reconciler(session_factory, jobs, max_active=1, clock=clock, interval_s=5)
     passes.reconcile_once()
     job = f"job-{sweep_id}-1"
     jobs.missing.add(job)  # a busy head's answer, once
