@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from gradreg.config import TrainConfig
 from gradreg.data import Dataset, load_dataset
@@ -96,12 +96,22 @@ EpochCallback = Callable[[EpochReport], bool | None]
 def build_posterior(config: TrainConfig, data: Dataset) -> GaussianPosterior:
     """The method's posterior around a fresh model (seed the RNG first for reproducibility)."""
     model = build_model(config.model, data.input_shape, data.n_classes, **config.model_options)
+    return posterior_around(model, config, data.n_train)
+
+
+def posterior_around(model: nn.Module, config: TrainConfig, n_train: int) -> GaussianPosterior:
+    """The method's posterior over ``model``'s weights (compiled first where asked)."""
     if config.compile:
         model.compile()  # in place: parameter names and checkpoints stay those of the model
     built: GaussianPosterior = posterior(
-        model, config.method_name, n_data=data.n_train, **config.posterior_settings()
+        model, config.method_name, n_data=n_train, **config.posterior_settings()
     )
     return built
+
+
+def make_optimiser(posterior: GaussianPosterior, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam over the posterior's parameter groups (means at lr, variances at variance_lr)."""
+    return torch.optim.Adam(posterior.param_groups(config.lr, config.variance_lr))
 
 
 def load_config_dataset(config: TrainConfig) -> Dataset:
@@ -224,7 +234,7 @@ def fit(
         on_data(data.summary())
     torch.manual_seed(config.seed)
     posterior = build_posterior(config, data).to(device)
-    optimiser = torch.optim.Adam(posterior.param_groups(config.lr, config.variance_lr))
+    optimiser = make_optimiser(posterior, config)
     shuffle = torch.Generator().manual_seed(config.seed)
     sampling = torch.Generator(device=device).manual_seed(config.seed + 1)
     history: list[dict[str, float]] = []
@@ -306,31 +316,46 @@ def _train_epoch(
     sampling: torch.Generator,
 ) -> dict[str, float]:
     """One pass over ``order``; returns the loss terms summed over examples."""
-    autocast = (
-        torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
-        if config.bf16
-        else nullcontext()
-    )
     sums = {"train_loss": 0.0, "train_nll": 0.0, "train_sqgrad": 0.0, "train_kl": 0.0}
     for step, index in enumerate(order.split(config.batch_size), start=1):
         try:
-            with autocast:
-                terms = posterior.loss(x[index], y[index], generator=sampling)
-            values = terms.as_floats()
-            if not math.isfinite(values["train_loss"]):
-                raise FloatingPointError(f"train_loss={values['train_loss']}")
+            values = train_step(posterior, optimiser, x[index], y[index], config, sampling)
         except FloatingPointError as error:
             raise FloatingPointError(
                 f"training diverged in epoch {epoch}, step {step}: {error} (lr={config.lr}, "
                 f"noise_scale={config.noise_scale}, init_variance={config.init_variance}); "
                 "lower the learning rate or the variances"
             ) from error
-        optimiser.zero_grad(set_to_none=True)
-        terms.loss.backward()
-        optimiser.step()
         for key, value in values.items():
             sums[key] += value * len(index)
     return sums
+
+
+def train_step(
+    posterior: GaussianPosterior,
+    optimiser: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    config: TrainConfig,
+    sampling: torch.Generator,
+) -> dict[str, float]:
+    """One step of the method's objective on the batch (x, y): the loss (under bf16 autocast
+    where asked), its backward and the optimiser's step. Returns the loss terms; a loss that
+    is not finite raises FloatingPointError before any parameter moves."""
+    autocast = (
+        torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
+        if config.bf16
+        else nullcontext()
+    )
+    with autocast:
+        terms = posterior.loss(x, y, generator=sampling)
+    values = terms.as_floats()
+    if not math.isfinite(values["train_loss"]):
+        raise FloatingPointError(f"train_loss={values['train_loss']}")
+    optimiser.zero_grad(set_to_none=True)
+    terms.loss.backward()
+    optimiser.step()
+    return values
 
 
 def _mean_std(posterior: GaussianPosterior) -> float:

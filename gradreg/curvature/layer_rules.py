@@ -98,7 +98,7 @@ def _layers(names: list[str], kind: str) -> str:
         return f"layer {_quoted(names[0])} ({kind})"
     quoted = [_quoted(name) for name in names[:_NAMED]]
     if len(names) > _NAMED:
-        listed = f"{', '.join(quoted)} and {len(names) - _NAMED} more"
+        listed = f"{', '.join(quoted)}, and {len(names) - _NAMED} more"
     else:
         listed = f"{', '.join(quoted[:-1])} and {quoted[-1]}"
     return f"layers {listed} ({kind})"
