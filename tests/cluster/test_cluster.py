@@ -22,7 +22,7 @@ from ray.tune.trainable.metadata import _TrainingRunMetadata
 from localcluster.harness import MLFLOW_URL, NODES, WORKERS, Cluster
 from localcluster.sample import digits_sweep as sweep_spec
 from sweeps.tracking import ATTEMPT_TAG, RESUMED_TAG
-from tests.cluster.conftest import finished, submit, sweep, trials, wait_until
+from tests.helpers.cluster import finished, submit, sweep, trials, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

@@ -17,8 +17,8 @@ from mlflow import MlflowClient
 from localcluster.harness import MLFLOW_URL
 from localcluster.sample import digits_sweep as sweep_spec
 from sweeps.mlflow_ui import run_url
-from tests.cluster.conftest import finished, submit, trials
 from tests.helpers.chromium import assert_lists_runs, assert_shows_run, dom
+from tests.helpers.cluster import finished, submit, trials
 
 pytestmark = [pytest.mark.cluster, pytest.mark.browser, pytest.mark.slow]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy.conftest import CI_ENV, COMBINATIONS, ROOT, render, run_compose
+from tests.helpers.deploy import CI_ENV, COMBINATIONS, ROOT, render, run_compose
 
 LONG_RUNNING = {"postgres", "minio", "mlflow", "ray-head", "ray-worker", "api"}
 ONE_SHOT = {"minio-init"}

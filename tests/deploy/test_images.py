@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.conftest import ROOT
+from tests.helpers.deploy import ROOT
 
 HADOLINT = Path(sys.executable).with_name("hadolint")
 DOCKERFILES = sorted(

@@ -9,7 +9,7 @@ import yaml
 from sweeps import parse_spec
 from sweeps.settings import SweepSettings
 from sweeps.spec.checks import Limits, semantic_issues
-from tests.deploy.conftest import ROOT
+from tests.helpers.deploy import ROOT
 
 
 def _smoke_module():

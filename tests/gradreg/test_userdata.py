@@ -20,7 +20,7 @@ from gradreg.cli.main import main
 from gradreg.data import FileDatasetError, check_file_dataset, load_dataset, splits, userfiles
 from gradreg.data.transform import InputTransform
 from gradreg.train import fit
-from tests.gradreg.test_datafiles import make_idx_dataset
+from tests.helpers.datafiles import make_idx_dataset
 
 ANIMALS = ["zebra", "ant", "moth"]  # sorted: ant, moth, zebra
 

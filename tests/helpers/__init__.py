@@ -14,10 +14,15 @@ T = TypeVar("T")
 
 
 def poll_until(
-    condition: Callable[[], T], timeout_s: float, what: str, interval_s: float = 0.05
+    condition: Callable[[], T],
+    timeout_s: float,
+    what: str,
+    interval_s: float = 0.05,
+    detail: Callable[[], str] | None = None,
 ) -> T:
     """Call ``condition`` every ``interval_s`` until it returns something true, and return
-    that; raise AssertionError naming ``what`` (and the last value) after ``timeout_s``.
+    that; after ``timeout_s``, raise AssertionError naming ``what`` and the last value, with
+    ``detail()`` (a log's tail, say) if given.
 
     ``condition`` is called once more at the deadline, so a slow poll still gets its last
     look. Use it to wait for what another thread or process does, not to let time pass:
@@ -32,5 +37,6 @@ def poll_until(
             return value
         left = deadline - time.monotonic()
         if left <= 0:
-            raise AssertionError(f"{what}: not within {timeout_s:g} s (last: {value!r})")
+            message = f"{what}: not within {timeout_s:g} s (last: {value!r})"
+            raise AssertionError(message if detail is None else f"{message}\n{detail()}")
         time.sleep(min(interval_s, left))

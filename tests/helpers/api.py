@@ -7,17 +7,28 @@ import os
 import signal
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy.orm import Session, sessionmaker
 
 from service.launcher import free_port
+from tests.helpers import poll_until
 
 TOKENS = ("token-one-" + "a" * 24, "token-two-" + "b" * 24)
 FINAL = ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class LiveApi:
+    """The real app served in the test process (tests/service/conftest.py's ``live_api``)."""
+
+    url: str
+    token: str
+    sessions: sessionmaker[Session]  # on the app's own store
 
 
 @dataclass
@@ -70,17 +81,17 @@ class ApiProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + timeout_s
         path = "/readyz" if ready else "/healthz"
-        while True:
-            assert self.process.poll() is None, self.log_tail()
+
+        def up() -> bool:
+            assert self.process is not None and self.process.poll() is None, self.log_tail()
             try:
-                if httpx.get(self.url + path, timeout=5).status_code == 200:
-                    return self
+                return httpx.get(self.url + path, timeout=5).status_code == 200
             except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"API not up in {timeout_s} s\n{self.log_tail()}"
-            time.sleep(0.5)
+                return False
+
+        poll_until(up, timeout_s, f"the API answering {path}", 0.5, detail=self.log_tail)
+        return self
 
     def stop(self, kill: bool = False) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -117,12 +128,89 @@ def is_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     return body
 
 
-def wait_for(client: httpx.Client, sweep_id: str, predicate, timeout_s: float = 240) -> dict:
+def wait_for(
+    client: httpx.Client,
+    sweep_id: str,
+    predicate: Callable[[dict[str, Any]], bool],
+    timeout_s: float = 240,
+) -> dict:
     """Poll a sweep until ``predicate(sweep)``; fail with its last state otherwise."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+    last: list[dict[str, Any]] = []
+
+    def matching() -> dict[str, Any] | None:
         sweep = client.get(f"/v1/sweeps/{sweep_id}").json()
-        if predicate(sweep):
-            return sweep
-        assert time.monotonic() < deadline, f"gave up waiting; last state: {sweep}"
-        time.sleep(0.5)
+        last[:] = [sweep]
+        return sweep if predicate(sweep) else None
+
+    return poll_until(
+        matching,
+        timeout_s,
+        f"sweep {sweep_id} as awaited",
+        interval_s=0.5,
+        detail=lambda: f"its last state: {last[-1] if last else None}",
+    )
+
+
+def small_sweep(name: str, *, epochs: int = 2, trials: int = 3, concurrent: int = 2) -> dict:
+    """A digits sweep of a few trials of a few epochs, tagged e2e and its name."""
+    return {
+        "name": name,
+        "tags": ["e2e", name],
+        "dataset": {"name": "digits"},
+        "model": {"name": "mlp", "options": {"hidden": [32]}},
+        "method": "vl-uniform",
+        "fixed": {"epochs": epochs, "batch_size": 256, "lr": 0.003, "device": "cpu"},
+        "parameters": {
+            "noise_scale": {"type": "float", "low": 0.001, "high": 0.1, "scale": "log"},
+            "prior_variance": {"type": "float", "low": 0.1, "high": 10.0, "scale": "log"},
+        },
+        "search": {"algorithm": "random", "seed": 0},
+        "budget": {"max_trials": trials, "max_concurrent_trials": concurrent},
+        "resources": {"cpu": 1},
+    }
+
+
+def all_sweeps(
+    client: httpx.Client, status: str | None = None, tag: str | None = None
+) -> list[dict]:
+    """Every sweep the API lists (with this status and tag), page after page."""
+    found: list[dict] = []
+    cursor = None
+    while True:
+        params = {
+            "limit": 500,
+            **({"status": status} if status else {}),
+            **({"tag": tag} if tag else {}),
+        }
+        if cursor:
+            params["cursor"] = cursor
+        page = client.get("/v1/sweeps", params=params).json()
+        found.extend(page["items"])
+        cursor = page["next_cursor"]
+        if not cursor:
+            return found
+
+
+def cancel_everything(service: ApiProcess, timeout_s: float = 120) -> None:
+    """Cancel every unfinished sweep and wait until none is active; fail naming those left."""
+    unfinished: list[dict] = []
+
+    def none_active() -> bool:
+        unfinished[:] = [
+            sweep
+            for status in ("pending", "submitted", "running", "cancelling")
+            for sweep in all_sweeps(client, status)
+        ]
+        for sweep in unfinished:
+            if sweep["status"] != "cancelling":
+                client.post(f"/v1/sweeps/{sweep['id']}/cancel")
+        return not unfinished
+
+    with service.client() as client:
+        poll_until(
+            none_active,
+            timeout_s,
+            "every sweep cancelled",
+            interval_s=1,
+            detail=lambda: f"still active: {[(s['id'], s['status']) for s in unfinished]}",
+        )

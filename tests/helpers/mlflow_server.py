@@ -6,12 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from service.launcher import free_port
+from tests.helpers import poll_until
 
 
 class MlflowServer:
@@ -33,16 +33,20 @@ class MlflowServer:
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: stop() reaches the server workers
         )  # fmt: skip
-        deadline = time.monotonic() + timeout_s
-        while True:
+
+        def up() -> bool:
             try:
                 if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return self
+                    return True
             except httpx.HTTPError:
                 pass
-            assert self.process.poll() is None, "the MLflow server exited"
-            assert time.monotonic() < deadline, f"MLflow not up in {timeout_s} s"
-            time.sleep(0.5)
+            assert self.process is not None and self.process.poll() is None, (
+                "the MLflow server exited"
+            )
+            return False
+
+        poll_until(up, timeout_s, "the MLflow server answering /health", interval_s=0.5)
+        return self
 
     def stop(self, kill: bool = False) -> None:
         # `mlflow server` runs the server in child processes; killing only the CLI left them

@@ -8,14 +8,12 @@ Ray Jobs on a 2-core machine. Whatever is still queued or running at the end is 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.helpers.api import ApiProcess
+from tests.helpers.api import ApiProcess, cancel_everything
 from tests.helpers.store import postgres_schema
 
 CAPS = {
@@ -57,41 +55,3 @@ def service(tmp_path_factory, store_url) -> Iterator[ApiProcess]:
             cancel_everything(process)
         finally:
             process.stop()
-
-
-def cancel_everything(service: ApiProcess, timeout_s: float = 120) -> None:
-    """Cancel every unfinished sweep and wait until none is active."""
-    with service.client() as client:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            unfinished = [
-                sweep
-                for status in ("pending", "submitted", "running", "cancelling")
-                for sweep in all_sweeps(client, status)
-            ]
-            if not unfinished or time.monotonic() > deadline:
-                return
-            for sweep in unfinished:
-                if sweep["status"] != "cancelling":
-                    client.post(f"/v1/sweeps/{sweep['id']}/cancel")
-            time.sleep(1)
-
-
-def all_sweeps(
-    client: httpx.Client, status: str | None = None, tag: str | None = None
-) -> list[dict]:
-    found: list[dict] = []
-    cursor = None
-    while True:
-        params = {
-            "limit": 500,
-            **({"status": status} if status else {}),
-            **({"tag": tag} if tag else {}),
-        }
-        if cursor:
-            params["cursor"] = cursor
-        page = client.get("/v1/sweeps", params=params).json()
-        found.extend(page["items"])
-        cursor = page["next_cursor"]
-        if not cursor:
-            return found

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from tests.helpers import poll_until
 from tests.helpers.api import FINAL, TOKENS, ApiProcess, is_problem, wait_for
 from tests.helpers.mlflow_server import MlflowServer
 from tests.helpers.netns import TestHost
@@ -51,11 +52,13 @@ def test_store_unreachable_is_503_then_service_recovers(service, store_url, tmp_
             spec = {"name": "while-down", "dataset": {"name": "iris"}, "method": "map"}
             store_down(client.post("/v1/sweeps", json=spec))
             store_down(client.post("/v1/sweeps/" + "0" * 32 + "/cancel"))
+
             # /readyz answers from probes a few seconds old: it turns within two intervals.
-            deadline = time.monotonic() + 10
-            while (ready := httpx.get(api.url + "/readyz")).status_code == 200:
-                assert time.monotonic() < deadline, "readyz kept saying ready"
-                time.sleep(0.5)
+            def not_ready() -> httpx.Response | None:
+                answer = httpx.get(api.url + "/readyz")
+                return answer if answer.status_code != 200 else None
+
+            ready = poll_until(not_ready, 10, "readyz saying not ready", interval_s=0.5)
             assert "store: OperationalError" in store_down(ready)["detail"]
             assert httpx.get(api.url + "/healthz").status_code == 200
             assert time.monotonic() - started < 30  # answered, not hung on TCP timeouts
@@ -64,14 +67,18 @@ def test_store_unreachable_is_503_then_service_recovers(service, store_url, tmp_
             is_problem(wrong, 403)
 
             proxy.restore()
-            deadline = time.monotonic() + 30
-            while client.get("/v1/sweeps").status_code != 200:
-                assert time.monotonic() < deadline, "the API did not reconnect to its store"
-                time.sleep(0.5)
-            deadline = time.monotonic() + 10
-            while httpx.get(api.url + "/readyz").status_code != 200:
-                assert time.monotonic() < deadline, "readyz did not come back"
-                time.sleep(0.5)
+            poll_until(
+                lambda: client.get("/v1/sweeps").status_code == 200,
+                30,
+                "the API reconnecting to its store",
+                interval_s=0.5,
+            )
+            poll_until(
+                lambda: httpx.get(api.url + "/readyz").status_code == 200,
+                10,
+                "readyz coming back",
+                interval_s=0.5,
+            )
         assert api.process is not None and api.process.poll() is None
         assert not any(token in api.log_tail(10**7) for token in TOKENS)
     finally:
@@ -171,10 +178,12 @@ def test_a_store_behind_a_black_hole_is_503_in_bounded_time_then_recovers(own_st
                 assert httpx.get(api.url + "/healthz", timeout=5).status_code == 200
 
                 host.restore("store")
-                deadline = time.monotonic() + 60
-                while client.get("/v1/sweeps").status_code != 200:
-                    assert time.monotonic() < deadline, "the API did not reconnect to its store"
-                    time.sleep(1)
+                poll_until(
+                    lambda: client.get("/v1/sweeps").status_code == 200,
+                    60,
+                    "the API reconnecting to its store",
+                    interval_s=1,
+                )
         finally:
             api.stop()
             proxy.cut()

@@ -15,8 +15,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.helpers.api import TOKENS, wait_for
-from tests.reliability.conftest import all_sweeps, cancel_everything
+from tests.helpers.api import TOKENS, all_sweeps, cancel_everything, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -18,8 +18,7 @@ import pytest
 
 from service.demo import submit_command
 from service.redaction import REDACTED, RedactTokens
-from tests.helpers.api import FINAL, ApiProcess, wait_for
-from tests.service.test_api import small_sweep
+from tests.helpers.api import FINAL, ApiProcess, small_sweep, wait_for
 
 pytestmark = pytest.mark.slow
 PASSWORD = "pw-that-must-not-leak"

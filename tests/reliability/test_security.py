@@ -13,8 +13,7 @@ import os
 import httpx
 import pytest
 
-from tests.helpers.api import TOKENS
-from tests.reliability.conftest import all_sweeps
+from tests.helpers.api import TOKENS, all_sweeps
 
 pytestmark = pytest.mark.slow
 

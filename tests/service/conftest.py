@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 import sqlalchemy as sa
@@ -20,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.store.database import make_engine, upgrade
 from service.store.database import session_factory as make_session_factory
 from tests.helpers import poll_until
+from tests.helpers.api import LiveApi
 from tests.helpers.store import postgres_schema
 
 
@@ -44,13 +44,6 @@ def engine(store_url: sa.URL) -> Iterator[sa.Engine]:
 @pytest.fixture
 def session_factory(engine: sa.Engine) -> sessionmaker[Session]:
     return make_session_factory(engine)
-
-
-@dataclass(frozen=True)
-class LiveApi:
-    url: str
-    token: str
-    sessions: sessionmaker[Session]  # on the app's own store
 
 
 @pytest.fixture(scope="module")

@@ -21,25 +21,7 @@ from mlflow import MlflowClient
 from service.launcher import free_port
 from sweeps.checkpoints import MIN_STATE_SAVE_PERIOD_S
 from sweeps.records import LOST_TRIAL
-from tests.helpers.api import FINAL, TOKENS, ApiProcess, is_problem, wait_for
-
-
-def small_sweep(name: str, *, epochs: int = 2, trials: int = 3, concurrent: int = 2) -> dict:
-    return {
-        "name": name,
-        "tags": ["e2e", name],
-        "dataset": {"name": "digits"},
-        "model": {"name": "mlp", "options": {"hidden": [32]}},
-        "method": "vl-uniform",
-        "fixed": {"epochs": epochs, "batch_size": 256, "lr": 0.003, "device": "cpu"},
-        "parameters": {
-            "noise_scale": {"type": "float", "low": 0.001, "high": 0.1, "scale": "log"},
-            "prior_variance": {"type": "float", "low": 0.1, "high": 10.0, "scale": "log"},
-        },
-        "search": {"algorithm": "random", "seed": 0},
-        "budget": {"max_trials": trials, "max_concurrent_trials": concurrent},
-        "resources": {"cpu": 1},
-    }
+from tests.helpers.api import FINAL, TOKENS, ApiProcess, is_problem, small_sweep, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
@@ -27,8 +26,8 @@ from service.store import status_machine, sweep_queries
 from service.store.sweep_store import objectives_of, upsert_trials
 from sweeps import TrialEvent
 from tests.helpers import poll_until
+from tests.helpers.api import LiveApi
 from tests.helpers.store import new_sweep
-from tests.service.conftest import LiveApi
 
 TOKEN = "cli-token-" + "c" * 24
 
@@ -176,16 +175,16 @@ def test_serve_listens_on_the_flags_port_and_ctrl_c_stops_it_cleanly(tmp_path):
 
 
 def _wait_until_live(server: subprocess.Popen, url: str, log: Path, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
+    def live() -> bool:
         assert server.poll() is None, log.read_text()[-4000:]
         try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return
+            return httpx.get(url, timeout=5).status_code == 200
         except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, log.read_text()[-4000:]
-        time.sleep(0.3)
+            return False
+
+    poll_until(
+        live, timeout_s, f"the API at {url}", interval_s=0.3, detail=lambda: log.read_text()[-4000:]
+    )
 
 
 # ---------------------------------------------------------------- the client commands

@@ -12,8 +12,8 @@ import pytest
 from service import __main__ as service_main
 from service.client import SpecFileError, read_spec
 from service.store import status_machine, sweep_queries
+from tests.helpers.api import LiveApi
 from tests.helpers.store import new_sweep
-from tests.service.conftest import LiveApi
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = """\

@@ -40,6 +40,7 @@ from service.store.sweep_store import (
 from sweeps import DriverOptions, TrialEvent, run_stored
 from sweeps.records import LOST_TRIAL, TrialSummary, best_trials
 from sweeps.statefiles import STATES_FILE
+from tests.helpers import poll_until
 from tests.helpers.specs import digits_spec
 from tests.helpers.store import new_sweep, outcome
 
@@ -339,11 +340,14 @@ def test_a_driver_killed_with_reports_queued_loses_nothing_the_next_attempt_rela
     )
     states = tmp_path / "tune" / sweep.id / STATES_FILE
     try:
-        deadline = time.monotonic() + 240
-        while not (states.exists() and "succeeded" in states.read_text()):
+
+        def a_trial_finished() -> bool:
+            if states.exists() and "succeeded" in states.read_text():
+                return True
             assert driver.poll() is None, driver.stderr.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "no trial finished"
-            time.sleep(0.2)
+            return False
+
+        poll_until(a_trial_finished, 240, "a trial finishing", interval_s=0.2)
         # The states file is written while Tune saves its experiment state: let that save end.
         time.sleep(0.5)
         assert driver.poll() is None, "the sweep ended before the kill: nothing was queued"

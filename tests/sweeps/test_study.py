@@ -9,7 +9,6 @@ import pickle
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +43,7 @@ from sweeps.tracking import (
     STUDY_SOURCE_TAG,
     STUDY_STORAGE_TAG,
 )
+from tests.helpers import poll_until
 from tests.helpers.specs import digits_spec
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -316,16 +316,16 @@ def test_optuna_dashboard_lists_the_study(tmp_path):
     command = [str(dashboard), url, "--host", "127.0.0.1", "--port", str(port), "--quiet"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 30
-        while True:
+
+        def studies() -> list[dict] | None:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
-                    listed = json.load(r)["study_summaries"]
-                break
+                    return json.load(r)["study_summaries"]
             except OSError:
                 assert process.poll() is None, process.stderr.read().decode()
-                assert time.monotonic() < deadline, "optuna-dashboard did not answer in 30 s"
-                time.sleep(0.2)
+                return None
+
+        listed = poll_until(studies, 30, "optuna-dashboard answering", interval_s=0.2)
     finally:
         process.terminate()
         process.wait(10)
