@@ -9,9 +9,12 @@ from collections.abc import Sequence
 
 from gradreg.cli.compare import add_compare_arguments, run_compare
 from gradreg.cli.options import (
+    add_code_argument,
     add_data_and_model_arguments,
+    code_of,
     key_values,
     model_options,
+    name_or_entry_point,
     progress,
     say_written,
 )
@@ -27,6 +30,7 @@ from gradreg.methods import (
     REGULARISER_GRADS,
     TRAINERS,
 )
+from gradreg.user_code import is_entry_point
 from gradreg.version import add_version_argument
 
 TABLE_METRICS = ("accuracy", "nll", "ece", "aece", "brier")
@@ -218,7 +222,12 @@ def _run_data(args: argparse.Namespace) -> int:
             return 1
         print(f"{args.name}: {len(paths)} files under {resolve_data_dir(args.dir)}")
         return 0
+    if args.dir and is_entry_point(args.name):
+        raise ValueError(
+            "--dir is for gradreg's datasets; give your loader's options with --option"
+        )
     options = {"data_dir": args.dir} if args.dir else {}
+    options.update(key_values(args.option, "--option"))
     file_options = {"path": args.path, "format": args.format, "label": args.label}
     if args.name == "file":
         options.update({key: value for key, value in file_options.items() if value is not None})
@@ -249,7 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands = data.add_subparsers(dest="data_command", required=True)
     data_commands.add_parser("list", help="the datasets and what they are")
     show = data_commands.add_parser("show", help="sizes, classes and shape of one dataset")
-    show.add_argument("name", choices=sorted(available_datasets()), metavar="NAME")
+    show.add_argument(
+        "name",
+        type=name_or_entry_point("dataset", available_datasets()),
+        metavar="NAME",
+        help="a dataset's name, or your own loader package.module:function (with --code DIR)",
+    )
     show.add_argument("--split-seed", type=int, default=0)
     show.add_argument(
         "--dir", help="data directory of a file dataset (mnist, fashion_mnist, cifar10, file)"
@@ -259,6 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("--format", help="file: npz, csv, parquet or image_folder (default: guessed)")
     show.add_argument("--label", help="file: a table's label column (default label)")
+    show.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a dataset option, e.g. n_samples=2000 or your loader's (repeatable)",
+    )
+    add_code_argument(show)
     from gradreg.data.downloader import downloadable
     from gradreg.data.standard_files import DATA_DIR_ENV
 
@@ -274,13 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "train":
-            return _run_train(args)
-        if args.command == "compare":
-            return run_compare(args)
-        if args.command == "predict":
+        if args.command == "predict":  # it puts --code on the path itself (sweeps predict too)
             return run_predict(args)
-        return _run_data(args)
+        with code_of(args):
+            if args.command == "train":
+                return _run_train(args)
+            if args.command == "compare":
+                return run_compare(args)
+            return _run_data(args)
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"gradreg: error: {error}", file=sys.stderr)
         return 2

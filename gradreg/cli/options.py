@@ -1,17 +1,18 @@
-"""Command-line options the train and compare commands share: data, model, KEY=VALUE."""
+"""Command-line options the commands share: data, model, KEY=VALUE, the user's --code."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from gradreg.config import TrainConfig
 from gradreg.data import available_datasets
 from gradreg.models import available_models
+from gradreg.user_code import FORM, code_path, name_problem
 
 
 def parse_option_value(text: str) -> Any:
@@ -45,10 +46,17 @@ def add_data_and_model_arguments(
     defaults = TrainConfig()
     data = p.add_argument_group("data")
     _add_named(
-        data, "dataset", defaults.dataset, available_datasets(), "n_samples=2000 or data_dir=/data"
+        data,
+        "dataset",
+        defaults.dataset,
+        available_datasets(),
+        "n_samples=2000 or data_dir=/data",
+        "loader",
     )
     model = p.add_argument_group("model")
-    _add_named(model, "model", defaults.model, available_models(), "channels=16,32 or width=16")
+    _add_named(
+        model, "model", defaults.model, available_models(), "channels=16,32 or width=16", "builder"
+    )
     model.add_argument(
         "--hidden",
         type=int,
@@ -56,19 +64,57 @@ def add_data_and_model_arguments(
         metavar="WIDTH",
         help="hidden widths of the mlp, e.g. --hidden 128 128",
     )
+    add_code_argument(p)
     return data, model
 
 
+def add_code_argument(p: argparse.ArgumentParser) -> None:
+    """``--code DIR``: the directory of the user's own builder and loader, first on the
+    import path for the command (`gradreg.user_code.code_path`)."""
+    p.add_argument(
+        "--code",
+        metavar="DIR",
+        help="a directory of your own code (builders, loaders), put first on the import path "
+        "for the command",
+    )
+
+
+def code_of(args: argparse.Namespace) -> AbstractContextManager[Any]:
+    """The ``--code`` directory on the import path for a block, or nothing without one."""
+    directory = getattr(args, "code", None)
+    return code_path(directory) if directory else nullcontext()
+
+
+def name_or_entry_point(kind: str, names: Iterable[str]) -> Callable[[str], str]:
+    """An argparse type: one of ``names`` or an entry point ``package.module:function``."""
+    accepted = sorted(names)
+
+    def parse(value: str) -> str:
+        problem = name_problem(kind, value, accepted)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = kind  # argparse names the type in its messages
+    return parse
+
+
 def _add_named(
-    group: argparse._ArgumentGroup, kind: str, default: str, names: Iterable[str], example: str
+    group: argparse._ArgumentGroup,
+    kind: str,
+    default: str,
+    names: Iterable[str],
+    example: str,
+    role: str,
 ) -> None:
-    """``--KIND NAME`` from a registry's names, and its repeatable ``--KIND-option KEY=VALUE``."""
+    """``--KIND NAME`` from a registry's names or the user's ``module:function``, and its
+    repeatable ``--KIND-option KEY=VALUE``."""
     group.add_argument(
         f"--{kind}",
         default=default,
-        choices=sorted(names),
+        type=name_or_entry_point(kind, names),
         metavar="NAME",
-        help="one of: %(choices)s",
+        help=f"one of: {', '.join(sorted(names))}; or your own {role} {FORM} (with --code DIR)",
     )
     group.add_argument(
         f"--{kind}-option",

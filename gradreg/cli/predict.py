@@ -4,7 +4,8 @@ The model is a saved posterior's directory (`gradreg.export`). An MLflow model o
 (``models:/NAME/VERSION``) is read by ``python -m sweeps predict``, which downloads it and
 runs this same command: gradreg itself has no MLflow. Inputs are in the dataset's own units:
 an ``.npy`` array, an ``.npz`` with an array ``x`` (or a single array), or a CSV / Parquet
-table of feature columns.
+table of feature columns. A model built by the user's own builder needs its code on the import
+path: ``--code DIR`` puts it there.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gradreg.cli.options import add_code_argument, code_of
 from gradreg.export import DEFAULT_N_SAMPLES, MANIFEST_FILE, SavedPosterior
 
 TABLE_FORMATS = (".csv", ".parquet")
@@ -40,14 +42,15 @@ def add_predict_arguments(
         metavar="NAME",
         help="a table column that is not a feature (e.g. the label); repeatable",
     )
+    add_code_argument(p)
 
 
 def run_predict(args: argparse.Namespace, locate: Locate | None = None) -> int:
     """Predict for ``args``; ``locate`` finds the saved posterior (default: a local one)."""
     inputs = read_inputs(Path(args.input), args.drop_column)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, code_of(args):
         saved = SavedPosterior.load((locate or saved_directory)(args.model_uri, tmp))
-    probs = saved.predict_proba(inputs, args.mode, args.n_samples, args.seed)
+        probs = saved.predict_proba(inputs, args.mode, args.n_samples, args.seed)
     table = prediction_table(probs, saved.class_names)
     if args.output:
         Path(args.output).write_text(table)

@@ -80,7 +80,7 @@ def test_bad_settings_exit_2_with_the_reason(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--dataset", "imagenet"])
     assert exit_info.value.code == 2
-    assert "invalid choice: 'imagenet'" in capsys.readouterr().err
+    assert "unknown dataset 'imagenet'; accepted: blobs" in capsys.readouterr().err
 
 
 def test_data_list_and_show(capsys):
