@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Container, Iterable, Iterator, Mapping
 from typing import Any
 
 from gradreg.config import TrainConfig
@@ -106,24 +106,45 @@ def _dataset_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
         yield from _file_issues(spec, limits)
 
 
+def _unknown_name(section: str, name: str, available: Collection[str]) -> SpecIssue | None:
+    """A dataset or model that is not there, with the names that are."""
+    if name in available:
+        return None
+    return SpecIssue(
+        (section, "name"), f"unknown {section} {name!r}; accepted: {', '.join(available)}"
+    )
+
+
+def _option_issues(
+    section: str,
+    name: str,
+    options: Iterable[str],
+    accepted: Container[str],
+    listed: str,
+    said: Mapping[str, str] | None = None,
+) -> Iterator[SpecIssue]:
+    """A dataset's or model's ``options`` that it does not take (``listed`` says which it does),
+    in their order; ``said``: options with a message of their own."""
+    said = said or {}
+    for option in options:
+        if option in said:
+            yield SpecIssue((section, "options", option), said[option])
+        elif option not in accepted:
+            yield SpecIssue(
+                (section, "options", option),
+                f"unknown option for {section} {name!r}; accepted: {listed}",
+            )
+
+
 def _dataset_section_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
     dataset = spec.dataset
-    if dataset.name not in available_datasets():
-        yield SpecIssue(
-            ("dataset", "name"),
-            f"unknown dataset {dataset.name!r}; accepted: {', '.join(available_datasets())}",
-        )
+    if (unknown := _unknown_name("dataset", dataset.name, available_datasets())) is not None:
+        yield unknown
         return
     accepted = dataset_options(dataset.name)
-    for option in dataset.options:
-        if option == "data_dir":
-            yield SpecIssue(("dataset", "options", option), "give it as dataset.data_dir")
-        elif option not in accepted:
-            listed = ", ".join(o for o in accepted if o != "data_dir") or "none"
-            yield SpecIssue(
-                ("dataset", "options", option),
-                f"unknown option for dataset {dataset.name!r}; accepted: {listed}",
-            )
+    listed = ", ".join(o for o in accepted if o != "data_dir") or "none"
+    moved = {"data_dir": "give it as dataset.data_dir"}
+    yield from _option_issues("dataset", dataset.name, dataset.options, accepted, listed, moved)
     if dataset.data_dir is not None:
         if "data_dir" not in accepted:
             yield SpecIssue(
@@ -172,20 +193,12 @@ def _file_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
 
 def _model_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
     model = spec.model
-    if model.name not in available_models():
-        yield SpecIssue(
-            ("model", "name"),
-            f"unknown model {model.name!r}; accepted: {', '.join(available_models())}",
-        )
+    if (unknown := _unknown_name("model", model.name, available_models())) is not None:
+        yield unknown
         return
     accepted = model_options(model.name)
-    for option in model.options:
-        if option not in accepted:
-            listed = ", ".join(f"{k}={v!r}" for k, v in accepted.items())
-            yield SpecIssue(
-                ("model", "options", option),
-                f"unknown option for model {model.name!r}; accepted: {listed}",
-            )
+    listed = ", ".join(f"{k}={v!r}" for k, v in accepted.items())
+    yield from _option_issues("model", model.name, model.options, accepted, listed)
     for option, problem in model_option_problems(model.name, dict(model.options)).items():
         yield SpecIssue(("model", "options", option), problem)
 
@@ -455,9 +468,9 @@ def _budget_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
         yield SpecIssue(
             ("search", "algorithm"),
             f"gp with budget.max_trials {budget.max_trials}: Optuna's GP sampler took about 1 s "
-            f"per suggestion at 1,000 finished trials (benchmarks/sweep_scale.py), grows up to "
-            f"cubically beyond, and every suggestion holds up the driver; use gp for at most "
-            f"{GP_MAX_TRIALS} trials, or tpe or cmaes for more",
+            f"per suggestion at 1,000 finished trials (benchmarks/sweep_scale_search.py), grows "
+            f"up to cubically beyond, and every suggestion holds up the driver; use gp for at "
+            f"most {GP_MAX_TRIALS} trials, or tpe or cmaes for more",
         )
     epochs = max_epochs(spec)
     if epochs > limits.max_epochs:

@@ -318,6 +318,25 @@ def test_a_section_problem_is_reported_once_at_its_field(tmp_path):
     assert set(issues_of(bad_lr, limits)) == {"dataset.data_dir", "fixed.lr"}
 
 
+def test_an_unknown_dataset_model_or_option_is_named_with_what_is_accepted():
+    names = issues_of(with_changes(dataset={"name": "imagenet"}, model={"name": "transformer"}))
+    assert names["dataset.name"].startswith("unknown dataset 'imagenet'; accepted: digits, iris")
+    assert names["model.name"].startswith("unknown model 'transformer'; accepted: mlp, cnn")
+    options = issues_of(
+        with_changes(
+            dataset={"name": "digits", "options": {"data_dir": "x", "noise": 1}},
+            model={"name": "mlp", "options": {"width": 3, "hidden": [4]}},
+        )
+    )
+    assert options == {
+        "dataset.options.data_dir": "give it as dataset.data_dir",
+        "dataset.options.noise": "unknown option for dataset 'digits'; accepted: none",
+        "model.options.width": (
+            "unknown option for model 'mlp'; accepted: hidden=(128, 128), activation='relu'"
+        ),
+    }
+
+
 def test_every_problem_is_reported_at_once():
     document = with_changes(
         dataset={"name": "imagenet"}, budget={"max_trials": 5000}, objectives=[{"metric": "nll"}]
