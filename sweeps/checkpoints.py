@@ -243,6 +243,9 @@ class LatestResultLogger(JsonLoggerCallback):
     MLflow keeps every epoch.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+
     def log_trial_start(self, trial: Any) -> None:
         self.update_config(trial, trial.config)
 
@@ -261,10 +264,11 @@ class LatestResultLogger(JsonLoggerCallback):
 
 
 # Tune's experiment-state save is O(trials): every trial's state, the whole pickled study, the
-# staging directory copied to storage. Measured (benchmarks/sweep_scale.py, BENCHMARKS.md) at
-# 0.15 s for 1,000 trials and 1.7 s for 10,000 here: saved every second, that is 13% and 62%
-# of the driver's loop. Tune's own "auto" period keeps saves to 5% of the loop, but never more
-# often than every 10 s, which makes a small sweep's resume redo up to 10 s of work.
+# staging directory copied to storage. Measured (benchmarks/sweep_scale_tune_state.py,
+# BENCHMARKS.md) at 0.15 s for 1,000 trials and 1.7 s for 10,000 here: saved every second,
+# that is 13% and 62% of the driver's loop. Tune's own "auto" period keeps saves to 5% of the
+# loop, but never more often than every 10 s, which makes a small sweep's resume redo up to
+# 10 s of work.
 MIN_STATE_SAVE_PERIOD_S = 1.0
 STATE_SAVE_SHARE = 0.05
 

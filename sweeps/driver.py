@@ -348,7 +348,7 @@ def _trial_name(sweep: str, trial: Any) -> str:
 def _scheduler(spec: SweepSpec) -> TrialScheduler:
     stopping = spec.early_stopping
     if stopping.kind == "none":
-        return FIFOScheduler()
+        return FIFOScheduler()  # type: ignore[no-untyped-call]  # Ray: no annotations
     first = spec.objectives[0]
     metric = stopping.metric or first.metric
     goal = stopping.goal or (first.goal if metric == first.metric else default_goal(metric))
@@ -428,7 +428,7 @@ def _drive(
         spec,
         record,
         path,
-        grid,
+        iter(grid),
         monitor.states,
         stop_requested=monitor.stop_requested,
         failed_too_often=monitor.failed_too_often,

@@ -76,7 +76,7 @@ def encode_predictions(predictions: Mapping[str, Predictions]) -> bytes:
         arrays[f"{split}_probs"] = p.probs.detach().cpu().numpy().astype(np.float32)
         arrays[f"{split}_labels"] = p.labels.detach().cpu().numpy().astype(np.int64)
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stub: **kwds: bool
     return buffer.getvalue()
 
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import optuna
 from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 from optuna.search_space import intersection_search_space
 from optuna.trial import TrialState
 
-from sweeps.records import SCORED_STATES, TrialSummary
+from gradreg.names import default_goal
+from sweeps.records import SCORED_STATES, TrialSummary, score
 from sweeps.space import SearchSpace
 from sweeps.spec import SweepSpec
 from sweeps.study import StudyPlace, StudyStorage
@@ -97,21 +97,18 @@ def rebuilt_study(spec: SweepSpec, trials: Sequence[TrialSummary]) -> optuna.Stu
     """An in-memory study of the outcome's scored trials (what Tune told its searcher)."""
     distributions = SearchSpace(spec).distributions()
     metrics = [o.metric for o in spec.objectives]
-    study = optuna.create_study(directions=[o.goal for o in spec.objectives])
+    goals = [o.goal or default_goal(o.metric) for o in spec.objectives]
+    study = optuna.create_study(directions=goals)
     for trial in trials:
-        values = [trial.metrics.get(m) for m in metrics]
-        if trial.state not in SCORED_STATES or not all(_finite(v) for v in values):
+        values = [v for m in metrics if (v := score(trial, m)) is not None]
+        if trial.state not in SCORED_STATES or len(values) < len(metrics):
             continue
         params = {k: v for k, v in trial.params.items() if k in distributions}
         study.add_trial(
             optuna.trial.create_trial(
                 params=params,
                 distributions={k: distributions[k] for k in params},
-                values=[float(v) for v in values],
+                values=values,
             )
         )
     return study
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)

@@ -32,6 +32,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from gradreg.data import FILE_DATASET
@@ -45,14 +46,14 @@ POSTERIOR_ARTIFACT = "posterior"
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 
 
-class PosteriorModel(mlflow.pyfunc.PythonModel):
+class PosteriorModel(PythonModel):
     """MLflow's face of a `gradreg.export.SavedPosterior`."""
 
     # The model has an explicit signature (`signature`); MLflow's type-hint validation would
     # wrap predict and warn about its missing hints at every import.
     _skip_type_hint_validation = True
 
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+    def load_context(self, context: PythonModelContext) -> None:
         self.saved = SavedPosterior.load(context.artifacts[POSTERIOR_ARTIFACT])
 
     def predict(self, context, model_input, params=None):

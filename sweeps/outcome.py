@@ -10,6 +10,7 @@ from sweeps.records import (
     RUN_ID_KEY,
     SweepOutcome,
     SweepRecord,
+    SweepStatus,
     TrialSummary,
     best_trials,
     reported_metrics,
@@ -38,6 +39,7 @@ def sweep_outcome(
     trials = sorted((trial_summary(spec, r, states) for r in results), key=lambda t: t.name)
     unfinished = [t for t in trials if t.state == "interrupted"]
     failed = [t for t in trials if t.state == "failed"]
+    status: SweepStatus
     if unplaceable is not None:
         status, reason = "failed", unplaceable
     elif unfinished or stop_requested:

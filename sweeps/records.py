@@ -11,18 +11,18 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, get_args
 
 from gradreg.names import default_goal
 
 TrialState = Literal["running", "retrying", "succeeded", "stopped", "failed", "interrupted"]
 # Every state a trial can be in; `interrupted` is given only after the driver has ended.
-TRIAL_STATES: tuple[str, ...] = TrialState.__args__
-FINISHED_STATES: tuple[str, ...] = ("succeeded", "stopped", "failed")
+TRIAL_STATES: tuple[TrialState, ...] = get_args(TrialState)
+FINISHED_STATES: tuple[TrialState, ...] = ("succeeded", "stopped", "failed")
 # Trials whose last report counts for the final best: they ended on their own terms.
-SCORED_STATES: tuple[str, ...] = ("succeeded", "stopped")
+SCORED_STATES: tuple[TrialState, ...] = ("succeeded", "stopped")
 SweepStatus = Literal["succeeded", "failed", "stopped"]
-OUTCOME_STATUSES: tuple[str, ...] = SweepStatus.__args__
+OUTCOME_STATUSES: tuple[SweepStatus, ...] = get_args(SweepStatus)
 
 SWEEP_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 SWEEP_NAME = re.compile(SWEEP_NAME_PATTERN)

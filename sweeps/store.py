@@ -21,7 +21,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from sweeps.driver import DriverOptions, SweepHooks, resume_sweep, run_sweep
 from sweeps.records import SweepOutcome, SweepRecord, TrialEvent
@@ -96,7 +96,7 @@ class DirectoryStore:
     def record_trial(self, sweep_id: str, event: TrialEvent) -> None:
         self.record_trials(sweep_id, [event])
 
-    def trial_events(self, sweep_id: str) -> list[dict]:
+    def trial_events(self, sweep_id: str) -> list[dict[str, Any]]:
         path = self._dir(sweep_id) / "trials.jsonl"
         if not path.exists():
             return []
@@ -170,4 +170,5 @@ def store_database_url(store: object) -> str | None:
         url = getattr(bind, "url", None)
     if url is None or isinstance(url, str):
         return url
-    return url.render_as_string(hide_password=False)  # an sqlalchemy URL
+    rendered: str = url.render_as_string(hide_password=False)  # an sqlalchemy URL
+    return rendered

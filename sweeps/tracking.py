@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -283,7 +283,7 @@ class Tracker:
             f"and tags.`{TRIAL_TAG}` = '{_quote(trial_id)}'",
         )
 
-    def log_epochs(self, run_id: str, epochs: list[tuple[int, Mapping[str, float]]]) -> None:
+    def log_epochs(self, run_id: str, epochs: Sequence[tuple[int, Mapping[str, float]]]) -> None:
         """Several epochs' metrics in as few writes as MLflow's batch limit allows."""
         metrics = [m for step, values in epochs for m in _metrics(values, step)]
         for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
@@ -332,6 +332,7 @@ class Tracker:
         """The trial's data as an MLflow dataset input (``dataset``: `Dataset.summary()`): a
         file's path and content digest, or a built-in set's name and options; its shape."""
         source = dict(dataset.get("source") or {"name": dataset["name"]})
+        location: dict[str, Any]
         if "path" in source:
             name = Path(str(source["path"])).name
             source_type, location = "local", {"uri": str(source["path"])}

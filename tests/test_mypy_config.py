@@ -43,6 +43,13 @@ def options_for(module: str) -> Options:
         "service.schemas",
         "service.client",
         "service.settings",
+        # the engine's front door: the package, the modules it exports from, and the spec
+        "sweeps",
+        "sweeps.driver",
+        "sweeps.store",
+        "sweeps.records",
+        "sweeps.spec",
+        "sweeps.spec.checks",
     ],
 )
 def test_the_strict_modules_get_every_flag_of_strict(module):

@@ -7,7 +7,7 @@ runs both and raises one `SpecError` that lists every problem with its field pat
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -16,7 +16,10 @@ from gradreg.methods import METHOD_NAMES
 from gradreg.names import DEFAULT_OBJECTIVE, default_goal
 from sweeps.records import SWEEP_NAME_PATTERN
 
-MethodName = Literal[METHOD_NAMES]  # the method table's names, in its order
+if TYPE_CHECKING:
+    MethodName = str  # a Literal of names known only at run time: a str to the type checker
+else:
+    MethodName = Literal[METHOD_NAMES]  # the method table's names, in its order
 
 # Values a setting may take: JSON scalars. bool comes first so true/false stay booleans.
 Scalar = bool | int | float | str

@@ -37,11 +37,11 @@ def validate_shape(document: Mapping[str, Any]) -> SweepSpec:
         raise SpecError([_pydantic_issue(e) for e in error.errors()]) from None
 
 
-class _SpecLoader(yaml.SafeLoader):
+class _SpecLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML has no type information
     """YAML with YAML 1.2's numbers: PyYAML alone reads 1e-4 (no dot) as a string."""
 
 
-class _SpecDumper(yaml.SafeDumper):
+class _SpecDumper(yaml.SafeDumper):  # type: ignore[misc]  # PyYAML has no type information
     """Quotes every string `_SpecLoader` would read as a number (``"1e5"`` stays a string)."""
 
 
@@ -91,7 +91,8 @@ def dump_document(document: Mapping[str, Any], fmt: str = "yaml") -> str:
         return json.dumps(document, indent=2) + "\n"
     if fmt == "yaml":
         # Not allow_unicode: PyYAML then writes U+0085 raw, and YAML reads it as a line break.
-        return yaml.dump(document, Dumper=_SpecDumper, sort_keys=False)
+        text: str = yaml.dump(document, Dumper=_SpecDumper, sort_keys=False)
+        return text
     raise ValueError(f"unknown format {fmt!r}; accepted: yaml, json")
 
 
