@@ -51,16 +51,15 @@ from _sweep_scale_common import (
     write_figures,
 )
 
-TRIAL_CALLBACKS = tuple(
-    f"callback.{name}"
-    for name in (
-        "on_trial_start",
-        "on_trial_result",
-        "on_trial_complete",
-        "on_trial_error",
-        "on_trial_recover",
-    )
+# SweepCallback's hooks on a trial's events (on_step_end, timed too, runs at every step).
+TRIAL_EVENTS = (
+    "on_trial_start",
+    "on_trial_result",
+    "on_trial_complete",
+    "on_trial_error",
+    "on_trial_recover",
 )
+TRIAL_CALLBACKS = tuple(f"callback.{name}" for name in TRIAL_EVENTS)
 
 
 def make_instant_trial(epochs: int, checkpoint: bool) -> Callable[[dict[str, Any], Any], None]:
@@ -174,15 +173,7 @@ def one_driver_run(n: int, args: argparse.Namespace, address: str, root: str) ->
     )
     timings = Timings()
     hooks: list[tuple[Any, str, str, Any]] = [
-        (SweepCallback, name, f"callback.{name}", None)
-        for name in (
-            "on_trial_start",
-            "on_trial_result",
-            "on_trial_complete",
-            "on_trial_error",
-            "on_trial_recover",
-            "on_step_end",
-        )
+        (SweepCallback, name, f"callback.{name}", None) for name in (*TRIAL_EVENTS, "on_step_end")
     ]
     # The store takes events one by one (synchronously, from Tune's loop) or in batches.
     writes = "record_trials" if hasattr(store, "record_trials") else "record_trial"
