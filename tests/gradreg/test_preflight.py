@@ -15,6 +15,7 @@ from gradreg.models import build_model
 from gradreg.preflight import STAGES, PreflightError, describe, preflight
 from gradreg.user_code import code_path
 from tests.helpers.user_code import BUILD, BUILD_BATCHNORM, LOAD, write_user_code
+from tests.helpers.user_code import user_config as config
 
 BAD = """
 import numpy as np
@@ -87,22 +88,6 @@ def code(tmp_path):
     )
     with code_path(directory):
         yield directory
-
-
-def config(**changes):
-    values = {
-        "model": BUILD,
-        "model_options": {"width": 8},
-        "dataset": LOAD,
-        "dataset_options": {"n": 96},
-        "method": "vl",
-        "variance": "uniform",
-        "noise_scale": 0.01,
-        "batch_size": 32,
-        "device": "cpu",
-        **changes,
-    }
-    return TrainConfig(**values)
 
 
 # ---------------------------------------------------------------- the report

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 
 from gradreg.cli.main import main
-from gradreg.config import TrainConfig
 from gradreg.export import MANIFEST_FILE
 from gradreg.train import fit
 from gradreg.user_code import code_path
-from tests.helpers.user_code import BUILD, LOAD, write_user_code
+from tests.helpers.user_code import BUILD, LOAD, user_config, write_user_code
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN = [
@@ -60,18 +59,7 @@ def saved(tmp_path_factory):
     """A posterior of the user's network, saved, with the code directory and some inputs."""
     root = tmp_path_factory.mktemp("own")
     code = write_user_code(root / "src")
-    config = TrainConfig(
-        model=BUILD,
-        model_options={"width": 6},
-        dataset=LOAD,
-        dataset_options={"n": 60},
-        method="vl",
-        variance="uniform",
-        noise_scale=0.01,
-        epochs=1,
-        batch_size=32,
-        device="cpu",
-    )
+    config = user_config(model_options={"width": 6}, dataset_options={"n": 60}, epochs=1)
     with code_path(code):
         result = fit(config)
         from tdata.waves import signals

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from gradreg.config import TrainConfig
 from gradreg.data import load_dataset
 from gradreg.data.user_loaders import arrays_digest
 from gradreg.train import fit
 from gradreg.user_code import UserCodeError, code_path
-from tests.helpers.user_code import BUILD, LOAD, write_user_code
+from tests.helpers.user_code import LOAD, user_config, write_user_code
 
 CASES = """
 import numpy as np
@@ -418,20 +417,7 @@ def test_the_source_names_the_entry_point_its_options_and_the_arrays_digest(code
 
 
 def test_a_user_network_with_layer_norm_trains_on_a_users_loader(code):
-    config = TrainConfig(
-        model=BUILD,
-        model_options={"width": 8},
-        dataset=LOAD,
-        dataset_options={"n": 120},
-        method="vl",
-        variance="uniform",
-        noise_scale=0.01,
-        epochs=2,
-        batch_size=32,
-        lr=0.03,
-        device="cpu",
-    )
-    result = fit(config)
+    result = fit(user_config(dataset_options={"n": 120}, epochs=2, lr=0.03))
     assert [h["epoch"] for h in result.history] == [1, 2]
     assert result.history[1]["train_nll"] < result.history[0]["train_nll"]
     assert result.history[-1]["val_accuracy"] > 0.6  # 3 classes shifted by 1σ: learnt

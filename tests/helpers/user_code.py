@@ -4,7 +4,8 @@ runtime environment, MLflow's code_paths).
 
 `write_user_code(root)` writes ``tnets`` (builders) and ``tdata`` (loaders) under ``root``;
 ``write_package(root, files)`` writes any other files. The names are the tests' own, so that
-they never clash with a module the test process has imported.
+they never clash with a module the test process has imported. `user_config` is a small
+VL-uniform run of the two on the CPU.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+from gradreg.config import TrainConfig
 
 BUILD = "tnets.mixer:build"  # LayerNorm, GELU and a residual block: no per-example rule
 BUILD_BATCHNORM = "tnets.mixer:build_batchnorm"
@@ -110,3 +114,19 @@ def write_user_code(root: Path, **more: str) -> Path:
             **more,
         },
     )
+
+
+def user_config(**changes: Any) -> TrainConfig:
+    """VL-uniform on `BUILD` (width 8) and `LOAD` (96 examples), batches of 32, on the CPU."""
+    values: dict[str, Any] = {
+        "model": BUILD,
+        "model_options": {"width": 8},
+        "dataset": LOAD,
+        "dataset_options": {"n": 96},
+        "method": "vl",
+        "variance": "uniform",
+        "noise_scale": 0.01,
+        "batch_size": 32,
+        "device": "cpu",
+    }
+    return TrainConfig(**{**values, **changes})
