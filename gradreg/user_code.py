@@ -223,8 +223,7 @@ def name_problem(what: str, value: object, names: Collection[str]) -> str | None
         module, _, attribute = value.rpartition(".")
         hint = f" (did you mean {module}:{attribute}?)"
     return (
-        f"unknown {what} {value!r}; accepted: {', '.join(names)}, or an entry point "
-        f"{FORM!r}{hint}"
+        f"unknown {what} {value!r}; accepted: {', '.join(names)}, or an entry point {FORM!r}{hint}"
     )
 
 
