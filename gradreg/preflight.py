@@ -31,7 +31,8 @@ does). ``compile`` is ignored: the step runs the network uncompiled.
 
 Memory (``step_memory_bytes``): on CUDA, the peak of memory allocated during the step above
 what was allocated before its copy of the network reached the device, so everything the
-step holds at its peak (weights, gradients, optimiser state, activations, temporaries). On
+step holds at its peak (weights, gradients, optimiser state, activations, temporaries), plus
+the batch, which was on the device before (``memory``: ``peak_allocated``, ``batch``). On
 the CPU, which keeps no peak, the sum of what lives across the step, each storage counted
 once: the posterior's parameters and buffers (means and variances), their gradients, the
 optimiser's state, the batch, and the tensors autograd saved for the backward passes (read
@@ -117,7 +118,7 @@ class PreflightReport:
     n_parameters: int  # the network's, every parameter (sum of numel)
     step_memory_bytes: int
     # the parts of step_memory_bytes: on the CPU parameters, gradients, optimiser_state,
-    # batch, saved_tensors; on CUDA peak_allocated alone
+    # batch, saved_tensors; on CUDA peak_allocated and batch
     memory: Mapping[str, int] = field(default_factory=dict)
     seconds: Mapping[str, float] = field(default_factory=dict)  # stage -> seconds
     notes: tuple[str, ...] = ()  # what works but is worth knowing (a slow Fisher path)
@@ -139,7 +140,8 @@ def preflight(
     config: TrainConfig | Mapping[str, Any], *, device: str | None = None
 ) -> PreflightReport:
     """Try ``config`` end to end (see the module's docstring); ``device`` overrides the
-    config's (e.g. "cpu" in a driver without a GPU). Raises `PreflightError`."""
+    config's (e.g. "cpu" in a driver without a GPU). Raises `PreflightError`; a device this
+    process does not have is a ValueError before any stage, as in `fit`."""
     if not isinstance(config, TrainConfig):
         config = TrainConfig.from_dict(dict(config))
     target = resolve_device(config.device if device is None else device)
@@ -323,7 +325,8 @@ def _one_step(
         train_step(posterior, optimiser, x, y, config, sampling)
     if cuda:
         torch.cuda.synchronize(device)
-        return {"peak_allocated": torch.cuda.max_memory_allocated(device) - before}
+        peak = torch.cuda.max_memory_allocated(device) - before
+        return {"peak_allocated": peak, "batch": _bytes((x, y))}
     return _cpu_memory(posterior, optimiser, (x, y), saved)
 
 

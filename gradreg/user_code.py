@@ -41,7 +41,8 @@ after it, and the modules the block imported from the directory are dropped when
 module of such a name that the process imported from anywhere else (the standard library, an
 installed package, gradreg itself) is an error naming both places: replacing a module that
 running code holds is not safe, so the user's package must be renamed. The block writes no
-bytecode caches into the directory.
+bytecode caches into the directory. ``sys.path`` and ``sys.modules`` belong to the process:
+one thread at a time may use `code_path`.
 """
 
 from __future__ import annotations
