@@ -1,4 +1,4 @@
-"""Command line: ``python -m gradreg train | compare | data``."""
+"""Command line: ``python -m gradreg train | preflight | compare | predict | data``."""
 
 from __future__ import annotations
 
@@ -206,6 +206,19 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_preflight(args: argparse.Namespace) -> int:
+    from gradreg.preflight import describe, preflight
+
+    if args.out:
+        raise ValueError("preflight writes no files; drop --out")
+    report = preflight(config_from_args(args))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(describe(report))
+    return 0
+
+
 def _run_data(args: argparse.Namespace) -> int:
     if args.data_command == "list":
         for name, description in sorted(available_datasets().items()):
@@ -246,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train one model and report calibration")
     _add_train_arguments(train)
+    check = commands.add_parser(
+        "preflight",
+        help="try a training run's settings in seconds: data, model, one forward pass, the "
+        "Fisher against the layers, one step (what a sweep checks before its first trial)",
+    )
+    _add_train_arguments(check)
     compare = commands.add_parser(
         "compare", help="VL against MAP, sampling VI and Laplace over several seeds"
     )
@@ -301,6 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with code_of(args):
             if args.command == "train":
                 return _run_train(args)
+            if args.command == "preflight":
+                return _run_preflight(args)
             if args.command == "compare":
                 return run_compare(args)
             return _run_data(args)

@@ -159,3 +159,25 @@ def test_the_command_line_says_what_is_wrong(tmp_path, capsys):
     )
     assert main([*TRAIN, "--code", str(tmp_path / "absent")]) == 2
     assert "code directory" in capsys.readouterr().err
+
+
+def test_preflight_tries_the_settings_and_names_what_fails(tmp_path, capsys):
+    code = write_user_code(tmp_path / "src")
+    check = ["preflight", *TRAIN[1:], "--code", str(code)]
+    assert main(check) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("preflight passed: tnets.mixer:build on tdata.waves:load (vl-uniform")
+    assert main([*check, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["entry_points"] == [BUILD, LOAD] and report["n_classes"] == 3
+    assert report["step_memory_bytes"] > 4 * report["n_parameters"] > 0
+    per_example = [a for a in check if a not in ("--variance", "uniform", "--noise-scale", "0.01")]
+    assert main([*per_example, "--fisher", "per_example"]) == 2
+    assert capsys.readouterr().err == (
+        "gradreg: error: preflight failed at stage 'layers': model builder 'tnets.mixer:build': "
+        "method 'vl-diagonal' with fisher 'per_example' cannot train this network: layer "
+        "'block.norm' (LayerNorm) has parameters but no per-example rule. Set fisher to "
+        "'sampled', which works for any architecture\n"
+    )
+    assert main([*check, "--out", str(tmp_path / "out")]) == 2
+    assert "preflight writes no files; drop --out" in capsys.readouterr().err
