@@ -171,8 +171,13 @@ def _users(frame: traceback.FrameSummary) -> bool:
 
 
 def format_frames(frames: list[traceback.FrameSummary]) -> tuple[str, ...]:
-    """Each frame as a traceback prints it: ``  File "...", line N, in name`` and its line."""
-    return tuple(line.rstrip("\n") for line in traceback.format_list(frames))
+    """Each frame as a traceback prints it, ``  File "...", line N, in name`` and its source
+    line, without the carets that mark a column (the same text on every Python)."""
+    formatted = []
+    for frame in frames:
+        head = f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}'
+        formatted.append(f"{head}\n    {frame.line.strip()}" if frame.line else head)
+    return tuple(formatted)
 
 
 # ---------------------------------------------------------------- entry points

@@ -243,6 +243,8 @@ def test_frames_are_the_last_ones_of_the_users(tmp_path):
         call("tnets.deep:build", (1,), 2)
     assert len(error.value.frames) == 5
     assert "raise KeyError('deep')" in error.value.frames[-1]
+    assert error.value.frames[0].endswith(", in f\n    return f(k - 1)")  # no caret line
+    assert all(frame.count("\n") == 1 for frame in error.value.frames)
 
 
 def test_a_user_code_error_pickles_with_its_fields(code):
