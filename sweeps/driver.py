@@ -1,4 +1,4 @@
-"""Run a sweep: Ray Tune's Tuner with Optuna's sampler, ASHA, retries, checkpoints.
+"""One concept, orchestration: running a sweep on Ray Tune's Tuner with Optuna and ASHA.
 
 `run_sweep(spec)` starts one; `resume_sweep(name)` continues one that was interrupted (its
 finished trials are kept, never re-run). Both accept the hooks the service needs: a per-trial
@@ -36,9 +36,9 @@ from sweeps.checkpoints import (
     deletions_finished,
     searcher_follows_moved_experiment,
 )
-from sweeps.ensemble import SweepEnsemble, build_ensemble
+from sweeps.ensemble import SweepEnsemble
 from sweeps.outcome import sweep_outcome
-from sweeps.postrun import after_tune
+from sweeps.postrun import AfterTune, rebuild_ensemble
 from sweeps.progress import (
     FailedTrialsStopper,
     SweepCallback,
@@ -57,7 +57,7 @@ from sweeps.records import (
 )
 from sweeps.settings import SweepSettings, absolute_storage
 from sweeps.space import SearchSpace, make_sampler
-from sweeps.spec import EnsembleSection, SweepSpec
+from sweeps.spec import SweepSpec
 from sweeps.spec.checks import admitted
 from sweeps.spec.limits import Limits
 from sweeps.spec.parse import validate_shape
@@ -434,7 +434,8 @@ def _drive(
         failed_too_often=monitor.failed_too_often,
         unplaceable=monitor.unplaceable,
     )
-    return after_tune(tracker, spec, record, outcome, place, functools.partial(_say, options))
+    say = functools.partial(_say, options)
+    return AfterTune(tracker, spec, record, place, say)(outcome)
 
 
 def _say(options: DriverOptions, *lines: str) -> None:
@@ -450,21 +451,8 @@ def ensemble_sweep(
     selection: str | None = None,
 ) -> SweepEnsemble:
     """Build (again) the ensemble of a sweep that ran, from its trials in MLflow, and log it
-    on its parent run. ``size`` and ``selection`` replace the spec's ensemble settings."""
+    on its parent run (`sweeps.postrun.rebuild_ensemble`). ``size`` and ``selection`` replace
+    the spec's ensemble settings."""
     options = options or DriverOptions()
     path = options.experiment_path(SweepSettings(), name)
-    record = read_record(path)
-    if record is None:
-        raise FileNotFoundError(f"no sweep {name!r} under {PurePosixPath(path).parent}")
-    spec = validate_shape(record.spec)
-    changes = {k: v for k, v in {"size": size, "selection": selection}.items() if v is not None}
-    section = EnsembleSection.model_validate({**spec.ensemble.model_dump(), **changes})
-    if section.size == 0:
-        raise ValueError("ensemble size 0 builds no ensemble; give a size >= 1")
-    tracker = Tracker(record.tracking_uri)
-    trials = tracker.trial_summaries(record.experiment_id, record.parent_run_id)
-    ensemble = build_ensemble(tracker, section, spec.objectives[0], trials)
-    assert ensemble is not None
-    if ensemble.members:
-        tracker.log_ensemble(record.parent_run_id, ensemble)
-    return ensemble
+    return rebuild_ensemble(path, size=size, selection=selection)

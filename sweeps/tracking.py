@@ -1,4 +1,4 @@
-"""MLflow records of a sweep: one parent run per sweep, one child run per Tune trial.
+"""One concept, every MLflow rule of a sweep: its parent run, one child run per Tune trial.
 
 Every MLflow rule lives here: opening the sweep's parent run, a trial's run and its files,
 closing the runs of trials that ended (or never will), and finishing the parent with the

@@ -1,4 +1,4 @@
-"""The rules a sweep spec must keep beyond its shape: run once, at the door.
+"""One concept, the rules a sweep spec must keep beyond its shape: run once, at the door.
 
 `require_valid(spec, limits)` raises one `SpecError` that lists every problem with its field
 path (`parameters.noise_scale.low`) and a message that says what is accepted. The API calls it

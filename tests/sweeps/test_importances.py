@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from sweeps.importances import param_importances, rebuilt_study
-from sweeps.postrun import log_importances
+from sweeps.postrun import AfterTune
 from sweeps.records import TrialSummary
 from sweeps.study import StudyPlace
 from sweeps.tracking import IMPORTANCE_TAG, Tracker
@@ -99,10 +99,10 @@ def test_importances_that_fail_are_the_tags_not_the_sweeps(tmp_path, tracking_ur
     outcome = SimpleNamespace(trials=[])
     said: list[str] = []
     missing = StudyPlace("gone", f"sqlite:///{tmp_path / 'none.db'}", "experiment", "")
-    log_importances(tracker, digits_spec(), record, outcome, missing, said.append)
+    AfterTune(tracker, digits_spec(), record, missing, said.append).log_importances(outcome)
     assert tracker.client.get_run(run_id).data.tags[IMPORTANCE_TAG].startswith("failed: KeyError")
     memory = StudyPlace("s", None, "memory", "")
-    log_importances(tracker, digits_spec(), record, outcome, memory, said.append)
+    AfterTune(tracker, digits_spec(), record, memory, said.append).log_importances(outcome)
     assert tracker.client.get_run(run_id).data.tags[IMPORTANCE_TAG].startswith("not computed: 0")
     assert said[0].startswith("parameter importances for val_nll: failed: KeyError")
 
