@@ -27,6 +27,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 from gradreg.cli.main import main as gradreg_main
+from gradreg.export import SavedPosterior
 from gradreg.train import fit
 from service.launcher import free_port
 from sweeps.cli import main as sweeps_main
@@ -49,17 +50,17 @@ IMAGE_NAME = "digits-vl-uniform"
 DIGITS_SHAPES = r"\(N, 8, 8\) or \(N, 1, 8, 8\) or \(N, 64\)"
 
 
-@pytest.fixture(scope="module")
-def saved():
+def trained(dataset: str, hidden: int, epochs: int) -> SavedPosterior:
+    """A small VL posterior (uniform variance) on ``dataset``, saved."""
     result = fit(
         {
-            "dataset": "iris",
+            "dataset": dataset,
             "model": "mlp",
-            "model_options": {"hidden": [16]},
+            "model_options": {"hidden": [hidden]},
             "method": "vl",
             "variance": "uniform",
             "noise_scale": 0.05,
-            "epochs": 2,
+            "epochs": epochs,
             "lr": 0.01,
             "device": "cpu",
         }
@@ -68,22 +69,14 @@ def saved():
 
 
 @pytest.fixture(scope="module")
-def image():
+def saved() -> SavedPosterior:
+    return trained("iris", hidden=16, epochs=2)
+
+
+@pytest.fixture(scope="module")
+def image() -> SavedPosterior:
     """A digits posterior: raw inputs (8, 8), the network's (1, 8, 8)."""
-    result = fit(
-        {
-            "dataset": "digits",
-            "model": "mlp",
-            "model_options": {"hidden": [8]},
-            "method": "vl",
-            "variance": "uniform",
-            "noise_scale": 0.05,
-            "epochs": 1,
-            "lr": 0.01,
-            "device": "cpu",
-        }
-    )
-    return result.saved()
+    return trained("digits", hidden=8, epochs=1)
 
 
 @pytest.fixture(scope="module")
