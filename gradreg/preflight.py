@@ -1,5 +1,6 @@
-"""The preflight: one `TrainConfig` tried end to end in seconds, before a sweep's first trial,
-so that code or settings that cannot train fail once, with a reason, instead of N times.
+"""One concept, the preflight: one `TrainConfig` tried end to end in seconds, before a sweep's
+first trial, so that code or settings that cannot train fail once, with a reason, instead of N
+times.
 
 `preflight(config)` runs these stages in order (`STAGES`) and times each:
 

@@ -1,5 +1,5 @@
-"""A researcher's own code, named by an entry point: resolving it, calling it, and where it
-comes from. Torch-free, and nothing here imports user code unless asked to.
+"""One concept, a researcher's own code named by an entry point: resolving it, calling it, and
+where it comes from. Torch-free, and nothing here imports user code unless asked to.
 
 **Entry points.** ``"package.module:function"``: a dotted module path of Python identifiers,
 exactly one colon, and one attribute name. `TrainConfig.model` and `TrainConfig.dataset`

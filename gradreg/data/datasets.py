@@ -1,7 +1,7 @@
-"""The registry of datasets by name, and `load_dataset`, which loads one as a `Dataset`: split
-(`gradreg.data.splits`), standardised with the training split's statistics, and carrying the
-`InputTransform` that turns inputs in the dataset's own units into what the network was
-trained on.
+"""One concept, the registry of datasets by name and `load_dataset`, which loads one as a
+`Dataset`: split (`gradreg.data.splits`), standardised with the training split's statistics,
+and carrying the `InputTransform` that turns inputs in the dataset's own units into what the
+network was trained on.
 
 The names: sklearn's bundled sets, the generated ones (`gradreg.data.synthetic`), the image
 files in their standard formats (`gradreg.data.standard_files`) and ``file``, the user's own
