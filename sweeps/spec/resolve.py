@@ -22,7 +22,7 @@ def resolve_data_dir(data_dir: str, data_root: Path | None) -> Path | None:
         return Path(data_dir).expanduser().absolute()
     root = data_root.resolve()
     candidate = (root / Path(data_dir).expanduser()).resolve()
-    return candidate if candidate == root or root in candidate.parents else None
+    return candidate if candidate.is_relative_to(root) else None
 
 
 def resolve_data_file(dataset: DatasetSection, data_root: Path | None) -> Path:
@@ -41,7 +41,7 @@ def resolve_data_file(dataset: DatasetSection, data_root: Path | None) -> Path:
     root = data_root.resolve()
     base = root / Path(dataset.data_dir).expanduser() if dataset.data_dir else root
     candidate = (base / Path(path).expanduser()).resolve()
-    if candidate != root and root not in candidate.parents:
+    if not candidate.is_relative_to(root):
         raise ValueError(
             f"dataset.options.path {path!r} resolves outside the data root {root} "
             "(GRADREG_DATA_DIR); give a path relative to it"
