@@ -19,6 +19,7 @@ LIGHT_MODULES = (
     "gradreg.names",
     "gradreg.user_code",  # the API checks an entry point's syntax with it
     "sweeps.records",
+    "sweeps.code",  # the API checks a bundle, the service client packs one
     "sweeps.mlflow_ui",
     "service.statuses",
 )
