@@ -7,13 +7,15 @@ import ipaddress
 import os
 import secrets
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
+import sqlalchemy as sa
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gradreg.files import write_private
-from sweeps.settings import SweepSettings
+from sweeps.settings import SweepSettings, absolute_storage
 
 
 class ServiceSettings(SweepSettings):
@@ -48,6 +50,23 @@ class ServiceSettings(SweepSettings):
     max_active_sweeps: int = Field(
         4, ge=1, description="sweeps whose drivers run at once; later ones wait as pending"
     )
+    allow_user_code: bool | None = Field(
+        None,
+        description="whether POST /v1/code and a spec's code section are accepted; default: "
+        "yes for the embedded local head (no GRADREG_RAY_JOBS_URL), no for a cluster",
+    )
+    max_code_bytes: int = Field(
+        5 * 1024 * 1024, ge=1024, description="the largest code bundle POST /v1/code takes"
+    )
+    max_code_files: int = Field(2000, ge=1, description="the most files a code bundle may hold")
+    code_store: str | None = Field(
+        None,
+        description="where code bundles are kept: a directory, or a bucket URI such as "
+        "s3://gradreg/code (pyarrow.fs, AWS_* from the environment); default: var_dir/code",
+    )
+    allow_code_requirements: bool = Field(
+        True, description="whether a spec's code.requirements (pip, on every node) is accepted"
+    )
 
     @field_validator("python")
     @classmethod
@@ -58,14 +77,31 @@ class ServiceSettings(SweepSettings):
         return value
 
     @property
+    def user_code_allowed(self) -> bool:
+        """GRADREG_ALLOW_USER_CODE, else whether the service runs its own local head: there
+        everything runs as the user who started it, while on a cluster a bundle is code run on
+        machines the operator shares, so the operator turns it on."""
+        if self.allow_user_code is not None:
+            return self.allow_user_code
+        return self.ray_jobs_url is None
+
+    def resolved_code_store(self) -> str:
+        """The code store's absolute directory, or its bucket URI as given."""
+        if self.code_store:
+            return absolute_storage(self.code_store)
+        return str((self.var_dir / "code").absolute())
+
+    @property
     def tokens(self) -> tuple[str, ...]:
         return tuple(t.strip() for t in self.api_tokens.split(",") if t.strip())
 
     def resolved_database_url(self) -> str:
+        """The store's URL; a SQLite file's path absolute (the drivers' working directory may
+        be a code bundle, not the API's)."""
         if self.database_url:
-            return self.database_url
+            return absolute_url(self.database_url)
         if self.database_url_file is not None:
-            return self.database_url_file.read_text().strip()
+            return absolute_url(self.database_url_file.read_text().strip())
         return f"sqlite:///{(self.var_dir / 'service.db').absolute()}"
 
     @property
@@ -114,6 +150,63 @@ class ClientSettings(BaseSettings):
 
 # What the service's own processes must not pass on to the Ray head, its drivers and trials.
 SECRET_VARIABLES = ("GRADREG_API_TOKENS", "GRADREG_API_TOKEN", "GRADREG_DATABASE_URL")
+
+
+# Variables naming a file or directory on this machine, and variables holding a URL that may be
+# a SQLite file's or a path (MLflow's tracking URI, Tune's storage): read by the API's drivers
+# and trials, whose working directory is a code bundle's when the sweep has one, so every one
+# is made absolute against the API's (`absolute_paths`).
+PATH_VARIABLES = (
+    "GRADREG_VAR_DIR",
+    "GRADREG_DATA_DIR",
+    "GRADREG_CACHE_DIR",
+    "GRADREG_DATABASE_URL_FILE",
+    "GRADREG_RAY_AUTH_TOKEN_PATH",
+    "RAY_AUTH_TOKEN_PATH",
+)
+URL_VARIABLES = ("GRADREG_DATABASE_URL", "GRADREG_TRACKING_URI", "GRADREG_STUDY_STORAGE")
+STORAGE_VARIABLES = ("GRADREG_STORAGE_PATH",)
+
+
+def absolute_url(url: str) -> str:
+    """``url`` with a SQLite file's relative path made absolute (``sqlite:///var/x.db`` →
+    ``sqlite:////here/var/x.db``), and a bare path such as ``./mlruns`` (MLflow's file store)
+    made absolute; an in-memory database, a server's URL or a word such as ``memory`` as it
+    is."""
+    if "://" not in url:
+        # A word (``memory``, ``databricks``) or a scheme of its own (``file:...``) stays.
+        looks_like_path = "/" in url or url.startswith((".", "~"))
+        if ":" in url or not looks_like_path:
+            return url
+        return str(Path(url).expanduser().absolute())
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        return url
+    database = parsed.database
+    if not parsed.drivername.startswith("sqlite") or not database or database == ":memory:":
+        return url
+    if database.startswith("file:") or Path(database).is_absolute():
+        return url
+    absolute = parsed.set(database=str(Path(database).expanduser().absolute()))
+    return absolute.render_as_string(hide_password=False)
+
+
+def absolute_paths(environment: Mapping[str, str]) -> dict[str, str]:
+    """``environment`` with every place on this machine absolute, against this process's
+    working directory: the PATH_VARIABLES, the URL_VARIABLES' SQLite files and paths, the
+    STORAGE_VARIABLES' paths (a bucket URI stays as it is)."""
+    fixed = dict(environment)
+    for name, value in environment.items():
+        if not value:
+            continue
+        if name in PATH_VARIABLES:
+            fixed[name] = str(Path(value).expanduser().absolute())
+        elif name in URL_VARIABLES:
+            fixed[name] = absolute_url(value)
+        elif name in STORAGE_VARIABLES:
+            fixed[name] = absolute_storage(value)
+    return fixed
 
 
 def write_secret(path: Path, text: str) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic_settings import BaseSettings
 
-from service.settings import ClientSettings, DriverJobSettings, ServiceSettings
+from service.settings import ClientSettings, DriverJobSettings, ServiceSettings, absolute_paths
 from sweeps import Limits
 from sweeps.settings import SweepSettings
 
@@ -78,3 +78,74 @@ def test_the_client_reads_its_url_and_token_not_the_servers_tokens(monkeypatch):
     monkeypatch.setenv("GRADREG_API_URL", "https://api.example.org")
     monkeypatch.setenv("GRADREG_API_TOKEN", "mine")
     assert (ClientSettings().url, ClientSettings().token) == ("https://api.example.org", "mine")
+
+
+def test_user_code_is_on_for_the_embedded_head_and_off_for_a_cluster_unless_set(monkeypatch):
+    for name in ("GRADREG_ALLOW_USER_CODE", "GRADREG_RAY_JOBS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    assert ServiceSettings().user_code_allowed  # everything runs as the user who started it
+    cluster = "http://ray-head:8265"
+    assert not ServiceSettings(ray_jobs_url=cluster).user_code_allowed
+    monkeypatch.setenv("GRADREG_ALLOW_USER_CODE", "true")
+    assert ServiceSettings(ray_jobs_url=cluster).user_code_allowed
+    monkeypatch.setenv("GRADREG_ALLOW_USER_CODE", "false")
+    assert not ServiceSettings().user_code_allowed
+
+
+def test_the_code_store_is_under_var_or_where_it_is_set(monkeypatch, tmp_path):
+    monkeypatch.delenv("GRADREG_CODE_STORE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert ServiceSettings(var_dir="var").resolved_code_store() == str(tmp_path / "var" / "code")
+    monkeypatch.setenv("GRADREG_CODE_STORE", "s3://gradreg/code")
+    assert ServiceSettings().resolved_code_store() == "s3://gradreg/code"
+    monkeypatch.setenv("GRADREG_CODE_STORE", "bundles")
+    assert ServiceSettings().resolved_code_store() == str(tmp_path / "bundles")
+
+
+def test_every_place_a_driver_reads_is_absolute(monkeypatch, tmp_path):
+    """With a code bundle the driver's and the trials' working directory is the bundle's: a
+    relative path there would name a file inside it."""
+    monkeypatch.chdir(tmp_path)
+    relative = {
+        "GRADREG_VAR_DIR": "var",
+        "GRADREG_DATA_DIR": "./data",
+        "GRADREG_CACHE_DIR": "cache",
+        "GRADREG_DATABASE_URL_FILE": "secrets/url",
+        "GRADREG_RAY_AUTH_TOKEN_PATH": "var/ray/token",
+        "RAY_AUTH_TOKEN_PATH": "var/ray/token",
+        "GRADREG_DATABASE_URL": "sqlite:///var/service.db",
+        "GRADREG_TRACKING_URI": "sqlite:///var/mlflow.db?timeout=5",
+        "GRADREG_STUDY_STORAGE": "sqlite+pysqlite:///var/optuna.db",
+        "GRADREG_STORAGE_PATH": "var/tune",
+    }
+    fixed = absolute_paths({**relative, "PATH": "bin:/usr/bin"})
+    assert fixed["PATH"] == "bin:/usr/bin"  # not a place of ours
+    assert fixed["GRADREG_VAR_DIR"] == str(tmp_path / "var")
+    assert fixed["GRADREG_DATA_DIR"] == str(tmp_path / "data")
+    assert fixed["GRADREG_DATABASE_URL"] == f"sqlite:///{tmp_path}/var/service.db"
+    assert fixed["GRADREG_TRACKING_URI"] == f"sqlite:///{tmp_path}/var/mlflow.db?timeout=5"
+    assert fixed["GRADREG_STUDY_STORAGE"] == f"sqlite+pysqlite:///{tmp_path}/var/optuna.db"
+    for name in relative:
+        value = fixed[name].split("///", 1)[-1]
+        assert Path(value.split("?")[0]).is_absolute(), name
+    kept = {
+        "GRADREG_DATABASE_URL": "postgresql+psycopg://gradreg:pw@postgres:5432/gradreg",
+        "GRADREG_TRACKING_URI": "http://mlflow:5000",
+        "GRADREG_STUDY_STORAGE": "memory",
+        "GRADREG_STORAGE_PATH": "s3://gradreg/tune",
+        "GRADREG_CACHE_DIR": "",
+    }
+    assert absolute_paths(kept) == kept
+    assert absolute_paths({"GRADREG_TRACKING_URI": "sqlite://"}) == {
+        "GRADREG_TRACKING_URI": "sqlite://"
+    }
+
+
+def test_the_store_url_given_relative_is_the_apis_file(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GRADREG_DATABASE_URL", "sqlite:///service.db")
+    assert ServiceSettings().resolved_database_url() == f"sqlite:///{tmp_path}/service.db"
+    (tmp_path / "url").write_text("sqlite:///other.db\n")
+    monkeypatch.delenv("GRADREG_DATABASE_URL")
+    monkeypatch.setenv("GRADREG_DATABASE_URL_FILE", str(tmp_path / "url"))
+    assert ServiceSettings().resolved_database_url() == f"sqlite:///{tmp_path}/other.db"
