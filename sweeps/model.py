@@ -277,7 +277,8 @@ def registration_notes(
 
 
 def _dataset_label(spec: SweepSpec) -> str:
-    """The dataset's name; a file dataset's file name (``animals.csv``)."""
+    """The dataset's name; a file dataset's file name (``animals.csv``); a loader's entry
+    point."""
     if spec.dataset.name == FILE_DATASET and spec.dataset.options.get("path"):
         return PurePosixPath(str(spec.dataset.options["path"])).name
-    return spec.dataset.name
+    return spec.dataset.identifier

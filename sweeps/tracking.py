@@ -466,8 +466,8 @@ def trial_run_name(sweep_name: str, number: int | None, method: str) -> str:
 
 def _parent_params(spec: SweepSpec) -> dict[str, Any]:
     params: dict[str, Any] = {
-        "dataset": spec.dataset.name,
-        "model": spec.model.name,
+        "dataset": spec.dataset.identifier,
+        "model": spec.model.identifier,
         "methods": ",".join(spec.methods),
         "objectives": ",".join(f"{o.metric}:{o.goal}" for o in spec.objectives),
         "search": spec.search.algorithm,

@@ -9,6 +9,7 @@ import path ``sweeps.spec.<Class>``, which sweeps saved before this package exis
 from sweeps.spec.model import (
     Budget,
     CategoricalParameter,
+    CodeSection,
     DatasetSection,
     EarlyStopping,
     EnsembleSection,
@@ -27,6 +28,7 @@ from sweeps.spec.model import (
 __all__ = [
     "Budget",
     "CategoricalParameter",
+    "CodeSection",
     "DatasetSection",
     "EarlyStopping",
     "EnsembleSection",

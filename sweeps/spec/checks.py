@@ -24,6 +24,7 @@ from gradreg.data import (
 from gradreg.methods import HYPERPARAMETERS, METHODS
 from gradreg.models import available_models, model_option_problems, model_options
 from gradreg.names import EPOCH_METRICS, TEMPERATURE_METRICS
+from gradreg.user_code import entry_point_problem
 from sweeps.spec import (
     CategoricalParameter,
     FloatParameter,
@@ -97,6 +98,7 @@ def semantic_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
     yield from _budget_issues(spec, limits)
     yield from _resource_issues(spec, limits)
     yield from _tracking_issues(spec)
+    yield from _code_issues(spec)
 
 
 def _dataset_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
@@ -136,8 +138,43 @@ def _option_issues(
             )
 
 
+def _entry_point_issues(section: str, entry_point: str) -> Iterator[SpecIssue]:
+    """An entry point's syntax (nothing is imported here: the preflight runs the code, where
+    the trials run). Its options are the user's to check."""
+    problem = entry_point_problem(entry_point)
+    if problem is not None:
+        yield SpecIssue((section, "entry_point"), problem)
+
+
+def _option_type_issues(
+    section: str, name: str, options: Mapping[str, Any], allowed: str
+) -> Iterator[SpecIssue]:
+    """A built-in's options are scalars (and a model's lists of integers too); a user's code
+    takes any JSON values."""
+    for option, value in options.items():
+        integers = isinstance(value, list) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        )
+        if isinstance(value, bool | int | float | str) or (section == "model" and integers):
+            continue
+        yield SpecIssue(
+            (section, "options", option),
+            f"{section} {name!r} takes {allowed}, got {value!r}",
+        )
+
+
 def _dataset_section_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
     dataset = spec.dataset
+    if dataset.entry_point is not None:
+        yield from _entry_point_issues("dataset", dataset.entry_point)
+        if dataset.data_dir is not None:
+            yield SpecIssue(
+                ("dataset", "data_dir"),
+                "a loader reads its own data; data_dir is for the file datasets (name)",
+            )
+        yield from _fraction_issues(spec)
+        return
+    assert dataset.name is not None  # the section's shape: name or entry_point
     if (unknown := _unknown_name("dataset", dataset.name, available_datasets())) is not None:
         yield unknown
         return
@@ -145,6 +182,9 @@ def _dataset_section_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIss
     listed = ", ".join(o for o in accepted if o != "data_dir") or "none"
     moved = {"data_dir": "give it as dataset.data_dir"}
     yield from _option_issues("dataset", dataset.name, dataset.options, accepted, listed, moved)
+    yield from _option_type_issues(
+        "dataset", dataset.name, dataset.options, "numbers, strings or booleans as options"
+    )
     if dataset.data_dir is not None:
         if "data_dir" not in accepted:
             yield SpecIssue(
@@ -160,6 +200,11 @@ def _dataset_section_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIss
                 f"must lie inside the data root {limits.data_root} (GRADREG_DATA_DIR); "
                 "give a path relative to it",
             )
+    yield from _fraction_issues(spec)
+
+
+def _fraction_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
+    dataset = spec.dataset
     if dataset.test_fraction is not None and dataset.val_fraction + dataset.test_fraction >= 1:
         yield SpecIssue(("dataset", "test_fraction"), "val_fraction + test_fraction must be < 1")
 
@@ -193,6 +238,21 @@ def _file_issues(spec: SweepSpec, limits: Limits) -> Iterator[SpecIssue]:
 
 def _model_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
     model = spec.model
+    if model.entry_point is not None:
+        yield from _entry_point_issues("model", model.entry_point)
+        return
+    assert model.name is not None  # the section's shape: name or entry_point
+    bad_types = list(
+        _option_type_issues(
+            "model",
+            model.name,
+            model.options,
+            "numbers, strings, booleans or lists of integers as options",
+        )
+    )
+    yield from bad_types
+    if bad_types:
+        return
     if (unknown := _unknown_name("model", model.name, available_models())) is not None:
         yield unknown
         return
@@ -265,7 +325,7 @@ def _probe_base(
     are probed with. A section with problems of its own is left to TrainConfig's defaults, so
     that its problem (a data_dir outside the data root, an unknown dataset or model) is
     reported once, at the section, and not again at every setting."""
-    model = {"model": spec.model.name, "model_options": dict(spec.model.options)}
+    model = {"model": spec.model.identifier, "model_options": dict(spec.model.options)}
     if not dataset_ok:
         # base_settings resolves data_dir, and refuses one outside the data root
         return model if model_ok else {}
@@ -510,3 +570,44 @@ def _tracking_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
             "registering the best trial needs its model: set log_model: true, or leave "
             "register_best unset",
         )
+
+
+def _code_issues(spec: SweepSpec) -> Iterator[SpecIssue]:
+    for i, requirement in enumerate(spec.code.requirements):
+        problem = requirement_problem(requirement)
+        if problem is not None:
+            yield SpecIssue(("code", "requirements", i), problem)
+
+
+def requirement_problem(requirement: str) -> str | None:
+    """Why ``requirement`` is not one the trials may install, or None: a PEP 508 requirement
+    from the operator's package index (``einops==0.8.2``), or the absolute path of a wheel
+    (``/wheels/mylayers-1.0-py3-none-any.whl``). pip's options (``--index-url``, ``-e``, ...)
+    and direct URLs are refused: which index and which hosts packages come from is the
+    operator's choice (pip's configuration on the workers), not a spec's."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    text = requirement.strip()
+    if text.startswith("-"):
+        return (
+            f"{requirement!r} is a pip option; requirements are package names with versions "
+            "(einops==0.8.2) or wheel paths: the package index is the operator's to choose "
+            "(pip's configuration on the workers)"
+        )
+    looks_like_path = text.endswith(".whl") or "/" in text.split(";")[0]
+    if "@" not in text and looks_like_path:
+        if not text.startswith("/"):
+            return f"{requirement!r}: a wheel is given by its absolute path on the workers"
+        if not text.endswith(".whl"):
+            return f"{requirement!r}: a path must be a wheel (.whl); build one with pip wheel"
+        return None
+    try:
+        parsed = Requirement(text)
+    except InvalidRequirement as error:
+        return f"{requirement!r} is not a PEP 508 requirement: {error}"
+    if parsed.url is not None:
+        return (
+            f"{requirement!r} names a URL; give the package's name and version (the operator's "
+            "index serves it) or the absolute path of a wheel on the workers"
+        )
+    return None

@@ -9,11 +9,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from gradreg.data.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
 from gradreg.methods import METHOD_NAMES
 from gradreg.names import DEFAULT_OBJECTIVE, default_goal
+from sweeps.code import DIGEST_PATTERN
 from sweeps.records import SWEEP_NAME_PATTERN
 
 if TYPE_CHECKING:
@@ -27,17 +36,33 @@ SweepName = Annotated[
     str, StringConstraints(pattern=SWEEP_NAME_PATTERN, min_length=1, max_length=64)
 ]
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+DEFAULT_MODEL = "mlp"  # a spec that names no model trains this one
 
 
 class _Section(BaseModel):
     # strict: "0.1" is not a number and 1 is not true; forbid: a misspelt key is an error.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        # A section pickled before a field existed (Tune's saved state of an earlier sweep)
+        # lacks it: it takes the field's default.
+        values = state.get("__dict__", {})
+        for name, field in type(self).model_fields.items():
+            if name not in values and not field.is_required():
+                values[name] = field.get_default(call_default_factory=True)
+        super().__setstate__(state)
+
 
 class DatasetSection(_Section):
-    name: str = Field(
+    name: str | None = Field(
+        None,
         description="a gradreg dataset, e.g. digits, mnist1d, cifar10, or file: your own file "
-        "(see options)"
+        "(see options); or leave it out and give entry_point",
+    )
+    entry_point: str | None = Field(
+        None,
+        description="your own loader, package.module:function (instead of name): called with "
+        "options as keyword arguments where the trials run, in the sweep's code (code)",
     )
     split_seed: int = Field(0, ge=0)
     val_fraction: float = Field(DEFAULT_VAL_FRACTION, gt=0, lt=1)
@@ -47,16 +72,18 @@ class DatasetSection(_Section):
         lt=1,
         description="held-out test share; null keeps the dataset's default "
         f"({DEFAULT_TEST_FRACTION}, or the dataset's own test split: mnist, fashion_mnist, "
-        "cifar10, a .npz with x_test and y_test, which then must stay null)",
+        "cifar10, a .npz with x_test and y_test, a loader's test split, which then must stay "
+        "null)",
     )
     data_dir: str | None = Field(
         None,
         description="directory of the file datasets (mnist, fashion_mnist, cifar10) and of a "
         "file dataset's path, relative to the data root (GRADREG_DATA_DIR)",
     )
-    options: dict[str, Scalar] = Field(
+    options: dict[str, JsonValue] = Field(
         default_factory=dict,
-        description="dataset options such as data_seed. For name: file, path (relative to the "
+        description="dataset options such as data_seed (a built-in dataset's are numbers, "
+        "strings or booleans; a loader's any JSON values). For name: file, path (relative to the "
         "data root; a .npz with arrays x and y, and optionally x_test and y_test as the test "
         "split; a .csv or .parquet table of numeric feature columns and a label column; or an "
         "image folder root/<class name>/<image>.png|.jpg), format (npz, csv, parquet or "
@@ -65,11 +92,81 @@ class DatasetSection(_Section):
         "sorted order)",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _name_or_entry_point(cls, data: Any) -> Any:
+        return _one_of(data, "dataset", default=None)
+
+    @property
+    def identifier(self) -> str:
+        """What TrainConfig's ``dataset`` takes: the built-in name or the entry point."""
+        return self.entry_point or self.name or ""
+
 
 class ModelSection(_Section):
-    name: str = "mlp"
-    options: dict[str, Scalar | list[int]] = Field(
-        default_factory=dict, description="builder options, e.g. hidden: [128, 128]"
+    name: str | None = Field(
+        None,
+        description="a gradreg architecture (default mlp); or leave it out and give entry_point",
+    )
+    entry_point: str | None = Field(
+        None,
+        description="your own builder, package.module:function (instead of name): called as "
+        "build(input_shape, n_classes, **options) where the trials run, in the sweep's code "
+        "(code); it returns a torch.nn.Module mapping a batch to logits (B, n_classes)",
+    )
+    options: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description="builder options, e.g. hidden: [128, 128] (a built-in model's are numbers, "
+        "strings, booleans or lists of integers; a builder's any JSON values)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_or_entry_point(cls, data: Any) -> Any:
+        return _one_of(data, "model", default=DEFAULT_MODEL)
+
+    @property
+    def identifier(self) -> str:
+        """What TrainConfig's ``model`` takes: the built-in name or the entry point."""
+        return self.entry_point or self.name or DEFAULT_MODEL
+
+
+def _one_of(data: Any, section: str, default: str | None) -> Any:
+    """A section names its code by ``name`` (built in) or ``entry_point`` (the user's), never
+    both; with neither, the ``default`` name, or a problem when there is none."""
+    if not isinstance(data, dict):
+        return data
+    name, entry_point = data.get("name"), data.get("entry_point")
+    if name is not None and entry_point is not None:
+        raise PydanticCustomError(
+            "name_and_entry_point",
+            f"{section}.name and {section}.entry_point exclude each other: give name (a "
+            f"built-in {section}) or entry_point (your own, package.module:function), not both",
+        )
+    if name is None and entry_point is None:
+        if default is None:
+            raise PydanticCustomError(
+                "name_or_entry_point",
+                f"give {section}.name (a built-in {section}) or {section}.entry_point (your "
+                "own, package.module:function)",
+            )
+        return {**data, "name": default}
+    return data
+
+
+class CodeSection(_Section):
+    digest: str | None = Field(
+        None,
+        pattern=DIGEST_PATTERN,
+        description="the code bundle the trials run with, sha256:<hex> of its zip; the service "
+        "client sets it after uploading --code DIR (python -m sweeps run --code DIR needs none)",
+    )
+    requirements: list[Annotated[str, StringConstraints(min_length=1, max_length=1000)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="pip requirements the trials install (Ray's pip runtime environment): PEP "
+        "508 strings such as einops==0.8.2, or absolute paths of .whl files present on every "
+        "node; no pip options (the operator chooses the package index)",
     )
 
 
@@ -218,6 +315,10 @@ class SweepSpec(_Section):
     tags: list[Tag] = Field(default_factory=list, max_length=32)
     dataset: DatasetSection
     model: ModelSection = Field(default_factory=ModelSection)
+    code: CodeSection = Field(
+        default_factory=CodeSection,
+        description="the user's code the trials run with (entry points) and its requirements",
+    )
     method: MethodName | None = Field(
         None, description="fixed method; leave out to search `method` as a categorical"
     )

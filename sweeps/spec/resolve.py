@@ -51,7 +51,8 @@ def resolve_data_file(dataset: DatasetSection, data_root: Path | None) -> Path:
 
 def base_settings(spec: SweepSpec, data_root: Path | None) -> dict[str, Any]:
     """The TrainConfig settings that come from the dataset and model sections (a file
-    dataset's path as written: `trial_config` resolves it, once, for the trial)."""
+    dataset's path as written: `trial_config` resolves it, once, for the trial). A user's
+    loader or builder is passed as its entry point, with its options as they are."""
     options = dict(spec.dataset.options)
     if spec.dataset.data_dir is not None:
         resolved = resolve_data_dir(spec.dataset.data_dir, data_root)
@@ -64,12 +65,12 @@ def base_settings(spec: SweepSpec, data_root: Path | None) -> dict[str, Any]:
             )
         options["data_dir"] = str(resolved)
     return {
-        "dataset": spec.dataset.name,
+        "dataset": spec.dataset.identifier,
         "dataset_options": options,
         "split_seed": spec.dataset.split_seed,
         "val_fraction": spec.dataset.val_fraction,
         "test_fraction": spec.dataset.test_fraction,
-        "model": spec.model.name,
+        "model": spec.model.identifier,
         "model_options": dict(spec.model.options),
     }
 
