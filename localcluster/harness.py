@@ -94,6 +94,8 @@ def _settings() -> dict[str, str]:
         "GRADREG_MLFLOW_RETRIES": "1",
         # No hardware to build images for; the variant only names the image.
         "TORCH_VARIANT": "cpu",
+        # The harness's API takes code bundles, as an operator turns them on in their .env.
+        "GRADREG_ALLOW_USER_CODE": "true",
     }
 
 
