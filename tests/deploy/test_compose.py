@@ -175,17 +175,22 @@ def test_the_api_takes_code_bundles_only_when_the_operator_says_so(
     # User code is arbitrary code on the cluster's nodes: off by default (docs/deploy.md).
     environment = services["api"]["environment"]
     assert environment["GRADREG_ALLOW_USER_CODE"] == "false"
+    assert environment["GRADREG_ALLOW_CODE_REQUIREMENTS"] == "true"
     # Kept in the bucket, which the API reaches with the nodes' key and endpoint.
     assert environment["GRADREG_CODE_STORE"] == "s3://gradreg/code"
     node = services["ray-worker"]["environment"]
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
         assert environment[name] == node[name], name
     env_file = tmp_path / "ci.env"
-    env_file.write_text(CI_ENV.read_text() + "GRADREG_ALLOW_USER_CODE=true\n")
+    operator = "GRADREG_ALLOW_USER_CODE=true\nGRADREG_ALLOW_CODE_REQUIREMENTS=false\n"
+    env_file.write_text(CI_ENV.read_text() + operator)
     result = run_compose(["docker-compose.yml"], "config", "--format", "json", env_file=env_file)
     assert result.returncode == 0, result.stderr
     api = json.loads(result.stdout)["services"]["api"]["environment"]
-    assert api["GRADREG_ALLOW_USER_CODE"] == "true"
+    assert (api["GRADREG_ALLOW_USER_CODE"], api["GRADREG_ALLOW_CODE_REQUIREMENTS"]) == (
+        "true",
+        "false",
+    )
 
 
 def test_state_lives_in_named_volumes(services: dict, stack: dict) -> None:
