@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import anyio.to_thread
 import sqlalchemy as sa
@@ -12,12 +13,13 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import openapi, problems
+from service.code_store import CodeStore
 from service.launcher import LocalRayHead, RayJobs
 from service.readiness import Readiness, mlflow_probe, ray_probe, store_probe
 from service.reconciler import Reconciler
 from service.redaction import redact_tokens_in_logs
-from service.routes import meta, sweeps
-from service.settings import SECRET_VARIABLES, ServiceSettings, write_secret
+from service.routes import code, meta, sweeps
+from service.settings import SECRET_VARIABLES, ServiceSettings, absolute_url, write_secret
 from service.store.database import make_engine, session_factory, upgrade
 from sweeps import Limits
 
@@ -44,12 +46,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             jobs_url = head.start()
             log.info("started a local Ray head; jobs API at %s", jobs_url)
         tracking_uri = settings.resolved_tracking_uri()
-        jobs = RayJobs(jobs_url, settings.python, _driver_env(settings, tracking_uri))
+        code_store = CodeStore(settings.resolved_code_store(), settings.var_dir / "code-cache")
+        jobs = RayJobs(jobs_url, settings.python, _driver_env(settings, tracking_uri), code_store)
         app.state.settings = settings
         app.state.engine = engine
         app.state.sessions = session_factory(engine)
         app.state.limits = Limits.from_settings(settings)
         app.state.jobs = jobs
+        app.state.code_store = code_store
         app.state.tracking_uri = tracking_uri
         app.state.reconciler = Reconciler(
             app.state.sessions,
@@ -88,7 +92,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     openapi.install(app)
     app.include_router(meta.router)
     app.include_router(sweeps.router)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.include_router(code.router)
+    # A code bundle is megabytes, a spec kilobytes: the bundle's route has a cap of its own.
+    code_cap = BodyCap(settings.max_code_bytes, "code bundles", "GRADREG_MAX_CODE_BYTES")
+    app.add_middleware(BodyLimit, cap=BodyCap(settings.max_body_bytes), paths={code.PATH: code_cap})
     return app
 
 
@@ -100,7 +107,9 @@ def _driver_env(settings: ServiceSettings, tracking_uri: str) -> dict[str, str]:
     a cluster's head must carry GRADREG_DATABASE_URL itself (docker-compose.yml sets it).
     """
     env = {
-        "GRADREG_TRACKING_URI": tracking_uri,
+        # A SQLite file's path absolute: with a code bundle, the driver's working directory is
+        # the bundle's.
+        "GRADREG_TRACKING_URI": absolute_url(tracking_uri),
         "GRADREG_STORAGE_PATH": settings.resolved_storage_path(),
         "GRADREG_VAR_DIR": str(settings.var_dir.absolute()),
         "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -114,20 +123,37 @@ def _driver_env(settings: ServiceSettings, tracking_uri: str) -> dict[str, str]:
     return env
 
 
-class BodyLimit:
-    """Refuse request bodies over ``max_bytes`` with 413, whether or not they say their length."""
+@dataclass(frozen=True)
+class BodyCap:
+    """The most bytes a request body may hold, what such a body is, and the setting to raise."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    max_bytes: int
+    what: str = "request bodies"
+    setting: str = "GRADREG_MAX_BODY_BYTES"
+
+    def refusal(self) -> str:
+        return f"{self.what} are limited to {self.max_bytes} bytes ({self.setting})"
+
+
+class BodyLimit:
+    """Refuse request bodies over their cap with 413, whether or not they say their length:
+    ``cap`` for every route but those ``paths`` gives a cap of their own (a code bundle's)."""
+
+    def __init__(
+        self, app: ASGIApp, cap: BodyCap, paths: Mapping[str, BodyCap] | None = None
+    ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.cap = cap
+        self.paths = dict(paths or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        cap = self.paths.get(scope["path"], self.cap)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > cap.max_bytes:
+            await self._refuse(cap, scope, receive, send)
             return
         received = 0
 
@@ -136,17 +162,17 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > cap.max_bytes:
                     raise _TooLarge
             return message
 
         try:
             await self.app(scope, limited, send)
         except _TooLarge:
-            await self._refuse(scope, receive, send)
+            await self._refuse(cap, scope, receive, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problems.problem(413, f"request bodies are limited to {self.max_bytes} bytes")
+    async def _refuse(self, cap: BodyCap, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problems.problem(413, cap.refusal())
         await response(scope, receive, send)
 
 

@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.code_store import CodeStore
 from service.readiness import Readiness
 from service.reconciler import Reconciler
 from service.settings import ServiceSettings
@@ -40,8 +41,13 @@ def readiness(request: Request) -> Readiness:
     return request.app.state.readiness
 
 
+def code_store(request: Request) -> CodeStore:
+    return request.app.state.code_store
+
+
 SettingsDep = Annotated[ServiceSettings, Depends(settings)]
 SessionsDep = Annotated[sessionmaker[Session], Depends(sessions)]
 LimitsDep = Annotated[Limits, Depends(limits)]
 ReconcilerDep = Annotated[Reconciler, Depends(reconciler)]
 ReadinessDep = Annotated[Readiness, Depends(readiness)]
+CodeStoreDep = Annotated[CodeStore, Depends(code_store)]

@@ -18,10 +18,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ray.job_submission import JobStatus, JobSubmissionClient
+
+from service.code_store import CodeBundleMissing, CodeStore
+from service.settings import absolute_paths
+from sweeps.code import runtime_env as code_runtime_env
 
 FINAL_JOB_STATES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED)
 
@@ -77,15 +83,12 @@ class LocalRayHead:
         ]
         if self.num_cpus is not None:
             command.append(f"--num-cpus={self.num_cpus}")
-        # No Ray Serve here to drain: without this a SIGTERM'd head waits 30 s before stopping.
-        env = {k: v for k, v in os.environ.items() if k not in self.withheld}
-        env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
         self.process = subprocess.Popen(
             command,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            env=env,
+            env=self.environment(),
         )
         self.pid = self.process.pid
         self.dashboard_url = f"http://127.0.0.1:{ports['dashboard']}"
@@ -104,6 +107,15 @@ class LocalRayHead:
                         f"the local Ray head did not answer in {timeout_s} s"
                     ) from None
                 time.sleep(0.5)
+
+    def environment(self) -> dict[str, str]:
+        """The head's environment, which its sweep drivers and trials inherit: this process's,
+        less the withheld variables, with every place absolute (`absolute_paths`: a driver's
+        and a trial's working directory is the code bundle's when the sweep has one)."""
+        env = absolute_paths({k: v for k, v in os.environ.items() if k not in self.withheld})
+        # No Ray Serve here to drain: without this a SIGTERM'd head waits 30 s before stopping.
+        env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
+        return env
 
     def stop(self, timeout_s: float = 30.0) -> None:
         if self.pid is not None and process_alive(self.pid):
@@ -162,12 +174,23 @@ class JobState:
 
 
 class RayJobs:
-    """Submit, watch and stop sweep drivers on a Ray cluster through its Jobs API."""
+    """Submit, watch and stop sweep drivers on a Ray cluster through its Jobs API.
 
-    def __init__(self, dashboard_url: str, python: str, env: dict[str, str]) -> None:
+    ``env``: the driver's variables (`service.app`'s `_driver_env`); ``code_store``: where the
+    bundles that sweeps name (their spec's ``code.digest``) are kept.
+    """
+
+    def __init__(
+        self,
+        dashboard_url: str,
+        python: str,
+        env: dict[str, str],
+        code_store: CodeStore | None = None,
+    ) -> None:
         self.dashboard_url = dashboard_url
         self.python = python
         self.env = env
+        self.code_store = code_store
         self._client: JobSubmissionClient | None = None
 
     @property
@@ -180,13 +203,28 @@ class RayJobs:
     def submission_id(sweep_id: str, attempt: int) -> str:
         return f"gradreg-{sweep_id}-{attempt}"
 
-    def submit(self, sweep_id: str, attempt: int) -> str:
+    def runtime_env(self, code: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The job's runtime environment: the driver's variables, and for a spec's ``code``
+        section naming a bundle, the bundle (a local .zip, which Ray's job client uploads to
+        the cluster) as the working directory of the driver and of every trial, on every node,
+        with the section's pip requirements. Raises CodeBundleMissing."""
+        digest = (code or {}).get("digest")
+        if not digest:
+            return {"env_vars": dict(self.env)}
+        if self.code_store is None:
+            raise CodeBundleMissing(digest)
+        requirements = (code or {}).get("requirements") or ()
+        return code_runtime_env(self.code_store.local_path(digest), requirements, self.env)
+
+    def submit(self, sweep_id: str, attempt: int, code: Mapping[str, Any] | None = None) -> str:
+        """Start attempt ``attempt`` of the sweep as a job; ``code`` is its spec's code section
+        (every attempt of a sweep gets the same: the bundle is named in the stored spec)."""
         submission_id = self.submission_id(sweep_id, attempt)
         try:
             return self.client.submit_job(
                 entrypoint=f"{self.python} -m service.worker --sweep-id {sweep_id}",
                 submission_id=submission_id,
-                runtime_env={"env_vars": self.env},
+                runtime_env=self.runtime_env(code),
                 metadata={"sweep_id": sweep_id, "attempt": str(attempt)},
             )
         except RuntimeError as error:

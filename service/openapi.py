@@ -20,6 +20,14 @@ SPEC_BODY = {
     "required": True,
     "content": {"application/json": {"schema": {"$ref": COMPONENTS.format(model="SweepSpec")}}},
 }
+# POST /v1/code's body: the bundle's zip bytes as they are.
+CODE_BODY = {
+    "required": True,
+    "description": "a zip of the code directory (python -m service submit --code packs one); "
+    "at most GRADREG_MAX_CODE_BYTES bytes and GRADREG_MAX_CODE_FILES files, no absolute "
+    "path, `..` component, symlink or duplicate name",
+    "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+}
 ERRORS = {
     400: "a malformed cursor",
     401: "no bearer token",
@@ -27,17 +35,22 @@ ERRORS = {
     404: "no such sweep",
     409: "the sweep's status does not allow it, or an idempotency key was reused",
     413: "a body over GRADREG_MAX_BODY_BYTES",
+    415: "a body that is not of the media type the route takes",
     422: "the request or the sweep spec is not valid; `errors` names each field",
     503: "the sweep store is unavailable",
 }
 
 
-def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """Route `responses=` entries for these error statuses, each a problem+json body."""
+def problem_responses(
+    *statuses: int, described: dict[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """Route `responses=` entries for these error statuses, each a problem+json body;
+    ``described`` gives a route's own description of a status (ERRORS' otherwise)."""
     schema = {"$ref": COMPONENTS.format(model="Problem")}
+    descriptions = {**ERRORS, **(described or {})}
     return {
-        status: {"description": ERRORS[status], "content": {MEDIA_TYPE: {"schema": schema}}}
-        for status in statuses
+        status: {"description": descriptions[status], "content": {MEDIA_TYPE: {"schema": schema}}}
+        for status in sorted({*statuses, *(described or {})})
     }
 
 

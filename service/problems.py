@@ -19,6 +19,7 @@ from service.store.status_machine import InvalidTransition
 from service.store.sweep_queries import IdempotencyConflict
 from service.store.transactions import SweepNotFound
 from sweeps import SpecError
+from sweeps.code import BundleError
 
 log = logging.getLogger(__name__)
 MEDIA_TYPE = "application/problem+json"
@@ -62,6 +63,16 @@ def install(app: FastAPI) -> None:
             for e in error.errors()
         ]
         return problem(422, "the request is not valid", errors=errors)
+
+    @app.exception_handler(BundleError)
+    async def _refused_bundle(request: Request, error: BundleError) -> JSONResponse:
+        # The offending entry is where the problem is; a bundle that is not a zip at all has
+        # none (the body).
+        where = error.entry if error.entry is not None else "body"
+        errors = [
+            {"loc": ["body", where], "path": where, "entry": error.entry, "message": str(error)}
+        ]
+        return problem(422, "the code bundle is refused", errors=errors)
 
     @app.exception_handler(SpecError)
     async def _invalid_spec(request: Request, error: SpecError) -> JSONResponse:

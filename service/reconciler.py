@@ -101,7 +101,8 @@ class Reconciler:
     def _submit(self, session: Session, sweep_id: str) -> bool:
         sweep = sweep_queries.get_sweep(session, sweep_id)
         try:
-            submission_id = self.jobs.submit(sweep.id, sweep.attempt)
+            # Every attempt runs the code bundle its stored spec names, if any.
+            submission_id = self.jobs.submit(sweep.id, sweep.attempt, sweep.spec.get("code"))
         except Exception as error:
             # Ray may be restarting: keep the sweep pending and say why; the next pass retries.
             status_machine.update_sweep(session, sweep_id, reason=f"submission failed: {error}")

@@ -154,3 +154,12 @@ class Problem(BaseModel):
     status: int
     detail: str | None = None
     errors: list[dict[str, Any]] | None = None
+
+
+class CodeOut(BaseModel):
+    """A code bundle the service keeps (POST /v1/code's answer): a spec names it by
+    ``code.digest``."""
+
+    digest: str = Field(description="sha256:<hex> of the bundle's bytes")
+    size: int = Field(description="the bundle's size in bytes")
+    files: int = Field(description="the files it holds")

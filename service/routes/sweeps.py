@@ -13,9 +13,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from service.auth import require_token
-from service.deps import LimitsDep, ReconcilerDep, SessionsDep, SettingsDep
+from service.deps import CodeStoreDep, LimitsDep, ReconcilerDep, SessionsDep, SettingsDep
 from service.openapi import SPEC_BODY, problem_responses
 from service.reconciler import Reconciler
+from service.routes.code import spec_code_issues
 from service.schemas import (
     BestOut,
     Direction,
@@ -91,6 +92,7 @@ async def submit_sweep(
     settings: SettingsDep,
     limits: LimitsDep,
     reconciler: ReconcilerDep,
+    code_store: CodeStoreDep,
     idempotency_key: Annotated[
         str | None, Header(min_length=1, max_length=IDEMPOTENCY_KEY_MAX, pattern=r"\S")
     ] = None,
@@ -103,6 +105,10 @@ async def submit_sweep(
     except RecursionError:  # e.g. 30,000 nested brackets: small enough, yet a crash
         raise SpecError([SpecIssue((), "the body is nested too deeply to be a spec")]) from None
     spec = parse_spec(document, limits)
+    # The code section: allowed here, and its bundle kept here (a read of the store).
+    issues = await run_in_threadpool(spec_code_issues, spec, settings, code_store)
+    if issues:
+        raise SpecError(issues)
 
     def store() -> tuple[SweepOut, bool]:
         with sessions() as db:

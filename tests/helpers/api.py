@@ -7,7 +7,9 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.launcher import free_port
+from service.store.database import make_engine, session_factory
 from tests.helpers import poll_until
 
 TOKENS = ("token-one-" + "a" * 24, "token-two-" + "b" * 24)
@@ -29,6 +32,55 @@ class LiveApi:
     url: str
     token: str
     sessions: sessionmaker[Session]  # on the app's own store
+
+
+@contextmanager
+def serve_in_process(root: Path, **settings: Any) -> Iterator[LiveApi]:
+    """The real app (`service.app.create_app`) served on a loopback port in this process, its
+    SQLite store and MLflow under ``root``, without Ray (nothing listens at its jobs URL, so
+    the sweeps it is sent stay pending); ``settings`` go over ServiceSettings' own."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import ServiceSettings
+
+    token = "live-token-" + "d" * 24
+    port = free_port()
+    config = ServiceSettings(
+        **{
+            "host": "127.0.0.1",
+            "port": port,
+            "api_tokens": token,
+            "var_dir": root / "var",
+            "database_url": f"sqlite:///{root / 'service.db'}",
+            "tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
+            "ray_jobs_url": f"http://127.0.0.1:{free_port()}",
+            "reconcile_interval_s": 60,
+            "readiness_interval_s": 60,
+            **settings,
+        }
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, name="live-api", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+
+    def live() -> bool:
+        try:
+            return httpx.get(url + "/healthz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    engine = make_engine(config.resolved_database_url())
+    try:
+        poll_until(live, 60, "the in-process API answering /healthz")
+        yield LiveApi(url, token, session_factory(engine))
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+        engine.dispose()
 
 
 @dataclass

@@ -9,7 +9,6 @@ afterwards. Without a reachable server the PostgreSQL cases fail, saying why.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -18,8 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.store.database import make_engine, upgrade
 from service.store.database import session_factory as make_session_factory
-from tests.helpers import poll_until
-from tests.helpers.api import LiveApi
+from tests.helpers.api import LiveApi, serve_in_process
 from tests.helpers.store import postgres_schema
 
 
@@ -52,45 +50,5 @@ def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
     port in this process, with a SQLite store and without Ray: nothing listens at its jobs URL,
     so the sweeps it is sent stay pending. Tests put sweeps in other states through
     ``sessions``."""
-    import httpx
-    import uvicorn
-
-    from service.app import create_app
-    from service.launcher import free_port
-    from service.settings import ServiceSettings
-
-    root = tmp_path_factory.mktemp("live-api")
-    token = "live-token-" + "d" * 24
-    port = free_port()
-    settings = ServiceSettings(
-        host="127.0.0.1",
-        port=port,
-        api_tokens=token,
-        var_dir=root / "var",
-        database_url=f"sqlite:///{root / 'service.db'}",
-        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
-        ray_jobs_url=f"http://127.0.0.1:{free_port()}",
-        reconcile_interval_s=60,
-        readiness_interval_s=60,
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, name="live-api", daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-
-    def live() -> bool:
-        try:
-            return httpx.get(url + "/healthz", timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    engine = make_engine(settings.resolved_database_url())
-    try:
-        poll_until(live, 60, "the in-process API answering /healthz")
-        yield LiveApi(url, token, make_session_factory(engine))
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
-        engine.dispose()
+    with serve_in_process(tmp_path_factory.mktemp("live-api")) as live:
+        yield live

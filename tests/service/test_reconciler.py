@@ -28,14 +28,16 @@ class RecordingJobs:
 
     def __init__(self) -> None:
         self.submitted: list[str] = []
+        self.code: list[object] = []  # the code section each submission was given
         self.finished: set[str] = set()
         self.stopped: list[str] = []
         self.missing: set[str] = set()  # jobs Ray answers "does not exist" for
         self.while_submitting: Callable[[str], None] = lambda sweep_id: None
 
-    def submit(self, sweep_id: str, attempt: int) -> str:
+    def submit(self, sweep_id: str, attempt: int, code: object = None) -> str:
         self.while_submitting(sweep_id)
         self.submitted.append(sweep_id)
+        self.code.append(code)
         return f"job-{sweep_id}-{attempt}"
 
     def stop(self, submission_id: str) -> bool:
@@ -241,6 +243,19 @@ def test_a_job_missing_from_one_answer_is_not_taken_for_dead(session_factory):
     sweep = status_of(session_factory, sweep_id)
     assert (sweep.status, sweep.attempt) == ("pending", 2)
     assert "the driver's job ended (vanished from Ray) without a result" in sweep.reason
+
+
+def test_every_attempt_is_submitted_with_the_code_bundle_its_spec_names(session_factory):
+    jobs = RecordingJobs()
+    code = {"digest": "sha256:" + "c" * 64, "requirements": ["einops==0.8.2"]}
+    sweep_id = new_sweep(session_factory, "pending", code=code)
+    passes = reconciler(session_factory, jobs, max_active=1)
+    for attempt in (1, 2):
+        passes.reconcile_once()
+        jobs.finish(f"job-{sweep_id}-{attempt}")  # its driver dies: a resubmission
+        passes.reconcile_once()
+    assert jobs.submitted == [sweep_id, sweep_id]
+    assert jobs.code == [code, code]
 
 
 def test_only_rays_no_such_job_answer_counts_as_missing():
