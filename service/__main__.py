@@ -1,4 +1,4 @@
-"""python -m service [serve] | submit SPEC [--wait] | status ID | spec ID [--json]"""
+"""python -m service [serve] | submit SPEC [--code DIR] [--wait] | status ID | spec ID [--json]"""
 
 from __future__ import annotations
 
@@ -8,12 +8,16 @@ import logging
 import secrets
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from gradreg.files import write_private
 from gradreg.version import EXIT_INTERRUPTED, add_version_argument
 from service.settings import ClientSettings, ServiceSettings, prepare_ray_auth
+
+if TYPE_CHECKING:
+    from service.client import Client
 
 TOKEN_FILE = "api_token"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -42,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     submit = commands.add_parser("submit", help="post a sweep spec")
     submit.add_argument("spec")
     submit.add_argument("--wait", action="store_true", help="follow it to the end")
+    submit.add_argument(
+        "--code",
+        metavar="DIR",
+        help="your code directory (the model and dataset entry points' modules): packed, "
+        "uploaded with POST /v1/code, and named in the spec's code.digest",
+    )
     submit.add_argument("--idempotency-key")
     status = commands.add_parser("status", help="print a sweep and its best trials")
     status.add_argument("sweep_id")
@@ -172,7 +182,10 @@ def client_command(args: argparse.Namespace) -> int:
             print(text, end="")
             return EXIT_OK
         if args.command == "submit":
-            sweep = client.submit(read_spec(args.spec), args.idempotency_key)
+            document = read_spec(args.spec)
+            if args.code is not None:
+                document = _with_uploaded_code(client, document, args.spec, args.code)
+            sweep = client.submit(document, args.idempotency_key)
             print(f"submitted {sweep['id']} ({sweep['name']})", flush=True)
             if args.wait:
                 sweep = client.wait(sweep["id"])
@@ -183,13 +196,35 @@ def client_command(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         # the request was wrong (4xx), or the service failed to answer it (5xx)
         return EXIT_FAILURE if error.status >= 500 else EXIT_INVALID
-    except SpecFileError as error:
+    except (SpecFileError, CodeDirectoryError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INVALID
     except httpx.TransportError as error:
         print(f"error: cannot reach the API at {args.url}: {error}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_FAILURE if sweep["status"] == "failed" else EXIT_OK
+
+
+class CodeDirectoryError(ValueError):
+    """A --code directory that cannot be packed (missing, empty, a symlink inside)."""
+
+
+def _with_uploaded_code(client: Client, document: dict, spec_path: str, code_dir: str) -> dict:
+    """Pack ``code_dir``, upload it, and return the spec naming the bundle's digest."""
+    from service.client import with_code
+    from sweeps.code import pack_directory
+
+    try:
+        bundle = pack_directory(Path(code_dir))
+    except (ValueError, OSError) as error:
+        raise CodeDirectoryError(f"--code {code_dir}: {error}") from None
+    answer = client.upload_code(bundle)
+    print(
+        f"uploaded {code_dir}: {answer['digest']} ({answer['files']} files, "
+        f"{answer['size']} bytes)",
+        flush=True,
+    )
+    return with_code(document, answer["digest"], spec_path)
 
 
 if __name__ == "__main__":

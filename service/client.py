@@ -53,6 +53,12 @@ class Client:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._call("POST", "/v1/sweeps", json=document, headers=headers)
 
+    def upload_code(self, bundle: bytes) -> Json:
+        """Send a code bundle (a zip: `sweeps.code.pack_directory`) with POST /v1/code:
+        ``{"digest", "size", "files"}``."""
+        headers = {"Content-Type": "application/zip"}
+        return self._call("POST", "/v1/code", content=bundle, headers=headers)
+
     def sweep(self, sweep_id: str) -> Json:
         return self._call("GET", f"/v1/sweeps/{sweep_id}")
 
@@ -154,6 +160,26 @@ def read_spec(path: str) -> dict[str, Any]:
             f"spec file {path}: holds a value JSON cannot carry ({error})"
         ) from None
     return document
+
+
+def with_code(document: Json, digest: str, path: str) -> Json:
+    """The spec ``document`` (read from spec file ``path``) naming the code bundle ``digest``
+    in its code section, which it keeps (its requirements); a copy. Refuses a code section
+    that is not a mapping, or that names another bundle already."""
+    code = document.get("code")
+    if code is None:
+        code = {}
+    if not isinstance(code, dict):
+        raise SpecFileError(
+            f"spec file {path}: code is a mapping (requirements, digest), got {type(code).__name__}"
+        )
+    given = code.get("digest")
+    if given is not None and given != digest:
+        raise SpecFileError(
+            f"spec file {path}: code.digest names the bundle {given}, and --code sends "
+            f"{digest}: give one of them"
+        )
+    return {**document, "code": {**code, "digest": digest}}
 
 
 def spec_text(answer: Json) -> str:
