@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable, Mapping
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,8 +109,9 @@ def posterior_around(model: nn.Module, config: TrainConfig, n_train: int) -> Gau
 
 
 def make_optimiser(posterior: GaussianPosterior, config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam over the posterior's parameter groups (means at lr, variances at variance_lr)."""
-    return torch.optim.Adam(posterior.param_groups(config.lr, config.variance_lr))
+    """The posterior's optimiser (`GaussianPosterior.make_optimiser`): Adam over its parameter
+    groups (means at lr, variances at variance_lr), or the method's own."""
+    return posterior.make_optimiser(config.lr, config.variance_lr)
 
 
 def load_config_dataset(config: TrainConfig) -> Dataset:
@@ -339,23 +339,17 @@ def train_step(
     config: TrainConfig,
     sampling: torch.Generator,
 ) -> dict[str, float]:
-    """One step of the method's objective on the batch (x, y): the loss (under bf16 autocast
-    where asked), its backward and the optimiser's step. Returns the loss terms; a loss that
-    is not finite raises FloatingPointError before any parameter moves."""
-    autocast = (
-        torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
-        if config.bf16
-        else nullcontext()
-    )
-    with autocast:
-        terms = posterior.loss(x, y, generator=sampling)
-    values = terms.as_floats()
-    if not math.isfinite(values["train_loss"]):
-        raise FloatingPointError(f"train_loss={values['train_loss']}")
-    optimiser.zero_grad(set_to_none=True)
-    terms.loss.backward()
-    optimiser.step()
-    return values
+    """One step of the method's objective on the batch (x, y) (`GaussianPosterior.train_step`:
+    the loss, its backward and the optimiser's step, or the method's own step), its forward
+    passes under bf16 autocast where asked. Returns the loss terms; a loss that is not finite
+    raises FloatingPointError before any parameter moves."""
+
+    def forward() -> AbstractContextManager[Any]:
+        if config.bf16:
+            return torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    return posterior.train_step(x, y, optimiser, generator=sampling, forward=forward)
 
 
 def _mean_std(posterior: GaussianPosterior) -> float:

@@ -9,8 +9,8 @@ groups and prediction at the mean or averaged over weight samples.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -308,6 +308,34 @@ class GaussianPosterior(nn.Module):
     def loss(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> LossTerms:
         """The per-datapoint training objective on one minibatch."""
         raise NotImplementedError
+
+    # ---------------------------------------------------------------- training
+    def make_optimiser(self, lr: float, variance_lr: float | None = None) -> torch.optim.Optimizer:
+        """What trains this posterior: Adam over `param_groups`. A method with an update rule
+        of its own (IVON) returns its own optimiser, and `train_step` drives it."""
+        return torch.optim.Adam(self.param_groups(lr, variance_lr))
+
+    def train_step(
+        self,
+        x: Tensor,
+        y: Tensor,
+        optimiser: torch.optim.Optimizer,
+        *,
+        generator: torch.Generator | None = None,
+        forward: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    ) -> dict[str, float]:
+        """One step on the batch (x, y): `loss` (computed inside ``forward()``, e.g. bf16
+        autocast), its backward and ``optimiser``'s step. Returns the loss terms as floats; a
+        loss that is not finite raises FloatingPointError before any parameter moves."""
+        with forward():
+            terms = self.loss(x, y, generator=generator)
+        values = terms.as_floats()
+        if not math.isfinite(values["train_loss"]):
+            raise FloatingPointError(f"train_loss={values['train_loss']}")
+        optimiser.zero_grad(set_to_none=True)
+        terms.loss.backward()
+        optimiser.step()
+        return values
 
     def after_training(
         self,
