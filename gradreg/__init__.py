@@ -16,6 +16,7 @@ _EXPORTS = {
     "MAP": "gradreg.posteriors.baselines",
     "METHODS": "gradreg.methods",
     "GaussianPosterior": "gradreg.posteriors.gaussian",
+    "IVON": "gradreg.posteriors.ivon",
     "Laplace": "gradreg.posteriors.laplace",
     "LossTerms": "gradreg.posteriors.gaussian",
     "SamplingVI": "gradreg.posteriors.baselines",
@@ -28,6 +29,7 @@ _EXPORTS = {
 }
 __all__ = [
     "ESTIMATORS",
+    "IVON",
     "MAP",
     "METHODS",
     "GaussianPosterior",
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from gradreg.methods import METHODS, posterior
     from gradreg.posteriors.baselines import MAP, SamplingVI
     from gradreg.posteriors.gaussian import GaussianPosterior, LossTerms
+    from gradreg.posteriors.ivon import IVON
     from gradreg.posteriors.laplace import Laplace
     from gradreg.posteriors.variational_laplace import VariationalLaplace
     from gradreg.train import fit

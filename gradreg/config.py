@@ -18,13 +18,16 @@ from gradreg.data import DEFAULT_VAL_FRACTION, available_datasets
 from gradreg.families import family_problem
 from gradreg.methods import (
     COMMON_SETTINGS,
+    DEFAULT_LR,
     HYPERPARAMETERS,
     METHODS,
+    OTHER_NAMES,
     POSTERIOR_ARGUMENTS,
     PRIOR_FITS,
     TRAINERS,
     Method,
     compile_problem,
+    ivon_problem,
     method_for,
     regulariser_grad_problem,
 )
@@ -58,7 +61,13 @@ class TrainConfig:
     mc_samples: int | None = None
     prior_fit: str | None = None
     regulariser_grad: str | None = None  # VL: autograd, finite_difference or auto (the default)
-    lr: float = 1e-3
+    # IVON (gradreg.posteriors.ivon): effective sample size (None: N/kl_weight), Hessian
+    # initialisation, momentum of the gradient and of the Hessian estimate.
+    ess: float | None = None
+    hess_init: float | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    lr: float | None = None  # None: the method's (DEFAULT_LR, or its table default: IVON's)
     variance_lr: float | None = None
     epochs: int = 20
     batch_size: int = 128
@@ -125,6 +134,16 @@ class TrainConfig:
             problem = compile_problem(entry)
             if problem:
                 raise ValueError(problem)
+        if self.method == "ivon":
+            problem = ivon_problem(
+                ess=self.ess,
+                kl_weight=self.kl_weight,
+                hess_init=self.hess_init,
+                beta1=self.beta1,
+                beta2=self.beta2,
+            )
+            if problem:
+                raise ValueError(problem)
         if not isinstance(self.device, str):
             raise TypeError(
                 f"device must be a string such as 'auto', 'cpu' or 'cuda', got {self.device!r}"
@@ -149,7 +168,7 @@ class TrainConfig:
                 f"{', '.join(own) or 'none beyond the common ones'})"
             )
         entry = method_for(self.method, self.variance)
-        defaults = {"variance": entry.variance, **entry.defaults}
+        defaults = {"variance": entry.variance, "lr": DEFAULT_LR, **entry.defaults}
         for name, default in defaults.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, default)
@@ -167,6 +186,13 @@ class TrainConfig:
         unless one was given."""
         assert self.predict is not None  # __post_init__ fills it in
         return self.predict
+
+    @property
+    def learning_rate(self) -> float:
+        """``lr`` as filled in when the config was made: the method's default unless one was
+        given."""
+        assert self.lr is not None  # __post_init__ fills it in
+        return self.lr
 
     @property
     def method_name(self) -> str:
@@ -190,8 +216,11 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             accepted = ", ".join(sorted(known))
+            hints = "".join(
+                f" ({name}: {OTHER_NAMES[name]})" for name in unknown if name in OTHER_NAMES
+            )
             raise ValueError(
-                f"unknown training setting(s) {', '.join(unknown)}; accepted: {accepted}"
+                f"unknown training setting(s) {', '.join(unknown)}{hints}; accepted: {accepted}"
             )
         return cls(**values)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -46,6 +47,21 @@ POSTERIOR_ARGUMENTS: tuple[str, ...] = (
     "mc_samples",
     "prior_fit",
     "regulariser_grad",
+    "ess",
+    "hess_init",
+    "beta1",
+    "beta2",
+)
+# Adam's step size: every method's default lr, but where its table defaults give one of its
+# own (IVON's step is SGD-like, preconditioned by its Hessian estimate: it needs ~100× more).
+DEFAULT_LR = 1e-3
+# Names a user may bring from elsewhere for what the table names otherwise, with the pointer
+# their refusal gives.
+OTHER_NAMES: Mapping[str, str] = MappingProxyType(
+    {
+        "weight_decay": "the prior sets it: give prior_variance s² (weight decay δ = "
+        "kl_weight/(N s²) for every method; IVON's δ = 1/(ess·s²))",
+    }
 )
 # How a post-hoc Laplace chooses its prior precision after training
 # (see gradreg.posteriors.laplace).
@@ -74,6 +90,47 @@ def regulariser_grad_problem(regulariser_grad: str, fisher: str | None) -> str |
             f"regulariser_grad='finite_difference' needs fisher='sampled', not fisher={fisher!r}: "
             "its regulariser's gradient takes one Hessian-vector product per example (or "
             "class), which a single perturbed pass cannot give; use regulariser_grad='autograd'"
+        )
+    return None
+
+
+def ivon_problem(
+    *,
+    ess: float | None = None,
+    kl_weight: float = 1.0,
+    hess_init: float | None = None,
+    beta1: float | None = None,
+    beta2: float | None = None,
+) -> str | None:
+    """Why these IVON settings do not fit together, or None when they do.
+
+    IVON's effective sample size λ is ``ess``, or N/kl_weight when it is not given (the
+    training-set size at the default kl_weight = 1): both name λ, so ``ess`` with a kl_weight
+    other than 1 is refused, as is kl_weight = 0 without ``ess`` (λ infinite, σ = 0).
+    """
+    for name, value in (("ess", ess), ("hess_init", hess_init)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"{name} must be a positive number, got {value!r}"
+        if not math.isfinite(value) or value <= 0:
+            return f"{name} must be a positive finite number, got {value!r}"
+    for name, value in (("beta1", beta1), ("beta2", beta2)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"{name} must be a number in [0, 1), got {value!r}"
+        if not 0 <= value < 1:
+            return f"{name} must be in [0, 1), got {value!r}"
+    if ess is not None and kl_weight != 1:
+        return (
+            f"ess={ess!r} and kl_weight={kl_weight!r} both set IVON's effective sample size "
+            "λ (ess, or N/kl_weight when ess is not given); give one of them"
+        )
+    if ess is None and kl_weight == 0:
+        return (
+            "kl_weight=0 makes IVON's effective sample size N/kl_weight infinite (σ = 0); give "
+            "kl_weight > 0, or ess"
         )
     return None
 
@@ -123,6 +180,11 @@ class Method:
     compare_by_default: bool = True
     # Why `compile=True` does not fit the method, or "" when it does (see `compile_problem`).
     compile_obstacle: str = ""
+
+    @property
+    def default_lr(self) -> float:
+        """The lr a run of this method takes unless one is given."""
+        return float(self.defaults.get("lr", DEFAULT_LR))
 
     @property
     def predictive(self) -> str:
@@ -225,6 +287,22 @@ _MCVI = Method(
     grid=_LEARNED_GRID,
 )
 
+# IVON (Shen et al., ICML 2024): the defaults are the ivon-opt package's (lr its README's).
+# Its λ = ess (N/kl_weight by default) and δ = 1/(λ s²): prior_variance and kl_weight mean what
+# they mean for MC-VI, so its space searches them as _LEARNED_SPACE does, and its own step
+# size in variance_lr's place (an SGD-like lr: ~0.1, not Adam's 1e-3).
+_IVON = Method(
+    "ivon",
+    "IVON: variational online Newton, σ² = 1/(ess·(h + δ)) from its Hessian estimate h, "
+    "at Adam's cost",
+    trainer="ivon",
+    posterior_class="gradreg.posteriors.ivon:IVON",
+    own_settings=("ess", "hess_init", "beta1", "beta2", "mc_samples"),
+    defaults={"lr": 0.1, "hess_init": 1.0, "beta1": 0.9, "beta2": 0.99999, "mc_samples": 1},
+    space={"prior_variance": (0.01, 100.0), "kl_weight": (0.01, 1.0), "lr": (0.03, 1.0)},
+    grid={"prior_variance": (0.1, 1.0), "kl_weight": (0.1, 1.0), "lr": (0.1, 0.3)},
+)
+
 
 def _uniform(method: Method, name: str, summary: str, **changes: Any) -> Method:
     """``method`` with the uniform family: σ = noise_scale, searched like a hyperparameter."""
@@ -282,6 +360,7 @@ METHODS: Mapping[str, Method] = MappingProxyType(
                 "sampling VI with VL-uniform's posterior: σ = noise_scale for every weight",
                 compare_by_default=False,
             ),
+            _IVON,  # last: the entries before keep their compare search points (SEARCH_SEED)
         )
     }
 )
@@ -352,6 +431,7 @@ def posterior(model: Any, method: str, *, n_data: int, **settings: Any) -> Any:
     if stray:
         loop = [s for s in stray if s not in POSTERIOR_ARGUMENTS and s in HYPERPARAMETERS]
         hint = f" ({', '.join(loop)}: training-loop settings, see TrainConfig)" if loop else ""
+        hint += "".join(f" ({s}: {OTHER_NAMES[s]})" for s in stray if s in OTHER_NAMES)
         raise ValueError(
             f"method {method!r} does not take {', '.join(stray)}{hint}; it takes: "
             f"{', '.join(accepted)}"

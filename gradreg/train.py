@@ -111,7 +111,7 @@ def posterior_around(model: nn.Module, config: TrainConfig, n_train: int) -> Gau
 def make_optimiser(posterior: GaussianPosterior, config: TrainConfig) -> torch.optim.Optimizer:
     """The posterior's optimiser (`GaussianPosterior.make_optimiser`): Adam over its parameter
     groups (means at lr, variances at variance_lr), or the method's own."""
-    return posterior.make_optimiser(config.lr, config.variance_lr)
+    return posterior.make_optimiser(config.learning_rate, config.variance_lr)
 
 
 def load_config_dataset(config: TrainConfig) -> Dataset:
@@ -322,7 +322,8 @@ def _train_epoch(
             values = train_step(posterior, optimiser, x[index], y[index], config, sampling)
         except FloatingPointError as error:
             raise FloatingPointError(
-                f"training diverged in epoch {epoch}, step {step}: {error} (lr={config.lr}, "
+                f"training diverged in epoch {epoch}, step {step}: {error} "
+                f"(lr={config.learning_rate}, "
                 f"noise_scale={config.noise_scale}, init_variance={config.init_variance}); "
                 "lower the learning rate or the variances"
             ) from error

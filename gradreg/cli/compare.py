@@ -17,7 +17,7 @@ from gradreg.cli.options import (
 )
 from gradreg.curvature.fisher import ESTIMATORS
 from gradreg.data.splits import DEFAULT_VAL_FRACTION
-from gradreg.methods import METHODS, REGULARISER_GRADS
+from gradreg.methods import DEFAULT_LR, METHODS, REGULARISER_GRADS
 
 
 def _method_settings(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -51,7 +51,13 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--epochs", type=int, default=defaults.epochs)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--lr", type=float, default=defaults.lr)
+    own_lr = ", ".join(f"{m.name} {m.default_lr:g}" for m in METHODS.values() if "lr" in m.defaults)
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=defaults.lr,
+        help=f"every method's step size (default: each method's own, {DEFAULT_LR:g}; {own_lr})",
+    )
     p.add_argument(
         "--n-samples",
         type=int,

@@ -25,6 +25,8 @@ from gradreg.data import available_datasets, load_dataset
 from gradreg.data.splits import DEFAULT_TEST_FRACTION
 from gradreg.families import VARIANCE_FAMILIES
 from gradreg.methods import (
+    DEFAULT_LR,
+    METHODS,
     PREDICT_MODES,
     PRIOR_FITS,
     REGULARISER_GRADS,
@@ -53,7 +55,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--method",
         default=defaults.method,
         choices=TRAINERS,
-        help="vl (Variational Laplace), map, mcvi (sampling VI) or laplace (post hoc)",
+        help="vl (Variational Laplace), map, mcvi (sampling VI), laplace (post hoc) or ivon "
+        "(IVON, variational online Newton)",
     )
     vl.add_argument(
         "--variance",
@@ -76,7 +79,29 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="vl: the regulariser's μ-gradient by autograd (a double backward) or a finite "
         "difference (fisher sampled only); default auto: finite difference on CUDA in fp32",
     )
-    vl.add_argument("--mc-samples", type=int, help="mcvi: weight samples per step (default 1)")
+    vl.add_argument(
+        "--mc-samples", type=int, help="mcvi and ivon: weight samples per step (default 1)"
+    )
+    ivon = METHODS["ivon"].defaults
+    vl.add_argument(
+        "--ess",
+        type=float,
+        help="ivon: effective sample size λ, σ² = 1/(λ(h + δ)) (default: training-set size / "
+        "kl-weight); its weight decay is δ = 1/(λ · prior-variance)",
+    )
+    vl.add_argument(
+        "--hess-init",
+        type=float,
+        help=f"ivon: initial Hessian estimate (default {ivon['hess_init']})",
+    )
+    vl.add_argument(
+        "--beta1", type=float, help=f"ivon: momentum of the gradient (default {ivon['beta1']})"
+    )
+    vl.add_argument(
+        "--beta2",
+        type=float,
+        help=f"ivon: momentum of the Hessian estimate (default {ivon['beta2']})",
+    )
     vl.add_argument(
         "--prior-fit",
         choices=PRIOR_FITS,
@@ -88,7 +113,10 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="use the true labels in the Fisher instead of model samples",
     )
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--lr", type=float, default=defaults.lr)
+    own_lr = ", ".join(f"{m.name} {m.default_lr:g}" for m in METHODS.values() if "lr" in m.defaults)
+    opt.add_argument(
+        "--lr", type=float, help=f"step size (default: the method's, {DEFAULT_LR:g}; {own_lr})"
+    )
     opt.add_argument("--variance-lr", type=float, help="default: 10 × lr")
     opt.add_argument("--epochs", type=int, default=defaults.epochs)
     opt.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -98,7 +126,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     opt.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the model (map and mcvi; vl and laplace refuse it)",
+        help="torch.compile the model (map, mcvi and ivon; vl and laplace refuse it)",
     )
     ev = p.add_argument_group("evaluation and output")
     ev.add_argument(
@@ -139,6 +167,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         mc_samples=args.mc_samples,
         prior_fit=args.prior_fit,
         regulariser_grad=args.regulariser_grad,
+        ess=args.ess,
+        hess_init=args.hess_init,
+        beta1=args.beta1,
+        beta2=args.beta2,
         lr=args.lr,
         variance_lr=args.variance_lr,
         epochs=args.epochs,

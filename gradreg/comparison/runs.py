@@ -59,7 +59,7 @@ class CompareSpec:
     seeds: int = 5
     epochs: int = 30
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float | None = None  # every method's; None: each method's own (`Method.default_lr`)
     n_samples: int = 32
     fisher: str | None = None
     regulariser_grad: str | None = None  # for the methods that read it (vl-*)
@@ -110,6 +110,10 @@ class CompareSpec:
     def searching(self) -> bool:
         return self.search or self.search_budget > 0
 
+    def lr_of(self, method: str) -> float:
+        """The lr ``method`` starts from: the comparison's, or the method's own default."""
+        return self.lr if self.lr is not None else get_method(method).default_lr
+
     def config(self, method: str, seed: int, **extra: Any) -> TrainConfig:
         values = {
             "dataset": self.dataset,
@@ -118,7 +122,7 @@ class CompareSpec:
             "model_options": dict(self.model_options),
             "epochs": self.epochs,
             "batch_size": self.batch_size,
-            "lr": self.lr,
+            "lr": self.lr_of(method),
             "n_samples": self.n_samples,
             "device": self.device,
             "seed": seed,
@@ -183,8 +187,8 @@ def _random_points(method: str, lr: float, budget: int) -> list[dict[str, float]
 
 def search_points(spec: CompareSpec, method: str) -> list[dict[str, float]]:
     if spec.search:
-        return _grid(method, spec.lr)
-    return _random_points(method, spec.lr, spec.search_budget)
+        return _grid(method, spec.lr_of(method))
+    return _random_points(method, spec.lr_of(method), spec.search_budget)
 
 
 def plan_size(spec: CompareSpec) -> int:

@@ -177,7 +177,49 @@ class PointMass(nn.Module):
         return list(self._zeros)
 
 
-VarianceFamily = DiagonalVariance | UniformVariance | PointMass
+class HessianVariance(nn.Module):
+    """σ² = 1/(λ(h + δ)) per weight from a Hessian estimate h, held as one flat buffer: IVON's
+    posterior (`gradreg.posteriors.ivon`), whose own update moves h (no gradient does).
+
+    λ (``ess``) and δ (``weight_decay``) are numbers fixed when it is made; h starts at
+    ``hess_init``. λ(h + δ) stays positive under IVON's update (see there).
+    """
+
+    learnable = False
+    hess: Tensor
+
+    def __init__(
+        self, params: Sequence[Tensor], *, hess_init: float, ess: float, weight_decay: float
+    ) -> None:
+        super().__init__()
+        self.ess = check_positive("ess", ess)
+        self.weight_decay = check_positive("weight_decay", weight_decay)
+        hess_init = check_positive("hess_init", hess_init)
+        self._sizes = [p.numel() for p in params]
+        self._shapes = [p.shape for p in params]
+        hess = torch.full(
+            (sum(self._sizes),), hess_init, dtype=params[0].dtype, device=params[0].device
+        )
+        self.register_buffer("hess", hess)
+
+    def precision(self) -> Tensor:
+        """λ(h + δ), flat: the posterior's precision per weight."""
+        return self.ess * (self.hess + self.weight_decay)
+
+    def stds(self) -> Tensor:
+        """σ = 1/sqrt(λ(h + δ)), flat."""
+        return self.precision().rsqrt()
+
+    def split(self, flat: Tensor) -> list[Tensor]:
+        """A flat vector over all weights as views shaped like each parameter."""
+        pieces = flat.split(self._sizes)
+        return [piece.view(shape) for piece, shape in zip(pieces, self._shapes, strict=True)]
+
+    def variances(self) -> list[Tensor]:
+        return self.split(self.precision().reciprocal())
+
+
+VarianceFamily = DiagonalVariance | UniformVariance | PointMass | HessianVariance
 
 
 def make_variance_family(

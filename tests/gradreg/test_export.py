@@ -18,6 +18,7 @@ METHODS = {
     "vl-diagonal": {"method": "vl", "variance": "diagonal"},
     "map": {"method": "map"},
     "laplace": {"method": "laplace"},
+    "ivon": {"method": "ivon", "lr": 0.1},
 }
 
 
