@@ -1,9 +1,11 @@
-"""gradreg's Fisher estimators and diagonal Laplace against external libraries.
+"""gradreg's Fisher estimators, diagonal Laplace and IVON against external libraries.
 
-BackPACK (Dangel et al. 2020) and laplace-torch (Daxberger et al. 2021) are independent
-implementations; they are test-only dependencies, installed with ``--no-deps`` from
-requirements-oracles.txt (they declare torchvision, which cannot be imported beside the pinned
-torch). A missing oracle fails these tests: it never skips them.
+BackPACK (Dangel et al. 2020), laplace-torch (Daxberger et al. 2021) and ivon-opt (Shen et al.
+2024) are independent implementations; they are test-only dependencies, installed with
+``--no-deps`` from requirements-oracles.txt (the first two declare torchvision, which cannot be
+imported beside the pinned torch). gradreg never imports them: ivon-opt is GPLv3+, and
+gradreg's IVON is written from the paper (tests/test_architecture.py forbids the import). A
+missing oracle fails these tests: it never skips them.
 
 BackPACK's extensions use full backward hooks, which reject in-place ops on a hooked module's
 output, so each oracle runs on a deep copy of the model with ``ReLU(inplace=False)`` (the same
@@ -19,6 +21,7 @@ import re
 import subprocess
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from gradreg import IVON as GradregIVON
 from gradreg import Laplace as GradregLaplace
 from gradreg import fisher_diagonal
 from tests.helpers.oracles import inputs_for, tiny_cnn2d, tiny_mlp
@@ -38,6 +42,7 @@ try:
         from backpack.extensions import BatchGrad, DiagGGNExact, DiagGGNMC
         from laplace import Laplace as LaplaceTorch
         from laplace.curvature import BackPackGGN, CurvlinopsGGN
+    import ivon
 except ImportError as exc:  # fail loudly in every test below, never skip
     MISSING_ORACLE: ImportError | None = exc
 else:
@@ -415,13 +420,100 @@ def test_glm_mc_matches_laplace_torch(kind):
         assert resolved > 8, f"{kind}: the {name} predictive is only {resolved:.3g} SE away"
 
 
+# ------------------------------------------------------------------ ivon-opt
+
+
+@pytest.fixture
+def _float64_default() -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _ivon_pair(kind: str, samples: int, clip: float) -> tuple[nn.Module, GradregIVON, object]:
+    """gradreg's IVON and ivon-opt's on two copies of one float64 network, with the same
+    settings: λ = 30, prior variance 2 (δ = 1/(λ s²)), h₀ = 0.3, β = (0.8, 0.9) so that h
+    moves within a few steps (the default β2 = 0.99999 barely does). ivon-opt makes its state
+    and noise in torch's default dtype: run it under float64 (`_float64_default`)."""
+    model = MODELS[kind]()
+    ours = GradregIVON(
+        copy.deepcopy(model),
+        n_data=60,
+        prior_variance=2.0,
+        ess=30.0,
+        hess_init=0.3,
+        beta1=0.8,
+        beta2=0.9,
+        mc_samples=samples,
+        clip_radius=clip,
+    )
+    theirs = ivon.IVON(
+        model.parameters(),
+        lr=0.2,
+        ess=30.0,
+        hess_init=0.3,
+        beta1=0.8,
+        beta2=0.9,
+        weight_decay=1 / (30.0 * 2.0),
+        mc_samples=samples,
+        clip_radius=clip,
+    )
+    return model, ours, theirs
+
+
+@pytest.mark.parametrize(
+    ("kind", "samples", "clip"),
+    [("mlp", 1, math.inf), ("mlp", 3, math.inf), ("cnn2d", 2, math.inf), ("mlp", 2, 0.02)],
+    ids=["mlp-1", "mlp-3", "cnn2d-2", "mlp-2-clipped"],
+)
+@pytest.mark.usefixtures("_float64_default")
+def test_ivon_steps_and_samples_match_ivon_opt(kind, samples, clip):
+    """The same seed and batches give the same weights, Hessian estimate, momentum and
+    posterior samples after k steps. ivon-opt draws each sample's noise as one flat
+    torch.randn over all weights in parameter order from the global generator (found by
+    comparing its sampled weights with such draws); gradreg draws the same from its own
+    generator with the same seed."""
+    model, ours, theirs = _ivon_pair(kind, samples, clip)
+    batches = [(inputs_for(model, 8, seed=20 + k), _labels(8, seed=40 + k)) for k in range(5)]
+    optimiser = ours.make_optimiser(0.2)
+    generator = torch.Generator().manual_seed(17)
+    with torch.random.fork_rng():
+        torch.manual_seed(17)
+        for x, y in batches:
+            ours.train_step(x, y, optimiser, generator=generator)
+            for _ in range(samples):
+                with theirs.sampled_params(train=True):
+                    theirs.zero_grad()
+                    nn.functional.cross_entropy(model(x), y).backward()
+            theirs.step()
+
+    group = theirs.param_groups[0]
+    mine = [p.detach() for p in ours.model.parameters()]
+    assert _max_relative(mine, [p.detach() for p in model.parameters()]) < 1e-12
+    assert float((ours.family.hess - group["hess"]).abs().max()) < 1e-12
+    assert not torch.allclose(group["hess"], torch.full_like(group["hess"], 0.3))  # h moved
+    momentum = _flat([optimiser.state[p]["momentum"] for p in ours.model.parameters()])
+    assert float((momentum - group["momentum"]).abs().max()) < 1e-13
+
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        with theirs.sampled_params():
+            their_sample = [p.detach().clone() for p in model.parameters()]
+    our_sample = list(ours.sample_weights(torch.Generator().manual_seed(5)).values())
+    assert _max_relative([s.detach() for s in our_sample], their_sample) < 1e-12
+    assert _max_relative(our_sample, mine) > 1e-3  # a sample, not the mean
+
+
 # ------------------------------------------------------------------ the installation
 
 
 def test_oracles_do_not_import_torchvision():
     """torchvision cannot be imported beside the pinned torch; the oracles must not need it."""
     code = (
-        "import sys, backpack, laplace\n"
+        "import sys, backpack, laplace, ivon\n"
         "from backpack.extensions import BatchGrad, DiagGGNExact, DiagGGNMC\n"
         "from laplace import Laplace\n"
         "from laplace.curvature import BackPackGGN, CurvlinopsGGN\n"
@@ -443,7 +535,7 @@ def test_installed_oracles_match_their_pins():
             pinned = re.fullmatch(r"([A-Za-z0-9_.-]+)==(\S+)", spec)
             assert pinned, f"requirements-oracles.txt: {spec!r} is not pinned with =="
             pins[pinned[1]] = pinned[2]
-    assert "laplace-torch" in pins and "backpack-for-pytorch" in pins
+    assert {"laplace-torch", "backpack-for-pytorch", "ivon-opt"} <= set(pins)
     installed = {}
     for name in pins:
         try:
