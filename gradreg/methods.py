@@ -70,8 +70,10 @@ LAPLACE_PREDICTIVES: tuple[str, ...] = ("glm_probit", "glm_mc", "sample", "mean"
 # How VL computes its regulariser's μ-gradient (see gradreg.curvature.finite_difference).
 REGULARISER_GRADS: tuple[str, ...] = ("auto", "autograd", "finite_difference")
 # Where `auto` takes finite differences: on CUDA they are faster and leaner than the double
-# backward (BENCHMARKS.md, "GPU step cost"); on the CPU autograd is as fast or faster. In
-# reduced precision (bf16 autocast, TF32 convolutions) `auto` keeps autograd: a forward
+# backward (BENCHMARKS.md, "GPU step cost"); on the CPU autograd is as fast or faster. Their
+# passes run in true float32 even where torch allows TF32 (its default on NVIDIA): TF32's
+# rounding drowns the difference, and puts autograd's gradient 2-9% off (BENCHMARKS.md, "VL's
+# regulariser gradient under TF32"). Under bf16 autocast `auto` keeps autograd: a forward
 # difference there is much noisier (BENCHMARKS.md, "Finite-difference accuracy").
 FINITE_DIFFERENCE_DEVICES: tuple[str, ...] = ("cuda",)
 
@@ -146,7 +148,8 @@ def resolve_regulariser_grad(
     regulariser_grad: str, fisher: str, device_type: str, low_precision: bool = False
 ) -> str:
     """``autograd`` or ``finite_difference``: the path ``regulariser_grad`` takes on
-    ``device_type``; ``low_precision``: the forward runs below float32 (autocast, TF32)."""
+    ``device_type``; ``low_precision``: the finite difference's passes would run below
+    float32 (under autocast; they turn TF32 off, see gradreg.curvature.finite_difference)."""
     if regulariser_grad != "auto":
         return regulariser_grad
     if fisher == "sampled" and device_type in FINITE_DIFFERENCE_DEVICES and not low_precision:

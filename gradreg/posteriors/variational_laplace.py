@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from gradreg.curvature.finite_difference import (
     KinkPattern,
     RngReplay,
+    Variant,
     forward_epsilon,
     nll_and_score,
     objective_gradient,
@@ -54,12 +55,14 @@ class VariationalLaplace(GaussianPosterior):
     ``empirical_fisher=True`` it uses the true labels instead of labels sampled from the model.
     ``regulariser_grad`` picks how the regulariser's μ-gradient is computed: ``autograd``
     (a double backward), ``finite_difference`` (`gradreg.curvature.finite_difference`, ``sampled``
-    only), or ``auto``: finite differences on CUDA for ``sampled`` when the forward runs in
-    float32 or better (no autocast, no TF32), autograd elsewhere. The loss and its parts are
-    the same numbers either way.
+    only; its passes run in true float32, TF32 off), or ``auto``: finite differences on CUDA
+    for ``sampled`` outside autocast, autograd elsewhere. The loss and its parts are the same
+    numbers either way.
     """
 
     family: DiagonalVariance | UniformVariance
+    # How the finite-difference path takes its product; benchmarks set another on an instance.
+    finite_difference: Variant = Variant()
 
     def __init__(
         self,
@@ -93,11 +96,12 @@ class VariationalLaplace(GaussianPosterior):
 
     def gradient_path(self, device: torch.device) -> str:
         """``autograd`` or ``finite_difference``: what ``auto`` means on ``device`` now
-        (in or out of autocast, with or without TF32)."""
+        (in or out of autocast; with TF32 only where its variant runs in torch's flags)."""
         if self.regulariser_grad != "auto":
             return self.regulariser_grad
         params = trainable_parameters(self.model)
-        low_precision = forward_epsilon(self.model, params) > torch.finfo(torch.float32).eps
+        with self.finite_difference.passes():
+            low_precision = forward_epsilon(self.model, params) > torch.finfo(torch.float32).eps
         return resolve_regulariser_grad("auto", self.fisher, device.type, low_precision)
 
     def loss(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> LossTerms:
@@ -139,8 +143,8 @@ class VariationalLaplace(GaussianPosterior):
         params = trainable_parameters(self.model)
         if self._kinks is None:  # the layers are found once, not every step
             self._kinks = KinkPattern(self.model)
-        rng, kinks = RngReplay(x.device), self._kinks
-        with torch.enable_grad():
+        rng, kinks, variant = RngReplay(x.device), self._kinks, self.finite_difference
+        with variant.passes(), torch.enable_grad():
             with kinks.recording():
                 logits = check_logits(self.model(x))
             check_labels(y, logits, "y")
@@ -156,7 +160,7 @@ class VariationalLaplace(GaussianPosterior):
             kl = (self.kl_weight / self.n_data) * (kl_variance + kl_mean)
             variance = self.family.log_variance.detach().exp()
             gradient = objective_gradient(
-                self.model, self._names, params, g, variance, x, y, labels, rng, kinks
+                self.model, self._names, params, g, variance, x, y, labels, rng, kinks, variant
             )
             pieces = unflatten(gradient, params)
             # the μ-gradient, carried by a term whose value is exactly zero
