@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gradreg.curvature.fisher import ESTIMATORS
+from gradreg.curvature.precision import TF32_SETTINGS
 from gradreg.data import DEFAULT_VAL_FRACTION, available_datasets
 from gradreg.families import family_problem
 from gradreg.methods import (
@@ -77,6 +78,9 @@ class TrainConfig:
     device: str = "auto"
     bf16: bool = False
     compile: bool = False  # torch.compile the model (see gradreg.methods.compile_problem)
+    # float32 convolutions and matrix products in TF32 on NVIDIA GPUs: as torch's flags are
+    # ("default": convolutions only), "on" or "off", for the run only (gradreg.curvature.precision)
+    tf32: str = "default"
 
     def __post_init__(self) -> None:
         _named_or_entry_point("dataset", self.dataset, tuple(available_datasets()))
@@ -96,6 +100,7 @@ class TrainConfig:
             )
         if self.prior_fit is not None:
             _choice("prior_fit", self.prior_fit, PRIOR_FITS)
+        _choice("tf32", self.tf32, TF32_SETTINGS)
         if self.regulariser_grad is not None:
             problem = regulariser_grad_problem(self.regulariser_grad, self.fisher)
             if problem:

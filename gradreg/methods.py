@@ -34,6 +34,7 @@ COMMON_SETTINGS: tuple[str, ...] = (
     "device",
     "bf16",
     "compile",
+    "tf32",
 )
 # The settings a posterior class takes as keyword arguments (the rest drive the training loop).
 POSTERIOR_ARGUMENTS: tuple[str, ...] = (

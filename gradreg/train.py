@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from gradreg.config import TrainConfig
+from gradreg.curvature.precision import tf32_setting
 from gradreg.data import Dataset, load_dataset
 from gradreg.device import resolve_device
 from gradreg.evaluation.calibration import (
@@ -31,9 +32,11 @@ STATE_VERSION = 1
 # What a resumed run may change: how long it trains, how it is evaluated (a sweep saved
 # before the predictive defaulted to each method's own resumes with the new default; only
 # the metrics from then on differ, not the trained weights so far), and how the gradient of
-# the same objective is computed (regulariser_grad, compile: a checkpoint written before
-# they existed resumes with their defaults).
-RESUMABLE_CHANGES = frozenset({"epochs", "predict", "n_samples", "regulariser_grad", "compile"})
+# the same objective is computed (regulariser_grad, compile, tf32: a checkpoint written
+# before they existed resumes with their defaults).
+RESUMABLE_CHANGES = frozenset(
+    {"epochs", "predict", "n_samples", "regulariser_grad", "compile", "tf32"}
+)
 
 
 @dataclass
@@ -224,10 +227,21 @@ def fit(
     ``resume`` is a ``report.state_dict()`` from an earlier run of the same config; training
     continues after its epoch with the same random streams, so results match an
     uninterrupted run. ``on_data(summary)`` gets the loaded dataset's `Dataset.summary()`
-    (sizes, classes, provenance) before training starts.
+    (sizes, classes, provenance) before training starts. Torch's TF32 flags are as
+    ``config.tf32`` asks while it trains, and as they were once it returns.
     """
     if not isinstance(config, TrainConfig):
         config = TrainConfig.from_dict(dict(config))
+    with tf32_setting(config.tf32):
+        return _fit(config, on_epoch, resume, on_data)
+
+
+def _fit(
+    config: TrainConfig,
+    on_epoch: EpochCallback | None,
+    resume: Mapping[str, Any] | None,
+    on_data: Callable[[dict[str, Any]], None] | None,
+) -> FitResult:
     device = resolve_device(config.device)
     data = load_config_dataset(config)
     if on_data is not None:
