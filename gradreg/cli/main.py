@@ -21,6 +21,7 @@ from gradreg.cli.options import (
 from gradreg.cli.predict import add_predict_arguments, run_predict
 from gradreg.config import TrainConfig
 from gradreg.curvature.fisher import ESTIMATORS
+from gradreg.curvature.precision import TF32_SETTINGS
 from gradreg.data import available_datasets, load_dataset
 from gradreg.data.splits import DEFAULT_TEST_FRACTION
 from gradreg.families import VARIANCE_FAMILIES
@@ -128,6 +129,13 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="torch.compile the model (map, mcvi and ivon; vl and laplace refuse it)",
     )
+    opt.add_argument(
+        "--tf32",
+        choices=TF32_SETTINGS,
+        default=defaults.tf32,
+        help="TF32 for float32 convolutions and matrix products on NVIDIA GPUs, for this run "
+        "(default: as torch's flags are, convolutions only)",
+    )
     ev = p.add_argument_group("evaluation and output")
     ev.add_argument(
         "--predict",
@@ -181,6 +189,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         device=args.device,
         bf16=args.bf16,
         compile=args.compile,
+        tf32=args.tf32,
     )
 
 

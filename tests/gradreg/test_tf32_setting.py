@@ -46,3 +46,15 @@ def test_tf32_is_checked_and_a_checkpoint_from_before_it_resumes():
     del older["config"]["tf32"]  # written before the setting existed
     resumed = fit(SMALL, resume=older)
     assert resumed.history[-1]["train_loss"] == whole.history[-1]["train_loss"]
+
+
+def test_the_train_command_takes_tf32(capsys):
+    from gradreg.cli.main import build_parser, config_from_args
+
+    parser = build_parser()
+    base = ["train", "--dataset", "iris", "--device", "cpu"]
+    assert config_from_args(parser.parse_args(base)).tf32 == "default"
+    assert config_from_args(parser.parse_args([*base, "--tf32", "off"])).tf32 == "off"
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--tf32", "maybe"])
+    assert "argument --tf32: invalid choice: 'maybe'" in capsys.readouterr().err
