@@ -6,7 +6,8 @@
 
 Synthetic tensors (no download). Prints ms/step, peak GPU memory and the ratio to (eager) MAP
 with the same precision and batch, all measured in one run. VL's sampled rows come with each
-way of computing the regulariser's μ-gradient (`autograd`, `finite_difference`); with
+way of computing the regulariser's μ-gradient (`autograd`, `finite_difference`, whose passes
+run in true float32; benchmarks/regulariser_grad_variants.py measures the other ways); with
 `--compile`, MAP and MC-VI also run with the model under torch.compile, the methods whose
 `compile=true` gradreg accepts (at the first batch size: each compiled row pays its
 compilation once, in its warm-up).
@@ -25,6 +26,7 @@ from contextlib import nullcontext
 
 import torch
 
+from gradreg.curvature.precision import tf32_convolutions
 from gradreg.device import resolve_device
 from gradreg.models import build_model
 from gradreg.posteriors.baselines import MAP, SamplingVI
@@ -135,7 +137,7 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         print(f"# {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
-    tf32 = torch.backends.cudnn.allow_tf32
+    tf32 = tf32_convolutions()
     print(f"# {args.model} (width {args.width}), {device}, TF32 convolutions {tf32}")
     header = f"{'batch':>5} {'method':<12} {'fisher':<12} {'grad':<18} {'compile':<7} {'bf16':<5}"
     print(f"{header} {'ms/step':>9} {'× MAP':>7} {'peak MiB':>9}")

@@ -75,7 +75,8 @@ def build(args, name: str, label: str | None, device, dtype=torch.float32):
     """The posterior of a row (MAP where ``label`` is None), on the same initial weights."""
     torch.manual_seed(0)
     shape = (3, args.image_size, args.image_size)
-    model = build_model(name, shape, 10, **MODELS[name]).to(device=device, dtype=dtype)
+    options = MODELS[name] if args.width is None else {**MODELS[name], "width": args.width}
+    model = build_model(name, shape, 10, **options).to(device=device, dtype=dtype)
     if label is None:
         return MAP(model, n_data=N_DATA)
     path, variant, _ = VARIANTS[label]
@@ -173,6 +174,7 @@ def main() -> None:
     )
     parser.add_argument("--batch-sizes", default="128", help="comma-separated, e.g. 128,512")
     parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--width", type=int, help="the ResNets' width (default 16 and 64)")
     parser.add_argument("--noise-scale", type=float, default=0.05)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated labels")
     parser.add_argument("--steps", type=int, default=5)

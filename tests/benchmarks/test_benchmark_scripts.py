@@ -324,7 +324,78 @@ def test_finite_difference_accuracy_smoke_run(monkeypatch, capsys):
     rows = [line.split() for line in printed.splitlines() if line.startswith("mlp")]
     float64 = next(row for row in rows if row[1] == "float64")
     assert float(float64[-1]) < 1e-6  # the float64 finite difference matches autograd
-    assert len(rows) == 5 + 8
+    assert len(rows) == 7 + 8
+
+
+def test_finite_difference_accuracy_under_emulated_tf32_smoke_run(monkeypatch, capsys):
+    _run("finite_difference_accuracy.py", ["--networks", "cnn", "--emulate-tf32"], monkeypatch)
+    printed = capsys.readouterr().out
+    assert "TF32 convolutions True, TF32 emulated True" in printed
+    paths_table = printed.split("\n\n")[0]  # before the step lengths' table
+    errors = {
+        " ".join(line.split()[2:-2]): float(line.split()[-1])
+        for line in paths_table.splitlines()
+        if line.startswith("cnn       float32    ")
+    }
+    assert set(errors) == {"autograd", "finite_difference", "fd, flags"}
+    # the passes in float32 stay accurate; in TF32 (what the path did before) they do not
+    assert errors["finite_difference"] < 5e-3 < 2e-2 < errors["fd, flags"], errors
+
+
+def test_regulariser_grad_variants_smoke_run(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "rows.json"
+    arguments = ["--models", "cnn,resnet20", "--image-size", "8", "--batch-sizes", "8"]
+    arguments += ["--steps", "1", "--warmup", "0", "--emulate-tf32", "--json", str(out)]
+    _run("regulariser_grad_variants.py", arguments, monkeypatch)
+    rows = json.loads(out.read_text())
+    variants = runpy.run_path(str(BENCHMARKS / "regulariser_grad_variants.py"))["VARIANTS"]
+    assert [r["variant"] for r in rows] == 2 * ["map", *variants]
+    by = {(r["model"], r["variant"]): r for r in rows}
+    for model in ("cnn", "resnet20"):
+        assert by[model, "map"]["gflops_ratio"] == 1.0 and "total_error" not in by[model, "map"]
+        for label in variants:
+            row = by[model, label]
+            assert row["ms_per_step"] > 0 and row["peak_mib"] is None  # no GPU memory on a CPU
+            assert math.isfinite(row["total_error"]) and math.isfinite(row["regulariser_error"])
+        # what each way costs in convolutions: two passes, three, autograd's double backward
+        assert by[model, "forward fp32"]["gflops_ratio"] == pytest.approx(2.0, abs=0.05)
+        assert by[model, "central fp32"]["gflops_ratio"] == pytest.approx(3.0, abs=0.05)
+        assert by[model, "fwd-over-rev flags"]["gflops_ratio"] > 4.5
+        # in float32 proper autograd matches float64; in TF32 the forward difference does not
+        assert by[model, "autograd fp32"]["regulariser_error"] < 1e-4
+        assert by[model, "forward flags"]["regulariser_error"] > 0.2
+    assert "resnet20      8 fwd-over-rev flags" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_gpu_session_runs_every_part_at_tiny_sizes(tmp_path):
+    """SMOKE=1: every command the GPU session runs, on the CPU, through the script itself."""
+    out = tmp_path / "out"
+    done = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_session.sh")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=BENCHMARKS.parent,
+        env={**os.environ, "SMOKE": "1", "PARTS": "all", "OUT": str(out), "PYTHON": sys.executable},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    parts = [
+        "variants_resnet20",
+        "variants_resnet18",
+        "accuracy",
+        "train_e2e",
+        "step_cost",
+        "packing_resnet20",
+        "packing_resnet18",
+    ]
+    exits = re.findall(r"^== (\w+): exit (\d+) after", done.stdout, flags=re.MULTILINE)
+    assert exits == [(name, "0") for name in parts], done.stdout[-3000:]
+    assert {path.name for path in out.iterdir()} >= {f"{name}.txt" for name in parts}
+    for model in ("resnet20", "resnet18"):
+        rows = json.loads((out / f"variants_{model}.json").read_text())
+        assert {r["model"] for r in rows} == {model} and {r["batch_size"] for r in rows} == {4}
+        assert "forward fp32" in {r["variant"] for r in rows}
 
 
 def test_gpu_packing_smoke_run(tmp_path, monkeypatch, capsys):
