@@ -64,6 +64,11 @@ class ServiceSettings(SweepSettings):
         description="where code bundles are kept: a directory, or a bucket URI such as "
         "s3://gradreg/code (pyarrow.fs, AWS_* from the environment); default: var_dir/code",
     )
+    entry_point_packages: str = Field(
+        "",
+        description="comma-separated top-level packages installed in the worker image whose "
+        "entry points a spec may name while code is off (GRADREG_ALLOW_USER_CODE)",
+    )
     allow_code_requirements: bool = Field(
         True, description="whether a spec's code.requirements (pip, on every node) is accepted"
     )
@@ -84,6 +89,12 @@ class ServiceSettings(SweepSettings):
         if self.allow_user_code is not None:
             return self.allow_user_code
         return self.ray_jobs_url is None
+
+    @property
+    def installed_code(self) -> frozenset[str]:
+        """GRADREG_ENTRY_POINT_PACKAGES: the packages an entry point may name while code is
+        off."""
+        return frozenset(p.strip() for p in self.entry_point_packages.split(",") if p.strip())
 
     def resolved_code_store(self) -> str:
         """The code store's absolute directory, or its bucket URI as given."""

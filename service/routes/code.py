@@ -41,16 +41,29 @@ def not_allowed(settings: ServiceSettings) -> str | None:
 def spec_code_issues(
     spec: SweepSpec, settings: ServiceSettings, store: CodeStore
 ) -> list[SpecIssue]:
-    """What is wrong with a submitted spec's code section here: code this service does not
-    take, requirements it does not install, a bundle it does not have. Only the store is read
-    (a bucket, maybe): nothing of the code is imported or unpacked. A spec whose code section
-    is empty (entry points into code installed in the worker image, or none) has none."""
+    """What is wrong with a submitted spec's code here: code this service does not take (a
+    bundle or requirements; an entry point outside GRADREG_ENTRY_POINT_PACKAGES while code is
+    off), requirements it does not install, a bundle it does not have. Only the store is read
+    (a bucket, maybe): nothing of the code is imported or unpacked."""
     code = spec.code
-    if code.digest is None and not code.requirements:
-        return []
     refusal = not_allowed(settings)
     if refusal is not None:
-        return [SpecIssue(("code",), refusal)]
+        # An entry point calls any function the nodes can import (subprocess:run with its
+        # options as keywords is a shell): while code is off, only the operator's packages.
+        issues = [
+            SpecIssue((section, "entry_point"), outside)
+            for section, entry_point in (
+                ("model", spec.model.entry_point),
+                ("dataset", spec.dataset.entry_point),
+            )
+            if entry_point is not None
+            and (outside := _not_installed_code(entry_point, settings)) is not None
+        ]
+        if code.digest is not None or code.requirements:
+            issues.append(SpecIssue(("code",), refusal))
+        return issues
+    if code.digest is None and not code.requirements:
+        return []
     issues = []
     if code.requirements and not settings.allow_code_requirements:
         issues.append(
@@ -74,6 +87,20 @@ def spec_code_issues(
     elif not store.exists(code.digest):
         issues.append(SpecIssue(("code", "digest"), str(CodeBundleMissing(code.digest))))
     return issues
+
+
+def _not_installed_code(entry_point: str, settings: ServiceSettings) -> str | None:
+    """Why ``entry_point`` may not run while code is off, or None when its top-level package
+    is one the operator installed for it (GRADREG_ENTRY_POINT_PACKAGES)."""
+    package = entry_point.partition(":")[0].split(".")[0]
+    if package in settings.installed_code:
+        return None
+    listed = ", ".join(sorted(settings.installed_code)) or "none"
+    return (
+        f"this service runs no code of yours (GRADREG_ALLOW_USER_CODE is off), and {package!r} "
+        "is not among the packages its operator installed for entry points "
+        f"(GRADREG_ENTRY_POINT_PACKAGES: {listed})"
+    )
 
 
 @router.post(

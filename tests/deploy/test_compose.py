@@ -176,6 +176,7 @@ def test_the_api_takes_code_bundles_only_when_the_operator_says_so(
     environment = services["api"]["environment"]
     assert environment["GRADREG_ALLOW_USER_CODE"] == "false"
     assert environment["GRADREG_ALLOW_CODE_REQUIREMENTS"] == "true"
+    assert environment["GRADREG_ENTRY_POINT_PACKAGES"] == ""  # no entry point runs
     # Kept in the bucket, which the API reaches with the nodes' key and endpoint.
     assert environment["GRADREG_CODE_STORE"] == "s3://gradreg/code"
     node = services["ray-worker"]["environment"]

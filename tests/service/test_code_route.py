@@ -241,19 +241,40 @@ def test_requirements_come_with_a_bundle(client):
     assert error["message"].startswith("requirements come with a code bundle here")
 
 
-def test_entry_points_into_installed_code_need_no_bundle_nor_permission(tmp_path):
-    """A service that takes no code still runs entry points into code installed in the worker
-    image; it checks their syntax and never imports them (this process cannot)."""
-    with serve_in_process(tmp_path) as live:
+def test_a_service_that_takes_no_code_runs_entry_points_only_into_packages_it_lists(tmp_path):
+    """Code off: an entry point names a function the nodes call with the spec's options as
+    keywords (subprocess:run is a shell), so only the packages the operator installed for it
+    (GRADREG_ENTRY_POINT_PACKAGES) are taken; their entry points need no bundle. Neither is
+    imported here (this process cannot)."""
+    with serve_in_process(tmp_path, entry_point_packages="mynets, mydata") as live:
         headers = {"Authorization": f"Bearer {live.token}"}
         accepted = httpx.post(live.url + "/v1/sweeps", json=own_spec("installed"), headers=headers)
         assert accepted.status_code == 202, accepted.text
+        shell = own_spec("shell")
+        shell["dataset"] = {"entry_point": "subprocess:run", "options": {"args": "id"}}
+        refused = httpx.post(live.url + "/v1/sweeps", json=shell, headers=headers)
         bundled = own_spec("bundled", digest="sha256:" + "0" * 64)
-        refused = httpx.post(live.url + "/v1/sweeps", json=bundled, headers=headers)
+        refused_bundle = httpx.post(live.url + "/v1/sweeps", json=bundled, headers=headers)
     (error,) = is_problem(refused, 422)["errors"]
+    assert error["path"] == "dataset.entry_point"
+    assert error["message"] == (
+        "this service runs no code of yours (GRADREG_ALLOW_USER_CODE is off), and 'subprocess' "
+        "is not among the packages its operator installed for entry points "
+        "(GRADREG_ENTRY_POINT_PACKAGES: mydata, mynets)"
+    )
+    (error,) = is_problem(refused_bundle, 422)["errors"]
     assert error["path"] == "code"
     assert "does not take code bundles" in error["message"]
     assert "GRADREG_ALLOW_USER_CODE=true" in error["message"]
+
+
+def test_without_listed_packages_a_service_that_takes_no_code_runs_no_entry_point(tmp_path):
+    with serve_in_process(tmp_path) as live:
+        headers = {"Authorization": f"Bearer {live.token}"}
+        refused = httpx.post(live.url + "/v1/sweeps", json=own_spec("own"), headers=headers)
+    errors = is_problem(refused, 422)["errors"]
+    assert [e["path"] for e in errors] == ["model.entry_point", "dataset.entry_point"]
+    assert errors[0]["message"].endswith("(GRADREG_ENTRY_POINT_PACKAGES: none)")
 
 
 def test_an_operator_may_forbid_requirements(tmp_path):

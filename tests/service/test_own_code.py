@@ -144,13 +144,15 @@ def test_submit_code_runs_the_users_network_and_the_model_serves_without_it(tmp_
 
 def test_code_installed_on_the_nodes_needs_no_bundle(tmp_path):
     """The worker image's way: the code on every node's path, a spec without a code section,
-    and a service that takes no bundles (the entry points are only checked for syntax by the
-    API, which never imports them)."""
+    and a service that takes no bundles but lists the packages installed for entry points (the
+    API checks their syntax and package, and never imports them)."""
     installed = user_code(tmp_path)
-    api = ApiProcess(
-        tmp_path / "api",
-        extra_env={"PYTHONPATH": str(installed), "GRADREG_ALLOW_USER_CODE": "false"},
-    ).start()
+    env = {
+        "PYTHONPATH": str(installed),
+        "GRADREG_ALLOW_USER_CODE": "false",
+        "GRADREG_ENTRY_POINT_PACKAGES": "mynets,mydata",
+    }
+    api = ApiProcess(tmp_path / "api", extra_env=env).start()
     try:
         spec = tiny_spec(tmp_path, "installed-mixer")
         done = service_cli(
