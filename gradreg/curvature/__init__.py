@@ -1,2 +1,3 @@
 """Curvature: diagonal Fisher estimators (`fisher`), their per-layer rules (`layer_rules`),
-and the finite-difference gradient of VL's regulariser (`finite_difference`)."""
+the finite-difference gradient of VL's regulariser (`finite_difference`), and the
+arithmetic float32 work runs in, TF32 or not (`precision`)."""
