@@ -17,13 +17,18 @@ What is private here, and why no public API does it (Ray 2.60.0):
   it asked for in private attributes (``_ot_study``, ``_ot_trials``).
 - `SafeFallbackEncoder`: the JSON encoder of Tune's result files (``ray.air._internal``).
 - `STORAGE_LOGGER`: the name of the logger of Ray's storage layer.
+- `runtime_working_dir`: a trial's process starts in the runtime environment's working
+  directory (a sweep's code bundle), and Tune then moves it into the trial's own directory,
+  leaving the first in ``TUNE_ORIG_WORKING_DIR`` (`Trainable.setup`); no API returns it.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -52,6 +57,13 @@ __all__ = [
 ]
 
 STORAGE_LOGGER = "ray.train._internal.storage"
+ORIGINAL_WORKING_DIR = "TUNE_ORIG_WORKING_DIR"
+
+
+def runtime_working_dir() -> Path:
+    """The directory a Tune trial's process started in: its runtime environment's working
+    directory, before Tune moved into the trial's (see the module's docstring)."""
+    return Path(os.environ.get(ORIGINAL_WORKING_DIR) or os.getcwd())
 
 
 @contextmanager

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import functools
+import dataclasses
 import json
 import sys
+import tempfile
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
@@ -23,7 +24,8 @@ from sweeps import (
     run_stored,
     run_sweep,
 )
-from sweeps.driver import ensemble_sweep
+from sweeps.code import CodeBundle
+from sweeps.driver import ensemble_sweep, stored_bundle
 from sweeps.mlflow_ui import run_url, runs_url
 
 TABLE_METRICS = ("test_accuracy", "test_nll", "test_ece")
@@ -61,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("spec", nargs="?", help="YAML or JSON sweep spec")
     run.add_argument("--sweep-id", help="run the sweep with this id from --store instead")
     run.add_argument("--store", help="directory store that holds --sweep-id")
+    run.add_argument(
+        "--code",
+        metavar="DIR",
+        help="a directory of your own code (the spec's entry points): packed, kept beside the "
+        "sweep's state and shipped to every trial as its Ray runtime environment",
+    )
     _driver_options(run)
     run.set_defaults(handler=_run)
 
@@ -105,10 +113,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from sweeps.model import download_posterior  # MLflow's model code, only for this command
+    # MLflow's model code, only for this command
+    from sweeps.model import carried_code, download_posterior
 
-    locate = functools.partial(download_posterior, tracking_uri=args.tracking_uri)
-    return run_predict(args, locate)
+    with tempfile.TemporaryDirectory() as tmp:
+        posterior = download_posterior(args.model_uri, tmp, tracking_uri=args.tracking_uri)
+        local = argparse.Namespace(**{**vars(args), "model_uri": str(posterior)})
+        # A model of the user's own network carries its code: on the path for the command,
+        # unless --code names another directory.
+        if not args.code and (code := carried_code(posterior)) is not None:
+            local.code = str(code)
+        return run_predict(local)
 
 
 def _driver_options(parser: argparse.ArgumentParser) -> None:
@@ -134,14 +149,29 @@ def _run(args: argparse.Namespace) -> int:
     if args.sweep_id is not None:
         if not args.store:
             raise ValueError("--sweep-id needs --store DIR")
+        if args.code:
+            raise ValueError("--code goes with a spec file; a stored sweep names its code itself")
         outcome = run_stored(args.sweep_id, DirectoryStore(args.store), _options(args))
     else:
-        outcome = run_sweep(load_spec_file(args.spec), _options(args))
+        spec = load_spec_file(args.spec)
+        options = _options(args)
+        if args.code:
+            options = dataclasses.replace(options, code=CodeBundle.pack(args.code))
+        elif spec.code.digest is not None:
+            raise ValueError(
+                f"the spec names the code bundle {spec.code.digest} (code.digest, set when it "
+                "was sent to a service); give its directory with --code DIR"
+            )
+        outcome = run_sweep(spec, options)
     return _finish(outcome, args.json)
 
 
 def _resume(args: argparse.Namespace) -> int:
-    return _finish(resume_sweep(args.name, _options(args)), args.json)
+    # A sweep started with --code resumes with the same bundle, kept beside its state,
+    # whatever the code directory holds now.
+    options = _options(args)
+    options = dataclasses.replace(options, code=stored_bundle(args.name, options))
+    return _finish(resume_sweep(args.name, options), args.json)
 
 
 def _ensemble(args: argparse.Namespace) -> int:
@@ -189,6 +219,8 @@ def format_outcome(outcome: SweepOutcome, top: int = 5) -> str:
     """A short report: status, counts, and a table of the best trials."""
     counts = ", ".join(f"{n} {state}" for state, n in sorted(outcome.counts().items()))
     lines = [f"sweep {outcome.sweep}: {outcome.status} ({outcome.reason}); trials: {counts}"]
+    for report in outcome.preflight or []:
+        lines.append(_preflight_line(report))
     objectives = [o["metric"] for o in outcome.objectives]
     if len(objectives) > 1:
         lines.append(f"Pareto set over {', '.join(objectives)} ({len(outcome.best)} trials):")
@@ -214,6 +246,18 @@ def format_outcome(outcome: SweepOutcome, top: int = 5) -> str:
         )
     lines.append(f"Tune state: {outcome.experiment_path}")
     return "\n".join(lines)
+
+
+def _preflight_line(report: dict) -> str:
+    """One settings' passed preflight, in a line of the report."""
+    shown = ", ".join(f"{k}={v}" for k, v in report.get("values", {}).items())
+    megabytes = int(report["step_memory_bytes"]) / 2**20
+    return (
+        f"preflight: {report['model']} on {report['dataset']} ({report['method']}"
+        f"{'; ' + shown if shown else ''}): {int(report['n_parameters']):,} parameters, "
+        f"one step {megabytes:.1f} MiB, input {tuple(report['input_shape'])}, "
+        f"{report['n_classes']} classes"
+    )
 
 
 def _ui_links(outcome: SweepOutcome) -> list[str]:

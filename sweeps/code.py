@@ -64,6 +64,70 @@ class BundleInfo:
     files: int
 
 
+@dataclass(frozen=True)
+class CodeBundle:
+    """A code bundle in memory: the zip's bytes and where they came from (a directory packed
+    by `pack_directory`, or a stored bundle), for messages."""
+
+    data: bytes
+    source: str
+
+    @classmethod
+    def pack(cls, directory: str | Path) -> CodeBundle:
+        return cls(pack_directory(Path(directory)), str(directory))
+
+    @property
+    def digest(self) -> str:
+        return digest_of(self.data)
+
+    @property
+    def file_name(self) -> str:
+        """Its content-addressed file name, ``<hex>.zip``."""
+        return self.digest.removeprefix("sha256:") + ".zip"
+
+    def modules(self) -> tuple[str, ...]:
+        """The top-level modules and packages it provides to an import (as
+        `gradreg.user_code.provided_modules` finds them in a directory): its top-level
+        ``.py`` files and its top-level directories, by their identifier names."""
+        with _open(self.data) as archive:
+            names = archive.namelist()
+        found = set()
+        for name in names:
+            head, slash, _ = name.partition("/")
+            candidate = head if slash else head.removesuffix(".py") if head.endswith(".py") else ""
+            if candidate.isidentifier():
+                found.add(candidate)
+        return tuple(sorted(found))
+
+
+def bundle_code_paths(
+    directory: Path, entry_points: Sequence[str], digest: str | None = None
+) -> list[str]:
+    """What a trial's logged model carries of the user's code (MLflow's ``code_paths``): the
+    top-level modules and packages of ``directory``, the trial's working directory, which
+    Ray's runtime environment made the sweep's bundle (``digest``). It must provide the top
+    module of every entry point, or the trial is not running the bundle: a RuntimeError says
+    so."""
+    from gradreg.user_code import provided_modules  # torch-free
+
+    provided = provided_modules(directory)
+    for entry_point in entry_points:
+        top = entry_point.partition(":")[0].split(".")[0]
+        if top not in provided:
+            raise RuntimeError(
+                f"the trial's working directory {directory} does not provide {top!r} (of "
+                f"{entry_point}), so it is not the sweep's code bundle {digest or ''}: Ray's "
+                f"runtime environment (working_dir) did not reach this worker; it provides "
+                f"{', '.join(provided) or 'no modules'}"
+            )
+    return sorted(
+        str(entry)
+        for entry in directory.iterdir()
+        if entry.name != "__pycache__"
+        and (entry.name if entry.is_dir() else entry.name.split(".")[0]) in provided
+    )
+
+
 def digest_of(data: bytes) -> str:
     """The content address of a bundle: "sha256:<hex>"."""
     return "sha256:" + hashlib.sha256(data).hexdigest()

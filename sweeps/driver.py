@@ -10,10 +10,12 @@ and the files beside Tune's state in `sweeps.statefiles`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from gradreg import settings as gradreg_settings
 from gradreg.names import default_goal
 
 # Their version checks, before anything starts (sweeps.tested_versions).
@@ -36,9 +39,16 @@ from sweeps.checkpoints import (
     deletions_finished,
     searcher_follows_moved_experiment,
 )
+from sweeps.code import CodeBundle, runtime_env
 from sweeps.ensemble import SweepEnsemble
 from sweeps.outcome import sweep_outcome
 from sweeps.postrun import AfterTune, rebuild_ensemble
+from sweeps.preflight import (
+    PreflightOutcome,
+    describe_reports,
+    needs_preflight,
+    run_preflight,
+)
 from sweeps.progress import (
     FailedTrialsStopper,
     SweepCallback,
@@ -55,9 +65,9 @@ from sweeps.records import (
     TrialHook,
     trial_name,
 )
-from sweeps.settings import SweepSettings, absolute_storage
+from sweeps.settings import SweepSettings, absolute_storage, absolute_tracking_uri
 from sweeps.space import SearchSpace, make_sampler
-from sweeps.spec import SweepSpec
+from sweeps.spec import CodeSection, SweepSpec
 from sweeps.spec.checks import admitted
 from sweeps.spec.limits import Limits
 from sweeps.spec.parse import validate_shape
@@ -66,8 +76,10 @@ from sweeps.statefiles import (
     STATES_FILE,
     experiment_path,
     has_state,
+    read_bundle,
     read_json,
     read_record,
+    write_bundle,
     write_json,
     write_record,
 )
@@ -152,6 +164,12 @@ class DriverOptions:
     # rules in sweeps.study. `run_stored` sets store_url to a store's database (the service's).
     study_storage: str | None = None
     store_url: str | None = None
+    # The user's code bundle that this driver ships to every trial, as the Ray runtime
+    # environment it starts or joins Ray with (`python -m sweeps run --code DIR`; on resume,
+    # the bundle kept beside Tune's state: `stored_bundle`). None when the trials get the code
+    # otherwise: the Ray Job this driver runs in carries it (the service), or it is installed
+    # in the workers' environment.
+    code: CodeBundle | None = None
 
     def experiment_path(self, settings: SweepSettings, name: str) -> str:
         storage = (
@@ -190,13 +208,17 @@ def run_sweep(
     settings = SweepSettings()
     limits = limits or Limits.from_settings(settings)
     spec = admitted(spec, limits)
-    tracking_uri = options.tracking_uri or settings.resolved_tracking_uri()
+    if options.code is not None:
+        spec = _with_bundle(spec, options.code)
+    tracking_uri = absolute_tracking_uri(options.tracking_uri or settings.resolved_tracking_uri())
     path = options.experiment_path(settings, name)
     if has_state(path):
         raise SweepExistsError(
             f"sweep {name!r} already has state at {path}; continue it with "
             f"`python -m sweeps resume {name}` or give the spec another name"
         )
+    if options.code is not None:
+        write_bundle(path, options.code)  # beside Tune's state, for every resume
     place = options.study_place(settings, name, path)
     with attached(place):
         searcher, notes = make_searcher(place, path, **_optuna_search(spec))
@@ -216,13 +238,16 @@ def run_sweep(
         write_record(path, record)
         if (on_start := hooks.get("on_start")) is not None:
             on_start(record)
-        with ray_session(options.ray_address or settings.ray_address):
+        with (
+            _code_environment(path, spec, options.code) as environment,
+            ray_session(options.ray_address or settings.ray_address, environment),
+        ):
             tuner = tune.Tuner(
                 _trainable(spec, record),
                 tune_config=_tune_config(spec, name, searcher),
                 run_config=_run_config(spec, path),
             )
-            return _drive(tuner, spec, record, path, options, hooks, place)
+            return _drive(tuner, spec, record, path, options, hooks, place, resumed=False)
 
 
 def resume_sweep(
@@ -247,7 +272,8 @@ def resume_sweep(
             f"no sweep {name!r} to resume under {PurePosixPath(path).parent} (none started, or "
             "it stopped before Tune saved any state: run it again)"
         )
-    if options.tracking_uri and options.tracking_uri != record.tracking_uri:
+    given_uri = absolute_tracking_uri(options.tracking_uri) if options.tracking_uri else None
+    if given_uri and given_uri != absolute_tracking_uri(record.tracking_uri):
         raise ValueError(
             f"sweep {name!r} records to {record.tracking_uri}; resume it there, not at "
             f"{options.tracking_uri}"
@@ -255,6 +281,12 @@ def resume_sweep(
     limits = limits or Limits.from_settings(settings)
     root = Path(record.data_root) if record.data_root else None
     spec = admitted(validate_shape(record.spec), limits.with_data_root(root))
+    if options.code is not None and options.code.digest != spec.code.digest:
+        raise ValueError(
+            f"sweep {name!r} runs with the code bundle {spec.code.digest or '(none)'}; a resume "
+            f"ships the same, not {options.code.digest} ({options.code.source}): resume without "
+            "--code to use the bundle kept beside its state"
+        )
     # The study where the sweep kept it: a persistent one is checked, then reconnected to.
     recorded = record.extra.get("study")
     check_resumable(place := options.study_place(settings, name, path), recorded)
@@ -265,7 +297,11 @@ def resume_sweep(
     _say(options, place.describe())
     if (on_start := hooks.get("on_start")) is not None:
         on_start(record)
-    with ray_session(options.ray_address or settings.ray_address), attached(place):
+    with (
+        _code_environment(path, spec, options.code) as environment,
+        ray_session(options.ray_address or settings.ray_address, environment),
+        attached(place),
+    ):
         tuner = tune.Tuner.restore(
             path,
             trainable=_trainable(spec, record),
@@ -274,22 +310,102 @@ def resume_sweep(
             restart_errored=False,
         )
         with searcher_follows_moved_experiment(path):
-            return _drive(tuner, spec, record, path, options, hooks, place)
+            return _drive(tuner, spec, record, path, options, hooks, place, resumed=True)
+
+
+def stored_bundle(name: str, options: DriverOptions | None = None) -> CodeBundle | None:
+    """The code bundle sweep ``name`` was started with, kept beside its Tune state (None for
+    a sweep without one): what `python -m sweeps resume` ships again, whatever the code
+    directory holds now."""
+    options = options or DriverOptions()
+    path = options.experiment_path(SweepSettings(), name)
+    record = read_record(path)
+    digest = (record.spec.get("code") or {}).get("digest") if record is not None else None
+    if digest is None:
+        return None
+    bundle = read_bundle(path, digest)
+    if bundle is None:
+        raise FileNotFoundError(
+            f"sweep {name!r} runs with the code bundle {digest}, which is not kept at "
+            f"{path}/code (a sweep started by the service keeps it in the service's store)"
+        )
+    return bundle
+
+
+def _with_bundle(spec: SweepSpec, bundle: CodeBundle) -> SweepSpec:
+    """``spec`` with the bundle's digest in its code section (the record keeps it, so a
+    resume ships the same bundle); a spec that names another bundle is refused, and so is
+    code that would hide a module the trials import."""
+    if spec.code.digest is not None and spec.code.digest != bundle.digest:
+        raise ValueError(
+            f"the spec's code.digest is {spec.code.digest}, but {bundle.source} packs to "
+            f"{bundle.digest}: leave code.digest out to run the directory's code"
+        )
+    shadowed = [name for name in bundle.modules() if _taken(name)]
+    if shadowed:
+        raise ValueError(
+            f"the code directory {bundle.source} provides {', '.join(map(repr, shadowed))}, "
+            "which the trials already import from their environment (the standard library, "
+            "gradreg and its dependencies): rename your module or package"
+        )
+    code = CodeSection(digest=bundle.digest, requirements=list(spec.code.requirements))
+    return spec.model_copy(update={"code": code})
+
+
+def _taken(name: str) -> bool:
+    return name in sys.stdlib_module_names or name in sys.modules
 
 
 @contextmanager
-def ray_session(address: str | None) -> Iterator[None]:
-    """Use the Ray instance already up in this process, or start one for the sweep."""
+def _code_environment(
+    path: str, spec: SweepSpec, bundle: CodeBundle | None
+) -> Iterator[dict[str, Any] | None]:
+    """The Ray runtime environment that ships ``bundle`` (and the spec's requirements) to
+    every trial, or None without a bundle. Ray makes the bundle each worker's working
+    directory, so every path the trials read from the environment is passed absolute."""
+    if bundle is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        if "://" in path:  # a bucket: Ray uploads from a local file
+            local = Path(tmp, bundle.file_name)
+            local.write_bytes(bundle.data)
+        else:
+            local = Path(path, "code", bundle.file_name)
+            if not local.is_file():
+                write_bundle(path, bundle)
+        settings = SweepSettings()
+        env_vars = {
+            gradreg_settings.DATA_DIR_ENV: str(gradreg_settings.data_dir()),
+            gradreg_settings.CACHE_DIR_ENV: str(gradreg_settings.cache_dir().absolute()),
+            "GRADREG_VAR_DIR": str(settings.var_dir.expanduser().absolute()),
+        }
+        yield runtime_env(local, spec.code.requirements, env_vars)
+
+
+@contextmanager
+def ray_session(
+    address: str | None, environment: Mapping[str, Any] | None = None
+) -> Iterator[None]:
+    """Use the Ray instance already up in this process, or start (or join) one for the sweep,
+    with ``environment`` as its jobs' runtime environment (a code bundle: `_code_environment`)."""
     for key, value in TUNE_ENV.items():
         os.environ.setdefault(key, value)
     if ray.is_initialized():
+        if environment is not None:
+            raise ValueError(
+                "Ray is already running in this process, so the sweep cannot give it its code "
+                "bundle as the runtime environment: call ray.shutdown() first, or run the "
+                "sweep in a process of its own (python -m sweeps run --code DIR)"
+            )
         yield
         return
+    env = dict(environment) if environment is not None else None
     if address:
-        ray.init(address=address)
+        ray.init(address=address, runtime_env=env)
     else:
         # "local" always starts a fresh instance; a plain init() may join a stale one.
-        ray.init(address="local", include_dashboard=False)
+        ray.init(address="local", include_dashboard=False, runtime_env=env)
     try:
         yield
     finally:
@@ -391,8 +507,25 @@ def _drive(
     options: DriverOptions,
     hooks: SweepHooks,
     place: StudyPlace,
+    *,
+    resumed: bool,
 ) -> SweepOutcome:
     tracker = Tracker(record.tracking_uri)
+    say = functools.partial(_say, options)
+    reports = None
+    if needs_preflight(spec):
+        checked = run_preflight(
+            spec,
+            record.data_root,
+            placement_timeout_s=SweepSettings().placement_timeout_s,
+            should_stop=hooks.get("should_stop"),
+            poll_s=options.stop_poll_s,
+        )
+        reports = list(checked.reports)
+        if not checked.passed:
+            return _refused(tuner, spec, record, path, tracker, checked, resumed=resumed)
+        tracker.log_preflight(record.parent_run_id, checked.reports)
+        say(*describe_reports(checked.reports))
     monitor = SweepMonitor(
         sweep=record.sweep,
         objectives=list(spec.objectives),
@@ -434,8 +567,38 @@ def _drive(
         failed_too_often=monitor.failed_too_often,
         unplaceable=monitor.unplaceable,
     )
-    say = functools.partial(_say, options)
+    outcome = dataclasses.replace(outcome, preflight=reports)
     return AfterTune(tracker, spec, record, place, say)(outcome)
+
+
+def _refused(
+    tuner: tune.Tuner,
+    spec: SweepSpec,
+    record: SweepRecord,
+    path: str,
+    tracker: Tracker,
+    checked: PreflightOutcome,
+    *,
+    resumed: bool,
+) -> SweepOutcome:
+    """The outcome of a sweep whose preflight failed (or was stopped): no trial started. A
+    resumed sweep keeps the trials its saved state holds."""
+    grid = tuner.get_results() if resumed else None
+    results = [grid[i] for i in range(len(grid))] if grid is not None else []
+    outcome = sweep_outcome(
+        spec,
+        record,
+        path,
+        results,
+        read_json(path, STATES_FILE) or {},
+        stop_requested=checked.stopped,
+        failed_too_often=False,
+        refused=checked.failure,
+    )
+    outcome = dataclasses.replace(outcome, preflight=list(checked.reports))
+    tracker.log_preflight(record.parent_run_id, checked.reports, checked.failure)
+    tracker.finish_sweep(outcome)
+    return outcome
 
 
 def _say(options: DriverOptions, *lines: str) -> None:

@@ -20,7 +20,7 @@ with the earlier float64 tensor schema still load and predict; MLflow enforces t
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -112,11 +112,21 @@ def signature(saved: SavedPosterior) -> ModelSignature:
 
 
 def log_model(
-    tracking_uri: str, run_id: str, saved: SavedPosterior, example: np.ndarray | None = None
+    tracking_uri: str,
+    run_id: str,
+    saved: SavedPosterior,
+    example: np.ndarray | None = None,
+    *,
+    code_paths: Sequence[str] = (),
+    requirements: Sequence[str] = (),
 ) -> str:
     """Log ``saved`` as the run's pyfunc model; returns its ``models:/<model_id>`` URI.
 
     ``example`` holds a few raw inputs (`ModelInputs.example`), kept as its input example.
+    ``code_paths``: the user's modules and packages the model carries (a builder of their
+    own), which MLflow puts first on the import path when it loads the model, so it loads and
+    serves where they are not installed; ``requirements``: the sweep's pip requirements, added
+    to the model's.
     """
     # Model.log reads the process-wide tracking URI; a trial process records to one store.
     mlflow.set_tracking_uri(tracking_uri)
@@ -142,7 +152,8 @@ def log_model(
             signature=signature(saved),
             input_example=None if example is None else np.asarray(example, dtype=np.float64),
             # Listed, not inferred: inference loads the model in a subprocess (seconds per trial).
-            pip_requirements=_requirements(),
+            pip_requirements=[*_requirements(), *requirements],
+            code_paths=list(code_paths) or None,
             metadata={
                 "gradreg_method": saved.config.method_name,
                 "gradreg_input_shapes": [
@@ -170,6 +181,18 @@ def download_posterior(model_uri: str, tmp: str, tracking_uri: str | None = None
     if not (directory / MANIFEST_FILE).is_file():
         raise ValueError(f"--model-uri {model_uri}: an MLflow model, but not a gradreg posterior")
     return directory
+
+
+def carried_code(posterior: Path) -> Path | None:
+    """The user's code an MLflow model carries (its ``code_paths``, which MLflow copies into
+    the model's directory), when ``posterior`` lies in a downloaded MLflow model that has
+    some; else None."""
+    model_dir = posterior.parent.parent
+    if not (model_dir / "MLmodel").is_file():
+        return None
+    flavor = Model.load(str(model_dir)).flavors.get(mlflow.pyfunc.FLAVOR_NAME, {})
+    code = flavor.get("code")
+    return model_dir / code if code and (model_dir / code).is_dir() else None
 
 
 def _requirements() -> list[str]:

@@ -29,18 +29,22 @@ def sweep_outcome(
     stop_requested: bool,
     failed_too_often: bool,
     unplaceable: str | None = None,
+    refused: str | None = None,
 ) -> SweepOutcome:
     """The outcome of a sweep whose Tune run returned ``results`` (its `ResultGrid`).
 
     ``states`` are the final states the driver saw (ASHA's stops among them);
     ``stop_requested``, ``failed_too_often`` and ``unplaceable`` (why no trial could be
-    placed) say why the run may have ended early.
+    placed) say why the run may have ended early; ``refused``, why the sweep failed before
+    any trial started (its preflight: `sweeps.preflight`), is its reason as it is.
     """
     trials = sorted((trial_summary(spec, r, states) for r in results), key=lambda t: t.name)
     unfinished = [t for t in trials if t.state == "interrupted"]
     failed = [t for t in trials if t.state == "failed"]
     status: SweepStatus
-    if unplaceable is not None:
+    if refused is not None:
+        status, reason = "failed", refused
+    elif unplaceable is not None:
         status, reason = "failed", unplaceable
     elif unfinished or stop_requested:
         status, reason = "stopped", f"interrupted with {len(unfinished)} trial(s) unfinished"
@@ -55,7 +59,7 @@ def sweep_outcome(
     else:
         status = "succeeded"
         reason = f"{len(trials) - len(failed)} of {len(trials)} trials finished"
-    if status == "failed" and failed and failed[0].error:
+    if status == "failed" and refused is None and failed and failed[0].error:
         # What broke, in the trial's words: a lost bucket or MLflow server names itself.
         reason += f"; the first failure ({failed[0].name}): {failed[0].error}"
     return SweepOutcome(

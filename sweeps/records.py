@@ -85,6 +85,9 @@ class SweepOutcome:
     # The best trial's model in the registry (name, version, uri; or name and error); None
     # when registration is off or no trial finished.
     registered_model: dict[str, str] | None = None
+    # The preflight's reports, one per settings it tried (`sweeps.preflight`); None when the
+    # sweep ran none (no user code).
+    preflight: list[dict[str, Any]] | None = None
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

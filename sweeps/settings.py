@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -68,3 +69,19 @@ def absolute_storage(location: str) -> str:
     if "://" in location:
         return location
     return str(Path(location).expanduser().absolute())
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """``uri`` with a relative local path made absolute: a SQLite database
+    (``sqlite:///mlflow.db``) or a plain directory. Trials may run in another directory than
+    the driver (a code bundle is their working directory), and must find the same store."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        path = uri[len(prefix) :]
+        if path and not path.startswith(":memory:"):
+            return prefix + os.path.abspath(Path(path).expanduser())
+        return uri
+    # A plain path is a file store; "databricks" and "databricks-uc" name a workspace.
+    if "://" not in uri and ":" not in uri.split("/")[0] and not uri.startswith("databricks"):
+        return os.path.abspath(Path(uri).expanduser())
+    return uri

@@ -2,6 +2,8 @@
 
     EXPERIMENT/sweep.json          the `SweepRecord`: what `resume NAME` needs besides Tune
     EXPERIMENT/trial_states.json   each trial's final state (succeeded, stopped, failed)
+    EXPERIMENT/code/<hex>.zip      the code bundle the sweep runs with (`sweeps.code`), by the
+                                   sha256 in its spec's code.digest: a resume ships the same
 
 EXPERIMENT is ``<storage>/<sweep name>``, a path or a URI such as ``s3://bucket/prefix/name``.
 """
@@ -14,10 +16,12 @@ from typing import Any
 
 import pyarrow.fs
 
+from sweeps.code import CodeBundle
 from sweeps.records import SweepRecord
 
 SWEEP_FILE = "sweep.json"
 STATES_FILE = "trial_states.json"
+CODE_DIR = "code"
 
 
 def experiment_path(storage: str, name: str) -> str:
@@ -39,6 +43,31 @@ def write_record(path: str, record: SweepRecord) -> None:
 def read_record(path: str) -> SweepRecord | None:
     data = read_json(path, SWEEP_FILE)
     return SweepRecord(**data) if data is not None else None
+
+
+def write_bundle(path: str, bundle: CodeBundle) -> str:
+    """Keep ``bundle`` beside the sweep's state (content-addressed); returns where."""
+    fs, fs_path = _filesystem(path)
+    directory = f"{fs_path}/{CODE_DIR}"
+    fs.create_dir(directory, recursive=True)
+    with fs.open_output_stream(f"{directory}/{bundle.file_name}") as out:
+        out.write(bundle.data)
+    return f"{path}/{CODE_DIR}/{bundle.file_name}"
+
+
+def read_bundle(path: str, digest: str) -> CodeBundle | None:
+    """The bundle with ``digest`` kept beside the sweep's state, checked against its digest;
+    None if none is kept."""
+    fs, fs_path = _filesystem(path)
+    location = f"{CODE_DIR}/{digest.removeprefix('sha256:')}.zip"
+    target = f"{fs_path}/{location}"
+    if fs.get_file_info(target).type == pyarrow.fs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(target) as handle:
+        bundle = CodeBundle(handle.read(), f"{path}/{location}")
+    if bundle.digest != digest:
+        raise ValueError(f"the code bundle at {bundle.source} is not {digest}: it was changed")
+    return bundle
 
 
 def write_json(path: str, file_name: str, data: Any) -> None:

@@ -59,6 +59,9 @@ STATUS_TAG = "gradreg.status"
 TEMPERATURE_TAG = "gradreg.temperature_scaling"
 ENSEMBLE_TEMPERATURE_TAG = "gradreg.ensemble_temperature_scaling"
 ERROR_TAG = "gradreg.error"
+PREFLIGHT_TAG = "gradreg.preflight"  # passed or failed; the parent run's preflight.json says more
+PREFLIGHT_FILE = "preflight.json"
+CODE_DIGEST_TAG = "gradreg.code_digest"  # the code bundle a trial trained with
 MAX_TAG_LENGTH = 5000
 MAX_PARAM_LENGTH = 6000
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch
@@ -328,6 +331,21 @@ class Tracker:
         elif tag in self.client.get_run(run_id).data.tags:
             self.client.delete_tag(run_id, tag)
 
+    def log_preflight(
+        self, run_id: str, reports: Sequence[Mapping[str, Any]], failure: str | None = None
+    ) -> None:
+        """The preflight on the parent run: tags with the network's size and one step's
+        memory (`sweeps.preflight.summary_tags`), or the failure; ``preflight.json`` with
+        every report."""
+        from sweeps.preflight import summary_tags
+
+        if failure is not None:
+            self.set_tags(run_id, {PREFLIGHT_TAG: "failed", ERROR_TAG: failure})
+        else:
+            self.set_tags(run_id, {PREFLIGHT_TAG: "passed", **summary_tags(reports)})
+        document = {"passed": failure is None, "failure": failure, "reports": list(reports)}
+        self.log_text(run_id, json.dumps(document, indent=2, default=str) + "\n", PREFLIGHT_FILE)
+
     def log_dataset(self, run_id: str, dataset: Mapping[str, Any]) -> None:
         """The trial's data as an MLflow dataset input (``dataset``: `Dataset.summary()`): a
         file's path and content digest, or a built-in set's name and options; its shape."""
@@ -337,6 +355,10 @@ class Tracker:
             name = Path(str(source["path"])).name
             source_type, location = "local", {"uri": str(source["path"])}
             digest = str(source.get("digest", ""))
+        elif "entry_point" in source:  # a user's loader: the digest of the arrays it returned
+            name = str(source["entry_point"])
+            source_type, location = "code", {"tags": {"gradreg.dataset": name}}
+            digest = str(source.get("digest", "")).removeprefix("sha256:")
         else:
             name = str(source.get("name", dataset["name"]))
             source_type, location = "code", {"tags": {"gradreg.dataset": name}}

@@ -15,12 +15,13 @@ import torch
 from ray import tune
 
 from gradreg.train import EpochReport, FitResult, fit
-from sweeps._ray_compat import STORAGE_LOGGER
+from sweeps._ray_compat import STORAGE_LOGGER, runtime_working_dir
+from sweeps.code import bundle_code_paths
 from sweeps.placement import Placement, device_tags, reported, trial_device
 from sweeps.records import BINS_KEY, PLACEMENT_KEY, RUN_ID_KEY, trial_number
 from sweeps.spec import SweepSpec
 from sweeps.spec.resolve import trial_config
-from sweeps.tracking import RESUMED_TAG, Tracker, trial_run_name
+from sweeps.tracking import CODE_DIGEST_TAG, RESUMED_TAG, Tracker, trial_run_name
 
 STATE_FILE = "state.pt"
 FLUSH_INTERVAL_S = 2.0
@@ -105,12 +106,21 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         placed.update(reported(placement, device))
         if warning:
             logging.getLogger(__name__).warning("%s: %s", tune_name, warning)
+        code_paths: list[str] = []
+        if spec.code.digest is not None:
+            # The bundle this trial runs: Ray made it the process's working directory (before
+            # Tune moved into the trial's), and the logged model carries its modules
+            # (code_paths), so that it loads where they are not installed.
+            tracker.set_tags(run.run_id, {CODE_DIGEST_TAG: spec.code.digest})
+            code_paths = bundle_code_paths(
+                runtime_working_dir(), train.entry_points, spec.code.digest
+            )
         # The dataset is the run's input from the start: a trial that fails still names it.
         data_logged = functools.partial(tracker.log_dataset, run.run_id)
         result = fit(train, on_epoch, resume=resume, on_data=data_logged)
         epochs.flush()
         # A trial whose files did not all reach MLflow has not succeeded: it fails below.
-        _log_outcome(tracker, context, run.run_id, result, label)
+        _log_outcome(tracker, context, run.run_id, result, label, code_paths)
     except SystemExit:
         # Tune ends a trial at a report by raising SystemExit there (ASHA, a sweep stop). The
         # actor may be torn down at once, so the driver closes the run (Tracker.close_ended_run).
@@ -125,7 +135,12 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
 
 
 def _log_outcome(
-    tracker: Tracker, context: TrialContext, run_id: str, result: FitResult, label: str
+    tracker: Tracker,
+    context: TrialContext,
+    run_id: str,
+    result: FitResult,
+    label: str,
+    code_paths: list[str],
 ) -> None:
     """The finished trial's files: metrics, diagram, predictions, weights and its model."""
     spec = context.spec
@@ -148,7 +163,14 @@ def _log_outcome(
         from sweeps.model import log_model  # MLflow's model code: 0.5 s the driver need not pay
 
         saved = result.saved()
-        log_model(context.tracking_uri, run_id, saved, saved.inputs.example)
+        log_model(
+            context.tracking_uri,
+            run_id,
+            saved,
+            saved.inputs.example,
+            code_paths=code_paths,
+            requirements=spec.code.requirements,
+        )
 
 
 class EpochLog:

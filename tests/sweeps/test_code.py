@@ -18,6 +18,7 @@ from sweeps.code import (
     MAX_EXPANSION,
     BundleError,
     BundleInfo,
+    CodeBundle,
     check_bundle,
     digest_of,
     is_digest,
@@ -293,3 +294,16 @@ def test_runtime_env_has_pip_and_env_vars_only_when_given(tmp_path: Path) -> Non
         "pip": {"packages": ["einops==0.8.2", "/w/t-1.0-py3-none-any.whl"], "pip_check": False},
         "env_vars": {"A": "1"},
     }
+
+
+def test_code_bundle_names_its_file_by_digest_and_lists_its_top_level_modules(
+    tmp_path: Path,
+) -> None:
+    root = make_tree(tmp_path / "src")
+    (root / "not-a-module").mkdir()
+    (root / "not-a-module" / "x.txt").write_text("")
+    (root / "README.md").write_text("")
+    bundle = CodeBundle.pack(root)
+    assert bundle.data == pack_directory(root) and bundle.source == str(root)
+    assert bundle.file_name == bundle.digest.removeprefix("sha256:") + ".zip"
+    assert bundle.modules() == ("pkg", "top")
