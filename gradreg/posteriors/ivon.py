@@ -85,20 +85,19 @@ class IVONOptimiser(torch.optim.Optimizer):
     def update(self, grad: Tensor, hess_estimate: Tensor) -> None:
         """One step from ĝ and ĥ, flat vectors over the posterior's weights in parameter
         order (the order of its optimiser groups)."""
-        family = self.posterior.family
-        delta, h = family.weight_decay, family.hess
-        h_hats = family.split(hess_estimate)
-        g_hats, hessians = family.split(grad), family.split(h)
-        start = 0
+        delta, offset = self.posterior.weight_decay, 0
         for group in self.param_groups:
             params: list[Tensor] = group["params"]
-            end = start + len(params)
-            beta1, beta2, radius = group["beta1"], group["beta2"], group["clip_radius"]
-            alpha = (
-                group["lr"] * (self.posterior.hess_init + delta)
-                if group["rescale_lr"]
-                else group["lr"]
+            size = sum(p.numel() for p in params)
+            h, h_hat, g_hat = (
+                flat[offset : offset + size]
+                for flat in (self.posterior.family.hess, hess_estimate, grad)
             )
+            offset += size
+            beta1, beta2, radius = group["beta1"], group["beta2"], group["clip_radius"]
+            alpha = group["lr"]
+            if group["rescale_lr"]:
+                alpha *= self.posterior.hess_init + delta
             states = [self.state[p] for p in params]
             for p, state in zip(params, states, strict=True):
                 if not state:
@@ -106,31 +105,30 @@ class IVONOptimiser(torch.optim.Optimizer):
                     state["momentum"] = torch.zeros_like(p)
                 state["step"] += 1
             momenta = [state["momentum"] for state in states]
-            torch._foreach_mul_(momenta, beta1)
-            torch._foreach_add_(momenta, g_hats[start:end], alpha=1 - beta1)
-            h_group, h_hat = hessians[start:end], h_hats[start:end]
+            torch._foreach_lerp_(momenta, _shaped(g_hat, params), 1 - beta1)
             # h ← β2 h + (1 − β2) ĥ + ½(1 − β2)² (h − ĥ)²/(h + δ), from the h before the step
-            gap = torch._foreach_sub(h_group, h_hat)
-            torch._foreach_mul_(gap, gap)
-            torch._foreach_div_(gap, torch._foreach_add(h_group, delta))
-            torch._foreach_mul_(h_group, beta2)
-            torch._foreach_add_(h_group, h_hat, alpha=1 - beta2)
-            torch._foreach_add_(h_group, gap, alpha=0.5 * (1 - beta2) ** 2)
+            correction = (h - h_hat).square_().div_(h + delta)
+            h.lerp_(h_hat, 1 - beta2).add_(correction, alpha=0.5 * (1 - beta2) ** 2)
             step = states[0]["step"]  # the group's parameters step together
             direction = torch._foreach_div(momenta, 1 - beta1**step)
             torch._foreach_add_(direction, params, alpha=delta)
-            torch._foreach_div_(direction, torch._foreach_add(h_group, delta))
+            torch._foreach_div_(direction, _shaped(h + delta, params))
             if math.isfinite(radius):
                 torch._foreach_clamp_min_(direction, -radius)
                 torch._foreach_clamp_max_(direction, radius)
             torch._foreach_add_(params, direction, alpha=-alpha)
-            start = end
 
     def step(self, closure: Callable[[], float] | None = None) -> None:  # type: ignore[override]
         raise TypeError(
             "IVONOptimiser takes its step from IVON.train_step (the weights it draws give ĝ "
             "and ĥ); call that, or update(grad, hess_estimate)"
         )
+
+
+def _shaped(flat: Tensor, params: list[Tensor]) -> list[Tensor]:
+    """A flat vector as views shaped like ``params``, in their order."""
+    pieces = flat.split([p.numel() for p in params])
+    return [piece.view_as(p) for piece, p in zip(pieces, params, strict=True)]
 
 
 class IVON(GaussianPosterior):
@@ -261,20 +259,24 @@ class IVON(GaussianPosterior):
             precision = self.family.precision()
             std = precision.rsqrt()
             kl = self._kl(mean, precision) / self.ess
-        grad, hess = torch.zeros_like(mean), torch.zeros_like(mean)
-        nll_total = mean.new_zeros(())
+        grad: Tensor | None = None
+        hess = nll_total = mean.new_zeros(())
         for _ in range(self.mc_samples):
             noise = self._noise(mean, generator)
-            theta = (mean + std * noise).requires_grad_()
+            theta = torch.addcmul(mean, std, noise).requires_grad_()
             with torch.enable_grad():
                 with forward():
                     logits = functional_call(self.model, self._named(theta), (x,))
                 check_labels(y, logits, "y")
                 nll = F.cross_entropy(at_least_fp32(logits), y)
                 (sample_grad,) = torch.autograd.grad(nll, theta)
-            grad.add_(sample_grad)
-            hess.addcmul_(sample_grad, noise / std)
-            nll_total += nll.detach()
+            sample_hess = sample_grad.mul(noise).div_(std)  # ĝ_s ε_s/σ
+            if grad is None:
+                grad, hess = sample_grad, sample_hess
+            else:
+                grad.add_(sample_grad)
+                hess.add_(sample_hess)
+            nll_total = nll_total + nll.detach()
         nll_mean, kl_value = torch.stack([nll_total / self.mc_samples, kl]).tolist()
         values = {
             "train_loss": nll_mean + kl_value,
@@ -284,6 +286,7 @@ class IVON(GaussianPosterior):
         }
         if not math.isfinite(values["train_loss"]):
             raise FloatingPointError(f"train_loss={values['train_loss']}")
+        assert grad is not None  # mc_samples >= 1
         if self.mc_samples > 1:
             grad.div_(self.mc_samples)
             hess.div_(self.mc_samples)
