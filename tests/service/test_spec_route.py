@@ -86,12 +86,13 @@ def test_the_spec_comes_back_as_admitted_with_its_caps(api, client):
     }
     assert spec["dataset"] == {
         **SPEC["dataset"],
+        "entry_point": None,
         "split_seed": 0,
         "val_fraction": 0.15,
         "test_fraction": None,
         "options": {},
     }
-    assert spec["model"] == {"name": "cnn", "options": {}}
+    assert spec["model"] == {"name": "cnn", "entry_point": None, "options": {}}
     assert spec["objectives"] == [{"metric": "val_nll", "goal": "minimize"}]
     # what was given is kept as given
     for section in ("name", "tags", "method", "fixed", "parameters", "description"):
