@@ -8,6 +8,12 @@ cluster as its runtime environment (`service.launcher`).
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
+import io
+import sys
+import zipfile
+
 from fastapi import APIRouter, Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
@@ -18,7 +24,7 @@ from service.openapi import CODE_BODY, problem_responses
 from service.schemas import CodeOut
 from service.settings import ServiceSettings
 from sweeps import SpecIssue, SweepSpec
-from sweeps.code import check_bundle
+from sweeps.code import BundleError, BundleInfo, CodeBundle, check_bundle
 
 PATH = "/v1/code"
 MEDIA_TYPE = "application/zip"
@@ -36,6 +42,35 @@ def not_allowed(settings: ServiceSettings) -> str | None:
         "by default only for the embedded local head). Without it, install your code in the "
         "worker image and leave out the spec's code section"
     )
+
+
+@functools.cache
+def environment_modules() -> frozenset[str]:
+    """The top-level modules the service's Python environment has: the standard library's,
+    every installed distribution's, and the service's own. Its nodes run the same image."""
+    installed = importlib.metadata.packages_distributions()
+    return frozenset(sys.stdlib_module_names) | frozenset(installed) | {"gradreg", "sweeps"}
+
+
+def checked(data: bytes, settings: ServiceSettings) -> BundleInfo:
+    """`check_bundle` under this service's caps, and no top-level module that the nodes' own
+    environment has: Ray puts a bundle first on the import path of the driver and the trials,
+    so a `service/`, `torch/` or `json.py` of the user's would be imported in place of the
+    real one, and the sweep's driver (`python -m service.worker`) or trials would break far
+    from the cause. Raises BundleError naming the entry."""
+    info = check_bundle(data, max_bytes=settings.max_code_bytes, max_files=settings.max_code_files)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        names = archive.namelist()
+    for module in CodeBundle(data, "upload").modules():
+        if module in environment_modules():
+            entry = next(n for n in names if n.partition("/")[0] in (module, f"{module}.py"))
+            raise BundleError(
+                f"entry {entry!r} provides the module {module!r}, which the cluster's Python "
+                "environment has already (the standard library, an installed package or "
+                "gradreg's own): the bundle would be imported in its place; rename it",
+                entry,
+            )
+    return info
 
 
 def spec_code_issues(
@@ -139,8 +174,6 @@ async def upload_code(request: Request, settings: SettingsDep, store: CodeStoreD
     # counts again.
     data = await request.body()
     # A BundleError is a 422 naming the entry (service.problems).
-    info = await run_in_threadpool(
-        check_bundle, data, max_bytes=settings.max_code_bytes, max_files=settings.max_code_files
-    )
+    info = await run_in_threadpool(checked, data, settings)
     await run_in_threadpool(store.put, data)
     return CodeOut(digest=info.digest, size=info.size, files=info.files)

@@ -266,3 +266,20 @@ def cancel_everything(service: ApiProcess, timeout_s: float = 120) -> None:
             interval_s=1,
             detail=lambda: f"still active: {[(s['id'], s['status']) for s in unfinished]}",
         )
+
+
+def read_events(api: ApiProcess, sweep_id: str) -> list[tuple[str, dict]]:
+    """A sweep's whole event stream, (event kind, data) in order, read until it ends."""
+    events = []
+    with (
+        api.client() as client,
+        client.stream("GET", f"/v1/sweeps/{sweep_id}/events", timeout=300) as stream,
+    ):
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        kind = None
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line.removeprefix("data: "))))
+    return events

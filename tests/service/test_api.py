@@ -21,7 +21,15 @@ from mlflow import MlflowClient
 from service.launcher import free_port
 from sweeps.checkpoints import MIN_STATE_SAVE_PERIOD_S
 from sweeps.records import LOST_TRIAL
-from tests.helpers.api import FINAL, TOKENS, ApiProcess, is_problem, small_sweep, wait_for
+from tests.helpers.api import (
+    FINAL,
+    TOKENS,
+    ApiProcess,
+    is_problem,
+    read_events,
+    small_sweep,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -111,22 +119,6 @@ def test_post_is_idempotent_with_a_key(client):
 
 
 # ---------------------------------------------------------------- sweeps running on Ray
-
-
-def read_events(api: ApiProcess, sweep_id: str) -> list[tuple[str, dict]]:
-    events = []
-    with (
-        api.client() as client,
-        client.stream("GET", f"/v1/sweeps/{sweep_id}/events", timeout=300) as stream,
-    ):
-        assert stream.headers["content-type"].startswith("text/event-stream")
-        kind = None
-        for line in stream.iter_lines():
-            if line.startswith("event: "):
-                kind = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                events.append((kind, json.loads(line.removeprefix("data: "))))
-    return events
 
 
 def test_a_sweep_runs_to_the_end_and_is_visible_in_the_api_and_mlflow(api, client):

@@ -146,6 +146,23 @@ def test_an_entry_a_bundle_may_not_hold_is_named(client, entries, entry, message
     assert error["message"].startswith(f"entry {entry!r} {message}")
 
 
+@pytest.mark.parametrize(
+    ("entry", "module"),
+    [("service/worker.py", "service"), ("json.py", "json"), ("torch/__init__.py", "torch")],
+)
+def test_a_bundle_may_not_shadow_a_module_the_nodes_have(client, entry, module):
+    """Ray puts the bundle first on the driver's and the trials' import path: its `service`
+    would be imported by `python -m service.worker` in place of the service's own."""
+    data = zip_of(("mynets/mixer.py", b""), (entry, b""))
+    (error,) = is_problem(client.post("/v1/code", content=data, headers=ZIP), 422)["errors"]
+    assert error["entry"] == entry
+    assert error["message"].startswith(
+        f"entry {entry!r} provides the module {module!r}, which the cluster's Python "
+        "environment has already"
+    )
+    assert error["message"].endswith("rename it")
+
+
 def test_a_bundle_over_the_file_cap_or_not_a_zip_is_refused(client):
     many = zip_of(*[(f"m{i}.py", b"") for i in range(MAX_CODE_FILES + 1)])
     (error,) = is_problem(client.post("/v1/code", content=many, headers=ZIP), 422)["errors"]

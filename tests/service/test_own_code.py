@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from sweeps.code import digest_of, pack_directory
-from tests.helpers.api import TOKENS, ApiProcess
+from tests.helpers.api import TOKENS, ApiProcess, read_events
 
 pytestmark = pytest.mark.slow
 
@@ -161,5 +161,37 @@ def test_code_installed_on_the_nodes_needs_no_bundle(tmp_path):
         assert done.returncode == 0, done.stdout + done.stderr + api.log_tail()
         assert "succeeded" in done.stdout
         assert not (api.root / "var" / "code").exists()
+    finally:
+        api.stop()
+
+
+def test_a_failed_preflight_fails_the_sweep_before_any_trial_with_its_reason(tmp_path):
+    """The example's mixer has LayerNorm, which `fisher: per_example` has no rule for: the
+    driver's preflight fails the sweep, and its reason reaches the API, the events and the
+    CLI, with no trial started."""
+    api = ApiProcess(tmp_path / "api").start()
+    try:
+        source = user_code(tmp_path)
+        spec = tiny_spec(tmp_path, "own-per-example")
+        document = yaml.safe_load(spec.read_text())
+        document["fixed"]["fisher"] = "per_example"
+        spec.write_text(yaml.safe_dump(document))
+        done = service_cli(
+            "submit", str(spec), "--code", str(source), "--wait",
+            "--url", api.url, "--token", TOKENS[0], cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 1, done.stdout + done.stderr + api.log_tail()
+        assert "preflight failed at stage 'layers'" in done.stdout
+        sweep_id = done.stdout.split("submitted ", 1)[1].split()[0]
+        with api.client() as client:
+            sweep = client.get(f"/v1/sweeps/{sweep_id}").json()
+            items = client.get(f"/v1/sweeps/{sweep_id}/trials").json()["items"]
+        assert sweep["status"] == "failed"
+        assert sweep["reason"].startswith("preflight failed at stage 'layers'")
+        assert "LayerNorm" in sweep["reason"] and "mynets.mixer:build" in sweep["reason"]
+        assert items == []
+        final = [data for kind, data in read_events(api, sweep_id) if kind == "sweep"]
+        assert final[-1]["status"] == "failed"
+        assert final[-1]["reason"] == sweep["reason"]
     finally:
         api.stop()

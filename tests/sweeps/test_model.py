@@ -4,15 +4,11 @@ tracking server, loaded by `mlflow.pyfunc`, served by `mlflow models serve`, and
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import os
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,7 +25,6 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 from gradreg.cli.main import main as gradreg_main
 from gradreg.export import SavedPosterior
 from gradreg.train import fit
-from service.launcher import free_port
 from sweeps.cli import main as sweeps_main
 from sweeps.model import (
     MODEL_CODE,
@@ -41,8 +36,7 @@ from sweeps.model import (
 )
 from sweeps.records import SweepRecord, TrialSummary
 from sweeps.spec.parse import validate_shape
-from tests.helpers import poll_until
-from tests.helpers.mlflow_server import MlflowServer
+from tests.helpers.mlflow_server import MlflowServer, serving
 from tests.helpers.specs import DIGITS_SWEEP
 
 NAME = "iris-vl-uniform"
@@ -276,45 +270,6 @@ def test_a_registered_version_says_what_it_scored_first_and_briefly():
         "val_accuracy (maximize)"
     )
     assert tags["objective"] == "val_accuracy=0.9722" and tags["dataset"] == "animals.csv"
-
-
-@contextlib.contextmanager
-def serving(model_uri: str, tracking_uri: str, log: Path) -> Iterator[str]:
-    """``mlflow models serve`` of ``model_uri`` (``--env-manager local``); yields its URL."""
-    port = free_port()
-    bin_dir = Path(sys.executable).parent  # MLflow starts `uvicorn` from the PATH
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    mlflow_cli = str(bin_dir / "mlflow")
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [
-                mlflow_cli, "models", "serve", "-m", model_uri,
-                "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
-            ],
-            env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
-        try:
-
-            def up() -> bool:
-                try:
-                    if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
-                        return True
-                except httpx.HTTPError:
-                    pass
-                assert process.poll() is None, log.read_text()
-                return False
-
-            poll_until(up, 120, "mlflow models serve answering /ping", interval_s=0.5)
-            yield url
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=30)
 
 
 def _served(url: str, body: dict[str, Any], class_names: tuple[str, ...]) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""A researcher's own data loading: nothing here is gradreg's."""

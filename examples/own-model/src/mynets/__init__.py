@@ -1,0 +1,1 @@
+"""A researcher's own networks: nothing here is gradreg's."""
