@@ -6,15 +6,11 @@ import sys
 from collections.abc import Sequence
 
 from gradreg.cli.main import main
-from gradreg.version import EXIT_INTERRUPTED
+from gradreg.version import interruptible
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    try:
-        return main(argv)
-    except KeyboardInterrupt:
-        print("gradreg: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    return interruptible("gradreg", lambda: main(argv))
 
 
 if __name__ == "__main__":

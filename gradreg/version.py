@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 
 DISTRIBUTION = "gradreg"  # pyproject.toml's [project] name: one distribution holds all three
@@ -22,3 +24,13 @@ def distribution_version() -> str:
 def add_version_argument(parser: argparse.ArgumentParser) -> None:
     """``--version``: print ``<prog> <version>`` on stdout and exit 0."""
     parser.add_argument("--version", action="version", version=f"%(prog)s {distribution_version()}")
+
+
+def interruptible(prog: str, command: Callable[[], int]) -> int:
+    """Run a command line's ``command``; a Ctrl-C that reaches it prints ``<prog>: interrupted``
+    (no traceback) and is the exit status `EXIT_INTERRUPTED`."""
+    try:
+        return command()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from gradreg.files import write_private
-from gradreg.version import EXIT_INTERRUPTED, add_version_argument
+from gradreg.version import add_version_argument, interruptible
 from service.settings import ClientSettings, ServiceSettings, prepare_ray_auth
 
 if TYPE_CHECKING:
@@ -28,13 +28,9 @@ EXIT_INVALID = 2
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.command in (None, "serve"):
-            return serve_command(args)
-        return client_command(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    if args.command in (None, "serve"):
+        return interruptible("service", lambda: serve_command(args))
+    return interruptible("service", lambda: client_command(args))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import httpx
 
 from service.statuses import PARETO_OF_FINISHED, TERMINAL
-from sweeps.records import FINISHED_STATES, best_so_far_text
+from sweeps.records import best_so_far_text, counts_text
 
 Json = dict[str, Any]  # an answer of the API, as its schemas (service.schemas) describe it
 
@@ -111,13 +111,7 @@ def progress_line(sweep: Json, objective: str) -> str:
     """The line `wait` prints: the sweep's counts and its best, as its basis says: for several
     objectives the size of the Pareto set of its finished trials, for one the best so far by
     its ``objective`` (a metric name) in the words of the driver's own progress line."""
-    counts = sweep["counts"]
-    done = sum(counts.get(s, 0) for s in FINISHED_STATES)
-    running = counts.get("running", 0) + counts.get("retrying", 0)
-    line = (
-        f"[{sweep['name']}] {sweep['status']}: trials {done} done, {running} running, "
-        f"{counts.get('failed', 0)} failed"
-    )
+    line = f"[{sweep['name']}] {sweep['status']}: {counts_text(sweep['counts'])}"
     best_set = sweep.get("best") or []
     if sweep.get("best_basis") == PARETO_OF_FINISHED:
         names = ", ".join(trial["name"] for trial in best_set) or "none has finished"

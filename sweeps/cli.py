@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from gradreg.cli.predict import add_predict_arguments, run_predict
-from gradreg.version import EXIT_INTERRUPTED, add_version_argument
+from gradreg.version import add_version_argument, interruptible
 from sweeps import (
     DirectoryStore,
     DriverOptions,
@@ -41,17 +41,18 @@ EXIT_INVALID = 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    return interruptible("sweeps", lambda: _handle(args))
+
+
+def _handle(args: argparse.Namespace) -> int:
     try:
-        return args.handler(args)
+        return int(args.handler(args))
     except SpecError as error:
         print(error, file=sys.stderr)
         return EXIT_INVALID
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INVALID
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
 
 
 def _parser() -> argparse.ArgumentParser:

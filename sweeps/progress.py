@@ -29,6 +29,7 @@ from sweeps.records import (
     TrialHook,
     TrialState,
     best_so_far_text,
+    counts_text,
     loss,
     reported_metrics,
 )
@@ -137,11 +138,7 @@ class SweepMonitor:
             heapq.heappush(self._ranked, (value, event.trial_id, report))
 
     def progress_line(self) -> str:
-        done = self.count(*FINISHED_STATES)
-        line = (
-            f"[{self.sweep}] trials {done}/{self.max_trials} done, "
-            f"{self.count('running', 'retrying')} running, {self.count('failed')} failed"
-        )
+        line = f"[{self.sweep}] {counts_text(self._counts, self.max_trials)}"
         best = self._best_trial()
         if best is not None:
             values = self.latest[best]

@@ -215,6 +215,16 @@ def ranked_trials(objective: Goal, trials: Iterable[T], *, finished_only: bool =
     return [trial for _, trial in sorted(scored, key=lambda item: item[0])]
 
 
+def counts_text(counts: Mapping[Any, int], max_trials: int | None = None) -> str:
+    """A progress line's tally of trials by state, the driver's and the API client's alike:
+    ``trials 3/8 done, 2 running, 1 failed`` (without ``max_trials``, ``trials 3 done, …``).
+    Done is every finished state, failed included; running counts retrying trials too."""
+    done = sum(counts.get(state, 0) for state in FINISHED_STATES)
+    running = counts.get("running", 0) + counts.get("retrying", 0)
+    of = "" if max_trials is None else f"/{max_trials}"
+    return f"trials {done}{of} done, {running} running, {counts.get('failed', 0)} failed"
+
+
 def best_so_far_text(metric: str, name: str, metrics: Mapping[str, Any]) -> str | None:
     """What a progress line says of the best trial so far: the driver's and the API client's
     say the same. The best so far is the trial whose latest report ranks first

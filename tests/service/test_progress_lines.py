@@ -7,6 +7,7 @@ reads them back through the real routes.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import pytest
@@ -111,4 +112,23 @@ def test_wait_prints_the_line_by_the_sweeps_objective(session_factory, api):
     assert out.getvalue() == (
         "[demo] cancelled: trials 0 done, 0 running, 0 failed"
         " | best val_accuracy 0.8 (demo-t1-00000001 at epoch 2, its latest report)\n"
+    )
+
+
+def test_the_driver_and_the_client_count_the_trials_alike(session_factory, api):
+    """Done is every finished state, failed included; running counts retrying trials."""
+    objectives = [{"metric": "val_nll"}]
+    sweep_id = new_sweep(session_factory, "running", objectives=objectives)
+    goal = objectives_of({"objectives": objectives})
+    monitor = SweepMonitor(sweep="demo", objectives=goal, max_trials=6, stream=None)
+    states = ["running", "succeeded", "failed", "retrying", "stopped"]
+    for number, state in enumerate(states, start=1):
+        event = dataclasses.replace(report(number, 1, val_nll=1.0 / number), state=state)
+        monitor.update(event)
+        with session_factory() as session:
+            upsert_trials(session, sweep_id, [event], goal)
+    counted = "3 done, 2 running, 1 failed"
+    assert monitor.progress_line().startswith(f"[demo] trials {counted.replace(' ', '/6 ', 1)}")
+    assert progress_line(api.sweep(sweep_id), "val_nll").startswith(
+        f"[demo] running: trials {counted}"
     )
