@@ -1,1 +1,2 @@
-"""The method comparison: its runs (`runs`) and its tables and files (`report`)."""
+"""The method comparison: its runs (`runs`), its tables and files (`report`), and a comparison
+run in parts joined seed by seed, with each method's cost (`joined`)."""

@@ -1,15 +1,19 @@
-"""Reliability diagrams rendered with matplotlib's Agg canvas (no pyplot global state)."""
+"""Reliability diagrams, importances and the comparison's cost figure, rendered with
+matplotlib's Agg canvas (no pyplot global state)."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from gradreg.evaluation.metrics import ReliabilityBins
 
@@ -110,6 +114,79 @@ def write_param_importances(
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png")
     return path
+
+
+def write_cost_figure(
+    path: str | os.PathLike[str],
+    panels: Mapping[str, Mapping[str, tuple[float, float, float]]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str | None = None,
+) -> Path:
+    """Write a PNG of one panel per setting (panel -> method -> (x, y, y's standard error)),
+    one point per method, x on a log scale; a method keeps its colour and marker in every
+    panel. Return path."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"path must end in .png, got {str(path)!r}")
+    if not panels or any(not points for points in panels.values()):
+        raise ValueError("panels must be non-empty, each with at least one method -> point")
+    for name, points in panels.items():
+        bad = [m for m, (x, _, _) in points.items() if not (x > 0 and np.isfinite(x))]
+        if bad:
+            raise ValueError(f"panel {name!r}: x must be positive (log scale) for {bad}")
+    methods = list(dict.fromkeys(m for points in panels.values() for m in points))
+    palette, markers = _palette("tab10"), "osD^v<>ph*"
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    figure = Figure(figsize=(4.2 * columns, 3.6 * rows + 0.6), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    grid = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
+    for axes, (name, points) in zip(grid, panels.items(), strict=False):
+        for method, (x, y, se) in points.items():
+            i = methods.index(method)
+            axes.errorbar(
+                [x],
+                [y],
+                yerr=[se] if np.isfinite(se) else None,
+                fmt=markers[i % len(markers)],
+                color=palette[i % len(palette)],
+                label=method,
+                capsize=3,
+            )
+        axes.set_xscale("log")
+        axes.xaxis.set_major_formatter(FuncFormatter(_plain))
+        axes.xaxis.set_minor_formatter(FuncFormatter(_plain_2_5))
+        axes.set_title(name)
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(ylabel)
+        axes.grid(alpha=0.3, which="both")
+    for axes in grid[len(panels) :]:
+        axes.set_visible(False)
+    by_label: dict[str, Any] = {}
+    for axes in grid[: len(panels)]:
+        handles, labels = axes.get_legend_handles_labels()
+        for handle, label in zip(handles, labels, strict=True):
+            by_label.setdefault(label, handle)
+    figure.legend(
+        list(by_label.values()), list(by_label), loc="outside lower center", ncols=len(methods)
+    )
+    if title:
+        figure.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+    return path
+
+
+def _plain(value: float, _: object) -> str:
+    return f"{value:g}"
+
+
+def _plain_2_5(value: float, _: object) -> str:
+    """A log axis' minor label at 2 and 5 times a power of ten only."""
+    mantissa = round(value / 10 ** math.floor(math.log10(value)), 6)
+    return f"{value:g}" if mantissa in (2.0, 5.0) else ""
 
 
 def _palette(name: str) -> list[tuple[float, float, float, float]]:

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import pytest
 import torch
 
 from gradreg.cli.main import main
+from gradreg.comparison.joined import (
+    StoredComparison,
+    cost_rows,
+    lookup,
+    paired,
+    reproduction,
+    time_methods,
+    timing_spec,
+)
 from gradreg.comparison.report import format_summary, paired_rows, summary_rows, write_comparison
 from gradreg.comparison.runs import (
     CompareSpec,
@@ -216,3 +226,156 @@ def test_bad_comparisons_are_refused_before_anything_runs():
 def test_variance_learning_rates_in_the_grid_follow_the_learning_rate():
     assert {p["variance_lr"] for p in _grid("vl-diagonal", 0.01)} == {0.01, 0.1}
     assert {p["prior_variance"] for p in _grid("vl-diagonal", 0.01)} == {0.1, 1.0}
+
+
+# ---------------------------------------------------------------- a comparison in parts
+
+
+def _part(folder, methods, runs, chosen=None, **spec):
+    return StoredComparison(
+        folder,
+        {"dataset": "iris", "seeds": 2, "lr": None, "methods": methods, **spec},
+        chosen if chosen is not None else {m: {"prior_variance": 1.0} for m in methods},
+        runs,
+    )
+
+
+def _row(label, seed, nll, accuracy=0.9, epochs=5):
+    return {
+        "label": label,
+        "seed": seed,
+        "test_nll": nll,
+        "test_nll_ts": nll - 0.01,
+        "test_accuracy": accuracy,
+        "test_accuracy_ts": accuracy,
+        "test_ece": 0.1,
+        "epochs": epochs,
+    }
+
+
+def test_a_rerun_is_checked_number_by_number_against_the_stored_rows(tmp_path):
+    stored = _part(tmp_path / "a", ["map", "vl-uniform"], [
+        _row("map", 0, 0.5), _row("map", 1, 0.4), _row("vl-uniform", 0, 0.3),
+        _row("vl-uniform", 1, 0.3),
+    ])  # fmt: skip
+    same = _part(tmp_path / "b", ["map", "ivon"], [
+        _row("map", 0, 0.5), _row("map", 1, 0.4), _row("ivon", 0, 0.2), _row("ivon", 1, 0.2),
+    ])  # fmt: skip
+    [agreement] = reproduction(stored, same)  # only the labels both hold
+    assert agreement.exact and agreement.values == 2 * 6  # 5 metrics and the epochs, per seed
+    assert "all 12 numbers of 2 seeds equal, same choice" in agreement.describe()
+
+    off = _part(tmp_path / "c", ["map"], [_row("map", 0, 0.5), _row("map", 1, 0.4 + 1e-7)])
+    [agreement] = reproduction(stored, off)
+    assert not agreement.exact and agreement.differing == 2  # test_nll and test_nll_ts
+    assert agreement.max_abs_diff == pytest.approx(1e-7)
+    assert agreement.worst.startswith("seed 1 test_nll") and agreement.scaled_differing == 1
+    assert "2 of 12 numbers of 2 seeds differ (1 of them raw numbers), at most 1e-07" in (
+        agreement.describe()
+    )
+    only_ts = [_row("map", 0, 0.5), {**_row("map", 1, 0.4), "test_nll_ts": 0.0}]
+    [agreement] = reproduction(stored, _part(tmp_path / "h", ["map"], only_ts))
+    assert "(all of them temperature-scaled numbers or T, every raw number equal)" in (
+        agreement.describe()
+    )
+
+    chose = _part(tmp_path / "d", ["map"], same.runs[:2], chosen={"map": {"prior_variance": 2}})
+    [agreement] = reproduction(stored, chose)
+    assert agreement.differing == 0 and not agreement.exact
+    assert agreement.describe().endswith("a different choice")
+
+    other = _part(tmp_path / "e", ["map"], same.runs[:2], dataset="wine")
+    with pytest.raises(ValueError, match="not the same setting \\(dataset: 'iris' against 'wine'"):
+        reproduction(stored, other)
+    # A part written before methods had their own lr (it gave the shared 1e-3) is the same
+    # setting for MAP, whose own lr is 1e-3; another lr is not.
+    assert reproduction(_part(tmp_path / "f", ["map"], same.runs[:2], lr=1e-3), same)
+    with pytest.raises(ValueError, match=re.escape("map's lr: 0.01 against 0.001")):
+        reproduction(_part(tmp_path / "g", ["map"], same.runs[:2], lr=1e-2), same)
+
+
+def test_rows_of_two_parts_pair_by_seed_and_count_the_seeds_the_first_wins(tmp_path):
+    stored = _part(tmp_path / "a", ["vl-uniform"], [
+        _row("vl-uniform", 0, 0.30, 0.90), _row("vl-uniform", 1, 0.20, 0.80),
+    ])  # fmt: skip
+    new = _part(tmp_path / "b", ["ivon"], [
+        _row("ivon", 0, 0.25, 0.95), _row("ivon", 1, 0.30, 0.70),
+    ])  # fmt: skip
+    runs = lookup([stored, new])
+    nll, accuracy = paired(runs, ("vl-uniform", "raw"), ("ivon", "ts"), 2, ("nll", "accuracy"))
+    # nll: 0.30 − 0.24 and 0.20 − 0.29; lower wins, so VL won seed 1
+    assert nll["diff_mean"] == pytest.approx((0.06 - 0.09) / 2)
+    assert nll["diff_se"] == pytest.approx(0.075)  # stdev of (0.06, −0.09) / √2
+    assert (nll["first_better"], nll["seeds"]) == (1, 2)
+    assert (nll["first_variant"], nll["second_variant"]) == ("raw", "ts")
+    # accuracy: −0.05 and +0.10; higher wins
+    assert accuracy["diff_mean"] == pytest.approx(0.025) and accuracy["first_better"] == 1
+    with pytest.raises(KeyError, match="no run of 'mcvi' for seed\\(s\\) \\[0, 1\\]"):
+        paired(runs, ("mcvi", "raw"), ("ivon", "raw"), 2)
+    with pytest.raises(ValueError, match="variant of 'ivon' must be raw or ts, got 'scaled'"):
+        paired(runs, ("vl-uniform", "raw"), ("ivon", "scaled"), 2)
+
+
+def test_cost_is_set_against_maps_per_epoch_and_to_the_chosen_epoch():
+    runs = {
+        ("map", 0): {"epochs": 40},
+        ("map", 1): {"epochs": 40},
+        ("ivon", 0): {"epochs": 20},
+        ("ivon", 1): {"epochs": 20},
+    }
+    timings = [
+        {"method": "map", "seconds_per_epoch": 0.5},
+        {"method": "ivon", "seconds_per_epoch": 0.6},
+    ]
+    rows = {r["method"]: r for r in cost_rows(timings, runs)}
+    assert rows["map"]["per_epoch_vs_map"] == 1 and rows["map"]["train_seconds"] == 20
+    assert rows["ivon"]["per_epoch_vs_map"] == pytest.approx(1.2)
+    assert rows["ivon"]["train_seconds"] == pytest.approx(12)
+    assert rows["ivon"]["train_vs_map"] == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="no map row"):
+        cost_rows(timings[1:], runs)
+    with pytest.raises(ValueError, match="ivon: expected one epoch count over seeds"):
+        cost_rows(timings, {**runs, ("ivon", 1): {"epochs": 21}})
+
+
+def test_a_timing_pass_trains_each_chosen_configuration_with_one_thread(monkeypatch):
+    import gradreg.train
+
+    seen = []
+    real_fit = gradreg.train.fit
+
+    def fit(config):
+        seen.append((config.method, config.epochs, config.lr, torch.get_num_threads()))
+        return real_fit(config)
+
+    monkeypatch.setattr(gradreg.train, "fit", fit)
+    threads = torch.get_num_threads()
+    spec = CompareSpec(**{**SMALL, "methods": ["map", "ivon"]})
+    rows = time_methods(spec, {"map": {"epochs": 9}, "ivon": {"lr": 0.2}}, epochs=3)
+    assert seen == [("map", 3, 1e-3, 1), ("ivon", 3, 0.2, 1)]
+    assert torch.get_num_threads() == threads  # put back
+    assert [r["method"] for r in rows] == ["map", "ivon"]
+    assert all(r["seconds_per_epoch"] > 0 and r["epochs_timed"] == 2 for r in rows)
+    with pytest.raises(ValueError, match="no chosen configuration for method\\(s\\) ivon"):
+        time_methods(spec, {"map": {}}, epochs=3)
+    with pytest.raises(ValueError, match="epochs must be >= 2"):
+        time_methods(spec, {"map": {}, "ivon": {}}, epochs=1)
+
+
+def test_a_timing_spec_takes_each_method_from_the_first_part_holding_it(tmp_path):
+    stored = _part(
+        tmp_path / "a", ["map", "vl-uniform"], [], chosen={"map": {"a": 1}, "vl-uniform": {}},
+        lr=1e-3, model="mlp", model_options={"hidden": [8]}, search_budget=8,
+        early_stopping=True, ensemble=5, hyper_ensemble=5, ensemble_of=["map"],
+    )  # fmt: skip
+    new = _part(
+        tmp_path / "b", ["map", "ivon"], [], chosen={"map": {"a": 2}, "ivon": {"lr": 0.3}},
+        model="mlp", model_options={"hidden": [8]}, search_budget=8, early_stopping=True,
+        ensemble=5, hyper_ensemble=5, ensemble_of=["map"],
+    )  # fmt: skip
+    spec, chosen = timing_spec([stored, new])
+    assert spec.methods == ["map", "vl-uniform", "ivon"]
+    assert chosen == {"map": {"a": 1}, "vl-uniform": {}, "ivon": {"lr": 0.3}}
+    # each method at the lr it ran with: the stored part's shared one, IVON its own
+    assert spec.config("vl-uniform", 0).lr == 1e-3 and spec.config("ivon", 0).lr == 0.1
+    assert not spec.searching and spec.ensemble == 0

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gradreg.evaluation.metrics import reliability_bins
-from gradreg.evaluation.plots import write_reliability_diagram
+from gradreg.evaluation.plots import write_cost_figure, write_reliability_diagram
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -65,3 +65,24 @@ def test_metrics_module_offers_the_diagram_writer(tmp_path):
     bins = metrics.reliability_bins(probs, np.array([0, 1, 1]))
     path = metrics.write_reliability_diagram(tmp_path / "d.png", bins, title="t")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_cost_figure_has_a_panel_per_setting_and_refuses_what_a_log_axis_cannot_show(
+    tmp_path,
+) -> None:
+    panels = {
+        "digits": {"map": (1.0, 0.10, 0.01), "ivon": (1.2, 0.09, float("nan"))},
+        "wine": {"map": (0.2, 0.01, 0.002), "vl-uniform": (0.5, 0.012, 0.003)},
+        "mnist1d": {"map": (3.0, 1.05, 0.01)},
+        "cnn": {"map": (30.0, 0.2, 0.02)},
+    }
+    path = write_cost_figure(tmp_path / "out" / "cost.png", panels, xlabel="s", ylabel="NLL")
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    height, width = matplotlib.image.imread(path).shape[:2]
+    assert (height, width) == (780, 1260)  # 3 panels a row, 2 rows
+    with pytest.raises(ValueError, match=r"panel 'wine': x must be positive .* \['map'\]"):
+        write_cost_figure(tmp_path / "x.png", {"wine": {"map": (0.0, 1, 0)}}, xlabel="", ylabel="")
+    with pytest.raises(ValueError, match="panels must be non-empty"):
+        write_cost_figure(tmp_path / "x.png", {"wine": {}}, xlabel="", ylabel="")
+    with pytest.raises(ValueError, match=r"must end in \.png"):
+        write_cost_figure(tmp_path / "x.svg", panels, xlabel="", ylabel="")
