@@ -34,10 +34,10 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import ray
 import torch
+from _trial_clock import spread, timed_sweep_run
 
 from gradreg.train import fit
-from sweeps import DriverOptions, Limits, parse_spec, run_sweep
-from sweeps.records import TrialEvent
+from sweeps import DriverOptions, Limits, parse_spec
 from sweeps.spec.resolve import trial_config
 from sweeps.tracking import Tracker
 
@@ -133,31 +133,8 @@ def through_driver(epochs: int, concurrent: int, root: Path, tag: str) -> Driver
         storage_path=str(root / "tune"),
         quiet=True,
     )
-    started: dict[str, float] = {}
-    ended: dict[str, float] = {}
-
-    def seen(event: TrialEvent) -> None:
-        now = time.perf_counter()
-        if event.state == "running":
-            started.setdefault(event.trial_id, now)
-        elif event.state == "succeeded":
-            ended[event.trial_id] = now
-
-    called = time.perf_counter()
-    outcome = run_sweep(spec, options, on_trial=seen)
-    wall = time.perf_counter() - called
-    if outcome.counts() != {"succeeded": N_TRIALS} or set(started) != set(ended):
-        raise RuntimeError(f"benchmark sweep did not finish cleanly: {outcome.counts()}")
-    order = sorted(started, key=started.__getitem__)
-    return DriverRun(wall, [started[t] for t in order], [ended[t] for t in order], called=called)
-
-
-def spread(values: list[float], unit: str = "", digits: int = 2) -> str:
-    """median [min, max] over the repeats."""
-    median = statistics.median(values)
-    if len(values) == 1:
-        return f"{median:.{digits}f}{unit}"
-    return f"{median:.{digits}f}{unit} [{min(values):.{digits}f}, {max(values):.{digits}f}]"
+    run = timed_sweep_run(spec, options, N_TRIALS)
+    return DriverRun(run.wall_s, run.starts, run.ends, called=run.called)
 
 
 def main() -> None:

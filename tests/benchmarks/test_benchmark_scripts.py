@@ -97,6 +97,23 @@ def test_sweep_overhead_smoke_run(tmp_path):
     assert "2 plain processes vs serial (this machine's ceiling):" in done.stdout
 
 
+def test_user_code_overhead_smoke_run(tmp_path):
+    # Its own process: each sweep starts a Ray of its own, the bundle's with its code.
+    script = str(BENCHMARKS / "user_code_overhead.py")
+    done = subprocess.run(
+        [sys.executable, script, "--epochs", "1", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for mode in ("built-in", "installed", "bundle"):
+        assert re.search(rf"^{mode} +start-up [0-9.]+ s, trial [0-9.]+ s$", done.stdout, re.M)
+    versus = r"^bundle vs installed: start-up [+-][0-9.]+ s \([0-9.]+x\), trial [0-9.]+x$"
+    assert re.search(versus, done.stdout, re.M)
+
+
 # ---------------------------------------------------------------- sweep_scale_*.py
 
 
@@ -301,6 +318,37 @@ def test_method_comparison_smoke_run(tmp_path, monkeypatch, capsys):
     )
     tables = capsys.readouterr().out
     assert "| map ×2 +TS | ensemble |" in tables and "| vl-uniform − map +TS |" in tables
+    assert "| ivon | sample |" in tables
+
+    # A subset into a folder of its own, joined to the first: MAP and IVON rerun reproduce the
+    # first run's rows, a timing pass costs every method of both, and the tables and the
+    # cost figure join them.
+    subset = tmp_path / "subset"
+    common = ["--settings", "smoke", "--out", str(subset)]
+    _run("method_comparison.py", [*common, "--methods", "map,ivon"], monkeypatch)
+    assert json.loads((subset / "smoke" / "comparison.json").read_text())["spec"]["methods"] == [
+        "map",
+        "ivon",
+    ]
+    _run("method_comparison.py", [*common, "--joined", str(tmp_path), "--cost"], monkeypatch)
+    cost = (subset / "smoke" / "cost.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in cost[1:]] == ["map", "vl-uniform", "laplace", "ivon"]
+    figure = tmp_path / "cost_vs_nll.png"
+    _run(
+        "method_comparison.py",
+        [*common, "--joined", str(tmp_path), "--markdown", "--figure", str(figure)],
+        monkeypatch,
+    )
+    joined = capsys.readouterr().out
+    assert "rerun of map: all " in joined and "NOT reproduced" not in joined
+    assert "rerun of ivon: all " in joined and "rerun of map ×2: all " in joined
+    for row in ("| vl-uniform − ivon |", "| ivon +TS − map +TS |", "| ivon − map |", "| map | "):
+        assert row in joined
+    assert "| ivon | " in joined and "× |" in joined  # the cost table, against MAP
+    assert figure.read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(SystemExit):  # a method the setting does not compare
+        _run("method_comparison.py", [*common, "--methods", "map,mcvi"], monkeypatch)
+    assert "--methods: mcvi not in the settings' methods" in capsys.readouterr().err
 
 
 def test_stop_latency_smoke_run(monkeypatch, capsys):
