@@ -1,4 +1,5 @@
-"""The small digits sweep the engine's and the service's tests start from."""
+"""The small digits sweep the engine's and the service's tests start from; its IVON form, and
+what a sweep's registered digits model must do."""
 
 from __future__ import annotations
 
@@ -29,3 +30,33 @@ DIGITS_SWEEP: dict[str, Any] = {
 def digits_spec(**changes: Any) -> SweepSpec:
     """DIGITS_SWEEP with the given top-level sections replaced, validated."""
     return parse_spec({**copy.deepcopy(DIGITS_SWEEP), **changes})
+
+
+# IVON's searched prior (issue 28); its lr is fixed at IVON's own step size, not Adam's.
+IVON_PARAMETERS: dict[str, Any] = {
+    "prior_variance": {"type": "float", "low": 0.1, "high": 10.0, "scale": "log"},
+}
+IVON_SWEEP: dict[str, Any] = {
+    **DIGITS_SWEEP,
+    "name": "digits-ivon",
+    "method": "ivon",
+    "fixed": {**DIGITS_SWEEP["fixed"], "lr": 0.1},
+    "parameters": IVON_PARAMETERS,
+    "budget": {"max_trials": 2, "max_concurrent_trials": 1},
+}
+
+
+def assert_registered_model_predicts(tracking_uri: str, model_uri: str) -> None:
+    """The registered digits model loads with mlflow.pyfunc and gives 10 class probabilities
+    per image, each row summing to 1."""
+    import mlflow
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    mlflow.set_tracking_uri(tracking_uri)
+    model = mlflow.pyfunc.load_model(model_uri)
+    images = load_digits().data[:16]
+    probs = np.asarray(model.predict(images), dtype=float)
+    assert probs.shape == (16, 10)
+    assert np.all(probs >= 0) and np.allclose(probs.sum(axis=1), 1, atol=1e-6)
+    assert len(set(probs.argmax(axis=1))) > 1  # not one class for every image

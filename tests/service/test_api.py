@@ -30,6 +30,7 @@ from tests.helpers.api import (
     small_sweep,
     wait_for,
 )
+from tests.helpers.specs import IVON_PARAMETERS, assert_registered_model_predicts
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +178,29 @@ def test_a_sweep_runs_to_the_end_and_is_visible_in_the_api_and_mlflow(api, clien
     assert [s["id"] for s in listed] == [sweep_id]
     done = client.get("/v1/sweeps", params={"status": "succeeded", "limit": 100}).json()
     assert sweep_id in {s["id"] for s in done["items"]}
+
+
+@pytest.mark.slow
+def test_an_ivon_sweep_registers_a_model_that_loads_and_predicts(api, client):
+    # Issue 28: IVON is swept through the service as VL is, to a model anyone can load.
+    spec = {
+        **small_sweep("e2e-ivon", trials=2, concurrent=1),
+        "method": "ivon",
+        "parameters": IVON_PARAMETERS,
+    }
+    spec["fixed"] = {**spec["fixed"], "lr": 0.1}  # IVON's own step size, not Adam's
+    posted = client.post("/v1/sweeps", json=spec)
+    assert posted.status_code == 202, posted.text
+    sweep = wait_for(client, posted.json()["id"], lambda s: s["status"] in FINAL, timeout_s=300)
+    assert sweep["status"] == "succeeded" and sweep["counts"] == {"succeeded": 2}
+    registered = sweep["registered_model"]
+    assert registered["uri"] == f"models:/{registered['name']}/{registered['version']}"
+    version = MlflowClient(api.tracking_uri).get_model_version(
+        registered["name"], registered["version"]
+    )
+    run = MlflowClient(api.tracking_uri).get_run(version.run_id)
+    assert run.data.params["method"] == "ivon"
+    assert_registered_model_predicts(api.tracking_uri, registered["uri"])
 
 
 def test_a_sweep_without_an_ensemble_says_why(api, client):

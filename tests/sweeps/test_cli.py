@@ -25,7 +25,12 @@ from sweeps.records import SweepOutcome, TrialSummary, trial_number
 from sweeps.spec import SweepSpec
 from sweeps.store import DirectoryStore, run_stored
 from tests.helpers import poll_until
-from tests.helpers.specs import DIGITS_SWEEP, digits_spec
+from tests.helpers.specs import (
+    DIGITS_SWEEP,
+    IVON_SWEEP,
+    assert_registered_model_predicts,
+    digits_spec,
+)
 
 
 def test_validate_accepts_the_examples_and_names_problems(tmp_path, capsys):
@@ -153,6 +158,29 @@ def test_a_signal_saves_the_sweep_and_resume_finishes_it_without_rerunning(tmp_p
     for child in children:
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "epoch")]
         assert steps == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_an_ivon_sweep_through_the_cli_registers_a_model_that_loads_and_predicts(tmp_path):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(IVON_SWEEP))
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeps", "run", str(spec_file), "--json",
+         "--tracking-uri", tracking, "--storage-path", str(tmp_path / "tune")],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcome = json.loads(done.stdout[done.stdout.index("{") :])
+    assert outcome["status"] == "succeeded", outcome["reason"]
+    assert outcome["counts"] == {"succeeded": 2}
+    assert outcome["registered_model"]["uri"] == "models:/digits-ivon/1"
+
+    client = MlflowClient(tracking)
+    version = client.get_model_version("digits-ivon", "1")
+    assert client.get_run(version.run_id).data.params["method"] == "ivon"
+    assert_registered_model_predicts(tracking, "models:/digits-ivon/1")
 
 
 def test_version_prints_the_installed_version(capsys):
