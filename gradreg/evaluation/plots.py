@@ -157,7 +157,7 @@ def write_cost_figure(
             )
         axes.set_xscale("log")
         axes.xaxis.set_major_formatter(FuncFormatter(_plain))
-        axes.xaxis.set_minor_formatter(FuncFormatter(_plain_2_5))
+        axes.xaxis.set_minor_formatter(FuncFormatter(_plain_2_3_5))
         axes.set_title(name)
         axes.set_xlabel(xlabel)
         axes.set_ylabel(ylabel)
@@ -183,10 +183,10 @@ def _plain(value: float, _: object) -> str:
     return f"{value:g}"
 
 
-def _plain_2_5(value: float, _: object) -> str:
-    """A log axis' minor label at 2 and 5 times a power of ten only."""
+def _plain_2_3_5(value: float, _: object) -> str:
+    """A log axis' minor label at 2, 3 and 5 times a power of ten only."""
     mantissa = round(value / 10 ** math.floor(math.log10(value)), 6)
-    return f"{value:g}" if mantissa in (2.0, 5.0) else ""
+    return f"{value:g}" if mantissa in (2.0, 3.0, 5.0) else ""
 
 
 def _palette(name: str) -> list[tuple[float, float, float, float]]:
