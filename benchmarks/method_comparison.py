@@ -349,6 +349,10 @@ def main(argv: list[str] | None = None) -> None:
             )
     if (args.cost or args.figure) and not args.joined:
         parser.error("--cost and --figure need --joined STORED")
+    if args.joined and not (args.cost or args.markdown):
+        parser.error("--joined goes with --markdown (the joined tables) or --cost")
+    if args.figure and not args.markdown:
+        parser.error("--figure goes with --markdown --joined STORED")
     if args.cost:
         for name in names:
             path = write_cost(Path(args.joined), Path(args.out), name, args.cost_epochs)

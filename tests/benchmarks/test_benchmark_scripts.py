@@ -351,6 +351,21 @@ def test_method_comparison_smoke_run(tmp_path, monkeypatch, capsys):
     assert "--methods: mcvi not in the settings' methods" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--cost"], "--cost and --figure need --joined STORED"),
+        (["--joined", "x"], "--joined goes with --markdown (the joined tables) or --cost"),
+        (["--joined", "x", "--cost", "--figure", "f.png"], "--figure goes with --markdown"),
+        (["--methods", ","], "--methods: (none given) not in the settings' methods"),
+    ],
+)
+def test_method_comparison_refuses_options_that_do_not_go_together(args, says, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # before anything runs
+        _run("method_comparison.py", ["--settings", "smoke", *args], monkeypatch)
+    assert exit_info.value.code == 2 and says in capsys.readouterr().err
+
+
 def test_stop_latency_smoke_run(monkeypatch, capsys):
     _run("stop_latency.py", ["--repeats", "1"], monkeypatch)
     printed = capsys.readouterr().out
