@@ -10,6 +10,12 @@ method's choice. Every row is a method's own predictive, raw and temperature-sca
 on validation); MAP also gets a 5-member deep ensemble and the ensemble of its search's 5 best
 configurations (what a sweep gives). The tables print paired differences of VL against each
 row, measured in the same run. Files go to OUT/<setting>/.
+
+A comparison can be extended without rerunning it: ``--methods map,ivon`` runs some of each
+setting's methods into another OUT; ``--joined STORED --cost`` times every method of both
+(one thread, `gradreg.comparison.joined`) into OUT/<setting>/cost.csv; ``--joined STORED
+--markdown [--figure PATH]`` prints the joined tables (with whether the methods both ran give
+the same numbers) and draws test NLL after TS against training time.
 """
 
 from __future__ import annotations
