@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo stop train-demo test lint deploy-check bench clean cluster-up cluster-down
+.PHONY: install demo stop train-demo test lint deploy-check bench clean cluster-up cluster-down images
 
 # docker/constraints.txt pins the service's dependencies to the versions the images install:
 # the tests run those, not whatever PyPI released this morning (a new httpx or Optuna has
@@ -38,6 +38,13 @@ cluster-up: install
 
 cluster-down:
 	$(PY) -m localcluster down
+
+# Every image docker-compose.yml runs, built with Podman without a registry: the Python base
+# from Debian's packages, docker/Dockerfile (CPU) and docker/mlflow.Dockerfile, stand-ins for
+# postgres and MinIO; each checked inside. Root; see docs/deploy.md, "Build and run the images
+# without a registry". Cached: a second run with the same inputs rebuilds nothing.
+images: install
+	PYTHON=$(PY) docker/build-local.sh
 
 train-demo: install
 	$(PY) -m gradreg train --dataset digits --method vl --variance uniform \

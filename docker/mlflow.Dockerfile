@@ -6,12 +6,13 @@ ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 FROM ${PYTHON_IMAGE}
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1 \
     PATH=/opt/venv/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     MLFLOW_DISABLE_TELEMETRY=true
 COPY docker/constraints.txt /opt/pins.txt
-RUN python -m venv /opt/venv \
+# pip's downloads stay in the build's cache mount (docker/Dockerfile shares it), not in a layer.
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -m venv /opt/venv \
     && /opt/venv/bin/pip install --constraint /opt/pins.txt mlflow 'psycopg[binary]' boto3 \
     && useradd --uid 1000 --user-group --create-home --shell /bin/bash mlflow
 COPY --chmod=0755 docker/probe.py /usr/local/bin/gradreg-probe
