@@ -831,6 +831,9 @@ def test_trials_are_listed_by_their_number_the_unnumbered_last(session_factory):
             trial_queries.trial_page(session, sweep_id, limit=2, order_by="trial_id", cursor=cursor)
 
 
+MAX_CONCURRENT_BATCHES = 20
+
+
 def test_paging_by_number_visits_every_trial_once_under_concurrent_inserts(session_factory):
     sweep_id = new_sweep(session_factory, "running")
     objectives = objectives_of({})
@@ -848,7 +851,11 @@ def test_paging_by_number_visits_every_trial_once_under_concurrent_inserts(sessi
     inserted: list[str] = []
 
     def insert() -> None:
-        while not stop.is_set():
+        # A bounded number of inserts: a writer faster than the pages (PostgreSQL under load)
+        # would otherwise keep the last page out of reach for ever.
+        for _ in range(MAX_CONCURRENT_BATCHES):
+            if stop.is_set():
+                return
             inserted.extend(add(3))
 
     writer = threading.Thread(target=insert)
