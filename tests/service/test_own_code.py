@@ -29,6 +29,9 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE = ROOT / "examples" / "own-model"
+# What a fresh process must not inherit: the user's code on the path, and MLflow's URIs, which
+# mlflow.set_tracking_uri and set_registry_uri write into os.environ in an earlier test.
+LEAKED = {"PYTHONPATH", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"}
 RELATIVE_PLACES = {
     "GRADREG_VAR_DIR": "var",
     "GRADREG_DATA_DIR": "data",
@@ -124,7 +127,7 @@ def test_submit_code_runs_the_users_network_and_the_model_serves_without_it(tmp_
         tracking = f"sqlite:///{api.root / 'var' / 'mlflow.db'}"
         fresh = tmp_path / "elsewhere"
         fresh.mkdir()
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env = {k: v for k, v in os.environ.items() if k not in LEAKED}
         loaded = subprocess.run(
             [sys.executable, "-c", LOAD_AND_PREDICT, tracking, sweep["registered_model"]["uri"]],
             cwd=fresh,

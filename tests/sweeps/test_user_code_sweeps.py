@@ -66,8 +66,11 @@ def example_spec(tmp_path: Path, name: str, **changes: Any) -> Path:
 
 def clean_env(tmp_path: Path) -> dict[str, str]:
     """This process's environment without PYTHONPATH: a fresh process finds gradreg and sweeps
-    (installed) and nothing of the user's."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    (installed) and nothing of the user's. Without MLflow's URIs either: mlflow.set_tracking_uri
+    and set_registry_uri write them into os.environ, so an earlier test's server (test_model's)
+    would be the fresh process's registry."""
+    leaked = {"PYTHONPATH", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"}
+    env = {k: v for k, v in os.environ.items() if k not in leaked}
     env.update(MLFLOW_DISABLE_TELEMETRY="true", GRADREG_VAR_DIR=str(tmp_path / "var"))
     return env
 
@@ -519,7 +522,9 @@ def test_a_requirement_from_a_local_wheel_is_installed_for_the_trials(tmp_path):
     assert importlib.util.find_spec("tinylayers") is None  # installed for the trials only
     print(f"sweep with a pip runtime environment: {seconds:.0f} s")
     # The registered model lists the wheel among its requirements.
+    # Both URIs: an earlier test's set_registry_uri (test_model's server) outlives it.
     mlflow.set_tracking_uri(uri(tmp_path))
+    mlflow.set_registry_uri(uri(tmp_path))
     listed = Path(
         mlflow.artifacts.download_artifacts(
             artifact_uri="models:/own-wheel/1/requirements.txt", dst_path=str(tmp_path / "req")
