@@ -109,19 +109,17 @@ def test_steps_are_algorithm_1_of_the_paper(samples, clip):
         copy.deepcopy(model), n_data=N_DATA, prior_variance=2.0, clip_radius=clip, **settings
     )
     trained = _train(post, batches, lr=0.3, seed=5)
-    m, h, g = _reference(
-        model,
-        batches,
-        lr=0.3,
-        ess=N_DATA,
-        delta=1 / (N_DATA * 2.0),
-        h0=0.5,
-        beta1=0.8,
-        beta2=0.5,
-        samples=samples,
-        seed=5,
-        clip=clip,
-    )
+    reference = {
+        "lr": 0.3,
+        "ess": N_DATA,
+        "delta": 1 / (N_DATA * 2.0),
+        "h0": 0.5,
+        "beta1": 0.8,
+        "beta2": 0.5,
+        "samples": samples,
+        "seed": 5,
+    }
+    m, h, g = _reference(model, batches, clip=clip, **reference)
     ours = _flat(list(post.model.parameters()))
     torch.testing.assert_close(ours, m, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(post.family.hess, h, rtol=1e-12, atol=1e-14)
@@ -129,18 +127,7 @@ def test_steps_are_algorithm_1_of_the_paper(samples, clip):
     torch.testing.assert_close(momentum, g, rtol=1e-12, atol=1e-14)
     assert not torch.allclose(h, torch.full_like(h, 0.5))  # h moved
     if math.isfinite(clip):  # the clip bit: without it the weights end elsewhere
-        unclipped = _reference(
-            model,
-            batches,
-            lr=0.3,
-            ess=N_DATA,
-            delta=1 / (N_DATA * 2.0),
-            h0=0.5,
-            beta1=0.8,
-            beta2=0.5,
-            samples=samples,
-            seed=5,
-        )[0]
+        unclipped = _reference(model, batches, **reference)[0]
         assert (unclipped - m).abs().max() > 1e-3
 
 
