@@ -32,11 +32,31 @@ from sweeps.spec.checks import GP_MAX_TRIALS
 from sweeps.spec.limits import Limits
 from sweeps.spec.parse import parse_spec, read_document
 
+# The driver's Tune callbacks with and without `sweeps.tune_results.TuneResultTrimmer` (issue 29):
+# "untrimmed" is how Tune kept every report before it.
+VARIANTS = ("untrimmed", "trimmed")
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "sweeps" / "examples" / "digits-vl-uniform.yaml"
 N_BINS = 15
 
 
 # ---------------------------------------------------------------- the script's frame
+
+
+def driver_callbacks(variant: str) -> Callable[..., list[Any]]:
+    """`sweeps.driver.tune_callbacks` as the ``variant`` (`VARIANTS`) has it."""
+    from sweeps.driver import tune_callbacks
+    from sweeps.tune_results import TuneResultTrimmer
+
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    if variant == "trimmed":
+        return tune_callbacks
+
+    def untrimmed(sweep: str, spec: SweepSpec) -> list[Any]:
+        return [c for c in tune_callbacks(sweep, spec) if not isinstance(c, TuneResultTrimmer)]
+
+    return untrimmed
 
 
 def positive_int(text: str) -> int:

@@ -12,6 +12,12 @@ driver's CPU time per trial, the time each call into the driver's Tune callback 
 happened, and the driver process's peak RSS (sampled). The trials never call MLflow; the driver
 still opens and closes the sweep's parent run. Each figure is printed with its ratio to the
 smallest size, in this run.
+
+Each size runs once per ``--variants`` (`_sweep_scale_common.VARIANTS`): the driver as it is
+(``trimmed``) and without `sweeps.tune_results.TuneResultTrimmer` (``untrimmed``, how Tune kept
+every report before issue 29). Besides the ratios to the smallest size, it prints each variant's
+driver memory per trial (the peak resident set's growth from the smallest size to each larger
+one, over the added trials) and its state file per trial, and trimmed / untrimmed.
 """
 
 from __future__ import annotations
@@ -35,8 +41,10 @@ from typing import Any
 
 import _sweep_scale_common
 from _sweep_scale_common import (
+    VARIANTS,
     Timings,
     directory_bytes,
+    driver_callbacks,
     epoch_metrics,
     example_document,
     fmt_ms,
@@ -117,8 +125,11 @@ class RssSampler(threading.Thread):
             self.done.wait(self.period_s)
 
 
-def one_driver_run(n: int, args: argparse.Namespace, address: str, root: str) -> dict[str, Any]:
-    """One sweep of ``n`` instant trials in this (fresh) process; the driver's figures."""
+def one_driver_run(
+    n: int, args: argparse.Namespace, address: str, root: str, variant: str
+) -> dict[str, Any]:
+    """One sweep of ``n`` instant trials in this (fresh) process, with the driver's callbacks
+    as ``variant`` has them; the driver's figures."""
     import optuna
     import ray
     import ray.cloudpickle
@@ -144,7 +155,8 @@ def one_driver_run(n: int, args: argparse.Namespace, address: str, root: str) ->
     ray.cloudpickle.register_pickle_by_value(_sweep_scale_common)
     ray.init(address=address, log_to_driver=False)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    work = Path(root, f"driver-{n}")
+    sweeps.driver.tune_callbacks = driver_callbacks(variant)
+    work = Path(root, f"driver-{n}-{variant}")
     engine = make_engine(f"sqlite:///{work / 'store.db'}")
     work.mkdir(parents=True, exist_ok=True)
     upgrade(engine)
@@ -228,6 +240,7 @@ def one_driver_run(n: int, args: argparse.Namespace, address: str, root: str) ->
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "trials": n,
+        "variant": variant,
         "wall_s": wall,
         "startup_s": min(first_start.values()) - called,
         "span_s": span,
@@ -244,9 +257,11 @@ def one_driver_run(n: int, args: argparse.Namespace, address: str, root: str) ->
     }
 
 
-def _driver_child(n: int, args: argparse.Namespace, address: str, root: str, results: Any) -> None:
+def _driver_child(
+    n: int, args: argparse.Namespace, address: str, root: str, variant: str, results: Any
+) -> None:
     try:
-        results.put(("ok", one_driver_run(n, args, address, root)))
+        results.put(("ok", one_driver_run(n, args, address, root, variant)))
     except BaseException as error:
         import traceback
 
@@ -254,11 +269,13 @@ def _driver_child(n: int, args: argparse.Namespace, address: str, root: str, res
         raise
 
 
-def run_in_child(n: int, args: argparse.Namespace, address: str, root: str) -> dict[str, Any]:
+def run_in_child(
+    n: int, args: argparse.Namespace, address: str, root: str, variant: str
+) -> dict[str, Any]:
     """`one_driver_run` in a fresh process (spawned, as the service starts each driver)."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    child = context.Process(target=_driver_child, args=(n, args, address, root, results))
+    child = context.Process(target=_driver_child, args=(n, args, address, root, variant, results))
     child.start()
     while True:
         try:
@@ -287,28 +304,32 @@ def driver_level(args: argparse.Namespace, address: str) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as root:
         for n in sizes:
-            payload = run_in_child(n, args, address, root)
-            calls = payload.pop("calls")
-            events = [s for label in TRIAL_CALLBACKS for s in calls.get(label, [])]
-            figures[str(n)] = {
-                **payload,
-                "driver_cpu_per_trial_s": payload["driver_cpu_s"] / n,
-                "callback_events": summary(events),
-                "callback_steps": summary(calls.get("callback.on_step_end", [])),
-                "calls": {label: summary(values) for label, values in calls.items()},
-            }
-            print(
-                f"  {n} trials: span {payload['span_s']:.1f} s, start-up "
-                f"{payload['startup_s']:.1f} s, wall {payload['wall_s']:.1f} s",
-                flush=True,
-            )
-    base = figures[str(sizes[0])]
+            for variant in args.variants:
+                payload = run_in_child(n, args, address, root, variant)
+                calls = payload.pop("calls")
+                events = [s for label in TRIAL_CALLBACKS for s in calls.get(label, [])]
+                figures[f"{n}/{variant}"] = {
+                    **payload,
+                    "driver_cpu_per_trial_s": payload["driver_cpu_s"] / n,
+                    "state_bytes_per_trial": payload["state_file_bytes"] / n,
+                    "callback_events": summary(events),
+                    "callback_steps": summary(calls.get("callback.on_step_end", [])),
+                    "calls": {label: summary(values) for label, values in calls.items()},
+                }
+                print(
+                    f"  {n} trials, {variant}: span {payload['span_s']:.1f} s, start-up "
+                    f"{payload['startup_s']:.1f} s, wall {payload['wall_s']:.1f} s",
+                    flush=True,
+                )
     print(
-        f"{'trials':>7}{'s/trial':>9}{'ratio':>8}{'cpu ms/trial':>14}{'ratio':>8}"
+        f"{'trials':>7}{'variant':>10}{'s/trial':>9}{'ratio':>8}{'cpu ms/trial':>14}{'ratio':>8}"
         f"{'event p50':>11}{'p99':>8}{'max':>9}{'ratio p99':>10}{'step p99':>10}"
         f"{'saves':>7}{'save p50':>10}{'save max':>10}{'peak RSS MB':>13}{'ratio':>8}"
+        f"{'RSS KB/trial':>14}{'state KB/trial':>16}"
     )
     for key, row in figures.items():
+        n, variant = key.split("/")
+        base = figures[f"{sizes[0]}/{variant}"]
         saves = row["calls"].get("tune.save_to_dir", {"count": 0})
         events = row["callback_events"]
         row["per_trial_ratio"] = ratio(row["per_trial_s"], base["per_trial_s"])
@@ -317,21 +338,42 @@ def driver_level(args: argparse.Namespace, address: str) -> dict[str, Any]:
         )
         row["callback_p99_ratio"] = ratio(events.get("p99_s"), base["callback_events"].get("p99_s"))
         row["peak_rss_ratio"] = ratio(row["peak_rss_bytes"], base["peak_rss_bytes"])
+        # What each trial past the smallest size added to the driver's memory.
+        added = int(n) - sizes[0]
+        row["rss_bytes_per_trial"] = (
+            (row["peak_rss_bytes"] - base["peak_rss_bytes"]) / added if added else None
+        )
+        per_trial = row["rss_bytes_per_trial"]
         print(
-            f"{key:>7}{row['per_trial_s']:>9.3f}{fmt_ratio(row['per_trial_ratio']):>8}"
+            f"{n:>7}{variant:>10}{row['per_trial_s']:>9.3f}{fmt_ratio(row['per_trial_ratio']):>8}"
             f"{row['driver_cpu_per_trial_s'] * 1000:>14.1f}{fmt_ratio(row['driver_cpu_ratio']):>8}"
             f"{fmt_ms(events.get('p50_s')):>11}{fmt_ms(events.get('p99_s')):>8}"
             f"{fmt_ms(events.get('max_s')):>9}{fmt_ratio(row['callback_p99_ratio']):>10}"
             f"{fmt_ms(row['callback_steps'].get('p99_s')):>10}"
             f"{saves['count']:>7}{fmt_ms(saves.get('p50_s')):>10}{fmt_ms(saves.get('max_s')):>10}"
             f"{row['peak_rss_bytes'] / 2**20:>13.0f}{fmt_ratio(row['peak_rss_ratio']):>8}"
+            f"{'–' if per_trial is None else f'{per_trial / 1e3:.0f}':>14}"
+            f"{row['state_bytes_per_trial'] / 1e3:>16.1f}"
         )
+    if set(VARIANTS) <= set(args.variants):
+        print("  trimmed / untrimmed, same size, this run:")
+        for n in sizes:
+            trimmed, untrimmed = figures[f"{n}/trimmed"], figures[f"{n}/untrimmed"]
+            compared = {
+                key: ratio(trimmed[key], untrimmed[key])
+                for key in ("state_bytes_per_trial", "peak_rss_bytes", "rss_bytes_per_trial")
+                if trimmed[key] is not None and untrimmed[key] is not None
+            }
+            trimmed["vs_untrimmed"] = compared
+            shown = ", ".join(f"{key} {fmt_ratio(value)}" for key, value in compared.items())
+            print(f"  {n:>7} trials: {shown}")
     print(
         "  s/trial: first trial's start to last trial's end, over the trials; cpu: the driver "
         "process's CPU time per trial; event: one SweepCallback call on a trial event (start, "
         "result, end: Tune's loop waits for it, ms); step: its on_step_end (ms); saves: Tune's "
         "experiment-state saves (TuneController.save_to_dir, ms); peak RSS: the driver process's "
-        "resident set, sampled every 50 ms"
+        "resident set, sampled every 50 ms; RSS KB/trial: its growth from the smallest size, "
+        "over the added trials; state KB/trial: Tune's experiment-state file over the trials"
     )
     print("  per call (p50 / p99 / max ms, count):")
     for key, row in figures.items():
@@ -351,6 +393,7 @@ def main() -> None:
     options.add_argument("--driver-sampler", choices=("tpe", "random"), default="tpe")
     options.add_argument("--driver-concurrent", type=positive_int, default=4)
     options.add_argument("--driver-cpu", type=float, default=0.5)
+    options.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     args = options.parse_args()
     header("driver", ["ray", "optuna", "mlflow", "sqlalchemy"])
     import ray

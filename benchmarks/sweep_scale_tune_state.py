@@ -12,6 +12,11 @@ background upload of the staging directory that follows each save. Its share of 
 time: save / (period + save), at the old fixed 1 s period and at the period the driver's
 `sweeps.checkpoints.adaptive_state_saves` gives Tune's checkpoint manager after a save that
 long. Each figure is printed with its ratio to the smallest size, in this run.
+
+Each size is built twice (``--variants``): with the driver's callbacks as they are
+(``trimmed``: `sweeps.tune_results.TuneResultTrimmer` keeps only what Tune reads of each report)
+and without the trimmer (``untrimmed``: how Tune kept every report before issue 29); the state
+per trial is printed for both, with their ratio, in the same run.
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ from typing import Any
 
 import optuna
 from _sweep_scale_common import (
+    VARIANTS,
     Timings,
     directory_bytes,
+    driver_callbacks,
     epoch_metrics,
     filled_searcher,
     fmt_ms,
@@ -54,11 +61,17 @@ GLOBAL_CHECKPOINT_S = 1.0  # the driver's fixed period before adaptive_state_sav
 
 
 def build_controller(
-    root: Path, n: int, running: int, epochs: int, checkpoint_every: int, seed: int
+    root: Path,
+    n: int,
+    running: int,
+    epochs: int,
+    checkpoint_every: int,
+    seed: int,
+    variant: str = "trimmed",
 ) -> tuple[Any, list[Any], Any]:
     """A `TuneController` with ``n`` trials of a digits sweep, the last ``running`` of them
-    still running, the rest finished; callbacks, searcher and save period as the driver sets
-    them up (``TUNE_GLOBAL_CHECKPOINT_S=auto``)."""
+    still running, the rest finished; callbacks (as ``variant`` has them), searcher and save
+    period as the driver sets them up (``TUNE_GLOBAL_CHECKPOINT_S=auto``)."""
     from ray import tune
     from ray.train._internal.session import _TrainingResult
     from ray.train._internal.storage import StorageContext
@@ -68,7 +81,7 @@ def build_controller(
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.search_generator import SearchGenerator
 
-    from sweeps.driver import _trial_name, tune_callbacks
+    from sweeps.driver import _trial_name
 
     sweep = f"scale-{n}"
     spec = search_spec("tpe", n)
@@ -76,7 +89,7 @@ def build_controller(
     storage = StorageContext(storage_path=str(root / "tune"), experiment_dir_name=sweep)
     controller = TuneController(
         search_alg=SearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=running)),
-        callbacks=tune_callbacks(sweep, spec),
+        callbacks=driver_callbacks(variant)(sweep, spec),
         storage=storage,
         reuse_actors=True,
         checkpoint_period="auto",
@@ -197,7 +210,7 @@ def driver_period(controller: Any, save_s: float) -> float:
     return float(manager._checkpoint_period)
 
 
-def size_figures(n: int, args: argparse.Namespace) -> dict[str, Any]:
+def size_figures(n: int, args: argparse.Namespace, variant: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         controller, live, storage = build_controller(
@@ -207,6 +220,7 @@ def size_figures(n: int, args: argparse.Namespace) -> dict[str, Any]:
             args.tune_epochs,
             args.tune_checkpoint_every,
             args.seed,
+            variant,
         )
         built = time.perf_counter() - started
         samples = time_saves(
@@ -225,6 +239,7 @@ def size_figures(n: int, args: argparse.Namespace) -> dict[str, Any]:
     period = driver_period(controller, steady["save"])
     return {
         "trials": n,
+        "variant": variant,
         "build_s": built,
         "cold_save_s": samples["save"][0],
         "save_s": steady["save"],
@@ -236,6 +251,7 @@ def size_figures(n: int, args: argparse.Namespace) -> dict[str, Any]:
         "upload_s": steady["sync"],
         "upload_share_at_1s": min(1.0, steady["sync"] / (GLOBAL_CHECKPOINT_S + steady["save"])),
         "state_file_bytes": state_bytes,
+        "state_bytes_per_trial": state_bytes / n,
         "staged_bytes": staged_bytes,
     }
 
@@ -252,29 +268,45 @@ def tune_state_level(args: argparse.Namespace) -> dict[str, Any]:
         flush=True,
     )
     print(
-        f"{'trials':>7}{'build s':>9}{'cold ms':>10}{'save ms':>10}{'ratio':>8}"
+        f"{'trials':>7}{'variant':>10}{'build s':>9}{'cold ms':>10}{'save ms':>10}{'ratio':>8}"
         f"{'trials':>9}{'state':>9}{'searcher':>10}{'callbks':>9}{'share@1s':>10}"
-        f"{'period, share':>15}{'upload ms':>11}{'ratio':>8}{'state MB':>10}{'staged MB':>11}"
+        f"{'period, share':>15}{'upload ms':>11}{'ratio':>8}{'state MB':>10}{'KB/trial':>10}"
+        f"{'staged MB':>11}"
     )
-    baseline: dict[str, Any] = {}
+    baselines: dict[str, dict[str, Any]] = {}
     for n in sizes:
-        row = size_figures(n, args)
-        baseline = baseline or row
-        row["save_ratio"] = ratio(row["save_s"], baseline["save_s"])
-        row["upload_ratio"] = ratio(row["upload_s"], baseline["upload_s"])
-        figures[str(n)] = row
-        part = row["parts_s"]
-        print(
-            f"{n:>7}{row['build_s']:>9.1f}{fmt_ms(row['cold_save_s']):>10}"
-            f"{fmt_ms(row['save_s']):>10}{fmt_ratio(row['save_ratio']):>8}"
-            f"{fmt_ms(part.get('trials_json')):>9}{fmt_ms(part['state_file']):>9}"
-            f"{fmt_ms(part.get('searcher')):>10}{fmt_ms(part.get('callbacks')):>9}"
-            f"{row['driver_share_at_1s']:>9.1%} {row['adaptive_period_s']:>8.1f}s"
-            f"{row['driver_share_adaptive']:>6.1%}{fmt_ms(row['upload_s']):>11}"
-            f"{fmt_ratio(row['upload_ratio']):>8}{row['state_file_bytes'] / 1e6:>10.2f}"
-            f"{row['staged_bytes'] / 1e6:>11.2f}",
-            flush=True,
-        )
+        for variant in args.variants:
+            row = size_figures(n, args, variant)
+            baseline = baselines.setdefault(variant, row)
+            row["save_ratio"] = ratio(row["save_s"], baseline["save_s"])
+            row["upload_ratio"] = ratio(row["upload_s"], baseline["upload_s"])
+            figures[f"{n}/{variant}"] = row
+            part = row["parts_s"]
+            print(
+                f"{n:>7}{variant:>10}{row['build_s']:>9.1f}{fmt_ms(row['cold_save_s']):>10}"
+                f"{fmt_ms(row['save_s']):>10}{fmt_ratio(row['save_ratio']):>8}"
+                f"{fmt_ms(part.get('trials_json')):>9}{fmt_ms(part['state_file']):>9}"
+                f"{fmt_ms(part.get('searcher')):>10}{fmt_ms(part.get('callbacks')):>9}"
+                f"{row['driver_share_at_1s']:>9.1%} {row['adaptive_period_s']:>8.1f}s"
+                f"{row['driver_share_adaptive']:>6.1%}{fmt_ms(row['upload_s']):>11}"
+                f"{fmt_ratio(row['upload_ratio']):>8}{row['state_file_bytes'] / 1e6:>10.2f}"
+                f"{row['state_bytes_per_trial'] / 1e3:>10.1f}{row['staged_bytes'] / 1e6:>11.2f}",
+                flush=True,
+            )
+    if set(VARIANTS) <= set(args.variants):
+        print("  trimmed / untrimmed, same size, this run:")
+        for n in sizes:
+            trimmed, untrimmed = figures[f"{n}/trimmed"], figures[f"{n}/untrimmed"]
+            compared = {
+                key: ratio(trimmed[key], untrimmed[key])
+                for key in ("state_bytes_per_trial", "staged_bytes", "save_s", "upload_s")
+            }
+            trimmed["vs_untrimmed"] = compared
+            print(
+                f"  {n:>7} trials: state per trial {fmt_ratio(compared['state_bytes_per_trial'])}"
+                f", staged {fmt_ratio(compared['staged_bytes'])}, save "
+                f"{fmt_ratio(compared['save_s'])}, upload {fmt_ratio(compared['upload_s'])}"
+            )
     print(
         "  save: TuneController.save_to_dir, in the driver's loop (trials: the changed trials' "
         "JSON; state: the experiment-state file; searcher: SearchGenerator.save_to_dir; "
@@ -298,6 +330,7 @@ def main() -> None:
     options.add_argument("--tune-epochs", type=positive_int, default=20)
     options.add_argument("--tune-checkpoint-every", type=positive_int, default=5)
     options.add_argument("--tune-repeats", type=positive_int, default=5)
+    options.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     args = options.parse_args()
     header("tune_state", ["ray", "optuna"])
     with local_ray():

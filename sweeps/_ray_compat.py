@@ -13,6 +13,10 @@ What is private here, and why no public API does it (Ray 2.60.0):
 - `checkpoint_bookkeeping`, `forget_checkpoints`: a trial's list of registered checkpoints
   (`_CheckpointManager._checkpoint_results`), which Tune writes into every state save, has no
   public way to drop entries (`sweeps.checkpoints` deletes the directories they name).
+- `drop_metric_windows`, `latest_checkpoint_report`: Tune keeps, for each trial, windows of
+  the last 5 and 10 values of every reported number (`_TrainingRunMetadata._n_steps`), and the
+  report of its latest checkpoint, and writes both into every state save; nothing public turns
+  the windows off or reaches that report (`sweeps.tune_results` trims them).
 - `asked_trials`, `searcher_study`: Ray's `OptunaSearch` keeps its Optuna study and the trials
   it asked for in private attributes (``_ot_study``, ``_ot_trials``).
 - `SafeFallbackEncoder`: the JSON encoder of Tune's result files (``ray.air._internal``).
@@ -51,7 +55,9 @@ __all__ = [
     "asked_trials",
     "auto_save_period",
     "checkpoint_bookkeeping",
+    "drop_metric_windows",
     "forget_checkpoints",
+    "latest_checkpoint_report",
     "new_trials_stored_at",
     "searcher_study",
 ]
@@ -115,6 +121,28 @@ def forget_checkpoints(bookkeeping: Any, keep: Callable[[str], bool]) -> None:
     bookkeeping._checkpoint_results = [
         result for result in bookkeeping._checkpoint_results if keep(result.checkpoint.path)
     ]
+
+
+def drop_metric_windows(trial: Any) -> None:
+    """Stop Tune keeping windows of the last values of each metric ``trial`` reports, and drop
+    those it kept: its analysis keeps only max, min, mean and last."""
+    metadata = trial.run_metadata
+    if not metadata._n_steps and not metadata.metric_n_steps:
+        return
+    metadata._n_steps = ()
+    metadata.metric_n_steps = {}
+    for analysis in metadata.metric_analysis.values():
+        for key in [key for key in analysis if key.startswith("last-")]:
+            del analysis[key]
+    metadata.invalidate_cache()
+
+
+def latest_checkpoint_report(trial: Any) -> dict[str, Any] | None:
+    """The report Tune keeps with ``trial``'s latest checkpoint, to be changed in place; Tune
+    writes it with the trial's next state save. None before its first checkpoint."""
+    latest = checkpoint_bookkeeping(trial).latest_checkpoint_result
+    trial.run_metadata.invalidate_cache()
+    return latest.metrics if latest is not None else None
 
 
 def asked_trials(searcher: OptunaSearch) -> dict[str, optuna.Trial]:

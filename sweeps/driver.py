@@ -28,7 +28,6 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from gradreg import settings as gradreg_settings
-from gradreg.names import default_goal
 
 # Their version checks, before anything starts (sweeps.tested_versions).
 from sweeps import _optuna_compat, _ray_compat  # noqa: F401
@@ -71,7 +70,7 @@ from sweeps.spec import CodeSection, SweepSpec
 from sweeps.spec.checks import admitted
 from sweeps.spec.limits import Limits
 from sweeps.spec.parse import validate_shape
-from sweeps.spec.resolve import max_epochs
+from sweeps.spec.resolve import early_stopping_target, max_epochs, tune_metrics
 from sweeps.statefiles import (
     STATES_FILE,
     experiment_path,
@@ -79,9 +78,11 @@ from sweeps.statefiles import (
     read_bundle,
     read_json,
     read_record,
+    read_reports,
     write_bundle,
     write_json,
     write_record,
+    write_report,
 )
 from sweeps.study import (
     StudyPlace,
@@ -93,6 +94,7 @@ from sweeps.study import (
 )
 from sweeps.tracking import Tracker
 from sweeps.trainable import TrialContext, run_trial
+from sweeps.tune_results import TuneResultTrimmer
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -462,12 +464,11 @@ def _trial_name(sweep: str, trial: Any) -> str:
 
 
 def _scheduler(spec: SweepSpec) -> TrialScheduler:
-    stopping = spec.early_stopping
-    if stopping.kind == "none":
+    target = early_stopping_target(spec)
+    if target is None:
         return FIFOScheduler()  # type: ignore[no-untyped-call]  # Ray: no annotations
-    first = spec.objectives[0]
-    metric = stopping.metric or first.metric
-    goal = stopping.goal or (first.goal if metric == first.metric else default_goal(metric))
+    stopping = spec.early_stopping
+    metric, goal = target
     return ASHAScheduler(
         time_attr="training_iteration",
         metric=metric,
@@ -480,8 +481,15 @@ def _scheduler(spec: SweepSpec) -> TrialScheduler:
 
 def tune_callbacks(sweep: str, spec: SweepSpec) -> list[tune.Callback]:
     """The driver's callbacks into Tune's loop."""
-    # Tune keeps every checkpoint; the pruner deletes them once no saved state names them.
-    return [SweepCallback(sweep, spec), LatestResultLogger(), CheckpointPruner()]
+    # In this order: SweepCallback reads each whole report before the trimmer cuts it to what
+    # Tune needs, and the results file holds what Tune keeps. Tune keeps every checkpoint; the
+    # pruner deletes them once no saved state names them.
+    return [
+        SweepCallback(sweep, spec),
+        TuneResultTrimmer(tune_metrics(spec)),
+        LatestResultLogger(),
+        CheckpointPruner(),
+    ]
 
 
 def _run_config(spec: SweepSpec, path: str) -> tune.RunConfig:
@@ -537,6 +545,7 @@ def _drive(
         stream=None if options.quiet else (options.stream or sys.stderr),
         states=read_json(path, STATES_FILE) or {},
         persist=functools.partial(write_json, path, STATES_FILE),
+        keep_final=functools.partial(write_report, path),
         on_result=functools.partial(tracker.close_ended_run, spec, record),
         placement_timeout_s=SweepSettings().placement_timeout_s,
     )
@@ -566,6 +575,8 @@ def _drive(
         stop_requested=monitor.stop_requested,
         failed_too_often=monitor.failed_too_often,
         unplaceable=monitor.unplaceable,
+        # This driver's trials from memory, an earlier driver's from their files.
+        reports={**read_reports(path, skip=monitor.finals.keys()), **monitor.finals},
     )
     outcome = dataclasses.replace(outcome, preflight=reports)
     return AfterTune(tracker, spec, record, place, say)(outcome)
@@ -594,6 +605,7 @@ def _refused(
         stop_requested=checked.stopped,
         failed_too_often=False,
         refused=checked.failure,
+        reports=read_reports(path),
     )
     outcome = dataclasses.replace(outcome, preflight=list(checked.reports))
     tracker.log_preflight(record.parent_run_id, checked.reports, checked.failure)

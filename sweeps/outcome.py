@@ -30,6 +30,7 @@ def sweep_outcome(
     failed_too_often: bool,
     unplaceable: str | None = None,
     refused: str | None = None,
+    reports: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> SweepOutcome:
     """The outcome of a sweep whose Tune run returned ``results`` (its `ResultGrid`).
 
@@ -37,8 +38,12 @@ def sweep_outcome(
     ``stop_requested``, ``failed_too_often`` and ``unplaceable`` (why no trial could be
     placed) say why the run may have ended early; ``refused``, why the sweep failed before
     any trial started (its preflight: `sweeps.preflight`), is its reason as it is.
+    ``reports`` are the finished trials' last reports by trial id, of which Tune's results hold
+    only a part (`sweeps.tune_results`).
     """
-    trials = sorted((trial_summary(spec, r, states) for r in results), key=lambda t: t.name)
+    trials = sorted(
+        (trial_summary(spec, r, states, reports or {}) for r in results), key=lambda t: t.name
+    )
     unfinished = [t for t in trials if t.state == "interrupted"]
     failed = [t for t in trials if t.state == "failed"]
     status: SweepStatus
@@ -76,10 +81,18 @@ def sweep_outcome(
     )
 
 
-def trial_summary(spec: SweepSpec, result: Any, states: Mapping[str, str]) -> TrialSummary:
-    """One Tune `Result` as a trial summary; its state says how the trial ended."""
+def trial_summary(
+    spec: SweepSpec,
+    result: Any,
+    states: Mapping[str, str],
+    reports: Mapping[str, Mapping[str, Any]],
+) -> TrialSummary:
+    """One Tune `Result` as a trial summary; its state says how the trial ended. Its metrics
+    are its last report in ``reports``, or what Tune kept of it (all of it in a sweep saved
+    before `sweeps.tune_results`)."""
     metrics = dict(result.metrics or {})
     trial_id = str(metrics.get("trial_id") or PurePosixPath(result.path).name)
+    metrics.update(reports.get(trial_id, {}))
     params = dict(result.config or {})
     if result.error is not None:
         state = "failed"

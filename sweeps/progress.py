@@ -23,6 +23,7 @@ from ray import tune
 from sweeps.records import (
     FINISHED_STATES,
     PLACEMENT_KEY,
+    RUN_ID_KEY,
     Report,
     StopFlag,
     TrialEvent,
@@ -55,6 +56,12 @@ class SweepMonitor:
     # Called with each event and the trial's raw last result, after the user's hook.
     on_result: Callable[[TrialEvent, dict[str, Any]], None] | None = None
     latest: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Each running trial's last whole report: Tune keeps only a part (`sweeps.tune_results`).
+    last_results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Each trial's final report, by trial id: its metrics and MLflow run id, as this driver saw
+    # them end; `keep_final` keeps each one where a resumed driver finds it.
+    finals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    keep_final: Callable[[str, dict[str, Any]], None] | None = None
     stop_requested: bool = False
     # A trial waiting this long for resources while none runs can never be placed.
     placement_timeout_s: float = float("inf")
@@ -81,6 +88,8 @@ class SweepMonitor:
         self.states[event.trial_id] = event.state
         if event.state in FINISHED_STATES:
             self._unsaved_states = True
+            self.last_results.pop(event.trial_id, None)
+            self._keep_final(event)
         if event.metrics:
             self.latest[event.trial_id] = {"name": event.trial_name, **event.metrics}
         if event.trial_id in self.latest:  # a new state (failed, say) can change the best too
@@ -92,6 +101,16 @@ class SweepMonitor:
         if self.on_result is not None:
             self.on_result(event, result or {})
         self.print_progress()
+
+    def _keep_final(self, event: TrialEvent) -> None:
+        if not event.metrics:
+            return  # failed before its first report: Tune's error says all there is
+        final = {**event.metrics, RUN_ID_KEY: event.mlflow_run_id}
+        self.finals[event.trial_id] = final
+        if self.keep_final is not None:
+            # Before Tune's next state save names the trial finished: a resumed driver that
+            # finds it finished finds its report too.
+            self.keep_final(event.trial_id, final)
 
     def count(self, *states: TrialState) -> int:
         return sum(self._counts[state] for state in states)
@@ -252,7 +271,9 @@ class SweepCallback(tune.Callback):
         monitor = monitor_of(self.sweep)
         if monitor is None:
             return
-        result = trial.last_result or {}
+        # The whole report, which Tune no longer holds once `TuneResultTrimmer` ran; a trial
+        # restored by a resumed driver has only Tune's part until it reports again.
+        result = monitor.last_results.get(trial.trial_id) or trial.last_result or {}
         metrics = reported_metrics(result)
         monitor.update(
             TrialEvent(
@@ -263,7 +284,7 @@ class SweepCallback(tune.Callback):
                 params=dict(trial.config),
                 metrics=metrics,
                 epoch=int(result.get("epoch", 0)),
-                mlflow_run_id=result.get("mlflow_run_id"),
+                mlflow_run_id=result.get(RUN_ID_KEY),
                 error=error,
                 placement=result.get(PLACEMENT_KEY),
             ),
@@ -274,6 +295,10 @@ class SweepCallback(tune.Callback):
         self._emit(trial, "running")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        monitor = monitor_of(self.sweep)
+        if monitor is not None:
+            # A copy: the trimmer after this callback removes keys from ``result`` itself.
+            monitor.last_results[trial.trial_id] = dict(result)
         self._emit(trial, "running")
 
     def on_trial_recover(self, iteration, trials, trial, **info):

@@ -132,7 +132,7 @@ def trial_number(name: str) -> int | None:
     return int(parts[1][1:])
 
 
-def reported_metrics(result: dict[str, Any]) -> dict[str, float]:
+def reported_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     """The numbers a trial reported (gradreg's epoch metrics), without Tune's own keys."""
     return {
         key: float(value)

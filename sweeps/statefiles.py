@@ -2,6 +2,10 @@
 
     EXPERIMENT/sweep.json          the `SweepRecord`: what `resume NAME` needs besides Tune
     EXPERIMENT/trial_states.json   each trial's final state (succeeded, stopped, failed)
+    EXPERIMENT/trial_reports/<trial id>.json
+                                   each finished trial's last report (its metrics and MLflow
+                                   run id), written once as it ends: Tune keeps only a part
+                                   (`sweeps.tune_results`)
     EXPERIMENT/code/<hex>.zip      the code bundle the sweep runs with (`sweeps.code`), by the
                                    sha256 in its spec's code.digest: a resume ships the same
 
@@ -11,6 +15,8 @@ EXPERIMENT is ``<storage>/<sweep name>``, a path or a URI such as ``s3://bucket/
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
@@ -22,6 +28,8 @@ from sweeps.records import SweepRecord
 SWEEP_FILE = "sweep.json"
 STATES_FILE = "trial_states.json"
 CODE_DIR = "code"
+REPORTS_DIR = "trial_reports"
+REPORT_READERS = 16  # a bucket answers each small read in tens of ms: read them side by side
 
 
 def experiment_path(storage: str, name: str) -> str:
@@ -68,6 +76,31 @@ def read_bundle(path: str, digest: str) -> CodeBundle | None:
     if bundle.digest != digest:
         raise ValueError(f"the code bundle at {bundle.source} is not {digest}: it was changed")
     return bundle
+
+
+def write_report(path: str, trial_id: str, report: dict[str, Any]) -> None:
+    """Keep finished trial ``trial_id``'s last ``report`` beside the sweep's state."""
+    write_json(f"{path}/{REPORTS_DIR}", f"{trial_id}.json", report)
+
+
+def read_reports(path: str, skip: Collection[str] = ()) -> dict[str, dict[str, Any]]:
+    """The finished trials' reports kept beside the sweep's state (`write_report`), by trial
+    id, but those of the trials in ``skip``."""
+    fs, fs_path = _filesystem(path)
+    selector = pyarrow.fs.FileSelector(f"{fs_path}/{REPORTS_DIR}", allow_not_found=True)
+    wanted = {
+        info.base_name.removesuffix(".json"): info.path
+        for info in fs.get_file_info(selector)
+        if info.base_name.endswith(".json") and info.base_name.removesuffix(".json") not in skip
+    }
+
+    def read(target: str) -> dict[str, Any]:
+        with fs.open_input_stream(target) as handle:
+            report: dict[str, Any] = json.loads(handle.read().decode())
+            return report
+
+    with ThreadPoolExecutor(REPORT_READERS) as pool:
+        return dict(zip(wanted, pool.map(read, wanted.values()), strict=True))
 
 
 def write_json(path: str, file_name: str, data: Any) -> None:

@@ -10,6 +10,7 @@ from gradreg import settings as gradreg_settings
 from gradreg.config import TrainConfig
 from gradreg.data import FILE_DATASET
 from gradreg.methods import get_method
+from gradreg.names import default_goal
 from sweeps.spec import CategoricalParameter, DatasetSection, IntParameter, SweepSpec
 
 
@@ -113,3 +114,23 @@ def max_epochs(spec: SweepSpec) -> int:
         return max(int(c) for c in parameter.choices if isinstance(c, int))
     value = spec.fixed.get("epochs", TrainConfig.epochs)
     return value if isinstance(value, int) else TrainConfig.epochs
+
+
+def early_stopping_target(spec: SweepSpec) -> tuple[str, str] | None:
+    """The metric early stopping ranks trials by and its goal (``minimize`` or ``maximize``);
+    None when the sweep does not stop trials early."""
+    stopping = spec.early_stopping
+    if stopping.kind == "none":
+        return None
+    first = spec.objectives[0]
+    metric = stopping.metric or first.metric
+    goal = stopping.goal or (first.goal if metric == first.metric else default_goal(metric))
+    return metric, str(goal)
+
+
+def tune_metrics(spec: SweepSpec) -> frozenset[str]:
+    """What Tune itself reads of a trial's reports: its searcher the objectives, its scheduler
+    the early-stopping metric, and the driver the epoch (`sweeps.tune_results`)."""
+    target = early_stopping_target(spec)
+    stopping = {target[0]} if target else set()
+    return frozenset({"epoch", *(o.metric for o in spec.objectives), *stopping})

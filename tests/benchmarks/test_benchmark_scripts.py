@@ -201,10 +201,12 @@ def test_sweep_scale_tune_state_smoke_run(tmp_path):
     lines, figures = _scale_run(
         "tune_state", [*arguments, "--tune-checkpoint-every", "2"], tmp_path
     )
-    assert set(figures) == {"8", "16"}
-    base = figures["8"]
-    for n, row in figures.items():
+    assert set(figures) == {f"{n}/{v}" for n in ("8", "16") for v in ("trimmed", "untrimmed")}
+    for key, row in figures.items():
+        n, variant = key.split("/")
+        base = figures[f"8/{variant}"]
         _finite_positive(row, "save_s", "cold_save_s", "upload_s", "state_file_bytes")
+        assert row["state_bytes_per_trial"] == pytest.approx(row["state_file_bytes"] / int(n))
         assert set(row["parts_s"]) == {"trials_json", "state_file", "searcher", "callbacks"}
         _finite_positive(row["parts_s"], *row["parts_s"])  # the parts fit within the save
         save = row["save_s"]
@@ -218,11 +220,21 @@ def test_sweep_scale_tune_state_smoke_run(tmp_path):
         )
         assert row["save_ratio"] == pytest.approx(save / base["save_s"])
         assert row["upload_ratio"] == pytest.approx(row["upload_s"] / base["upload_s"])
-        assert _ratios(_row(lines, n)) == [
+        assert _ratios(_row(lines, n, variant)) == [
             _shown(save, base["save_s"]),
             _shown(row["upload_s"], base["upload_s"]),
         ]
-    assert figures["16"]["state_file_bytes"] > base["state_file_bytes"]
+    for variant in ("trimmed", "untrimmed"):
+        assert (
+            figures[f"16/{variant}"]["state_file_bytes"]
+            > figures[f"8/{variant}"]["state_file_bytes"]
+        )
+    for n in ("8", "16"):
+        trimmed, untrimmed = figures[f"{n}/trimmed"], figures[f"{n}/untrimmed"]
+        per_trial = trimmed["state_bytes_per_trial"] / untrimmed["state_bytes_per_trial"]
+        assert trimmed["vs_untrimmed"]["state_bytes_per_trial"] == pytest.approx(per_trial)
+        assert per_trial < 0.5  # the trimmer's whole point, at this size too
+        assert _shown(per_trial, 1.0) in _row(lines, n, "trials:")
 
 
 @pytest.mark.slow
@@ -241,13 +253,16 @@ def test_sweep_scale_parent_summary_smoke_run(tmp_path, monkeypatch, capsys):
 def test_sweep_scale_driver_smoke_run(tmp_path):
     arguments = ["--driver-trials", "1", "2", "--driver-epochs", "2"]
     lines, figures = _scale_run("driver", arguments, tmp_path)
-    assert set(figures) == {"1", "2"}
-    base = figures["1"]
-    for n, row in figures.items():
+    assert set(figures) == {f"{n}/{v}" for n in ("1", "2") for v in ("trimmed", "untrimmed")}
+    for key, row in figures.items():
+        n, variant = key.split("/")
+        base = figures[f"1/{variant}"]
         trials = int(n)
         assert row["counts"] == {"succeeded": trials}
         _finite_positive(row, "per_trial_s", "driver_cpu_per_trial_s", "peak_rss_bytes")
+        _finite_positive(row, "state_file_bytes")
         assert row["per_trial_s"] == pytest.approx(row["span_s"] / trials)
+        assert row["state_bytes_per_trial"] == pytest.approx(row["state_file_bytes"] / trials)
         events = row["callback_events"]
         assert events["count"] == trials * (1 + 2 + 1)  # start, 2 results, end
         for call in (events, *row["calls"].values()):
@@ -261,9 +276,19 @@ def test_sweep_scale_driver_smoke_run(tmp_path):
             (events["p99_s"], base["callback_events"]["p99_s"]),
             (row["peak_rss_bytes"], base["peak_rss_bytes"]),
         ]
-        assert _ratios(_row(lines, n)) == [_shown(value, baseline) for value, baseline in pairs]
+        assert _ratios(_row(lines, n, variant)) == [_shown(v, b) for v, b in pairs]
         assert row["per_trial_ratio"] == pytest.approx(pairs[0][0] / pairs[0][1])
         assert row["peak_rss_ratio"] == pytest.approx(pairs[3][0] / pairs[3][1])
+        expected = (
+            (row["peak_rss_bytes"] - base["peak_rss_bytes"]) / (trials - 1) if n != "1" else None
+        )
+        assert row["rss_bytes_per_trial"] == (expected and pytest.approx(expected))
+    for n in ("1", "2"):
+        trimmed, untrimmed = figures[f"{n}/trimmed"], figures[f"{n}/untrimmed"]
+        per_trial = trimmed["state_bytes_per_trial"] / untrimmed["state_bytes_per_trial"]
+        assert trimmed["vs_untrimmed"]["state_bytes_per_trial"] == pytest.approx(per_trial)
+        assert per_trial < 1.0
+        assert f"state_bytes_per_trial {_shown(per_trial, 1.0)}" in _row(lines, n, "trials:")
 
 
 @pytest.mark.slow
