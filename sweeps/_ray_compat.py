@@ -19,7 +19,9 @@ What is private here, and why no public API does it (Ray 2.60.0):
   the windows off or reaches that report (`sweeps.tune_results` trims them).
 - `asked_trials`, `searcher_study`: Ray's `OptunaSearch` keeps its Optuna study and the trials
   it asked for in private attributes (``_ot_study``, ``_ot_trials``).
-- `SafeFallbackEncoder`: the JSON encoder of Tune's result files (``ray.air._internal``).
+- `SafeFallbackEncoder`: the JSON encoder of Tune's result files (``ray.air._internal``), and
+  those files' names in a trial's directory (`EXPR_PARAM_FILE`, `EXPR_RESULT_FILE`, which
+  ``ray.air.constants`` names but Ray's API reference does not).
 - `STORAGE_LOGGER`: the name of the logger of Ray's storage layer.
 - `runtime_working_dir`: a trial's process starts in the runtime environment's working
   directory (a sweep's code bundle), and Tune then moves it into the trial's own directory,
@@ -37,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.air._internal.json import SafeFallbackEncoder
+from ray.air.constants import EXPR_PARAM_FILE, EXPR_RESULT_FILE
 from ray.train._internal.storage import get_fs_and_path
 from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
 from ray.tune.search.optuna import OptunaSearch
@@ -50,6 +53,8 @@ if TYPE_CHECKING:
 require_tested("ray", ray.__version__)
 
 __all__ = [
+    "EXPR_PARAM_FILE",
+    "EXPR_RESULT_FILE",
     "STORAGE_LOGGER",
     "SafeFallbackEncoder",
     "asked_trials",

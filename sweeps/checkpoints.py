@@ -41,10 +41,11 @@ from typing import Any
 
 import pyarrow.fs
 from ray import tune
-from ray.air.constants import EXPR_PARAM_FILE, EXPR_RESULT_FILE
 from ray.tune.logger import JsonLoggerCallback
 
 from sweeps._ray_compat import (
+    EXPR_PARAM_FILE,
+    EXPR_RESULT_FILE,
     SafeFallbackEncoder,
     auto_save_period,
     checkpoint_bookkeeping,
