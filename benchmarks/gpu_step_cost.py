@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from contextlib import nullcontext
 
 import torch
+from _step_timer import time_steps
 
 from gradreg.curvature.precision import tf32_convolutions
 from gradreg.device import resolve_device
@@ -98,20 +98,9 @@ def measure(
             raise
         return {"ms_per_step": None, "peak_mib": None, "note": str(failed).splitlines()[0]}
     warmup_s = time.perf_counter() - started
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(args.steps):
-        started = time.perf_counter()
-        step()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - started) * 1000)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+    ms_per_step, peak = time_steps(step, args.steps, device)
     note = f"warm-up (compile) {warmup_s:.0f} s" if compiled else ""
-    return {"ms_per_step": statistics.median(times), "peak_mib": peak, "note": note}
+    return {"ms_per_step": ms_per_step, "peak_mib": peak, "note": note}
 
 
 def main() -> None:

@@ -31,12 +31,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 
 import torch
 import torch.nn.functional as F
+from _step_timer import time_steps
 from torch.utils.flop_counter import FlopCounterMode
 
 from gradreg.curvature.finite_difference import Variant
@@ -149,21 +148,8 @@ def cost(args, name, label, batch, device) -> dict:
 
     for _ in range(args.warmup):
         step()
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(args.steps):
-        started = time.perf_counter()
-        step()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - started) * 1000)
-    return {
-        "ms_per_step": statistics.median(times),
-        "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
-    }
+    ms_per_step, peak = time_steps(step, args.steps, device)
+    return {"ms_per_step": ms_per_step, "peak_mib": peak}
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 def _run(script: str, args: list[str], monkeypatch) -> None:
     monkeypatch.setattr(sys, "argv", [script, *args])
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # as run from a shell: its siblings import
     runpy.run_path(str(BENCHMARKS / script), run_name="__main__")
 
 
