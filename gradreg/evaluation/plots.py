@@ -17,6 +17,9 @@ from matplotlib.ticker import FuncFormatter
 
 from gradreg.evaluation.metrics import ReliabilityBins
 
+# The reliability diagram's axes within its 6 × 6 in figure (fractions), room for the labels.
+DIAGRAM_MARGINS = {"left": 0.13, "right": 0.97, "top": 0.94, "bottom": 0.09, "hspace": 0.06}
+
 
 def _as_named_series(
     series: ReliabilityBins | Mapping[str, ReliabilityBins],
@@ -53,9 +56,16 @@ def write_reliability_diagram(
         raise ValueError(f"path must end in .png, got {str(path)!r}")
     named = _as_named_series(series)
 
-    figure = Figure(figsize=(6, 6), dpi=100, layout="constrained")
+    # Fixed margins, not a layout engine: constrained layout drew the figure twice, half of
+    # the diagram's time, and every trial of a sweep writes one (issue 29).
+    figure = Figure(figsize=(6, 6), dpi=100)
     FigureCanvasAgg(figure)
-    top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top, bottom = figure.subplots(
+        2,
+        1,
+        sharex=True,
+        gridspec_kw={"height_ratios": [3, 1], **DIAGRAM_MARGINS},
+    )
     top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
 
     palette = _palette("tab10" if len(named) <= 10 else "tab20")
