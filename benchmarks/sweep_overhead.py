@@ -13,8 +13,11 @@ Every mode trains the same configurations (given to the driver as initial points
 The driver's figures come from its trials' own start and end, as the driver saw them (the
 trial events of `run_sweep`'s hook), so the sweep's one-off start-up and wind-down are left
 out by construction rather than subtracted from another run: a sweep's span is its first
-trial's start to its last trial's end. The per-trial overhead is (b)'s span per trial minus
-(a)'s time per trial; the concurrency ratio is (b)'s span over (c)'s. Ray is started once;
+trial's start to its last trial's end. The marginal per-trial overhead is (b)'s span per trial
+minus (a)'s time per trial; the steady one is (b)'s median trial, its first left out, minus
+(a)'s median fit: the first trial of a sweep runs in a fresh worker process, which pays its
+imports and first-use costs then, and is printed apart. The concurrency ratio is (b)'s span
+over (c)'s. Ray is started once;
 its start-up is printed but not charged.
 """
 
@@ -70,13 +73,16 @@ def sweep_document(epochs: int, concurrent: int, name: str, trials: int = N_TRIA
     }
 
 
-def serial(epochs: int) -> float:
+def serial(epochs: int) -> list[float]:
+    """Each fit's time in a serial loop over the points."""
     torch.set_num_threads(1)
     spec = parse_spec(sweep_document(epochs, 1, "serial"), Limits())
-    started = time.perf_counter()
+    times = []
     for values in points():
+        started = time.perf_counter()
         fit(trial_config(spec, values))
-    return time.perf_counter() - started
+        times.append(time.perf_counter() - started)
+    return times
 
 
 def _fit_points(epochs: int, indices: list[int], ready: Any) -> None:
@@ -120,6 +126,10 @@ class DriverRun:
 
     called: float = 0.0
 
+    def durations(self) -> list[float]:
+        """Each trial's start to its end, in the order they started."""
+        return [end - start for start, end in zip(self.starts, self.ends, strict=True)]
+
     def gaps(self) -> list[float]:
         """Between one trial's end and the next one's start (1 concurrent)."""
         return [later - end for end, later in zip(self.ends, self.starts[1:], strict=False)]
@@ -152,6 +162,8 @@ def main() -> None:
             "serial_per_trial",
             "startup",
             "overhead",
+            "steady",
+            "first_extra",
             "gap",
             "concurrency",
             "vs_serial",
@@ -162,7 +174,8 @@ def main() -> None:
         # The tracking database exists before a sweep in any real deployment: create it now.
         Tracker(f"sqlite:///{Path(tmp) / 'mlflow.db'}").experiment_id("warm-up")
         for repeat in range(args.repeats):
-            serial_s = serial(args.epochs)
+            fits = serial(args.epochs)
+            serial_s = sum(fits)
             one = through_driver(args.epochs, 1, Path(tmp), f"r{repeat}")
             two = through_driver(args.epochs, 2, Path(tmp), f"r{repeat}")
             ceiling = two_processes(args.epochs)
@@ -170,6 +183,9 @@ def main() -> None:
             figures["serial_per_trial"].append(per_trial)
             figures["startup"].append(one.startup_s)
             figures["overhead"].append(one.span_s / N_TRIALS - per_trial)
+            tracked = one.durations()
+            figures["steady"].append(statistics.median(tracked[1:]) - statistics.median(fits))
+            figures["first_extra"].append(tracked[0] - statistics.median(tracked[1:]))
             figures["gap"].append(statistics.median(one.gaps()))
             figures["concurrency"].append(one.span_s / two.span_s)
             figures["vs_serial"].append(serial_s / two.span_s)
@@ -191,6 +207,8 @@ def main() -> None:
     print(f"sweep start-up (call to first trial's start): {spread(figures['startup'], ' s')}")
     print(f"per-trial overhead, marginal (1 concurrent):  {spread(figures['overhead'], ' s')}")
     print(f"  of which between trials (median gap):      {spread(figures['gap'], ' s', 3)}")
+    print(f"per-trial overhead, steady (median trial):    {spread(figures['steady'], ' s')}")
+    print(f"  the first trial's extra (a fresh process):  {spread(figures['first_extra'], ' s')}")
     print(f"2 concurrent vs 1 concurrent, trials' span:   {spread(figures['concurrency'], 'x')}")
     print(f"2 concurrent vs serial loop:                  {spread(figures['vs_serial'], 'x')}")
     print(

@@ -94,6 +94,10 @@ def test_sweep_overhead_smoke_run(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "per-trial overhead, marginal (1 concurrent):" in done.stdout
+    assert re.search(
+        r"^per-trial overhead, steady \(median trial\): +-?[0-9.]+ s", done.stdout, re.M
+    )
+    assert "the first trial's extra (a fresh process):" in done.stdout
     assert "2 concurrent vs 1 concurrent, trials' span:" in done.stdout
     assert "2 plain processes vs serial (this machine's ceiling):" in done.stdout
 
