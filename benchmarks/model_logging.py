@@ -5,7 +5,11 @@ For one trained digits posterior, times (median of --repeats, each on a fresh ru
   baseline;
 - `sweeps.model.log_model`: the pyfunc model (saved posterior, signature, input example);
 - `sweeps.model.register`: one registry version (once per sweep);
-- the training itself (`fit`, the same config), for scale.
+- the training itself (`fit`, the same config), for scale;
+- within the baseline, the reliability diagram as trials draw it (fixed margins) and as they
+  did before issue 29 (matplotlib's constrained layout), its ratio to that;
+- the epoch metrics a trial writes before its final checkpoint: ``--epochs`` epochs in one
+  batch (`Tracker.log_epochs`).
 The first call of each is reported apart: a trial process pays MLflow's imports once.
 MLflow on a local SQLite store, as the CLI's default. Prints one JSON object.
 """
@@ -24,6 +28,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from mlflow import MlflowClient
 
+from gradreg.evaluation.plots import write_reliability_diagram
 from gradreg.train import fit
 from sweeps.model import log_model, register
 from sweeps.tracking import Tracker
@@ -61,8 +66,20 @@ def main() -> None:
         client = MlflowClient(uri)
         experiment = tracker.experiment_id("bench")
         outcome_s, model_s, register_s = [], [], []
+        diagram_s: dict[str, list[float]] = {"fixed": [], "constrained": []}
+        epochs_s = []
+        epochs = [(row["epoch"], row) for row in result.history]
         for _ in range(args.repeats + 1):  # the first of each warms MLflow's caches
+            for layout, samples in diagram_s.items():
+                started = time.perf_counter()
+                write_reliability_diagram(
+                    Path(tmp, f"{layout}.png"), {"vl-uniform": result.test_bins}, layout=layout
+                )
+                samples.append(time.perf_counter() - started)
             run_id = client.create_run(experiment).info.run_id
+            started = time.perf_counter()
+            tracker.log_epochs(run_id, epochs)
+            epochs_s.append(time.perf_counter() - started)
             t0 = time.perf_counter()
             tracker.log_outcome(run_id, result.metrics, result.test_bins, "vl-uniform", True)
             t1 = time.perf_counter()
@@ -74,6 +91,8 @@ def main() -> None:
             model_s.append(t2 - t1)
             register_s.append(t3 - t2)
     outcome, model, registered = (_median_s(s[1:]) for s in (outcome_s, model_s, register_s))
+    fixed, constrained = (_median_s(diagram_s[layout][1:]) for layout in ("fixed", "constrained"))
+    epochs_batch = _median_s(epochs_s[1:])
     print(
         json.dumps(
             {
@@ -84,6 +103,11 @@ def main() -> None:
                 # a trial process's first model pays MLflow's imports
                 "log_model_first_ms": round(model_s[0] * 1000, 1),
                 "register_ms": round(registered * 1000, 1),
+                "diagram_fixed_ms": round(fixed * 1000, 1),
+                "diagram_constrained_ms": round(constrained * 1000, 1),
+                "diagram_fixed_vs_constrained": round(fixed / constrained, 2),
+                "log_epochs_batch_ms": round(epochs_batch * 1000, 1),
+                "epochs_in_batch": len(epochs),
                 "log_model_vs_log_outcome": round(model / outcome, 2),
                 "log_model_vs_fit": round(model / fit_s, 3),
                 "repeats": args.repeats,

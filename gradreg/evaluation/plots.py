@@ -19,6 +19,7 @@ from gradreg.evaluation.metrics import ReliabilityBins
 
 # The reliability diagram's axes within its 6 × 6 in figure (fractions), room for the labels.
 DIAGRAM_MARGINS = {"left": 0.13, "right": 0.97, "top": 0.94, "bottom": 0.09, "hspace": 0.06}
+DIAGRAM_LAYOUTS = ("fixed", "constrained")
 
 
 def _as_named_series(
@@ -46,25 +47,30 @@ def write_reliability_diagram(
     series: ReliabilityBins | Mapping[str, ReliabilityBins],
     *,
     title: str | None = None,
+    layout: str = "fixed",
 ) -> Path:
     """Write a PNG reliability diagram (accuracy vs confidence, bin counts below); return path.
 
     `series` is one ReliabilityBins or a mapping label -> ReliabilityBins overlaid in one plot.
+    `layout`: ``fixed`` margins (`DIAGRAM_MARGINS`), or matplotlib's ``constrained`` layout,
+    which fits any labels but draws the figure twice, taking about twice as long
+    (`benchmarks/model_logging.py`); every trial of a sweep writes a diagram (issue 29).
     """
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"path must end in .png, got {str(path)!r}")
+    if layout not in DIAGRAM_LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(DIAGRAM_LAYOUTS)}, got {layout!r}")
     named = _as_named_series(series)
 
-    # Fixed margins, not a layout engine: constrained layout drew the figure twice, half of
-    # the diagram's time, and every trial of a sweep writes one (issue 29).
-    figure = Figure(figsize=(6, 6), dpi=100)
+    fixed = layout == "fixed"
+    figure = Figure(figsize=(6, 6), dpi=100, layout=None if fixed else "constrained")
     FigureCanvasAgg(figure)
     top, bottom = figure.subplots(
         2,
         1,
         sharex=True,
-        gridspec_kw={"height_ratios": [3, 1], **DIAGRAM_MARGINS},
+        gridspec_kw={"height_ratios": [3, 1], **(DIAGRAM_MARGINS if fixed else {})},
     )
     top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
 

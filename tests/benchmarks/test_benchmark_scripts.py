@@ -524,3 +524,7 @@ def test_model_logging_smoke_run(monkeypatch, capsys):
     figures = json.loads(capsys.readouterr().out)
     assert figures["log_model_ms"] > 0 and figures["log_outcome_ms"] > 0
     assert figures["log_model_vs_log_outcome"] > 0 and figures["register_ms"] > 0
+    fixed, constrained = figures["diagram_fixed_ms"], figures["diagram_constrained_ms"]
+    assert fixed > 0 and constrained > 0
+    assert figures["diagram_fixed_vs_constrained"] == pytest.approx(fixed / constrained, abs=0.02)
+    assert figures["log_epochs_batch_ms"] > 0 and figures["epochs_in_batch"] == 1

@@ -40,6 +40,16 @@ def test_writes_overlay_of_three_series(tmp_path) -> None:
     assert_is_readable_png(target)
 
 
+def test_both_layouts_write_the_diagram_and_an_unknown_one_is_refused(tmp_path) -> None:
+    for layout in ("fixed", "constrained"):
+        assert_is_readable_png(
+            write_reliability_diagram(tmp_path / f"{layout}.png", make_bins(0), layout=layout)
+        )
+    with pytest.raises(ValueError, match=r"layout must be one of fixed, constrained, got 'tight'"):
+        write_reliability_diagram(tmp_path / "tight.png", make_bins(0), layout="tight")
+    assert not (tmp_path / "tight.png").exists()
+
+
 def test_rejects_non_png_suffix(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"\.png.*diagram\.pdf"):
         write_reliability_diagram(tmp_path / "diagram.pdf", make_bins(0))
