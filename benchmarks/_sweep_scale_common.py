@@ -43,6 +43,25 @@ N_BINS = 15
 # ---------------------------------------------------------------- the script's frame
 
 
+def compare_variants(figures: dict[str, Any], sizes: Sequence[int], keys: Sequence[str]) -> None:
+    """Each size's ``keys`` trimmed over untrimmed (`VARIANTS`, figures keyed
+    ``<trials>/<variant>``), kept as the trimmed row's ``vs_untrimmed`` and printed; nothing
+    unless both variants ran. A key either variant lacks a value for is left out."""
+    if not all(f"{sizes[0]}/{variant}" in figures for variant in VARIANTS):
+        return
+    print("  trimmed / untrimmed, same size, this run:")
+    for n in sizes:
+        trimmed, untrimmed = figures[f"{n}/trimmed"], figures[f"{n}/untrimmed"]
+        compared = {
+            key: ratio(trimmed[key], untrimmed[key])
+            for key in keys
+            if trimmed[key] is not None and untrimmed[key] is not None
+        }
+        trimmed["vs_untrimmed"] = compared
+        shown = ", ".join(f"{key} {fmt_ratio(value)}" for key, value in compared.items())
+        print(f"  {n:>7} trials: {shown}")
+
+
 def driver_callbacks(variant: str) -> Callable[..., list[Any]]:
     """`sweeps.driver.tune_callbacks` as the ``variant`` (`VARIANTS`) has it."""
     from sweeps.driver import tune_callbacks

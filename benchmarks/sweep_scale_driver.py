@@ -43,6 +43,7 @@ import _sweep_scale_common
 from _sweep_scale_common import (
     VARIANTS,
     Timings,
+    compare_variants,
     directory_bytes,
     driver_callbacks,
     epoch_metrics,
@@ -355,18 +356,9 @@ def driver_level(args: argparse.Namespace, address: str) -> dict[str, Any]:
             f"{'–' if per_trial is None else f'{per_trial / 1e3:.0f}':>14}"
             f"{row['state_bytes_per_trial'] / 1e3:>16.1f}"
         )
-    if set(VARIANTS) <= set(args.variants):
-        print("  trimmed / untrimmed, same size, this run:")
-        for n in sizes:
-            trimmed, untrimmed = figures[f"{n}/trimmed"], figures[f"{n}/untrimmed"]
-            compared = {
-                key: ratio(trimmed[key], untrimmed[key])
-                for key in ("state_bytes_per_trial", "peak_rss_bytes", "rss_bytes_per_trial")
-                if trimmed[key] is not None and untrimmed[key] is not None
-            }
-            trimmed["vs_untrimmed"] = compared
-            shown = ", ".join(f"{key} {fmt_ratio(value)}" for key, value in compared.items())
-            print(f"  {n:>7} trials: {shown}")
+    compare_variants(
+        figures, sizes, ("state_bytes_per_trial", "peak_rss_bytes", "rss_bytes_per_trial")
+    )
     print(
         "  s/trial: first trial's start to last trial's end, over the trials; cpu: the driver "
         "process's CPU time per trial; event: one SweepCallback call on a trial event (start, "

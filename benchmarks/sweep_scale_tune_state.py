@@ -38,6 +38,7 @@ import optuna
 from _sweep_scale_common import (
     VARIANTS,
     Timings,
+    compare_variants,
     directory_bytes,
     driver_callbacks,
     epoch_metrics,
@@ -293,20 +294,9 @@ def tune_state_level(args: argparse.Namespace) -> dict[str, Any]:
                 f"{row['state_bytes_per_trial'] / 1e3:>10.1f}{row['staged_bytes'] / 1e6:>11.2f}",
                 flush=True,
             )
-    if set(VARIANTS) <= set(args.variants):
-        print("  trimmed / untrimmed, same size, this run:")
-        for n in sizes:
-            trimmed, untrimmed = figures[f"{n}/trimmed"], figures[f"{n}/untrimmed"]
-            compared = {
-                key: ratio(trimmed[key], untrimmed[key])
-                for key in ("state_bytes_per_trial", "staged_bytes", "save_s", "upload_s")
-            }
-            trimmed["vs_untrimmed"] = compared
-            print(
-                f"  {n:>7} trials: state per trial {fmt_ratio(compared['state_bytes_per_trial'])}"
-                f", staged {fmt_ratio(compared['staged_bytes'])}, save "
-                f"{fmt_ratio(compared['save_s'])}, upload {fmt_ratio(compared['upload_s'])}"
-            )
+    compare_variants(
+        figures, sizes, ("state_bytes_per_trial", "staged_bytes", "save_s", "upload_s")
+    )
     print(
         "  save: TuneController.save_to_dir, in the driver's loop (trials: the changed trials' "
         "JSON; state: the experiment-state file; searcher: SearchGenerator.save_to_dir; "

@@ -20,8 +20,9 @@ What is private here, and why no public API does it (Ray 2.60.0):
 - `asked_trials`, `searcher_study`: Ray's `OptunaSearch` keeps its Optuna study and the trials
   it asked for in private attributes (``_ot_study``, ``_ot_trials``).
 - `SafeFallbackEncoder`: the JSON encoder of Tune's result files (``ray.air._internal``), and
-  those files' names in a trial's directory (`EXPR_PARAM_FILE`, `EXPR_RESULT_FILE`, which
-  ``ray.air.constants`` names but Ray's API reference does not).
+  where those files lie in the driver's staging directory (`staged_trial_files`: a trial's
+  ``local_path`` and the file names of ``ray.air.constants``, which Ray's API reference does
+  not name).
 - `STORAGE_LOGGER`: the name of the logger of Ray's storage layer.
 - `runtime_working_dir`: a trial's process starts in the runtime environment's working
   directory (a sweep's code bundle), and Tune then moves it into the trial's own directory,
@@ -34,6 +35,7 @@ import copy
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,8 +55,6 @@ if TYPE_CHECKING:
 require_tested("ray", ray.__version__)
 
 __all__ = [
-    "EXPR_PARAM_FILE",
-    "EXPR_RESULT_FILE",
     "STORAGE_LOGGER",
     "SafeFallbackEncoder",
     "asked_trials",
@@ -65,10 +65,29 @@ __all__ = [
     "latest_checkpoint_report",
     "new_trials_stored_at",
     "searcher_study",
+    "staged_trial_files",
 ]
 
 STORAGE_LOGGER = "ray.train._internal.storage"
 ORIGINAL_WORKING_DIR = "TUNE_ORIG_WORKING_DIR"
+
+
+@dataclass(frozen=True)
+class StagedTrialFiles:
+    """A trial's files in the driver's staging directory, which Tune uploads at every save."""
+
+    params: Path  # Tune's params.json
+    result: Path  # Tune's result.json
+    scratch: Path  # a directory beside the staging one, for files being written
+
+
+def staged_trial_files(trial: Any) -> StagedTrialFiles:
+    """Where ``trial``'s parameter and result files lie in the driver's staging directory."""
+    return StagedTrialFiles(
+        params=Path(trial.local_path, EXPR_PARAM_FILE),
+        result=Path(trial.local_path, EXPR_RESULT_FILE),
+        scratch=Path(trial.local_experiment_path).parent,
+    )
 
 
 def runtime_working_dir() -> Path:

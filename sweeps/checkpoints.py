@@ -36,7 +36,6 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow.fs
@@ -44,13 +43,12 @@ from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
 from sweeps._ray_compat import (
-    EXPR_PARAM_FILE,
-    EXPR_RESULT_FILE,
     SafeFallbackEncoder,
     auto_save_period,
     checkpoint_bookkeeping,
     forget_checkpoints,
     new_trials_stored_at,
+    staged_trial_files,
 )
 
 CHECKPOINT_PREFIX = "checkpoint_"
@@ -251,14 +249,14 @@ class LatestResultLogger(JsonLoggerCallback):
         self.update_config(trial, trial.config)
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
-        if not Path(trial.local_path, EXPR_PARAM_FILE).exists():
+        files = staged_trial_files(trial)
+        if not files.params.exists():
             self.log_trial_start(trial)
         # Written beside the staging directory, then moved in: an upload never reads half.
-        beside = Path(trial.local_experiment_path).parent
-        with tempfile.NamedTemporaryFile("w", dir=beside, delete=False) as staged:
+        with tempfile.NamedTemporaryFile("w", dir=files.scratch, delete=False) as staged:
             json.dump(result, staged, cls=SafeFallbackEncoder)
             staged.write("\n")
-        os.replace(staged.name, Path(trial.local_path, EXPR_RESULT_FILE))
+        os.replace(staged.name, files.result)
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
         pass  # no file is held open

@@ -32,6 +32,17 @@ def digits_spec(**changes: Any) -> SweepSpec:
     return parse_spec({**copy.deepcopy(DIGITS_SWEEP), **changes})
 
 
+def serial_digits_spec(name: str, epochs: int, trials: int, **changes: Any) -> SweepSpec:
+    """DIGITS_SWEEP named ``name``: ``trials`` trials of ``epochs`` epochs, one at a time, with
+    the given top-level sections replaced too."""
+    return digits_spec(
+        name=name,
+        fixed={**DIGITS_SWEEP["fixed"], "epochs": epochs},
+        budget={"max_trials": trials, "max_concurrent_trials": 1},
+        **changes,
+    )
+
+
 # IVON's searched prior (issue 28); its lr is fixed at IVON's own step size, not Adam's.
 IVON_PARAMETERS: dict[str, Any] = {
     "prior_variance": {"type": "float", "low": 0.1, "high": 10.0, "scale": "log"},

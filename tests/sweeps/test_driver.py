@@ -28,7 +28,7 @@ from sweeps.tracking import (
     TRIAL_TAG,
     Tracker,
 )
-from tests.helpers.specs import digits_spec
+from tests.helpers.specs import digits_spec, serial_digits_spec
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -234,11 +234,7 @@ def test_best_trials_ignores_failed_and_non_finite():
 def test_stop_flag_interrupts_and_resume_never_reruns_finished_trials(
     ray_local, driver_options, tracking_uri
 ):
-    spec = digits_spec(
-        name="digits-resume",
-        fixed={"epochs": 3, "batch_size": 256, "lr": 0.003, "device": "cpu"},
-        budget={"max_trials": 3, "max_concurrent_trials": 1},
-    )
+    spec = serial_digits_spec("digits-resume", epochs=3, trials=3)
     finished: list[str] = []
 
     def on_trial(event: TrialEvent) -> None:

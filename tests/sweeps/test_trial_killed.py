@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from sweeps import TrialEvent, run_sweep
 from sweeps.tracking import RESUMED_TAG
-from tests.helpers.specs import digits_spec
+from tests.helpers.specs import serial_digits_spec
 
 TRIAL_PROCESS = b"ray::ImplicitFunc"  # the title Ray gives a Tune function trainable's actor
 
@@ -34,10 +34,10 @@ def trial_processes() -> list[int]:
 def test_a_trial_killed_after_a_report_keeps_its_epochs_and_logs_each_once(
     ray_local, driver_options, tracking_uri
 ):
-    spec = digits_spec(
-        name="digits-killed",
-        fixed={"epochs": 4, "batch_size": 256, "lr": 0.003, "device": "cpu"},
-        budget={"max_trials": 1, "max_concurrent_trials": 1},
+    spec = serial_digits_spec(
+        "digits-killed",
+        epochs=4,
+        trials=1,
         fault_tolerance={"max_retries_per_trial": 1, "checkpoint_every_epochs": 1},
         ensemble={"size": 0},
     )

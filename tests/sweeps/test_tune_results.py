@@ -12,7 +12,7 @@ from sweeps.records import BINS_KEY, PLACEMENT_KEY, RUN_ID_KEY
 from sweeps.spec.resolve import tune_metrics
 from sweeps.statefiles import REPORTS_DIR
 from sweeps.tune_results import trim
-from tests.helpers.specs import digits_spec
+from tests.helpers.specs import digits_spec, serial_digits_spec
 
 # What a trial reports that Tune does not read (the objective is val_nll, no early stopping).
 NOT_FOR_TUNE = ("val_ece", "test_nll", "train_loss", RUN_ID_KEY, BINS_KEY, PLACEMENT_KEY)
@@ -66,11 +66,7 @@ def saved_trials(experiment: Path) -> dict[str, tuple[dict, dict]]:
 def test_tune_keeps_a_part_and_everyone_else_gets_the_whole_report(
     ray_local, driver_options, tracking_uri
 ):
-    spec = digits_spec(
-        name="digits-trimmed",
-        fixed={"epochs": 3, "batch_size": 256, "lr": 0.003, "device": "cpu"},
-        budget={"max_trials": 2, "max_concurrent_trials": 1},
-    )
+    spec = serial_digits_spec("digits-trimmed", epochs=3, trials=2)
     events: list[TrialEvent] = []
     outcome = run_sweep(spec, driver_options, on_trial=events.append)
     assert outcome.status == "succeeded"
