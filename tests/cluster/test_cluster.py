@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import boto3
 import httpx
+import optuna
 import psycopg
 import pytest
 from mlflow import MlflowClient
@@ -21,6 +22,7 @@ from ray.tune.trainable.metadata import _TrainingRunMetadata
 
 from localcluster.harness import MLFLOW_URL, NODES, WORKERS, Cluster
 from localcluster.sample import digits_sweep as sweep_spec
+from sweeps.study import LOST_ATTR, beside_store
 from sweeps.tracking import ATTEMPT_TAG, RESUMED_TAG
 from tests.helpers.cluster import finished, submit, sweep, trials, wait_until
 
@@ -62,12 +64,29 @@ class Saved:
     names_a_checkpoint: bool  # one saved before its first checkpoint names none
 
 
-def saved_in_state(cluster: Cluster, sweep_id: str) -> dict[str, Saved]:
-    """The trials Tune's latest experiment state in the bucket holds, by trial id."""
+def latest_state(cluster: Cluster, sweep_id: str) -> bytes | None:
     keys = [k for k in bucket_keys(cluster, f"tune/{sweep_id}/") if "/experiment_state" in k]
     if not keys:
+        return None
+    return s3(cluster).get_object(Bucket=cluster.bucket, Key=max(keys))["Body"].read()
+
+
+def saved_in_state(cluster: Cluster, sweep_id: str, settle_s: float = 30) -> dict[str, Saved]:
+    """The trials Tune's latest experiment state in the bucket holds, by trial id, once the
+    bucket has settled: two reads a second apart agree. A read at once after the kill once
+    lacked two finished trials that the resumed driver then restored as finished, most likely
+    an upload the S3 server had read before the kill and wrote after it."""
+    body = latest_state(cluster, sweep_id)
+    deadline = time.monotonic() + settle_s
+    while True:
+        time.sleep(1)
+        again = latest_state(cluster, sweep_id)
+        if again == body:
+            break
+        assert time.monotonic() < deadline, f"Tune's state still changing after {settle_s} s"
+        body = again
+    if body is None:
         return {}
-    body = s3(cluster).get_object(Bucket=cluster.bucket, Key=max(keys))["Body"].read()
     saved = {}
     for trial_json, metadata_json in json.loads(body)["trial_data"]:
         trial = json.loads(trial_json)
@@ -75,6 +94,15 @@ def saved_in_state(cluster: Cluster, sweep_id: str) -> dict[str, Saved]:
         named = bookkeeping.latest_checkpoint_result is not None
         saved[trial["trial_id"]] = Saved(trial["status"], named)
     return saved
+
+
+def lost_in_study(sweep_id: str) -> int:
+    """How many of the sweep's Optuna trials a resumed driver found asked for but not in Tune's
+    saved state: the trials attempt 1 started after Tune's last save, whether or not the
+    service's store heard of them before the head died."""
+    url = beside_store("postgresql+psycopg://postgres@127.0.0.1:5432/gradreg")
+    study = optuna.load_study(study_name=sweep_id, storage=url)
+    return sum(LOST_ATTR in trial.user_attrs for trial in study.get_trials(deepcopy=False))
 
 
 def epoch_steps(run_id: str) -> list[int]:
@@ -282,7 +310,13 @@ def test_the_head_killed_and_restarted_resubmits_and_resumes_the_sweep(cluster, 
             # Saved before its first checkpoint: it starts again.
             assert RESUMED_TAG not in tags
             seen["saved_before_a_checkpoint_restarted"] += 1
-    assert seen["started_by_attempt_2"] == seen["lost"]
+    # One trial of attempt 2's own for each that attempt 1 started after the last save. The store
+    # lists those it heard of as lost; one started in the driver's last quarter second (the
+    # store's flush interval) it never heard of, but the study's record of it is written before
+    # Tune starts the trial.
+    lost = lost_in_study(sweep_id)
+    assert seen["started_by_attempt_2"] == lost
+    assert seen["lost"] <= lost
     assert len(items) == 4 + seen["lost"]
     assert_each_epoch_logged_once(succeeded, epochs)
     figure(
@@ -291,6 +325,7 @@ def test_the_head_killed_and_restarted_resubmits_and_resumes_the_sweep(cluster, 
         attempt_2_running_s=round(resubmitted_s),
         trials_in_saved_state=len(saved),
         **dict(sorted(seen.items())),
+        lost_unknown_to_the_store=lost - seen["lost"],
         duplicate_epochs=0,
     )
 
