@@ -51,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--idempotency-key")
     status = commands.add_parser("status", help="print a sweep and its best trials")
     status.add_argument("sweep_id")
+    extend = commands.add_parser(
+        "extend", help="give a sweep that ended more budget: it goes on as a new attempt"
+    )
+    extend.add_argument("sweep_id")
+    extend.add_argument("--max-trials", type=int, help="trials in all, earlier ones included")
+    extend.add_argument("--time-budget-s", type=float, help="seconds the next attempt may run")
+    extend.add_argument("--max-failed-trials", type=int)
+    extend.add_argument("--wait", action="store_true", help="follow it to the end")
     spec = commands.add_parser(
         "spec", help="print the spec a sweep runs under, as admitted, and the caps it was under"
     )
@@ -63,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     client = ClientSettings()
     fallback = ClientSettings.model_fields["url"].default
-    for sub in (submit, status, spec):
+    for sub in (submit, status, extend, spec):
         sub.add_argument(
             "--url", default=client.url, help=f"default: $GRADREG_API_URL, else {fallback}"
         )
@@ -183,6 +191,13 @@ def client_command(args: argparse.Namespace) -> int:
                 document = _with_uploaded_code(client, document, args.spec, args.code)
             sweep = client.submit(document, args.idempotency_key)
             print(f"submitted {sweep['id']} ({sweep['name']})", flush=True)
+            if args.wait:
+                sweep = client.wait(sweep["id"])
+        elif args.command == "extend":
+            names = ("max_trials", "time_budget_s", "max_failed_trials")
+            budget = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+            sweep = client.extend(args.sweep_id, budget)
+            print(f"extended {sweep['id']}: {sweep['reason']}", flush=True)
             if args.wait:
                 sweep = client.wait(sweep["id"])
         else:

@@ -53,6 +53,11 @@ class Client:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._call("POST", "/v1/sweeps", json=document, headers=headers)
 
+    def extend(self, sweep_id: str, budget: Json) -> Json:
+        """More budget for a sweep that ended (``max_trials``, ``time_budget_s``,
+        ``max_failed_trials``): it goes on as a new attempt."""
+        return self._call("POST", f"/v1/sweeps/{sweep_id}/extend", json=budget)
+
     def upload_code(self, bundle: bytes) -> Json:
         """Send a code bundle (a zip: `sweeps.code.pack_directory`) with POST /v1/code:
         ``{"digest", "size", "files"}``."""

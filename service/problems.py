@@ -15,7 +15,7 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException
 
 from service.store.paging import InvalidCursor
-from service.store.status_machine import InvalidTransition
+from service.store.status_machine import InvalidBudgetChange, InvalidTransition
 from service.store.sweep_queries import IdempotencyConflict
 from service.store.transactions import SweepNotFound
 from sweeps import SpecError
@@ -28,6 +28,7 @@ MEDIA_TYPE = "application/problem+json"
 CALLER_ERRORS: dict[type[Exception], int] = {
     SweepNotFound: 404,
     InvalidTransition: 409,
+    InvalidBudgetChange: 409,
     IdempotencyConflict: 409,
     InvalidCursor: 400,
 }

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from service.statuses import BEST_BASES, SWEEP_STATUSES
 from sweeps.records import TRIAL_STATES
@@ -39,6 +39,39 @@ class Links(BaseModel):
     mlflow_parent_run: str | None = None
 
 
+class ExtendIn(BaseModel):
+    """More budget for a sweep that ended: each field given only raises its value (null is
+    unlimited), and the service's caps apply. Its finished trials are kept, and its study and
+    MLflow parent run go on."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    max_trials: int | None = Field(None, description="trials in all, the earlier ones included")
+    time_budget_s: float | None = Field(None, description="seconds the next attempt may run")
+    max_failed_trials: int | None = None
+
+
+class BudgetIn(BaseModel):
+    """A running sweep's new budget: each field given replaces its value (null is unlimited
+    where the spec allows it), within the service's caps. The driver takes it before it starts
+    its next trial; a lower concurrency stops no running trial."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    max_concurrent_trials: int | None = None
+    max_trials: int | None = Field(None, description="trials in all, the earlier ones included")
+    time_budget_s: float | None = Field(None, description="seconds from this attempt's start")
+
+
+class WarmStartOut(BaseModel):
+    """What a sweep's ``search.warm_start`` seeded its study with (`sweeps.warm_start`); null
+    until its driver has started."""
+
+    sweeps: list[str]
+    trials_seeded: int
+    trials_skipped: dict[str, int]  # by reason: "epochs differs", "lr outside the space", …
+
+
 class SweepOut(BaseModel):
     id: str
     name: str
@@ -61,6 +94,10 @@ class SweepOut(BaseModel):
     # The best trial's model in the MLflow Model Registry: name, version and a models:/ URI
     # to load or serve it (or name and error when registering failed); null until registered.
     registered_model: dict[str, str] | None = None
+    warm_start: WarmStartOut | None = None
+    # Each change of its budget since it was submitted, oldest first: at, kind (extend or
+    # change), changes ({field: [before, after]}).
+    budget_changes: list[dict[str, Any]] = Field(default_factory=list)
     links: Links
 
 

@@ -23,6 +23,13 @@ What is private here, and why no public API does it (Ray 2.60.0):
   where those files lie in the driver's staging directory (`staged_trial_files`: a trial's
   ``local_path`` and the file names of ``ray.air.constants``, which Ray's API reference does
   not name).
+- `restored_searcher`, `restored_with_budget`, `set_time_budget`: a restored experiment runs
+  under the budget Tune saved (`SearchGenerator`'s sample count and its `ConcurrencyLimiter`'s
+  limit in the searcher state, the `TuneConfig` in ``tuner.pkl``); `Tuner.restore` takes no
+  new budget (Ray issues #42221, #20886), so a resumed sweep sets it on the restored objects.
+  Tune also takes the newest searcher state in a staging directory that another copy of the
+  sweep restored in the same process may have filled; only the experiment's own files are
+  left there.
 - `STORAGE_LOGGER`: the name of the logger of Ray's storage layer.
 - `runtime_working_dir`: a trial's process starts in the runtime environment's working
   directory (a sweep's code bundle), and Tune then moves it into the trial's own directory,
@@ -39,11 +46,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow.fs
 import ray
 from ray.air._internal.json import SafeFallbackEncoder
 from ray.air.constants import EXPR_PARAM_FILE, EXPR_RESULT_FILE
 from ray.train._internal.storage import get_fs_and_path
 from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.search_generator import SearchGenerator
 
@@ -64,7 +73,10 @@ __all__ = [
     "forget_checkpoints",
     "latest_checkpoint_report",
     "new_trials_stored_at",
+    "restored_searcher",
+    "restored_with_budget",
     "searcher_study",
+    "set_time_budget",
     "staged_trial_files",
 ]
 
@@ -132,6 +144,56 @@ def new_trials_stored_at(storage_path: str) -> Iterator[None]:
         yield
     finally:
         SearchGenerator.set_state = original  # type: ignore[method-assign]
+
+
+@contextmanager
+def restored_with_budget(experiment: str, max_trials: int, max_concurrent: int) -> Iterator[None]:
+    """While inside: a restored `SearchGenerator` may create up to ``max_trials`` trials in all,
+    ``max_concurrent`` at once, whatever the budget its saved state holds (a sweep extended
+    after it finished, or whose concurrency changed).
+
+    It also restores from the searcher state of ``experiment`` (Tune's storage path or URI)
+    only: Tune reads the newest searcher state in its staging directory, which is named by the
+    experiment's first start and its name, so a process that restored another copy of the same
+    sweep before would find that copy's newer state there and take it."""
+    original = SearchGenerator.restore_from_dir
+    filesystem, fs_path = get_fs_and_path(experiment, None)
+    stored = {
+        info.base_name
+        for info in filesystem.get_file_info(pyarrow.fs.FileSelector(fs_path))
+        if info.type == pyarrow.fs.FileType.File
+    }
+
+    def restore_from_dir(self: SearchGenerator, dirpath: str) -> None:
+        for pattern in (self.CKPT_FILE_TMPL.format("*"), Searcher.CKPT_FILE_TMPL.format("*")):
+            for staged in Path(dirpath).glob(pattern):
+                if staged.name not in stored:
+                    staged.unlink()
+        original(self, dirpath)
+        self._total_samples = max_trials
+        self._finished = False  # set once every sample was created; the counter still counts
+        wrapped: Any = self.searcher
+        while hasattr(wrapped, "searcher"):
+            if isinstance(wrapped, ConcurrencyLimiter):
+                wrapped.max_concurrent = max_concurrent
+            wrapped = wrapped.searcher
+
+    SearchGenerator.restore_from_dir = restore_from_dir  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        SearchGenerator.restore_from_dir = original  # type: ignore[method-assign]
+
+
+def restored_searcher(tuner: Any) -> Any:
+    """The searcher a restored `tune.Tuner` brought back from ``tuner.pkl``."""
+    return tuner._local_tuner._tune_config.search_alg
+
+
+def set_time_budget(tuner: Any, time_budget_s: float | None) -> None:
+    """A restored `tune.Tuner`'s time budget (`Tuner.restore` brings back the saved one and
+    takes no new `TuneConfig`)."""
+    tuner._local_tuner._tune_config.time_budget_s = time_budget_s
 
 
 def checkpoint_bookkeeping(trial: Any) -> Any:

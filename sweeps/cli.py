@@ -27,6 +27,7 @@ from sweeps import (
 from sweeps.code import CodeBundle
 from sweeps.driver import ensemble_sweep, stored_bundle
 from sweeps.mlflow_ui import run_url, runs_url
+from sweeps.spec.budget import EXTENDABLE
 
 TABLE_METRICS = ("test_accuracy", "test_nll", "test_ece")
 ENSEMBLE_METRICS = ("accuracy", "nll", "ece", "brier")
@@ -73,8 +74,17 @@ def _parser() -> argparse.ArgumentParser:
     _driver_options(run)
     run.set_defaults(handler=_run)
 
-    resume = commands.add_parser("resume", help="continue an interrupted sweep by name")
+    resume = commands.add_parser(
+        "resume",
+        help="continue an interrupted sweep by name, or extend a finished one with more budget",
+    )
     resume.add_argument("name")
+    extension = resume.add_argument_group(
+        "extension", "raise the budget first (only raises; the caps apply)"
+    )
+    extension.add_argument("--max-trials", type=int, help="trials in all, earlier ones included")
+    extension.add_argument("--time-budget-s", type=float, help="seconds for this attempt")
+    extension.add_argument("--max-failed-trials", type=int)
     _driver_options(resume)
     resume.set_defaults(handler=_resume)
 
@@ -172,7 +182,8 @@ def _resume(args: argparse.Namespace) -> int:
     # whatever the code directory holds now.
     options = _options(args)
     options = dataclasses.replace(options, code=stored_bundle(args.name, options))
-    return _finish(resume_sweep(args.name, options), args.json)
+    extend = {name: value for name in EXTENDABLE if (value := getattr(args, name)) is not None}
+    return _finish(resume_sweep(args.name, options, extend=extend or None), args.json)
 
 
 def _ensemble(args: argparse.Namespace) -> int:

@@ -31,6 +31,7 @@ from gradreg import settings as gradreg_settings
 
 # Their version checks, before anything starts (sweeps.tested_versions).
 from sweeps import _optuna_compat, _ray_compat  # noqa: F401
+from sweeps._ray_compat import searcher_study
 from sweeps.checkpoints import (
     CheckpointPruner,
     LatestResultLogger,
@@ -40,6 +41,7 @@ from sweeps.checkpoints import (
 )
 from sweeps.code import CodeBundle, runtime_env
 from sweeps.ensemble import SweepEnsemble
+from sweeps.live_budget import BudgetLimiter
 from sweeps.outcome import sweep_outcome
 from sweeps.postrun import AfterTune, rebuild_ensemble
 from sweeps.preflight import (
@@ -49,6 +51,7 @@ from sweeps.preflight import (
     run_preflight,
 )
 from sweeps.progress import (
+    BudgetHook,
     FailedTrialsStopper,
     SweepCallback,
     SweepMonitor,
@@ -67,6 +70,7 @@ from sweeps.records import (
 from sweeps.settings import SweepSettings, absolute_storage, absolute_tracking_uri
 from sweeps.space import SearchSpace, make_sampler
 from sweeps.spec import CodeSection, SweepSpec
+from sweeps.spec.budget import budget_changes, extended
 from sweeps.spec.checks import admitted
 from sweeps.spec.limits import Limits
 from sweeps.spec.parse import validate_shape
@@ -95,6 +99,7 @@ from sweeps.study import (
 from sweeps.tracking import Tracker
 from sweeps.trainable import TrialContext, run_trial
 from sweeps.tune_results import TuneResultTrimmer
+from sweeps.warm_start import SourceSweep, read_source, seed_study
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -129,12 +134,14 @@ class SweepHooks(TypedDict, total=False):
     ``on_trial(event)`` hears every trial event; ``should_stop()`` is asked between Tune's steps,
     at most every ``DriverOptions.stop_poll_s``, and True stops the sweep so that it can be
     resumed; ``on_start(record)`` is called once the MLflow parent run exists, before the first
-    trial.
+    trial; ``budget()`` gives the budget in force (`sweeps.live_budget`), asked as often as
+    ``should_stop``: a change applies before the next trial starts.
     """
 
     on_trial: TrialHook | None
     should_stop: StopFlag | None
     on_start: StartHook | None
+    budget: BudgetHook | None
 
 
 def _check_hooks(function: str, hooks: Mapping[str, object]) -> None:
@@ -219,15 +226,23 @@ def run_sweep(
             f"sweep {name!r} already has state at {path}; continue it with "
             f"`python -m sweeps resume {name}` or give the spec another name"
         )
+    sources = _warm_start_sources(spec, name, options, settings)
     if options.code is not None:
         write_bundle(path, options.code)  # beside Tune's state, for every resume
     place = options.study_place(settings, name, path)
+    extra: dict[str, Any] = {"study": place.recorded()}
     with attached(place):
         searcher, notes = make_searcher(place, path, **_optuna_search(spec))
+        if sources is not None:
+            warm_start = seed_study(searcher_study(searcher), spec, sources)
+            extra["warm_start"] = warm_start.to_dict()
+            notes.append(warm_start.describe())
         _say(options, *notes)
         tracker = Tracker(tracking_uri)
         experiment_id, parent = tracker.open_sweep(spec, name)
         tracker.tag_study(parent, place.shown, place.name, place.source)
+        if "warm_start" in extra:
+            tracker.log_warm_start(parent, extra["warm_start"])
         record = SweepRecord(
             sweep=name,
             spec=spec.to_document(),
@@ -235,7 +250,7 @@ def run_sweep(
             experiment_id=experiment_id,
             parent_run_id=parent,
             data_root=str(limits.data_root) if limits.data_root else None,
-            extra={"study": place.recorded()},
+            extra=extra,
         )
         write_record(path, record)
         if (on_start := hooks.get("on_start")) is not None:
@@ -246,10 +261,28 @@ def run_sweep(
         ):
             tuner = tune.Tuner(
                 _trainable(spec, record),
-                tune_config=_tune_config(spec, name, searcher),
+                tune_config=_tune_config(spec, name, searcher, limits),
                 run_config=_run_config(spec, path),
             )
-            return _drive(tuner, spec, record, path, options, hooks, place, resumed=False)
+            return _drive(
+                tuner, spec, record, path, options, hooks, place, resumed=False, moving=True
+            )
+
+
+def _warm_start_sources(
+    spec: SweepSpec, name: str, options: DriverOptions, settings: SweepSettings
+) -> list[SourceSweep] | None:
+    """The sweeps ``spec`` warm-starts from, read before anything of sweep ``name`` exists."""
+    if spec.search.warm_start is None:
+        return None
+    named = spec.search.warm_start.sweeps
+    if name in named:
+        raise ValueError(f"sweep {name!r} cannot warm-start from itself (search.warm_start)")
+    sources = []
+    for source in named:
+        path = options.experiment_path(settings, source)
+        sources.append(read_source(source, path, options.study_place(settings, source, path)))
+    return sources
 
 
 def resume_sweep(
@@ -257,12 +290,16 @@ def resume_sweep(
     options: DriverOptions | None = None,
     *,
     limits: Limits | None = None,
+    extend: Mapping[str, Any] | None = None,
     **hooks: Unpack[SweepHooks],
 ) -> SweepOutcome:
     """Continue sweep ``name`` from its saved Tune state; finished trials are not re-run.
 
     The spec is checked again against today's caps (``limits``), under the data root the
-    sweep was started with. ``hooks``: `SweepHooks`.
+    sweep was started with. ``extend`` raises its budget first (`sweeps.spec.budget.extended`:
+    ``max_trials``, ``time_budget_s``, ``max_failed_trials``), so that a sweep that finished
+    goes on with more trials, its study and MLflow parent run the same. ``hooks``:
+    `SweepHooks`.
     """
     _check_hooks("resume_sweep", hooks)
     options = options or DriverOptions()
@@ -283,6 +320,16 @@ def resume_sweep(
     limits = limits or Limits.from_settings(settings)
     root = Path(record.data_root) if record.data_root else None
     spec = admitted(validate_shape(record.spec), limits.with_data_root(root))
+    if extend:
+        raised = extended(spec, extend, limits.with_data_root(root))
+        changes = budget_changes(spec.budget, raised.budget)
+        if changes:
+            spec = raised
+            history = [*record.extra.get("budget_changes", []), {"extend": changes}]
+            extra = {**record.extra, "budget_changes": history}
+            record = dataclasses.replace(record, spec=spec.to_document(), extra=extra)
+            write_record(path, record)
+            _say(options, "budget: " + ", ".join(f"{k} {a} → {b}" for k, (a, b) in changes.items()))
     if options.code is not None and options.code.digest != spec.code.digest:
         raise ValueError(
             f"sweep {name!r} runs with the code bundle {spec.code.digest or '(none)'}; a resume "
@@ -311,8 +358,21 @@ def resume_sweep(
             resume_errored=False,
             restart_errored=False,
         )
-        with searcher_follows_moved_experiment(path):
-            return _drive(tuner, spec, record, path, options, hooks, place, resumed=True)
+        # A sweep started by this code has its budget in force in `BudgetLimiter` and Tune only
+        # the ceilings; one started before (no limiter) has it in Tune's own settings.
+        moving = isinstance(_ray_compat.restored_searcher(tuner), BudgetLimiter)
+        budget = spec.budget
+        total, concurrent = (
+            _ceilings(spec, limits) if moving else (budget.max_trials, budget.max_concurrent_trials)
+        )
+        _ray_compat.set_time_budget(tuner, None if moving else budget.time_budget_s)
+        with (
+            searcher_follows_moved_experiment(path),
+            _ray_compat.restored_with_budget(path, total, concurrent),
+        ):
+            return _drive(
+                tuner, spec, record, path, options, hooks, place, resumed=True, moving=moving
+            )
 
 
 def stored_bundle(name: str, options: DriverOptions | None = None) -> CodeBundle | None:
@@ -443,13 +503,26 @@ def _optuna_search(spec: SweepSpec) -> dict[str, Any]:
     }
 
 
-def _tune_config(spec: SweepSpec, sweep: str, searcher: Searcher) -> tune.TuneConfig:
+def _ceilings(spec: SweepSpec, limits: Limits) -> tuple[int, int]:
+    """Tune's trials in all and at once: the most a change to the budget may ask for."""
+    budget = spec.budget
+    return (
+        max(limits.max_trials, budget.max_trials),
+        max(limits.max_concurrent_trials, budget.max_concurrent_trials),
+    )
+
+
+def _tune_config(
+    spec: SweepSpec, sweep: str, searcher: Searcher, limits: Limits
+) -> tune.TuneConfig:
+    total, concurrent = _ceilings(spec, limits)
     return tune.TuneConfig(
-        search_alg=searcher,
+        # The budget in force is the limiter's (`sweeps.live_budget`); Tune's are ceilings.
+        search_alg=BudgetLimiter(searcher, sweep),
         scheduler=_scheduler(spec),
-        num_samples=spec.budget.max_trials,
-        max_concurrent_trials=spec.budget.max_concurrent_trials,
-        time_budget_s=spec.budget.time_budget_s,
+        num_samples=total,
+        max_concurrent_trials=concurrent,
+        time_budget_s=None,
         # Measured here: 8 small trials took 28 s with new actors and 9 s with reused ones.
         reuse_actors=True,
         trial_name_creator=functools.partial(_trial_name, sweep),
@@ -517,7 +590,10 @@ def _drive(
     place: StudyPlace,
     *,
     resumed: bool,
+    moving: bool,
 ) -> SweepOutcome:
+    """Run ``tuner`` to its end and make the outcome; ``moving``: its searcher is wrapped in
+    `BudgetLimiter`, so the monitor holds the budget in force and takes changes to it."""
     tracker = Tracker(record.tracking_uri)
     say = functools.partial(_say, options)
     reports = None
@@ -548,6 +624,8 @@ def _drive(
         keep_final=functools.partial(write_report, path),
         on_result=functools.partial(tracker.close_ended_run, spec, record),
         placement_timeout_s=SweepSettings().placement_timeout_s,
+        budget=spec.budget if moving else None,
+        read_budget=hooks.get("budget") if moving else None,
     )
     register(monitor)
     try:

@@ -236,6 +236,14 @@ def register(
     return str(version.version)
 
 
+def registered_version(tracking_uri: str, name: str, run_id: str) -> str | None:
+    """The newest version of registered model ``name`` made from run ``run_id``, if any."""
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    # By run id only (hex): a model's name may hold quotes, which a filter string cannot.
+    found = [v for v in client.search_model_versions(f"run_id = '{run_id}'") if v.name == name]
+    return str(max(int(v.version) for v in found)) if found else None
+
+
 def logged_model_uri(client: MlflowClient, run_id: str) -> str | None:
     """``models:/<model_id>`` of the model a run logged last, or None if it logged none."""
     outputs = client.get_run(run_id).outputs
@@ -250,13 +258,16 @@ def register_trial_model(
 ) -> dict[str, str]:
     """Register ``trial``'s model as a new version of ``name``, described and tagged with what
     it scored and where it came from (`registration_notes`); returns name, version and the
-    version's URI."""
+    version's URI. A trial whose model is already a version of ``name`` (the best of a sweep
+    that was extended and found nothing better) keeps that version: no new one is made."""
     run_id = trial.mlflow_run_id
     model_uri = logged_model_uri(tracker.client, run_id) if run_id else None
     if run_id is None or model_uri is None:
         raise LookupError(f"trial {trial.name} has no logged model to register")
-    tags, description = registration_notes(spec, record, trial)
-    version = register(tracker.tracking_uri, name, model_uri, run_id, tags, description)
+    version = registered_version(tracker.tracking_uri, name, run_id)
+    if version is None:
+        tags, description = registration_notes(spec, record, trial)
+        version = register(tracker.tracking_uri, name, model_uri, run_id, tags, description)
     return {"name": name, "version": version, "uri": f"models:/{name}/{version}"}
 
 

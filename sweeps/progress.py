@@ -34,8 +34,10 @@ from sweeps.records import (
     loss,
     reported_metrics,
 )
-from sweeps.spec import Objective, SweepSpec
+from sweeps.spec import Budget, Objective, SweepSpec
 from sweeps.spec.resolve import trial_epochs
+
+BudgetHook = Callable[[], "Budget | None"]
 
 
 @dataclass
@@ -63,6 +65,16 @@ class SweepMonitor:
     finals: dict[str, dict[str, Any]] = field(default_factory=dict)
     keep_final: Callable[[str, dict[str, Any]], None] | None = None
     stop_requested: bool = False
+    # The budget in force (`sweeps.live_budget`), and where a change to it comes from: asked
+    # with the stop flag, at most once per ``stop_poll_s``. None: Tune's own budget only.
+    budget: Budget | None = None
+    read_budget: BudgetHook | None = None
+    budget_changes: list[dict[str, list[Any]]] = field(default_factory=list)
+    # Tune's trials as of its last step, and those the limiter asked for since.
+    created: int = 0
+    live: int = 0
+    clock: Callable[[], float] = time.monotonic
+    started: float | None = None
     # A trial waiting this long for resources while none runs can never be placed.
     placement_timeout_s: float = float("inf")
     unplaceable: str | None = None  # why the sweep ended: a trial nothing could place
@@ -74,9 +86,49 @@ class SweepMonitor:
     _reports: dict[str, int] = field(default_factory=dict)
     _counts: Counter[str | None] = field(default_factory=Counter)
     _unsaved_states: bool = False
+    _last_budget_poll: float = float("-inf")
 
     def __post_init__(self) -> None:
         self._counts.update(self.states.values())
+        if self.started is None:
+            self.started = self.clock()
+
+    def observe(self, trials: list[Any]) -> None:
+        """Tune's trials at the start of one of its steps: how many exist and how many are not
+        over (waiting, running or paused), for `sweeps.live_budget.BudgetLimiter`."""
+        self.created = len(trials)
+        self.live = sum(t.status in ("PENDING", "RUNNING", "PAUSED") for t in trials)
+
+    def poll_budget(self) -> None:
+        """Take the budget in force from ``read_budget``, at most once per ``stop_poll_s``
+        (with `poll_stop`'s clock); a change is printed and kept in ``budget_changes``."""
+        if self.read_budget is None or self.budget is None:
+            return
+        now = self.clock()
+        if now - self._last_budget_poll < self.stop_poll_s:
+            return
+        self._last_budget_poll = now
+        wanted = self.read_budget()
+        if wanted is None or wanted == self.budget:
+            return
+        changes = {
+            name: [getattr(self.budget, name), getattr(wanted, name)]
+            for name in type(wanted).model_fields
+            if getattr(self.budget, name) != getattr(wanted, name)
+        }
+        self.budget = wanted
+        self.budget_changes.append(changes)
+        if self.stream is not None:
+            shown = ", ".join(f"{k} {a} → {b}" for k, (a, b) in changes.items())
+            self.stream.write(f"[{self.sweep}] budget: {shown}\n")
+            self.stream.flush()
+
+    @property
+    def out_of_time(self) -> bool:
+        """The time budget in force has run out (it counts from this attempt's start)."""
+        if self.budget is None or self.budget.time_budget_s is None or self.started is None:
+            return False
+        return self.clock() - self.started >= self.budget.time_budget_s
 
     def update(self, event: TrialEvent, result: dict[str, Any] | None = None) -> None:
         previous = self._last_event.get(event.trial_id)
@@ -157,7 +209,8 @@ class SweepMonitor:
             heapq.heappush(self._ranked, (value, event.trial_id, report))
 
     def progress_line(self) -> str:
-        line = f"[{self.sweep}] {counts_text(self._counts, self.max_trials)}"
+        budget = self.max_trials if self.budget is None else self.budget.max_trials
+        line = f"[{self.sweep}] {counts_text(self._counts, budget)}"
         best = self._best_trial()
         if best is not None:
             values = self.latest[best]
@@ -320,19 +373,25 @@ class SweepCallback(tune.Callback):
             monitor.save_states()
         return None  # the driver restores the states from their own file
 
+    def on_step_begin(self, iteration, trials, **info):
+        monitor = monitor_of(self.sweep)
+        if monitor is not None:
+            monitor.observe(trials)
+
     def on_step_end(self, iteration, trials, **info):
         monitor = monitor_of(self.sweep)
         if monitor is None:
             return
         monitor.check_placement(trials)
+        monitor.poll_budget()
         if not self._interrupted and monitor.poll_stop():
             self._interrupted = True
             interrupt_tune()
 
 
 class FailedTrialsStopper(tune.Stopper):
-    """Ends the sweep once more trials have failed than the budget allows, or once a trial
-    could not be placed on the cluster in time."""
+    """Ends the sweep once more trials have failed than the budget allows, once a trial
+    could not be placed on the cluster in time, or once the time budget in force ran out."""
 
     def __init__(self, sweep: str) -> None:
         self.sweep = sweep
@@ -342,7 +401,9 @@ class FailedTrialsStopper(tune.Stopper):
 
     def stop_all(self) -> bool:
         monitor = monitor_of(self.sweep)
-        return monitor is not None and (monitor.failed_too_often or monitor.unplaceable is not None)
+        if monitor is None:
+            return False
+        return monitor.failed_too_often or monitor.unplaceable is not None or monitor.out_of_time
 
 
 def _error_text(trial: Any) -> str | None:

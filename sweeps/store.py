@@ -26,10 +26,11 @@ from typing import Any, Protocol
 from sweeps.driver import DriverOptions, SweepHooks, resume_sweep, run_sweep
 from sweeps.records import SweepOutcome, SweepRecord, TrialEvent
 from sweeps.settings import SweepSettings
-from sweeps.spec import SweepSpec
+from sweeps.spec import Budget, SweepSpec
+from sweeps.spec.budget import EXTENDABLE, budget_changes, in_force, raises
 from sweeps.spec.limits import Limits
 from sweeps.spec.parse import dump_spec, read_document, validate_shape
-from sweeps.statefiles import has_state
+from sweeps.statefiles import has_state, read_record
 from sweeps.trial_writer import TrialWriter
 
 
@@ -118,6 +119,22 @@ class DirectoryStore:
         return (directory / "STOP").exists()
 
 
+def _extension(path: str, stored: SweepSpec) -> dict[str, Any]:
+    """What the store's budget for the sweep raises over the budget it last ran under (a sweep
+    extended through the store's owner, the service)."""
+    record = read_record(path)
+    if record is None:
+        return {}
+    ran = validate_shape(record.spec).budget
+    changes = budget_changes(ran, stored.budget)
+    # A lowered one was changed while the sweep ran (`in_force` carries it to the driver).
+    return {
+        name: after
+        for name, (before, after) in changes.items()
+        if name in EXTENDABLE and raises(before, after)
+    }
+
+
 def run_stored(
     sweep_id: str, store: SweepStore, options: DriverOptions | None = None
 ) -> SweepOutcome:
@@ -143,10 +160,20 @@ def run_stored(
     path = options.experiment_path(settings, sweep_id)
     # The caps it was admitted under, not this process's environment's.
     limits = store.load_limits(sweep_id)
-    hooks: SweepHooks = {"on_trial": writer.put, "should_stop": should_stop, "on_start": on_start}
+
+    def budget() -> Budget:
+        return in_force(store.load_spec(sweep_id).budget, limits or Limits.from_settings(settings))
+
+    hooks: SweepHooks = {
+        "on_trial": writer.put,
+        "should_stop": should_stop,
+        "on_start": on_start,
+        "budget": budget,
+    }
     try:
         if has_state(path):
-            outcome = resume_sweep(sweep_id, options, limits=limits, **hooks)
+            extend = _extension(path, store.load_spec(sweep_id))
+            outcome = resume_sweep(sweep_id, options, limits=limits, extend=extend, **hooks)
         else:
             spec = store.load_spec(sweep_id)
             outcome = run_sweep(spec, options, limits=limits, sweep_name=sweep_id, **hooks)

@@ -362,6 +362,18 @@ def check_resumable(place: StudyPlace, recorded: Mapping[str, str] | None) -> No
         )
 
 
+def existing_study(place: StudyPlace) -> optuna.Study:
+    """The study at a persistent ``place`` as it is, never created; FileNotFoundError if none."""
+    assert place.url is not None
+    url = sa.make_url(place.url)
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").exists():
+        raise FileNotFoundError(f"no Optuna study {place.name!r}: {place.shown} does not exist")
+    try:
+        return optuna.load_study(study_name=place.name, storage=_rdb_storage(place.url))
+    except KeyError:
+        raise FileNotFoundError(f"no Optuna study {place.name!r} in {place.shown}") from None
+
+
 def resumed_place(place: StudyPlace, recorded: Mapping[str, str] | None) -> StudyPlace:
     """The place a resumed sweep's study is in: ``place``, or memory for a sweep that kept it
     there (every sweep saved before studies persisted)."""

@@ -460,6 +460,13 @@ class Tracker:
         for key, value in tags.items():
             self.client.set_tag(run_id, key, value[:MAX_TAG_LENGTH])
 
+    def log_warm_start(self, run_id: str, report: Mapping[str, Any]) -> None:
+        """Where a warm-started sweep's seeded trials came from (`sweeps.warm_start`): a tag
+        that says how many of which sweeps, and ``warm_start.json`` with the skipped counts."""
+        summary = f"{report['trials_seeded']} trials of {', '.join(report['sweeps'])}"
+        self.client.set_tag(run_id, WARM_START_TAG, summary[:MAX_TAG_LENGTH])
+        self.log_text(run_id, json.dumps(report, indent=2) + "\n", WARM_START_FILE)
+
     def log_importances(self, run_id: str, importances: Importances) -> None:
         """A sweep's parameter importances on its parent run: ``importance.<param>`` metrics and
         ``param_importances.png``, or only the tag that says why there are none."""
@@ -533,5 +540,7 @@ def _metrics(metrics: Mapping[str, Any], step: int) -> list[Metric]:
 STUDY_STORAGE_TAG = "gradreg.study.storage"
 STUDY_NAME_TAG = "gradreg.study.name"
 STUDY_SOURCE_TAG = "gradreg.study.source"
+WARM_START_TAG = "gradreg.warm_start"
+WARM_START_FILE = "warm_start.json"
 IMPORTANCE_TAG = "gradreg.importance"
 IMPORTANCE_FILE = "param_importances.png"

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -19,8 +20,10 @@ from service.reconciler import Reconciler
 from service.routes.code import spec_code_issues
 from service.schemas import (
     BestOut,
+    BudgetIn,
     Direction,
     EnsembleOut,
+    ExtendIn,
     Links,
     SpecOut,
     SweepOut,
@@ -37,6 +40,10 @@ from service.store.models import IDEMPOTENCY_KEY_MAX, Sweep, Trial
 from service.store.sweep_store import objectives_of
 from sweeps import SpecError, SpecIssue, parse_spec
 from sweeps.mlflow_ui import run_url, runs_url
+from sweeps.spec import Budget
+from sweeps.spec.budget import budget_changes, extended
+from sweeps.spec.checks import admitted
+from sweeps.spec.parse import validate_shape
 
 router = APIRouter(
     prefix="/v1/sweeps",
@@ -107,6 +114,12 @@ async def submit_sweep(
     spec = parse_spec(document, limits)
     # The code section: allowed here, and its bundle kept here (a read of the store).
     issues = await run_in_threadpool(spec_code_issues, spec, settings, code_store)
+
+    def warm_start_issues() -> list[SpecIssue]:
+        with sessions() as db:
+            return sweep_queries.warm_start_issues(db, spec)
+
+    issues += await run_in_threadpool(warm_start_issues)
     if issues:
         raise SpecError(issues)
 
@@ -252,6 +265,74 @@ def resume(
 ) -> SweepOut:
     """A failed or cancelled sweep continues as a new attempt; finished trials are kept."""
     return _changed(sessions, settings, reconciler, status_machine.resume, sweep_id)
+
+
+@router.post("/{sweep_id}/extend", **{**STATUS_CHANGE, "responses": problem_responses(404, 409)})
+def extend(
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    reconciler: ReconcilerDep,
+    limits: LimitsDep,
+    sweep_id: str,
+    body: ExtendIn,
+) -> SweepOut:
+    """A sweep that ended (succeeded, failed or cancelled) goes on as a new attempt with more
+    budget: its finished trials are kept, its Optuna study and MLflow parent run go on, and
+    its ensemble and registered model are rebuilt at the end (a new registry version only if
+    the best trial changed). 409 while it runs; 422 for a budget lowered or over a cap."""
+    changes = body.model_dump(exclude_unset=True)
+    with sessions() as db:
+        sweep = sweep_queries.get_sweep(db, sweep_id)
+        if sweep.status not in TERMINAL:
+            raise status_machine.InvalidTransition(sweep_id, sweep.status, "pending", TERMINAL)
+        spec = validate_shape(sweep.spec)
+        raised = extended(spec, changes, limits)
+        shown = ", ".join(
+            f"{name} {before} → {after}"
+            for name, (before, after) in budget_changes(spec.budget, raised.budget).items()
+        )
+        changes = budget_changes(spec.budget, raised.budget)
+        reason = f"extended: {shown or 'the budget as it was'}"
+        extended_sweep = status_machine.extend(db, sweep_id, raised.to_document(), changes, reason)
+        out = sweep_out(settings, db, extended_sweep)
+    reconciler.kick()
+    return out
+
+
+@router.patch("/{sweep_id}/budget", response_model=SweepOut, responses=problem_responses(404, 409))
+def change_budget(
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    limits: LimitsDep,
+    sweep_id: str,
+    body: BudgetIn,
+) -> SweepOut:
+    """Change the budget of a sweep that has not ended: ``max_concurrent_trials``,
+    ``max_trials``, ``time_budget_s``. Its driver takes the change before it starts another
+    trial (it asks the store about once a second); a lower concurrency stops no running trial,
+    it only starts fewer. Recorded in ``budget_changes``. 409 once it ended (extend it); 422
+    over a cap."""
+    given = body.model_dump(exclude_unset=True)
+    if not given:
+        raise SpecError(
+            [SpecIssue(("budget",), f"name at least one of {', '.join(BudgetIn.model_fields)}")]
+        )
+    with sessions() as db:
+        sweep = sweep_queries.get_sweep(db, sweep_id)
+        if sweep.status not in status_machine.BUDGET_CHANGEABLE:
+            raise status_machine.InvalidBudgetChange(sweep_id, sweep.status)
+        spec = validate_shape(sweep.spec)
+        try:
+            budget = Budget.model_validate({**spec.budget.model_dump(), **given})
+        except ValidationError as error:
+            raise SpecError(
+                [SpecIssue(("budget", *e["loc"]), e["msg"]) for e in error.errors()]
+            ) from None
+        changed = admitted(spec.model_copy(update={"budget": budget}), limits)
+        changes = budget_changes(spec.budget, changed.budget)
+        return sweep_out(
+            settings, db, status_machine.change_budget(db, sweep_id, changed.to_document(), changes)
+        )
 
 
 def _changed(

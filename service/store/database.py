@@ -122,6 +122,15 @@ def upgrade(url_or_engine: str | sa.URL | sa.Engine, revision: str = "head") -> 
             engine.dispose()
 
 
+def head_revision() -> str:
+    """The revision `upgrade` migrates to by default: the newest migration's."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
 def current_revision(engine: sa.Engine) -> str | None:
     """The revision the database is at, or None before the first migration."""
     from alembic.runtime.migration import MigrationContext

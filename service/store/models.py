@@ -93,6 +93,12 @@ class Sweep(Base):
     ensemble: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
     # The best trial's model in the registry (SweepOutcome.registered_model), once registered.
     registered_model: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+    # What its warm start seeded and skipped (sweeps.warm_start.WarmStartReport.to_dict), once
+    # its driver started; None for a sweep that names no earlier sweeps.
+    warm_start: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+    # Each change of its budget after it was submitted, oldest first: {"at", "kind" (extend or
+    # change), "changes": {field: [before, after]}}.
+    budget_changes: Mapped[list[dict[str, Any]]] = mapped_column(sa.JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     submitted_at: Mapped[datetime | None]

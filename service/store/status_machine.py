@@ -24,10 +24,13 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "submitted": frozenset({"running", "failed", "cancelled"}),
     "running": frozenset({"succeeded", "failed", "cancelled", "cancelling"}),
     "cancelling": frozenset({"cancelled"}),
-    "succeeded": frozenset(),
-    "failed": frozenset({"pending"}),  # resume
-    "cancelled": frozenset({"pending"}),  # resume
+    "succeeded": frozenset({"pending"}),  # extend
+    "failed": frozenset({"pending"}),  # resume, extend
+    "cancelled": frozenset({"pending"}),  # resume, extend
 }
+# What a resume continues: a sweep that ended without finishing. One that succeeded goes on
+# only with more budget (`extend`).
+RESUMABLE: tuple[str, ...] = ("failed", "cancelled")
 # What callers may set along with a transition (or alone, with `update_sweep`).
 SETTABLE_FIELDS = frozenset(
     {
@@ -41,21 +44,24 @@ SETTABLE_FIELDS = frozenset(
         "best_basis",
         "ensemble",
         "registered_model",
+        "warm_start",
     }
 )
 
 
 class InvalidTransition(ValueError):
-    def __init__(self, sweep_id: str, current: str, target: str) -> None:
+    def __init__(
+        self, sweep_id: str, current: str, target: str, sources: Collection[str] | None = None
+    ) -> None:
         self.sweep_id = sweep_id
         self.current = current
         self.target = target
         self.allowed = sorted(TRANSITIONS.get(current, ()))
-        allowed = ", ".join(self.allowed) or "none (it is final)"
-        super().__init__(
-            f"sweep {sweep_id} is {current}; it cannot become {target} "
-            f"(allowed from {current}: {allowed})"
-        )
+        if sources is not None:  # a change that takes the transition from some statuses only
+            why = f"only a sweep that is {' or '.join(sorted(sources))} can"
+        else:
+            why = f"allowed from {current}: {', '.join(self.allowed) or 'none (it is final)'}"
+        super().__init__(f"sweep {sweep_id} is {current}; it cannot become {target} ({why})")
 
 
 def _settable(fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -104,6 +110,9 @@ def apply_transition(
         current = session.scalar(sa.select(Sweep.status).where(Sweep.id == sweep_id))
         if current is None:
             raise SweepNotFound(sweep_id)
+        restricted = sources if only_from is not None and current in TRANSITIONS else None
+        if restricted is not None and target in TRANSITIONS[current]:
+            raise InvalidTransition(sweep_id, current, target, restricted)
         raise InvalidTransition(sweep_id, current, target)
     if target in TERMINAL:
         # Nothing runs for a finished sweep: a trial still marked running lost its driver.
@@ -125,7 +134,58 @@ def transition(session: Session, sweep_id: str, to: str, **fields: Any) -> Sweep
 
 def resume(session: Session, sweep_id: str) -> Sweep:
     """A failed or cancelled sweep's next attempt: it becomes pending (see `transition`)."""
-    return transition(session, sweep_id, "pending")
+    with writing(session):
+        return apply_transition(session, sweep_id, "pending", {}, only_from=RESUMABLE)
+
+
+def extend(
+    session: Session,
+    sweep_id: str,
+    spec: Mapping[str, Any],
+    changes: Mapping[str, list[Any]],
+    reason: str,
+) -> Sweep:
+    """A sweep that ended (succeeded, failed or cancelled) goes on as its next attempt under
+    ``spec``, its budget raised by ``changes`` (the caller checked them:
+    `sweeps.spec.budget.extended`)."""
+    with writing(session):
+        sweep = apply_transition(
+            session, sweep_id, "pending", {"reason": reason}, only_from=TERMINAL
+        )
+        history = [*sweep.budget_changes, _budget_change("extend", changes)]
+        update_row(session, sweep_id, {"spec": dict(spec), "budget_changes": history}, bump=False)
+        return reload(session, sweep_id)
+
+
+# Whose budget may change while it runs (or before it does); an ended one is extended instead.
+BUDGET_CHANGEABLE: tuple[str, ...] = ("pending", "submitted", "running")
+
+
+def change_budget(
+    session: Session, sweep_id: str, spec: Mapping[str, Any], changes: Mapping[str, list[Any]]
+) -> Sweep:
+    """A sweep that has not ended runs on under ``spec``, its budget changed by ``changes``
+    (the caller checked them); its driver takes the change before it starts another trial."""
+    with writing(session):
+        sweep = locked(session, sweep_id)
+        if sweep.status not in BUDGET_CHANGEABLE:
+            raise InvalidBudgetChange(sweep_id, sweep.status)
+        history = [*sweep.budget_changes, _budget_change("change", changes)]
+        update_row(session, sweep_id, {"spec": dict(spec), "budget_changes": history})
+        return reload(session, sweep_id)
+
+
+def _budget_change(kind: str, changes: Mapping[str, list[Any]]) -> dict[str, Any]:
+    return {"at": utcnow().isoformat(), "kind": kind, "changes": dict(changes)}
+
+
+class InvalidBudgetChange(ValueError):
+    def __init__(self, sweep_id: str, status: str) -> None:
+        how = "extend it (POST .../extend)" if status in TERMINAL else "wait until it has ended"
+        super().__init__(
+            f"sweep {sweep_id} is {status}: its budget changes while it is "
+            f"{' or '.join(BUDGET_CHANGEABLE)}; {how}"
+        )
 
 
 def end_attempt(session: Session, sweep_id: str, reason: str, resubmit: bool) -> Sweep:

@@ -25,6 +25,7 @@ from service.store.models import (
 )
 from service.store.paging import InvalidCursor, check_limit, pack, unpack
 from service.store.transactions import reload, writing
+from sweeps import SpecIssue, SweepSpec
 
 
 class IdempotencyConflict(ValueError):
@@ -107,6 +108,24 @@ def _keyed_sweep(session: Session, key: str | None, digest: str) -> Sweep | None
 
 def get_sweep(session: Session, sweep_id: str) -> Sweep:
     return reload(session, sweep_id)
+
+
+def warm_start_issues(session: Session, spec: SweepSpec) -> list[SpecIssue]:
+    """The sweeps a spec's ``search.warm_start`` names that this store cannot seed it from:
+    none of that id, or one whose driver never started (it has no trials to give)."""
+    if spec.search.warm_start is None:
+        return []
+    issues = []
+    for index, sweep_id in enumerate(spec.search.warm_start.sweeps):
+        where = ("search", "warm_start", "sweeps", index)
+        sweep = session.get(Sweep, sweep_id)
+        if sweep is None:
+            issues.append(SpecIssue(where, f"no sweep {sweep_id!r} in this service"))
+        elif sweep.started_at is None:
+            issues.append(
+                SpecIssue(where, f"sweep {sweep_id!r} is {sweep.status} and has not started")
+            )
+    return issues
 
 
 def changes_since(

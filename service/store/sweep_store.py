@@ -67,6 +67,7 @@ class DatabaseSweepStore:
                 mlflow_experiment_id=record.experiment_id,
                 mlflow_parent_run_id=record.parent_run_id,
                 tracking_uri=record.tracking_uri,
+                warm_start=record.extra.get("warm_start"),
             )
 
     def record_trials(self, sweep_id: str, events: Sequence[TrialEvent]) -> None:

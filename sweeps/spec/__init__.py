@@ -23,6 +23,7 @@ from sweeps.spec.model import (
     SearchSection,
     SweepSpec,
     Tracking,
+    WarmStart,
 )
 
 __all__ = [
@@ -42,4 +43,5 @@ __all__ = [
     "SearchSection",
     "SweepSpec",
     "Tracking",
+    "WarmStart",
 ]

@@ -26,6 +26,7 @@ from gradreg.models import available_models, model_option_problems, model_option
 from gradreg.names import EPOCH_METRICS, TEMPERATURE_METRICS
 from gradreg.user_code import entry_point_problem
 from sweeps.spec import (
+    Budget,
     CategoricalParameter,
     FloatParameter,
     IntParameter,
@@ -68,10 +69,15 @@ def admitted(spec: SweepSpec, limits: Limits) -> SweepSpec:
     """``spec`` checked under ``limits``, with the budget in force written in: a spec that
     names no time budget gets the cap's, so the stored sweep shows what it runs under."""
     require_valid(spec, limits)
-    if spec.budget.time_budget_s is not None:
-        return spec
-    budget = spec.budget.model_copy(update={"time_budget_s": limits.max_time_budget_s})
-    return spec.model_copy(update={"budget": budget})
+    budget = in_force(spec.budget, limits)
+    return spec if budget is spec.budget else spec.model_copy(update={"budget": budget})
+
+
+def in_force(budget: Budget, limits: Limits) -> Budget:
+    """``budget`` as a sweep runs under it: one that names no time budget has the cap's."""
+    if budget.time_budget_s is not None:
+        return budget
+    return budget.model_copy(update={"time_budget_s": limits.max_time_budget_s})
 
 
 # ---------------------------------------------------------------- meaning

@@ -15,6 +15,7 @@ from pydantic import (
     Field,
     JsonValue,
     StringConstraints,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -217,6 +218,29 @@ class Objective(_Section):
         return "min" if self.goal == "minimize" else "max"
 
 
+MAX_WARM_START_SWEEPS = 16
+
+
+class WarmStart(_Section):
+    sweeps: list[SweepName] = Field(
+        min_length=1,
+        max_length=MAX_WARM_START_SWEEPS,
+        description="earlier sweeps whose finished trials seed this sweep's study before its "
+        "first suggestion: those trained on the same dataset, model and code, at the same "
+        "fixed settings, and lying in this space (others are skipped and counted)",
+    )
+
+    @field_validator("sweeps")
+    @classmethod
+    def _distinct(cls, sweeps: list[str]) -> list[str]:
+        repeated = sorted({name for name in sweeps if sweeps.count(name) > 1})
+        if repeated:
+            raise PydanticCustomError(
+                "warm_start", "names {repeated} more than once", {"repeated": repeated}
+            )
+        return sweeps
+
+
 class SearchSection(_Section):
     algorithm: Literal["tpe", "gp", "cmaes", "random", "nsga2"] = "tpe"
     seed: int | None = Field(None, ge=0)
@@ -226,6 +250,9 @@ class SearchSection(_Section):
     population_size: int | None = Field(None, ge=2, description="nsga2 only (default 50)")
     initial_points: list[dict[str, Scalar]] = Field(
         default_factory=list, description="parameter values to try first, in order"
+    )
+    warm_start: WarmStart | None = Field(
+        None, description="seed the study with earlier sweeps' finished trials"
     )
 
 

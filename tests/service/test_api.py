@@ -389,3 +389,102 @@ def test_a_file_dataset_whose_file_is_missing_is_refused_and_not_stored(client):
     assert list(paths) == ["dataset.options.path"], paths
     assert paths["dataset.options.path"].endswith("nowhere/animals.csv does not exist")
     assert client.get("/v1/sweeps", params={"tag": "missing-file"}).json()["items"] == []
+
+
+def test_a_sweep_warm_started_from_an_earlier_one_shows_what_it_seeded(client):
+    unknown = "0" * 32
+    refused = small_sweep("warm-refused", epochs=1, trials=1, concurrent=1)
+    refused["search"] = {**refused["search"], "warm_start": {"sweeps": [unknown]}}
+    body = is_problem(client.post("/v1/sweeps", json=refused), 422)
+    assert {e["path"]: e["message"] for e in body["errors"]} == {
+        "search.warm_start.sweeps.0": f"no sweep '{unknown}' in this service"
+    }
+
+    source = small_sweep("warm-source", epochs=1, trials=2, concurrent=2)
+    source_id = client.post("/v1/sweeps", json=source).json()["id"]
+    done = wait_for(client, source_id, lambda s: s["status"] in FINAL, timeout_s=180)
+    assert done["status"] == "succeeded" and done["warm_start"] is None
+    # The same data, network and settings, searched again: both earlier trials seed it.
+    warm = small_sweep("warm-started", epochs=1, trials=1, concurrent=1)
+    warm["search"] = {"algorithm": "tpe", "seed": 0, "warm_start": {"sweeps": [source_id]}}
+    warm_id = client.post("/v1/sweeps", json=warm).json()["id"]
+    finished = wait_for(client, warm_id, lambda s: s["status"] in FINAL, timeout_s=180)
+    assert finished["status"] == "succeeded", finished["reason"]
+    assert finished["warm_start"] == {
+        "sweeps": [source_id],
+        "trials_seeded": 2,
+        "trials_skipped": {},
+    }
+    trials = client.get(f"/v1/sweeps/{warm_id}/trials").json()["items"]
+    assert len(trials) == 1  # seeded trials are not the sweep's own
+
+
+def test_a_finished_sweep_extended_goes_on_with_its_trials_kept(client):
+    sweep_id = client.post("/v1/sweeps", json=small_sweep("extend", epochs=1, trials=2)).json()[
+        "id"
+    ]
+    done = wait_for(client, sweep_id, lambda s: s["status"] in FINAL, timeout_s=180)
+    assert done["status"] == "succeeded"
+    before = {t["trial_id"]: t for t in client.get(f"/v1/sweeps/{sweep_id}/trials").json()["items"]}
+    resumed = is_problem(client.post(f"/v1/sweeps/{sweep_id}/resume"), 409)
+    assert "only a sweep that is cancelled or failed can" in resumed["detail"]
+    lowered = is_problem(client.post(f"/v1/sweeps/{sweep_id}/extend", json={"max_trials": 1}), 422)
+    assert [e["path"] for e in lowered["errors"]] == ["budget.max_trials"]
+    is_problem(client.post(f"/v1/sweeps/{sweep_id}/extend", json={"max_concurrent_trials": 4}), 422)
+
+    extended = client.post(f"/v1/sweeps/{sweep_id}/extend", json={"max_trials": 5})
+    assert extended.status_code == 202, extended.text
+    assert (extended.json()["attempt"], extended.json()["reason"]) == (
+        2,
+        "extended: max_trials 2 → 5",
+    )
+    wait_for(client, sweep_id, lambda s: s["status"] == "running", timeout_s=120)
+    running = is_problem(client.post(f"/v1/sweeps/{sweep_id}/extend", json={"max_trials": 6}), 409)
+    assert "only a sweep that is cancelled or failed or succeeded can" in running["detail"]
+
+    finished = wait_for(client, sweep_id, lambda s: s["status"] in FINAL, timeout_s=240)
+    assert (finished["status"], finished["attempt"]) == ("succeeded", 2), finished["reason"]
+    trials = client.get(f"/v1/sweeps/{sweep_id}/trials").json()["items"]
+    assert len(trials) == 5 and {t["state"] for t in trials} == {"succeeded"}
+    after = {t["trial_id"]: t for t in trials}
+    for trial_id, trial in before.items():  # kept as they were
+        assert after[trial_id]["metrics"] == trial["metrics"]
+        assert after[trial_id]["mlflow_run_id"] == trial["mlflow_run_id"]
+    assert client.get(f"/v1/sweeps/{sweep_id}/spec").json()["spec"]["budget"]["max_trials"] == 5
+
+
+def test_a_running_sweeps_budget_changes_and_its_driver_takes_it(api, client):
+    # Trials long enough (10 epochs) that the change lands before the first one ends.
+    spec = small_sweep("patched", epochs=10, trials=2, concurrent=2)
+    sweep_id = client.post("/v1/sweeps", json=spec).json()["id"]
+    is_problem(client.patch(f"/v1/sweeps/{sweep_id}/budget", json={}), 422)
+    over = client.patch(f"/v1/sweeps/{sweep_id}/budget", json={"max_concurrent_trials": 10_000})
+    assert [e["path"] for e in is_problem(over, 422)["errors"]] == ["budget.max_concurrent_trials"]
+
+    def both_running(sweep: dict) -> bool:
+        return sweep["counts"].get("running", 0) == 2 or sweep["status"] in FINAL
+
+    assert wait_for(client, sweep_id, both_running, timeout_s=120)["status"] == "running"
+    changed = client.patch(
+        f"/v1/sweeps/{sweep_id}/budget", json={"max_concurrent_trials": 1, "max_trials": 4}
+    )
+    assert changed.status_code == 200, changed.text
+    [change] = changed.json()["budget_changes"]
+    assert change["kind"] == "change"
+    assert change["changes"] == {"max_trials": [2, 4], "max_concurrent_trials": [2, 1]}
+
+    done = wait_for(client, sweep_id, lambda s: s["status"] in FINAL, timeout_s=240)
+    assert done["status"] == "succeeded", done["reason"]
+    trials = client.get(f"/v1/sweeps/{sweep_id}/trials").json()["items"]
+    assert len(trials) == 4  # the raised budget was reached
+    mlflow = MlflowClient(api.tracking_uri)
+    runs = sorted(
+        (mlflow.get_run(t["mlflow_run_id"]).info for t in trials), key=lambda r: r.start_time
+    )
+    # The two that ran at once, then one at a time: each later one started after the one before
+    # it (and both first ones) ended.
+    assert runs[1].start_time < runs[0].end_time
+    assert runs[2].start_time >= max(runs[0].end_time, runs[1].end_time)
+    assert runs[3].start_time >= runs[2].end_time
+    ended = client.patch(f"/v1/sweeps/{sweep_id}/budget", json={"max_trials": 8})
+    assert "extend it" in is_problem(ended, 409)["detail"]

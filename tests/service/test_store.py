@@ -29,7 +29,7 @@ from service.routes.sweeps import router as sweeps_router
 from service.settings import ServiceSettings
 from service.statuses import SWEEP_STATUSES, TERMINAL
 from service.store import paging, status_machine, sweep_queries, transactions, trial_queries
-from service.store.database import current_revision, make_engine, upgrade
+from service.store.database import current_revision, head_revision, make_engine, upgrade
 from service.store.database import session_factory as make_sessions
 from service.store.models import Base, IdempotencyKey, Sweep, Trial
 from service.store.sweep_store import (
@@ -66,6 +66,7 @@ ALLOWED = {
     ("cancelling", "cancelled"),
     ("failed", "pending"),
     ("cancelled", "pending"),
+    ("succeeded", "pending"),  # extend
 }
 
 
@@ -94,7 +95,7 @@ def race(count: int, work: Callable[[int], Any]) -> list[Any]:
 def test_upgrade_creates_the_tables_and_running_it_again_changes_nothing(engine, session_factory):
     tables = set(sa.inspect(engine).get_table_names())
     assert {"sweeps", "sweep_tags", "trials", "idempotency_keys", "alembic_version"} <= tables
-    assert current_revision(engine) == "0006"
+    assert current_revision(engine) == head_revision()
     with engine.connect() as connection:
         if is_postgres(engine):  # the test's own schema, not public
             schema = connection.scalar(sa.text("SELECT current_schema()"))
@@ -105,7 +106,7 @@ def test_upgrade_creates_the_tables_and_running_it_again_changes_nothing(engine,
 
     sweep_id = new_sweep(session_factory)
     upgrade(engine)
-    assert current_revision(engine) == "0006"
+    assert current_revision(engine) == head_revision()
     assert status_of(session_factory, sweep_id).status == "pending"
 
 
@@ -119,7 +120,7 @@ def test_upgrade_accepts_a_url(store_url):
     upgrade(store_url)
     engine = make_engine(store_url)
     try:
-        assert current_revision(engine) == "0006"
+        assert current_revision(engine) == head_revision()
     finally:
         engine.dispose()
 
@@ -245,6 +246,42 @@ def test_resume_bumps_the_attempt_and_clears_the_cancel(session_factory):
         for step in ["submitted", "failed", "pending"]:
             resumed = status_machine.transition(session, sweep_id, step)
         assert resumed.attempt == 3
+
+
+def test_a_resume_takes_a_failed_or_cancelled_sweep_and_an_extension_any_that_ended(
+    session_factory,
+):
+    succeeded = new_sweep(session_factory, "succeeded")
+    running = new_sweep(session_factory, "running")
+    raised = {"max_trials": [2, 9]}
+    with session_factory() as session:
+        with pytest.raises(status_machine.InvalidTransition, match="only a sweep that is cancel"):
+            status_machine.resume(session, succeeded)
+        spec = {**sweep_queries.get_sweep(session, succeeded).spec, "budget": {"max_trials": 9}}
+        with pytest.raises(status_machine.InvalidTransition, match="is running"):
+            status_machine.extend(session, running, spec, raised, "more")
+        extended = status_machine.extend(session, succeeded, spec, raised, "extended")
+    assert (extended.status, extended.attempt, extended.finished_at) == ("pending", 2, None)
+    assert extended.reason == "extended"
+    assert status_of(session_factory, succeeded).spec["budget"] == {"max_trials": 9}
+    [change] = status_of(session_factory, succeeded).budget_changes
+    assert (change["kind"], change["changes"]) == ("extend", raised)
+    assert status_of(session_factory, running).status == "running"
+
+
+def test_a_budget_changes_while_the_sweep_has_not_ended_and_the_change_is_kept(session_factory):
+    running, ended = new_sweep(session_factory, "running"), new_sweep(session_factory, "failed")
+    lowered = {"max_concurrent_trials": [2, 1]}
+    with session_factory() as session:
+        before = sweep_queries.get_sweep(session, running)
+        version, spec = before.version, {**before.spec, "budget": {"max_concurrent_trials": 1}}
+        changed = status_machine.change_budget(session, running, spec, lowered)
+        assert (changed.status, changed.version) == ("running", version + 1)
+        with pytest.raises(status_machine.InvalidBudgetChange, match="extend it"):
+            status_machine.change_budget(session, ended, spec, lowered)
+    assert status_of(session_factory, running).spec["budget"] == {"max_concurrent_trials": 1}
+    assert [c["changes"] for c in status_of(session_factory, running).budget_changes] == [lowered]
+    assert status_of(session_factory, ended).budget_changes == []
 
 
 def test_two_racing_writers_cannot_both_win(engine, session_factory):
@@ -706,7 +743,7 @@ def test_a_store_at_0001_upgrades_and_keeps_its_sweeps(store_url):
                 {"now": "2026-01-01 00:00:00"},
             )
         upgrade(engine)
-        assert current_revision(engine) == "0006"
+        assert current_revision(engine) == head_revision()
         with make_sessions(engine)() as session:
             old = sweep_queries.get_sweep(session, "s1")
             assert (old.name, old.ensemble, old.registered_model) == ("old", None, None)
@@ -903,7 +940,7 @@ def test_a_store_at_0004_numbers_its_trials_from_their_names(store_url):
                     {"sweep": sweep_id, "trial": trial_id, "name": name, "now": "2026-01-01"},
                 )
         upgrade(engine)
-        assert current_revision(engine) == "0006"
+        assert current_revision(engine) == head_revision()
         with sessions() as session:
             numbers = {t.trial_id: t.number for t in trial_queries.list_trials(session, sweep_id)}
             assert numbers == {"b0": 10, "a1": 2, "c2": None, "00": 1}

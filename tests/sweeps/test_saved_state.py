@@ -6,6 +6,8 @@
 - ``saved_sweep_d525a8a.tar.gz``: saved at d525a8a, just before the issue-24 moves (the spec's
   models at ``sweeps.spec``, the study storage a subclass of Optuna's cache); its Optuna study is
   kept in ``optuna.db`` beside Tune's state, and must be continued, not started afresh.
+- ``saved_sweep_039f30b.tar.gz``: saved at 039f30b, before sweeps could be extended (issue 27),
+  with Tune's results trimmed (issue 29).
 
 Each holds one finished trial and one stopped part-way (tests/sweeps/fixtures/make_saved_sweep.py).
 """
@@ -32,7 +34,7 @@ from sweeps.tracking import (
 )
 
 FIXTURES = Path(__file__).with_name("fixtures")
-SAVED = ["saved_sweep.tar.gz", "saved_sweep_d525a8a.tar.gz"]
+SAVED = ["saved_sweep.tar.gz", "saved_sweep_d525a8a.tar.gz", "saved_sweep_039f30b.tar.gz"]
 
 
 def unpack_saved_sweep(archive: Path, root: Path) -> dict:
@@ -94,3 +96,20 @@ def test_a_sweep_saved_by_earlier_code_resumes(ray_local, tmp_path, archive):
     for trial_id, trial in by_id.items():
         assert by_tune[trial_id].state.name == "COMPLETE"
         assert by_tune[trial_id].value == pytest.approx(trial.metrics["val_nll"])
+
+
+@pytest.mark.parametrize("archive", SAVED)
+def test_a_sweep_saved_by_earlier_code_can_be_extended(ray_local, tmp_path, archive):
+    saved = unpack_saved_sweep(FIXTURES / archive, tmp_path)
+    options = DriverOptions(
+        tracking_uri=saved["tracking_uri"], storage_path=str(tmp_path / "tune"), quiet=True
+    )
+
+    # Saved with a budget of 3 trials, 2 started: it resumes the part-way one and runs 2 more.
+    outcome = resume_sweep(saved["sweep"], options, extend={"max_trials": 4})
+
+    assert outcome.status == "succeeded", [(t.name, t.state, t.error) for t in outcome.trials]
+    assert outcome.counts() == {"succeeded": 4}
+    by_id = {t.trial_id: t for t in outcome.trials}
+    for trial_id, metrics in saved["finished"].items():
+        assert by_id[trial_id].metrics == metrics
