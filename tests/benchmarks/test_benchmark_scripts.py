@@ -528,3 +528,22 @@ def test_model_logging_smoke_run(monkeypatch, capsys):
     assert fixed > 0 and constrained > 0
     assert figures["diagram_fixed_vs_constrained"] == pytest.approx(fixed / constrained, abs=0.02)
     assert figures["log_epochs_batch_ms"] > 0 and figures["epochs_in_batch"] == 1
+
+
+def test_warm_start_smoke_run(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "warm.json"
+    _run(
+        "warm_start.py",
+        ["--smoke", "--seeds", "2", "--trials", "3", "--json", str(out)],
+        monkeypatch,
+    )
+    printed = capsys.readouterr().out
+    assert "iris: 2 seeds" in printed and "warm 3 vs fresh 6" in printed
+    figures = json.loads(out.read_text())["iris"]
+    # Every earlier trial lies in the same space at the same settings: all seed the study.
+    assert figures["seeded"] == [3, 3]
+    assert [len(run["fresh"]) for run in figures["runs"]] == [6, 6]
+    # The fresh sweep's first 3 trials are the fresh 3-trial sweep: its best after 3 and the
+    # table's agree.
+    firsts = [min(t["val_nll"] for t in run["fresh"][:3]) for run in figures["runs"]]
+    assert figures["summary"]["val_nll"]["k=3"]["fresh"][0] == pytest.approx(sum(firsts) / 2)
