@@ -70,7 +70,7 @@ from sweeps.records import (
 from sweeps.settings import SweepSettings, absolute_storage, absolute_tracking_uri
 from sweeps.space import SearchSpace, make_sampler
 from sweeps.spec import CodeSection, SweepSpec
-from sweeps.spec.budget import budget_changes, extended
+from sweeps.spec.budget import budget_changes, describe_changes, extended
 from sweeps.spec.checks import admitted
 from sweeps.spec.limits import Limits
 from sweeps.spec.parse import validate_shape
@@ -329,7 +329,7 @@ def resume_sweep(
             extra = {**record.extra, "budget_changes": history}
             record = dataclasses.replace(record, spec=spec.to_document(), extra=extra)
             write_record(path, record)
-            _say(options, "budget: " + ", ".join(f"{k} {a} → {b}" for k, (a, b) in changes.items()))
+            _say(options, f"budget: {describe_changes(changes)}")
     if options.code is not None and options.code.digest != spec.code.digest:
         raise ValueError(
             f"sweep {name!r} runs with the code bundle {spec.code.digest or '(none)'}; a resume "
@@ -627,6 +627,7 @@ def _drive(
         budget=spec.budget if moving else None,
         read_budget=hooks.get("budget") if moving else None,
     )
+    monitor.poll_budget()  # a change made while no driver ran applies from the first trial
     register(monitor)
     try:
         with stop_on_signals(monitor), adaptive_state_saves(), deletions_finished():

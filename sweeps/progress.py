@@ -35,6 +35,7 @@ from sweeps.records import (
     reported_metrics,
 )
 from sweeps.spec import Budget, Objective, SweepSpec
+from sweeps.spec.budget import budget_changes, describe_changes
 from sweeps.spec.resolve import trial_epochs
 
 BudgetHook = Callable[[], "Budget | None"]
@@ -111,16 +112,11 @@ class SweepMonitor:
         wanted = self.read_budget()
         if wanted is None or wanted == self.budget:
             return
-        changes = {
-            name: [getattr(self.budget, name), getattr(wanted, name)]
-            for name in type(wanted).model_fields
-            if getattr(self.budget, name) != getattr(wanted, name)
-        }
+        changes = budget_changes(self.budget, wanted)
         self.budget = wanted
         self.budget_changes.append(changes)
         if self.stream is not None:
-            shown = ", ".join(f"{k} {a} → {b}" for k, (a, b) in changes.items())
-            self.stream.write(f"[{self.sweep}] budget: {shown}\n")
+            self.stream.write(f"[{self.sweep}] budget: {describe_changes(changes)}\n")
             self.stream.flush()
 
     @property

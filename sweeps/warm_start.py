@@ -11,7 +11,8 @@ thing there as it would here, and its parameters are a point of the new space:
    (an ASHA-stopped trial's value is an early epoch's).
 3. Every setting the new sweep holds fixed (``fixed`` and ``method``) has the same value in the
    trial, searched or fixed there: a trial trained for 8 epochs or at another ``lr`` measured
-   another objective, so changing ``epochs`` or ``lr`` skips every trial, and says so.
+   another objective, so changing ``epochs`` or ``lr`` skips every trial, and says so. Only
+   where a trial ran (`WHERE_IT_RUNS`: ``device``, ``compile``) may differ.
 4. Every parameter the new space would ask of it has a value inside the new bounds or choices
    (replayed through `sweeps.space.SearchSpace`, so a method's own parameters only).
 
@@ -44,6 +45,8 @@ from sweeps.study import TUNE_TRIAL_ATTR, StudyPlace, existing_study, resumed_pl
 
 SEEDED_ATTR = "gradreg.seeded_from"  # "<sweep>/<Tune trial id>" on each seeded Optuna trial
 METHOD_SETTING = "method"
+# Settings that say where or how fast a trial runs, not what it computes: they may differ.
+WHERE_IT_RUNS: frozenset[str] = frozenset({"device", "compile"})
 
 
 class WarmStartError(ValueError):
@@ -167,6 +170,8 @@ def _trial_mismatch(spec: SweepSpec, source: SourceSweep, trial: FrozenTrial) ->
     for name in sorted(set(held) | set(configuration)):
         if name in spec.parameters or (name == METHOD_SETTING and spec.method is None):
             continue  # searched here: the replay checks it
+        if name in WHERE_IT_RUNS:
+            continue
         if configuration.get(name) != held.get(name):
             return f"{name} differs"
     return None

@@ -9,7 +9,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -40,9 +39,7 @@ from service.store.models import IDEMPOTENCY_KEY_MAX, Sweep, Trial
 from service.store.sweep_store import objectives_of
 from sweeps import SpecError, SpecIssue, parse_spec
 from sweeps.mlflow_ui import run_url, runs_url
-from sweeps.spec import Budget
-from sweeps.spec.budget import budget_changes, extended
-from sweeps.spec.checks import admitted
+from sweeps.spec.budget import budget_changes, changed, describe_changes, extended
 from sweeps.spec.parse import validate_shape
 
 router = APIRouter(
@@ -287,12 +284,8 @@ def extend(
             raise status_machine.InvalidTransition(sweep_id, sweep.status, "pending", TERMINAL)
         spec = validate_shape(sweep.spec)
         raised = extended(spec, changes, limits)
-        shown = ", ".join(
-            f"{name} {before} → {after}"
-            for name, (before, after) in budget_changes(spec.budget, raised.budget).items()
-        )
         changes = budget_changes(spec.budget, raised.budget)
-        reason = f"extended: {shown or 'the budget as it was'}"
+        reason = f"extended: {describe_changes(changes)}"
         extended_sweep = status_machine.extend(db, sweep_id, raised.to_document(), changes, reason)
         out = sweep_out(settings, db, extended_sweep)
     reconciler.kick()
@@ -313,25 +306,15 @@ def change_budget(
     it only starts fewer. Recorded in ``budget_changes``. 409 once it ended (extend it); 422
     over a cap."""
     given = body.model_dump(exclude_unset=True)
-    if not given:
-        raise SpecError(
-            [SpecIssue(("budget",), f"name at least one of {', '.join(BudgetIn.model_fields)}")]
-        )
     with sessions() as db:
         sweep = sweep_queries.get_sweep(db, sweep_id)
         if sweep.status not in status_machine.BUDGET_CHANGEABLE:
             raise status_machine.InvalidBudgetChange(sweep_id, sweep.status)
         spec = validate_shape(sweep.spec)
-        try:
-            budget = Budget.model_validate({**spec.budget.model_dump(), **given})
-        except ValidationError as error:
-            raise SpecError(
-                [SpecIssue(("budget", *e["loc"]), e["msg"]) for e in error.errors()]
-            ) from None
-        changed = admitted(spec.model_copy(update={"budget": budget}), limits)
-        changes = budget_changes(spec.budget, changed.budget)
+        new = changed(spec, given, limits)
+        changes = budget_changes(spec.budget, new.budget)
         return sweep_out(
-            settings, db, status_machine.change_budget(db, sweep_id, changed.to_document(), changes)
+            settings, db, status_machine.change_budget(db, sweep_id, new.to_document(), changes)
         )
 
 

@@ -1,15 +1,18 @@
-"""Changing a sweep's budget after it started: what an extension may change (`extended`), and
-the record of each change (`BudgetChange`).
+"""Changing a sweep's budget after it started: what an extension may change (`extended`), what
+a change while it runs may (`changed`), and how a change is recorded (`budget_changes`).
 
 An extension continues a sweep (finished or not) as a new attempt with more to spend: it only
 raises ``max_trials``, ``time_budget_s`` and ``max_failed_trials`` (null is unlimited, so it
-raises any number), and the caps still apply. ``max_concurrent_trials`` is not an extension's.
+raises any number). A change while the sweep runs sets ``max_concurrent_trials``,
+``max_trials`` and ``time_budget_s`` either way (`sweeps.live_budget`). The caps apply to both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
+
+from pydantic import ValidationError
 
 from sweeps.spec.checks import admitted, in_force
 from sweeps.spec.errors import SpecError, SpecIssue
@@ -17,41 +20,41 @@ from sweeps.spec.limits import Limits
 from sweeps.spec.model import Budget, SweepSpec
 
 EXTENDABLE: tuple[str, ...] = ("max_trials", "time_budget_s", "max_failed_trials")
-__all__ = ["EXTENDABLE", "budget_changes", "extended", "in_force", "raises"]
+CHANGEABLE: tuple[str, ...] = ("max_concurrent_trials", "max_trials", "time_budget_s")
+__all__ = [
+    "CHANGEABLE",
+    "EXTENDABLE",
+    "budget_changes",
+    "changed",
+    "describe_changes",
+    "extended",
+    "in_force",
+    "raises",
+]
 
 
 def extended(spec: SweepSpec, changes: Mapping[str, Any], limits: Limits) -> SweepSpec:
     """``spec`` with its budget raised by ``changes`` (some of `EXTENDABLE`), checked under
     ``limits``; `SpecError` names each field that is unknown, lowered, or over a cap."""
-    issues = []
-    for name in changes:
-        if name not in EXTENDABLE:
-            issues.append(
-                SpecIssue(
-                    ("budget", name),
-                    f"an extension changes {', '.join(EXTENDABLE)} only, not {name}",
-                )
-            )
-    if not changes:
-        issues.append(SpecIssue(("budget",), f"name at least one of {', '.join(EXTENDABLE)}"))
+    raised = _rebudgeted(spec, changes, EXTENDABLE, "an extension")
+    issues = [
+        SpecIssue(
+            ("budget", name),
+            f"an extension only raises the budget: {name} is "
+            f"{_shown(getattr(spec.budget, name))}, not {_shown(getattr(raised, name))}",
+        )
+        for name in changes
+        if not _raises_or_keeps(getattr(spec.budget, name), getattr(raised, name))
+    ]
     if issues:
         raise SpecError(issues)
-    try:
-        budget = Budget.model_validate({**spec.budget.model_dump(), **changes})
-    except Exception as error:  # pydantic's, with the field it names
-        raise SpecError([SpecIssue(("budget",), str(error))]) from None
-    for name in changes:
-        before, after = getattr(spec.budget, name), getattr(budget, name)
-        if not _raises_or_keeps(before, after):
-            issues.append(
-                SpecIssue(
-                    ("budget", name),
-                    f"an extension only raises the budget: {name} is {_shown(before)}, "
-                    f"not {_shown(after)}",
-                )
-            )
-    if issues:
-        raise SpecError(issues)
+    return admitted(spec.model_copy(update={"budget": raised}), limits)
+
+
+def changed(spec: SweepSpec, changes: Mapping[str, Any], limits: Limits) -> SweepSpec:
+    """``spec`` with its budget set by ``changes`` (some of `CHANGEABLE`, either way), checked
+    under ``limits``; `SpecError` names each field that is unknown, invalid or over a cap."""
+    budget = _rebudgeted(spec, changes, CHANGEABLE, "a change while the sweep runs")
     return admitted(spec.model_copy(update={"budget": budget}), limits)
 
 
@@ -64,11 +67,37 @@ def budget_changes(before: Budget, after: Budget) -> dict[str, list[Any]]:
     }
 
 
+def describe_changes(changes: Mapping[str, list[Any]]) -> str:
+    """``max_trials 3 → 5, …``, or ``no change``."""
+    shown = ", ".join(f"{name} {_shown(a)} → {_shown(b)}" for name, (a, b) in changes.items())
+    return shown or "no change"
+
+
 def raises(before: float | None, after: float | None) -> bool:
     """``after`` is more than ``before`` (None: unlimited)."""
     if after is None:
         return before is not None
     return before is not None and after > before
+
+
+def _rebudgeted(
+    spec: SweepSpec, changes: Mapping[str, Any], allowed: Collection[str], what: str
+) -> Budget:
+    unknown = [
+        SpecIssue(("budget", name), f"{what} sets {', '.join(allowed)}, not {name}")
+        for name in changes
+        if name not in allowed
+    ]
+    if not changes:
+        unknown.append(SpecIssue(("budget",), f"name at least one of {', '.join(allowed)}"))
+    if unknown:
+        raise SpecError(unknown)
+    try:
+        return Budget.model_validate({**spec.budget.model_dump(), **changes})
+    except ValidationError as error:
+        raise SpecError(
+            [SpecIssue(("budget", *e["loc"]), e["msg"]) for e in error.errors()]
+        ) from None
 
 
 def _raises_or_keeps(before: float | None, after: float | None) -> bool:

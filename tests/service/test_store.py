@@ -267,6 +267,11 @@ def test_a_resume_takes_a_failed_or_cancelled_sweep_and_an_extension_any_that_en
     [change] = status_of(session_factory, succeeded).budget_changes
     assert (change["kind"], change["changes"]) == ("extend", raised)
     assert status_of(session_factory, running).status == "running"
+    for ended in ("failed", "cancelled"):
+        sweep_id = new_sweep(session_factory, ended)
+        with session_factory() as session:
+            again = status_machine.extend(session, sweep_id, spec, raised, "extended")
+        assert (again.status, again.attempt) == ("pending", 2)
 
 
 def test_a_budget_changes_while_the_sweep_has_not_ended_and_the_change_is_kept(session_factory):

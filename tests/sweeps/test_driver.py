@@ -210,7 +210,9 @@ def test_multi_objective_returns_the_pareto_set(ray_local, driver_options):
 @pytest.mark.parametrize("entry", [run_sweep, resume_sweep])
 def test_a_misspelt_hook_is_refused_before_anything_starts(entry, driver_options):
     first = digits_spec() if entry is run_sweep else "digits-small"
-    with pytest.raises(TypeError, match=r"'on_trail'; its hooks are on_start, on_trial, should"):
+    with pytest.raises(
+        TypeError, match=r"'on_trail'; its hooks are budget, on_start, on_trial, should"
+    ):
         entry(first, driver_options, on_trail=print)
 
 

@@ -8,7 +8,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from sweeps import SpecError, resume_sweep, run_sweep
+from sweeps import SpecError, cli, resume_sweep, run_sweep
 from sweeps.records import trial_number
 from sweeps.statefiles import read_record
 from sweeps.tracking import ROLE_TAG
@@ -18,7 +18,7 @@ EPOCHS = 2
 
 
 def test_a_succeeded_sweep_extended_from_3_to_5_trials_keeps_the_first_3(
-    ray_local, driver_options, tracking_uri, tmp_path
+    ray_local, driver_options, tracking_uri, tmp_path, capsys
 ):
     spec = serial_digits_spec(
         "extended", epochs=EPOCHS, trials=3, search={"algorithm": "tpe", "seed": 0}
@@ -67,3 +67,19 @@ def test_a_succeeded_sweep_extended_from_3_to_5_trials_keeps_the_first_3(
     record = read_record(str(tmp_path / "tune" / "extended"))
     assert record.spec["budget"]["max_trials"] == 5
     assert record.extra["budget_changes"] == [{"extend": {"max_trials": [3, 5]}}]
+
+    # The command line says what is wrong with a lowered budget, and runs nothing.
+    lowered = [
+        "resume",
+        "extended",
+        "--max-trials",
+        "4",
+        "--storage-path",
+        str(tmp_path / "tune"),
+        "--tracking-uri",
+        tracking_uri,
+    ]
+    assert cli.main(lowered) == cli.EXIT_INVALID
+    assert "budget.max_trials: an extension only raises the budget: max_trials is 5, not 4" in (
+        capsys.readouterr().err
+    )

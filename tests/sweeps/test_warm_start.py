@@ -132,6 +132,15 @@ def test_a_setting_fixed_there_and_searched_here_seeds_as_a_parameter_and_vice_v
     assert study.get_trials()[0].params == point
 
 
+def test_where_a_trial_ran_may_differ():
+    point = {"noise_scale": 0.01, "prior_variance": 1.0}
+    on_a_gpu = digits_spec(
+        name="gpu", fixed={**DIGITS_SWEEP["fixed"], "device": "cuda"}, resources={"gpu": 1}
+    )
+    earlier = earlier_sweep("cpu", digits_spec(name="cpu"), [(point, 0.4, "succeeded")])
+    assert seed_study(new_study(on_a_gpu), on_a_gpu, [earlier]).trials_seeded == 1
+
+
 def test_a_parameter_the_earlier_trial_has_no_value_for_is_a_skip():
     searching_lr = digits_spec(
         name="new",
