@@ -30,6 +30,8 @@ What is private here, and why no public API does it (Ray 2.60.0):
   Tune also takes the newest searcher state in a staging directory that another copy of the
   sweep restored in the same process may have filled; only the experiment's own files are
   left there.
+- `LatestResultLogger`: Tune's JSON result logger, made to keep one result per trial; it
+  overrides the logger's hooks and calls its ``update_config``, which Ray does not document.
 - `STORAGE_LOGGER`: the name of the logger of Ray's storage layer.
 - `runtime_working_dir`: a trial's process starts in the runtime environment's working
   directory (a sweep's code bundle), and Tune then moves it into the trial's own directory,
@@ -39,7 +41,9 @@ What is private here, and why no public API does it (Ray 2.60.0):
 from __future__ import annotations
 
 import copy
+import json
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,6 +56,7 @@ from ray.air._internal.json import SafeFallbackEncoder
 from ray.air.constants import EXPR_PARAM_FILE, EXPR_RESULT_FILE
 from ray.train._internal.storage import get_fs_and_path
 from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+from ray.tune.logger import JsonLoggerCallback
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.search_generator import SearchGenerator
@@ -65,6 +70,7 @@ require_tested("ray", ray.__version__)
 
 __all__ = [
     "STORAGE_LOGGER",
+    "LatestResultLogger",
     "SafeFallbackEncoder",
     "asked_trials",
     "auto_save_period",
@@ -243,3 +249,35 @@ def searcher_study(searcher: OptunaSearch) -> optuna.Study:
     if study is None:
         raise RuntimeError("the OptunaSearch has no study yet: it was given no search space")
     return study
+
+
+class LatestResultLogger(JsonLoggerCallback):
+    """Tune's results file for each trial, holding only the trial's latest result (here, not in
+    `sweeps.checkpoints`, which re-exports it: it relies on how `JsonLoggerCallback` writes the
+    parameter file, ``update_config``).
+
+    Tune uploads the driver's whole staging directory, trials' result files among them, at
+    every save of its state. Tune's own JSON logger appends every report, so each upload grew
+    with every epoch of every trial (450 KB per 150-epoch digits trial, uploaded again at each
+    save). Tune reads the file back once, into `ResultGrid` dataframes the sweep does not use;
+    MLflow keeps every epoch.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def log_trial_start(self, trial: Any) -> None:
+        self.update_config(trial, trial.config)
+
+    def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
+        files = staged_trial_files(trial)
+        if not files.params.exists():
+            self.log_trial_start(trial)
+        # Written beside the staging directory, then moved in: an upload never reads half.
+        with tempfile.NamedTemporaryFile("w", dir=files.scratch, delete=False) as staged:
+            json.dump(result, staged, cls=SafeFallbackEncoder)
+            staged.write("\n")
+        os.replace(staged.name, files.result)
+
+    def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+        pass  # no file is held open

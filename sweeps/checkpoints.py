@@ -26,11 +26,8 @@ of 150 epochs made a 2.5 MB state, 94% of it that list.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import posixpath
-import tempfile
 import threading
 import weakref
 from collections.abc import Iterator
@@ -40,15 +37,14 @@ from typing import Any
 
 import pyarrow.fs
 from ray import tune
-from ray.tune.logger import JsonLoggerCallback
 
+# Sweeps saved before issue 27 name the logger by this module.
+from sweeps._ray_compat import LatestResultLogger as LatestResultLogger
 from sweeps._ray_compat import (
-    SafeFallbackEncoder,
     auto_save_period,
     checkpoint_bookkeeping,
     forget_checkpoints,
     new_trials_stored_at,
-    staged_trial_files,
 )
 
 CHECKPOINT_PREFIX = "checkpoint_"
@@ -230,36 +226,6 @@ def _path_index(path: str) -> int | None:
 def _index(name: str) -> int | None:
     suffix = name.removeprefix(CHECKPOINT_PREFIX)
     return int(suffix) if name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() else None
-
-
-class LatestResultLogger(JsonLoggerCallback):
-    """Tune's results file for each trial, holding only the trial's latest result.
-
-    Tune uploads the driver's whole staging directory, trials' result files among them, at
-    every save of its state. Tune's own JSON logger appends every report, so each upload grew
-    with every epoch of every trial (450 KB per 150-epoch digits trial, uploaded again at each
-    save). Tune reads the file back once, into `ResultGrid` dataframes the sweep does not use;
-    MLflow keeps every epoch.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-
-    def log_trial_start(self, trial: Any) -> None:
-        self.update_config(trial, trial.config)
-
-    def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
-        files = staged_trial_files(trial)
-        if not files.params.exists():
-            self.log_trial_start(trial)
-        # Written beside the staging directory, then moved in: an upload never reads half.
-        with tempfile.NamedTemporaryFile("w", dir=files.scratch, delete=False) as staged:
-            json.dump(result, staged, cls=SafeFallbackEncoder)
-            staged.write("\n")
-        os.replace(staged.name, files.result)
-
-    def log_trial_end(self, trial: Any, failed: bool = False) -> None:
-        pass  # no file is held open
 
 
 # Tune's experiment-state save is O(trials): every trial's state, the whole pickled study, the

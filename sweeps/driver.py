@@ -31,10 +31,9 @@ from gradreg import settings as gradreg_settings
 
 # Their version checks, before anything starts (sweeps.tested_versions).
 from sweeps import _optuna_compat, _ray_compat  # noqa: F401
-from sweeps._ray_compat import searcher_study
+from sweeps._ray_compat import LatestResultLogger, searcher_study
 from sweeps.checkpoints import (
     CheckpointPruner,
-    LatestResultLogger,
     adaptive_state_saves,
     deletions_finished,
     searcher_follows_moved_experiment,
@@ -99,7 +98,7 @@ from sweeps.study import (
 from sweeps.tracking import Tracker
 from sweeps.trainable import TrialContext, run_trial
 from sweeps.tune_results import TuneResultTrimmer
-from sweeps.warm_start import SourceSweep, read_source, seed_study
+from sweeps.warm_start import read_sources, seed_study
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -226,7 +225,7 @@ def run_sweep(
             f"sweep {name!r} already has state at {path}; continue it with "
             f"`python -m sweeps resume {name}` or give the spec another name"
         )
-    sources = _warm_start_sources(spec, name, options, settings)
+    sources = read_sources(spec, name, functools.partial(_source_place, options, settings))
     if options.code is not None:
         write_bundle(path, options.code)  # beside Tune's state, for every resume
     place = options.study_place(settings, name, path)
@@ -269,20 +268,12 @@ def run_sweep(
             )
 
 
-def _warm_start_sources(
-    spec: SweepSpec, name: str, options: DriverOptions, settings: SweepSettings
-) -> list[SourceSweep] | None:
-    """The sweeps ``spec`` warm-starts from, read before anything of sweep ``name`` exists."""
-    if spec.search.warm_start is None:
-        return None
-    named = spec.search.warm_start.sweeps
-    if name in named:
-        raise ValueError(f"sweep {name!r} cannot warm-start from itself (search.warm_start)")
-    sources = []
-    for source in named:
-        path = options.experiment_path(settings, source)
-        sources.append(read_source(source, path, options.study_place(settings, source, path)))
-    return sources
+def _source_place(
+    options: DriverOptions, settings: SweepSettings, name: str
+) -> tuple[str, StudyPlace]:
+    """Where sweep ``name`` keeps its Tune state, and where its study would be."""
+    path = options.experiment_path(settings, name)
+    return path, options.study_place(settings, name, path)
 
 
 def resume_sweep(

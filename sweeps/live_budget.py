@@ -76,6 +76,3 @@ class BudgetLimiter(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         self.searcher.restore(checkpoint_path)
-
-    def set_max_concurrency(self, max_concurrent: int) -> bool:
-        return False  # the budget in force decides

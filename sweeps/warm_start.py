@@ -24,7 +24,7 @@ They do count as the sampler's startup trials (``search.n_startup_trials``).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +108,19 @@ def read_source(name: str, path: str, place: StudyPlace) -> SourceSweep:
         raise WarmStartError(f"search.warm_start names sweep {name!r}: {missing}") from None
     states = read_json(path, STATES_FILE) or {}
     return SourceSweep(name, validate_shape(record.spec), study.get_trials(deepcopy=False), states)
+
+
+def read_sources(
+    spec: SweepSpec, name: str, locate: Callable[[str], tuple[str, StudyPlace]]
+) -> list[SourceSweep] | None:
+    """The sweeps ``spec`` (sweep ``name``'s) warm-starts from, each read where ``locate`` says
+    (its Tune state's path, its study's place); None for a spec that names none."""
+    if spec.search.warm_start is None:
+        return None
+    named = spec.search.warm_start.sweeps
+    if name in named:
+        raise WarmStartError(f"sweep {name!r} cannot warm-start from itself (search.warm_start)")
+    return [read_source(source, *locate(source)) for source in named]
 
 
 def seed_study(

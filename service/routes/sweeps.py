@@ -277,13 +277,13 @@ def extend(
     budget: its finished trials are kept, its Optuna study and MLflow parent run go on, and
     its ensemble and registered model are rebuilt at the end (a new registry version only if
     the best trial changed). 409 while it runs; 422 for a budget lowered or over a cap."""
-    changes = body.model_dump(exclude_unset=True)
+    given = body.model_dump(exclude_unset=True)
     with sessions() as db:
         sweep = sweep_queries.get_sweep(db, sweep_id)
         if sweep.status not in TERMINAL:
             raise status_machine.InvalidTransition(sweep_id, sweep.status, "pending", TERMINAL)
         spec = validate_shape(sweep.spec)
-        raised = extended(spec, changes, limits)
+        raised = extended(spec, given, limits)
         changes = budget_changes(spec.budget, raised.budget)
         reason = f"extended: {describe_changes(changes)}"
         extended_sweep = status_machine.extend(db, sweep_id, raised.to_document(), changes, reason)
