@@ -1,4 +1,5 @@
-"""python -m service [serve] | submit SPEC [--code DIR] [--wait] | status ID | spec ID [--json]"""
+"""python -m service [serve] | submit SPEC [--code DIR] [--wait] | status ID | spec ID [--json]
+| extend ID | me | users list|add|token|revoke|quotas"""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 
 from gradreg.files import write_private
 from gradreg.version import add_version_argument, interruptible
+from service.quotas import QUOTA_NAMES
 from service.settings import ClientSettings, ServiceSettings, prepare_ray_auth
 
 if TYPE_CHECKING:
@@ -69,9 +71,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the API's answer (spec and caps) as JSON "
         "(default: the spec as YAML, which submit takes, with the caps as comments)",
     )
+    me = commands.add_parser("me", help="who your token is: user, role, quotas")
+    users = commands.add_parser("users", help="users and their tokens (an admin's)")
+    user_commands = users.add_subparsers(dest="users_command", required=True)
+    user_commands.add_parser("list", help="every user, their role and quotas")
+    add = user_commands.add_parser("add", help="a new user (a member unless --admin)")
+    add.add_argument("name")
+    add.add_argument("--admin", action="store_true")
+    quotas = user_commands.add_parser(
+        "quotas", help="set a user's own quotas (0 or more flags; see GRADREG_QUOTA_*)"
+    )
+    quotas.add_argument("name")
+    for parser_with_quotas in (add, quotas):
+        for quota in QUOTA_NAMES:
+            kind = float if quota == "gpus" else int
+            parser_with_quotas.add_argument(f"--{quota.replace('_', '-')}", type=kind)
+    token = user_commands.add_parser("token", help="issue a token (printed once)")
+    token.add_argument("name")
+    token.add_argument("--expires-at", help="ISO 8601 time it stops working, e.g. 2027-01-31")
+    revoke = user_commands.add_parser("revoke", help="revoke a token: it gets 401 from now")
+    revoke.add_argument("name")
+    revoke.add_argument("token_id")
+    tokens = user_commands.add_parser("tokens", help="a user's tokens (never the tokens)")
+    tokens.add_argument("name")
     client = ClientSettings()
     fallback = ClientSettings.model_fields["url"].default
-    for sub in (submit, status, extend, spec):
+    for sub in (submit, status, extend, spec, me, *user_commands.choices.values()):
         sub.add_argument(
             "--url", default=client.url, help=f"default: $GRADREG_API_URL, else {fallback}"
         )
@@ -180,6 +205,9 @@ def client_command(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     client = Client(args.url, token)
     try:
+        if args.command in ("me", "users"):
+            print(json.dumps(_account_command(client, args), indent=2))
+            return EXIT_OK
         if args.command == "spec":
             answer = client.spec(args.sweep_id)
             text = json.dumps(answer, indent=2) + "\n" if args.json else spec_text(answer)
@@ -214,6 +242,25 @@ def client_command(args: argparse.Namespace) -> int:
         print(f"error: cannot reach the API at {args.url}: {error}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_FAILURE if sweep["status"] == "failed" else EXIT_OK
+
+
+def _account_command(client: Client, args: argparse.Namespace) -> object:
+    """`me` and `users ...`: the API's answer, printed as JSON."""
+    if args.command == "me":
+        return client.me()
+    command = args.users_command
+    if command == "list":
+        return client.users()
+    if command == "tokens":
+        return client.tokens(args.name)
+    if command == "token":
+        return client.issue_token(args.name, args.expires_at)
+    if command == "revoke":
+        return client.revoke_token(args.name, args.token_id)
+    given = {name: getattr(args, name) for name in QUOTA_NAMES if getattr(args, name) is not None}
+    if command == "add":
+        return client.add_user(args.name, "admin" if args.admin else "member", given)
+    return client.set_quotas(args.name, given)
 
 
 class CodeDirectoryError(ValueError):

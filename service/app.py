@@ -18,8 +18,9 @@ from service.launcher import LocalRayHead, RayJobs
 from service.readiness import Readiness, mlflow_probe, ray_probe, store_probe
 from service.reconciler import Reconciler
 from service.redaction import redact_tokens_in_logs
-from service.routes import code, meta, sweeps
+from service.routes import code, meta, sweeps, users
 from service.settings import SECRET_VARIABLES, ServiceSettings, absolute_url, write_secret
+from service.store import user_queries
 from service.store.database import make_engine, session_factory, upgrade
 from sweeps import Limits
 
@@ -39,6 +40,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         settings.var_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(settings.resolved_database_url())
         upgrade(engine)
+        app.state.token_key = settings.resolved_token_key()
+        with session_factory(engine)() as db:
+            user_queries.sync_bootstrap_tokens(db, app.state.token_key, settings.tokens)
         head = None
         jobs_url = settings.ray_jobs_url
         if jobs_url is None:
@@ -62,6 +66,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             cancel_grace_s=settings.cancel_grace_s,
             max_attempts=settings.max_attempts,
             max_active=settings.max_active_sweeps,
+            quotas=settings.quotas(),
+            capacity=jobs.cluster_resources,
         )
         app.state.reconciler.start()
         app.state.readiness = Readiness(
@@ -93,6 +99,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(meta.router)
     app.include_router(sweeps.router)
     app.include_router(code.router)
+    app.include_router(users.router)
     # A code bundle is megabytes, a spec kilobytes: the bundle's route has a cap of its own.
     code_cap = BodyCap(settings.max_code_bytes, "code bundles", "GRADREG_MAX_CODE_BYTES")
     app.add_middleware(BodyLimit, cap=BodyCap(settings.max_body_bytes), paths={code.PATH: code_cap})

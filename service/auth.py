@@ -1,25 +1,47 @@
-"""Bearer tokens on every /v1 route: 401 without one, 403 for a wrong one."""
+"""Who is calling: the bearer token on every /v1 route, looked up in the store.
+
+401 without a token, or with one that is unknown, revoked or expired; 403 when a member calls
+what only an admin may (`require_admin`). The access rules themselves are `service.access`'s.
+"""
 
 from __future__ import annotations
 
-import hmac
+from typing import Annotated
 
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException, Request
 
-from service.deps import SettingsDep
+from service.access import Caller
+from service.deps import SessionsDep
+from service.store import user_queries
+
+CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
-def require_token(request: Request, settings: SettingsDep) -> None:
-    tokens: tuple[str, ...] = settings.tokens
+def current_caller(request: Request, sessions: SessionsDep) -> Caller:
     header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
-        raise HTTPException(
-            401, "send Authorization: Bearer <token>", headers={"WWW-Authenticate": "Bearer"}
-        )
-    # Compare with every configured token, without stopping early, in constant time each.
-    matched = False
-    for token in tokens:
-        matched |= hmac.compare_digest(given.strip().encode(), token.encode())
-    if not matched:
-        raise HTTPException(403, "that token is not accepted here")
+    token = given.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise HTTPException(401, "send Authorization: Bearer <token>", headers=CHALLENGE)
+    with sessions() as db:
+        try:
+            return user_queries.authenticate(db, request.app.state.token_key, token)
+        except user_queries.Unauthenticated as error:
+            raise HTTPException(401, str(error), headers=CHALLENGE) from None
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]
+
+
+def require_admin(caller: CallerDep) -> Caller:
+    if not caller.is_admin:
+        raise HTTPException(403, f"user {caller.name} is a member; only an admin can do this")
+    return caller
+
+
+AdminDep = Annotated[Caller, Depends(require_admin)]
+
+
+def client_address(request: Request) -> str | None:
+    """Where a call came from, as the audit trail records it."""
+    return request.client.host if request.client else None

@@ -1,4 +1,5 @@
-"""A small client of the API: `python -m service submit SPEC --wait`, `status ID` and `spec ID`."""
+"""A small client of the API: `python -m service submit SPEC --wait`, `status ID`, `spec ID`,
+`extend ID`, `me` and `users ...`."""
 
 from __future__ import annotations
 
@@ -37,6 +38,14 @@ class Client:
         )
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Json:
+        answer: Json = self._answer(method, path, **kwargs)
+        return answer
+
+    def _list(self, path: str) -> list[Json]:
+        answer: list[Json] = self._answer("GET", path)
+        return answer
+
+    def _answer(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self.http.request(method, path, **kwargs)
         if response.status_code >= 400:
             try:
@@ -46,8 +55,7 @@ class Client:
             details = [f"  {e['path']}: {e['message']}" for e in body.get("errors") or []]
             message = "\n".join([f"{response.status_code}: {body.get('detail')}", *details])
             raise ApiError(message, response.status_code)
-        answer: Json = response.json()
-        return answer
+        return response.json()
 
     def submit(self, document: Json, idempotency_key: str | None = None) -> Json:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
@@ -63,6 +71,32 @@ class Client:
         ``{"digest", "size", "files"}``."""
         headers = {"Content-Type": "application/zip"}
         return self._call("POST", "/v1/code", content=bundle, headers=headers)
+
+    def me(self) -> Json:
+        return self._call("GET", "/v1/me")
+
+    def users(self) -> list[Json]:
+        return self._list("/v1/users")
+
+    def add_user(self, name: str, role: str, quotas: Json | None = None) -> Json:
+        body: Json = {"name": name, "role": role}
+        if quotas:
+            body["quotas"] = quotas
+        return self._call("POST", "/v1/users", json=body)
+
+    def set_quotas(self, name: str, quotas: Json) -> Json:
+        return self._call("PATCH", f"/v1/users/{name}/quotas", json=quotas)
+
+    def tokens(self, name: str) -> list[Json]:
+        return self._list(f"/v1/users/{name}/tokens")
+
+    def issue_token(self, name: str, expires_at: str | None = None) -> Json:
+        """A new token for the user: the answer's ``token`` is shown this once."""
+        body = {"expires_at": expires_at} if expires_at else {}
+        return self._call("POST", f"/v1/users/{name}/tokens", json=body)
+
+    def revoke_token(self, name: str, token_id: str) -> Json:
+        return self._call("DELETE", f"/v1/users/{name}/tokens/{token_id}")
 
     def sweep(self, sweep_id: str) -> Json:
         return self._call("GET", f"/v1/sweeps/{sweep_id}")

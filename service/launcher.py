@@ -199,6 +199,18 @@ class RayJobs:
             self._client = JobSubmissionClient(self.dashboard_url)
         return self._client
 
+    def cluster_resources(self) -> dict[str, float]:
+        """The alive nodes' total resources, as Ray's state API reports them: {"GPU": n,
+        "CPU": n, ...} (what `service.fair_share` shares)."""
+        from ray.util.state import list_nodes
+
+        totals: dict[str, float] = {}
+        nodes = list_nodes(address=self.dashboard_url, filters=[("state", "=", "ALIVE")])
+        for node in nodes:
+            for name, amount in (node.resources_total or {}).items():
+                totals[name] = totals.get(name, 0.0) + float(amount)
+        return totals
+
     @staticmethod
     def submission_id(sweep_id: str, attempt: int) -> str:
         return f"gradreg-{sweep_id}-{attempt}"

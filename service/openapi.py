@@ -30,13 +30,15 @@ CODE_BODY = {
 }
 ERRORS = {
     400: "a malformed cursor",
-    401: "no bearer token",
-    403: "a token that is not accepted",
-    404: "no such sweep",
-    409: "the sweep's status does not allow it, or an idempotency key was reused",
+    401: "no bearer token, or one that is unknown, revoked or expired",
+    403: "a member calling what only an admin may",
+    404: "no such sweep (or another user's: it is not shown), user or token",
+    409: "the sweep's status does not allow it, an idempotency key was reused, or a user "
+    "name is taken",
     413: "a body over GRADREG_MAX_BODY_BYTES",
     415: "a body that is not of the media type the route takes",
     422: "the request or the sweep spec is not valid; `errors` names each field",
+    429: "the caller's queued_sweeps quota is full: `quota` and `limit` name it",
     503: "the sweep store is unavailable",
 }
 

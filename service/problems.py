@@ -14,10 +14,12 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException
 
+from service.quotas import QuotaExceeded
 from service.store.paging import InvalidCursor
 from service.store.status_machine import InvalidBudgetChange, InvalidTransition
 from service.store.sweep_queries import IdempotencyConflict
 from service.store.transactions import SweepNotFound
+from service.store.user_queries import TokenNotFound, UserExists, UserNotFound
 from sweeps import SpecError
 from sweeps.code import BundleError
 
@@ -31,6 +33,9 @@ CALLER_ERRORS: dict[type[Exception], int] = {
     InvalidBudgetChange: 409,
     IdempotencyConflict: 409,
     InvalidCursor: 400,
+    UserNotFound: 404,
+    TokenNotFound: 404,
+    UserExists: 409,
 }
 
 
@@ -86,6 +91,10 @@ def install(app: FastAPI) -> None:
 
     for error_type in CALLER_ERRORS:
         app.add_exception_handler(error_type, _callers_error)
+
+    @app.exception_handler(QuotaExceeded)
+    async def _over_quota(request: Request, error: QuotaExceeded) -> JSONResponse:
+        return problem(429, str(error), quota=error.quota, limit=error.limit, user=error.user)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, error: HTTPException) -> JSONResponse:

@@ -1,7 +1,12 @@
 """Bring the store and Ray's job table into agreement, at start-up and every few seconds.
 
+- a queued sweep becomes pending, oldest first, once its owner holds fewer active sweeps than
+  their quota; a pending one whose owner's quota was lowered meanwhile goes back to queued
+  (`service.quotas`);
 - pending sweeps are submitted as Ray Jobs, oldest first, while fewer than `max_active` are
   active; the rest wait as pending, saying so;
+- every running sweep gets its allowance: the trials it may start, under its owner's quotas
+  and its fair share of the cluster (`service.fair_share`), which its driver reads;
 - a cancelling sweep whose driver has not stopped within the grace period has its job stopped;
 - a sweep whose job ended without the driver writing a final status (the driver died, or was
   stopped without being asked) is closed as failed and, within `max_attempts`, resubmitted
@@ -10,19 +15,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.fair_share import Demand, allocate
 from service.launcher import FINAL_JOB_STATES, RayJobs
-from service.statuses import ACTIVE
+from service.quotas import Quotas
+from service.statuses import ACTIVE, QUEUED
 from service.store import status_machine, sweep_queries
-from service.store.models import Sweep
+from service.store.models import Sweep, User
+from sweeps.spec.parse import validate_shape
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +47,15 @@ class Reconciler:
         cancel_grace_s: float,
         max_attempts: int,
         max_active: int,
+        quotas: Quotas,
+        capacity: Callable[[], Mapping[str, float] | None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``clock`` gives the seconds the grace periods count in (tests move their own)."""
+        """``quotas``: a user's who has none of their own; ``capacity``: the cluster's total
+        resources now ({"GPU": n, "CPU": n}; None: unknown, so only quotas limit a sweep);
+        ``clock`` gives the seconds the grace periods count in (tests move their own)."""
+        self.quotas = quotas
+        self.capacity = capacity
         self.sessions = sessions
         self.clock = clock
         self.jobs = jobs
@@ -82,21 +98,82 @@ class Reconciler:
 
     def reconcile_once(self) -> None:
         with self.sessions() as session:
+            quotas = self._user_quotas(session)
             active = len(_ids(session, ACTIVE))
-            pending = session.execute(
-                sa.select(Sweep.id, Sweep.reason)
-                .where(Sweep.status == "pending")
-                .order_by(Sweep.created_at)
+            holding = Counter(
+                session.scalars(sa.select(Sweep.owner).where(Sweep.status.in_(ACTIVE)))
             )
-            for sweep_id, reason in pending.all():
+            waiting = session.execute(
+                sa.select(Sweep.id, Sweep.owner, Sweep.status, Sweep.reason)
+                .where(Sweep.status.in_((QUEUED, "pending")))
+                .order_by(Sweep.created_at, Sweep.id)
+            )
+            for sweep_id, owner, status, reason in waiting.all():
+                quota = quotas.get(owner, self.quotas).active_sweeps
+                if holding[owner] >= quota:
+                    if status != QUEUED:
+                        self._queue(session, sweep_id, holding[owner], quota)
+                    continue
+                holding[owner] += 1
+                if status == QUEUED and not self._admit(session, sweep_id):
+                    continue
                 if active < self.max_active:
                     if self._submit(session, sweep_id):
                         active += 1
-                elif reason is None:
+                elif reason is None or status == QUEUED:
                     # Said once, not every pass: a resubmitted sweep keeps why it was resubmitted.
                     status_machine.update_sweep(session, sweep_id, reason=self._queued_reason)
             for sweep_id in _ids(session, ACTIVE):
                 self._check(session, sweep_id)
+            self._share(session, quotas)
+
+    def _user_quotas(self, session: Session) -> dict[str, Quotas]:
+        """Every user's quotas in force (their own over the defaults)."""
+        users = session.execute(sa.select(User.name, User.quotas)).all()
+        return {name: self.quotas.overridden(own) for name, own in users}
+
+    def _queue(self, session: Session, sweep_id: str, holding: int, quota: int) -> None:
+        """A pending sweep whose owner's quota is full (it was lowered, or a resumed sweep
+        came back) waits as queued."""
+        with contextlib.suppress(status_machine.InvalidTransition):  # cancelled meanwhile
+            status_machine.transition(
+                session, sweep_id, QUEUED, reason=sweep_queries.queued_reason(holding, quota)
+            )
+
+    def _admit(self, session: Session, sweep_id: str) -> bool:
+        try:
+            status_machine.transition(session, sweep_id, "pending", reason=None)
+        except status_machine.InvalidTransition:
+            return False  # cancelled meanwhile
+        return True
+
+    def _share(self, session: Session, quotas: Mapping[str, Quotas]) -> None:
+        """Each running sweep's allowance (`service.fair_share`), stored where it changed."""
+        running = list(
+            session.scalars(
+                sa.select(Sweep)
+                .where(Sweep.status.in_(("submitted", "running")))
+                .order_by(Sweep.created_at, Sweep.id)
+            )
+        )
+        if not running:
+            return
+        demands = [demand(sweep) for sweep in running]
+        try:
+            capacity = self.capacity()
+        except Exception as error:  # Ray restarting: share by quotas alone this pass
+            log.warning("could not read the cluster's resources: %s", error)
+            capacity = None
+        owners = {sweep.owner for sweep in running}
+        allowances = allocate(
+            demands, capacity, {owner: quotas.get(owner, self.quotas) for owner in owners}
+        )
+        for sweep in running:
+            given = allowances[sweep.id]
+            if (sweep.allowance, sweep.allowance_reason) != (given.trials, given.reason):
+                status_machine.update_sweep(
+                    session, sweep.id, allowance=given.trials, allowance_reason=given.reason
+                )
 
     def _submit(self, session: Session, sweep_id: str) -> bool:
         sweep = sweep_queries.get_sweep(session, sweep_id)
@@ -166,6 +243,18 @@ class Reconciler:
         log.warning("sweep %s ignored its cancel for %.0f s; stopping its job", sweep.id, waited)
         self.jobs.stop(job)
         self._stop_sent.add(job)
+
+
+def demand(sweep: Sweep) -> Demand:
+    """What a sweep's trials take and how many it would run at once, from its spec."""
+    spec = validate_shape(sweep.spec)
+    return Demand(
+        sweep_id=sweep.id,
+        owner=sweep.owner,
+        gpu_per_trial=spec.resources.gpu,
+        cpu_per_trial=spec.resources.cpu,
+        max_concurrent_trials=spec.budget.max_concurrent_trials,
+    )
 
 
 def _ids(session: Session, statuses: tuple[str, ...]) -> list[str]:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from service.access import MEMBER, ROLES, USER_NAME, USER_NAME_RULE
 from service.statuses import BEST_BASES, SWEEP_STATUSES
 from sweeps.records import TRIAL_STATES
 
@@ -15,6 +16,7 @@ from sweeps.records import TRIAL_STATES
 # members come from their one home, which mypy cannot read through StrEnum's call.
 SweepStatus = StrEnum("SweepStatus", {s: s for s in SWEEP_STATUSES})  # type: ignore[misc]
 TrialStateName = StrEnum("TrialStateName", {s: s for s in TRIAL_STATES})  # type: ignore[misc]
+UserRole = StrEnum("UserRole", {r: r for r in ROLES})  # type: ignore[misc]
 BASIS = (
     "what best is: "
     + "; ".join(f"'{basis}'" for basis in BEST_BASES)
@@ -98,6 +100,15 @@ class SweepOut(BaseModel):
     # Each change of its budget since it was submitted, oldest first: at, kind (extend or
     # change), changes ({field: [before, after]}).
     budget_changes: list[dict[str, Any]] = Field(default_factory=list)
+    owner: str = Field(description="the user who submitted it; only they and admins see it")
+    allowance: int | None = Field(
+        None,
+        description="trials it may run at once now, under its owner's quotas and its fair "
+        "share of the cluster (service.fair_share); null until it runs",
+    )
+    allowance_reason: str | None = Field(
+        None, description="why the allowance is below its max_concurrent_trials"
+    )
     links: Links
 
 
@@ -200,3 +211,75 @@ class CodeOut(BaseModel):
     digest: str = Field(description="sha256:<hex> of the bundle's bytes")
     size: int = Field(description="the bundle's size in bytes")
     files: int = Field(description="the files it holds")
+
+
+class QuotasOut(BaseModel):
+    active_sweeps: int
+    queued_sweeps: int
+    concurrent_trials: int | None
+    gpus: float | None
+
+
+class QuotasIn(BaseModel):
+    """Quotas set for one user; a null removes that quota's own value (the default applies)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    active_sweeps: int | None = Field(None, ge=1)
+    queued_sweeps: int | None = Field(None, ge=1)
+    concurrent_trials: int | None = Field(None, ge=0)
+    gpus: float | None = Field(None, ge=0)
+
+
+class UserIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=USER_NAME.pattern, description=USER_NAME_RULE)
+    role: UserRole = Field(MEMBER, description="admin or member")  # type: ignore[assignment]
+    quotas: QuotasIn | None = None
+
+
+class UserOut(BaseModel):
+    name: str
+    role: str
+    created_at: datetime
+    quotas: QuotasOut = Field(description="the quotas in force: the user's own, else defaults")
+    own_quotas: dict[str, Any] = Field(description="the quotas set for this user alone")
+
+
+class MeOut(UserOut):
+    token_id: str | None
+
+
+class TokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    expires_at: datetime | None = Field(None, description="when it stops working (UTC if naive)")
+
+
+class TokenOut(BaseModel):
+    id: str
+    user: str
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class IssuedTokenOut(TokenOut):
+    token: str = Field(description="the token itself: shown this once, never again")
+
+
+class AuditOut(BaseModel):
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str | None
+    client: str | None
+    detail: dict[str, Any]
+
+
+class AuditPage(BaseModel):
+    items: list[AuditOut]
+    next_cursor: str | None

@@ -3,6 +3,7 @@ the sweep engine's included), its driver jobs' and its command-line client's."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import secrets
@@ -15,6 +16,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gradreg.files import write_private
+from service.quotas import Quotas
 from sweeps.settings import SweepSettings, absolute_storage
 
 
@@ -72,6 +74,23 @@ class ServiceSettings(SweepSettings):
     allow_code_requirements: bool = Field(
         True, description="whether a spec's code.requirements (pip, on every node) is accepted"
     )
+    token_key: str | None = Field(
+        None,
+        description="the secret the store's token digests are keyed with; default: one made "
+        "once in var_dir/secrets/token_key. Every API replica needs the same one",
+    )
+    quota_active_sweeps: int = Field(
+        4, ge=1, description="a user's sweeps admitted to run or running at once; more queue"
+    )
+    quota_queued_sweeps: int = Field(
+        20, ge=1, description="a user's sweeps waiting as queued; more are refused (429)"
+    )
+    quota_concurrent_trials: int | None = Field(
+        None, ge=0, description="a user's trials running at once, over all their sweeps"
+    )
+    quota_gpus: float | None = Field(
+        None, ge=0, description="the GPUs a user's running trials hold at once"
+    )
 
     @field_validator("python")
     @classmethod
@@ -101,6 +120,27 @@ class ServiceSettings(SweepSettings):
         if self.code_store:
             return absolute_storage(self.code_store)
         return str((self.var_dir / "code").absolute())
+
+    def quotas(self) -> Quotas:
+        """The quotas of a user who has none of their own (`service.quotas`)."""
+        return Quotas(
+            active_sweeps=self.quota_active_sweeps,
+            queued_sweeps=self.quota_queued_sweeps,
+            concurrent_trials=self.quota_concurrent_trials,
+            gpus=self.quota_gpus,
+        )
+
+    def resolved_token_key(self) -> bytes:
+        """GRADREG_TOKEN_KEY, else the key kept in var_dir/secrets/token_key (made once,
+        owner-only)."""
+        if self.token_key:
+            return self.token_key.encode()
+        path = self.var_dir.absolute() / "secrets" / "token_key"
+        if not path.exists():
+            # Another process may make it first: then use theirs.
+            with contextlib.suppress(FileExistsError):
+                write_private(path, secrets.token_hex(32) + "\n", exclusive=True)
+        return path.read_text().strip().encode()
 
     @property
     def tokens(self) -> tuple[str, ...]:
@@ -160,7 +200,12 @@ class ClientSettings(BaseSettings):
 
 
 # What the service's own processes must not pass on to the Ray head, its drivers and trials.
-SECRET_VARIABLES = ("GRADREG_API_TOKENS", "GRADREG_API_TOKEN", "GRADREG_DATABASE_URL")
+SECRET_VARIABLES = (
+    "GRADREG_API_TOKENS",
+    "GRADREG_API_TOKEN",
+    "GRADREG_DATABASE_URL",
+    "GRADREG_TOKEN_KEY",
+)
 
 
 # Variables naming a file or directory on this machine, and variables holding a URL that may be

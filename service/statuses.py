@@ -8,6 +8,7 @@ The transitions between the statuses are the store's status machine
 from __future__ import annotations
 
 SWEEP_STATUSES: tuple[str, ...] = (
+    "queued",
     "pending",
     "submitted",
     "running",
@@ -20,6 +21,11 @@ SWEEP_STATUSES: tuple[str, ...] = (
 TERMINAL: tuple[str, ...] = ("succeeded", "failed", "cancelled")
 # A driver job exists (or should) for these.
 ACTIVE: tuple[str, ...] = ("submitted", "running", "cancelling")
+# Waiting for its owner's active-sweeps quota (`service.quotas`): the reconciler moves the
+# oldest on to pending when an earlier sweep of theirs ends.
+QUEUED = "queued"
+# What counts against a user's active-sweeps quota: admitted to run, or running.
+HOLDING_A_SLOT: tuple[str, ...] = ("pending", *ACTIVE)
 
 # What a sweep's best is (``best_basis``): the store keeps one, by the one rule for best
 # (`sweeps.records`), and says which.

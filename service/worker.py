@@ -13,6 +13,7 @@ from service.settings import DriverJobSettings
 from service.store.database import make_engine
 from service.store.sweep_store import DatabaseSweepStore
 from sweeps import DriverOptions, run_stored
+from sweeps.tracking import OWNER_TAG
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         ray_address=settings.job_ray_address or "auto",
         tracking_uri=settings.resolved_tracking_uri(),
         storage_path=settings.resolved_storage_path(),
+        run_tags=((OWNER_TAG, store.owner(args.sweep_id)),),
     )
     outcome = run_stored(args.sweep_id, store, options)
     print(f"sweep {args.sweep_id}: {outcome.status} ({outcome.reason})")

@@ -178,6 +178,9 @@ class DriverOptions:
     # otherwise: the Ray Job this driver runs in carries it (the service), or it is installed
     # in the workers' environment.
     code: CodeBundle | None = None
+    # Tags on the sweep's parent run and every trial run, such as who owns the sweep
+    # (the service's ``gradreg.owner``).
+    run_tags: tuple[tuple[str, str], ...] = ()
 
     def experiment_path(self, settings: SweepSettings, name: str) -> str:
         storage = (
@@ -238,7 +241,7 @@ def run_sweep(
             notes.append(warm_start.describe())
         _say(options, *notes)
         tracker = Tracker(tracking_uri)
-        experiment_id, parent = tracker.open_sweep(spec, name)
+        experiment_id, parent = tracker.open_sweep(spec, name, dict(options.run_tags))
         tracker.tag_study(parent, place.shown, place.name, place.source)
         if "warm_start" in extra:
             tracker.log_warm_start(parent, extra["warm_start"])
@@ -259,7 +262,7 @@ def run_sweep(
             ray_session(options.ray_address or settings.ray_address, environment),
         ):
             tuner = tune.Tuner(
-                _trainable(spec, record),
+                _trainable(spec, record, options.run_tags),
                 tune_config=_tune_config(spec, name, searcher, limits),
                 run_config=_run_config(spec, path),
             )
@@ -344,7 +347,7 @@ def resume_sweep(
     ):
         tuner = tune.Tuner.restore(
             path,
-            trainable=_trainable(spec, record),
+            trainable=_trainable(spec, record, options.run_tags),
             resume_unfinished=True,
             resume_errored=False,
             restart_errored=False,
@@ -468,7 +471,9 @@ def ray_session(
 # ---------------------------------------------------------------- Tune pieces
 
 
-def _trainable(spec: SweepSpec, record: SweepRecord) -> Any:
+def _trainable(
+    spec: SweepSpec, record: SweepRecord, run_tags: tuple[tuple[str, str], ...] = ()
+) -> Any:
     context = TrialContext(
         spec=spec,
         sweep=record.sweep,
@@ -476,6 +481,7 @@ def _trainable(spec: SweepSpec, record: SweepRecord) -> Any:
         experiment_id=record.experiment_id,
         parent_run_id=record.parent_run_id,
         data_root=record.data_root,
+        run_tags=run_tags,
     )
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     return tune.with_resources(tune.with_parameters(run_trial, context=context), resources)

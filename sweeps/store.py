@@ -58,6 +58,12 @@ class SweepStore(Protocol):
 
     def stop_requested(self, sweep_id: str) -> bool: ...
 
+    def allowance(self, sweep_id: str) -> int | None:
+        """The trials the sweep may run at once now, as whoever shares the cluster among
+        sweeps set it (the service's fair share, `service.fair_share`); None: its budget's
+        max_concurrent_trials alone. The driver asks before it starts a trial."""
+        ...
+
 
 class DirectoryStore:
     def __init__(self, root: str | Path) -> None:
@@ -118,6 +124,21 @@ class DirectoryStore:
             raise FileNotFoundError(f"no sweep {sweep_id!r} in {self.root}")
         return (directory / "STOP").exists()
 
+    def set_allowance(self, sweep_id: str, trials: int | None) -> None:
+        path = self._dir(sweep_id) / "ALLOWANCE"
+        if trials is None:
+            path.unlink(missing_ok=True)
+            return
+        if trials < 0:
+            raise ValueError(f"an allowance is 0 or more trials, got {trials}")
+        partial = path.with_suffix(".partial")
+        partial.write_text(f"{trials}\n")
+        os.replace(partial, path)
+
+    def allowance(self, sweep_id: str) -> int | None:
+        path = self._dir(sweep_id) / "ALLOWANCE"
+        return int(path.read_text()) if path.exists() else None
+
 
 def _extension(path: str, stored: SweepSpec) -> dict[str, Any]:
     """What the store's budget for the sweep raises over the budget it last ran under (a sweep
@@ -162,7 +183,10 @@ def run_stored(
     limits = store.load_limits(sweep_id)
 
     def budget() -> Budget:
-        return in_force(store.load_spec(sweep_id).budget, limits or Limits.from_settings(settings))
+        stored = in_force(
+            store.load_spec(sweep_id).budget, limits or Limits.from_settings(settings)
+        )
+        return within_allowance(stored, store.allowance(sweep_id))
 
     hooks: SweepHooks = {
         "on_trial": writer.put,
@@ -184,6 +208,15 @@ def run_stored(
     writer.close()  # every trial's last event is in the store before the outcome
     store.record_outcome(sweep_id, outcome)
     return outcome
+
+
+def within_allowance(budget: Budget, allowance: int | None) -> Budget:
+    """``budget`` with its concurrency held to the store's allowance for the sweep (which may
+    be 0: no new trial starts until the allowance rises)."""
+    if allowance is None or allowance >= budget.max_concurrent_trials:
+        return budget
+    # model_copy does not validate: the Budget model's own floor is 1, an allowance's is 0.
+    return budget.model_copy(update={"max_concurrent_trials": allowance})
 
 
 def store_database_url(store: object) -> str | None:

@@ -47,6 +47,8 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 RUN_NAME_TAG = "mlflow.runName"
 NOTE_TAG = "mlflow.note.content"
 SWEEP_TAG = "gradreg.sweep"
+# Who owns the sweep, where a service runs it for several users (`DriverOptions.run_tags`).
+OWNER_TAG = "gradreg.owner"
 ROLE_TAG = "gradreg.role"
 TRIAL_TAG = "gradreg.trial_id"
 TRIAL_NAME_TAG = "gradreg.trial_name"  # Tune's name of the trial; the run's own name is readable
@@ -168,14 +170,17 @@ class Tracker:
 
     # ------------------------------------------------------------ a sweep's life
 
-    def open_sweep(self, spec: SweepSpec, name: str) -> tuple[str, str]:
-        """(experiment id, parent run id) of sweep ``name``; the spec goes on the parent."""
+    def open_sweep(
+        self, spec: SweepSpec, name: str, tags: Mapping[str, str] | None = None
+    ) -> tuple[str, str]:
+        """(experiment id, parent run id) of sweep ``name``; the spec goes on the parent, with
+        ``tags``."""
         experiment_id = self.experiment_id(spec.experiment)
         parent = self.open_parent(
             experiment_id,
             name,
             _parent_params(spec),
-            _parent_tags(spec),
+            {**_parent_tags(spec), **(tags or {})},
             spec.description,
             run_name=spec.name,
         )
@@ -249,6 +254,7 @@ class Tracker:
         trial_name: str,
         params: Mapping[str, Any],
         run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> TrialRun:
         """The trial's child run; an earlier attempt's run is reopened, never duplicated.
 
@@ -274,6 +280,7 @@ class Tracker:
             TRIAL_NAME_TAG: trial_name,
             ATTEMPT_TAG: "1",
             STATUS_TAG: "running",
+            **(tags or {}),
         }
         run = self.client.create_run(experiment_id, tags=tags, run_name=run_name)
         self.client.log_batch(run.info.run_id, params=_params(params))

@@ -37,6 +37,9 @@ class TrialContext:
     experiment_id: str
     parent_run_id: str
     data_root: str | None
+    # Tags on every trial run (`DriverOptions.run_tags`). A default, so that contexts pickled
+    # in Tune's state before it existed still load.
+    run_tags: tuple[tuple[str, str], ...] = ()
 
 
 @functools.lru_cache(maxsize=4)
@@ -71,6 +74,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         tune_name,
         {**_settings_summary(train.to_dict()), **config},
         run_name=trial_run_name(spec.name, trial_number(tune_name), label),
+        tags=dict(context.run_tags),
     )
     resume = _load_checkpoint()
     if resume is not None:

@@ -17,19 +17,20 @@ import zipfile
 from fastapi import APIRouter, Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
-from service.auth import require_token
+from service.auth import CallerDep, client_address, current_caller
 from service.code_store import CodeBundleMissing, CodeStore
-from service.deps import CodeStoreDep, SettingsDep
+from service.deps import CodeStoreDep, SessionsDep, SettingsDep
 from service.openapi import CODE_BODY, problem_responses
 from service.schemas import CodeOut
 from service.settings import ServiceSettings
+from service.store import audit
 from sweeps import SpecIssue, SweepSpec
 from sweeps.code import BundleError, BundleInfo, CodeBundle, check_bundle
 
 PATH = "/v1/code"
 MEDIA_TYPE = "application/zip"
 
-router = APIRouter(tags=["code"], dependencies=[Depends(require_token)])
+router = APIRouter(tags=["code"], dependencies=[Depends(current_caller)])
 
 
 def not_allowed(settings: ServiceSettings) -> str | None:
@@ -149,8 +150,7 @@ def _not_installed_code(entry_point: str, settings: ServiceSettings) -> str | No
         422,
         503,
         described={
-            403: "a token that is not accepted, or a service that takes no code "
-            "(GRADREG_ALLOW_USER_CODE)",
+            403: "a service that takes no code (GRADREG_ALLOW_USER_CODE)",
             413: "a bundle over GRADREG_MAX_CODE_BYTES",
             422: "not a zip, or an entry it may not hold (an absolute path, a `..` component, "
             "a symlink, a duplicate name, more than GRADREG_MAX_CODE_FILES files): `errors` "
@@ -158,7 +158,13 @@ def _not_installed_code(entry_point: str, settings: ServiceSettings) -> str | No
         },
     ),
 )
-async def upload_code(request: Request, settings: SettingsDep, store: CodeStoreDep) -> CodeOut:
+async def upload_code(
+    request: Request,
+    settings: SettingsDep,
+    store: CodeStoreDep,
+    sessions: SessionsDep,
+    caller: CallerDep,
+) -> CodeOut:
     """Keep a code bundle under its sha256 digest (201, the same answer for the same bytes
     again); a spec names it by ``code.digest``. Bundles are never deleted: a stored sweep may
     name one."""
@@ -176,4 +182,11 @@ async def upload_code(request: Request, settings: SettingsDep, store: CodeStoreD
     # A BundleError is a 422 naming the entry (service.problems).
     info = await run_in_threadpool(checked, data, settings)
     await run_in_threadpool(store.put, data)
+
+    def audited() -> None:
+        with sessions() as db:
+            detail = {"size": info.size, "files": info.files}
+            audit.record(db, caller, "code.upload", info.digest, client_address(request), detail)
+
+    await run_in_threadpool(audited)
     return CodeOut(digest=info.digest, size=info.size, files=info.files)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from service.auth import require_token
+from service.auth import current_caller
 from service.deps import ReadinessDep
 from service.openapi import problem_responses
 from service.problems import problem
@@ -35,8 +35,8 @@ async def readyz(readiness: ReadinessDep) -> JSONResponse:
 @router.get(
     "/v1/schema",
     tags=["meta"],
-    dependencies=[Depends(require_token)],
-    responses=problem_responses(401, 403),
+    dependencies=[Depends(current_caller)],
+    responses=problem_responses(401),
 )
 def schema() -> dict:
     """The JSON Schema of a sweep spec (what POST /v1/sweeps accepts)."""

@@ -1,4 +1,8 @@
-"""/v1/sweeps: submit, list, read, follow, cancel and resume sweeps."""
+"""/v1/sweeps: submit, list, read, follow, cancel, resume and extend sweeps.
+
+Every route answers for the caller's own sweeps (an admin's: every sweep): another user's
+sweep is 404 on each, as if it did not exist (`service.access`). Every change is audited.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,11 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from service.auth import require_token
+from service.access import Caller
+from service.auth import CallerDep, client_address, current_caller
 from service.deps import CodeStoreDep, LimitsDep, ReconcilerDep, SessionsDep, SettingsDep
 from service.openapi import SPEC_BODY, problem_responses
+from service.quotas import Quotas
 from service.reconciler import Reconciler
 from service.routes.code import spec_code_issues
 from service.schemas import (
@@ -34,10 +40,10 @@ from service.schemas import (
 )
 from service.settings import ServiceSettings
 from service.statuses import TERMINAL
-from service.store import paging, status_machine, sweep_queries, trial_queries
+from service.store import audit, paging, status_machine, sweep_queries, trial_queries, user_queries
 from service.store.models import IDEMPOTENCY_KEY_MAX, Sweep, Trial
 from service.store.sweep_store import objectives_of
-from sweeps import SpecError, SpecIssue, parse_spec
+from sweeps import SpecError, SpecIssue, SweepSpec, parse_spec
 from sweeps.mlflow_ui import run_url, runs_url
 from sweeps.spec.budget import budget_changes, changed, describe_changes, extended
 from sweeps.spec.parse import validate_shape
@@ -45,8 +51,8 @@ from sweeps.spec.parse import validate_shape
 router = APIRouter(
     prefix="/v1/sweeps",
     tags=["sweeps"],
-    dependencies=[Depends(require_token)],
-    responses=problem_responses(401, 403, 413, 422, 503),
+    dependencies=[Depends(current_caller)],
+    responses=problem_responses(401, 413, 422, 503),
 )
 EVENT_POLL_S = 0.5
 TRIAL_PAGE_DEFAULT = 100
@@ -87,11 +93,12 @@ def sweep_out(
     status_code=202,
     response_model=SweepOut,
     openapi_extra={"requestBody": SPEC_BODY},
-    responses=problem_responses(409),
+    responses=problem_responses(409, 429),
 )
 async def submit_sweep(
     request: Request,
     response: Response,
+    caller: CallerDep,
     sessions: SessionsDep,
     settings: SettingsDep,
     limits: LimitsDep,
@@ -101,7 +108,9 @@ async def submit_sweep(
         str | None, Header(min_length=1, max_length=IDEMPOTENCY_KEY_MAX, pattern=r"\S")
     ] = None,
 ) -> SweepOut:
-    """Validate the spec, store the sweep as pending and hand it to the reconciler."""
+    """Validate the spec, store the sweep and hand it to the reconciler: pending, or queued
+    when its owner already holds their active_sweeps quota (it starts, in submission order,
+    when an earlier one ends); 429 when their queued_sweeps quota is full too."""
     try:
         document = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -114,7 +123,13 @@ async def submit_sweep(
 
     def warm_start_issues() -> list[SpecIssue]:
         with sessions() as db:
-            return sweep_queries.warm_start_issues(db, spec)
+            quotas = user_queries.quotas_of(
+                user_queries.get_user(db, caller.name), settings.quotas()
+            )
+            return [
+                *sweep_queries.warm_start_issues(db, spec, caller),
+                *quota_issues(spec, quotas),
+            ]
 
     issues += await run_in_threadpool(warm_start_issues)
     if issues:
@@ -122,12 +137,20 @@ async def submit_sweep(
 
     def store() -> tuple[SweepOut, bool]:
         with sessions() as db:
+            quotas = user_queries.quotas_of(
+                user_queries.get_user(db, caller.name), settings.quotas()
+            )
             sweep, created = sweep_queries.create_sweep(
                 db,
                 spec.to_document(),
                 idempotency_key=idempotency_key,
                 limits=limits.to_document(),
+                owner=caller.name,
+                quotas=quotas,
             )
+            if created:
+                detail = {"name": sweep.name, "status": sweep.status}
+                audit.record(db, caller, "sweep.create", sweep.id, client_address(request), detail)
             return sweep_out(settings, db, sweep), created
 
     out, created = await run_in_threadpool(store)
@@ -143,14 +166,29 @@ async def submit_sweep(
 def list_sweeps(
     sessions: SessionsDep,
     settings: SettingsDep,
+    caller: CallerDep,
     status: SweepStatus | None = None,
     tag: Annotated[str | None, Query(max_length=200)] = None,
+    owner: Annotated[
+        str | None,
+        Query(max_length=64, description="an admin's filter; a member sees their own only"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=paging.MAX_PAGE)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> SweepPage:
+    """The caller's sweeps, newest first (an admin's: everyone's, or ``owner``'s)."""
+    if owner is not None and not caller.may_see(owner):
+        raise HTTPException(
+            403, f"user {caller.name} is a member; only an admin can list another user's sweeps"
+        )
     with sessions() as db:
         sweeps, next_cursor = sweep_queries.list_sweeps(
-            db, status=status and status.value, tag=tag, limit=limit, cursor=cursor
+            db,
+            status=status and status.value,
+            tag=tag,
+            owner=caller.owner_filter or owner,
+            limit=limit,
+            cursor=cursor,
         )
         counts = trial_queries.counts_by_sweep(db, [s.id for s in sweeps])
         items = [sweep_out(settings, db, s, counts[s.id]) for s in sweeps]
@@ -158,14 +196,17 @@ def list_sweeps(
 
 
 @router.get("/{sweep_id}", response_model=SweepOut, responses=problem_responses(404))
-def get_sweep(sessions: SessionsDep, settings: SettingsDep, sweep_id: str) -> SweepOut:
+def get_sweep(
+    sessions: SessionsDep, settings: SettingsDep, caller: CallerDep, sweep_id: str
+) -> SweepOut:
     with sessions() as db:
-        return sweep_out(settings, db, sweep_queries.get_sweep(db, sweep_id))
+        return sweep_out(settings, db, sweep_queries.get_sweep(db, sweep_id, caller))
 
 
 @router.get("/{sweep_id}/trials", response_model=TrialPage, responses=problem_responses(400, 404))
 def list_trials(
     sessions: SessionsDep,
+    caller: CallerDep,
     sweep_id: str,
     state: Annotated[list[TrialStateName] | None, Query()] = None,
     order_by: Annotated[
@@ -185,6 +226,7 @@ def list_trials(
     """A page of the sweep's trials; ``next_cursor`` fetches the next one (the same query
     with ``cursor``). The top 10 by val_nll: ``?order_by=val_nll&limit=10``."""
     with sessions() as db:
+        sweep_queries.get_sweep(db, sweep_id, caller)
         trials, next_cursor = trial_queries.trial_page(
             db,
             sweep_id,
@@ -198,9 +240,9 @@ def list_trials(
 
 
 @router.get("/{sweep_id}/best", response_model=BestOut, responses=problem_responses(404))
-def best(sessions: SessionsDep, sweep_id: str) -> BestOut:
+def best(sessions: SessionsDep, caller: CallerDep, sweep_id: str) -> BestOut:
     with sessions() as db:
-        sweep = sweep_queries.get_sweep(db, sweep_id)
+        sweep = sweep_queries.get_sweep(db, sweep_id, caller)
     objectives = [o.model_dump(mode="json") for o in objectives_of(sweep.spec)]
     ensemble = _ensemble_or_none(sweep)
     return BestOut(
@@ -213,10 +255,10 @@ def best(sessions: SessionsDep, sweep_id: str) -> BestOut:
 
 
 @router.get("/{sweep_id}/ensemble", response_model=EnsembleOut, responses=problem_responses(404))
-def ensemble(sessions: SessionsDep, sweep_id: str) -> EnsembleOut:
+def ensemble(sessions: SessionsDep, caller: CallerDep, sweep_id: str) -> EnsembleOut:
     """The ensemble of the sweep's best trials, built when its driver finished."""
     with sessions() as db:
-        sweep = sweep_queries.get_sweep(db, sweep_id)
+        sweep = sweep_queries.get_sweep(db, sweep_id, caller)
     found = _ensemble_or_none(sweep)
     if found is None:
         stored = sweep.ensemble or {}
@@ -249,23 +291,40 @@ STATUS_CHANGE: dict[str, Any] = {
 
 @router.post("/{sweep_id}/cancel", **STATUS_CHANGE)
 def cancel(
-    sessions: SessionsDep, settings: SettingsDep, reconciler: ReconcilerDep, sweep_id: str
+    request: Request,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    reconciler: ReconcilerDep,
+    caller: CallerDep,
+    sweep_id: str,
 ) -> SweepOut:
     """Running trials stop at their next report with their state saved; the job is stopped
-    if the driver has not wound down within the grace period."""
-    return _changed(sessions, settings, reconciler, status_machine.request_cancel, sweep_id)
+    if the driver has not wound down within the grace period. A queued sweep is cancelled
+    at once."""
+    change = status_machine.request_cancel
+    where = client_address(request)
+    return _changed(sessions, settings, reconciler, caller, where, "sweep.cancel", change, sweep_id)
 
 
 @router.post("/{sweep_id}/resume", **STATUS_CHANGE)
 def resume(
-    sessions: SessionsDep, settings: SettingsDep, reconciler: ReconcilerDep, sweep_id: str
+    request: Request,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    reconciler: ReconcilerDep,
+    caller: CallerDep,
+    sweep_id: str,
 ) -> SweepOut:
     """A failed or cancelled sweep continues as a new attempt; finished trials are kept."""
-    return _changed(sessions, settings, reconciler, status_machine.resume, sweep_id)
+    change = status_machine.resume
+    where = client_address(request)
+    return _changed(sessions, settings, reconciler, caller, where, "sweep.resume", change, sweep_id)
 
 
 @router.post("/{sweep_id}/extend", **{**STATUS_CHANGE, "responses": problem_responses(404, 409)})
 def extend(
+    request: Request,
+    caller: CallerDep,
     sessions: SessionsDep,
     settings: SettingsDep,
     reconciler: ReconcilerDep,
@@ -279,7 +338,7 @@ def extend(
     the best trial changed). 409 while it runs; 422 for a budget lowered or over a cap."""
     given = body.model_dump(exclude_unset=True)
     with sessions() as db:
-        sweep = sweep_queries.get_sweep(db, sweep_id)
+        sweep = sweep_queries.get_sweep(db, sweep_id, caller)
         if sweep.status not in TERMINAL:
             raise status_machine.InvalidTransition(sweep_id, sweep.status, "pending", TERMINAL)
         spec = validate_shape(sweep.spec)
@@ -287,6 +346,8 @@ def extend(
         changes = budget_changes(spec.budget, raised.budget)
         reason = f"extended: {describe_changes(changes)}"
         extended_sweep = status_machine.extend(db, sweep_id, raised.to_document(), changes, reason)
+        detail = {"changes": changes}
+        audit.record(db, caller, "sweep.extend", sweep_id, client_address(request), detail)
         out = sweep_out(settings, db, extended_sweep)
     reconciler.kick()
     return out
@@ -294,6 +355,8 @@ def extend(
 
 @router.patch("/{sweep_id}/budget", response_model=SweepOut, responses=problem_responses(404, 409))
 def change_budget(
+    request: Request,
+    caller: CallerDep,
     sessions: SessionsDep,
     settings: SettingsDep,
     limits: LimitsDep,
@@ -307,27 +370,36 @@ def change_budget(
     over a cap."""
     given = body.model_dump(exclude_unset=True)
     with sessions() as db:
-        sweep = sweep_queries.get_sweep(db, sweep_id)
+        sweep = sweep_queries.get_sweep(db, sweep_id, caller)
         if sweep.status not in status_machine.BUDGET_CHANGEABLE:
             raise status_machine.InvalidBudgetChange(sweep_id, sweep.status)
         spec = validate_shape(sweep.spec)
         new = changed(spec, given, limits)
         changes = budget_changes(spec.budget, new.budget)
-        return sweep_out(
-            settings, db, status_machine.change_budget(db, sweep_id, new.to_document(), changes)
-        )
+        changed_sweep = status_machine.change_budget(db, sweep_id, new.to_document(), changes)
+        detail = {"changes": changes}
+        audit.record(db, caller, "sweep.budget", sweep_id, client_address(request), detail)
+        return sweep_out(settings, db, changed_sweep)
 
 
 def _changed(
     sessions: sessionmaker[Session],
     settings: ServiceSettings,
     reconciler: Reconciler,
+    caller: Caller,
+    client: str | None,
+    action: str,
     change: Callable[[Session, str], Sweep],
     sweep_id: str,
 ) -> SweepOut:
-    """The sweep after ``change``, and the reconciler told to act on it now."""
+    """The sweep after ``change`` (audited as ``action``), and the reconciler told to act on it
+    now."""
     with sessions() as db:
-        out = sweep_out(settings, db, change(db, sweep_id))
+        before = sweep_queries.get_sweep(db, sweep_id, caller).status
+        changed_sweep = change(db, sweep_id)
+        detail = {"from": before, "to": changed_sweep.status}
+        audit.record(db, caller, action, sweep_id, client, detail)
+        out = sweep_out(settings, db, changed_sweep)
     reconciler.kick()
     return out
 
@@ -336,13 +408,13 @@ def _changed(
     "/{sweep_id}/events", response_class=StreamingResponse, responses=problem_responses(404)
 )
 async def events(
-    request: Request, sessions: SessionsDep, settings: SettingsDep, sweep_id: str
+    request: Request, sessions: SessionsDep, settings: SettingsDep, caller: CallerDep, sweep_id: str
 ) -> StreamingResponse:
     """Server-sent events: `sweep` when the sweep changes, `trial` for each changed trial."""
 
     def exists() -> None:
         with sessions() as db:
-            sweep_queries.get_sweep(db, sweep_id)  # 404 before the stream starts
+            sweep_queries.get_sweep(db, sweep_id, caller)  # 404 before the stream starts
 
     await run_in_threadpool(exists)
     return StreamingResponse(
@@ -407,11 +479,30 @@ def _trial_out(trial: Trial) -> TrialOut:
 
 
 @router.get("/{sweep_id}/spec", response_model=SpecOut, responses=problem_responses(404))
-def spec(sessions: SessionsDep, sweep_id: str) -> SpecOut:
+def spec(sessions: SessionsDep, caller: CallerDep, sweep_id: str) -> SpecOut:
     """The spec the sweep runs under, as admitted: every default filled in (a time budget the
     spec did not give is the cap's), with the caps and data root it was admitted under."""
     with sessions() as db:
-        sweep = sweep_queries.get_sweep(db, sweep_id)
+        sweep = sweep_queries.get_sweep(db, sweep_id, caller)
     return SpecOut.model_validate(
         {"sweep_id": sweep.id, "spec": sweep.spec, "limits": sweep.limits}
     )
+
+
+def quota_issues(spec: SweepSpec, quotas: Quotas) -> list[SpecIssue]:
+    """What in a spec its owner's quotas can never let run: a trial needing more GPUs than the
+    gpus quota, or a concurrent_trials quota of 0."""
+    issues = []
+    if quotas.gpus is not None and spec.resources.gpu > quotas.gpus:
+        issues.append(
+            SpecIssue(
+                ("resources", "gpu"),
+                f"a trial takes {spec.resources.gpu:g} GPU(s); your gpus quota is "
+                f"{quotas.gpus:g}, so none could ever run",
+            )
+        )
+    if quotas.concurrent_trials == 0:
+        issues.append(
+            SpecIssue(("budget", "max_concurrent_trials"), "your concurrent_trials quota is 0")
+        )
+    return issues

@@ -105,6 +105,12 @@ def upgrade(url_or_engine: str | sa.URL | sa.Engine, revision: str = "head") -> 
     engine = url_or_engine if isinstance(url_or_engine, sa.Engine) else make_engine(url_or_engine)
     try:
         with engine.connect() as connection:
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:
+                # SQLite's way to change a table (a migration's batch mode): a copy replaces it,
+                # with foreign keys off, or dropping the old table would cascade to its rows'
+                # children. The pragma only takes effect outside a transaction.
+                _sqlite_pragma(connection, "foreign_keys = OFF")
             connection = connection.execution_options(**{WRITE_LOCK: True})
             with connection.begin():
                 if connection.dialect.name == "postgresql":
@@ -117,9 +123,21 @@ def upgrade(url_or_engine: str | sa.URL | sa.Engine, revision: str = "head") -> 
                 config = alembic_config()
                 config.attributes["connection"] = connection
                 command.upgrade(config, revision)
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                    if broken:
+                        raise RuntimeError(f"the migration broke foreign keys: {broken[:5]}")
+            if sqlite:
+                _sqlite_pragma(connection, "foreign_keys = ON")
     finally:
         if owned:
             engine.dispose()
+
+
+def _sqlite_pragma(connection: sa.Connection, pragma: str) -> None:
+    """Run a pragma on the driver's connection itself, outside any transaction (SQLAlchemy would
+    begin one first)."""
+    connection.connection.driver_connection.execute(f"PRAGMA {pragma}")  # type: ignore[union-attr]
 
 
 def head_revision() -> str:

@@ -1,4 +1,5 @@
-"""The service's tables: sweeps, their tags and trials, and idempotency keys.
+"""The service's tables: sweeps, their tags and trials, idempotency keys; users, their tokens
+and the audit trail.
 
 Portable across SQLite and PostgreSQL: JSON columns are `sa.JSON`, times are UTC and come back
 timezone-aware from both (SQLite stores them naive; `UTCDateTime` puts the zone back).
@@ -13,6 +14,7 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from service.access import BOOTSTRAP_ADMIN, ROLES
 from service.statuses import SWEEP_STATUSES
 from sweeps.records import TRIAL_STATES
 
@@ -72,6 +74,10 @@ class Sweep(Base):
 
     id: Mapped[str] = mapped_column(sa.String(32), primary_key=True, default=new_sweep_id)
     name: Mapped[str] = mapped_column(sa.String(200))
+    # Who submitted it (`service.access`): only they and admins see it.
+    owner: Mapped[str] = mapped_column(
+        sa.ForeignKey("users.name"), default=BOOTSTRAP_ADMIN, server_default=BOOTSTRAP_ADMIN
+    )
     spec: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
     # The caps and data root it was admitted under (sweeps.Limits.to_document); None for sweeps
     # stored before they were kept, whose drivers use their own environment's.
@@ -99,6 +105,10 @@ class Sweep(Base):
     # Each change of its budget after it was submitted, oldest first: {"at", "kind" (extend or
     # change), "changes": {field: [before, after]}}.
     budget_changes: Mapped[list[dict[str, Any]]] = mapped_column(sa.JSON, default=list)
+    # The trials it may run at once now, under its owner's quotas and its fair share of the
+    # cluster (`service.fair_share`), and why; None: only its own budget limits it.
+    allowance: Mapped[int | None] = mapped_column(sa.Integer)
+    allowance_reason: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     submitted_at: Mapped[datetime | None]
@@ -114,6 +124,7 @@ class Sweep(Base):
         sa.CheckConstraint(f"status IN ({_in(SWEEP_STATUSES)})", name="status"),
         sa.Index("ix_sweeps_status_created", "status", "created_at", "id"),
         sa.Index("ix_sweeps_created", "created_at", "id"),
+        sa.Index("ix_sweeps_owner_created", "owner", "created_at", "id"),
     )
 
     def __repr__(self) -> str:
@@ -181,8 +192,11 @@ SUMMARY_KEYS = ("trial_id", "name", "state", "params", "metrics", "mlflow_run_id
 
 
 class IdempotencyKey(Base):
+    """A key is its user's: two users sending the same key do not meet."""
+
     __tablename__ = "idempotency_keys"
 
+    owner: Mapped[str] = mapped_column(sa.ForeignKey("users.name"), primary_key=True)
     key: Mapped[str] = mapped_column(sa.String(IDEMPOTENCY_KEY_MAX), primary_key=True)
     sweep_id: Mapped[str] = mapped_column(
         sa.ForeignKey("sweeps.id", ondelete="CASCADE"), index=True
@@ -191,3 +205,47 @@ class IdempotencyKey(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     sweep: Mapped[Sweep] = relationship()
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(sa.String(16))
+    # The quotas set for this user (`service.quotas.QUOTA_NAMES`); one not set is the setting's.
+    quotas: Mapped[dict[str, int]] = mapped_column(sa.JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (sa.CheckConstraint(f"role IN ({_in(ROLES)})", name="role"),)
+
+
+class ApiToken(Base):
+    """A user's token, kept as its keyed digest (`service.access.token_digest`), never itself."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    user_name: Mapped[str] = mapped_column(
+        sa.ForeignKey("users.name", ondelete="CASCADE"), index=True
+    )
+    digest: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class AuditRecord(Base):
+    """One state-changing call: who, what, on what, when, from where. Never a token or secret."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(sa.String(64))
+    action: Mapped[str] = mapped_column(sa.String(64))
+    target: Mapped[str | None] = mapped_column(sa.String(200))
+    client: Mapped[str | None] = mapped_column(sa.String(100))
+    detail: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+
+    __table_args__ = (sa.Index("ix_audit_actor_id", "actor", "id"),)

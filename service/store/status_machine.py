@@ -20,7 +20,8 @@ from service.store.trial_queries import interrupt_trials
 from sweeps.records import OUTCOME_STATUSES
 
 TRANSITIONS: dict[str, frozenset[str]] = {
-    "pending": frozenset({"submitted", "cancelled"}),
+    "queued": frozenset({"pending", "cancelled"}),  # its owner's quota has room
+    "pending": frozenset({"queued", "submitted", "cancelled"}),  # queued: a quota lowered
     "submitted": frozenset({"running", "failed", "cancelled"}),
     "running": frozenset({"succeeded", "failed", "cancelled", "cancelling"}),
     "cancelling": frozenset({"cancelled"}),
@@ -45,6 +46,8 @@ SETTABLE_FIELDS = frozenset(
         "ensemble",
         "registered_model",
         "warm_start",
+        "allowance",
+        "allowance_reason",
     }
 )
 
@@ -82,9 +85,11 @@ def _stamps(target: str) -> dict[str, Any]:
         return {"started_at": now}
     if target in TERMINAL:
         return {"finished_at": now}
-    if target == "pending":  # resume
+    if target == "pending":  # resume or extend; from queued, the same attempt is admitted
         return {
-            "attempt": Sweep.attempt + 1,
+            "attempt": sa.case(
+                (Sweep.status.in_(TERMINAL), Sweep.attempt + 1), else_=Sweep.attempt
+            ),
             "cancel_requested": False,
             "reason": None,
             "finished_at": None,
@@ -158,7 +163,7 @@ def extend(
 
 
 # Whose budget may change while it runs (or before it does); an ended one is extended instead.
-BUDGET_CHANGEABLE: tuple[str, ...] = ("pending", "submitted", "running")
+BUDGET_CHANGEABLE: tuple[str, ...] = ("queued", "pending", "submitted", "running")
 
 
 def change_budget(
@@ -230,7 +235,7 @@ def request_cancel(session: Session, sweep_id: str) -> Sweep:
             sweep_id,
             "cancelled",
             {"cancel_requested": True, "reason": "cancelled before it ran"},
-            only_from=["pending", "submitted"],
+            only_from=["queued", "pending", "submitted"],
         )
 
 

@@ -93,6 +93,14 @@ class DatabaseSweepStore:
         with self.sessions() as session:
             return sweep_queries.get_sweep(session, sweep_id).cancel_requested
 
+    def allowance(self, sweep_id: str) -> int | None:
+        with self.sessions() as session:
+            return sweep_queries.get_sweep(session, sweep_id).allowance
+
+    def owner(self, sweep_id: str) -> str:
+        with self.sessions() as session:
+            return sweep_queries.get_sweep(session, sweep_id).owner
+
 
 # ---------------------------------------------------------------- trial events
 

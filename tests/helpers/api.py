@@ -283,3 +283,24 @@ def read_events(api: ApiProcess, sweep_id: str) -> list[tuple[str, dict]]:
             elif line.startswith("data: "):
                 events.append((kind, json.loads(line.removeprefix("data: "))))
     return events
+
+
+def routes_app(sessions: sessionmaker[Session], token: str, **settings: Any) -> Any:
+    """The sweeps routes alone (no Ray, no reconciler) on ``sessions``' store, with ``token``
+    the bootstrap admin's: how the store's tests call the routes in process."""
+    from fastapi import FastAPI
+
+    from service import problems
+    from service.routes.sweeps import router as sweeps_router
+    from service.settings import ServiceSettings
+    from service.store.user_queries import sync_bootstrap_tokens
+
+    app = FastAPI()
+    problems.install(app)
+    app.include_router(sweeps_router)
+    app.state.settings = ServiceSettings(api_tokens=token, **settings)
+    app.state.sessions = sessions
+    app.state.token_key = b"test-token-key"
+    with sessions() as db:
+        sync_bootstrap_tokens(db, app.state.token_key, [token])
+    return app

@@ -71,6 +71,7 @@ def postgres_schema() -> Iterator[sa.URL]:
 
 # A way into every status, from pending.
 PATHS = {
+    "queued": ["queued"],
     "pending": [],
     "submitted": ["submitted"],
     "running": ["submitted", "running"],

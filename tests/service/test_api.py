@@ -61,7 +61,12 @@ def test_health_readiness_and_openapi(api):
 def test_every_v1_route_wants_a_valid_token(api):
     paths = httpx.get(api.url + "/openapi.json").json()["paths"]
     routes = [
-        (method.upper(), path.replace("{sweep_id}", "0" * 32))
+        (
+            method.upper(),
+            path.replace("{sweep_id}", "0" * 32)
+            .replace("{name}", "nobody")
+            .replace("{token_id}", "t"),
+        )
         for path, methods in paths.items()
         if path.startswith("/v1")
         for method in methods
@@ -71,7 +76,7 @@ def test_every_v1_route_wants_a_valid_token(api):
         missing = httpx.request(method, api.url + path)
         assert is_problem(missing, 401) and missing.headers["www-authenticate"] == "Bearer"
         wrong = httpx.request(method, api.url + path, headers={"Authorization": "Bearer nope"})
-        body = is_problem(wrong, 403)
+        body = is_problem(wrong, 401)
         assert not any(token in json.dumps(body) for token in TOKENS)
     assert not any(token in api.log_tail(10**6) for token in TOKENS)
 

@@ -14,13 +14,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import problems
-from service.routes.sweeps import router as sweeps_router
-from service.settings import ServiceSettings
 from service.statuses import BEST_BY_LATEST_REPORT, BEST_FINISHED, PARETO_OF_FINISHED
 from service.store import status_machine, sweep_queries, trial_queries
 from service.store.database import current_revision, head_revision, make_engine, upgrade
@@ -29,6 +25,7 @@ from service.store.models import Sweep
 from service.store.sweep_store import DatabaseSweepStore, objectives_of, upsert_trials
 from sweeps import DriverOptions, SweepOutcome, TrialEvent, TrialSummary, run_stored
 from sweeps.records import SCORED_STATES, best_trials, trial_name
+from tests.helpers.api import routes_app
 from tests.helpers.specs import digits_spec
 from tests.helpers.store import new_sweep, old_sweep, outcome, record
 
@@ -77,11 +74,7 @@ def expected_set(sessions: sessionmaker[Session], sweep_id: str) -> set[str]:
 @pytest.fixture
 def api(session_factory) -> Iterator[TestClient]:
     """The sweeps routes on the test's store."""
-    app = FastAPI()
-    problems.install(app)
-    app.include_router(sweeps_router)
-    app.state.settings = ServiceSettings(api_tokens=TOKEN)
-    app.state.sessions = session_factory
+    app = routes_app(session_factory, TOKEN)
     with TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
         yield client
 
@@ -313,11 +306,7 @@ def old_trial(connection: sa.Connection, sweep_id: str, event: TrialEvent) -> No
 
 
 def _client(sessions: sessionmaker[Session]) -> TestClient:
-    app = FastAPI()
-    problems.install(app)
-    app.include_router(sweeps_router)
-    app.state.settings = ServiceSettings(api_tokens=TOKEN)
-    app.state.sessions = sessions
+    app = routes_app(sessions, TOKEN)
     return TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"})
 
 

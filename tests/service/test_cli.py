@@ -300,7 +300,7 @@ def test_a_wrong_request_exits_2_with_the_apis_words(live_api, capsys, tmp_path)
     err = capsys.readouterr().err
     assert err.startswith("error: 422: the sweep spec has 1 problem(s)\n  method: ")
     assert main(["status", "x", "--url", live_api.url, "--token", "wrong"]) == 2
-    assert capsys.readouterr().err == "error: 403: that token is not accepted here\n"
+    assert capsys.readouterr().err == "error: 401: that token is not accepted here\n"
 
 
 @pytest.mark.parametrize("error", [500, 503])

@@ -11,18 +11,15 @@ import dataclasses
 import io
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from service import problems
 from service.client import Client, progress_line
-from service.routes.sweeps import router as sweeps_router
-from service.settings import ServiceSettings
 from service.store import status_machine
 from service.store.sweep_store import objectives_of, upsert_trials
 from sweeps import TrialEvent
 from sweeps.progress import SweepMonitor
 from sweeps.records import trial_name
+from tests.helpers.api import routes_app
 from tests.helpers.store import new_sweep
 
 TOKEN = "secret"
@@ -31,11 +28,7 @@ TOKEN = "secret"
 @pytest.fixture
 def api(session_factory) -> Client:
     """A client of the sweeps routes on the test's store."""
-    app = FastAPI()
-    problems.install(app)
-    app.include_router(sweeps_router)
-    app.state.settings = ServiceSettings(api_tokens=TOKEN)
-    app.state.sessions = session_factory
+    app = routes_app(session_factory, TOKEN)
     client = Client("http://testserver", TOKEN)
     client.http = TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"})
     return client

@@ -14,13 +14,14 @@ from ray.job_submission import JobStatus
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.launcher import JobState, RayJobs
+from service.quotas import QuotaExceeded, Quotas
 from service.reconciler import Reconciler, failure_line
-from service.store import status_machine, sweep_queries
-from service.store.models import Sweep
+from service.store import status_machine, sweep_queries, user_queries
+from service.store.models import Sweep, User
 from service.store.sweep_store import upsert_trial
 from tests.helpers.clock import ManualClock
 from tests.helpers.store import event as trial_event
-from tests.helpers.store import new_sweep, status_of, trial_states
+from tests.helpers.store import new_sweep, spec_document, status_of, trial_states
 
 
 class RecordingJobs:
@@ -70,6 +71,7 @@ def reconciler(
         cancel_grace_s=30,
         max_attempts=3,
         max_active=max_active,
+        quotas=Quotas(active_sweeps=100, queued_sweeps=100),
         clock=clock or time.monotonic,
     )
 
@@ -278,3 +280,134 @@ def test_only_rays_no_such_job_answer_counts_as_missing():
         jobs._client = Answers(RuntimeError(text))
         with pytest.raises(RuntimeError, match="status code"):
             jobs.state("gradreg-a404b-1")
+
+
+# ---------------------------------------------------------------- quotas and fair share
+
+
+def user_sweeps(
+    sessions: sessionmaker[Session], owner: str, count: int, quotas: Quotas, **document: object
+) -> list[str]:
+    """``count`` sweeps submitted by ``owner`` (made a member if new) under ``quotas``."""
+    ids = []
+    with sessions() as session:
+        if session.get(User, owner) is None:
+            user_queries.create_user(session, owner, "member")
+        for index in range(count):
+            sweep, _ = sweep_queries.create_sweep(
+                session,
+                spec_document(f"{owner}-{index}", **document),
+                owner=owner,
+                quotas=quotas,
+            )
+            ids.append(sweep.id)
+    return ids
+
+
+def test_a_users_sweeps_over_their_quota_wait_as_queued_and_start_in_order(session_factory):
+    quota = Quotas(active_sweeps=1, queued_sweeps=5)
+    jobs = RecordingJobs()
+    passes = reconciler(session_factory, jobs, max_active=10)
+    passes.quotas = quota
+    first, second, third = user_sweeps(session_factory, "alice", 3, quota)
+    (other,) = user_sweeps(session_factory, "bob", 1, quota)
+    queued = status_of(session_factory, second)
+    assert queued.status == "queued"
+    assert "active_sweeps quota is 1" in queued.reason
+
+    passes.reconcile_once()
+    assert jobs.submitted == [first, other]  # bob's own quota is untouched by alice's
+    assert [status_of(session_factory, s).status for s in (second, third)] == ["queued"] * 2
+
+    with session_factory() as session:  # alice's first sweep ends
+        status_machine.transition(session, first, "running")
+        status_machine.transition(session, first, "succeeded")
+    passes.reconcile_once()
+    assert jobs.submitted == [first, other, second]
+    assert (
+        status_of(session_factory, second).status,
+        status_of(session_factory, second).attempt,
+    ) == (
+        "submitted",
+        1,
+    )
+    assert status_of(session_factory, third).status == "queued"
+
+    with session_factory() as session:  # a queued sweep is cancelled before it starts
+        assert status_machine.request_cancel(session, third).status == "cancelled"
+
+
+def test_a_quota_lowered_sends_a_pending_sweep_back_to_the_queue(session_factory):
+    roomy = Quotas(active_sweeps=3, queued_sweeps=5)
+    jobs = RecordingJobs()
+    passes = reconciler(session_factory, jobs, max_active=1)  # one driver at a time overall
+    passes.quotas = roomy
+    first, second = user_sweeps(session_factory, "alice", 2, roomy)
+    passes.reconcile_once()
+    assert jobs.submitted == [first]
+    assert status_of(session_factory, second).status == "pending"
+
+    with session_factory() as session:
+        user_queries.set_quotas(session, "alice", {"active_sweeps": 1}, roomy)
+    passes.reconcile_once()
+    waiting = status_of(session_factory, second)
+    assert waiting.status == "queued"
+    assert "active_sweeps quota is 1" in waiting.reason
+
+
+def test_a_queue_at_its_cap_refuses_the_next_sweep(session_factory):
+    quota = Quotas(active_sweeps=1, queued_sweeps=1)
+    user_sweeps(session_factory, "alice", 2, quota)
+    with pytest.raises(QuotaExceeded, match="queued_sweeps quota is 1") as refused:
+        user_sweeps(session_factory, "alice", 1, quota)
+    assert refused.value.quota == "queued_sweeps"
+    with session_factory() as session:
+        assert sweep_queries.owner_counts(session, "alice") == {"pending": 1, "queued": 1}
+
+
+def test_running_sweeps_get_their_fair_share_and_it_moves_as_users_come_and_go(
+    session_factory,
+):
+    open_quota = Quotas(active_sweeps=5, queued_sweeps=5)
+    jobs = RecordingJobs()
+    passes = reconciler(session_factory, jobs, max_active=10)
+    passes.quotas = open_quota
+    passes.capacity = lambda: {"GPU": 2.0, "CPU": 8.0}
+    wide = {"resources": {"gpu": 0.5, "cpu": 1}, "budget": {"max_concurrent_trials": 4}}
+    (alices,) = user_sweeps(session_factory, "alice", 1, open_quota, **wide)
+    passes.reconcile_once()
+    assert status_of(session_factory, alices).allowance == 4
+
+    (bobs,) = user_sweeps(session_factory, "bob", 1, open_quota, **wide)
+    passes.reconcile_once()
+    alice_now, bob_now = status_of(session_factory, alices), status_of(session_factory, bobs)
+    assert (alice_now.allowance, bob_now.allowance) == (2, 2)
+    assert "among 2 user(s)" in alice_now.allowance_reason
+
+    with session_factory() as session:  # bob's sweep ends: alice gets the whole cluster back
+        status_machine.transition(session, bobs, "running")
+        status_machine.transition(session, bobs, "succeeded")
+    passes.reconcile_once()
+    back = status_of(session_factory, alices)
+    assert (back.allowance, back.allowance_reason) == (4, None)
+
+
+def test_an_unreadable_cluster_leaves_sweeps_to_their_quotas(session_factory):
+    quota = Quotas(active_sweeps=5, queued_sweeps=5, concurrent_trials=3)
+    jobs = RecordingJobs()
+    passes = reconciler(session_factory, jobs, max_active=10)
+    passes.quotas = quota
+
+    def unreachable() -> dict[str, float]:
+        raise ConnectionError("the dashboard is restarting")
+
+    passes.capacity = unreachable
+    (sweep_id,) = user_sweeps(
+        session_factory, "alice", 1, quota, budget={"max_concurrent_trials": 8}
+    )
+    passes.reconcile_once()
+    held = status_of(session_factory, sweep_id)
+    assert (held.allowance, held.allowance_reason) == (
+        3,
+        "its owner's concurrent_trials quota (3)",
+    )

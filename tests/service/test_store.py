@@ -20,15 +20,19 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import problems
-from service.routes.sweeps import router as sweeps_router
-from service.settings import ServiceSettings
+from service.access import BOOTSTRAP_ADMIN
 from service.statuses import SWEEP_STATUSES, TERMINAL
-from service.store import paging, status_machine, sweep_queries, transactions, trial_queries
+from service.store import (
+    paging,
+    status_machine,
+    sweep_queries,
+    transactions,
+    trial_queries,
+    user_queries,
+)
 from service.store.database import current_revision, head_revision, make_engine, upgrade
 from service.store.database import session_factory as make_sessions
 from service.store.models import Base, IdempotencyKey, Sweep, Trial
@@ -40,6 +44,7 @@ from service.store.sweep_store import (
 )
 from sweeps import TrialEvent, load_spec_file
 from sweeps.records import LOST_TRIAL, trial_name
+from tests.helpers.api import routes_app
 from tests.helpers.store import (
     event,
     new_sweep,
@@ -54,6 +59,9 @@ from tests.helpers.store import (
 
 EXAMPLE = Path(__file__).parents[2] / "sweeps" / "examples" / "digits-vl-uniform.yaml"
 ALLOWED = {
+    ("queued", "pending"),  # its owner's quota has room
+    ("queued", "cancelled"),
+    ("pending", "queued"),  # its owner's quota was lowered
     ("pending", "submitted"),
     ("pending", "cancelled"),
     ("submitted", "running"),
@@ -194,7 +202,7 @@ def test_every_allowed_transition_applies_and_stamps_times(session_factory):
             assert after.started_at is not None
         if target in TERMINAL:
             assert after.finished_at is not None
-        if target == "pending":
+        if target == "pending" and source in TERMINAL:
             assert after.attempt == attempt + 1
             assert after.finished_at is None
         assert after.reason == f"to {target}"
@@ -955,11 +963,7 @@ def test_a_store_at_0004_numbers_its_trials_from_their_names(store_url):
 
 
 def test_the_trials_route_lists_by_number_and_shows_it(session_factory):
-    app = FastAPI()
-    problems.install(app)
-    app.include_router(sweeps_router)
-    app.state.settings = ServiceSettings(api_tokens="secret")
-    app.state.sessions = session_factory
+    app = routes_app(session_factory, "secret")
     api = TestClient(app, headers={"Authorization": "Bearer secret"})
     sweep_id = new_sweep(session_factory, "running")
     ids = {10: "0000000a", 1: "ffffffff", 5: "80000000", 3: "c0000000"}
@@ -976,3 +980,48 @@ def test_the_trials_route_lists_by_number_and_shows_it(session_factory):
     assert [t["number"] for t in rest.json()["items"]] == [10]
     by_id = api.get(f"/v1/sweeps/{sweep_id}/trials", params={"order_by": "trial_id"}).json()
     assert [t["number"] for t in by_id["items"]] == [10, 5, 3, 1]
+
+
+# ---------------------------------------------------------------- users and owners (0008)
+
+
+def test_a_store_from_before_users_upgrades_and_its_sweeps_are_the_bootstrap_admins(store_url):
+    engine = make_engine(store_url)
+    try:
+        upgrade(engine, "0007")
+        with engine.begin() as connection:
+            old_sweep(connection, "kept", "succeeded")
+            old_sweep(connection, "running", "running")
+            connection.execute(
+                sa.text(
+                    "INSERT INTO trials (sweep_id, trial_id, name, state, params, metrics, epoch,"
+                    " updated_at, version) VALUES ('kept', 't1', 'kept-t1-x', 'succeeded', '{}',"
+                    " '{}', 3, '2026-01-01 00:00:00', 1)"
+                )
+            )
+            connection.execute(
+                sa.text(
+                    "INSERT INTO idempotency_keys (key, sweep_id, request_hash, created_at)"
+                    " VALUES ('k', 'kept', :hash, '2026-01-01 00:00:00')"
+                ),
+                {"hash": "0" * 64},
+            )
+        upgrade(engine)
+        assert current_revision(engine) == head_revision()
+        sessions = make_sessions(engine)
+        with sessions() as session:
+            owners = dict(session.execute(sa.select(Sweep.id, Sweep.owner)).all())
+            assert owners == {"kept": BOOTSTRAP_ADMIN, "running": BOOTSTRAP_ADMIN}
+            admin = user_queries.get_user(session, BOOTSTRAP_ADMIN)
+            assert admin.role == "admin"
+            # Rebuilding the sweeps table (SQLite) cascaded to none of its rows' children.
+            assert trial_queries.trial_counts(session, "kept") == {"succeeded": 1}
+            key = session.get(IdempotencyKey, (BOOTSTRAP_ADMIN, "k"))
+            assert key is not None and key.sweep_id == "kept"
+        with sessions() as session:  # the new status is allowed by the rebuilt constraint
+            status_machine.transition(session, "kept", "pending")
+            status_machine.transition(session, "kept", "queued", reason="quota")
+        with engine.begin() as connection, pytest.raises(sa.exc.IntegrityError):
+            connection.execute(sa.text("UPDATE sweeps SET status = 'lost' WHERE id = 'kept'"))
+    finally:
+        engine.dispose()

@@ -18,15 +18,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import problems
-from service.routes.sweeps import router as sweeps_router
-from service.settings import ServiceSettings
 from service.store import paging, status_machine, sweep_queries, transactions, trial_queries
 from service.store.database import make_engine, upgrade
 from service.store.database import session_factory as make_sessions
@@ -41,6 +37,7 @@ from sweeps import DriverOptions, TrialEvent, run_stored
 from sweeps.records import LOST_TRIAL, TrialSummary, best_trials
 from sweeps.statefiles import STATES_FILE
 from tests.helpers import poll_until
+from tests.helpers.api import routes_app
 from tests.helpers.specs import digits_spec
 from tests.helpers.store import new_sweep, outcome
 
@@ -259,11 +256,7 @@ def test_a_follower_gets_only_the_trials_written_since_its_version(session_facto
 
 @pytest.fixture
 def api(session_factory) -> TestClient:
-    app = FastAPI()
-    problems.install(app)
-    app.include_router(sweeps_router)
-    app.state.settings = ServiceSettings(api_tokens="secret")
-    app.state.sessions = session_factory
+    app = routes_app(session_factory, "secret")
     return TestClient(app, headers={"Authorization": "Bearer secret"})
 
 

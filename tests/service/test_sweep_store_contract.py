@@ -27,6 +27,7 @@ from sweeps import (
     TrialEvent,
     run_stored,
 )
+from sweeps.store import within_allowance
 from tests.helpers.specs import digits_spec
 from tests.helpers.store import outcome, postgres_schema, record, summary
 
@@ -57,6 +58,14 @@ class Backend:
             assert self.sessions is not None
             with self.sessions() as session:
                 status_machine.request_cancel(session, sweep_id)
+
+    def set_allowance(self, sweep_id: str, trials: int | None) -> None:
+        if isinstance(self.store, DirectoryStore):
+            self.store.set_allowance(sweep_id, trials)
+            return
+        assert self.sessions is not None
+        with self.sessions() as session:
+            status_machine.update_sweep(session, sweep_id, allowance=trials)
 
     def final_trials(self, sweep_id: str) -> dict[str, tuple[str, dict[str, Any]]]:
         """Each trial's state and metrics as the store holds them after the outcome."""
@@ -178,3 +187,17 @@ def _event(sweep_id: str, trial_id: str, state: str, epoch: int) -> TrialEvent:
         epoch=epoch,
         mlflow_run_id=f"run-{trial_id}",
     )
+
+
+def test_the_allowance_the_owner_sets_is_what_the_driver_reads(backend):
+    sweep_id = backend.submit(digits_spec(budget={"max_trials": 4, "max_concurrent_trials": 3}))
+    assert backend.store.allowance(sweep_id) is None
+    backend.set_allowance(sweep_id, 2)
+    assert backend.store.allowance(sweep_id) == 2
+    budget = backend.store.load_spec(sweep_id).budget
+    assert within_allowance(budget, 2).max_concurrent_trials == 2
+    assert within_allowance(budget, 0).max_concurrent_trials == 0  # nothing new starts
+    assert within_allowance(budget, 5) == budget  # an allowance never raises the budget
+    assert within_allowance(budget, None) == budget
+    backend.set_allowance(sweep_id, 0)
+    assert backend.store.allowance(sweep_id) == 0

@@ -1,0 +1,191 @@
+"""Users and their tokens: created, listed, issued, revoked, and a request's token looked up.
+
+A token is stored as its keyed digest only (`service.access.token_digest`). The tokens of
+GRADREG_API_TOKENS are the bootstrap admin's (`sync_bootstrap_tokens` keeps their rows in step
+with the setting at every start: ids ``env-…``, revoked once no longer configured).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.access import (
+    ADMIN,
+    BOOTSTRAP_ADMIN,
+    Caller,
+    check_role,
+    check_user_name,
+    new_token,
+    new_token_id,
+    token_digest,
+)
+from service.quotas import Quotas
+from service.store.models import ApiToken, User, utcnow
+from service.store.transactions import writing
+
+BOOTSTRAP_TOKEN_PREFIX = "env-"
+# last_used_at is written at most this often per token: a read must not be a write each time.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+class UserNotFound(LookupError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no user {name!r}")
+
+
+class UserExists(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"user {name!r} already exists")
+
+
+class TokenNotFound(LookupError):
+    def __init__(self, user: str, token_id: str) -> None:
+        super().__init__(f"user {user!r} has no token {token_id!r}")
+
+
+class Unauthenticated(Exception):
+    """A token that is not (or no longer) accepted; its message says which, never the token."""
+
+
+def create_user(
+    session: Session, name: str, role: str, quotas: Mapping[str, Any] | None = None
+) -> User:
+    check_user_name(name)
+    check_role(role)
+    with writing(session):
+        if session.get(User, name) is not None:
+            raise UserExists(name)
+        user = User(name=name, role=role, quotas=dict(quotas or {}))
+        session.add(user)
+        try:
+            session.flush()
+        except IntegrityError:
+            raise UserExists(name) from None
+    return user
+
+
+def get_user(session: Session, name: str) -> User:
+    user = session.get(User, name, populate_existing=True)
+    if user is None:
+        raise UserNotFound(name)
+    return user
+
+
+def list_users(session: Session) -> list[User]:
+    return list(session.scalars(sa.select(User).order_by(User.name)))
+
+
+def set_quotas(session: Session, name: str, quotas: Mapping[str, Any], defaults: Quotas) -> User:
+    """Put ``quotas`` over the user's own (a None removes one: the default applies again)."""
+    with writing(session):
+        user = get_user(session, name)
+        merged = {**user.quotas, **quotas}
+        merged = {key: value for key, value in merged.items() if value is not None}
+        defaults.overridden(merged)  # raises ValueError naming a bad one
+        user.quotas = merged
+    return user
+
+
+def quotas_of(user: User, defaults: Quotas) -> Quotas:
+    return defaults.overridden(user.quotas)
+
+
+def issue_token(
+    session: Session, key: bytes, user_name: str, expires_at: datetime | None = None
+) -> tuple[ApiToken, str]:
+    """A new token for the user: its row, and the token itself (shown once, never stored)."""
+    if expires_at is not None and expires_at <= utcnow():
+        raise ValueError(f"expires_at {expires_at.isoformat()} is not in the future")
+    token = new_token()
+    with writing(session):
+        get_user(session, user_name)
+        row = ApiToken(
+            id=new_token_id(),
+            user_name=user_name,
+            digest=token_digest(key, token),
+            expires_at=expires_at,
+        )
+        session.add(row)
+    return row, token
+
+
+def list_tokens(session: Session, user_name: str) -> list[ApiToken]:
+    get_user(session, user_name)
+    query = sa.select(ApiToken).where(ApiToken.user_name == user_name)
+    query = query.order_by(ApiToken.created_at, ApiToken.id)
+    return list(session.scalars(query.execution_options(populate_existing=True)))
+
+
+def revoke_token(session: Session, user_name: str, token_id: str) -> ApiToken:
+    """Revoke the token now (a second revoke keeps the first time)."""
+    with writing(session):
+        row = session.get(ApiToken, token_id, populate_existing=True)
+        if row is None or row.user_name != user_name:
+            raise TokenNotFound(user_name, token_id)
+        if row.revoked_at is None:
+            row.revoked_at = utcnow()
+    return row
+
+
+def authenticate(session: Session, key: bytes, token: str) -> Caller:
+    """The caller this token stands for; `Unauthenticated` if it is unknown, revoked or expired.
+
+    The lookup is by the token's keyed digest, which a caller cannot aim at: how long it takes
+    says nothing about stored tokens. The digest found is compared again in constant time.
+    """
+    digest = token_digest(key, token)
+    row = session.execute(
+        sa.select(ApiToken, User.role)
+        .join(User, User.name == ApiToken.user_name)
+        .where(ApiToken.digest == digest)
+    ).one_or_none()
+    if row is None or not hmac.compare_digest(row[0].digest, digest):
+        raise Unauthenticated("that token is not accepted here")
+    found, role = row
+    now = utcnow()
+    if found.revoked_at is not None:
+        raise Unauthenticated(f"token {found.id} was revoked")
+    if found.expires_at is not None and found.expires_at <= now:
+        raise Unauthenticated(f"token {found.id} expired at {found.expires_at.isoformat()}")
+    if found.last_used_at is None or now - found.last_used_at >= LAST_USED_RESOLUTION:
+        with writing(session):
+            session.execute(
+                sa.update(ApiToken).where(ApiToken.id == found.id).values(last_used_at=now)
+            )
+    return Caller(found.user_name, role, found.id)
+
+
+def sync_bootstrap_tokens(session: Session, key: bytes, tokens: Iterable[str]) -> None:
+    """The bootstrap admin exists (an admin), GRADREG_API_TOKENS' tokens are theirs, and the
+    bootstrap tokens no longer configured are revoked."""
+    digests = {token_digest(key, token) for token in tokens}
+    with writing(session):
+        if session.get(User, BOOTSTRAP_ADMIN) is None:
+            session.add(User(name=BOOTSTRAP_ADMIN, role=ADMIN, quotas={}))
+            session.flush()
+        bootstrap = list(
+            session.scalars(
+                sa.select(ApiToken).where(ApiToken.id.startswith(BOOTSTRAP_TOKEN_PREFIX))
+            )
+        )
+        kept = {row.digest for row in bootstrap}
+        for row in bootstrap:
+            if row.digest not in digests and row.revoked_at is None:
+                row.revoked_at = utcnow()
+            elif row.digest in digests and row.revoked_at is not None:
+                row.revoked_at = None  # configured again
+        for digest in digests - kept:
+            session.add(
+                ApiToken(
+                    id=BOOTSTRAP_TOKEN_PREFIX + digest[:12],
+                    user_name=BOOTSTRAP_ADMIN,
+                    digest=digest,
+                )
+            )
