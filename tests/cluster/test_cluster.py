@@ -374,3 +374,84 @@ def test_an_unreachable_bucket_fails_the_sweep_naming_the_storage(cluster, api):
     for trial in items:
         assert "bucket 'gradreg'" in trial["error"], trial["error"]
     figure("S3 endpoint down (SIGKILL)", sweep_failed_after_s=round(failed_s), succeeded=0)
+
+
+# ---------------------------------------------------------------- a lab sharing the GPUs
+
+
+def member(api: httpx.Client, name: str) -> httpx.Client:
+    """A member of the lab with a token of their own, as a client of the cluster's API."""
+    created = api.post("/v1/users", json={"name": name})
+    assert created.status_code in (201, 409), created.text
+    token = api.post(f"/v1/users/{name}/tokens", json={}).json()["token"]
+    return httpx.Client(
+        base_url=str(api.base_url), headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+
+
+def run_times(sweep_state: dict) -> list[tuple[float, float, str]]:
+    """(start, end, run id) of each trial run of a finished sweep, in seconds."""
+    runs = MlflowClient(MLFLOW_URL).search_runs(
+        [sweep_state["mlflow_experiment_id"]],
+        f"tags.`mlflow.parentRunId` = '{sweep_state['mlflow_parent_run_id']}'",
+    )
+    return [(r.info.start_time / 1000, r.info.end_time / 1000, r.info.run_id) for r in runs]
+
+
+def most_at_once(intervals: list[tuple[float, float, str]], start: float, end: float) -> int:
+    """The most of ``intervals`` running at one moment within [start, end]."""
+    moments = [start] + [s for s, _, _ in intervals if start <= s <= end]
+    return max((sum(s <= t < e for s, e, _ in intervals) for t in moments), default=0)
+
+
+def test_two_users_share_the_gpus_equally_and_a_user_alone_gets_them_all(cluster, api):
+    alice, bob = member(api, "alice"), member(api, "bob")
+    with alice, bob:
+        # alice fills the 4 half-GPU slots of the two workers.
+        hers = submit(alice, sweep_spec("share-alice", trials=14, concurrent=4, gpu=0.5, epochs=4))
+        wait_until(
+            lambda: sum(t["state"] == "running" for t in trials(alice, hers)) == 4,
+            240,
+            "alice's sweep running 4 trials",
+        )
+        bob_submitted = time.time()
+        his = submit(bob, sweep_spec("share-bob", trials=4, concurrent=4, gpu=0.5, epochs=4))
+        wait_until(
+            lambda: sweep(alice, hers)["allowance"] == 2 and sweep(bob, his)["allowance"] == 2,
+            60,
+            "each user's sweep allowed 2 trials",
+        )
+        shared_from = time.time()  # both drivers hold the new allowance within a second
+        assert (
+            "fair share of the cluster's 2 GPUs among 2 user(s)"
+            in (sweep(alice, hers)["allowance_reason"])
+        )
+        bob_done = finished(bob, his)
+        alice_done = finished(alice, hers)
+    assert (bob_done["status"], alice_done["status"]) == ("succeeded", "succeeded")
+    a_runs, b_runs = run_times(alice_done), run_times(bob_done)
+    assert (len(a_runs), len(b_runs)) == (14, 4)
+    # alice's trials that were running when the allowances moved end within one trial's
+    # length (none is stopped); from then on, while bob's sweep runs, each user holds 2 slots.
+    running_then = [r for r in a_runs if r[0] <= shared_from + 1 < r[1]]
+    assert running_then
+    settled = max(end for _, end, _ in running_then)
+    bob_start, bob_end = min(s for s, _, _ in b_runs), max(e for _, e, _ in b_runs)
+    trial_s = max(e - s for s, e, _ in running_then)
+    assert bob_start <= settled + 5, "bob's first trial waited longer than alice's trials ran"
+    assert most_at_once(a_runs, 0, bob_submitted) == 4
+    assert most_at_once(b_runs, bob_start, bob_end) == 2
+    assert most_at_once(a_runs, settled, bob_end) == 2
+    # bob's sweep ended: alice goes back to the whole cluster.
+    assert most_at_once(a_runs, bob_end, time.time()) == 4
+    # Every trial ran on a GPU worker, never more than one GPU's worth on one GPU.
+    placements = [t["placement"] for t in trials(api, hers) + trials(api, his)]
+    assert {WORKER_IPS[p["node_ip"]] for p in placements} <= set(WORKERS)
+    figure(
+        "two users, 4 half-GPU slots",
+        alice_before=4,
+        each_while_both=2,
+        alice_after=4,
+        bob_first_trial_after_s=round(bob_start - bob_submitted, 1),
+        trial_s=round(trial_s, 1),
+    )

@@ -23,6 +23,10 @@ CAPS = {
     "GRADREG_MAX_EPOCHS": "2",
     "GRADREG_MAX_TIME_BUDGET_S": "60",
     "GRADREG_CANCEL_GRACE_S": "5",
+    # The load tests submit hundreds of sweeps as one user; their per-user quotas are not
+    # what these tests measure (tests/service/test_users.py tests them).
+    "GRADREG_QUOTA_ACTIVE_SWEEPS": "1000",
+    "GRADREG_QUOTA_QUEUED_SWEEPS": "1000",
 }
 
 

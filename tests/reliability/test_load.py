@@ -23,6 +23,7 @@ HEADERS = {"Authorization": f"Bearer {TOKENS[0]}"}
 SUBMITTERS = 200
 SAME_KEY_SENDERS = 50
 READERS = 50
+USERS = 5
 READ_SECONDS = 10.0
 
 
@@ -88,17 +89,38 @@ def test_one_key_sent_50_times_at_once_makes_one_sweep(service):
     cancel_everything(service)
 
 
-def test_50_concurrent_readers_while_a_sweep_runs(service):
+def lab_users(service, count: int) -> list[tuple[str, str]]:
+    """``count`` members of their own, each with a token: (name, token)."""
+    users = []
+    with service.client() as admin:
+        for index in range(count):
+            name = f"reader{index}-{uuid.uuid4().hex[:6]}"
+            assert admin.post("/v1/users", json={"name": name}).status_code == 201
+            users.append((name, admin.post(f"/v1/users/{name}/tokens", json={}).json()["token"]))
+    return users
+
+
+def test_50_concurrent_readers_of_5_users_while_a_sweep_runs(service):
     tag = f"readers-{uuid.uuid4().hex[:8]}"
-    with service.client() as client:
-        sweep_id = client.post("/v1/sweeps", json=tiny_spec(tag) | {"name": "read-me"}).json()["id"]
-        wait_for(client, sweep_id, lambda s: s["status"] in ("running", "succeeded"), 120)
-    reads = asyncio.run(read_for(service.url, sweep_id))
+    targets = []
+    for name, token in lab_users(service, USERS):
+        with service.client(token) as client:
+            posted = client.post("/v1/sweeps", json=tiny_spec(tag) | {"name": f"read-{name}"})
+            targets.append(Target(name, token, posted.json()["id"]))
+    with service.client() as client:  # the first runs; the others wait behind it
+        wait_for(
+            client, targets[0].sweep_id, lambda s: s["status"] in ("running", "succeeded"), 120
+        )
+    reads = asyncio.run(read_for(service.url, targets))
     failed = [r for r in reads if r.status != 200]
     assert not failed, (
         f"{len(failed)} of {len(reads)} reads not answered 200: "
         f"{[(r.path, r.status or r.error) for r in failed[:10]]}\n{service.log_tail()}"
     )
+    # Under load too, each user's listing holds their own sweeps only.
+    leaks = [r for r in reads if r.owners is not None and r.owners - {r.user}]
+    listings = [r for r in reads if r.owners is not None]
+    assert listings and not leaks, [(r.user, r.owners) for r in leaks[:5]]
     # RFC 9112 lets a client resend an idempotent request on a reused connection closed before
     # any answer came (a browser does); a server that did that often would still be broken.
     resent = [r for r in reads if r.resent_after]
@@ -110,12 +132,20 @@ def test_50_concurrent_readers_while_a_sweep_runs(service):
     p50 = statistics.median(ordered)
     p99 = ordered[int(0.99 * (len(ordered) - 1))]
     print(
-        f"\n{READERS} readers for {READ_SECONDS:.0f} s while a sweep ran: {len(ordered)} reads, "
-        f"{len(ordered) / READ_SECONDS:.0f}/s, p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
-        f"{len(resent)} resent after a dropped connection",
+        f"\n{READERS} readers of {USERS} users for {READ_SECONDS:.0f} s while a sweep ran: "
+        f"{len(ordered)} reads, {len(ordered) / READ_SECONDS:.0f}/s, p50 {p50 * 1000:.0f} ms, "
+        f"p99 {p99 * 1000:.0f} ms, {len(resent)} resent after a dropped connection, "
+        f"{len(listings)} listings, 0 of another user's sweeps",
         file=sys.stderr,
     )
     cancel_everything(service)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    user: str
+    token: str
+    sweep_id: str
 
 
 @dataclasses.dataclass
@@ -125,14 +155,17 @@ class Read:
     status: int | None = None
     error: str | None = None
     resent_after: str | None = None
+    user: str = ""
+    owners: set[str] | None = None  # a listing's: the owners of the sweeps it held
 
 
-async def read_for(url: str, sweep_id: str) -> list[Read]:
+async def read_for(url: str, targets: list[Target]) -> list[Read]:
+    """READERS readers for READ_SECONDS, reader i as user i % len(targets), each reading its
+    user's sweep, its trials and its user's listing in turn."""
     reads: list[Read] = []
     deadline = time.perf_counter() + READ_SECONDS
-    paths = [f"/v1/sweeps/{sweep_id}", f"/v1/sweeps/{sweep_id}/trials", "/v1/sweeps?limit=20"]
 
-    async def read(client: httpx.AsyncClient, path: str) -> Read:
+    async def read(client: httpx.AsyncClient, path: str, user: str) -> Read:
         started = time.perf_counter()
         dropped = None
         try:
@@ -143,16 +176,42 @@ async def read_for(url: str, sweep_id: str) -> list[Read]:
                 response = await client.get(path)
         except httpx.TransportError as error:
             failure = f"{dropped}, then {error!r}" if dropped else repr(error)
-            return Read(path, time.perf_counter() - started, error=failure)
-        return Read(path, time.perf_counter() - started, response.status_code, None, dropped)
+            return Read(path, time.perf_counter() - started, error=failure, user=user)
+        seconds = time.perf_counter() - started
+        owners = None
+        if path.startswith("/v1/sweeps?") and response.status_code == 200:
+            owners = {item["owner"] for item in response.json()["items"]}
+        return Read(path, seconds, response.status_code, None, dropped, user, owners)
 
-    async def reader(client: httpx.AsyncClient, offset: int) -> None:
+    async def reader(client: httpx.AsyncClient, target: Target, offset: int) -> None:
+        paths = [
+            f"/v1/sweeps/{target.sweep_id}",
+            f"/v1/sweeps/{target.sweep_id}/trials",
+            "/v1/sweeps?limit=20",
+        ]
         turn = offset
         while time.perf_counter() < deadline:
-            reads.append(await read(client, paths[turn % len(paths)]))
+            reads.append(await read(client, paths[turn % len(paths)], target.user))
             turn += 1
 
     limits = httpx.Limits(max_connections=READERS)
-    async with httpx.AsyncClient(base_url=url, headers=HEADERS, timeout=60, limits=limits) as c:
-        await asyncio.gather(*(reader(c, i) for i in range(READERS)))
+    clients = [
+        httpx.AsyncClient(
+            base_url=url,
+            headers={"Authorization": f"Bearer {target.token}"},
+            timeout=60,
+            limits=limits,
+        )
+        for target in targets
+    ]
+    try:
+        await asyncio.gather(
+            *(
+                reader(clients[i % len(targets)], targets[i % len(targets)], i)
+                for i in range(READERS)
+            )
+        )
+    finally:
+        for client in clients:
+            await client.aclose()
     return reads

@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 from service.launcher import free_port
 from sweeps.checkpoints import MIN_STATE_SAVE_PERIOD_S
 from sweeps.records import LOST_TRIAL
+from sweeps.tracking import OWNER_TAG
 from tests.helpers.api import (
     FINAL,
     TOKENS,
@@ -128,8 +129,13 @@ def test_post_is_idempotent_with_a_key(client):
 
 
 def test_a_sweep_runs_to_the_end_and_is_visible_in_the_api_and_mlflow(api, client):
-    posted = client.post("/v1/sweeps", json=small_sweep("e2e-digits"))
+    # Submitted by a member, whom its MLflow runs name; followed by the admin (``client``).
+    assert client.post("/v1/users", json={"name": "e2e-member"}).status_code == 201
+    token = client.post("/v1/users/e2e-member/tokens", json={}).json()["token"]
+    with api.client(token) as member:
+        posted = member.post("/v1/sweeps", json=small_sweep("e2e-digits"))
     assert posted.status_code == 202 and posted.json()["status"] == "pending"
+    assert posted.json()["owner"] == "e2e-member"
     sweep_id = posted.json()["id"]
 
     events = read_events(api, sweep_id)  # follows the sweep until it is final
@@ -171,6 +177,10 @@ def test_a_sweep_runs_to_the_end_and_is_visible_in_the_api_and_mlflow(api, clien
     assert len(children) == 3
     assert {r.info.run_id for r in children} == {t["mlflow_run_id"] for t in trials}
     assert all(r.info.status == "FINISHED" for r in children)
+    parent = mlflow.get_run(sweep["mlflow_parent_run_id"])
+    assert {r.data.tags[OWNER_TAG] for r in [parent, *children]} == {"e2e-member"}
+    # Its fair share while it ran: the local head's CPUs, one per trial, up to its own 2.
+    assert (sweep["allowance"], sweep["allowance_reason"]) == (2, None)
     # The best trial's model is registered under the spec's name, and the sweep says where.
     registered = sweep["registered_model"]
     assert registered["name"] == posted.json()["name"] and registered["version"]

@@ -37,7 +37,7 @@ def test_the_api_links_to_the_runs_list_and_the_parent_run():
     sweep = Sweep(
         id="abc", name="digits", spec={}, tags=[], status="succeeded", attempt=1,
         cancel_requested=False, mlflow_experiment_id="7", mlflow_parent_run_id="f" * 32,
-        created_at=now, updated_at=now, budget_changes=[],
+        created_at=now, updated_at=now, budget_changes=[], owner="admin",
     )  # fmt: skip
     settings = ServiceSettings(mlflow_ui_url="https://mlflow.example.org/")
 
