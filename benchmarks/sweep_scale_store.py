@@ -30,6 +30,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import problems
+from service.app import attach_store
 from service.routes.sweeps import event_payloads
 from service.routes.sweeps import router as sweeps_router
 from service.settings import ServiceSettings
@@ -224,8 +225,7 @@ def store_level(args: argparse.Namespace) -> dict[str, Any]:
             app = FastAPI()
             problems.install(app)
             app.include_router(sweeps_router)
-            app.state.settings = ServiceSettings(api_tokens="bench")
-            app.state.sessions = sessions
+            attach_store(app, ServiceSettings(api_tokens="bench"), sessions, b"bench-token-key")
             client = TestClient(app, headers={"Authorization": "Bearer bench"})
             baseline: dict[str, Any] = {}
             for size in sizes:

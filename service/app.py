@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import anyio.to_thread
 import sqlalchemy as sa
 from fastapi import FastAPI
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import openapi, problems
@@ -40,9 +41,6 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         settings.var_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(settings.resolved_database_url())
         upgrade(engine)
-        app.state.token_key = settings.resolved_token_key()
-        with session_factory(engine)() as db:
-            user_queries.sync_bootstrap_tokens(db, app.state.token_key, settings.tokens)
         head = None
         jobs_url = settings.ray_jobs_url
         if jobs_url is None:
@@ -52,9 +50,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         tracking_uri = settings.resolved_tracking_uri()
         code_store = CodeStore(settings.resolved_code_store(), settings.var_dir / "code-cache")
         jobs = RayJobs(jobs_url, settings.python, _driver_env(settings, tracking_uri), code_store)
-        app.state.settings = settings
         app.state.engine = engine
-        app.state.sessions = session_factory(engine)
+        attach_store(app, settings, session_factory(engine))
         app.state.limits = Limits.from_settings(settings)
         app.state.jobs = jobs
         app.state.code_store = code_store
@@ -104,6 +101,23 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     code_cap = BodyCap(settings.max_code_bytes, "code bundles", "GRADREG_MAX_CODE_BYTES")
     app.add_middleware(BodyLimit, cap=BodyCap(settings.max_body_bytes), paths={code.PATH: code_cap})
     return app
+
+
+def attach_store(
+    app: FastAPI,
+    settings: ServiceSettings,
+    sessions: sessionmaker[Session],
+    token_key: bytes | None = None,
+) -> None:
+    """Put on ``app.state`` what the routes read to know the caller and reach the store: the
+    settings, the sessions, the token key (default: the settings') and the bootstrap admin's
+    tokens, whom the store then holds."""
+    app.state.settings = settings
+    app.state.sessions = sessions
+    app.state.token_key = token_key or settings.resolved_token_key()
+    app.state.bootstrap_tokens = user_queries.bootstrap_tokens(app.state.token_key, settings.tokens)
+    with sessions() as db:
+        user_queries.ensure_bootstrap_admin(db)
 
 
 def _driver_env(settings: ServiceSettings, tracking_uri: str) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Who is calling: the bearer token on every /v1 route, looked up in the store.
+"""Who is calling: the bearer token on every /v1 route, one of GRADREG_API_TOKENS (the bootstrap
+admin's, checked in memory) or one issued to a user (looked up in the store).
 
 401 without a token, or with one that is unknown, revoked or expired; 403 when a member calls
 what only an admin may (`require_admin`). The access rules themselves are `service.access`'s.
@@ -10,7 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
-from service.access import Caller
+from service.access import Caller, token_digest
 from service.deps import SessionsDep
 from service.store import user_queries
 
@@ -23,9 +24,15 @@ def current_caller(request: Request, sessions: SessionsDep) -> Caller:
     token = given.strip()
     if scheme.lower() != "bearer" or not token:
         raise HTTPException(401, "send Authorization: Bearer <token>", headers=CHALLENGE)
+    key = request.app.state.token_key
+    bootstrap = user_queries.bootstrap_caller(
+        request.app.state.bootstrap_tokens, token_digest(key, token)
+    )
+    if bootstrap is not None:
+        return bootstrap
     with sessions() as db:
         try:
-            return user_queries.authenticate(db, request.app.state.token_key, token)
+            return user_queries.authenticate(db, key, token)
         except user_queries.Unauthenticated as error:
             raise HTTPException(401, str(error), headers=CHALLENGE) from None
 

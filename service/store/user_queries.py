@@ -1,8 +1,7 @@
 """Users and their tokens: created, listed, issued, revoked, and a request's token looked up.
 
-A token is stored as its keyed digest only (`service.access.token_digest`). The tokens of
-GRADREG_API_TOKENS are the bootstrap admin's (`sync_bootstrap_tokens` keeps their rows in step
-with the setting at every start: ids ``env-…``, revoked once no longer configured).
+An issued token is stored as its keyed digest only (`service.access.token_digest`). The tokens
+of GRADREG_API_TOKENS are the bootstrap admin's and are never stored (`bootstrap_tokens`).
 """
 
 from __future__ import annotations
@@ -135,7 +134,8 @@ def revoke_token(session: Session, user_name: str, token_id: str) -> ApiToken:
 
 
 def authenticate(session: Session, key: bytes, token: str) -> Caller:
-    """The caller this token stands for; `Unauthenticated` if it is unknown, revoked or expired.
+    """The caller an issued token stands for; `Unauthenticated` if it is unknown, revoked or
+    expired.
 
     The lookup is by the token's keyed digest, which a caller cannot aim at: how long it takes
     says nothing about stored tokens. The digest found is compared again in constant time.
@@ -162,30 +162,28 @@ def authenticate(session: Session, key: bytes, token: str) -> Caller:
     return Caller(found.user_name, role, found.id)
 
 
-def sync_bootstrap_tokens(session: Session, key: bytes, tokens: Iterable[str]) -> None:
-    """The bootstrap admin exists (an admin), GRADREG_API_TOKENS' tokens are theirs, and the
-    bootstrap tokens no longer configured are revoked."""
-    digests = {token_digest(key, token) for token in tokens}
+def ensure_bootstrap_admin(session: Session) -> None:
+    """The user GRADREG_API_TOKENS' tokens stand for exists, an admin (migration 0008 made it;
+    a store made since by `Base.metadata.create_all` may lack it)."""
     with writing(session):
         if session.get(User, BOOTSTRAP_ADMIN) is None:
             session.add(User(name=BOOTSTRAP_ADMIN, role=ADMIN, quotas={}))
-            session.flush()
-        bootstrap = list(
-            session.scalars(
-                sa.select(ApiToken).where(ApiToken.id.startswith(BOOTSTRAP_TOKEN_PREFIX))
-            )
-        )
-        kept = {row.digest for row in bootstrap}
-        for row in bootstrap:
-            if row.digest not in digests and row.revoked_at is None:
-                row.revoked_at = utcnow()
-            elif row.digest in digests and row.revoked_at is not None:
-                row.revoked_at = None  # configured again
-        for digest in digests - kept:
-            session.add(
-                ApiToken(
-                    id=BOOTSTRAP_TOKEN_PREFIX + digest[:12],
-                    user_name=BOOTSTRAP_ADMIN,
-                    digest=digest,
-                )
-            )
+
+
+def bootstrap_tokens(key: bytes, tokens: Iterable[str]) -> dict[str, str]:
+    """GRADREG_API_TOKENS' tokens as the API checks them: their digests, each with the id a
+    caller's record names it by (``env-`` and the digest's start). They live in the setting,
+    not the store: each API process accepts the ones it is configured with, and a token taken
+    out of the setting stops working when the process restarts."""
+    digests = [token_digest(key, token) for token in tokens]
+    return {digest: BOOTSTRAP_TOKEN_PREFIX + digest[:12] for digest in digests}
+
+
+def bootstrap_caller(known: Mapping[str, str], digest: str) -> Caller | None:
+    """The bootstrap admin, if ``digest`` is one of ``known``'s (compared with every one, in
+    constant time each)."""
+    found = None
+    for candidate, token_id in known.items():
+        if hmac.compare_digest(candidate, digest):
+            found = token_id
+    return None if found is None else Caller(BOOTSTRAP_ADMIN, ADMIN, found)

@@ -291,16 +291,14 @@ def routes_app(sessions: sessionmaker[Session], token: str, **settings: Any) -> 
     from fastapi import FastAPI
 
     from service import problems
+    from service.app import attach_store
     from service.routes.sweeps import router as sweeps_router
+    from service.routes.users import router as users_router
     from service.settings import ServiceSettings
-    from service.store.user_queries import sync_bootstrap_tokens
 
     app = FastAPI()
     problems.install(app)
     app.include_router(sweeps_router)
-    app.state.settings = ServiceSettings(api_tokens=token, **settings)
-    app.state.sessions = sessions
-    app.state.token_key = b"test-token-key"
-    with sessions() as db:
-        sync_bootstrap_tokens(db, app.state.token_key, [token])
+    app.include_router(users_router)
+    attach_store(app, ServiceSettings(api_tokens=token, **settings), sessions, b"test-token-key")
     return app

@@ -130,12 +130,17 @@ def test_post_is_idempotent_with_a_key(client):
 
 def test_a_sweep_runs_to_the_end_and_is_visible_in_the_api_and_mlflow(api, client):
     # Submitted by a member, whom its MLflow runs name; followed by the admin (``client``).
-    assert client.post("/v1/users", json={"name": "e2e-member"}).status_code == 201
+    # Their active-sweeps quota is 1: their second sweep waits as queued, then runs.
+    member_quota = {"name": "e2e-member", "quotas": {"active_sweeps": 1}}
+    assert client.post("/v1/users", json=member_quota).status_code == 201
     token = client.post("/v1/users/e2e-member/tokens", json={}).json()["token"]
     with api.client(token) as member:
         posted = member.post("/v1/sweeps", json=small_sweep("e2e-digits"))
+        second = member.post("/v1/sweeps", json=small_sweep("e2e-queued", epochs=1, trials=1))
     assert posted.status_code == 202 and posted.json()["status"] == "pending"
     assert posted.json()["owner"] == "e2e-member"
+    assert second.json()["status"] == "queued", second.text
+    assert "active_sweeps quota is 1" in second.json()["reason"]
     sweep_id = posted.json()["id"]
 
     events = read_events(api, sweep_id)  # follows the sweep until it is final
@@ -188,6 +193,11 @@ def test_a_sweep_runs_to_the_end_and_is_visible_in_the_api_and_mlflow(api, clien
     assert version.run_id == lowest["mlflow_run_id"]
     assert version.tags["gradreg.sweep"] == sweep_id
     assert registered["uri"] == f"models:/{registered['name']}/{registered['version']}"
+
+    # The queued sweep started once the first ended, and ran to the end.
+    queued = wait_for(client, second.json()["id"], lambda s: s["status"] in FINAL)
+    assert queued["status"] == "succeeded", queued["reason"]
+    assert queued["started_at"] >= sweep["finished_at"]
 
     listed = client.get("/v1/sweeps", params={"tag": "e2e-digits"}).json()["items"]
     assert [s["id"] for s in listed] == [sweep_id]
