@@ -175,7 +175,9 @@ def revoke_token(
         return token_out(row)
 
 
-@router.get("/audit", response_model=AuditPage, tags=["audit"], responses=ADMIN_ONLY)
+@router.get(
+    "/audit", response_model=AuditPage, tags=["audit"], responses=problem_responses(400, 403)
+)
 def audit_trail(
     sessions: SessionsDep,
     caller: AdminDep,
