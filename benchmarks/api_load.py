@@ -8,10 +8,7 @@ Starts `python -m service` (SQLite store, its own Ray head) in a temporary direc
 Ray head with a one-trial sweep, then:
 1. posts a digits sweep and times POST → the first trial reported running (polled every 50 ms);
 2. while that sweep trains, `--clients` concurrent clients alternate GET /v1/sweeps/{id} and
-   GET /v1/sweeps?limit=20 for `--seconds`; prints p50/p90/p99 latency and requests/s;
-3. the same as `--users` users of the lab (each with a token of their own, reading their own
-   sweep and listing; client i is user i mod --users), against the bootstrap admin's one token
-   measured in the same run: what per-user tokens, looked up in the store, cost a read.
+   GET /v1/sweeps?limit=20 for `--seconds`; prints p50/p90/p99 latency and requests/s.
 """
 
 from __future__ import annotations
@@ -62,29 +59,16 @@ def wait_until(client: httpx.Client, sweep_id: str, test, timeout_s: float, poll
 
 
 async def load(
-    url: str,
-    sweep_id: str,
-    clients: int,
-    seconds: float,
-    think_s: float = 0.0,
-    readers: list[tuple[str, str]] | None = None,
+    url: str, sweep_id: str, clients: int, seconds: float, think_s: float = 0.0
 ) -> list[float]:
-    """Latencies of ``clients`` readers of ``sweep_id`` with the admin's token, or, with
-    ``readers`` ((token, sweep id) per user), reader i as user i mod len(readers)."""
     latencies: list[float] = []
-    readers = readers or [(TOKEN, sweep_id)]
+    headers = {"Authorization": f"Bearer {TOKEN}"}
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    opened = [
-        httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, limits=limits)
-        for token, _ in readers
-    ]
-    try:
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits) as client:
         stop_at = time.perf_counter() + seconds
 
         async def reader(index: int) -> None:
-            client = opened[index % len(readers)]
-            own = readers[index % len(readers)][1]
-            paths = [f"/v1/sweeps/{own}", "/v1/sweeps?limit=20"]
+            paths = [f"/v1/sweeps/{sweep_id}", "/v1/sweeps?limit=20"]
             turn = index
             if think_s:
                 # Pollers are not in step in life: each starts at its own point of the cycle
@@ -100,25 +84,7 @@ async def load(
                     await asyncio.sleep(think_s * random.uniform(0.5, 1.5))
 
         await asyncio.gather(*(reader(i) for i in range(clients)))
-    finally:
-        for client in opened:
-            await client.aclose()
     return latencies
-
-
-def lab_readers(client: httpx.Client, users: int) -> list[tuple[str, str]]:
-    """``users`` members, each with a token and a sweep of their own (cancelled before it
-    runs: reading it costs the same, and it takes no core from the measured sweep)."""
-    readers = []
-    for index in range(users):
-        name = f"reader{index}"
-        client.post("/v1/users", json={"name": name}).raise_for_status()
-        token = client.post(f"/v1/users/{name}/tokens", json={}).json()["token"]
-        headers = {"Authorization": f"Bearer {token}"}
-        own = client.post("/v1/sweeps", json=sweep(name, 1, 1), headers=headers).json()["id"]
-        client.post(f"/v1/sweeps/{own}/cancel", headers=headers).raise_for_status()
-        readers.append((token, own))
-    return readers
 
 
 def wrk(url: str, sweep_id: str, clients: int, seconds: float) -> list[str]:
@@ -159,7 +125,6 @@ def main() -> None:
     parser.add_argument(
         "--database-url", help="the API's store (GRADREG_DATABASE_URL); default SQLite"
     )
-    parser.add_argument("--users", type=int, default=5, help="the lab's users in phase 3")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -207,11 +172,6 @@ def main() -> None:
             single = asyncio.run(load(url, measured, 1, args.seconds))
             closed = asyncio.run(load(url, measured, args.clients, args.seconds))
             polling = asyncio.run(load(url, measured, args.clients, args.seconds, args.think_s))
-            readers = lab_readers(client, args.users)
-            lab = asyncio.run(
-                load(url, measured, args.clients, args.seconds, args.think_s, readers)
-            )
-            again = asyncio.run(load(url, measured, args.clients, args.seconds, args.think_s))
             native = wrk(url, measured, args.clients, args.seconds)
             client.post(f"/v1/sweeps/{measured}/cancel")
         finally:
@@ -241,21 +201,6 @@ def main() -> None:
             f"    latency ms: p50 {p[49]:.1f}  p90 {p[89]:.1f}  p99 {p[98]:.1f}  max {ms[-1]:.1f}"
         )
         print(f"    p99 / goal (50 ms): {p[98] / 50:.2f}")
-    p99 = {}
-    for label, latencies in (
-        ("one token (the bootstrap admin's), before", polling),
-        (f"{args.users} users' tokens", lab),
-        ("one token, after", again),
-    ):
-        ms = sorted(1000 * x for x in latencies)
-        p99[label] = statistics.quantiles(ms, n=100)[98]
-    baseline = (p99["one token (the bootstrap admin's), before"] + p99["one token, after"]) / 2
-    print(f"  polling as {args.users} users against one token, in this run:")
-    for label, value in p99.items():
-        print(
-            f"    {label}: p99 {value:.1f} ms  (goal 50 ms: {value / 50:.2f}; "
-            f"ratio to one token {value / baseline:.2f})"
-        )
     print(f"  wrk, {args.clients} connections back to back, each path on its own:")
     for line in native:
         print(f"    {line}")

@@ -30,8 +30,9 @@ from service.fair_share import Demand, allocate
 from service.launcher import FINAL_JOB_STATES, RayJobs
 from service.quotas import Quotas
 from service.statuses import ACTIVE, QUEUED
-from service.store import status_machine, sweep_queries
+from service.store import status_machine, sweep_queries, trial_queries
 from service.store.models import Sweep, User
+from sweeps.records import FINISHED_STATES
 from sweeps.spec.parse import validate_shape
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,8 @@ class Reconciler:
         )
         if not running:
             return
-        demands = [demand(sweep) for sweep in running]
+        counts = trial_queries.counts_by_sweep(session, [sweep.id for sweep in running])
+        demands = [demand(sweep, counts[sweep.id]) for sweep in running]
         try:
             capacity = self.capacity()
         except Exception as error:  # Ray restarting: share by quotas alone this pass
@@ -245,15 +247,21 @@ class Reconciler:
         self._stop_sent.add(job)
 
 
-def demand(sweep: Sweep) -> Demand:
-    """What a sweep's trials take and how many it would run at once, from its spec."""
+def demand(sweep: Sweep, counts: Mapping[str, int]) -> Demand:
+    """What a sweep's trials take, and how many it could run at once: its concurrency, but no
+    more than the trials of its budget not finished yet (``counts``: its trials by state). A
+    sweep whose last trial ended while its driver still builds the ensemble wants none: its
+    share goes to the others at once, not when the driver exits."""
     spec = validate_shape(sweep.spec)
+    finished = sum(counts.get(state, 0) for state in FINISHED_STATES)
     return Demand(
         sweep_id=sweep.id,
         owner=sweep.owner,
         gpu_per_trial=spec.resources.gpu,
         cpu_per_trial=spec.resources.cpu,
-        max_concurrent_trials=spec.budget.max_concurrent_trials,
+        max_concurrent_trials=max(
+            0, min(spec.budget.max_concurrent_trials, spec.budget.max_trials - finished)
+        ),
     )
 
 

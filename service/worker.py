@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         tracking_uri=settings.resolved_tracking_uri(),
         storage_path=settings.resolved_storage_path(),
         run_tags=((OWNER_TAG, store.owner(args.sweep_id)),),
+        # The service shares its cluster among sweeps (`service.fair_share`): an idle cached
+        # trial process would hold its GPU from them (`DriverOptions.reuse_actors`).
+        reuse_actors=False,
     )
     outcome = run_stored(args.sweep_id, store, options)
     print(f"sweep {args.sweep_id}: {outcome.status} ({outcome.reason})")

@@ -373,7 +373,10 @@ def test_running_sweeps_get_their_fair_share_and_it_moves_as_users_come_and_go(
     passes = reconciler(session_factory, jobs, max_active=10)
     passes.quotas = open_quota
     passes.capacity = lambda: {"GPU": 2.0, "CPU": 8.0}
-    wide = {"resources": {"gpu": 0.5, "cpu": 1}, "budget": {"max_concurrent_trials": 4}}
+    wide = {
+        "resources": {"gpu": 0.5, "cpu": 1},
+        "budget": {"max_concurrent_trials": 4, "max_trials": 4},
+    }
     (alices,) = user_sweeps(session_factory, "alice", 1, open_quota, **wide)
     passes.reconcile_once()
     assert status_of(session_factory, alices).allowance == 4
@@ -384,12 +387,16 @@ def test_running_sweeps_get_their_fair_share_and_it_moves_as_users_come_and_go(
     assert (alice_now.allowance, bob_now.allowance) == (2, 2)
     assert "among 2 user(s)" in alice_now.allowance_reason
 
-    with session_factory() as session:  # bob's sweep ends: alice gets the whole cluster back
+    # bob's trials have all finished while his driver builds the ensemble: his share is
+    # alice's again, before his sweep ends.
+    with session_factory() as session:
         status_machine.transition(session, bobs, "running")
-        status_machine.transition(session, bobs, "succeeded")
+        for index in range(4):
+            upsert_trial(session, bobs, trial_event(f"b{index}", state="succeeded", val_nll=1.0))
     passes.reconcile_once()
-    back = status_of(session_factory, alices)
+    back, his = status_of(session_factory, alices), status_of(session_factory, bobs)
     assert (back.allowance, back.allowance_reason) == (4, None)
+    assert (his.status, his.allowance) == ("running", 0)
 
 
 def test_an_unreadable_cluster_leaves_sweeps_to_their_quotas(session_factory):

@@ -99,9 +99,10 @@ def _read_lines(stream, sink: list[str]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_a_signal_saves_the_sweep_and_resume_finishes_it_without_rerunning(tmp_path, signum):
-    # SIGINT is Ctrl-C; SIGTERM is what `docker compose stop` and the upgrade procedure send.
+def test_a_signal_saves_the_sweep_and_resume_finishes_it_without_rerunning(tmp_path):
+    """Ctrl-C (SIGINT) stops the first run after its first trial, SIGTERM (what `docker compose
+    stop` and the upgrade procedure send) the resumed run after its second; a last resume
+    finishes the sweep. One sweep for both signals: each run starts a Ray of its own."""
     spec = {
         **DIGITS_SWEEP,
         "name": "digits-ctrl-c",
@@ -114,29 +115,33 @@ def test_a_signal_saves_the_sweep_and_resume_finishes_it_without_rerunning(tmp_p
     common = ["--tracking-uri", tracking, "--storage-path", str(tmp_path / "tune")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "sweeps", "run", str(spec_file), *common],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=_read_lines, args=(driver.stderr, lines), daemon=True)
-    reader.start()
+    def interrupted(command: list[str], done_line: str, signum: signal.Signals) -> None:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "sweeps", *command, *common],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        lines: list[str] = []
+        reader = threading.Thread(target=_read_lines, args=(driver.stderr, lines), daemon=True)
+        reader.start()
 
-    def one_done() -> bool:
-        if any("trials 1/3 done" in line for line in lines):
-            return True
-        assert driver.poll() is None, "".join(lines[-30:])
-        return False
+        def done() -> bool:
+            if any(done_line in line for line in lines):
+                return True
+            assert driver.poll() is None, "".join(lines[-30:])
+            return False
 
-    poll_until(one_done, 180, "a trial done", interval_s=0.2, detail=lambda: "".join(lines[-30:]))
-    driver.send_signal(signum)
-    out, _ = driver.communicate(timeout=120)
-    assert driver.returncode == 0, "".join(lines[-30:])
-    assert "sweep digits-ctrl-c: stopped" in out
-    assert "registered model" not in out  # a stopped sweep has not ended
+        poll_until(done, 180, done_line, interval_s=0.2, detail=lambda: "".join(lines[-30:]))
+        driver.send_signal(signum)
+        out, _ = driver.communicate(timeout=120)
+        assert driver.returncode == 0, "".join(lines[-30:])
+        assert "sweep digits-ctrl-c: stopped" in out, (signum, out)
+        assert "registered model" not in out  # a stopped sweep has not ended
+
+    interrupted(["run", str(spec_file)], "trials 1/3 done", signal.SIGINT)
+    interrupted(["resume", "digits-ctrl-c"], "trials 2/3 done", signal.SIGTERM)
 
     resumed = subprocess.run(
         [sys.executable, "-m", "sweeps", "resume", "digits-ctrl-c", *common, "--quiet"],
