@@ -36,6 +36,8 @@ from sweeps.records import FINISHED_STATES
 from sweeps.spec.parse import validate_shape
 
 log = logging.getLogger(__name__)
+# A running sweep whose every trial has finished (its driver is wrapping up) wants none.
+NOTHING_LEFT = "every trial of its budget has finished"
 
 
 class Reconciler:
@@ -170,11 +172,13 @@ class Reconciler:
         allowances = allocate(
             demands, capacity, {owner: quotas.get(owner, self.quotas) for owner in owners}
         )
+        wants = {d.sweep_id: d.max_concurrent_trials for d in demands}
         for sweep in running:
             given = allowances[sweep.id]
-            if (sweep.allowance, sweep.allowance_reason) != (given.trials, given.reason):
+            reason = given.reason if wants[sweep.id] else NOTHING_LEFT
+            if (sweep.allowance, sweep.allowance_reason) != (given.trials, reason):
                 status_machine.update_sweep(
-                    session, sweep.id, allowance=given.trials, allowance_reason=given.reason
+                    session, sweep.id, allowance=given.trials, allowance_reason=reason
                 )
 
     def _submit(self, session: Session, sweep_id: str) -> bool:

@@ -397,6 +397,7 @@ def test_running_sweeps_get_their_fair_share_and_it_moves_as_users_come_and_go(
     back, his = status_of(session_factory, alices), status_of(session_factory, bobs)
     assert (back.allowance, back.allowance_reason) == (4, None)
     assert (his.status, his.allowance) == ("running", 0)
+    assert his.allowance_reason == "every trial of its budget has finished"
 
 
 def test_an_unreadable_cluster_leaves_sweeps_to_their_quotas(session_factory):
