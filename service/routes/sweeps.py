@@ -302,8 +302,9 @@ def cancel(
     if the driver has not wound down within the grace period. A queued sweep is cancelled
     at once."""
     change = status_machine.request_cancel
-    where = client_address(request)
-    return _changed(sessions, settings, reconciler, caller, where, "sweep.cancel", change, sweep_id)
+    return _changed(
+        request, sessions, settings, reconciler, caller, "sweep.cancel", change, sweep_id
+    )
 
 
 @router.post("/{sweep_id}/resume", **STATUS_CHANGE)
@@ -317,8 +318,9 @@ def resume(
 ) -> SweepOut:
     """A failed or cancelled sweep continues as a new attempt; finished trials are kept."""
     change = status_machine.resume
-    where = client_address(request)
-    return _changed(sessions, settings, reconciler, caller, where, "sweep.resume", change, sweep_id)
+    return _changed(
+        request, sessions, settings, reconciler, caller, "sweep.resume", change, sweep_id
+    )
 
 
 @router.post("/{sweep_id}/extend", **{**STATUS_CHANGE, "responses": problem_responses(404, 409)})
@@ -383,11 +385,11 @@ def change_budget(
 
 
 def _changed(
+    request: Request,
     sessions: sessionmaker[Session],
     settings: ServiceSettings,
     reconciler: Reconciler,
     caller: Caller,
-    client: str | None,
     action: str,
     change: Callable[[Session, str], Sweep],
     sweep_id: str,
@@ -398,7 +400,7 @@ def _changed(
         before = sweep_queries.get_sweep(db, sweep_id, caller).status
         changed_sweep = change(db, sweep_id)
         detail = {"from": before, "to": changed_sweep.status}
-        audit.record(db, caller, action, sweep_id, client, detail)
+        audit.record(db, caller, action, sweep_id, client_address(request), detail)
         out = sweep_out(settings, db, changed_sweep)
     reconciler.kick()
     return out

@@ -83,7 +83,11 @@ def create_user(
     request: Request, sessions: SessionsDep, settings: SettingsDep, caller: AdminDep, body: UserIn
 ) -> UserOut:
     """A new user (409 if the name is taken); issue them a token with POST .../tokens."""
-    quotas = _own_quotas(body.quotas, settings.quotas())
+    given = {} if body.quotas is None else body.quotas.model_dump(exclude_unset=True)
+    try:
+        quotas = user_queries.own_quotas(given, settings.quotas())
+    except ValueError as error:
+        raise HTTPException(422, str(error)) from None
     with sessions() as db:
         user = user_queries.create_user(db, body.name, str(body.role), quotas)
         detail = {"role": user.role, "quotas": quotas}
@@ -194,14 +198,3 @@ def audit_trail(
         )
         items = [AuditOut.model_validate(row, from_attributes=True) for row in rows]
     return AuditPage(items=items, next_cursor=next_cursor)
-
-
-def _own_quotas(given: QuotasIn | None, defaults: Quotas) -> dict[str, float]:
-    if given is None:
-        return {}
-    own = {k: v for k, v in given.model_dump(exclude_unset=True).items() if v is not None}
-    try:
-        defaults.overridden(own)
-    except ValueError as error:
-        raise HTTPException(422, str(error)) from None
-    return own

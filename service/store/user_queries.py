@@ -81,14 +81,19 @@ def list_users(session: Session) -> list[User]:
     return list(session.scalars(sa.select(User).order_by(User.name)))
 
 
+def own_quotas(quotas: Mapping[str, Any], defaults: Quotas) -> dict[str, Any]:
+    """A user's own quotas as the store keeps them: the ones given (a None is none), checked
+    over ``defaults`` (ValueError naming an unknown or bad one)."""
+    own = {key: value for key, value in quotas.items() if value is not None}
+    defaults.overridden(own)
+    return own
+
+
 def set_quotas(session: Session, name: str, quotas: Mapping[str, Any], defaults: Quotas) -> User:
     """Put ``quotas`` over the user's own (a None removes one: the default applies again)."""
     with writing(session):
         user = get_user(session, name)
-        merged = {**user.quotas, **quotas}
-        merged = {key: value for key, value in merged.items() if value is not None}
-        defaults.overridden(merged)  # raises ValueError naming a bad one
-        user.quotas = merged
+        user.quotas = own_quotas({**user.quotas, **quotas}, defaults)
     return user
 
 
