@@ -85,6 +85,27 @@ class ReliabilityBins:
         )
 
 
+def named_reliability_series(
+    series: ReliabilityBins | Mapping[str, ReliabilityBins],
+) -> dict[str, ReliabilityBins]:
+    """A diagram's series by label: one ReliabilityBins is labelled ``model``."""
+    if isinstance(series, ReliabilityBins):
+        return {"model": series}
+    if not isinstance(series, Mapping):
+        raise TypeError(
+            f"series must be a ReliabilityBins or a mapping label -> ReliabilityBins, "
+            f"got {type(series).__name__}"
+        )
+    if not series:
+        raise ValueError("series mapping is empty; pass at least one label -> ReliabilityBins")
+    for label, bins in series.items():
+        if not isinstance(bins, ReliabilityBins):
+            raise TypeError(
+                f"series[{label!r}] must be a ReliabilityBins, got {type(bins).__name__}"
+            )
+    return {str(label): bins for label, bins in series.items()}
+
+
 def _to_numpy(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()

@@ -15,31 +15,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from gradreg.evaluation.metrics import ReliabilityBins
+from gradreg.evaluation.metrics import ReliabilityBins, named_reliability_series
 
 # The reliability diagram's axes within its 6 × 6 in figure (fractions), room for the labels.
 DIAGRAM_MARGINS = {"left": 0.13, "right": 0.97, "top": 0.94, "bottom": 0.09, "hspace": 0.06}
 DIAGRAM_LAYOUTS = ("fixed", "constrained")
-
-
-def _as_named_series(
-    series: ReliabilityBins | Mapping[str, ReliabilityBins],
-) -> dict[str, ReliabilityBins]:
-    if isinstance(series, ReliabilityBins):
-        return {"model": series}
-    if not isinstance(series, Mapping):
-        raise TypeError(
-            f"series must be a ReliabilityBins or a mapping label -> ReliabilityBins, "
-            f"got {type(series).__name__}"
-        )
-    if not series:
-        raise ValueError("series mapping is empty; pass at least one label -> ReliabilityBins")
-    for label, bins in series.items():
-        if not isinstance(bins, ReliabilityBins):
-            raise TypeError(
-                f"series[{label!r}] must be a ReliabilityBins, got {type(bins).__name__}"
-            )
-    return {str(label): bins for label, bins in series.items()}
 
 
 def write_reliability_diagram(
@@ -61,7 +41,7 @@ def write_reliability_diagram(
         raise ValueError(f"path must end in .png, got {str(path)!r}")
     if layout not in DIAGRAM_LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(DIAGRAM_LAYOUTS)}, got {layout!r}")
-    named = _as_named_series(series)
+    named = named_reliability_series(series)
 
     fixed = layout == "fixed"
     figure = Figure(figsize=(6, 6), dpi=100, layout=None if fixed else "constrained")
