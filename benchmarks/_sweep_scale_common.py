@@ -9,6 +9,7 @@ with its ratio to the same figure at the smallest size (the baseline, measured i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -19,7 +20,7 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,16 @@ def compare_variants(figures: dict[str, Any], sizes: Sequence[int], keys: Sequen
         trimmed["vs_untrimmed"] = compared
         shown = ", ".join(f"{key} {fmt_ratio(value)}" for key, value in compared.items())
         print(f"  {n:>7} trials: {shown}")
+
+
+def state_saves(variant: str) -> Callable[[], AbstractContextManager[None]]:
+    """`sweeps.driver.compact_saves` as the ``variant`` (`VARIANTS`) has it: before issue 29,
+    Tune wrote each trial's state indented."""
+    from sweeps.tune_results import compact_saves
+
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    return compact_saves if variant == "trimmed" else contextlib.nullcontext
 
 
 def driver_callbacks(variant: str) -> Callable[..., list[Any]]:

@@ -56,6 +56,7 @@ from _sweep_scale_common import (
     positive_int,
     quality,
     ratio,
+    state_saves,
     summary,
     write_figures,
 )
@@ -157,6 +158,7 @@ def one_driver_run(
     ray.init(address=address, log_to_driver=False)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sweeps.driver.tune_callbacks = driver_callbacks(variant)
+    sweeps.driver.compact_saves = state_saves(variant)
     work = Path(root, f"driver-{n}-{variant}")
     engine = make_engine(f"sqlite:///{work / 'store.db'}")
     work.mkdir(parents=True, exist_ok=True)

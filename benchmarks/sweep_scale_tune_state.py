@@ -53,6 +53,7 @@ from _sweep_scale_common import (
     random_params,
     ratio,
     search_spec,
+    state_saves,
     write_figures,
 )
 
@@ -169,7 +170,13 @@ def tune_result(trial: Any, metrics: dict[str, Any], epoch: int) -> dict[str, An
 
 
 def time_saves(
-    controller: Any, live: list[Any], storage: Any, repeats: int, epochs: int, seed: int
+    controller: Any,
+    live: list[Any],
+    storage: Any,
+    repeats: int,
+    epochs: int,
+    seed: int,
+    variant: str = "trimmed",
 ) -> dict[str, list[float]]:
     """Steady-state saves: before each, every running trial reports one more epoch."""
     rng = random.Random(seed)
@@ -177,6 +184,8 @@ def time_saves(
     staging = storage.experiment_driver_staging_path
     samples: dict[str, list[float]] = {"save": [], "sync": []}
     with (
+        # First: the timer wraps the method as this variant has it.
+        state_saves(variant)(),
         timings.wrapped(controller, "_get_trial_checkpoints", "trials_json"),
         timings.wrapped(controller._search_alg, "save_to_dir", "searcher"),
         timings.wrapped(controller._callbacks, "save_to_dir", "callbacks"),
@@ -225,7 +234,7 @@ def size_figures(n: int, args: argparse.Namespace, variant: str) -> dict[str, An
         )
         built = time.perf_counter() - started
         samples = time_saves(
-            controller, live, storage, args.tune_repeats, args.tune_epochs, args.seed
+            controller, live, storage, args.tune_repeats, args.tune_epochs, args.seed, variant
         )
         staging = Path(storage.experiment_driver_staging_path)
         state_bytes = sum(

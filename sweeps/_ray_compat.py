@@ -17,6 +17,12 @@ What is private here, and why no public API does it (Ray 2.60.0):
   the last 5 and 10 values of every reported number (`_TrainingRunMetadata._n_steps`), and the
   report of its latest checkpoint, and writes both into every state save; nothing public turns
   the windows off or reaches that report (`sweeps.tune_results` trims them).
+- `compact_finished_trial`, `compact_trial_states`: a trial that Tune will not run again (a
+  resumed sweep skips finished and failed trials) still carries into every state save what only
+  a running trial needs: its latest checkpoint's record, the functions that named it, its
+  default resources, and an analysis and last report of every key; and Tune writes each trial's
+  state as indented JSON (`Trial.get_json_state`, `TuneController._get_trial_checkpoints`).
+  Nothing public drops them or sets the format (`sweeps.tune_results` uses both).
 - `asked_trials`, `searcher_study`: Ray's `OptunaSearch` keeps its Optuna study and the trials
   it asked for in private attributes (``_ot_study``, ``_ot_trials``).
 - `SafeFallbackEncoder`: the JSON encoder of Tune's result files (``ray.air._internal``), and
@@ -44,7 +50,7 @@ import copy
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +62,7 @@ from ray.air._internal.json import SafeFallbackEncoder
 from ray.air.constants import EXPR_PARAM_FILE, EXPR_RESULT_FILE
 from ray.train._internal.storage import get_fs_and_path
 from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+from ray.tune.execution.tune_controller import TuneController
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
@@ -75,6 +82,8 @@ __all__ = [
     "asked_trials",
     "auto_save_period",
     "checkpoint_bookkeeping",
+    "compact_finished_trial",
+    "compact_trial_states",
     "drop_metric_windows",
     "forget_checkpoints",
     "latest_checkpoint_report",
@@ -235,6 +244,54 @@ def latest_checkpoint_report(trial: Any) -> dict[str, Any] | None:
     latest = checkpoint_bookkeeping(trial).latest_checkpoint_result
     trial.run_metadata.invalidate_cache()
     return latest.metrics if latest is not None else None
+
+
+def compact_finished_trial(
+    trial: Any, result_keys: Collection[str], analysis_keys: Collection[str]
+) -> None:
+    """Drop from ``trial``, which Tune will not run again, what only a running trial needs: its
+    checkpoints' records (their directories stay), the functions that named it (its names
+    stay), its default resources (its resources stay), its storage's syncing of the trial's
+    files (its paths stay), and all of its last report but ``result_keys`` and of its analysis
+    but ``analysis_keys``."""
+    metadata = trial.run_metadata
+    bookkeeping = metadata.checkpoint_manager
+    bookkeeping._checkpoint_results = []
+    bookkeeping._latest_checkpoint_result = None
+    # Assigning to the metadata's attributes invalidates its cached JSON.
+    last, analysis = metadata.last_result, metadata.metric_analysis
+    metadata.last_result = {k: v for k, v in last.items() if k in result_keys}
+    metadata.metric_analysis = {k: v for k, v in analysis.items() if k in analysis_keys}
+    trial.trial_name_creator = None
+    trial.trial_dirname_creator = None
+    trial._default_placement_group_factory = None
+    trial.storage.syncer = trial.storage.sync_config = None  # the trial's own copy
+    trial.invalidate_json_state()
+
+
+@contextmanager
+def compact_trial_states() -> Iterator[None]:
+    """While inside: Tune writes each trial's state into the experiment state as compact JSON,
+    where it writes it indented (about a tenth of a finished trial's bytes)."""
+    original = TuneController._get_trial_checkpoints
+
+    def compacted(self: TuneController) -> dict[str, Any]:
+        changed = [trial.trial_id for trial in self._trials_to_cache]
+        states = original(self)
+        for trial_id in changed:
+            states[trial_id] = tuple(_compact_json(part) for part in states[trial_id])
+        return states
+
+    TuneController._get_trial_checkpoints = compacted  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        TuneController._get_trial_checkpoints = original  # type: ignore[method-assign]
+
+
+def _compact_json(text: str) -> str:
+    # Tune's encoder writes plain JSON (pickles as hex strings), read back with json.loads.
+    return json.dumps(json.loads(text), separators=(",", ":"))
 
 
 def asked_trials(searcher: OptunaSearch) -> dict[str, optuna.Trial]:

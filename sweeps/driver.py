@@ -97,7 +97,7 @@ from sweeps.study import (
 )
 from sweeps.tracking import Tracker
 from sweeps.trainable import TrialContext, run_trial
-from sweeps.tune_results import TuneResultTrimmer
+from sweeps.tune_results import TuneResultTrimmer, compact_saves
 from sweeps.warm_start import read_sources, seed_study
 
 if TYPE_CHECKING:
@@ -633,7 +633,12 @@ def _drive(
     monitor.poll_budget()  # a change made while no driver ran applies from the first trial
     register(monitor)
     try:
-        with stop_on_signals(monitor), adaptive_state_saves(), deletions_finished():
+        with (
+            stop_on_signals(monitor),
+            adaptive_state_saves(),
+            deletions_finished(),
+            compact_saves(),
+        ):
             grid = tuner.fit()
         monitor.save_states()
     except BaseException as error:

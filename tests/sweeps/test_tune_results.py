@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
+
+from ray import cloudpickle
 
 from sweeps import TrialEvent, resume_sweep, run_sweep
 from sweeps.records import BINS_KEY, PLACEMENT_KEY, RUN_ID_KEY
@@ -52,6 +55,12 @@ def test_tune_metrics_are_the_objectives_the_stopping_metric_and_the_epoch():
     assert tune_metrics(spec) == {"epoch", "val_nll", "val_ece", "val_accuracy"}
 
 
+def unpickled(field: dict[str, str]) -> Any:
+    """An object Tune wrote into its state as a hex-encoded pickle."""
+    assert field["_type"] == "CLOUDPICKLE_FALLBACK"
+    return cloudpickle.loads(bytes.fromhex(field["value"]))
+
+
 def saved_trials(experiment: Path) -> dict[str, tuple[dict, dict]]:
     """Each trial's entry in Tune's last saved experiment state: its record and run metadata."""
     state = max(experiment.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
@@ -74,20 +83,38 @@ def test_tune_keeps_a_part_and_everyone_else_gets_the_whole_report(
 
     saved = saved_trials(experiment)
     assert set(saved) == {t.trial_id for t in outcome.trials}
-    for record, metadata in saved.values():
+    params = {t.trial_id: t.params for t in outcome.trials}
+    assert all(set(p) == {"noise_scale", "prior_variance"} for p in params.values())
+    for trial_id, (record, metadata) in saved.items():
         text = json.dumps(metadata)
         for key in NOT_FOR_TUNE:
             assert f'"{key}"' not in text, key  # not in the last result, analysis or checkpoints
-        assert metadata["last_result"]["epoch"] == 3
-        assert metadata["last_result"]["val_nll"] > 0
-        assert metadata["metric_n_steps"] == {} or all(
-            not windows for windows in metadata["metric_n_steps"].values()
-        )
-        assert "last-5-avg" not in text
-        assert metadata["checkpoint_manager"]  # the latest checkpoint is still there
-        # Tune's record of the trial (3.5 KB) and what it keeps of the reports: 8.5 KB here,
-        # with long temporary paths; over 30 KB with every report and checkpoint record whole.
-        assert len(json.dumps([json.dumps(record), json.dumps(metadata)])) < 10_000
+        # A finished trial keeps of its last report the metrics Tune reads, which trial it was
+        # with its parameters, and an analysis of those metrics only; no windows.
+        last = metadata["last_result"]
+        assert set(last) == {"epoch", "val_nll", "done", "training_iteration", "trial_id", "config"}
+        assert (last["epoch"], last["training_iteration"], last["trial_id"]) == (3, 3, trial_id)
+        assert last["config"] == record["config"] == params[trial_id]
+        assert set(metadata["metric_analysis"]) == {"epoch", "val_nll"}
+        assert metadata["metric_analysis"]["epoch"]["max"] == 3
+        assert metadata["metric_n_steps"] == {}
+        # Neither its checkpoint's record (Tune never restarts it), nor the functions that
+        # named it, nor its storage's syncer; its names and paths stay.
+        bookkeeping = unpickled(metadata["checkpoint_manager"])
+        assert bookkeeping.latest_checkpoint_result is None
+        assert bookkeeping.best_checkpoint_results == []
+        assert record["trial_name_creator"] is None and record["trial_dirname_creator"] is None
+        names = {t.trial_id: t.name for t in outcome.trials}
+        assert record["custom_trial_name"] == record["custom_dirname"] == names[trial_id]
+        storage = unpickled(record["storage"])
+        assert storage.syncer is None and storage.trial_dir_name == names[trial_id]
+    # Each trial's entry in the state file, as compact JSON (Tune indents it): 3.9 KB here, with
+    # long temporary paths. Before issue 29's compaction 8.5 KB; over 30 KB with every report
+    # and checkpoint record whole.
+    state = max(experiment.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    for entry in json.loads(state.read_text())["trial_data"]:
+        assert all("\n" not in part for part in entry)
+        assert len(json.dumps(entry)) < 4_300
 
     for trial in outcome.trials:
         assert trial.state == "succeeded"
@@ -106,6 +133,8 @@ def test_tune_keeps_a_part_and_everyone_else_gets_the_whole_report(
     assert {t.trial_id: t.metrics for t in resumed.trials} == {
         t.trial_id: t.metrics for t in outcome.trials
     }
+    assert {t.trial_id: t.params for t in resumed.trials} == params
+    assert [t.state for t in resumed.trials] == ["succeeded", "succeeded"]
     shutil.rmtree(experiment / REPORTS_DIR)
     without = resume_sweep(spec.name, driver_options)
     for trial in without.trials:
