@@ -6,8 +6,9 @@ For one trained digits posterior, times (median of --repeats, each on a fresh ru
 - `sweeps.model.log_model`: the pyfunc model (saved posterior, signature, input example);
 - `sweeps.model.register`: one registry version (once per sweep);
 - the training itself (`fit`, the same config), for scale;
-- within the baseline, the reliability diagram as trials draw it (fixed margins) and as they
-  did before issue 29 (matplotlib's constrained layout), its ratio to that;
+- the reliability diagram as trials draw it since issue 29 (SVG, `gradreg.evaluation.svg`),
+  and as matplotlib's PNG with fixed margins and with its constrained layout (how trials drew
+  it before), with the ratios between them;
 - the epoch metrics a trial writes before its final checkpoint: ``--epochs`` epochs in one
   batch (`Tracker.log_epochs`).
 The first call of each is reported apart: a trial process pays MLflow's imports once.
@@ -29,6 +30,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 from mlflow import MlflowClient
 
 from gradreg.evaluation.plots import write_reliability_diagram
+from gradreg.evaluation.svg import write_reliability_svg
 from gradreg.train import fit
 from sweeps.model import log_model, register
 from sweeps.tracking import Tracker
@@ -67,6 +69,7 @@ def main() -> None:
         experiment = tracker.experiment_id("bench")
         outcome_s, model_s, register_s = [], [], []
         diagram_s: dict[str, list[float]] = {"fixed": [], "constrained": []}
+        svg_s: list[float] = []
         epochs_s = []
         epochs = [(row["epoch"], row) for row in result.history]
         for _ in range(args.repeats + 1):  # the first of each warms MLflow's caches
@@ -76,6 +79,9 @@ def main() -> None:
                     Path(tmp, f"{layout}.png"), {"vl-uniform": result.test_bins}, layout=layout
                 )
                 samples.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            write_reliability_svg(Path(tmp, "diagram.svg"), {"vl-uniform": result.test_bins})
+            svg_s.append(time.perf_counter() - started)
             run_id = client.create_run(experiment).info.run_id
             started = time.perf_counter()
             tracker.log_epochs(run_id, epochs)
@@ -93,6 +99,7 @@ def main() -> None:
     outcome, model, registered = (_median_s(s[1:]) for s in (outcome_s, model_s, register_s))
     fixed, constrained = (_median_s(diagram_s[layout][1:]) for layout in ("fixed", "constrained"))
     epochs_batch = _median_s(epochs_s[1:])
+    svg = _median_s(svg_s[1:])
     print(
         json.dumps(
             {
@@ -106,6 +113,8 @@ def main() -> None:
                 "diagram_fixed_ms": round(fixed * 1000, 1),
                 "diagram_constrained_ms": round(constrained * 1000, 1),
                 "diagram_fixed_vs_constrained": round(fixed / constrained, 2),
+                "diagram_svg_ms": round(svg * 1000, 3),
+                "diagram_svg_vs_fixed": round(svg / fixed, 4),
                 "log_epochs_batch_ms": round(epochs_batch * 1000, 1),
                 "epochs_in_batch": len(epochs),
                 "log_model_vs_log_outcome": round(model / outcome, 2),

@@ -19,6 +19,7 @@ with the earlier float64 tensor schema still load and predict; MLflow enforces t
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
@@ -119,6 +120,7 @@ def log_model(
     *,
     code_paths: Sequence[str] = (),
     requirements: Sequence[str] = (),
+    experiment_id: str | None = None,
 ) -> str:
     """Log ``saved`` as the run's pyfunc model; returns its ``models:/<model_id>`` URI.
 
@@ -126,14 +128,14 @@ def log_model(
     ``code_paths``: the user's modules and packages the model carries (a builder of their
     own), which MLflow puts first on the import path when it loads the model, so it loads and
     serves where they are not installed; ``requirements``: the sweep's pip requirements, added
-    to the model's.
+    to the model's; ``experiment_id``: the run's, where the caller knows it (else it is read).
     """
     # Model.log reads the process-wide tracking URI; a trial process records to one store.
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     # Made here, in the run's experiment: Model.log would put it in the default experiment.
     logged = client.create_logged_model(
-        client.get_run(run_id).info.experiment_id,
+        experiment_id or client.get_run(run_id).info.experiment_id,
         MODEL_NAME,
         source_run_id=run_id,
         tags={"gradreg.method": saved.config.method_name},
@@ -195,7 +197,8 @@ def carried_code(posterior: Path) -> Path | None:
     return model_dir / code if code and (model_dir / code).is_dir() else None
 
 
-def _requirements() -> list[str]:
+@functools.cache
+def _requirements() -> tuple[str, ...]:
     from importlib.metadata import PackageNotFoundError, version
 
     pins = []
@@ -204,7 +207,7 @@ def _requirements() -> list[str]:
             pins.append(f"{package}=={version(package)}")
         except PackageNotFoundError:
             pins.append(package)
-    return pins
+    return tuple(pins)
 
 
 def register(

@@ -7,6 +7,7 @@ import logging
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,30 @@ from sweeps.code import bundle_code_paths
 from sweeps.placement import Placement, device_tags, reported, trial_device
 from sweeps.records import BINS_KEY, PLACEMENT_KEY, RUN_ID_KEY, trial_number
 from sweeps.spec import SweepSpec
-from sweeps.spec.resolve import trial_config
+from sweeps.spec.resolve import early_stopping_target, trial_config
 from sweeps.tracking import CODE_DIGEST_TAG, RESUMED_TAG, Tracker, trial_run_name
 
 STATE_FILE = "state.pt"
 FLUSH_INTERVAL_S = 2.0
+
+
+class Pacer:
+    """Says when ``interval_s`` seconds have passed since it last said so (or was made)."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self.clock = clock
+        self.last = clock()
+
+    def due(self) -> bool:
+        now = self.clock()
+        if now - self.last < self.interval_s:
+            return False
+        self.last = now
+        return True
+
+    def restart(self) -> None:
+        self.last = self.clock()
 
 
 @dataclass(frozen=True)
@@ -83,6 +103,9 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         tracker.set_tags(run.run_id, {RESUMED_TAG: str(int(resume["epoch"]))})
     every = spec.fault_tolerance.checkpoint_every_epochs
     epochs = EpochLog(tracker, run.run_id)
+    # Each report to Tune waits for the driver to take it (about 6 ms here, issue 29); between
+    # checkpoints, progress every interval is enough. Early stopping ranks every epoch.
+    reports = Pacer(0.0 if early_stopping_target(spec) else spec.tracking.progress_interval_s)
     placed: dict[str, Any] = {}  # where the trial runs, once its device is settled (below)
 
     def on_epoch(report: EpochReport) -> None:
@@ -96,8 +119,10 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
             PLACEMENT_KEY: placed,
         }
         if report.epoch % every and report.epoch != train.epochs:
-            tune.report(metrics)
+            if reports.due():
+                tune.report(metrics)
             return
+        reports.restart()
         # A retry restarts after this checkpoint, so MLflow must hold every epoch up to it.
         epochs.flush()
         with tempfile.TemporaryDirectory() as tmp:
@@ -109,23 +134,27 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
                 raise CheckpointStorageError(f"{message}: {error}") from error
 
     try:
-        # Where it runs, first: a node that cannot give the device asked for fails here.
+        # Where it runs, first: a node that cannot give the device asked for fails here, and
+        # its run still says which node it was. One write for all these tags (issue 29).
         placement = Placement.here()
-        tracker.set_tags(run.run_id, placement.tags())
-        device, warning = trial_device(train.device, spec.resources.gpu, placement)
-        tracker.set_tags(run.run_id, device_tags(device, warning))
+        tags = placement.tags()
+        code_paths: list[str] = []
+        try:
+            device, warning = trial_device(train.device, spec.resources.gpu, placement)
+            tags.update(device_tags(device, warning))
+            if spec.code.digest is not None:
+                # The bundle this trial runs: Ray made it the process's working directory
+                # (before Tune moved into the trial's), and the logged model carries its modules
+                # (code_paths), so that it loads where they are not installed.
+                tags[CODE_DIGEST_TAG] = spec.code.digest
+                code_paths = bundle_code_paths(
+                    runtime_working_dir(), train.entry_points, spec.code.digest
+                )
+        finally:
+            tracker.set_tags(run.run_id, tags)
         placed.update(reported(placement, device))
         if warning:
             logging.getLogger(__name__).warning("%s: %s", tune_name, warning)
-        code_paths: list[str] = []
-        if spec.code.digest is not None:
-            # The bundle this trial runs: Ray made it the process's working directory (before
-            # Tune moved into the trial's), and the logged model carries its modules
-            # (code_paths), so that it loads where they are not installed.
-            tracker.set_tags(run.run_id, {CODE_DIGEST_TAG: spec.code.digest})
-            code_paths = bundle_code_paths(
-                runtime_working_dir(), train.entry_points, spec.code.digest
-            )
         # The dataset is the run's input from the start: a trial that fails still names it.
         data_logged = functools.partial(tracker.log_dataset, run.run_id)
         result = fit(train, on_epoch, resume=resume, on_data=data_logged)
@@ -181,6 +210,7 @@ def _log_outcome(
             saved.inputs.example,
             code_paths=code_paths,
             requirements=spec.code.requirements,
+            experiment_id=context.experiment_id,
         )
 
 
@@ -191,23 +221,28 @@ class EpochLog:
     keeps MLflow a second or two behind instead of doubling the trial's time.
     """
 
-    def __init__(self, tracker: Tracker, run_id: str, interval_s: float = FLUSH_INTERVAL_S):
+    def __init__(
+        self,
+        tracker: Tracker,
+        run_id: str,
+        interval_s: float = FLUSH_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.tracker = tracker
         self.run_id = run_id
-        self.interval_s = interval_s
+        self.pacer = Pacer(interval_s, clock)
         self.pending: list[tuple[int, dict[str, float]]] = []
-        self.last_flush = time.monotonic()
 
     def add(self, epoch: int, metrics: dict[str, float]) -> None:
         self.pending.append((epoch, metrics))
-        if time.monotonic() - self.last_flush >= self.interval_s:
+        if self.pacer.due():
             self.flush()
 
     def flush(self) -> None:
         if self.pending:
             self.tracker.log_epochs(self.run_id, self.pending)
             self.pending = []
-        self.last_flush = time.monotonic()
+        self.pacer.restart()
 
 
 def _diagram(spec: SweepSpec) -> bool:

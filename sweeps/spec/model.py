@@ -302,6 +302,14 @@ class Tracking(_Section):
     experiment: str | None = Field(None, description="MLflow experiment; default: the name")
     log_reliability_diagram: bool = True
     log_checkpoints: bool = Field(False, description="log the final posterior's state_dict")
+    progress_interval_s: float = Field(
+        1.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="between its checkpoints, a trial reports its progress to Tune (and so to "
+        "the events, the store and the service) at most once in this many seconds; MLflow gets "
+        "every epoch. 0: every epoch. A sweep with early stopping reports every epoch",
+    )
     log_model: bool = Field(
         True,
         description="log every finished trial's posterior as an MLflow pyfunc model: class "

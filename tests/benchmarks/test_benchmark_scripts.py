@@ -527,6 +527,8 @@ def test_model_logging_smoke_run(monkeypatch, capsys):
     fixed, constrained = figures["diagram_fixed_ms"], figures["diagram_constrained_ms"]
     assert fixed > 0 and constrained > 0
     assert figures["diagram_fixed_vs_constrained"] == pytest.approx(fixed / constrained, abs=0.02)
+    assert figures["diagram_svg_ms"] > 0
+    assert figures["diagram_svg_vs_fixed"] == pytest.approx(figures["diagram_svg_ms"] / fixed, 0.1)
     assert figures["log_epochs_batch_ms"] > 0 and figures["epochs_in_batch"] == 1
 
 

@@ -24,7 +24,7 @@ from ray.tune.trainable.metadata import _TrainingRunMetadata
 from localcluster.harness import MLFLOW_URL, NODES, WORKERS, Cluster
 from localcluster.sample import digits_sweep as sweep_spec
 from sweeps.study import LOST_ATTR, beside_store
-from sweeps.tracking import ATTEMPT_TAG, RESUMED_TAG
+from sweeps.tracking import ATTEMPT_TAG, DIAGRAM_FILE, RESUMED_TAG
 from tests.helpers.cluster import finished, submit, sweep, trials, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -170,8 +170,11 @@ def test_a_sweep_spreads_over_both_gpu_workers(cluster, api):
     assert rows == 4 * 6
     # The reliability diagrams reached the bucket through the MLflow server.
     experiment = done["mlflow_experiment_id"]
-    pngs = [k for k in bucket_keys(cluster, f"mlflow/{experiment}/") if k.endswith(".png")]
-    assert {run_id for run_id in run_ids if any(f"/{run_id}/" in k for k in pngs)} == set(run_ids)
+    keys = bucket_keys(cluster, f"mlflow/{experiment}/")
+    diagrams = [k for k in keys if k.endswith(f"/{DIAGRAM_FILE}")]
+    assert {run_id for run_id in run_ids if any(f"/{run_id}/" in k for k in diagrams)} == set(
+        run_ids
+    )
     per_node = Counter(WORKER_IPS[p["node_ip"]] for p in placements)
     figure("none (placement)", sweep_s=round(wall_s), trials_per_node=dict(per_node))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from typing import Any
+from xml.etree import ElementTree
 
 import httpx
 import pytest
@@ -17,7 +18,7 @@ from mlflow import MlflowClient
 
 from localcluster.containers import WORKERS, ContainerStack
 from localcluster.sample import digits_sweep as sweep_spec
-from sweeps.tracking import ATTEMPT_TAG, RESUMED_TAG
+from sweeps.tracking import ATTEMPT_TAG, DIAGRAM_FILE, RESUMED_TAG
 from tests.helpers import poll_until
 from tests.helpers.api import FINAL
 from tests.helpers.cluster import submit, trials
@@ -25,7 +26,6 @@ from tests.helpers.cluster import submit, trials
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 LONG_RUNNING = ("postgres", "minio", "mlflow", "ray-head", "ray-worker", "api")
-PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def figure(fault: str, **values: object) -> None:
@@ -61,12 +61,12 @@ def finished(stack: ContainerStack, api: httpx.Client, sweep_id: str, timeout_s:
     )
 
 
-def png_artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> list[str]:
+def diagram_artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> list[str]:
     found = []
     for entry in client.list_artifacts(run_id, path):
         if entry.is_dir:
-            found += png_artifacts(client, run_id, entry.path)
-        elif entry.path.endswith(".png"):
+            found += diagram_artifacts(client, run_id, entry.path)
+        elif entry.path.endswith(DIAGRAM_FILE):
             found.append(entry.path)
     return found
 
@@ -107,10 +107,9 @@ def test_a_sweep_through_the_api_container_runs_on_both_worker_containers(stack,
     monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
     client = MlflowClient(stack.mlflow_url)
     for trial in items:
-        (png,) = png_artifacts(client, trial["mlflow_run_id"])
-        local = client.download_artifacts(trial["mlflow_run_id"], png)
-        with open(local, "rb") as image:
-            assert image.read(8) == PNG, png
+        (diagram,) = diagram_artifacts(client, trial["mlflow_run_id"])
+        local = client.download_artifacts(trial["mlflow_run_id"], diagram)
+        assert ElementTree.parse(local).getroot().tag == "{http://www.w3.org/2000/svg}svg"
     # The best trial's model, in the registry of the MLflow server's PostgreSQL database.
     registered = done["registered_model"]
     version = client.get_model_version(registered["name"], registered["version"])

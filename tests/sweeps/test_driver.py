@@ -7,6 +7,7 @@ import json
 import math
 import time
 from pathlib import Path
+from xml.etree import ElementTree
 
 import mlflow
 import numpy as np
@@ -21,6 +22,7 @@ from sweeps.records import LOST_TRIAL as LOST_TRIAL_RUN
 from sweeps.records import best_trials
 from sweeps.tracking import (
     ATTEMPT_TAG,
+    DIAGRAM_FILE,
     ERROR_TAG,
     PARENT_RUN_TAG,
     ROLE_TAG,
@@ -29,8 +31,6 @@ from sweeps.tracking import (
     Tracker,
 )
 from tests.helpers.specs import digits_spec, serial_digits_spec
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def runs_of(tracking_uri: str, experiment: str):
@@ -85,10 +85,9 @@ def test_digits_sweep_end_to_end(ray_local, driver_options, tracking_uri):
         for name in ("train_loss", "train_sqgrad", "val_accuracy", "val_ece", "test_brier"):
             assert name in child.data.metrics
         files = {a.path for a in client.list_artifacts(run_id)}
-        assert {"reliability.png", "reliability_bins.json", "final_metrics.json"} <= files
-        png = client.download_artifacts(run_id, "reliability.png")
-        with open(png, "rb") as handle:
-            assert handle.read(8) == PNG_MAGIC
+        assert {DIAGRAM_FILE, "reliability_bins.json", "final_metrics.json"} <= files
+        diagram = ElementTree.parse(client.download_artifacts(run_id, DIAGRAM_FILE)).getroot()
+        assert diagram.tag == "{http://www.w3.org/2000/svg}svg"
         with open(client.download_artifacts(run_id, "reliability_bins.json")) as handle:
             bins = json.load(handle)
         assert sum(bins["count"]) > 0
@@ -312,7 +311,7 @@ def test_asha_cuts_a_hopeless_trial_and_its_run_is_closed_with_a_diagram(
     client, _, children = runs_of(tracking_uri, spec.name)
     cut = next(c for c in children if c.info.run_id == by_lr[1.0e-7].mlflow_run_id)
     assert cut.info.status == "FINISHED" and cut.data.tags[STATUS_TAG] == "stopped"
-    assert "reliability.png" in {a.path for a in client.list_artifacts(cut.info.run_id)}
+    assert DIAGRAM_FILE in {a.path for a in client.list_artifacts(cut.info.run_id)}
 
 
 def test_a_stopped_trial_resumes_from_its_checkpoint(

@@ -21,7 +21,12 @@ from sweeps.ensemble import (
     encode_predictions,
 )
 from sweeps.spec import EnsembleSection, Objective
-from sweeps.tracking import ENSEMBLE_TEMPERATURE_TAG, ROLE_TAG, TEMPERATURE_TAG
+from sweeps.tracking import (
+    ENSEMBLE_DIAGRAM_FILE,
+    ENSEMBLE_TEMPERATURE_TAG,
+    ROLE_TAG,
+    TEMPERATURE_TAG,
+)
 from tests.helpers.specs import digits_spec
 
 
@@ -225,7 +230,7 @@ def test_a_sweep_logs_its_ensemble_on_the_parent_run(ray_local, driver_options, 
         assert outcome.ensemble["metrics"][key] == pytest.approx(value, rel=1e-9)
     assert parent.data.metrics["ensemble_members"] == 3
     files = {a.path for a in client.list_artifacts(outcome.parent_run_id)}
-    assert {"ensemble.json", "ensemble_reliability.png"} <= files
+    assert {"ensemble.json", ENSEMBLE_DIAGRAM_FILE} <= files
     with open(client.download_artifacts(outcome.parent_run_id, "ensemble.json")) as handle:
         assert json.load(handle)["members"] == members
     assert np.isfinite(parent.data.metrics["ensemble_test_nll_ts"])

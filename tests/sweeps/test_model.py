@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +22,7 @@ import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.models.utils import SERVING_INPUT_FILENAME
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 from gradreg.cli.main import main as gradreg_main
@@ -294,6 +297,15 @@ def test_mlflow_models_serve_answers_with_probabilities(
         # A named single tensor, as MLflow's clients send a dict of arrays.
         body = {"inputs": {"x": raw.astype(int).tolist()}, "params": {"mode": "mean"}}
         assert np.allclose(_served(url, body, image.class_names), expected, rtol=0, atol=1e-9)
+        # The serving example MLflow keeps with the model, as a client would send it.
+        model_dir = mlflow.artifacts.download_artifacts(
+            registered_image[1], dst_path=str(tmp_path / "model"), tracking_uri=server.url
+        )
+        body = json.loads(Path(model_dir, SERVING_INPUT_FILENAME).read_text())
+        served_example = _served(url, body, image.class_names)
+        assert np.allclose(
+            served_example, image.predict_proba(image.inputs.example), rtol=0, atol=1e-9
+        )
         # The sampled predictive, with its params.
         body = {"inputs": raw.tolist(), "params": {"mode": "sample", "n_samples": 4, "seed": 1}}
         sampled = image.predict_proba(raw, "sample", n_samples=4, seed=1)

@@ -13,6 +13,7 @@ from sweeps.ensemble import SweepEnsemble
 from sweeps.records import trial_number
 from sweeps.tracking import (
     ATTEMPT_TAG,
+    DIAGRAM_FILE,
     ENSEMBLE_TEMPERATURE_TAG,
     PARENT_RUN_TAG,
     STATUS_TAG,
@@ -66,7 +67,7 @@ def test_outcome_files_and_parent_summary(tracking_uri):
     tracker.log_outcome(trial.run_id, {"test_nll": 1.2}, bins, "vl-uniform", diagram=True)
     tracker.close_trial(trial.run_id, "FINISHED", "succeeded")
     files = {a.path for a in tracker.client.list_artifacts(trial.run_id)}
-    assert files == {"final_metrics.json", "reliability_bins.json", "reliability.png"}
+    assert files == {"final_metrics.json", "reliability_bins.json", DIAGRAM_FILE}
 
     tracker.finish_parent(parent, "FINISHED", {"status": "succeeded"}, {"best_val_nll": 0.5})
     run = tracker.client.get_run(parent)

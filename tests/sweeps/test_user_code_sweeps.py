@@ -255,8 +255,10 @@ spec_file, src, tracking_uri, storage = sys.argv[1:]
 finished = []
 outcome = run_sweep(
     load_spec_file(spec_file),
+    # The stop is read at every step of Tune's loop, not once a second: a trial of this size
+    # can end within a second, and the sweep must stop with one still to run.
     DriverOptions(tracking_uri=tracking_uri, storage_path=storage, quiet=True,
-                  code=CodeBundle.pack(src)),
+                  code=CodeBundle.pack(src), stop_poll_s=0.0),
     on_trial=lambda event: finished.append(event) if event.state == "succeeded" else None,
     should_stop=lambda: bool(finished),
 )
