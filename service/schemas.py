@@ -104,7 +104,7 @@ class SweepOut(BaseModel):
     allowance: int | None = Field(
         None,
         description="trials it may run at once now, under its owner's quotas and its fair "
-        "share of the cluster (service.fair_share); null until it runs",
+        "share of the cluster (service.fair_share); null until it runs, 0 once it ended",
     )
     allowance_reason: str | None = Field(
         None, description="why the allowance is below its max_concurrent_trials"

@@ -29,6 +29,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "failed": frozenset({"pending"}),  # resume, extend
     "cancelled": frozenset({"pending"}),  # resume, extend
 }
+# An ended sweep's allowance_reason (its allowance is 0).
+ENDED = "the sweep has ended"
 # What a resume continues: a sweep that ended without finishing. One that succeeded goes on
 # only with more budget (`extend`).
 RESUMABLE: tuple[str, ...] = ("failed", "cancelled")
@@ -84,7 +86,8 @@ def _stamps(target: str) -> dict[str, Any]:
     if target == "running":
         return {"started_at": now}
     if target in TERMINAL:
-        return {"finished_at": now}
+        # An ended sweep holds no share of the cluster, whenever the reconciler last looked.
+        return {"finished_at": now, "allowance": 0, "allowance_reason": ENDED}
     if target == "pending":  # resume or extend; from queued, the same attempt is admitted
         return {
             "attempt": sa.case(
@@ -93,6 +96,9 @@ def _stamps(target: str) -> dict[str, Any]:
             "cancel_requested": False,
             "reason": None,
             "finished_at": None,
+            # Its share is the reconciler's to give again once it runs.
+            "allowance": None,
+            "allowance_reason": None,
         }
     return {}
 

@@ -202,9 +202,11 @@ def test_every_allowed_transition_applies_and_stamps_times(session_factory):
             assert after.started_at is not None
         if target in TERMINAL:
             assert after.finished_at is not None
+            assert (after.allowance, after.allowance_reason) == (0, status_machine.ENDED)
         if target == "pending" and source in TERMINAL:
             assert after.attempt == attempt + 1
             assert after.finished_at is None
+            assert (after.allowance, after.allowance_reason) == (None, None)
         assert after.reason == f"to {target}"
         assert after.created_at.tzinfo is not None
 
