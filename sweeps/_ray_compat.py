@@ -277,7 +277,7 @@ def compact_trial_states() -> Iterator[None]:
 
     def compacted(self: TuneController) -> dict[str, Any]:
         changed = [trial.trial_id for trial in self._trials_to_cache]
-        states = original(self)
+        states: dict[str, Any] = original(self)  # Ray annotates str; each is (state, meta)
         for trial_id in changed:
             states[trial_id] = tuple(_compact_json(part) for part in states[trial_id])
         return states

@@ -142,7 +142,7 @@ def _nice_ceiling(value: int) -> int:
     """The smallest of 1, 2, 5 × 10^k at or above ``value`` (1 for an empty diagram)."""
     if value <= 1:
         return 1
-    power = 10 ** math.floor(math.log10(value))
+    power = int(10 ** math.floor(math.log10(value)))
     return next(step * power for step in (1, 2, 5, 10) if step * power >= value)
 
 
