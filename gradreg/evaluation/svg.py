@@ -123,6 +123,12 @@ def reliability_svg(
             'stroke-width="1.5"/>'
         )
         legend.append((f"{label} (ECE {bins.ece:.3f})", color, False))
+    # The legend on a light box over whatever it covers, as matplotlib draws its own.
+    width, height = 48 + 6.2 * max(len(label) for label, _, _ in legend), 16 * len(legend) + 4
+    parts.append(
+        f'<rect x="{LEFT + 4}" y="{top_y0 + 4}" width="{width:.1f}" height="{height}" '
+        'fill="white" fill-opacity="0.8" stroke="#cccccc" rx="3"/>'
+    )
     for row, (label, color, dashed) in enumerate(legend):
         y = top_y0 + 16 + 16 * row
         dash = ' stroke-dasharray="6 4"' if dashed else ""

@@ -25,6 +25,7 @@ from service.store.models import Sweep
 from service.store.sweep_store import objectives_of
 from sweeps.cli import format_outcome
 from sweeps.driver import DriverOptions, run_sweep
+from sweeps.tracking import DIAGRAM_FILE
 from tests.helpers.chromium import assert_lists_runs, assert_shows_run, dom
 from tests.helpers.mlflow_server import MlflowServer
 from tests.helpers.specs import digits_spec
@@ -94,3 +95,10 @@ def test_mlflow_ui_shows_the_runs_the_cli_links_to(ray_local, mlflow_server, tmp
     print(f"MLflow UI screenshot of a trial: {trial_screenshot}")
     run = MlflowClient(mlflow_server).get_run(best.mlflow_run_id)
     assert_shows_run(page, run, metrics=("val_nll", "test_accuracy"))
+
+    # The trial's reliability diagram, an SVG artifact, is shown as an image.
+    diagram_screenshot = tmp_path / "mlflow-ui-diagram.png"
+    diagram_url = f"{links[f'best trial {best.name}']}/artifacts/{DIAGRAM_FILE}"
+    page = dom(diagram_url, tmp_path / "chrome-diagram", diagram_screenshot)
+    print(f"MLflow UI screenshot of a trial's diagram: {diagram_screenshot}")
+    assert re.search(rf'<img alt="{re.escape(DIAGRAM_FILE)}" src="blob:', page), page[-2000:]
