@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,13 @@ def one_driver_run(
     first_start: dict[str, float] = {}
     last_end: dict[str, float] = {}
 
+    # Python's own heap (tracemalloc) when half the trials had ended and when all had: what of
+    # the driver's growth per trial is Python objects, and what is not (Ray's core, the
+    # allocator). Off by default: tracing slows every allocation.
+    heap: dict[int, int] = {}
+    if args.python_heap:
+        tracemalloc.start(1)
+
     def seen(monitor: Any, event: Any, *rest: Any, **named: Any) -> None:
         """The driver's view of each trial's start and end (what it hands to the store)."""
         now = time.perf_counter()
@@ -180,6 +188,8 @@ def one_driver_run(
             first_start.setdefault(event.trial_id, now)
         elif event.state in ("succeeded", "stopped", "failed"):
             last_end[event.trial_id] = now
+            if args.python_heap and len(last_end) in (n // 2, n):
+                heap.setdefault(len(last_end), tracemalloc.get_traced_memory()[0])
 
     options = DriverOptions(
         tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
@@ -257,6 +267,9 @@ def one_driver_run(
         "store_writes": writes,
         "state_file_bytes": state_bytes,
         "staged_bytes": staged_bytes,
+        "python_heap_bytes_per_trial": (
+            (heap[n] - heap[n // 2]) / (n - n // 2) if len(heap) == 2 else None
+        ),
     }
 
 
@@ -358,6 +371,12 @@ def driver_level(args: argparse.Namespace, address: str) -> dict[str, Any]:
             f"{'–' if per_trial is None else f'{per_trial / 1e3:.0f}':>14}"
             f"{row['state_bytes_per_trial'] / 1e3:>16.1f}"
         )
+    for key, row in figures.items():
+        if row.get("python_heap_bytes_per_trial") is not None:
+            print(
+                f"  {key}: Python's heap grew {row['python_heap_bytes_per_trial'] / 1e3:.1f} KB "
+                "per trial over the second half of its trials (tracemalloc)"
+            )
     compare_variants(
         figures, sizes, ("state_bytes_per_trial", "peak_rss_bytes", "rss_bytes_per_trial")
     )
@@ -388,6 +407,11 @@ def main() -> None:
     options.add_argument("--driver-concurrent", type=positive_int, default=4)
     options.add_argument("--driver-cpu", type=float, default=0.5)
     options.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    options.add_argument(
+        "--python-heap",
+        action="store_true",
+        help="trace Python's allocations (slower) and print its heap's growth per trial",
+    )
     args = options.parse_args()
     header("driver", ["ray", "optuna", "mlflow", "sqlalchemy"])
     import ray

@@ -256,7 +256,7 @@ def test_sweep_scale_parent_summary_smoke_run(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_sweep_scale_driver_smoke_run(tmp_path):
-    arguments = ["--driver-trials", "1", "2", "--driver-epochs", "2"]
+    arguments = ["--driver-trials", "1", "2", "--driver-epochs", "2", "--python-heap"]
     lines, figures = _scale_run("driver", arguments, tmp_path)
     assert set(figures) == {f"{n}/{v}" for n in ("1", "2") for v in ("trimmed", "untrimmed")}
     for key, row in figures.items():
@@ -288,6 +288,13 @@ def test_sweep_scale_driver_smoke_run(tmp_path):
             (row["peak_rss_bytes"] - base["peak_rss_bytes"]) / (trials - 1) if n != "1" else None
         )
         assert row["rss_bytes_per_trial"] == (expected and pytest.approx(expected))
+        # Python's heap between half and all of the trials' ends: none with one trial.
+        heap = row["python_heap_bytes_per_trial"]
+        assert (heap is None) == (n == "1")
+        if heap is not None:
+            assert math.isfinite(heap)
+            shown = f"  {key}: Python's heap grew {heap / 1e3:.1f} KB per trial over"
+            assert any(line.startswith(shown) for line in lines), shown
     for n in ("1", "2"):
         trimmed, untrimmed = figures[f"{n}/trimmed"], figures[f"{n}/untrimmed"]
         per_trial = trimmed["state_bytes_per_trial"] / untrimmed["state_bytes_per_trial"]
