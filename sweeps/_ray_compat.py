@@ -124,20 +124,27 @@ def runtime_working_dir() -> Path:
 
 
 @contextmanager
+def _patched(owner: type, name: str, replacement: Callable[..., Any]) -> Iterator[None]:
+    """While inside: ``owner.name`` is ``replacement``; the original comes back after."""
+    original = getattr(owner, name)
+    setattr(owner, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+@contextmanager
 def auto_save_period(period: Callable[[float], float]) -> Iterator[None]:
     """While inside: with ``TUNE_GLOBAL_CHECKPOINT_S=auto``, Tune waits ``period(s)`` seconds
     after an experiment-state save that took ``s`` seconds before the next one."""
-    original = _ExperimentCheckpointManager._update_auto_checkpoint_time
 
     def update(self: _ExperimentCheckpointManager, time_taken: float) -> None:
         if self._auto_checkpoint_enabled:
             self._checkpoint_period = period(time_taken)
 
-    _ExperimentCheckpointManager._update_auto_checkpoint_time = update  # type: ignore[method-assign]
-    try:
+    with _patched(_ExperimentCheckpointManager, "_update_auto_checkpoint_time", update):
         yield
-    finally:
-        _ExperimentCheckpointManager._update_auto_checkpoint_time = original  # type: ignore[method-assign]
 
 
 @contextmanager
@@ -154,11 +161,8 @@ def new_trials_stored_at(storage_path: str) -> Iterator[None]:
         moved.storage_filesystem, moved.storage_fs_path = filesystem, fs_path
         experiment.storage = experiment.spec["storage"] = moved  # new trials take the spec's
 
-    SearchGenerator.set_state = set_state  # type: ignore[method-assign]
-    try:
+    with _patched(SearchGenerator, "set_state", set_state):
         yield
-    finally:
-        SearchGenerator.set_state = original  # type: ignore[method-assign]
 
 
 @contextmanager
@@ -193,11 +197,8 @@ def restored_with_budget(experiment: str, max_trials: int, max_concurrent: int) 
                 wrapped.max_concurrent = max_concurrent
             wrapped = wrapped.searcher
 
-    SearchGenerator.restore_from_dir = restore_from_dir  # type: ignore[method-assign]
-    try:
+    with _patched(SearchGenerator, "restore_from_dir", restore_from_dir):
         yield
-    finally:
-        SearchGenerator.restore_from_dir = original  # type: ignore[method-assign]
 
 
 def restored_searcher(tuner: Any) -> Any:
@@ -282,11 +283,8 @@ def compact_trial_states() -> Iterator[None]:
             states[trial_id] = tuple(_compact_json(part) for part in states[trial_id])
         return states
 
-    TuneController._get_trial_checkpoints = compacted  # type: ignore[method-assign]
-    try:
+    with _patched(TuneController, "_get_trial_checkpoints", compacted):
         yield
-    finally:
-        TuneController._get_trial_checkpoints = original  # type: ignore[method-assign]
 
 
 def _compact_json(text: str) -> str:
